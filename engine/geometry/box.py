@@ -1,0 +1,117 @@
+"""Axis-aligned boxes in voxel coordinates (z, y, x), half-open."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+Coord = tuple[int, ...]
+
+
+def _as_coord(values: Iterable[Any], what: str) -> Coord:
+    out = []
+    for v in values:
+        if isinstance(v, float) and not v.is_integer():
+            raise ValueError(f"{what} must be whole voxels, got {v!r}")
+        out.append(int(v))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Box:
+    """A half-open box ``[start, stop)`` in voxels, axes ordered z, y, x.
+
+    >>> b = Box((0, 0, 0), (4, 8, 8))
+    >>> b.shape, b.size
+    ((4, 8, 8), 256)
+    >>> b.grow(1).intersect(b) == b
+    True
+    """
+
+    start: Coord
+    stop: Coord
+
+    def __post_init__(self) -> None:
+        start = _as_coord(self.start, "box start")
+        stop = _as_coord(self.stop, "box stop")
+        if len(start) != len(stop):
+            raise ValueError(f"box start {start} and stop {stop} have different numbers of axes")
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "stop", stop)
+
+    @classmethod
+    def from_shape(cls, shape: Sequence[int], offset: Sequence[int] | None = None) -> Box:
+        """The box of ``shape`` starting at ``offset`` (default: the origin)."""
+        off = tuple(offset) if offset is not None else (0,) * len(shape)
+        return cls(off, tuple(o + s for o, s in zip(off, shape, strict=True)))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.start)
+
+    @property
+    def shape(self) -> Coord:
+        return tuple(max(0, b - a) for a, b in zip(self.start, self.stop, strict=True))
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def empty(self) -> bool:
+        return any(b <= a for a, b in zip(self.start, self.stop, strict=True))
+
+    def intersect(self, other: Box) -> Box:
+        """The overlap of two boxes (possibly empty: then ``stop`` may be < ``start``)."""
+        start = tuple(max(a, b) for a, b in zip(self.start, other.start, strict=True))
+        stop = tuple(min(a, b) for a, b in zip(self.stop, other.stop, strict=True))
+        return Box(start, tuple(max(a, b) for a, b in zip(start, stop, strict=True)))
+
+    def grow(self, before: int | Sequence[int], after: int | Sequence[int] | None = None) -> Box:
+        """Grow by ``before`` voxels at the start and ``after`` (default: same) at the stop."""
+        lo = (before,) * self.ndim if isinstance(before, int) else tuple(before)
+        if after is None:
+            hi = lo
+        else:
+            hi = (after,) * self.ndim if isinstance(after, int) else tuple(after)
+        return Box(
+            tuple(s - g for s, g in zip(self.start, lo, strict=True)),
+            tuple(s + g for s, g in zip(self.stop, hi, strict=True)),
+        )
+
+    def shift(self, offset: Sequence[int]) -> Box:
+        return Box(
+            tuple(s + o for s, o in zip(self.start, offset, strict=True)),
+            tuple(s + o for s, o in zip(self.stop, offset, strict=True)),
+        )
+
+    def contains(self, other: Box) -> bool:
+        """True if ``other`` lies entirely inside this box (an empty box lies anywhere)."""
+        if other.empty:
+            return True
+        return all(a <= c and d <= b for a, b, c, d in zip(self.start, self.stop, other.start, other.stop, strict=True))
+
+    def contains_point(self, point: Sequence[int]) -> bool:
+        return all(a <= p < b for a, b, p in zip(self.start, self.stop, point, strict=True))
+
+    def scale_down(self, factor: Sequence[int]) -> Box:
+        """The smallest box on a grid coarser by ``factor`` that covers this box."""
+        return Box(
+            tuple(s // f for s, f in zip(self.start, factor, strict=True)),
+            tuple(-(-e // f) for e, f in zip(self.stop, factor, strict=True)),
+        )
+
+    def to_slices(self, relative_to: Box | None = None) -> tuple[slice, ...]:
+        """Slices that cut this box out of an array covering ``relative_to`` (default: the origin)."""
+        base = relative_to.start if relative_to is not None else (0,) * self.ndim
+        return tuple(slice(a - o, b - o) for a, b, o in zip(self.start, self.stop, base, strict=True))
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"start": list(self.start), "stop": list(self.stop)}
+
+    def __repr__(self) -> str:
+        return f"Box({list(self.start)}:{list(self.stop)})"

@@ -1,0 +1,74 @@
+"""Blockwise operations: what the runtime runs on every block.
+
+An operation is a strict pydantic model (its fields are its parameters, hashed into the done-markers)
+with three hooks::
+
+    class Smooth(BlockOp):
+        kind: ClassVar[str] = "smooth"
+        input: str
+        output: str
+        sigma: float = 1.0
+
+        def prepare(self, grid):          # once, on the driver: create outputs, check inputs
+            ...
+        def setup(self):                  # once per worker: open volumes, load a model
+            ...
+        def process(self, block):         # per block: read block.read, write only block.write
+            ...
+
+Subclasses register themselves by ``kind`` (see :data:`OPS`), so a worker, a config file or the CLI
+can name an operation without a hand-kept list.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from engine.geometry import Block, BlockGrid
+
+OPS: dict[str, type[BlockOp]] = {}
+
+
+class BlockOp(BaseModel):
+    """Base class of blockwise operations (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: ClassVar[str] = ""
+    #: Ask for one GPU per worker when the cluster has GPUs.
+    wants_gpu: ClassVar[bool] = False
+    #: Volumes only this process can see (memory://) cannot be used by Ray workers.
+    process_local: ClassVar[bool] = False
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if cls.kind:
+            other = OPS.get(cls.kind)
+            if other is not None and other.__qualname__ != cls.__qualname__:
+                raise TypeError(f"operation kind {cls.kind!r} is registered twice ({other.__qualname__}, {cls.__qualname__})")
+            OPS[cls.kind] = cls
+
+    def params(self) -> dict[str, Any]:
+        """The parameters that decide the output (hashed into done-markers)."""
+        return {"kind": self.kind, **self.model_dump(mode="json")}
+
+    def prepare(self, grid: BlockGrid) -> None:
+        """Driver side, once before any block: create outputs, validate inputs. Must be idempotent."""
+
+    def setup(self) -> None:
+        """Worker side, once per worker process before its first block."""
+
+    def process(self, block: Block) -> dict[str, float] | None:
+        """Compute one block: read ``block.read``, write exactly ``block.write``.
+
+        May return a few numbers (e.g. ``{"voxels": n, "foreground": m}``); the runtime sums them
+        over blocks into the run summary. Must be idempotent: a block may run again after a crash.
+        """
+        raise NotImplementedError
+
+    def is_empty(self, block: Block) -> bool:
+        """Optional cheap test run before ``process``: True means nothing to do (recorded as skipped)."""
+        return False

@@ -1,0 +1,96 @@
+"""Volume URLs → TensorStore kvstore specs.
+
+Accepted forms::
+
+    path/to/data.zarr/raw        local file (relative or absolute)
+    file:///abs/data.zarr/raw    local file
+    memory://name/raw            in-process memory (shared by every open in this process)
+    gs://bucket/data.zarr/raw    Google Cloud Storage (TensorStore's gcs kvstore)
+    s3://bucket/data.zarr/raw    Amazon S3 and compatibles (TensorStore's s3 kvstore)
+
+A path names an array; ``data.zarr/raw`` is the array ``raw`` in the zarr group ``data.zarr``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import StorageError
+
+SCHEMES = ("file", "memory", "gs", "s3")
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where an array lives: a kvstore driver, a bucket (cloud only) and a path inside it."""
+
+    scheme: str
+    path: str
+    bucket: str = ""
+
+    @property
+    def is_local_file(self) -> bool:
+        return self.scheme == "file"
+
+    @property
+    def process_local(self) -> bool:
+        """True for memory stores, which other processes (Ray workers) cannot see."""
+        return self.scheme == "memory"
+
+    def kvstore(self, subpath: str = "") -> dict[str, Any]:
+        path = self.path.rstrip("/") + "/"
+        if subpath:
+            path = path + subpath
+        if self.scheme == "file":
+            return {"driver": "file", "path": path}
+        if self.scheme == "memory":
+            return {"driver": "memory", "path": path}
+        if self.scheme == "gs":
+            return {"driver": "gcs", "bucket": self.bucket, "path": path}
+        return {"driver": "s3", "bucket": self.bucket, "path": path}
+
+    def parent(self) -> Location:
+        head = self.path.rstrip("/").rsplit("/", 1)[0] if "/" in self.path.strip("/") else ""
+        if self.scheme == "file" and not head:
+            head = "/"
+        return Location(self.scheme, head, self.bucket)
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    def url(self) -> str:
+        if self.scheme == "file":
+            return self.path
+        if self.scheme == "memory":
+            return f"memory://{self.path}"
+        return f"{self.scheme}://{self.bucket}/{self.path}"
+
+
+def parse_url(url: str | os.PathLike[str]) -> Location:
+    """Parse a volume URL or path.
+
+    >>> parse_url("gs://bucket/a.zarr/raw")
+    Location(scheme='gs', path='a.zarr/raw', bucket='bucket')
+    """
+    text = os.fspath(url)
+    if not text:
+        raise StorageError("an empty volume path was given", "name a path such as data.zarr/raw")
+    if "://" in text:
+        scheme, rest = text.split("://", 1)
+        if scheme not in SCHEMES:
+            raise StorageError(
+                f"unknown storage scheme {scheme!r} in {text!r}",
+                f"use a local path or one of {', '.join(s + '://' for s in SCHEMES)}",
+            )
+        if scheme == "file":
+            return Location("file", os.path.abspath(rest))
+        if scheme == "memory":
+            return Location("memory", rest.strip("/"))
+        bucket, _, path = rest.partition("/")
+        if not bucket:
+            raise StorageError(f"no bucket in {text!r}", f"write it as {scheme}://BUCKET/path/to/array")
+        return Location(scheme, path.strip("/"), bucket)
+    return Location("file", os.path.abspath(text))
