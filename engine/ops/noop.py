@@ -1,0 +1,21 @@
+"""An operation that does nothing (or sleeps): measures the runtime's own dispatch cost."""
+
+from __future__ import annotations
+
+import time
+from typing import ClassVar
+
+from engine.geometry import Block
+from engine.runtime.op import BlockOp
+
+
+class NoOp(BlockOp):
+    """Touches no data. ``sleep`` seconds per block simulate work."""
+
+    kind: ClassVar[str] = "noop"
+    sleep: float = 0.0
+
+    def process(self, block: Block) -> dict[str, float] | None:
+        if self.sleep:
+            time.sleep(self.sleep)
+        return None

@@ -1,0 +1,224 @@
+"""Where batches of blocks run: in this process (serial) or on Ray actors (one per GPU or CPU worker).
+
+Both backends take the same calls from the scheduler — ``start``, ``submit(worker, ids)``,
+``wait(timeout)``, ``replace(worker)``, ``stop`` — so every scheduling rule (retries, resume, progress)
+is written once and tested on both.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import ConfigError, ConnectileError
+from engine.geometry import BlockGrid
+from engine.runtime.execute import BatchResult, BlockRunner
+from engine.runtime.mask import BlockMask
+from engine.runtime.op import BlockOp
+
+log = logging.getLogger(__name__)
+
+
+class WorkerSetupError(ConnectileError):
+    """An operation's ``setup()`` failed on a worker (a bad checkpoint, a missing input …)."""
+
+
+@dataclass
+class Completion:
+    """A finished batch: its result, or ``lost`` (why the worker died) if the worker is gone."""
+
+    worker: int
+    ids: list[int]
+    result: BatchResult | None = None
+    lost: str | None = None
+
+
+class Backend(ABC):
+    name = "backend"
+
+    @abstractmethod
+    def start(self, op: BlockOp, grid: BlockGrid, mask: BlockMask | None) -> None: ...
+
+    @property
+    @abstractmethod
+    def num_workers(self) -> int: ...
+
+    @abstractmethod
+    def submit(self, worker: int, ids: list[int]) -> None: ...
+
+    @abstractmethod
+    def wait(self, timeout: float) -> list[Completion]: ...
+
+    def replace(self, worker: int) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Release workers."""
+
+    def workers(self) -> list[dict[str, Any]]:
+        return []
+
+
+class SerialBackend(Backend):
+    """Runs blocks in this process, one batch per ``wait``. The op is pickled and unpickled first
+    (with Ray's cloudpickle), exactly as it would be for a worker, so the serial path also checks that everything pickles."""
+
+    name = "serial"
+
+    def __init__(self) -> None:
+        self._runner: BlockRunner | None = None
+        self._queue: deque[list[int]] = deque()
+
+    def start(self, op: BlockOp, grid: BlockGrid, mask: BlockMask | None) -> None:
+        from ray import cloudpickle  # what Ray itself uses to ship the op to actors
+
+        op2, grid2, mask2 = cloudpickle.loads(cloudpickle.dumps((op, grid, mask)))
+        try:
+            self._runner = BlockRunner(op2, grid2, mask2)
+        except ConnectileError:
+            raise
+        except Exception as err:
+            raise WorkerSetupError(f"setting up {op.kind!r} failed: {type(err).__name__}: {err}") from err
+
+    @property
+    def num_workers(self) -> int:
+        return 1
+
+    def submit(self, worker: int, ids: list[int]) -> None:
+        self._queue.append(ids)
+
+    def wait(self, timeout: float) -> list[Completion]:
+        if not self._queue or self._runner is None:
+            return []
+        ids = self._queue.popleft()
+        return [Completion(0, ids, self._runner.run(ids))]
+
+    def workers(self) -> list[dict[str, Any]]:
+        return [{"worker": 0, "name": self._runner.name if self._runner else "", "node": "local"}]
+
+
+class _Actor:
+    """The Ray actor: builds a BlockRunner once (the op's setup) and runs batches."""
+
+    def __init__(self, payload: tuple[BlockOp, BlockGrid, BlockMask | None]) -> None:
+        # ``payload`` was put in the object store once; Ray resolves the ref in the worker process.
+        self.runner = BlockRunner(*payload)
+
+    def info(self) -> dict[str, Any]:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return {"name": self.runner.name, "node": ctx.get_node_id(), "gpus": [str(g) for g in ray.get_gpu_ids()]}
+
+    def run(self, ids: list[int]) -> BatchResult:
+        return self.runner.run(ids)
+
+
+class RayBackend(Backend):
+    """Ray actors: one per GPU when the op wants a GPU and the cluster has some, else ``workers`` CPU
+    workers (default: one per CPU in the cluster). The op, grid and mask travel once per actor."""
+
+    name = "ray"
+
+    def __init__(self, workers: int | None = None, *, address: str | None = None, cpus_per_worker: float = 1.0, use_gpus: bool | None = None) -> None:
+        if workers is not None and workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {workers}")
+        self.requested = workers
+        self.address = address
+        self.cpus_per_worker = cpus_per_worker
+        self.use_gpus = use_gpus
+        self._actors: list[Any] = []
+        self._info: list[dict[str, Any]] = []
+        self._refs: dict[Any, tuple[int, list[int]]] = {}
+        self._payload: Any = None
+        self._options: dict[str, Any] = {}
+
+    def start(self, op: BlockOp, grid: BlockGrid, mask: BlockMask | None) -> None:
+        import ray
+
+        from engine.runtime.cluster import connect
+
+        info = connect(self.address, num_cpus=self.requested)
+        gpus = int(info.gpus)
+        use_gpu = op.wants_gpu and gpus > 0 if self.use_gpus is None else bool(self.use_gpus) and gpus > 0
+        if use_gpu:
+            n = gpus if self.requested is None else min(self.requested, gpus)
+            self._options = {"num_gpus": 1, "num_cpus": self.cpus_per_worker}
+        else:
+            n = self.requested or max(1, int(info.cpus // self.cpus_per_worker))
+            self._options = {"num_cpus": self.cpus_per_worker}
+        self._payload = ray.put((op, grid, mask))
+        self._remote = ray.remote(max_restarts=0, max_task_retries=0)(_Actor)
+        self._actors = [self._new_actor() for _ in range(n)]
+        self._info = self._check_ready(list(range(n)))
+        log.info("ray backend: %d workers (%s) on %d node(s)", n, "GPU" if use_gpu else "CPU", info.nodes)
+
+    def _new_actor(self) -> Any:
+        return self._remote.options(**self._options).remote(self._payload)
+
+    def _check_ready(self, workers: list[int]) -> list[dict[str, Any]]:
+        import ray
+
+        refs = [self._actors[w].info.remote() for w in workers]
+        try:
+            return list(ray.get(refs))
+        except ray.exceptions.RayActorError as err:
+            self.stop()
+            raise WorkerSetupError(f"a worker failed to set up the operation: {_cause(err)}", "fix the input or parameters named above and run again") from err
+
+    @property
+    def num_workers(self) -> int:
+        return len(self._actors)
+
+    def submit(self, worker: int, ids: list[int]) -> None:
+        ref = self._actors[worker].run.remote(ids)
+        self._refs[ref] = (worker, ids)
+
+    def wait(self, timeout: float) -> list[Completion]:
+        import ray
+
+        if not self._refs:
+            return []
+        ready, rest = ray.wait(list(self._refs), num_returns=1, timeout=timeout)
+        if ready and rest:
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+            ready += more
+        out = []
+        for ref in ready:
+            worker, ids = self._refs.pop(ref)
+            try:
+                out.append(Completion(worker, ids, ray.get(ref)))
+            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.WorkerCrashedError) as err:
+                out.append(Completion(worker, ids, lost=_cause(err)))
+        return out
+
+    def replace(self, worker: int) -> None:
+        import ray
+
+        ray.kill(self._actors[worker], no_restart=True)
+        self._actors[worker] = self._new_actor()
+        self._info[worker] = self._check_ready([worker])[0]
+        log.warning("replaced worker %d (now %s)", worker, self._info[worker]["name"])
+
+    def stop(self) -> None:
+        import ray
+
+        for actor in self._actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception as err:  # noqa: BLE001 - an actor already gone is fine
+                log.debug("killing actor: %s", err)
+        self._actors = []
+        self._refs = {}
+
+    def workers(self) -> list[dict[str, Any]]:
+        return [{"worker": i, **info} for i, info in enumerate(self._info)]
+
+
+def _cause(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    keep = [line for line in text if line.strip()][:6]
+    return " ".join(keep)[:800]

@@ -1,0 +1,161 @@
+"""Durable done-markers: which blocks of a run are finished, keyed by block id and a run hash.
+
+One SQLite database per run (``markers.sqlite`` in the run's state folder), written only by the
+driver, so workers never contend for it. A block is marked done only after its worker returned, and a
+worker returns only after TensorStore confirmed the block's write: a marker never points at data that
+is not on disk. In WAL mode with ``synchronous=NORMAL`` a committed marker survives the driver being
+killed (SIGKILL); at most the markers of the last flush interval are lost, and those blocks are simply
+recomputed (block writes are idempotent).
+
+The hash covers the grid layout and the operation's parameters. Opening markers made under another hash
+raises :class:`~engine.errors.ResumeMismatch` showing what changed, unless ``overwrite`` is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import ResumeMismatch, StorageError
+
+log = logging.getLogger(__name__)
+
+DONE, SKIPPED, FAILED = 1, 2, 3
+STATUS_NAMES = {DONE: "done", SKIPPED: "skipped", FAILED: "failed"}
+
+
+def run_hash(description: dict[str, Any]) -> str:
+    """A stable hash of a JSON-able description (sorted keys)."""
+    text = json.dumps(description, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            out += _diff(old.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}{key}.")
+        return out
+    if old != new:
+        return [f"{prefix.rstrip('.')}: {json.dumps(old)} -> {json.dumps(new)}"]
+    return []
+
+
+class DoneStore:
+    """Markers of one run. Use :meth:`open`; call :meth:`flush` often and :meth:`close` at the end."""
+
+    def __init__(self, path: Path, digest: str, description: dict[str, Any]) -> None:
+        self.path = path
+        self.digest = digest
+        self.description = description
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._pending: list[tuple[int, int, float, int, str, str]] = []
+        self._last_flush = time.monotonic()
+
+    @classmethod
+    def open(cls, state_dir: str | os.PathLike[str], description: dict[str, Any], *, overwrite: bool = False) -> DoneStore:
+        """Open (or create) the markers of ``state_dir`` for a run described by ``description``."""
+        folder = Path(state_dir)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StorageError(f"cannot create the run state folder {folder}: {err.strerror}", "choose a writable output location") from err
+        digest = run_hash(description)
+        try:
+            store = cls(folder / "markers.sqlite", digest, description)
+            store._init_schema(overwrite)
+        except sqlite3.DatabaseError as err:
+            raise StorageError(
+                f"the done-markers {folder / 'markers.sqlite'} are unreadable ({err})",
+                "delete that file to recompute every block, or pass --overwrite",
+            ) from err
+        return store
+
+    def _init_schema(self, overwrite: bool) -> None:
+        c = self._conn
+        c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        c.execute(
+            "CREATE TABLE IF NOT EXISTS blocks (id INTEGER PRIMARY KEY, status INTEGER NOT NULL, seconds REAL,"
+            " attempts INTEGER, worker TEXT, error TEXT)"
+        )
+        row = c.execute("SELECT value FROM meta WHERE key='hash'").fetchone()
+        if row is not None and row[0] != self.digest:
+            old_row = c.execute("SELECT value FROM meta WHERE key='description'").fetchone()
+            old = json.loads(old_row[0]) if old_row else {}
+            changes = _diff(old, json.loads(json.dumps(self.description, default=str)))
+            if not overwrite:
+                shown = "; ".join(changes[:6]) + (f"; … {len(changes) - 6} more" if len(changes) > 6 else "")
+                raise ResumeMismatch(
+                    f"{self.path.parent} holds a run with other settings ({shown})",
+                    "pass --overwrite to recompute everything with the new settings, or choose another output",
+                )
+            log.warning("overwriting run %s: %s", self.path.parent, "; ".join(changes))
+        if row is None or row[0] != self.digest or overwrite:
+            c.execute("BEGIN")
+            c.execute("DELETE FROM blocks")
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('hash', ?)", (self.digest,))
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('description', ?)", (json.dumps(self.description, default=str),))
+            c.execute("COMMIT")
+
+    # -- queries --------------------------------------------------------------------------------
+    def ids_with(self, status: int) -> np.ndarray:
+        self.flush(force=True)
+        rows = self._conn.execute("SELECT id FROM blocks WHERE status=?", (status,)).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def done_ids(self) -> np.ndarray:
+        return self.ids_with(DONE)
+
+    def count(self, status: int) -> int:
+        self.flush(force=True)
+        return int(self._conn.execute("SELECT COUNT(*) FROM blocks WHERE status=?", (status,)).fetchone()[0])
+
+    def failures(self) -> list[dict[str, Any]]:
+        self.flush(force=True)
+        rows = self._conn.execute("SELECT id, attempts, worker, error FROM blocks WHERE status=? ORDER BY id", (FAILED,)).fetchall()
+        return [{"id": r[0], "attempts": r[1], "worker": r[2], "error": r[3]} for r in rows]
+
+    def done_by_worker(self) -> dict[str, int]:
+        self.flush(force=True)
+        rows = self._conn.execute("SELECT worker, COUNT(*) FROM blocks WHERE status=? GROUP BY worker", (DONE,)).fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    # -- updates --------------------------------------------------------------------------------
+    def record(self, entries: Iterable[tuple[int, int, float, int, str, str]]) -> None:
+        """Queue (id, status, seconds, attempts, worker, error) rows; :meth:`flush` commits them."""
+        self._pending.extend(entries)
+
+    def flush(self, *, force: bool = False, interval: float = 0.2) -> None:
+        """Commit queued rows if ``interval`` seconds passed since the last commit (or ``force``)."""
+        if not self._pending:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_flush < interval:
+            return
+        rows, self._pending = self._pending, []
+        c = self._conn
+        c.execute("BEGIN")
+        c.executemany("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?, ?)", rows)
+        c.execute("COMMIT")
+        self._last_flush = now
+
+    def clear(self, ids: Iterable[int]) -> None:
+        c = self._conn
+        c.execute("BEGIN")
+        c.executemany("DELETE FROM blocks WHERE id=?", ((int(i),) for i in ids))
+        c.execute("COMMIT")
+
+    def close(self) -> None:
+        self.flush(force=True)
+        self._conn.close()

@@ -1,0 +1,265 @@
+"""The blockwise scheduler: run an operation over every block of a grid, resumably.
+
+>>> import numpy as np
+>>> from engine.geometry import Box, BlockGrid
+>>> from engine.runtime import BlockOp, run_blockwise
+>>> class Count(BlockOp):
+...     kind = "doc-count"
+...     def process(self, block):
+...         return {"voxels": block.write.size}
+>>> grid = BlockGrid(Box((0, 0, 0), (10, 10, 10)), write_shape=(4, 4, 4))
+>>> import tempfile; state = tempfile.mkdtemp()
+>>> s = run_blockwise(Count(), grid, state_dir=state, backend="serial", progress=False)
+>>> s.done, s.stats["voxels"]
+(27, 1000.0)
+>>> run_blockwise(Count(), grid, state_dir=state, backend="serial", progress=False).already_done
+27
+
+Rules:
+- Blocks are dispatched as batches of ids, at most ``window`` batches in flight per worker. The batch
+  size adapts so that a call lasts about ``target_call_seconds`` (cheap blocks travel in large
+  batches; expensive ones one at a time), shrinking near the end so workers finish together.
+- A block that raises is retried up to ``max_retries`` times; a block whose worker died counts an
+  attempt too (a block that kills its worker every time must not loop forever). Dead workers are
+  replaced, at most ``max_worker_restarts`` times per run.
+- Done-markers (see :mod:`engine.runtime.markers`) are recorded only from results a worker returned
+  after its writes completed. Failed and skipped blocks are recorded as such, never as done.
+- The run raises :class:`~engine.errors.BlocksFailed` (after saving the summary) if any block failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import deque
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from engine.errors import BlocksFailed, ConfigError
+from engine.geometry import BlockGrid
+from engine.runtime.backends import Backend, Completion, RayBackend, SerialBackend
+from engine.runtime.markers import FAILED, SKIPPED, DoneStore
+from engine.runtime.mask import BlockMask
+from engine.runtime.op import BlockOp
+from engine.runtime.progress import RunObserver, RunSummary
+
+log = logging.getLogger(__name__)
+
+BackendName = Literal["serial", "ray"]
+
+
+def make_backend(backend: BackendName | Backend, workers: int | None = None, address: str | None = None) -> Backend:
+    if isinstance(backend, Backend):
+        return backend
+    if backend == "serial":
+        return SerialBackend()
+    if backend == "ray":
+        return RayBackend(workers, address=address)
+    raise ConfigError(f"unknown backend {backend!r}", "use 'serial' or 'ray'")
+
+
+def run_blockwise(
+    op: BlockOp,
+    grid: BlockGrid,
+    *,
+    state_dir: str | os.PathLike[str],
+    backend: BackendName | Backend = "ray",
+    workers: int | None = None,
+    address: str | None = None,
+    mask: BlockMask | None = None,
+    max_retries: int = 2,
+    max_worker_restarts: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    name: str | None = None,
+    window: int = 2,
+    target_call_seconds: float = 0.05,
+    max_batch: int = 4096,
+    raise_on_failure: bool = True,
+) -> RunSummary:
+    """Run ``op`` over every block of ``grid`` not yet done, and return the run summary.
+
+    ``state_dir`` holds the done-markers and ``summary.json`` of this run.
+    """
+    if max_retries < 0:
+        raise ConfigError(f"max_retries must be >= 0, got {max_retries}")
+    name = name or op.kind or type(op).__name__
+    be = make_backend(backend, workers, address)
+    if be.name == "ray" and (op.process_local or _uses_memory(op)):
+        raise ConfigError(
+            f"operation {name!r} uses memory:// volumes, which Ray workers in other processes cannot see",
+            "use backend='serial' or file/cloud volumes",
+        )
+    description = {"layout": grid.layout(), "op": op.params()}
+    markers = DoneStore.open(state_dir, description, overwrite=overwrite)
+    try:
+        op.prepare(grid)
+        done = markers.done_ids()
+        todo_mask = np.ones(grid.num_blocks, dtype=bool)
+        todo_mask[done[done < grid.num_blocks]] = False
+        todo = np.flatnonzero(todo_mask)
+        summary = RunSummary(name, be.name, grid.num_blocks, already_done=int(grid.num_blocks - todo.size), state_dir=str(state_dir))
+        log.info("%s: %d blocks, %d already done, %d to run", name, grid.num_blocks, summary.already_done, todo.size)
+        observer = RunObserver(summary, int(todo.size), progress=progress)
+        if todo.size:
+            be.start(op, grid, mask)
+            try:
+                restarts = max_worker_restarts if max_worker_restarts is not None else 2 * be.num_workers + 2
+                _Dispatcher(be, markers, observer, todo, grid, max_retries, restarts, window, target_call_seconds, max_batch).run()
+                summary.workers = _worker_counts(be, markers)
+            finally:
+                be.stop()
+        markers.flush(force=True)
+        summary = observer.finish()
+        summary.failures = markers.failures()
+        summary.failed = len(summary.failures)
+    finally:
+        markers.close()
+    summary.save(Path(state_dir) / "summary.json")
+    for line in summary.lines():
+        log.info("%s", line)
+    if raise_on_failure and not summary.ok:
+        first = summary.failures[0]
+        msg = (first.get("error") or "").splitlines()[0]
+        raise BlocksFailed(
+            f"{name}: {summary.failed} of {summary.total_blocks} blocks failed (first: {msg})",
+            f"see {Path(state_dir) / 'summary.json'}; fix the cause and run again to redo only those blocks",
+        )
+    return summary
+
+
+def _uses_memory(op: BlockOp) -> bool:
+    return any(isinstance(v, str) and v.startswith("memory://") for v in op.model_dump().values())
+
+
+def _worker_counts(be: Backend, markers: DoneStore) -> list[dict[str, object]]:
+    markers.flush(force=True)
+    counts = markers.done_by_worker()
+    return [{**w, "blocks": int(counts.get(str(w.get("name")), 0))} for w in be.workers()]
+
+
+class _Dispatcher:
+    """The dispatch loop of one run (state kept here so ``run_blockwise`` stays readable)."""
+
+    def __init__(
+        self,
+        be: Backend,
+        markers: DoneStore,
+        observer: RunObserver,
+        todo: np.ndarray,
+        grid: BlockGrid,
+        max_retries: int,
+        max_restarts: int,
+        window: int,
+        target_call_seconds: float,
+        max_batch: int,
+    ) -> None:
+        self.be = be
+        self.markers = markers
+        self.observer = observer
+        self.pending: deque[int] = deque(int(i) for i in todo)
+        self.attempts: dict[int, int] = {}
+        self.max_retries = max_retries
+        self.restarts_left = max_restarts
+        self.window = window
+        self.target = target_call_seconds
+        self.max_batch = max_batch
+        self.block_seconds = 0.0  # running estimate of the time per block, for batch sizing
+        self.in_flight = [0] * be.num_workers
+        self.dead: set[int] = set()
+        self.running_blocks = 0
+
+    def alive(self) -> list[int]:
+        return [w for w in range(self.be.num_workers) if w not in self.dead]
+
+    def batch_size(self) -> int:
+        if self.block_seconds <= 0:
+            size = 1 if not self.in_flight or max(self.in_flight) == 0 else 8
+        else:
+            size = int(self.target / self.block_seconds)
+        # near the end, split what is left so every worker gets a share
+        fair = math.ceil(len(self.pending) / max(1, self.be.num_workers * self.window))
+        return max(1, min(size, fair, self.max_batch))
+
+    def fill(self) -> None:
+        for w in self.alive():
+            while self.pending and self.in_flight[w] < self.window:
+                n = self.batch_size()
+                ids = [self.pending.popleft() for _ in range(min(n, len(self.pending)))]
+                self.be.submit(w, ids)
+                self.in_flight[w] += 1
+                self.running_blocks += len(ids)
+
+    def run(self) -> None:
+        self.fill()
+        while any(self.in_flight):
+            for c in self.be.wait(timeout=0.5):
+                self.in_flight[c.worker] -= 1
+                self.running_blocks -= len(c.ids)
+                if c.result is None:
+                    self.worker_lost(c)
+                else:
+                    self.completed(c)
+            self.markers.flush()
+            self.observer.running(self.running_blocks)
+            self.fill()
+
+    def completed(self, c: Completion) -> None:
+        r = c.result
+        assert r is not None
+        self.observer.batch(r)
+        if r.ids.size:
+            per_block = float(r.seconds.sum()) / r.ids.size
+            self.block_seconds = per_block if self.block_seconds == 0 else 0.7 * self.block_seconds + 0.3 * per_block
+            self.block_seconds = max(self.block_seconds, 1e-7)
+        rows = []
+        for bid, status, sec in zip(r.ids.tolist(), r.status.tolist(), r.seconds.tolist(), strict=True):
+            attempts = self.attempts.get(bid, 0) + 1
+            if status == FAILED:
+                self.attempts[bid] = attempts
+                error = r.errors.get(bid, "")
+                if attempts <= self.max_retries:
+                    log.warning("block %d failed (attempt %d of %d), retrying: %s", bid, attempts, self.max_retries + 1, error.splitlines()[0] if error else "")
+                    self.observer.retried()
+                    self.pending.append(bid)
+                else:
+                    log.error("block %d failed after %d attempts: %s", bid, attempts, error)
+                    self.observer.failed()
+                    rows.append((bid, FAILED, sec, attempts, r.worker, error))
+            else:
+                rows.append((bid, int(status), sec, attempts, r.worker, ""))
+        self.markers.record(rows)
+
+    def worker_lost(self, c: Completion) -> None:
+        log.warning("worker %d died while running %d block(s): %s", c.worker, len(c.ids), c.lost)
+        for bid in c.ids:
+            attempts = self.attempts.get(bid, 0) + 1
+            self.attempts[bid] = attempts
+            if attempts <= self.max_retries:
+                self.observer.retried()
+                self.pending.appendleft(bid)
+            else:
+                self.observer.failed()
+                self.markers.record([(bid, FAILED, 0.0, attempts, "", f"block {bid}: its worker died {attempts} times: {c.lost}")])
+        if self.restarts_left <= 0:
+            log.error("worker %d died and no replacements are left; %d worker(s) remain", c.worker, len(self.alive()) - 1)
+            self.dead.add(c.worker)
+            if not self.alive():
+                self._fail_pending("no workers left (each died and the replacement budget is spent)")
+            return
+        self.restarts_left -= 1
+        self.observer.summary.workers_replaced += 1
+        self.be.replace(c.worker)
+
+    def _fail_pending(self, why: str) -> None:
+        rows = [(bid, FAILED, 0.0, self.attempts.get(bid, 0), "", f"block {bid}: {why}") for bid in self.pending]
+        self.observer.failed(len(rows))
+        self.markers.record(rows)
+        self.pending.clear()
+
+
+__all__ = ["SKIPPED", "BackendName", "make_backend", "run_blockwise"]
