@@ -18,6 +18,13 @@ def _as_coord(values: Iterable[Any], what: str) -> Coord:
     return tuple(out)
 
 
+def _per_axis(value: int | Sequence[int], ndim: int, what: str) -> Coord:
+    """``value`` for every axis: one int (numpy ints too) repeated, or one whole number per axis."""
+    if isinstance(value, Iterable):
+        return _as_coord(value, what)
+    return _as_coord((value,), what) * ndim
+
+
 @dataclass(frozen=True, slots=True)
 class Box:
     """A half-open box ``[start, stop)`` in voxels, axes ordered z, y, x.
@@ -66,18 +73,15 @@ class Box:
         return any(b <= a for a, b in zip(self.start, self.stop, strict=True))
 
     def intersect(self, other: Box) -> Box:
-        """The overlap of two boxes (possibly empty: then ``stop`` may be < ``start``)."""
+        """The overlap of two boxes; empty where they do not overlap (then ``stop == start`` on an axis)."""
         start = tuple(max(a, b) for a, b in zip(self.start, other.start, strict=True))
         stop = tuple(min(a, b) for a, b in zip(self.stop, other.stop, strict=True))
         return Box(start, tuple(max(a, b) for a, b in zip(start, stop, strict=True)))
 
     def grow(self, before: int | Sequence[int], after: int | Sequence[int] | None = None) -> Box:
         """Grow by ``before`` voxels at the start and ``after`` (default: same) at the stop."""
-        lo = (before,) * self.ndim if isinstance(before, int) else tuple(before)
-        if after is None:
-            hi = lo
-        else:
-            hi = (after,) * self.ndim if isinstance(after, int) else tuple(after)
+        lo = _per_axis(before, self.ndim, "grow before")
+        hi = lo if after is None else _per_axis(after, self.ndim, "grow after")
         return Box(
             tuple(s - g for s, g in zip(self.start, lo, strict=True)),
             tuple(s + g for s, g in zip(self.stop, hi, strict=True)),

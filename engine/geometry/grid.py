@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from engine.geometry.box import Box, Coord
+from engine.geometry.box import Box, Coord, _as_coord, _per_axis
 
 Fit = Literal["valid", "overhang", "shrink"]
 FITS: tuple[str, ...] = get_args(Fit)
@@ -78,8 +78,8 @@ class BlockGrid:
     ) -> None:
         ndim = total.ndim
         self.total = total
-        self.write_shape: Coord = tuple(int(s) for s in write_shape)
-        self.context: Coord = (int(context),) * ndim if isinstance(context, int) else tuple(int(c) for c in context)
+        self.write_shape: Coord = _as_coord(write_shape, "write_shape")
+        self.context: Coord = _per_axis(context, ndim, "context")
         self.fit: Fit = fit
         self.volume = volume if volume is not None else total
         if len(self.write_shape) != ndim or len(self.context) != ndim:
@@ -100,7 +100,6 @@ class BlockGrid:
             self.grid_shape: Coord = tuple(t // w for t, w in zip(total.shape, self.write_shape, strict=True))
         else:
             self.grid_shape = tuple(-(-t // w) for t, w in zip(total.shape, self.write_shape, strict=True))
-
 
     # -- layout ---------------------------------------------------------------------------------
     @property
@@ -214,11 +213,14 @@ class BlockGrid:
         return Contact(Box(tuple(a_start), tuple(a_stop)), Box(tuple(b_start), tuple(b_stop)), axes)
 
     def blocks_in(self, box: Box) -> list[int]:
-        """Ids of the blocks whose write box intersects ``box``."""
-        lo = [max(0, (s - t) // w) for s, t, w in zip(box.start, self.total.start, self.write_shape, strict=True)]
-        hi = [
-            min(g, -(-(e - t) // w)) for e, t, w, g in zip(box.stop, self.total.start, self.write_shape, self.grid_shape, strict=True)
-        ]
+        """Ids of the blocks whose write box intersects ``box``, in increasing order."""
+        # Write boxes lie inside ``covered``: clip first, so that an empty box, or one that only
+        # touches an overhanging block's part past the total box, selects nothing.
+        box = box.intersect(self.covered)
+        if box.empty:
+            return []
+        lo = [(s - t) // w for s, t, w in zip(box.start, self.total.start, self.write_shape, strict=True)]
+        hi = [-(-(e - t) // w) for e, t, w in zip(box.stop, self.total.start, self.write_shape, strict=True)]
         return [self.id_of(i) for i in itertools.product(*(range(a, b) for a, b in zip(lo, hi, strict=True)))]
 
     def __eq__(self, other: object) -> bool:

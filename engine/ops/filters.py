@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 from pydantic import Field, PrivateAttr
 
-from engine.errors import StorageError
+from engine.errors import ConfigError
 from engine.geometry import Block, BlockGrid
 from engine.runtime.op import BlockOp
 from engine.storage import Volume, check_write_alignment, create_volume, open_volume
@@ -41,7 +41,7 @@ class GaussianFilter(BlockOp):
     def prepare(self, grid: BlockGrid) -> None:
         src = open_volume(self.input)
         if any(c < h for c, h in zip(grid.context, self.halo(), strict=True)):
-            raise StorageError(f"grid context {grid.context} is smaller than the filter radius {self.halo()}", f"use context >= {self.halo()}")
+            raise ConfigError(f"grid context {grid.context} is smaller than the filter radius {self.halo()}", f"use context >= {self.halo()}")
         out = create_volume(
             self.output, src.spatial_shape, "float32", self.chunks, voxel_size=src.voxel_size, offset=src.offset, overwrite=self.overwrite
         )

@@ -8,6 +8,7 @@ is written once and tested on both.
 from __future__ import annotations
 
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ class Completion:
     ids: list[int]
     result: BatchResult | None = None
     lost: str | None = None
+    #: For a lost worker: True for the batch it was running (its blocks may have caused the death),
+    #: False for batches that were only queued behind it.
+    culprit: bool = True
 
 
 class Backend(ABC):
@@ -55,7 +59,7 @@ class Backend(ABC):
     def replace(self, worker: int) -> None:
         raise NotImplementedError
 
-    def stop(self) -> None:
+    def stop(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release workers."""
 
     def workers(self) -> list[dict[str, Any]]:
@@ -115,6 +119,12 @@ class _Actor:
 
     def run(self, ids: list[int]) -> BatchResult:
         return self.runner.run(ids)
+
+
+def _lost_errors() -> tuple[type[BaseException], ...]:
+    import ray
+
+    return (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.WorkerCrashedError)
 
 
 class RayBackend(Backend):
@@ -186,13 +196,45 @@ class RayBackend(Backend):
         if ready and rest:
             more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
             ready += more
-        out = []
+        out: list[Completion] = []
+        lost_workers: list[int] = []
         for ref in ready:
-            worker, ids = self._refs.pop(ref)
+            if ref not in self._refs:
+                continue
+            worker, ids = self._refs[ref]
             try:
-                out.append(Completion(worker, ids, ray.get(ref)))
-            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.WorkerCrashedError) as err:
-                out.append(Completion(worker, ids, lost=_cause(err)))
+                result = ray.get(ref)
+            except _lost_errors() as err:
+                log.debug("worker %d lost: %s", worker, err)
+                lost_workers.append(worker)
+                continue
+            del self._refs[ref]
+            out.append(Completion(worker, ids, result))
+        for worker in dict.fromkeys(lost_workers):
+            out += self._collect_dead(worker)
+        return out
+
+    def _collect_dead(self, worker: int) -> list[Completion]:
+        """All outstanding batches of a dead worker, in submission order. Actor calls run in that
+        order, so the first batch that did not return is the one that was running when the worker
+        died (the *culprit*); batches behind it were only queued. Batches that finished before the
+        death keep their results."""
+        import ray
+
+        refs = [r for r, (w, _) in self._refs.items() if w == worker]
+        ray.wait(refs, num_returns=len(refs), timeout=30)
+        out: list[Completion] = []
+        culprit_seen = False
+        for ref in refs:
+            _, ids = self._refs.pop(ref)
+            try:
+                out.append(Completion(worker, ids, ray.get(ref, timeout=0)))
+            except _lost_errors() as err:
+                out.append(Completion(worker, ids, lost=_cause(err), culprit=not culprit_seen))
+                culprit_seen = True
+            except ray.exceptions.GetTimeoutError:
+                out.append(Completion(worker, ids, lost="the worker stopped answering", culprit=not culprit_seen))
+                culprit_seen = True
         return out
 
     def replace(self, worker: int) -> None:
@@ -219,6 +261,11 @@ class RayBackend(Backend):
 
 
 def _cause(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    keep = [line for line in text if line.strip()][:6]
-    return " ".join(keep)[:800]
+    """The informative line of a Ray error: the last ``SomeError: message`` line of the remote
+    traceback if there is one, else the first lines of the message (ANSI colours removed)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*", line)]
+    if raised:
+        return raised[-1][:800]
+    return " ".join(lines[:3])[:800]

@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from collections import deque
 from pathlib import Path
 from typing import Literal
@@ -171,6 +170,7 @@ class _Dispatcher:
         self.block_seconds = 0.0  # running estimate of the time per block, for batch sizing
         self.in_flight = [0] * be.num_workers
         self.dead: set[int] = set()
+        self.suspects: set[int] = set()  # blocks of a batch whose worker died: dispatched alone
         self.running_blocks = 0
 
     def alive(self) -> list[int]:
@@ -185,11 +185,22 @@ class _Dispatcher:
         fair = math.ceil(len(self.pending) / max(1, self.be.num_workers * self.window))
         return max(1, min(size, fair, self.max_batch))
 
+    def next_batch(self) -> list[int]:
+        n = self.batch_size()
+        ids: list[int] = []
+        while self.pending and len(ids) < n:
+            bid = self.pending[0]
+            if bid in self.suspects:
+                if not ids:
+                    ids.append(self.pending.popleft())
+                break
+            ids.append(self.pending.popleft())
+        return ids
+
     def fill(self) -> None:
         for w in self.alive():
             while self.pending and self.in_flight[w] < self.window:
-                n = self.batch_size()
-                ids = [self.pending.popleft() for _ in range(min(n, len(self.pending)))]
+                ids = self.next_batch()
                 self.be.submit(w, ids)
                 self.in_flight[w] += 1
                 self.running_blocks += len(ids)
@@ -235,8 +246,18 @@ class _Dispatcher:
         self.markers.record(rows)
 
     def worker_lost(self, c: Completion) -> None:
-        log.warning("worker %d died while running %d block(s): %s", c.worker, len(c.ids), c.lost)
-        for bid in c.ids:
+        log.warning("worker %d died with block(s) %s %s: %s", c.worker, c.ids[:8], "running" if c.culprit else "queued", c.lost)
+        if not c.culprit:  # only queued behind the batch that died: no attempt used
+            self.pending.extendleft(reversed(c.ids))
+            return
+        if len(c.ids) > 1:
+            # Any block of the batch may have killed the worker: run each alone from now on, so that
+            # a second death names its block, and charge no attempt yet.
+            self.suspects.update(c.ids)
+            self.observer.retried(len(c.ids))
+            self.pending.extendleft(reversed(c.ids))
+        else:
+            bid = c.ids[0]
             attempts = self.attempts.get(bid, 0) + 1
             self.attempts[bid] = attempts
             if attempts <= self.max_retries:

@@ -40,7 +40,15 @@ class Location:
         return self.scheme == "memory"
 
     def kvstore(self, subpath: str = "") -> dict[str, Any]:
-        path = self.path.rstrip("/") + "/"
+        """The TensorStore kvstore spec of this folder (or of ``subpath`` inside it).
+
+        >>> Location("s3", "a.zarr/raw", "bucket").kvstore()
+        {'driver': 's3', 'bucket': 'bucket', 'path': 'a.zarr/raw/'}
+        """
+        # A folder path ends in "/"; the root of a bucket or of memory is "" (a leading "/" would
+        # be part of every key there), the root of the file system "/".
+        path = self.path.rstrip("/")
+        path = path + "/" if path or self.scheme == "file" else ""
         if subpath:
             path = path + subpath
         if self.scheme == "file":
@@ -80,6 +88,7 @@ def parse_url(url: str | os.PathLike[str]) -> Location:
         raise StorageError("an empty volume path was given", "name a path such as data.zarr/raw")
     if "://" in text:
         scheme, rest = text.split("://", 1)
+        scheme = scheme.lower()  # URL schemes are case-insensitive (RFC 3986)
         if scheme not in SCHEMES:
             raise StorageError(
                 f"unknown storage scheme {scheme!r} in {text!r}",

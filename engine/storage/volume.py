@@ -4,7 +4,8 @@ The last three axes of a volume are z, y, x; leading axes (if any) are channels.
 spatial axes in voxels from 0. Voxel size (nm) and offset (nm, the world position of voxel 0) are
 metadata: for zarr they are written both as OME-Zarr ``multiscales`` of the parent group and as
 ``voxel_size``/``offset`` attributes on the array (what funlib/daisy read); for n5 as attributes
-(with ``resolution`` in x, y, z order as n5 viewers expect); for precomputed in its ``info`` scale.
+(also ``resolution`` and ``units``, one per axis in the order of ``dimensions``, as TensorStore and
+neuroglancer read them); for precomputed in its ``info`` scale.
 
 >>> v = create_volume("memory://doc/raw", shape=(4, 8, 8), dtype="uint8", chunks=(2, 4, 4))
 >>> v.write(Box((0, 0, 0), (2, 4, 4)), np.full((2, 4, 4), 7, np.uint8))
@@ -35,15 +36,37 @@ _METADATA_KEYS: dict[str, str] = {"zarr": ".zarray", "zarr3": "zarr.json", "n5":
 _CONTEXT = ts.Context()  # one per process, so memory:// volumes are shared between opens
 
 
+def _ts_message(err: BaseException) -> str:
+    """A TensorStore error as one short line: without the echoed spec (hundreds of characters of
+    JSON) or source locations, and without line breaks."""
+    text = str(err)
+    for marker in (" [tensorstore_spec=", " [source locations="):
+        text = text.split(marker, 1)[0]
+    return " ".join(text.split())
+
+
 def _kv(loc: Location) -> ts.KvStore:
-    return ts.KvStore.open(loc.kvstore(), context=_CONTEXT).result()
+    try:
+        return ts.KvStore.open(loc.kvstore(), context=_CONTEXT).result()
+    except Exception as err:
+        raise StorageError(f"cannot open the store at {loc.url()}: {_ts_message(err)}", "check the path and your credentials") from err
+
+
+def _key_exists(loc: Location, key: str) -> bool:
+    try:
+        return bool(_kv(loc).read(key).result().state == "value")
+    except StorageError:
+        raise
+    except Exception as err:
+        raise StorageError(f"cannot read {loc.url()}/{key}: {_ts_message(err)}", "check the path and your credentials") from err
 
 
 def _read_json(loc: Location, key: str) -> dict[str, Any] | None:
+    kv = _kv(loc)
     try:
-        res = _kv(loc).read(key).result()
-    except Exception as err:  # noqa: BLE001 - any kvstore failure is a storage problem for the user
-        raise StorageError(f"cannot read {loc.url()}/{key}: {err}", "check the path and your credentials") from err
+        res = kv.read(key).result()
+    except Exception as err:
+        raise StorageError(f"cannot read {loc.url()}/{key}: {_ts_message(err)}", "check the path and your credentials") from err
     if res.state != "value":
         return None
     try:
@@ -53,20 +76,23 @@ def _read_json(loc: Location, key: str) -> dict[str, Any] | None:
             f"{loc.url()}/{key} is corrupt (not JSON: {err})", "re-create the volume or restore it from a copy"
         ) from err
     if not isinstance(out, dict):
-        raise StorageError(f"{loc.url()}/{key} is corrupt (not a JSON object)", "re-create the volume")
+        raise StorageError(f"{loc.url()}/{key} is corrupt (not a JSON object)", "re-create the volume or restore it from a copy")
     return out
 
 
 def _write_json(loc: Location, key: str, obj: dict[str, Any]) -> None:
-    _kv(loc).write(key, json.dumps(obj, indent=1).encode()).result()
+    kv = _kv(loc)
+    try:
+        kv.write(key, json.dumps(obj, indent=1).encode()).result()
+    except Exception as err:
+        raise StorageError(f"cannot write {loc.url()}/{key}: {_ts_message(err)}", "check that the output is writable") from err
 
 
 def detect_format(url: str | os.PathLike[str]) -> Format | None:
     """The format of the array at ``url`` from its metadata file, or None if there is none."""
     loc = parse_url(url)
-    kv = _kv(loc)
     for fmt, key in _METADATA_KEYS.items():
-        if kv.read(key).result().state == "value":
+        if _key_exists(loc, key):
             if fmt == "zarr3":
                 meta = _read_json(loc, key) or {}
                 if meta.get("node_type") == "group":
@@ -76,6 +102,17 @@ def detect_format(url: str | os.PathLike[str]) -> Format | None:
                 if "dimensions" not in meta:
                     continue
             return fmt  # type: ignore[return-value]
+    return None
+
+
+def _group_kind(loc: Location) -> str | None:
+    """'a zarr' / 'a zarr v3' / 'an n5' where ``loc`` holds group metadata (and no array)."""
+    if _key_exists(loc, ".zgroup"):
+        return "a zarr"
+    if (_read_json(loc, "zarr.json") or {}).get("node_type") == "group":
+        return "a zarr v3"
+    if _key_exists(loc, "attributes.json"):
+        return "an n5"
     return None
 
 
@@ -96,6 +133,12 @@ def _check_writable(loc: Location) -> None:
         )
     if not os.access(probe, os.W_OK | os.X_OK):
         raise StorageError(f"cannot write to {path}: {probe} is not writable", "choose another output or fix permissions")
+    try:  # os.access says yes to root everywhere; creating the folder is the real test
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise StorageError(
+            f"cannot write to {path}: cannot create the folder ({err.strerror or err})", "choose another output or fix permissions"
+        ) from err
 
 
 def _dtype(dtype: Any) -> np.dtype[Any]:
@@ -121,7 +164,10 @@ class Volume:
         return (Volume, (self.url, self.format, self.mode))
 
     def __repr__(self) -> str:
-        return f"Volume({self.url!r}, {self.format}, shape={self.shape}, dtype={self.dtype})"
+        try:
+            return f"Volume({self.url!r}, {self.format}, shape={self.shape}, dtype={self.dtype})"
+        except StorageError:  # a repr must not fail (it shows up in tracebacks and logs)
+            return f"Volume({self.url!r}, {self.format}, unreadable)"
 
     @property
     def store(self) -> ts.TensorStore:
@@ -150,14 +196,12 @@ class Volume:
     def chunk_shape(self) -> Coord:
         """The read chunk (inner chunk when sharded), spatial axes."""
         layout = self.store.chunk_layout
-        shape = layout.read_chunk.shape or layout.write_chunk.shape
-        return tuple(int(s) for s in shape)[-3:]
+        return _spatial(layout.read_chunk.shape or layout.write_chunk.shape)
 
     @property
     def write_chunk_shape(self) -> Coord:
         """The unit two workers must never share: the shard when sharded, else the chunk."""
-        shape = self.store.chunk_layout.write_chunk.shape
-        return tuple(int(s) for s in shape)[-3:]
+        return _spatial(self.store.chunk_layout.write_chunk.shape)
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -181,7 +225,10 @@ class Volume:
         if box.ndim != 3:
             raise ValueError(f"boxes index z, y, x; got {box}")
         if not self.box.contains(box):
-            raise StorageError(f"box {box} is outside volume {self.url} of spatial shape {self.spatial_shape}")
+            raise StorageError(
+                f"box {box} is outside volume {self.url} of spatial shape {self.spatial_shape}",
+                f"keep boxes inside {self.box} (clip them with box.intersect(volume.box))",
+            )
         lead = (slice(None),) * (len(self.shape) - 3)
         return lead + box.to_slices()
 
@@ -199,20 +246,26 @@ class Volume:
             raise StorageError(f"volume {self.url} is open read-only", "open it with mode='r+' to write")
         expected = self.shape[:-3] + box.shape
         if tuple(data.shape) != expected:
-            raise StorageError(f"cannot write an array of shape {data.shape} into {box} of {self.url} (needs {expected})")
+            raise StorageError(
+                f"cannot write an array of shape {tuple(data.shape)} into {box} of {self.url}",
+                f"give an array of shape {expected} (channels, then the box's z, y, x)",
+            )
         if data.dtype != self.dtype:
             if not np.can_cast(data.dtype, self.dtype, casting="same_kind"):
-                raise StorageError(f"cannot write {data.dtype} data into {self.url} of dtype {self.dtype}")
+                raise StorageError(
+                    f"cannot write {data.dtype} data into {self.url} of dtype {self.dtype} without losing values",
+                    f"convert it first (e.g. data.astype({str(self.dtype)!r}) after scaling or clipping)",
+                )
             data = data.astype(self.dtype)
         try:
             self.store[self._index(box)].write(data).result()
         except ValueError as err:
-            raise StorageError(f"writing {box} of {self.url} failed: {err}", "check that the output is writable") from err
+            raise StorageError(f"writing {box} of {self.url} failed: {_ts_message(err)}", "check that the output is writable") from err
 
     def expect(self, *, dtype: Any = None, spatial_shape: Sequence[int] | None = None, ndim: int | None = None) -> Volume:
         """Check dtype and shape against what a step needs; raise a one-line error if they differ."""
         if dtype is not None:
-            allowed = [np.dtype(d) for d in (dtype if isinstance(dtype, (list, tuple)) else [dtype])]
+            allowed = [_dtype(d) for d in (dtype if isinstance(dtype, (list, tuple)) else [dtype])]
             if self.dtype not in allowed:
                 names = " or ".join(str(a) for a in allowed)
                 raise StorageError(f"volume {self.url} has dtype {self.dtype} but {names} is needed", "convert it or pick the right volume")
@@ -222,8 +275,16 @@ class Volume:
                 "give volumes of the same size",
             )
         if ndim is not None and len(self.shape) != ndim:
-            raise StorageError(f"volume {self.url} has {len(self.shape)} axes but {ndim} are needed")
+            raise StorageError(
+                f"volume {self.url} has {len(self.shape)} axes {self.shape} but {ndim} are needed",
+                "give a volume with (channels, z, y, x) axes" if ndim == 4 else "give a (z, y, x) volume" if ndim == 3 else "pick the right volume",
+            )
         return self
+
+
+def _spatial(shape: Sequence[int | None] | None) -> Coord:
+    """The spatial (last three) entries of a chunk shape; 1 where TensorStore leaves one unset."""
+    return tuple(int(s) if s else 1 for s in (shape or (None,) * 3))[-3:]
 
 
 def _open_store(loc: Location, fmt: Format, mode: str) -> ts.TensorStore:
@@ -235,7 +296,10 @@ def _open_store(loc: Location, fmt: Format, mode: str) -> ts.TensorStore:
     try:
         store = ts.open(spec, read=True, write=(rw == "rw"), context=_CONTEXT).result()
     except ValueError as err:
-        raise StorageError(f"cannot open {fmt} volume at {loc.url()}: {err}", "check that it is a complete volume") from err
+        raise StorageError(
+            f"cannot open {fmt} volume at {loc.url()}: {_ts_message(err)}",
+            "check that it is a complete volume; if its metadata is corrupt, re-create it or restore it from a copy",
+        ) from err
     if fmt == "precomputed":  # [x, y, z, channel] -> [channel, z, y, x], voxel_offset moved to 0
         store = store[ts.d[:].translate_to[0]].T
         if store.shape[0] == 1:
@@ -262,8 +326,8 @@ def _read_attrs(loc: Location, fmt: Format) -> dict[str, Any]:
     elif fmt == "n5":
         meta = _read_json(loc, "attributes.json") or {}
         attrs = {k: v for k, v in meta.items() if k not in ("dimensions", "blockSize", "dataType", "compression")}
-        if "voxel_size" not in attrs and "resolution" in attrs:
-            attrs["voxel_size"] = list(reversed(attrs["resolution"]))
+        if "voxel_size" not in attrs and "resolution" in attrs:  # same order as "dimensions"
+            attrs["voxel_size"] = list(attrs["resolution"])[-3:]
     else:
         info = _read_json(loc, "info") or {}
         scale = (info.get("scales") or [{}])[0]
@@ -304,6 +368,12 @@ def open_volume(
         raise StorageError(f"no volume at {loc.path}: the path does not exist", "check the path, or create it first (connectile synth / ingest)")
     fmt = detect_format(url)
     if fmt is None:
+        group = _group_kind(loc)
+        if group is not None:
+            raise StorageError(
+                f"no volume at {loc.url()}: it is {group} group, not an array",
+                f"name an array inside it, e.g. {loc.url().rstrip('/')}/raw",
+            )
         raise StorageError(
             f"no volume at {loc.url()}: found no zarr, zarr3, n5 or precomputed metadata there",
             "check the path (a zarr array inside a group is written data.zarr/raw)",
@@ -311,6 +381,11 @@ def open_volume(
     vol = Volume(url, fmt, mode)
     _ = vol.store  # open now, so a corrupt store fails here with a clear message
     return vol.expect(dtype=dtype, spatial_shape=spatial_shape)
+
+
+def _lead_names(n: int) -> list[str]:
+    """Names of the leading (channel) axes: ``c`` for one, ``c0``, ``c1``, … for more."""
+    return ["c"] if n == 1 else [f"c{i}" for i in range(n)]
 
 
 def _codec_zarr2(compression: str) -> dict[str, Any] | None:
@@ -345,7 +420,7 @@ def _metadata(
         inner: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}}]
         if compression != "none":
             inner.append({"name": "zstd", "configuration": {"level": 3}} if compression != "gzip" else {"name": "gzip", "configuration": {"level": 5}})
-        names = ["c"] * (len(shape) - 3) + ["z", "y", "x"]
+        names = [*_lead_names(len(shape) - 3), "z", "y", "x"]
         meta: dict[str, Any] = {
             "shape": list(shape),
             "data_type": dtype.name,
@@ -404,22 +479,35 @@ def create_volume(
     if len(shape_t) < 3 or any(s <= 0 for s in shape_t):
         raise StorageError(f"cannot create {loc.url()} with shape {shape_t}", "give a positive (z, y, x) shape, channels first if any")
     lead = shape_t[:-3]
+    if fmt == "precomputed" and len(lead) > 1:
+        raise StorageError(f"precomputed volumes hold (channels, z, y, x) at most, not {shape_t}", "use zarr for more axes")
+    if fmt == "precomputed" and lead == (1,):
+        # it would read back as (z, y, x): a re-create or a write of (1, z, y, x) data would not fit
+        raise StorageError(
+            f"a precomputed volume of one channel is a (z, y, x) volume, not {shape_t}", f"give shape {shape_t[1:]}"
+        )
     chunks_t = tuple(int(c) for c in chunks)
     if len(chunks_t) == 3:
         chunks_t = lead + chunks_t
+    if len(chunks_t) != len(shape_t) or any(c <= 0 for c in chunks_t):
+        raise StorageError(f"chunk shape {tuple(chunks)} does not fit volume shape {shape_t}", "give one positive chunk size per axis")
     shards_t = None if shards is None else tuple(int(s) for s in shards)
     if shards_t is not None:
         if fmt != "zarr3":
             raise StorageError(f"shards are a zarr v3 feature, but format {fmt!r} was asked for", "use format='zarr3' or drop shards")
         if len(shards_t) == 3:
             shards_t = lead + shards_t
+        if len(shards_t) != len(shape_t) or any(s <= 0 for s in shards_t):
+            raise StorageError(f"shard shape {shards_t} does not fit volume shape {shape_t}", "give one positive shard size per axis")
         if any(s % c for s, c in zip(shards_t, chunks_t, strict=True)):
-            raise StorageError(f"shard shape {shards_t} is not a multiple of chunk shape {chunks_t}", "make every shard a whole number of chunks")
-    if len(chunks_t) != len(shape_t) or any(c <= 0 for c in chunks_t):
-        raise StorageError(f"chunk shape {tuple(chunks)} does not fit volume shape {shape_t}", "give one positive chunk size per axis")
+            fixed = tuple(-(-s // c) * c for s, c in zip(shards_t, chunks_t, strict=True))
+            raise StorageError(
+                f"shard shape {shards_t} is not a multiple of chunk shape {chunks_t}",
+                f"make every shard a whole number of chunks, e.g. shards={fixed[-3:]}",
+            )
     dt = _dtype(dtype)
-    vs = tuple(float(v) for v in (voxel_size or (1.0, 1.0, 1.0)))
-    off = tuple(float(v) for v in (offset or (0.0, 0.0, 0.0)))
+    vs = tuple(float(v) for v in (voxel_size if voxel_size is not None else (1.0, 1.0, 1.0)))
+    off = tuple(float(v) for v in (offset if offset is not None else (0.0, 0.0, 0.0)))
     if len(vs) != 3 or len(off) != 3 or any(v <= 0 for v in vs):
         raise StorageError(f"voxel size {vs} and offset {off} must each give z, y, x", "e.g. --voxel-size 40,8,8 (nm); voxel sizes are positive")
     meta_attrs = {"voxel_size": list(vs), "offset": list(off), "axis_names": ["z", "y", "x"], "units": ["nm", "nm", "nm"], **(attrs or {})}
@@ -438,7 +526,7 @@ def create_volume(
         return vol
 
     if fmt == "precomputed":
-        _create_precomputed(loc, shape_t, dt, chunks_t, vs, off, layer_type or ("segmentation" if dt.kind in "ui" and dt.itemsize == 8 else "image"), overwrite)
+        _create_precomputed(loc, shape_t, dt, chunks_t, vs, off, layer_type or ("segmentation" if dt == np.uint64 else "image"), overwrite)
     else:
         meta = _metadata(fmt, shape_t, dt, chunks_t, shards_t, fill_value, compression, vs, meta_attrs)
         driver = {"zarr": "zarr", "zarr3": "zarr3", "n5": "n5"}[fmt]
@@ -446,15 +534,18 @@ def create_volume(
         try:
             ts.open(spec, create=True, delete_existing=overwrite, context=_CONTEXT).result()
         except ValueError as err:
-            raise StorageError(f"cannot create {fmt} volume at {loc.url()}: {err}", "check the path and the layout") from err
+            raise StorageError(f"cannot create {fmt} volume at {loc.url()}: {_ts_message(err)}", "check the path and the layout") from err
         if fmt == "zarr":
             _write_json(loc, ".zattrs", meta_attrs)
         elif fmt == "n5":
             n5 = _read_json(loc, "attributes.json") or {}
             n5.update(meta_attrs)
-            n5["resolution"] = list(reversed(vs))
+            # "resolution" and "units" give one entry per axis in the order of "dimensions" (that is
+            # how TensorStore, neuroglancer and the n5 viewers read them); channel axes are unitless
+            n5["resolution"] = [1.0] * len(lead) + list(vs)
+            n5["units"] = [""] * len(lead) + ["nm"] * 3
             _write_json(loc, "attributes.json", n5)
-        _register_in_group(loc, fmt, vs, off)
+        _register_in_group(loc, fmt, len(lead), vs, off)
     log.info("created %s volume %s shape=%s dtype=%s chunks=%s shards=%s", fmt, loc.url(), shape_t, dt, chunks_t, shards_t)
     return Volume(url, fmt, "r+")
 
@@ -462,8 +553,6 @@ def create_volume(
 def _create_precomputed(
     loc: Location, shape: Coord, dtype: np.dtype[Any], chunks: Coord, vs: tuple[float, ...], off: tuple[float, ...], layer_type: str, overwrite: bool
 ) -> None:
-    if len(shape) > 4:
-        raise StorageError("precomputed volumes hold (channels, z, y, x) at most", "use zarr for more axes")
     channels = shape[0] if len(shape) == 4 else 1
     spec = {
         "driver": "neuroglancer_precomputed",
@@ -473,14 +562,14 @@ def _create_precomputed(
             "size": list(reversed(shape[-3:])),
             "resolution": list(reversed(vs)),
             "chunk_size": list(reversed(chunks[-3:])),
-            "encoding": "raw" if layer_type == "image" or dtype.itemsize < 4 else "compressed_segmentation",
-            "voxel_offset": [int(round(o / r)) for o, r in zip(reversed(off), reversed(vs), strict=True)],
+            "encoding": "compressed_segmentation" if layer_type == "segmentation" and dtype in (np.uint32, np.uint64) else "raw",
+            "voxel_offset": [round(o / r) for o, r in zip(reversed(off), reversed(vs), strict=True)],
         },
     }
     try:
         ts.open(spec, create=True, delete_existing=overwrite, context=_CONTEXT).result()
     except ValueError as err:
-        raise StorageError(f"cannot create precomputed volume at {loc.url()}: {err}", "check the path and the layout") from err
+        raise StorageError(f"cannot create precomputed volume at {loc.url()}: {_ts_message(err)}", "check the path and the layout") from err
 
 
 def _zarr_group_chain(loc: Location) -> list[Location]:
@@ -492,8 +581,13 @@ def _zarr_group_chain(loc: Location) -> list[Location]:
     return []
 
 
-def _register_in_group(loc: Location, fmt: Format, vs: tuple[float, ...], off: tuple[float, ...]) -> None:
-    """Make the parent folders zarr groups and list the array in the parent's OME-Zarr multiscales."""
+def _register_in_group(loc: Location, fmt: Format, n_lead: int, vs: tuple[float, ...], off: tuple[float, ...]) -> None:
+    """Make the parent folders zarr groups and list the array in the parent's OME-Zarr multiscales
+    (0.4 for zarr v2, 0.5 under ``attributes.ome`` for zarr v3).
+
+    OME-Zarr axes name every array axis: one leading axis is a ``channel`` axis with scale 1; arrays
+    with more leading axes are beyond OME-Zarr's (t, c, z, y, x) and are not listed (their voxel size
+    and offset stay in the array's own attributes)."""
     if fmt not in ("zarr", "zarr3"):
         return
     chain = _zarr_group_chain(loc)
@@ -503,18 +597,27 @@ def _register_in_group(loc: Location, fmt: Format, vs: tuple[float, ...], off: t
         key = ".zgroup" if fmt == "zarr" else "zarr.json"
         if _read_json(group, key) is None:
             _write_json(group, key, {"zarr_format": 2} if fmt == "zarr" else {"zarr_format": 3, "node_type": "group", "attributes": {}})
+    if n_lead > 1:
+        log.debug("%s has %d leading axes: not listed in the OME-Zarr multiscales of its group", loc.url(), n_lead)
+        return
     parent = chain[-1]
-    entry = {
-        "version": "0.4" if fmt == "zarr" else "0.5",
-        "name": loc.name,
-        "axes": [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"],
-        "datasets": [
-            {
-                "path": loc.name,
-                "coordinateTransformations": [{"type": "scale", "scale": list(vs)}, {"type": "translation", "translation": list(off)}],
-            }
-        ],
-    }
+    channel = [{"name": "c", "type": "channel"}] * n_lead
+    entry: dict[str, Any] = {"version": "0.4"} if fmt == "zarr" else {}  # 0.5 keeps the version in "ome"
+    entry.update(
+        {
+            "name": loc.name,
+            "axes": [*channel, *({"name": a, "type": "space", "unit": "nanometer"} for a in "zyx")],
+            "datasets": [
+                {
+                    "path": loc.name,
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": [1.0] * n_lead + list(vs)},
+                        {"type": "translation", "translation": [0.0] * n_lead + list(off)},
+                    ],
+                }
+            ],
+        }
+    )
     if fmt == "zarr":
         zattrs = _read_json(parent, ".zattrs") or {}
         ms = [m for m in zattrs.get("multiscales", []) if m.get("name") != loc.name]
@@ -523,7 +626,8 @@ def _register_in_group(loc: Location, fmt: Format, vs: tuple[float, ...], off: t
     else:
         meta = _read_json(parent, "zarr.json") or {"zarr_format": 3, "node_type": "group"}
         attributes = meta.setdefault("attributes", {})
-        ome = attributes.setdefault("ome", {"version": "0.5"})
+        ome = attributes.setdefault("ome", {})
+        ome["version"] = "0.5"
         ms = [m for m in ome.get("multiscales", []) if m.get("name") != loc.name]
         ome["multiscales"] = [*ms, entry]
         _write_json(parent, "zarr.json", meta)
@@ -536,9 +640,15 @@ def check_write_alignment(volume: Volume, write_shape: Sequence[int], origin: Se
     bad_shape = [w % u != 0 for w, u in zip(write_shape, unit, strict=True)]
     bad_origin = [o % u != 0 for o, u in zip(origin, unit, strict=True)]
     if any(bad_shape) or any(bad_origin):
-        fixed = tuple(-(-w // u) * u for w, u in zip(write_shape, unit, strict=True))
+        fixed = tuple(max(1, -(-w // u)) * u for w, u in zip(write_shape, unit, strict=True))
+        fixes = []
+        if any(bad_shape):
+            fixes.append(f"use a write shape that is a multiple of {unit}, e.g. {fixed}")
+        if any(bad_origin):
+            start = tuple(o // u * u for o, u in zip(origin, unit, strict=True))
+            fixes.append(f"start the blocks at a multiple of {unit}, e.g. {start}")
         raise StorageError(
             f"write blocks of {tuple(write_shape)} at {tuple(origin)} do not cover whole storage chunks "
             f"{unit} of {volume.url}, so two workers could write the same chunk",
-            f"use a write shape that is a multiple of {unit}, e.g. {fixed}",
+            " and ".join(fixes),
         )

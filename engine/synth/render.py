@@ -1,0 +1,170 @@
+"""Rendering: from neurons and organelles to the raw image and the label volumes of a box.
+
+:func:`synth_box` is a pure function of ``(params, box)``: every voxel depends only on its global
+coordinates, the seed and the parameters, so boxes can be computed in any order, on any worker, and
+assembled byte-identically.
+
+The raw intensity of a voxel (in [0, 1], then 0..255) is built in this order: cytoplasm (a level per
+neuron, lighter in axons, plus texture), times the membrane band, mitochondria and synapses
+(postsynaptic density, vesicles) as darkening layers; then the microscope: an in-plane Gaussian blur
+(computed on the box grown by a halo, then cropped), a brightness and contrast change per section, and
+pixel noise. Finally the section defects: misaligned sections show the raw image of a shifted box,
+missing sections are uniform.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from engine.geometry import Box
+from engine.synth.fields import normal_like, uniform, value_noise
+from engine.synth.mito import place_mitos, render_mitos
+from engine.synth.neurons import NeuronField, membrane_darkness, neuron_field, warp_amplitude
+from engine.synth.params import SynthParams
+from engine.synth.sites import sites_near
+from engine.synth.synapses import CLOUD_DEPTH, place_synapses, render_synapses
+
+S_TEXTURE, S_SECTION, S_NOISE, S_SHIFT, S_MISSING, S_SHADE = 70, 80, 90, 100, 110, 120
+OUTPUTS: dict[str, str] = {"raw": "uint8", "neurons": "uint64", "mito": "uint64", "synapses": "uint8"}
+MEMBRANE_DARK = 0.74
+
+
+def blur_radius(p: SynthParams) -> tuple[int, int]:
+    """The in-plane halo (y, x voxels) the blur needs."""
+    return (math.ceil(3.0 * p.blur / p.voxel_size[1]), math.ceil(3.0 * p.blur / p.voxel_size[2])) if p.blur > 0 else (0, 0)
+
+
+def _blur_axis(a: np.ndarray, sigma: float, radius: int, axis: int) -> np.ndarray:
+    """Gaussian blur along ``axis``, valid part only (the output is ``2 * radius`` shorter)."""
+    if radius == 0:
+        return a
+    w = [math.exp(-0.5 * (k / sigma) ** 2) for k in range(radius + 1)]
+    total = w[0] + 2.0 * sum(w[1:])
+    n = a.shape[axis] - 2 * radius
+
+    def cut(start: int) -> np.ndarray:
+        idx = [slice(None)] * a.ndim
+        idx[axis] = slice(start, start + n)
+        return a[tuple(idx)]
+
+    out = cut(radius) * np.float32(w[0] / total)
+    for k in range(1, radius + 1):
+        out += (cut(radius - k) + cut(radius + k)) * np.float32(w[k] / total)
+    return out
+
+
+def _organelle_sites(p: SynthParams, box: Box) -> tuple[np.ndarray, np.ndarray]:
+    """The M-space box whose sites may own an organelle that reaches ``box``."""
+    vz, vy, vx = p.voxel_size
+    st = p.neuron_stretch
+    amp = warp_amplitude(p) + max(CLOUD_DEPTH + 1.3 * p.synapse_radius[1], p.mito_length[1], p.mito_radius[1])
+    lo = np.array([box.start[0] * vz / st - amp, box.start[1] * vy - amp, box.start[2] * vx - amp])
+    hi = np.array([box.stop[0] * vz / st + amp, box.stop[1] * vy + amp, box.stop[2] * vx + amp])
+    return lo, hi
+
+
+def _cytoplasm(p: SynthParams, field: NeuronField, box: Box) -> np.ndarray:
+    sites = field.sites
+    u = uniform(p.seed, S_SHADE, sites.ids)
+    level = np.where(sites.dendrite, 0.70, 0.79) + 0.05 * p.texture * (u - 0.5)
+    base = level.astype(np.float32)[field.first]
+    if p.texture > 0:
+        vz, vy, vx = p.voxel_size
+        coords = [field.warp.pz / max(vz, 30.0), field.warp.py / 36.0, field.warp.px / 36.0]
+        fine = value_noise(p.seed, S_TEXTURE, coords)
+        coarse = value_noise(p.seed, S_TEXTURE + 1, [c * 0.25 for c in coords])
+        base += np.float32(0.035 * p.texture) * fine + np.float32(0.03 * p.texture) * coarse
+    return base
+
+
+def render_core(p: SynthParams, box: Box) -> dict[str, np.ndarray]:
+    """All outputs of ``box`` without section defects (misalignment, missing sections)."""
+    ry, rx = blur_radius(p)
+    grown = box.grow((0, ry, rx))
+    field = neuron_field(p, grown)
+    intensity = _cytoplasm(p, field, grown)
+    intensity *= np.float32(1.0) - np.float32(MEMBRANE_DARK) * membrane_darkness(field, p)
+
+    org = sites_near(p, *_organelle_sites(p, grown))
+    mito_ids, mito_dark = render_mitos(p, place_mitos(p, org), field, grown)
+    syn_labels, syn_dark = render_synapses(p, place_synapses(p, org), field, grown)
+    syn_dark[mito_ids != 0] = 0.0
+    intensity *= np.float32(1.0) - mito_dark
+    intensity *= np.float32(1.0) - syn_dark
+
+    if p.blur > 0:
+        intensity = _blur_axis(intensity, p.blur / p.voxel_size[1], ry, 1)
+        intensity = _blur_axis(intensity, p.blur / p.voxel_size[2], rx, 2)
+    crop = box.to_slices(grown)
+    zs = np.arange(box.start[0], box.stop[0])[:, None, None]
+    if p.texture > 0:
+        gain = 1.0 + 0.05 * p.texture * (2.0 * uniform(p.seed, S_SECTION, zs) - 1.0)
+        offset = 0.025 * p.texture * (2.0 * uniform(p.seed, S_SECTION + 1, zs) - 1.0)
+        intensity = intensity * gain.astype(np.float32) + offset.astype(np.float32)
+    if p.noise > 0:
+        ys = np.arange(box.start[1], box.stop[1])[None, :, None]
+        xs = np.arange(box.start[2], box.stop[2])[None, None, :]
+        intensity += np.float32(p.noise) * normal_like(p.seed, S_NOISE, zs, ys, xs)
+    raw = np.clip(np.floor(intensity * np.float32(255.0) + np.float32(0.5)), 0, 255).astype(np.uint8)
+    return {"raw": raw, "neurons": field.labels[crop], "mito": mito_ids[crop], "synapses": syn_labels[crop]}
+
+
+def section_shifts(p: SynthParams, z0: int, z1: int) -> np.ndarray:
+    """The (y, x) shift in voxels of the raw image of sections ``z0..z1`` (``(n, 2)`` int64).
+
+    In ``slip`` mode a misaligned section alone is shifted; in ``step`` mode each misalignment adds
+    to the shift of all later sections (counted from section 0).
+    """
+    if p.misalign <= 0 or p.misalign_shift == 0 or z1 <= z0:
+        return np.zeros((max(0, z1 - z0), 2), np.int64)
+    first = 0 if p.misalign_mode == "step" else z0
+    zs = np.arange(min(first, z0), z1)
+    hit = uniform(p.seed, S_SHIFT, zs) < p.misalign
+    span = 2 * p.misalign_shift + 1
+    jump = np.stack([np.floor(uniform(p.seed, S_SHIFT + 1 + a, zs) * span).astype(np.int64) - p.misalign_shift for a in (0, 1)], -1)
+    jump[~hit] = 0
+    shift = np.cumsum(jump, axis=0) if p.misalign_mode == "step" else jump
+    return shift[z0 - zs[0] :]
+
+
+def missing_sections(p: SynthParams, z0: int, z1: int) -> np.ndarray:
+    """True for the sections of ``z0..z1`` whose raw image is missing."""
+    if p.missing <= 0:
+        return np.zeros(max(0, z1 - z0), bool)
+    return np.asarray(uniform(p.seed, S_MISSING, np.arange(z0, z1)) < p.missing)
+
+
+def synth_box(p: SynthParams, box: Box) -> dict[str, np.ndarray]:
+    """Raw image and ground truth of ``box`` (global voxel coordinates, z y x): ``raw`` (uint8),
+    ``neurons`` and ``mito`` (uint64 ids), ``synapses`` (uint8: 1 pre, 2 post).
+
+    >>> from engine.geometry import Box
+    >>> out = synth_box(SynthParams(seed=1), Box((0, 0, 0), (2, 16, 16)))
+    >>> sorted(out), out["raw"].dtype.name, out["neurons"].shape
+    (['mito', 'neurons', 'raw', 'synapses'], 'uint8', (2, 16, 16))
+    """
+    if box.ndim != 3 or box.empty:
+        raise ValueError(f"synth_box needs a non-empty 3-D box, got {box}")
+    out = render_core(p, box)
+    z0, z1 = box.start[0], box.stop[0]
+    shifts = section_shifts(p, z0, z1)
+    moved = np.flatnonzero(shifts.any(axis=1))
+    # runs of consecutive sections with the same shift are rendered together
+    runs: list[tuple[int, int]] = []
+    for i in moved:
+        if runs and runs[-1][1] == i and (shifts[i] == shifts[runs[-1][0]]).all():
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((int(i), int(i) + 1))
+    for a, b in runs:
+        dy, dx = (int(v) for v in shifts[a])
+        sub = Box((z0 + a, box.start[1] - dy, box.start[2] - dx), (z0 + b, box.stop[1] - dy, box.stop[2] - dx))
+        shifted = render_core(p, sub)
+        names = OUTPUTS if p.misalign_labels else ("raw",)
+        for name in names:
+            out[name][a:b] = shifted[name]
+    gone = missing_sections(p, z0, z1)
+    out["raw"][gone] = p.missing_value
+    return out

@@ -1,0 +1,291 @@
+"""The blockwise runtime, on the serial backend and on a real local Ray cluster."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from engine.errors import BlocksFailed, ConfigError, ResumeMismatch
+from engine.geometry import FITS, BlockGrid, Box
+from engine.ops import FaultyGaussian, GaussianFilter, NoOp
+from engine.runtime import BlockMask, WorkerSetupError, run_blockwise
+from engine.runtime.execute import BlockRunner
+from engine.storage import create_volume, open_volume
+
+BACKENDS = ["serial", "ray"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")
+    return str(request.param)
+
+
+def make_input(path: Path, shape: tuple[int, int, int] = (29, 45, 38), seed: int = 0) -> tuple[str, np.ndarray]:
+    data = np.random.default_rng(seed).random(shape, dtype=np.float32)
+    url = str(path / "in.zarr" / "raw")
+    vol = create_volume(url, shape, "float32", (4, 8, 8))
+    vol.write(vol.box, data)
+    return url, data
+
+
+def states(state_dir: Path) -> dict[int, int]:
+    with sqlite3.connect(state_dir / "markers.sqlite") as db:
+        return dict(db.execute("SELECT id, status FROM blocks").fetchall())
+
+
+# -- exactness ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fit", FITS)
+@pytest.mark.parametrize(("write_shape", "sigma"), [((8, 16, 16), (1.0, 1.5, 2.0)), ((4, 24, 8), (0.7, 1.0, 1.0))])
+def test_gaussian_blockwise_equals_scipy(tmp_path: Path, backend: str, fit: str, write_shape: tuple[int, int, int], sigma: tuple[float, float, float]) -> None:
+    url, data = make_input(tmp_path)
+    op = GaussianFilter(input=url, output=str(tmp_path / "out.zarr" / "g"), sigma=sigma, chunks=(4, 8, 8))
+    grid = BlockGrid(Box.from_shape(data.shape), write_shape, context=op.halo(), fit=fit)  # type: ignore[arg-type]
+    summary = run_blockwise(op, grid, state_dir=tmp_path / "state", backend=backend, workers=2, progress=False)
+    assert summary.ok and summary.done == grid.num_blocks
+    got = open_volume(op.output).read(Box.from_shape(data.shape))
+    want = gaussian_filter(data, sigma, mode="reflect")
+    covered = grid.covered.to_slices()
+    np.testing.assert_allclose(got[covered], want[covered], atol=1e-5, rtol=0)
+    if fit == "valid":  # the uncovered remainder was never written
+        rest = np.ones(data.shape, bool)
+        rest[covered] = False
+        assert rest.any() and np.all(got[rest] == 0)
+
+
+def test_gaussian_on_roi_reads_context_outside_total(tmp_path: Path) -> None:
+    url, data = make_input(tmp_path)
+    op = GaussianFilter(input=url, output=str(tmp_path / "out.zarr" / "g"), sigma=(1.0, 1.0, 1.0), chunks=(4, 8, 8))
+    roi = Box((4, 8, 8), (24, 40, 32))
+    grid = BlockGrid(roi, (8, 8, 8), context=op.halo(), volume=Box.from_shape(data.shape))
+    run_blockwise(op, grid, state_dir=tmp_path / "s", backend="serial", progress=False)
+    got = open_volume(op.output).read(roi)
+    want = gaussian_filter(data, 1.0, mode="reflect")[roi.to_slices()]
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+# -- failures, retries, resume --------------------------------------------------------------
+
+
+def test_block_that_always_raises_fails_the_run(tmp_path: Path, backend: str) -> None:
+    url, data = make_input(tmp_path)
+    armed = tmp_path / "armed"
+    armed.touch()
+    op = FaultyGaussian(input=url, output=str(tmp_path / "o.zarr/g"), chunks=(4, 8, 8), fail_blocks=[5], armed_file=str(armed))
+    grid = BlockGrid(Box.from_shape(data.shape), (8, 16, 16), context=op.halo())
+    with pytest.raises(BlocksFailed) as info:
+        run_blockwise(op, grid, state_dir=tmp_path / "s", backend=backend, workers=2, max_retries=2, progress=False)
+    assert f"1 of {grid.num_blocks} blocks failed" in str(info.value) and "injected fault in block 5" in str(info.value)
+    marks = states(tmp_path / "s")
+    assert marks[5] == 3 and sum(1 for s in marks.values() if s == 1) == grid.num_blocks - 1
+    import json
+
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["ok"] is False and summary["failed"] == 1 and summary["retried"] == 2
+    assert summary["failures"][0]["id"] == 5 and summary["failures"][0]["attempts"] == 3
+    assert "RuntimeError: injected fault in block 5" in summary["failures"][0]["error"]
+
+    armed.unlink()  # "fix the bug": the same op now succeeds; only block 5 runs again
+    again = run_blockwise(op, grid, state_dir=tmp_path / "s", backend=backend, workers=2, progress=False)
+    assert (again.done, again.already_done, again.failed) == (1, grid.num_blocks - 1, 0)
+    np.testing.assert_allclose(open_volume(op.output).read(Box.from_shape(data.shape)), gaussian_filter(data, 1.0, mode="reflect"), atol=1e-5)
+
+
+def test_transient_failures_are_retried(tmp_path: Path, backend: str) -> None:
+    url, data = make_input(tmp_path)
+    grid = BlockGrid(Box.from_shape(data.shape), (8, 16, 16), context=4)
+    op = FaultyGaussian(input=url, output=str(tmp_path / "o.zarr/g"), chunks=(4, 8, 8), fail_blocks=[0, 3, 17], once_dir=str(tmp_path / "once"))
+    s = run_blockwise(op, grid, state_dir=tmp_path / "s", backend=backend, workers=2, max_retries=1, progress=False)
+    assert s.ok and s.done == grid.num_blocks and s.retried == 3
+
+
+def test_retries_zero_fails_at_once(tmp_path: Path) -> None:
+    url, data = make_input(tmp_path)
+    grid = BlockGrid(Box.from_shape(data.shape), (8, 16, 16), context=4)
+    op = FaultyGaussian(input=url, output=str(tmp_path / "o.zarr/g"), chunks=(4, 8, 8), fail_blocks=[2], once_dir=str(tmp_path / "once"))
+    s = run_blockwise(op, grid, state_dir=tmp_path / "s", backend="serial", max_retries=0, progress=False, raise_on_failure=False)
+    assert not s.ok and s.failed == 1 and s.retried == 0 and s.failures[0]["id"] == 2
+
+
+def test_changed_parameters_refuse_to_resume(tmp_path: Path) -> None:
+    url, data = make_input(tmp_path)
+    grid = BlockGrid(Box.from_shape(data.shape), (8, 16, 16), context=4)
+    out = str(tmp_path / "o.zarr/g")
+    run_blockwise(GaussianFilter(input=url, output=out, sigma=(1, 1, 1), chunks=(4, 8, 8)), grid, state_dir=tmp_path / "s", backend="serial", progress=False)
+    changed = GaussianFilter(input=url, output=out, sigma=(1, 1, 0.5), chunks=(4, 8, 8))
+    with pytest.raises(ResumeMismatch) as info:
+        run_blockwise(changed, grid, state_dir=tmp_path / "s", backend="serial", progress=False)
+    assert "op.sigma: [1.0, 1.0, 1.0] -> [1.0, 1.0, 0.5]" in str(info.value) and "--overwrite" in str(info.value)
+    other_grid = BlockGrid(Box.from_shape(data.shape), (8, 8, 8), context=4)
+    with pytest.raises(ResumeMismatch, match=r"layout.write_shape: \[8, 16, 16\] -> \[8, 8, 8\]"):
+        run_blockwise(GaussianFilter(input=url, output=out, chunks=(4, 8, 8)), other_grid, state_dir=tmp_path / "s", backend="serial", progress=False)
+    s = run_blockwise(changed, grid, state_dir=tmp_path / "s", backend="serial", progress=False, overwrite=True)
+    assert s.done == grid.num_blocks and s.already_done == 0
+    np.testing.assert_allclose(open_volume(out).read(Box.from_shape(data.shape)), gaussian_filter(data, (1, 1, 0.5), mode="reflect"), atol=1e-5)
+
+
+def test_finished_run_recomputes_nothing(tmp_path: Path, backend: str) -> None:
+    grid = BlockGrid(Box.from_shape((10, 100, 100)), (1, 10, 10))
+    first = run_blockwise(NoOp(), grid, state_dir=tmp_path, backend=backend, workers=2, progress=False)
+    second = run_blockwise(NoOp(), grid, state_dir=tmp_path, backend=backend, workers=2, progress=False)
+    assert (first.done, second.done, second.already_done) == (1000, 0, 1000)
+    assert second.workers == []  # no workers were even started
+
+
+def test_mask_skips_blocks_and_a_changed_mask_is_honoured(tmp_path: Path, backend: str) -> None:
+    url, data = make_input(tmp_path, shape=(16, 32, 32))
+    grid = BlockGrid(Box.from_shape(data.shape), (8, 16, 16), context=4)  # 2x2x2 blocks
+    mask = create_volume(str(tmp_path / "mask.zarr/m"), (4, 4, 4), "uint8", (4, 4, 4), voxel_size=(4, 8, 8))
+    m = np.zeros((4, 4, 4), np.uint8)
+    m[0:2, 0:2, 0:2] = 1  # covers block (0, 0, 0) only: mask voxel = 4x8x8 data voxels
+    mask.write(mask.box, m)
+    data_vol = open_volume(url)
+    bm = BlockMask.for_volume(mask.url, data_vol)
+    assert bm.factor == (4, 8, 8)
+    op = GaussianFilter(input=url, output=str(tmp_path / "o.zarr/g"), chunks=(4, 8, 8))
+    s = run_blockwise(op, grid, state_dir=tmp_path / "s", backend=backend, workers=2, mask=bm, progress=False)
+    assert (s.done, s.skipped) == (1, 7)
+    assert sorted(k for k, v in states(tmp_path / "s").items() if v == 2) == list(range(1, 8))
+    out = open_volume(op.output).read(Box.from_shape(data.shape))
+    assert np.all(out[8:, :, :] == 0) and np.all(out[:8, :16, :16] != 0)
+    m[2:, 2:, 2:] = 1  # now also block (1, 1, 1) = id 7
+    mask.write(mask.box, m)
+    s2 = run_blockwise(op, grid, state_dir=tmp_path / "s", backend=backend, workers=2, mask=bm, progress=False)
+    assert (s2.done, s2.skipped, s2.already_done) == (1, 6, 1)
+
+
+def test_setup_failure_is_one_clear_error(tmp_path: Path, backend: str) -> None:
+    url, data = make_input(tmp_path)
+    grid = BlockGrid(Box.from_shape(data.shape), (8, 16, 16), context=4)
+    op = FaultyGaussian(input=url, output=str(tmp_path / "o.zarr/g"), chunks=(4, 8, 8), fail_setup=True)
+    with pytest.raises(WorkerSetupError, match="injected setup failure"):
+        run_blockwise(op, grid, state_dir=tmp_path / "s", backend=backend, workers=2, progress=False)
+    assert states(tmp_path / "s") == {}
+
+
+def test_memory_volumes_are_refused_on_ray(tmp_path: Path) -> None:
+    op = GaussianFilter(input="memory://x/in", output="memory://x/out")
+    with pytest.raises(ConfigError, match="memory://"):
+        run_blockwise(op, BlockGrid(Box.from_shape((8, 8, 8)), (8, 8, 8)), state_dir=tmp_path, backend="ray", progress=False)
+
+
+def test_unreadable_markers_are_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "markers.sqlite").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(Exception, match=r"done-markers .* are unreadable"):
+        run_blockwise(NoOp(), BlockGrid(Box.from_shape((8, 8, 8)), (8, 8, 8)), state_dir=tmp_path, backend="serial", progress=False)
+
+
+# -- processes really killed --------------------------------------------------------------
+
+
+def _reference(tmp_path: Path, url: str, grid: BlockGrid) -> np.ndarray:
+    op = GaussianFilter(input=url, output=str(tmp_path / "ref.zarr/g"), chunks=(4, 8, 8))
+    run_blockwise(op, grid, state_dir=tmp_path / "ref-state", backend="serial", progress=False)
+    return open_volume(op.output).read(grid.total)
+
+
+def _chunk_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".z")}
+
+
+def test_worker_killed_mid_run_is_replaced(tmp_path: Path, ray_cluster: str) -> None:
+    url, data = make_input(tmp_path)
+    grid = BlockGrid(Box.from_shape(data.shape), (4, 16, 16), context=4)  # 8x3x3 = 72 blocks
+    op = FaultyGaussian(
+        input=url, output=str(tmp_path / "o.zarr/g"), chunks=(4, 8, 8), fail_blocks=[30], how="kill", once_dir=str(tmp_path / "once")
+    )
+    s = run_blockwise(op, grid, state_dir=tmp_path / "s", backend="ray", workers=2, progress=False)
+    assert (tmp_path / "once" / "fired-30").exists()  # the worker really ran block 30 and SIGKILLed itself
+    assert s.ok and s.done == grid.num_blocks and s.workers_replaced == 1 and s.retried >= 1
+    assert np.array_equal(open_volume(op.output).read(grid.total), _reference(tmp_path, url, grid))
+    assert _chunk_bytes(tmp_path / "o.zarr" / "g") == _chunk_bytes(tmp_path / "ref.zarr" / "g")
+
+
+def test_block_that_kills_every_worker_fails_without_looping(tmp_path: Path, ray_cluster: str) -> None:
+    url, data = make_input(tmp_path)
+    grid = BlockGrid(Box.from_shape(data.shape), (8, 16, 16), context=4)
+    op = FaultyGaussian(input=url, output=str(tmp_path / "o.zarr/g"), chunks=(4, 8, 8), fail_blocks=[4], how="kill")
+    with pytest.raises(BlocksFailed, match="its worker died 2 times"):
+        run_blockwise(op, grid, state_dir=tmp_path / "s", backend="ray", workers=2, max_retries=1, progress=False)
+    marks = states(tmp_path / "s")
+    assert marks[4] == 3 and sum(1 for v in marks.values() if v == 1) == grid.num_blocks - 1
+
+
+DRIVER = textwrap.dedent(
+    """
+    import sys
+    from engine.geometry import BlockGrid, Box
+    from engine.ops import FaultyGaussian
+    from engine.runtime import run_blockwise
+    url, out, state = sys.argv[1:4]
+    op = FaultyGaussian(input=url, output=out, chunks=(4, 8, 8), sleep=0.05)
+    grid = BlockGrid(Box((0, 0, 0), (29, 45, 38)), (4, 16, 16), context=4)
+    run_blockwise(op, grid, state_dir=state, backend="ray", workers=2, progress=False)
+    """
+)
+
+
+def test_driver_killed_mid_run_resumes_only_missing_blocks(tmp_path: Path, ray_cluster: str) -> None:
+    url, data = make_input(tmp_path)
+    grid = BlockGrid(Box.from_shape(data.shape), (4, 16, 16), context=4)  # 72 blocks, 0.05 s each
+    out, state = str(tmp_path / "o.zarr/g"), tmp_path / "s"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster}
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, url, out, str(state)], env=env)
+    deadline = time.monotonic() + 90
+    done_at_kill = 0
+    while time.monotonic() < deadline:
+        if (state / "markers.sqlite").exists():
+            try:
+                done_at_kill = sum(1 for v in states(state).values() if v == 1)
+            except sqlite3.OperationalError:
+                done_at_kill = 0
+            if done_at_kill >= 12:
+                break
+        assert proc.poll() is None, "the driver ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    marked = {k for k, v in states(state).items() if v == 1}
+    assert 12 <= len(marked) < grid.num_blocks, "kill the driver mid-run"
+
+    op = FaultyGaussian(input=url, output=out, chunks=(4, 8, 8), sleep=0.05)
+    s = run_blockwise(op, grid, state_dir=state, backend="ray", workers=2, progress=False)
+    assert s.already_done == len(marked) and s.done == grid.num_blocks - len(marked)
+    assert np.array_equal(open_volume(out).read(grid.total), _reference(tmp_path, url, grid))
+    assert _chunk_bytes(tmp_path / "o.zarr" / "g") == _chunk_bytes(tmp_path / "ref.zarr" / "g")
+
+
+# -- what travels to workers pickles ------------------------------------------------------
+
+
+def test_pickle_round_trips(tmp_path: Path) -> None:
+    url, data = make_input(tmp_path, shape=(8, 16, 16))
+    grid = BlockGrid(Box.from_shape(data.shape), (4, 8, 8), context=4, fit="overhang")
+    op = FaultyGaussian(input=url, output=str(tmp_path / "o.zarr/g"), chunks=(4, 8, 8), fail_blocks=[1])
+    mask = BlockMask(url, (1, 2, 2))
+    for obj in (grid, grid.block(3), op, NoOp(sleep=0.5), mask, open_volume(url)):
+        back = pickle.loads(pickle.dumps(obj))
+        assert type(back) is type(obj)
+        if hasattr(obj, "model_dump"):
+            assert back.model_dump() == obj.model_dump()
+    assert pickle.loads(pickle.dumps(grid)) == grid and pickle.loads(pickle.dumps(grid.block(3))) == grid.block(3)
+    assert pickle.loads(pickle.dumps(mask)).describe() == mask.describe()
+    op.prepare(grid)
+    runner = BlockRunner(op, grid)
+    result = runner.run([0, 1])
+    back = pickle.loads(pickle.dumps(result))
+    assert back.status.tolist() == [1, 3] and 1 in back.errors and back.worker == result.worker
