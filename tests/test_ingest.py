@@ -22,11 +22,11 @@ import tifffile
 from PIL import Image
 
 from engine.cli import main
-from engine.errors import ConfigError, ConnectileError, StorageError
+from engine.errors import BlocksFailed, ConfigError, ConnectileError, StorageError
 from engine.geometry import Box
 from engine.storage import Volume, open_volume
 from engine.storage.hdf5 import IdMap
-from engine.storage.ingest import IngestOp, ingest, ingest_grid
+from engine.ops.ingest import IngestOp, ingest, ingest_grid
 from engine.storage.slices import natural_sorted
 from engine.storage.sources import Hdf5Volume, SliceStack, open_source
 
@@ -239,7 +239,7 @@ def test_existing_output_and_dtype(tmp_path: Path) -> None:
     vol = ingest(tmp_path / "in", dst, dtype="uint16", overwrite=True, progress=False)
     assert vol.dtype == np.uint16 and read_all(vol)[3, 0, 0] == 30
     save_png(tmp_path / "wide" / "0.png", np.full((4, 4), 300, np.uint16))
-    with pytest.raises(StorageError, match="do not fit uint8") as err:
+    with pytest.raises(BlocksFailed, match="do not fit uint8") as err:
         ingest(tmp_path / "wide", tmp_path / "o.zarr" / "w", dtype="uint8", progress=False)
     assert "wider --dtype" in one_line(err)
 
@@ -335,7 +335,7 @@ BAD_SOURCES: dict[str, tuple[Callable[[Path], str], str]] = {
 def test_bad_sources(tmp_path: Path, case: str) -> None:
     make, message = BAD_SOURCES[case]
     src = make(tmp_path)
-    with pytest.raises(StorageError, match=message) as err:
+    with pytest.raises(ConnectileError, match=message) as err:
         ingest(src, tmp_path / "o.zarr" / "raw", progress=False)
     one_line(err)
 
@@ -497,3 +497,18 @@ def test_isbi2012(shared_data: Path, tmp_path: Path) -> None:
     assert [int(images[k].sum()) for k in (2, 10, 29)] == [35484654, 36511488, 34950447]
     np.testing.assert_array_equal(labels[10], png(root / "train" / "label" / "10.png"))
     assert open_source(str(root / "test")).shape == (30, 512, 512)
+
+
+def test_ingest_on_ray_equals_serial_and_resumes(tmp_path: Path, ray_cluster: str) -> None:
+    numbered_slices(tmp_path / "in", 12)
+    serial = ingest(tmp_path / "in", tmp_path / "a.zarr" / "raw", chunks=(2, 8, 8), progress=False)
+    on_ray = ingest(tmp_path / "in", tmp_path / "b.zarr" / "raw", chunks=(2, 8, 8), progress=False, backend="ray", workers=2)
+    assert np.array_equal(serial.read(serial.box), on_ray.read(on_ray.box))
+    import json
+
+    summary = json.loads((tmp_path / "b.zarr" / ".connectile" / "raw.ingest" / "summary.json").read_text())
+    assert summary["done"] == 6 and summary["backend"] == "ray"
+    again = ingest(tmp_path / "in", tmp_path / "b.zarr" / "raw", chunks=(2, 8, 8), progress=False, backend="ray", workers=2)
+    assert np.array_equal(again.read(again.box), serial.read(serial.box))
+    summary = json.loads((tmp_path / "b.zarr" / ".connectile" / "raw.ingest" / "summary.json").read_text())
+    assert summary["done"] == 0 and summary["already_done"] == 6

@@ -12,17 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from engine.errors import ConfigError
-from engine.storage.ingest import DEFAULT_CHUNKS, INGEST_FORMATS, ingest
-
-
-def _numbers(text: str | None, what: str, kind: type, example: str) -> tuple[Any, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(kind(v) for v in text.split(","))
-    except ValueError as err:
-        raise ConfigError(f"{what} must be three comma-separated numbers z,y,x, got {text!r}", f"e.g. {what} {example}") from err
+from engine.commands._common import add_runtime_args, runtime_kwargs, triple
+from engine.ops.ingest import DEFAULT_CHUNKS, INGEST_FORMATS, ingest
 
 
 def add_parser(subparsers: Any) -> None:
@@ -49,17 +40,17 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--rgb-to-label", action="store_true", help="turn each colour of RGB(A) slices into one label id")
     parser.add_argument("--dtype", help="output dtype (default: the source's; uint8 with --binarize, uint64 through a lut)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output of another layout")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_runtime_args(parser, default_backend="serial")
     parser.set_defaults(func=run, lut=None)
 
 
 def run(args: argparse.Namespace) -> int:
     """Ingest ``args.src`` into ``args.dst`` and print a one-line summary."""
-    chunks = _numbers(args.chunks, "--chunks", int, "64,256,256") or DEFAULT_CHUNKS
+    chunks = triple(args.chunks, "--chunks", int, "64,256,256") or DEFAULT_CHUNKS
     volume = ingest(
         args.src,
         args.dst,
-        voxel_size=_numbers(args.voxel_size, "--voxel-size", float, "40,4,4"),
+        voxel_size=triple(args.voxel_size, "--voxel-size", float, "40,4,4"),
         chunks=chunks,
         format=args.format,
         binarize=args.binarize,
@@ -67,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         rgb_to_label=args.rgb_to_label,
         dtype=args.dtype,
         overwrite=args.overwrite,
-        progress=args.progress,
+        **{k: v for k, v in runtime_kwargs(args).items() if k in ("backend", "workers", "progress")},
     )
     shape = "x".join(str(s) for s in volume.shape)
     print(f"ingested {args.src} -> {volume.url}: {shape} (z,y,x) {volume.dtype}, voxel size {volume.voxel_size} nm")

@@ -7,11 +7,12 @@ from engine.runtime.markers import DoneStore, run_hash
 from engine.runtime.mask import BlockMask
 from engine.runtime.op import OPS, BlockOp
 from engine.runtime.progress import RunSummary
-from engine.runtime.scheduler import make_backend, run_blockwise
+from engine.runtime.scheduler import BackendName, default_state_dir, make_backend, run_blockwise
 
 __all__ = [
     "OPS",
     "Backend",
+    "BackendName",
     "BatchResult",
     "BlockMask",
     "BlockOp",
@@ -23,6 +24,7 @@ __all__ = [
     "SerialBackend",
     "WorkerSetupError",
     "connect",
+    "default_state_dir",
     "make_backend",
     "run_blockwise",
     "run_hash",

@@ -100,6 +100,10 @@ class SerialBackend(Backend):
         ids = self._queue.popleft()
         return [Completion(0, ids, self._runner.run(ids))]
 
+    def stop(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+
     def workers(self) -> list[dict[str, Any]]:
         return [{"worker": 0, "name": self._runner.name if self._runner else "", "node": "local"}]
 
@@ -119,6 +123,9 @@ class _Actor:
 
     def run(self, ids: list[int]) -> BatchResult:
         return self.runner.run(ids)
+
+    def close(self) -> None:
+        self.runner.close()
 
 
 def _lost_errors() -> tuple[type[BaseException], ...]:
@@ -248,6 +255,8 @@ class RayBackend(Backend):
     def stop(self) -> None:
         import ray
 
+        if self._actors:  # let live workers tear down (close files) before they are killed
+            ray.wait([a.close.remote() for a in self._actors], num_returns=len(self._actors), timeout=10)
         for actor in self._actors:
             try:
                 ray.kill(actor, no_restart=True)

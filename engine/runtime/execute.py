@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.errors import ConnectileError
 from engine.geometry import Block, BlockGrid
 from engine.runtime.markers import DONE, FAILED, SKIPPED
 from engine.runtime.mask import BlockMask
@@ -34,6 +35,8 @@ class BatchResult:
     seconds: np.ndarray
     voxels: int
     errors: dict[int, str] = field(default_factory=dict)
+    #: failed blocks whose error is a user error (bad input, bad parameters): retrying cannot help
+    permanent: set[int] = field(default_factory=set)
     stats: dict[str, float] = field(default_factory=dict)
     worker: str = ""
 
@@ -54,12 +57,19 @@ class BlockRunner:
         if mask is not None:
             mask.setup()
 
+    def close(self) -> None:
+        try:
+            self.op.teardown()
+        except Exception as err:  # noqa: BLE001 - a failing teardown must not hide the run's outcome
+            log.warning("teardown of %s failed: %s", self.op.kind, err)
+
     def run(self, ids: Sequence[int]) -> BatchResult:
         n = len(ids)
         out_ids = np.asarray(ids, dtype=np.int64)
         status = np.zeros(n, dtype=np.int8)
         seconds = np.zeros(n, dtype=np.float32)
         errors: dict[int, str] = {}
+        permanent: set[int] = set()
         stats: dict[str, float] = {}
         voxels = 0
         for k, bid in enumerate(ids):
@@ -80,6 +90,8 @@ class BlockRunner:
                 status[k] = FAILED
                 where = f"block {bid}" + (f" {block.index} {block.write}" if block is not None else "")
                 errors[int(bid)] = f"{where}: {type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}"
+                if isinstance(err, ConnectileError):
+                    permanent.add(int(bid))
                 log.debug("%s failed: %s", where, err)
             seconds[k] = time.perf_counter() - t0
-        return BatchResult(out_ids, status, seconds, voxels, errors, stats, self.name)
+        return BatchResult(out_ids, status, seconds, voxels, errors, permanent, stats, self.name)

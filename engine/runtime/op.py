@@ -69,6 +69,9 @@ class BlockOp(BaseModel):
         """
         raise NotImplementedError
 
+    def teardown(self) -> None:
+        """Worker side, once when the worker is done with this op (close files, free memory)."""
+
     def is_empty(self, block: Block) -> bool:
         """Optional cheap test run before ``process``: True means nothing to do (recorded as skipped)."""
         return False

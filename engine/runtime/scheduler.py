@@ -19,7 +19,8 @@ Rules:
 - Blocks are dispatched as batches of ids, at most ``window`` batches in flight per worker. The batch
   size adapts so that a call lasts about ``target_call_seconds`` (cheap blocks travel in large
   batches; expensive ones one at a time), shrinking near the end so workers finish together.
-- A block that raises is retried up to ``max_retries`` times; a block whose worker died counts an
+- A block that raises is retried up to ``max_retries`` times, unless it raised a
+  :class:`~engine.errors.ConnectileError` (bad input or parameters: the same again every time); a block whose worker died counts an
   attempt too (a block that kills its worker every time must not loop forever). Dead workers are
   replaced, at most ``max_worker_restarts`` times per run.
 - Done-markers (see :mod:`engine.runtime.markers`) are recorded only from results a worker returned
@@ -49,6 +50,18 @@ from engine.runtime.progress import RunObserver, RunSummary
 log = logging.getLogger(__name__)
 
 BackendName = Literal["serial", "ray"]
+
+
+def default_state_dir(output_url: str, name: str) -> Path:
+    """Where a run keeps its done-markers and summary: beside a local output
+    (``data.zarr/.connectile/raw.<name>``), else under ``~/.cache/connectile/runs``."""
+    from engine.runtime.markers import run_hash
+    from engine.storage import parse_url
+
+    loc = parse_url(output_url)
+    if loc.is_local_file:
+        return Path(loc.parent().path) / ".connectile" / f"{loc.name}.{name}"
+    return Path.home() / ".cache" / "connectile" / "runs" / f"{loc.name}.{name}.{run_hash({'url': loc.url()})}"
 
 
 def make_backend(backend: BackendName | Backend, workers: int | None = None, address: str | None = None) -> Backend:
@@ -233,7 +246,7 @@ class _Dispatcher:
             if status == FAILED:
                 self.attempts[bid] = attempts
                 error = r.errors.get(bid, "")
-                if attempts <= self.max_retries:
+                if attempts <= self.max_retries and bid not in r.permanent:
                     log.warning("block %d failed (attempt %d of %d), retrying: %s", bid, attempts, self.max_retries + 1, error.splitlines()[0] if error else "")
                     self.observer.retried()
                     self.pending.append(bid)
@@ -283,4 +296,4 @@ class _Dispatcher:
         self.pending.clear()
 
 
-__all__ = ["SKIPPED", "BackendName", "make_backend", "run_blockwise"]
+__all__ = ["SKIPPED", "BackendName", "default_state_dir", "make_backend", "run_blockwise"]

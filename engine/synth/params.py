@@ -60,7 +60,7 @@ class SynthParams(BaseModel):
 
     # -- organelles ----------------------------------------------------------------------------
     mito_probability: float = Field(
-        0.3, ge=0.0, le=1.0, description="Chance that a mitochondrion is tried in an axon (dendrites try three); rejected if it would cross a membrane."
+        0.5, ge=0.0, le=1.0, description="Chance that a mitochondrion is tried in an axon (dendrites try three); rejected if it would cross a membrane."
     )
     mito_radius: Range = Field((40.0, 100.0), description="Range of mitochondrion cross-section semi-axes in nm (min, max).")
     mito_length: Range = Field((250.0, 800.0), description="Range of mitochondrion lengths in nm along the neurite (min, max).")

@@ -55,13 +55,16 @@ def _blur_axis(a: np.ndarray, sigma: float, radius: int, axis: int) -> np.ndarra
     return out
 
 
-def _organelle_sites(p: SynthParams, box: Box) -> tuple[np.ndarray, np.ndarray]:
-    """The M-space box whose sites may own an organelle that reaches ``box``."""
+def _organelle_box(p: SynthParams, box: Box) -> tuple[np.ndarray, np.ndarray]:
+    """The M-space box whose sites may own an organelle reaching ``box``: a mitochondrion's host owns
+    all of its voxels, but a synapse reaches ``1.25 * radius + CLOUD_DEPTH`` nm from the point where
+    its two neurons are the two least-power sites."""
     vz, vy, vx = p.voxel_size
     st = p.neuron_stretch
-    amp = warp_amplitude(p) + max(CLOUD_DEPTH + 1.3 * p.synapse_radius[1], p.mito_length[1], p.mito_radius[1])
-    lo = np.array([box.start[0] * vz / st - amp, box.start[1] * vy - amp, box.start[2] * vx - amp])
-    hi = np.array([box.stop[0] * vz / st + amp, box.stop[1] * vy + amp, box.stop[2] * vx + amp])
+    ext = 1.25 * p.synapse_radius[1] + CLOUD_DEPTH
+    amp = warp_amplitude(p)
+    lo = np.array([box.start[0] * vz / st - ext / st, box.start[1] * vy - ext - amp, box.start[2] * vx - ext - amp])
+    hi = np.array([box.stop[0] * vz / st + ext / st, box.stop[1] * vy + ext + amp, box.stop[2] * vx + ext + amp])
     return lo, hi
 
 
@@ -71,11 +74,13 @@ def _cytoplasm(p: SynthParams, field: NeuronField, box: Box) -> np.ndarray:
     level = np.where(sites.dendrite, 0.70, 0.79) + 0.05 * p.texture * (u - 0.5)
     base = level.astype(np.float32)[field.first]
     if p.texture > 0:
-        vz, vy, vx = p.voxel_size
-        coords = [field.warp.pz / max(vz, 30.0), field.warp.py / 36.0, field.warp.px / 36.0]
-        fine = value_noise(p.seed, S_TEXTURE, coords)
-        coarse = value_noise(p.seed, S_TEXTURE + 1, [c * 0.25 for c in coords])
-        base += np.float32(0.035 * p.texture) * fine + np.float32(0.03 * p.texture) * coarse
+        vz = p.voxel_size[0]
+        fine = value_noise(p.seed, S_TEXTURE, [field.warp.pz / max(vz, 30.0), field.warp.py / 36.0, field.warp.px / 36.0])
+        coarse = value_noise(p.seed, S_TEXTURE + 1, [field.warp.pz / 160.0, field.warp.py / 150.0, field.warp.px / 150.0])
+        speck = value_noise(p.seed, S_TEXTURE + 2, [field.warp.pz / max(vz, 30.0), field.warp.py / 14.0, field.warp.px / 14.0])
+        speck = np.clip((speck - np.float32(0.45)) * np.float32(1.0 / 0.55), 0.0, 1.0)
+        base += np.float32(0.03 * p.texture) * fine + np.float32(0.035 * p.texture) * coarse
+        base *= np.float32(1.0) - np.float32(0.3 * p.texture) * speck * speck
     return base
 
 
@@ -87,7 +92,7 @@ def render_core(p: SynthParams, box: Box) -> dict[str, np.ndarray]:
     intensity = _cytoplasm(p, field, grown)
     intensity *= np.float32(1.0) - np.float32(MEMBRANE_DARK) * membrane_darkness(field, p)
 
-    org = sites_near(p, *_organelle_sites(p, grown))
+    org = sites_near(p, *_organelle_box(p, grown))
     mito_ids, mito_dark = render_mitos(p, place_mitos(p, org), field, grown)
     syn_labels, syn_dark = render_synapses(p, place_synapses(p, org), field, grown)
     syn_dark[mito_ids != 0] = 0.0

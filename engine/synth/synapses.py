@@ -26,10 +26,10 @@ from engine.synth.params import SynthParams
 from engine.synth.sites import Sites, neighbourhood, reach
 
 S_SYNAPSE, S_VESICLE = 50, 60
-PRE_DEPTH, PSD_DEPTH, CLOUD_DEPTH = 50.0, 40.0, 260.0
-VESICLE_CELL, VESICLE_RADIUS = 46.0, 19.0
+PRE_DEPTH, PSD_DEPTH, CLOUD_DEPTH = 40.0, 40.0, 260.0
+VESICLE_CELL, VESICLE_RADIUS = 50.0, 18.0
 MARGIN = 25.0
-DARK_PSD, DARK_CLEFT, DARK_VESICLE = 0.55, 0.35, 0.6
+DARK_PSD, DARK_CLEFT, DARK_VESICLE = 0.6, 0.25, 0.55
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def _vesicles(p: SynthParams, z: np.ndarray, qy: np.ndarray, qx: np.ndarray, pz:
             h = (pz - c[0]) * nz + (vy - c[1]) * ny + (vx - c[2]) * nx
             lat2 = (pz - c[0]) ** 2 + (vy - c[1]) ** 2 + (vx - c[2]) ** 2 - h * h
             depth = np.clip(-h / CLOUD_DEPTH, 0.0, 1.0)
-            density = 0.85 * (1.0 - depth * depth)
+            density = 0.75 * (1.0 - depth * depth)
             present = (h <= -(VESICLE_RADIUS + 10.0)) & (lat2 <= (1.2 * r) ** 2) & (uniform(p.seed, S_VESICLE + 2, z, cy, cx) < density)
             d = np.sqrt((qy - vy) ** 2 + (qx - vx) ** 2)
             best = np.where(present, np.minimum(best, d), best)
@@ -164,9 +164,9 @@ def render_synapses(p: SynthParams, syn: Synapses, field: NeuronField, box: Box)
         # raw: postsynaptic density (a band widened by the section's thickness where tilted), cleft, vesicles
         smear = abs(nz) * half_section
         rim = 1.0 - smoothstep(np.clip((np.sqrt(lat2) - r) / 30.0 + 1.0, 0.0, 1.0))
-        band = 1.0 - smoothstep(np.clip((h - PSD_DEPTH - smear) / 15.0 + 0.5, 0.0, 1.0))
-        shade = np.where(in_post, DARK_PSD * band * rim, 0.0)
-        shade = np.maximum(shade, DARK_CLEFT * rim * (np.abs(h) < 12.0 + smear))
+        band = np.clip(1.0 - np.maximum(h - 8.0, 0.0) / (PSD_DEPTH - 8.0 + smear), 0.0, 1.0)
+        shade = np.where(in_post & (h > -smear), DARK_PSD * band * band * rim, 0.0)
+        shade = np.maximum(shade, DARK_CLEFT * rim * (np.abs(h) < 6.0 + smear))
         cloud = in_pre & (h < -8.0) & (h > -CLOUD_DEPTH) & (lat2 < (1.3 * r) ** 2)
         if cloud.any():
             zi, yi, xi = np.nonzero(cloud)

@@ -24,11 +24,10 @@ from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 from pydantic import PrivateAttr
-from tqdm import tqdm
 
 from engine.errors import ConfigError, StorageError
 from engine.geometry import Block, BlockGrid, Box
-from engine.runtime.op import BlockOp
+from engine.runtime import BackendName, BlockOp, default_state_dir, run_blockwise
 from engine.storage.sources import Source, open_source
 from engine.storage.volume import Volume, check_write_alignment, create_volume, open_volume
 
@@ -94,8 +93,8 @@ class IngestOp(BlockOp):
                 )
         return data.astype(target)
 
-    def close(self) -> None:
-        """Release the source's open files (the serial driver calls it; Ray workers exit instead)."""
+    def teardown(self) -> None:
+        """Release the source's open files."""
         self.source.close()
 
 
@@ -134,6 +133,9 @@ def ingest(
     dtype: Any = None,
     overwrite: bool = False,
     progress: bool = True,
+    backend: BackendName = "serial",
+    workers: int | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
 ) -> Volume:
     """Convert ``src`` into the volume ``dst`` blockwise and return the volume.
 
@@ -144,6 +146,8 @@ def ingest(
     the dataset, False for none; mapped ids are uint64. ``rgb_to_label`` turns colours into ids.
     ``dtype`` overrides the output dtype (default: the source's). An existing ``dst`` of the same
     layout is written again; of another layout it is an error unless ``overwrite``.
+    The copy runs on the runtime (``backend``: ``serial`` here, ``ray`` for a cluster) and resumes:
+    an interrupted ingest copies only the slabs it had not finished.
     """
     src_s, dst_s = os.fspath(src), os.fspath(dst)
     if format not in INGEST_FORMATS:
@@ -172,7 +176,17 @@ def ingest(
         grid = ingest_grid(source.shape, volume.write_chunk_shape)
         op = IngestOp(source=source, output=volume.url, dtype=out_dtype.name, binarize=binarize)
         log.info("ingesting %s into %s: %s %s, %d blocks of %s", source.describe(), volume.url, source.shape, out_dtype, grid.num_blocks, grid.write_shape)
-        totals = _run_serial(op, grid, progress=progress)
+        summary = run_blockwise(
+            op,
+            grid,
+            state_dir=state_dir or default_state_dir(volume.url, "ingest"),
+            backend=backend,
+            workers=workers,
+            overwrite=overwrite,
+            progress=progress,
+            name="ingest",
+        )
+        totals = summary.stats
     finally:
         source.close()
     log.info(
@@ -180,23 +194,3 @@ def ingest(
         volume.url, volume.shape, volume.dtype, totals.get("nonzero", 0), 100 * totals.get("nonzero", 0) / max(1.0, totals.get("voxels", 0)),
     )
     return volume
-
-
-def _run_serial(op: IngestOp, grid: BlockGrid, *, progress: bool) -> dict[str, float]:
-    """Run ``op`` on every block in this process, with a tqdm bar counting slices.
-
-    Stands in for ``engine.runtime.run_blockwise(op, grid, backend="serial")`` until the runtime
-    lands; it returns the summed per-block numbers like the runtime's summary.
-    """
-    totals: dict[str, float] = {}
-    op.prepare(grid)
-    op.setup()
-    try:
-        with tqdm(total=grid.total.shape[0], unit="slice", desc="ingest", disable=not progress) as bar:
-            for block in grid.blocks():
-                for key, value in op.process(block).items():
-                    totals[key] = totals.get(key, 0.0) + value
-                bar.update(block.write.shape[0])
-    finally:
-        op.close()
-    return totals
