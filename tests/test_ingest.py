@@ -24,9 +24,9 @@ from PIL import Image
 from engine.cli import main
 from engine.errors import BlocksFailed, ConfigError, ConnectileError, StorageError
 from engine.geometry import Box
+from engine.ops.ingest import IngestOp, ingest, ingest_grid
 from engine.storage import Volume, open_volume
 from engine.storage.hdf5 import IdMap
-from engine.ops.ingest import IngestOp, ingest, ingest_grid
 from engine.storage.slices import natural_sorted
 from engine.storage.sources import Hdf5Volume, SliceStack, open_source
 

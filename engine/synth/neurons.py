@@ -52,9 +52,11 @@ class Warp:
 
 
 def _shift(p: SynthParams, stream: int, pz: np.ndarray, pa: np.ndarray) -> np.ndarray:
+    """One in-plane shift field (nm) over (z, a): wobble (long along z, like the neurites) plus meander."""
     out = np.zeros((pz.size, pa.size))
     if p.boundary_wobble > 0:
-        out += p.boundary_wobble * value_noise(p.seed, stream, [pz / p.wobble_scale, pa / p.wobble_scale])
+        zscale = p.wobble_scale * p.neuron_stretch
+        out += p.boundary_wobble * value_noise(p.seed, stream, [pz / zscale, pa / p.wobble_scale])
     if p.meander > 0:
         out += p.meander * value_noise(p.seed, stream + 1, [pz / p.meander_scale, pa / p.meander_scale])
     return out

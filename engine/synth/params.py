@@ -36,22 +36,22 @@ class SynthParams(BaseModel):
 
     # -- neurons -------------------------------------------------------------------------------
     neuron_spacing: float = Field(
-        300.0, gt=0, description="Mean distance in nm between neighbouring small neurites (axons) across the section plane."
+        260.0, gt=0, description="Mean distance in nm between neighbouring small neurites (axons) across the section plane."
     )
     neuron_stretch: float = Field(
-        5.0, ge=1.0, le=50.0, description="How much longer than wide neurites are along z (the sectioning axis); 1 gives round cells."
+        8.0, ge=1.0, le=50.0, description="How much longer than wide neurites are along z (the sectioning axis); 1 gives round cells."
     )
     neuron_jitter: float = Field(0.8, ge=0.0, le=0.9, description="Irregularity of neurite positions: 0 is a regular grid, 0.9 nearly random.")
     neuron_size_variation: float = Field(
         0.5, ge=0.0, le=0.6, description="Spread of neurite calibres, as a fraction of neuron_spacing (power-diagram weights)."
     )
     dendrite_probability: float = Field(
-        0.6, ge=0.0, le=1.0, description="Chance that a coarse cell of size dendrite_spacing holds a thick dendrite."
+        0.7, ge=0.0, le=1.0, description="Chance that a coarse cell of size dendrite_spacing holds a thick dendrite."
     )
-    dendrite_spacing: float = Field(1400.0, gt=0, description="Spacing in nm of the coarse grid on which thick dendrites sit.")
-    dendrite_radius: Range = Field((250.0, 450.0), description="Range of dendrite radii in nm (min, max).")
-    boundary_wobble: float = Field(45.0, ge=0.0, description="Amplitude in nm of the small-scale waviness of cell boundaries.")
-    wobble_scale: float = Field(300.0, gt=0, description="Length scale in nm of the boundary waviness.")
+    dendrite_spacing: float = Field(1000.0, gt=0, description="Spacing in nm of the coarse grid on which thick dendrites sit.")
+    dendrite_radius: Range = Field((220.0, 420.0), description="Range of dendrite radii in nm (min, max).")
+    boundary_wobble: float = Field(50.0, ge=0.0, description="Amplitude in nm of the small-scale waviness of cell boundaries.")
+    wobble_scale: float = Field(150.0, gt=0, description="Length scale in nm of the boundary waviness.")
     meander: float = Field(120.0, ge=0.0, description="Amplitude in nm of the slow sideways drift of neurites from section to section.")
     meander_scale: float = Field(1500.0, gt=0, description="Length scale in nm of the meander (in z and across).")
     membrane_thickness: float = Field(

@@ -23,12 +23,15 @@ from engine.geometry import Box
 from engine.synth.fields import smoothstep, uniform
 from engine.synth.neurons import NeuronField, warp_amplitude
 from engine.synth.params import SynthParams
-from engine.synth.sites import Sites, neighbourhood, reach
+from engine.synth.sites import Sites, neighbourhood
 
 S_SYNAPSE, S_VESICLE = 50, 60
 PRE_DEPTH, PSD_DEPTH, CLOUD_DEPTH = 40.0, 40.0, 260.0
 VESICLE_CELL, VESICLE_RADIUS = 50.0, 18.0
 MARGIN = 25.0
+FACE_CAP = 0.8  # x neuron_spacing: how far from the axon's site its synapse may sit
+PARTNERS = 6  # nearest faces considered
+CHUNK = 256  # axons per vectorised batch (bounds the memory)
 DARK_PSD, DARK_CLEFT, DARK_VESICLE = 0.6, 0.25, 0.55
 
 
@@ -57,52 +60,64 @@ def _physical_norm(delta: np.ndarray, st: float) -> np.ndarray:
     return np.sqrt((delta[..., 0] / st) ** 2 + delta[..., 1] ** 2 + delta[..., 2] ** 2)
 
 
+def _choose(p: SynthParams, pre: Sites, radius: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For each axon: whether it has a partner, the partner's id, the disc centre (M-space) and the
+    unit normal (M-space, pre to post)."""
+    st = p.neuron_stretch
+    cap = FACE_CAP * p.neuron_spacing
+    nb = neighbourhood(p, pre.pos, cap + 0.5 * p.synapse_radius[1] + MARGIN)
+    valid = (nb.ids != 0) & (nb.ids != pre.ids[:, None])
+    delta = nb.pos - pre.pos[:, None, :]
+    dist = np.where(valid, np.sqrt((delta**2).sum(-1)), 1.0)
+    face = (_powers(pre.pos, nb) + pre.weight[:, None]) / (2.0 * dist)  # M-distance from the site to each bisector
+    face = np.where(valid & (face > 0) & (face <= cap), face, np.inf)
+    order = np.argsort(face, axis=1, kind="stable")[:, :PARTNERS]
+    fd = np.take_along_axis(face, order, 1)
+    unit = np.take_along_axis(delta, order[..., None], 1) / np.take_along_axis(dist, order, 1)[..., None]
+    point = pre.pos[:, None, :] + np.where(np.isfinite(fd), fd, 0.0)[..., None] * unit  # the bisector's nearest point
+    post_ids = np.take_along_axis(nb.ids, order, 1)
+    post_pos = np.take_along_axis(nb.pos, order[..., None], 1)
+
+    # clearance of each candidate centre from every other boundary of the axon and of the partner
+    with np.errstate(invalid="ignore"):
+        pw = ((point[:, :, None, :] - nb.pos[:, None, :, :]) ** 2).sum(-1) - nb.weight[:, None, :]
+    here = ((point - pre.pos[:, None, :]) ** 2).sum(-1) - pre.weight[:, None]
+    others = valid[:, None, :] & (nb.ids[:, None, :] != post_ids[..., None])
+    need = 0.5 * radius[:, None, None] + MARGIN
+    ok = np.isfinite(fd)
+    for norm in (_physical_norm(delta, st)[:, None, :], _physical_norm(nb.pos[:, None, :, :] - post_pos[:, :, None, :], st)):
+        clear = (pw - here[..., None]) / (2.0 * np.where(others, norm, 1.0))
+        ok &= np.where(others, clear >= need, True).all(-1)
+
+    # dendrites first, else the valid neighbour with the least hash
+    dend = np.take_along_axis(nb.dendrite, order, 1) & ok
+    rank = np.where(ok, uniform(p.seed, S_SYNAPSE + 3, pre.ids[:, None], post_ids), np.inf)
+    pick = np.where(dend.any(1), dend.argmax(1), rank.argmin(1))
+    rows = np.arange(len(pick))
+    return ok.any(1), post_ids[rows, pick], point[rows, pick], unit[rows, pick]
+
+
 def place_synapses(p: SynthParams, sites: Sites) -> Synapses:
     """The synapses made by the axons among ``sites`` (deterministic per axon)."""
     st = p.neuron_stretch
-    u = [uniform(p.seed, S_SYNAPSE + q, sites.ids) for q in range(3)]
+    u = [uniform(p.seed, S_SYNAPSE + q, sites.ids) for q in range(2)]
     pre_idx = np.flatnonzero((u[0] < p.synapse_probability) & ~sites.dendrite)
-    empty = Synapses(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), np.zeros(0, np.uint64), np.zeros(0, np.uint64))
-    if pre_idx.size == 0:
-        return empty
-    pre = sites.take(pre_idx)
     radius = p.synapse_radius[0] + u[1][pre_idx] * (p.synapse_radius[1] - p.synapse_radius[0])
-
-    # the partner: distance (M-space) from the axon's site to each bisector, nearest faces first
-    nb = neighbourhood(p, pre.pos, reach(p)[0])
-    other = (nb.ids != 0) & (nb.ids != pre.ids[:, None])
-    delta = nb.pos - pre.pos[:, None, :]
-    dnorm = np.where(other, np.sqrt((delta**2).sum(-1)), 1.0)
-    face = np.where(other, (_powers(pre.pos, nb) + pre.weight[:, None]) / (2.0 * dnorm), np.inf)
-    face = np.where(face > 0, face, np.inf)
-    order = np.argsort(face, axis=1, kind="stable")[:, :6]
-    near_dend = np.take_along_axis(nb.dendrite & np.isfinite(face), order, 1)
-    pick_any = np.minimum((u[2][pre_idx] * 4).astype(np.int64), 3)
-    pick = np.where(near_dend.any(1), near_dend.argmax(1), pick_any)
-    col = order[np.arange(len(order)), pick]
-    rows = np.arange(len(col))
-    post = nb.take((rows, col))
-    fd = face[rows, col]
-    ok = np.isfinite(fd)
-    dsel = delta[rows, col]
-    point = pre.pos + np.where(ok, fd, 0.0)[:, None] * dsel / dnorm[rows, col][:, None]  # on the bisector
-
-    # keep the disc only if it lies inside the face: every other boundary at least radius + MARGIN away
-    nb2 = neighbourhood(p, point, 0.5 * p.synapse_radius[1] + MARGIN)
-    others = (nb2.ids != 0) & (nb2.ids != pre.ids[:, None]) & (nb2.ids != post.ids[:, None])
-    pw = _powers(point, nb2)
-    pow_pre = ((point - pre.pos) ** 2).sum(-1) - pre.weight
-    for owner in (pre, post):
-        norm = _physical_norm(nb2.pos - owner.pos[:, None, :], st)
-        clear = (pw - pow_pre[:, None]) / (2.0 * np.where(others, norm, 1.0))
-        ok &= np.where(others, clear >= 0.5 * radius[:, None] + MARGIN, True).all(1)
-    keep = np.flatnonzero(ok)
-    if keep.size == 0:
-        return empty
-    nv = dsel[keep] / np.array([st, 1.0, 1.0])
+    found, post, centre, unit = [], [], [], []
+    for start in range(0, pre_idx.size, CHUNK):
+        part = slice(start, start + CHUNK)
+        f, q, c, n = _choose(p, sites.take(pre_idx[part]), radius[part])
+        found.append(f)
+        post.append(q)
+        centre.append(c)
+        unit.append(n)
+    if not found:
+        return Synapses(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+    keep = np.flatnonzero(np.concatenate(found))
+    scale = np.array([st, 1.0, 1.0])
+    nv = np.concatenate(unit)[keep] / scale
     normal = nv / np.sqrt((nv**2).sum(-1))[:, None]
-    centre = point[keep] * np.array([st, 1.0, 1.0])
-    return Synapses(centre, normal, radius[keep], pre.ids[keep], post.ids[keep])
+    return Synapses(np.concatenate(centre)[keep] * scale, normal, radius[keep], sites.ids[pre_idx[keep]], np.concatenate(post)[keep])
 
 
 def _vesicles(p: SynthParams, z: np.ndarray, qy: np.ndarray, qx: np.ndarray, pz: float, syn: Synapses, n: int) -> np.ndarray:
@@ -164,8 +179,8 @@ def render_synapses(p: SynthParams, syn: Synapses, field: NeuronField, box: Box)
         # raw: postsynaptic density (a band widened by the section's thickness where tilted), cleft, vesicles
         smear = abs(nz) * half_section
         rim = 1.0 - smoothstep(np.clip((np.sqrt(lat2) - r) / 30.0 + 1.0, 0.0, 1.0))
-        band = np.clip(1.0 - np.maximum(h - 8.0, 0.0) / (PSD_DEPTH - 8.0 + smear), 0.0, 1.0)
-        shade = np.where(in_post & (h > -smear), DARK_PSD * band * band * rim, 0.0)
+        band = np.clip(1.0 - np.maximum(h - 0.6 * PSD_DEPTH, 0.0) / (0.4 * PSD_DEPTH + smear), 0.0, 1.0)
+        shade = np.where(in_post & (h > -smear), DARK_PSD * band * rim, 0.0)
         shade = np.maximum(shade, DARK_CLEFT * rim * (np.abs(h) < 6.0 + smear))
         cloud = in_pre & (h < -8.0) & (h > -CLOUD_DEPTH) & (lat2 < (1.3 * r) ** 2)
         if cloud.any():
