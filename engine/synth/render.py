@@ -71,7 +71,7 @@ def _organelle_box(p: SynthParams, box: Box) -> tuple[np.ndarray, np.ndarray]:
 def _cytoplasm(p: SynthParams, field: NeuronField, box: Box) -> np.ndarray:
     sites = field.sites
     u = uniform(p.seed, S_SHADE, sites.ids)
-    level = np.where(sites.dendrite, 0.70, 0.79) + 0.05 * p.texture * (u - 0.5)
+    level = np.where(sites.dendrite, 0.82, 0.76) + 0.05 * p.texture * (u - 0.5)
     base = level.astype(np.float32)[field.first]
     if p.texture > 0:
         vz = p.voxel_size[0]

@@ -1,10 +1,11 @@
 """Synapses: a presynaptic axon and a postsynaptic neighbour, at a patch of their shared membrane.
 
-An axon makes a synapse with ``synapse_probability``. Its partner is the nearest dendrite among its
-six nearest faces, else one of its four nearest neighbours (by hash). The synapse is a disc of
-``synapse_radius`` on their common boundary, centred where the line between the two sites crosses it;
-it is kept only if the disc lies well inside that face, which is decided analytically from the sites
-around it, the same in every block.
+An axon makes a synapse with ``synapse_probability``. Its partner is chosen among the neighbours
+behind its six nearest cell boundaries, those where a synapse fits: a dendrite if there is one, else
+one picked by hash. The synapse is a disc of ``synapse_radius`` on their common boundary, centred where
+the line between the two sites crosses it; it fits if the middle half of the disc lies well inside the
+face the two cells share (the disc itself is cut to the two cells). All of it is decided analytically
+from the sites around the axon, so it is the same in every block.
 
 In the ``synapses`` volume (uint8): ``1`` marks the presynaptic side (voxels of the axon within
 ``PRE_DEPTH`` nm of the disc), ``2`` the postsynaptic side (voxels of the partner within ``PSD_DEPTH``
