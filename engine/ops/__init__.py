@@ -3,6 +3,20 @@ importing this package registers them all in :data:`engine.runtime.OPS` by their
 
 from engine.ops.faults import FaultyGaussian
 from engine.ops.filters import GaussianFilter
+from engine.ops.label import FacePairsOp, GpuLocalLabelOp, LocalLabelOp, RelabelOp, label_volume
 from engine.ops.noop import NoOp
+from engine.ops.segment import FragmentsOp, SegmentEdgesOp, segment_volume
 
-__all__ = ["FaultyGaussian", "GaussianFilter", "NoOp"]
+__all__ = [
+    "FacePairsOp",
+    "FaultyGaussian",
+    "FragmentsOp",
+    "GaussianFilter",
+    "GpuLocalLabelOp",
+    "LocalLabelOp",
+    "NoOp",
+    "RelabelOp",
+    "SegmentEdgesOp",
+    "label_volume",
+    "segment_volume",
+]

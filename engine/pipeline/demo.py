@@ -87,7 +87,7 @@ def run_demo(
 
 
 def _check_against_whole_volume(op: GaussianFilter, grid: BlockGrid) -> float:
-    """Max |blockwise − scipy on the whole input| over the whole volume (small demo volumes only)."""
+    """Max |blockwise - scipy on the whole input| over the whole volume (small demo volumes only)."""
     from scipy.ndimage import gaussian_filter
 
     src = open_volume(op.input)

@@ -20,7 +20,7 @@ from engine.geometry import Box
 from engine.synth.fields import smoothstep, uniform
 from engine.synth.neurons import NeuronField, warp_amplitude
 from engine.synth.params import SynthParams
-from engine.synth.sites import Sites, neighbourhood
+from engine.synth.sites import Sites, neighbourhood, sites_in
 
 S_MITO = 40
 ATTEMPTS = 3
@@ -121,6 +121,14 @@ def place_mitos(p: SynthParams, sites: Sites) -> Mitos:
             keep[:, k] &= ~(clash & keep[:, j])
     sel = np.flatnonzero(keep.reshape(-1))
     return Mitos(*(arr[sel] for arr in (mitos.centre, mitos.axes, mitos.direction, mitos.host, mitos.ids, mitos.crista)))
+
+
+def mitos_near(p: SynthParams, lo: np.ndarray, hi: np.ndarray) -> Mitos:
+    """Every mitochondrion that can reach the M-space box ``lo..hi``."""
+    st = p.neuron_stretch
+    spread = max(0.15 * p.neuron_spacing, 0.6 * p.dendrite_radius[1])
+    margin = np.array([spread + 0.5 * p.mito_length[1] / st, spread + p.mito_radius[1], spread + p.mito_radius[1]])
+    return place_mitos(p, sites_in(p, np.asarray(lo) - margin, np.asarray(hi) + margin))
 
 
 def render_mitos(p: SynthParams, mitos: Mitos, field: NeuronField, box: Box) -> tuple[np.ndarray, np.ndarray]:

@@ -44,10 +44,12 @@ class Warp:
     fy: np.ndarray  # (Z, 1, X)
     fx: np.ndarray  # (Z, Y, 1)
 
-    def qy(self, sl: tuple[slice, slice, slice] = (slice(None),) * 3) -> np.ndarray:
+    def qy(self, sl: tuple[slice, ...] = (slice(None),) * 3) -> np.ndarray:
+        """Warped y (nm) of the voxels ``sl`` (slices relative to the box), shape (Z, Y, X)."""
         return self.py[None, sl[1], None] + self.fy[sl[0], :, sl[2]]
 
-    def qx(self, sl: tuple[slice, slice, slice] = (slice(None),) * 3) -> np.ndarray:
+    def qx(self, sl: tuple[slice, ...] = (slice(None),) * 3) -> np.ndarray:
+        """Warped x (nm) of the voxels ``sl`` (slices relative to the box), shape (Z, Y, X)."""
         return self.px[None, None, sl[2]] + self.fx[sl[0], sl[1], :]
 
 
@@ -75,15 +77,13 @@ def make_warp(p: SynthParams, box: Box) -> Warp:
 
 @dataclass(frozen=True)
 class NeuronField:
-    """Per voxel of a box: the owning site (``first``), the runner-up (``second``), the physical
-    distance in nm to the boundary between them (``dist``) and ``|cos|`` of the angle between that
-    boundary's normal and z (``tilt``: 0 for a membrane cut square by the section, 1 for one lying in
-    the section plane)."""
+    """Per voxel of a box: the owning site (``first``), the physical distance in nm to the boundary
+    with the runner-up site (``dist``) and ``|cos|`` of the angle between that boundary's normal and z
+    (``tilt``: 0 for a membrane cut square by the section, 1 for one lying in the section plane)."""
 
     sites: Sites
     warp: Warp
     first: np.ndarray  # (Z, Y, X) int32 index into sites
-    second: np.ndarray  # (Z, Y, X) int32
     dist: np.ndarray  # (Z, Y, X) float32
     tilt: np.ndarray  # (Z, Y, X) float32
 
@@ -111,11 +111,11 @@ def _candidates(pos: np.ndarray, weight: np.ndarray, sq: np.ndarray, lo: np.ndar
 
 
 def neuron_field(p: SynthParams, box: Box) -> NeuronField:
-    """Owner, runner-up and boundary distance of every voxel of ``box`` (see :class:`NeuronField`).
+    """Owner and boundary distance of every voxel of ``box`` (see :class:`NeuronField`).
 
-    The box is cut into small tiles; each tile keeps only the sites that can win somewhere in it, and
-    the sites are visited in id order with strict comparisons, so ties go to the smaller id and the
-    result is exact whatever the box.
+    The box is cut into small tiles; each tile keeps only the sites that can be one of the two
+    least-power sites somewhere in it (usually a handful), and tracks the two best with strict
+    comparisons in id order, so ties go to the smaller id and the result is exact whatever the box.
     """
     st = p.neuron_stretch
     warp = make_warp(p, box)
@@ -129,7 +129,6 @@ def neuron_field(p: SynthParams, box: Box) -> NeuronField:
 
     shape = box.shape
     first = np.empty(shape, np.int32)
-    second = np.empty(shape, np.int32)
     dist = np.empty(shape, np.float32)
     tilt = np.empty(shape, np.float32)
     col_z, col_y, col_x = pos[:, 0].copy(), pos[:, 1].copy(), pos[:, 2].copy()
@@ -146,7 +145,7 @@ def neuron_field(p: SynthParams, box: Box) -> NeuronField:
                 tlo = np.array([zz[0, 0, 0], yy.min(), xx.min()])
                 thi = np.array([zz[-1, 0, 0], yy.max(), xx.max()])
                 cand = _candidates(pos, weight, sq, tlo, thi)
-                d1 = np.full(yy.shape[:1] + xx.shape[1:2] + yy.shape[2:], np.inf)
+                d1 = np.full(yy.shape, np.inf)
                 d2 = d1.copy()
                 i1 = np.zeros(d1.shape, np.int32)
                 i2 = np.zeros(d1.shape, np.int32)
@@ -163,7 +162,6 @@ def neuron_field(p: SynthParams, box: Box) -> NeuronField:
                     np.minimum(d2, np.maximum(d1, d), out=d2)
                     np.minimum(d1, d, out=d1)
                 first[sl] = i1
-                second[sl] = i2
                 # distance to the bisector of the two sites (a plane), and its tilt, in physical units
                 dz = (col_z[i2] - col_z[i1]) / st
                 dy = col_y[i2] - col_y[i1]
@@ -171,7 +169,7 @@ def neuron_field(p: SynthParams, box: Box) -> NeuronField:
                 norm = np.sqrt(dz * dz + dy * dy + dx * dx)
                 dist[sl] = (d2 - d1) / (2.0 * norm)
                 tilt[sl] = np.abs(dz) / norm
-    return NeuronField(sites, warp, first, second, dist, tilt)
+    return NeuronField(sites, warp, first, dist, tilt)
 
 
 def membrane_darkness(field: NeuronField, p: SynthParams) -> np.ndarray:

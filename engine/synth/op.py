@@ -75,9 +75,17 @@ class SynthOp(BlockOp):
         return f"{self.output.rstrip('/')}/{name}"
 
     def prepare(self, grid: BlockGrid) -> None:
+        """Check the grid and the size, create (or reopen) the four outputs."""
         full = Box.from_shape(self.shape)
         if not full.contains(grid.total):
             raise ConfigError(f"the grid covers {grid.total}, outside the volume of shape {self.shape}", "make the grid's total box fit the shape")
+        vz, vy, vx = self.synth.voxel_size
+        cells = max(self.shape[0] * vz / self.synth.neuron_stretch, self.shape[1] * vy, self.shape[2] * vx) / self.synth.neuron_spacing
+        if cells > 2**15 - 64:
+            raise ConfigError(
+                f"a volume of {self.shape} voxels of {self.synth.voxel_size} nm is too large for the synthetic generator",
+                "stay below about 30000 x neuron_spacing per axis",
+            )
         for name, dtype in OUTPUTS.items():
             attrs: dict[str, Any] = {"description": _DESCRIPTIONS[name]}
             if name == "raw":
@@ -94,11 +102,20 @@ class SynthOp(BlockOp):
                 layer_type="image" if name == "raw" else "segmentation",
             )
             check_write_alignment(vol, grid.write_shape, grid.total.start)
+            if name == "raw" and not self.overwrite:
+                made_with = open_volume(self.url(name)).attrs.get("synth")
+                if made_with is not None and made_with != attrs["synth"]:
+                    raise ConfigError(
+                        f"{self.output} already holds a synthetic volume made with other parameters",
+                        "pass overwrite (--overwrite) to replace it, or choose another output",
+                    )
 
     def setup(self) -> None:
+        """Open the outputs for writing."""
         self._volumes = {name: open_volume(self.url(name), mode="r+") for name in OUTPUTS}
 
     def process(self, block: Block) -> dict[str, float]:
+        """Write all four outputs of ``block.write``; return voxel counts."""
         if not self._volumes:
             self.setup()
         out = synth_box(self.synth, block.write)

@@ -1,8 +1,44 @@
 """Parameters of the synthetic EM volume (:class:`SynthParams`).
 
 Lengths are in nanometres and describe the tissue, not the voxels, so that a volume looks the same
-at any voxel size; only ``misalign_shift`` is in voxels. Every field has a description
-(``SynthParams.model_fields[name].description``); ``docs/synth.md`` lists them with their defaults.
+at any voxel size; only ``misalign_shift`` is in voxels. Each field carries its description
+(``SynthParams.model_fields[name].description``); ``docs/synth.md`` has them as a table. The fields
+and their defaults::
+
+    seed                   0
+    voxel_size             40,8,8
+    neuron_spacing         260
+    neuron_stretch         8
+    neuron_jitter          0.8
+    neuron_size_variation  0.5
+    dendrite_probability   0.7
+    dendrite_spacing       1000
+    dendrite_radius        220,420
+    boundary_wobble        50
+    wobble_scale           150
+    meander                120
+    meander_scale          1500
+    membrane_thickness     22
+    mito_probability       0.5
+    mito_radius            40,100
+    mito_length            250,800
+    synapse_probability    0.6
+    synapse_radius         110,200
+    noise                  0.06
+    blur                   7
+    texture                1
+    misalign               0
+    misalign_shift         12
+    misalign_mode          slip
+    misalign_labels        False
+    missing                0
+    missing_value          0
+
+Neurons: ``neuron_*`` shape the many small neurites (axons), ``dendrite_*`` the few thick ones,
+``boundary_wobble``/``meander`` bend them, ``membrane_thickness`` draws their boundaries. Organelles:
+``mito_*`` and ``synapse_*``. Imaging: ``noise``, ``blur``, ``texture``; section defects:
+``misalign*`` (the raw image of a section is shifted; labels too only with ``misalign_labels``) and
+``missing*`` (the raw section is uniform; labels are kept).
 
 >>> p = SynthParams(seed=3, mito_probability=0.5)
 >>> p.voxel_size
@@ -29,60 +65,60 @@ class SynthParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    seed: int = Field(0, ge=0, lt=2**63, description="Random seed: the same seed and parameters give byte-identical volumes.")
+    seed: int = Field(default=0, ge=0, lt=2**63, description="Random seed: the same seed and parameters give byte-identical volumes.")
     voxel_size: tuple[float, float, float] = Field(
-        (40.0, 8.0, 8.0), description="Voxel size in nm (z, y, x); z is the section thickness and usually the coarsest."
+        default=(40.0, 8.0, 8.0), description="Voxel size in nm (z, y, x); z is the section thickness and usually the coarsest."
     )
 
     # -- neurons -------------------------------------------------------------------------------
     neuron_spacing: float = Field(
-        260.0, gt=0, description="Mean distance in nm between neighbouring small neurites (axons) across the section plane."
+        default=260.0, gt=0, description="Mean distance in nm between neighbouring small neurites (axons) across the section plane."
     )
     neuron_stretch: float = Field(
-        8.0, ge=1.0, le=50.0, description="How much longer than wide neurites are along z (the sectioning axis); 1 gives round cells."
+        default=8.0, ge=1.0, le=50.0, description="How much longer than wide neurites are along z (the sectioning axis); 1 gives round cells."
     )
-    neuron_jitter: float = Field(0.8, ge=0.0, le=0.9, description="Irregularity of neurite positions: 0 is a regular grid, 0.9 nearly random.")
+    neuron_jitter: float = Field(default=0.8, ge=0.0, le=0.9, description="Irregularity of neurite positions: 0 is a regular grid, 0.9 nearly random.")
     neuron_size_variation: float = Field(
-        0.5, ge=0.0, le=0.6, description="Spread of neurite calibres, as a fraction of neuron_spacing (power-diagram weights)."
+        default=0.5, ge=0.0, le=0.6, description="Spread of neurite calibres, as a fraction of neuron_spacing (power-diagram weights)."
     )
     dendrite_probability: float = Field(
-        0.7, ge=0.0, le=1.0, description="Chance that a coarse cell of size dendrite_spacing holds a thick dendrite."
+        default=0.7, ge=0.0, le=1.0, description="Chance that a coarse cell of size dendrite_spacing holds a thick dendrite."
     )
-    dendrite_spacing: float = Field(1000.0, gt=0, description="Spacing in nm of the coarse grid on which thick dendrites sit.")
-    dendrite_radius: Range = Field((220.0, 420.0), description="Range of dendrite radii in nm (min, max).")
-    boundary_wobble: float = Field(50.0, ge=0.0, description="Amplitude in nm of the small-scale waviness of cell boundaries.")
-    wobble_scale: float = Field(150.0, gt=0, description="Length scale in nm of the boundary waviness.")
-    meander: float = Field(120.0, ge=0.0, description="Amplitude in nm of the slow sideways drift of neurites from section to section.")
-    meander_scale: float = Field(1500.0, gt=0, description="Length scale in nm of the meander (in z and across).")
+    dendrite_spacing: float = Field(default=1000.0, gt=0, description="Spacing in nm of the coarse grid on which thick dendrites sit.")
+    dendrite_radius: Range = Field(default=(220.0, 420.0), description="Range of dendrite radii in nm (min, max).")
+    boundary_wobble: float = Field(default=50.0, ge=0.0, description="Amplitude in nm of the small-scale waviness of cell boundaries.")
+    wobble_scale: float = Field(default=150.0, gt=0, description="Length scale in nm of the boundary waviness.")
+    meander: float = Field(default=120.0, ge=0.0, description="Amplitude in nm of the slow sideways drift of neurites from section to section.")
+    meander_scale: float = Field(default=1500.0, gt=0, description="Length scale in nm of the meander (in z and across).")
     membrane_thickness: float = Field(
-        22.0, gt=0, description="Thickness in nm of the dark band between two cells (two membranes and the cleft)."
+        default=22.0, gt=0, description="Thickness in nm of the dark band between two cells (two membranes and the cleft)."
     )
 
     # -- organelles ----------------------------------------------------------------------------
     mito_probability: float = Field(
-        0.5, ge=0.0, le=1.0, description="Chance that a mitochondrion is tried in an axon (dendrites try three); rejected if it would cross a membrane."
+        default=0.5, ge=0.0, le=1.0, description="Chance that a mitochondrion is tried in an axon (dendrites try three); rejected if it would cross a membrane."
     )
-    mito_radius: Range = Field((40.0, 100.0), description="Range of mitochondrion cross-section semi-axes in nm (min, max).")
-    mito_length: Range = Field((250.0, 800.0), description="Range of mitochondrion lengths in nm along the neurite (min, max).")
+    mito_radius: Range = Field(default=(40.0, 100.0), description="Range of mitochondrion cross-section semi-axes in nm (min, max).")
+    mito_length: Range = Field(default=(250.0, 800.0), description="Range of mitochondrion lengths in nm along the neurite (min, max).")
     synapse_probability: float = Field(
-        0.3, ge=0.0, le=1.0, description="Chance that an axon makes a synapse onto one of its neighbours (dendrites preferred)."
+        default=0.6, ge=0.0, le=1.0, description="Chance that an axon tries a synapse onto a neighbour (dendrites preferred); it is kept where a synapse fits."
     )
-    synapse_radius: Range = Field((110.0, 200.0), description="Range of synapse (postsynaptic density) radii in nm (min, max).")
+    synapse_radius: Range = Field(default=(110.0, 200.0), description="Range of synapse (postsynaptic density) radii in nm (min, max).")
 
     # -- imaging -------------------------------------------------------------------------------
-    noise: float = Field(0.06, ge=0.0, le=1.0, description="Standard deviation of the pixel noise, as a fraction of the full intensity range.")
-    blur: float = Field(7.0, ge=0.0, description="Sigma in nm of the in-plane Gaussian blur (point spread of the microscope).")
-    texture: float = Field(1.0, ge=0.0, le=3.0, description="Strength of the cytoplasm texture and section-to-section brightness changes (0: none).")
-    misalign: float = Field(0.0, ge=0.0, le=1.0, description="Chance per section of an xy misalignment of the raw image (see misalign_mode).")
-    misalign_shift: int = Field(12, ge=0, le=10000, description="Largest misalignment shift in voxels, per axis.")
+    noise: float = Field(default=0.06, ge=0.0, le=1.0, description="Standard deviation of the pixel noise, as a fraction of the full intensity range.")
+    blur: float = Field(default=7.0, ge=0.0, description="Sigma in nm of the in-plane Gaussian blur (point spread of the microscope).")
+    texture: float = Field(default=1.0, ge=0.0, le=3.0, description="Strength of the cytoplasm texture and section-to-section brightness changes (0: none).")
+    misalign: float = Field(default=0.0, ge=0.0, le=1.0, description="Chance per section of an xy misalignment of the raw image (see misalign_mode).")
+    misalign_shift: int = Field(default=12, ge=0, le=10000, description="Largest misalignment shift in voxels, per axis.")
     misalign_mode: Literal["slip", "step"] = Field(
-        "slip", description="'slip': a misaligned section alone is shifted; 'step': the shift persists in all following sections and adds up."
+        default="slip", description="'slip': a misaligned section alone is shifted; 'step': the shift persists in all following sections and adds up."
     )
     misalign_labels: bool = Field(
-        False, description="Shift the labels with the raw image (True), or keep labels in true tissue coordinates (False)."
+        default=False, description="Shift the labels with the raw image (True), or keep labels in true tissue coordinates (False)."
     )
-    missing: float = Field(0.0, ge=0.0, le=1.0, description="Chance per section that the raw section is missing (filled with missing_value).")
-    missing_value: int = Field(0, ge=0, le=255, description="Raw value of missing sections.")
+    missing: float = Field(default=0.0, ge=0.0, le=1.0, description="Chance per section that the raw section is missing (filled with missing_value).")
+    missing_value: int = Field(default=0, ge=0, le=255, description="Raw value of missing sections.")
 
     @field_validator("voxel_size")
     @classmethod
@@ -123,5 +159,5 @@ def config_error(err: ValidationError, what: str = "synth parameter") -> ConfigE
     given = first.get("input")
     if first.get("type") == "extra_forbidden":
         return ConfigError(f"unknown {what} {loc!r}", "check the spelling (see docs/synth.md for the parameters)")
-    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    shown = "" if isinstance(given, dict) or "got" in msg else f" (got {given!r})"
     return ConfigError(f"{what} {loc}: {msg}{shown}", "give a valid value (see docs/synth.md)")

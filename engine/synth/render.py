@@ -20,11 +20,10 @@ import numpy as np
 
 from engine.geometry import Box
 from engine.synth.fields import normal_like, uniform, value_noise
-from engine.synth.mito import place_mitos, render_mitos
+from engine.synth.mito import Mitos, mitos_near, render_mitos
 from engine.synth.neurons import NeuronField, membrane_darkness, neuron_field, warp_amplitude
 from engine.synth.params import SynthParams
-from engine.synth.sites import sites_near
-from engine.synth.synapses import CLOUD_DEPTH, place_synapses, render_synapses
+from engine.synth.synapses import Synapses, render_synapses, synapses_near
 
 S_TEXTURE, S_SECTION, S_NOISE, S_SHIFT, S_MISSING, S_SHADE = 70, 80, 90, 100, 110, 120
 OUTPUTS: dict[str, str] = {"raw": "uint8", "neurons": "uint64", "mito": "uint64", "synapses": "uint8"}
@@ -36,11 +35,24 @@ def blur_radius(p: SynthParams) -> tuple[int, int]:
     return (math.ceil(3.0 * p.blur / p.voxel_size[1]), math.ceil(3.0 * p.blur / p.voxel_size[2])) if p.blur > 0 else (0, 0)
 
 
+def _exp_neg(x: float) -> float:
+    """``exp(-x)`` for x >= 0 by arithmetic only (a Taylor series of ``x / 1024``, squared ten times),
+    so the blur weights are the same bits on every machine, whatever its libm."""
+    y = x / 1024.0
+    term, total = 1.0, 1.0
+    for k in range(1, 10):
+        term *= -y / k
+        total += term
+    for _ in range(10):
+        total *= total
+    return total
+
+
 def _blur_axis(a: np.ndarray, sigma: float, radius: int, axis: int) -> np.ndarray:
     """Gaussian blur along ``axis``, valid part only (the output is ``2 * radius`` shorter)."""
     if radius == 0:
         return a
-    w = [math.exp(-0.5 * (k / sigma) ** 2) for k in range(radius + 1)]
+    w = [_exp_neg(0.5 * (k / sigma) ** 2) for k in range(radius + 1)]
     total = w[0] + 2.0 * sum(w[1:])
     n = a.shape[axis] - 2 * radius
 
@@ -55,17 +67,20 @@ def _blur_axis(a: np.ndarray, sigma: float, radius: int, axis: int) -> np.ndarra
     return out
 
 
-def _organelle_box(p: SynthParams, box: Box) -> tuple[np.ndarray, np.ndarray]:
-    """The M-space box whose sites may own an organelle reaching ``box``: a mitochondrion's host owns
-    all of its voxels, but a synapse reaches ``1.25 * radius + CLOUD_DEPTH`` nm from the point where
-    its two neurons are the two least-power sites."""
+def metric_box(p: SynthParams, box: Box) -> tuple[np.ndarray, np.ndarray]:
+    """The M-space box that the voxels of ``box`` can map to (warp included)."""
     vz, vy, vx = p.voxel_size
     st = p.neuron_stretch
-    ext = 1.25 * p.synapse_radius[1] + CLOUD_DEPTH
     amp = warp_amplitude(p)
-    lo = np.array([box.start[0] * vz / st - ext / st, box.start[1] * vy - ext - amp, box.start[2] * vx - ext - amp])
-    hi = np.array([box.stop[0] * vz / st + ext / st, box.stop[1] * vy + ext + amp, box.stop[2] * vx + ext + amp])
+    lo = np.array([box.start[0] * vz / st, box.start[1] * vy - amp, box.start[2] * vx - amp])
+    hi = np.array([(box.stop[0] - 1) * vz / st, (box.stop[1] - 1) * vy + amp, (box.stop[2] - 1) * vx + amp])
     return lo, hi
+
+
+def organelles(p: SynthParams, box: Box) -> tuple[Mitos, Synapses]:
+    """The mitochondria and synapses that can reach ``box`` (plus the blur halo)."""
+    lo, hi = metric_box(p, box.grow((0, *blur_radius(p))))
+    return mitos_near(p, lo, hi), synapses_near(p, lo, hi)
 
 
 def _cytoplasm(p: SynthParams, field: NeuronField, box: Box) -> np.ndarray:
@@ -84,17 +99,18 @@ def _cytoplasm(p: SynthParams, field: NeuronField, box: Box) -> np.ndarray:
     return base
 
 
-def render_core(p: SynthParams, box: Box) -> dict[str, np.ndarray]:
-    """All outputs of ``box`` without section defects (misalignment, missing sections)."""
+def render_core(p: SynthParams, box: Box, found: tuple[Mitos, Synapses] | None = None) -> dict[str, np.ndarray]:
+    """All outputs of ``box`` without section defects (misalignment, missing sections); ``found``:
+    the organelles, if already placed for a box that covers this one."""
     ry, rx = blur_radius(p)
     grown = box.grow((0, ry, rx))
     field = neuron_field(p, grown)
     intensity = _cytoplasm(p, field, grown)
     intensity *= np.float32(1.0) - np.float32(MEMBRANE_DARK) * membrane_darkness(field, p)
 
-    org = sites_near(p, *_organelle_box(p, grown))
-    mito_ids, mito_dark = render_mitos(p, place_mitos(p, org), field, grown)
-    syn_labels, syn_dark = render_synapses(p, place_synapses(p, org), field, grown)
+    mitos, synapses = found if found is not None else organelles(p, box)
+    mito_ids, mito_dark = render_mitos(p, mitos, field, grown)
+    syn_labels, syn_dark = render_synapses(p, synapses, field, grown)
     syn_dark[mito_ids != 0] = 0.0
     intensity *= np.float32(1.0) - mito_dark
     intensity *= np.float32(1.0) - syn_dark
@@ -152,21 +168,24 @@ def synth_box(p: SynthParams, box: Box) -> dict[str, np.ndarray]:
     """
     if box.ndim != 3 or box.empty:
         raise ValueError(f"synth_box needs a non-empty 3-D box, got {box}")
-    out = render_core(p, box)
     z0, z1 = box.start[0], box.stop[0]
     shifts = section_shifts(p, z0, z1)
     moved = np.flatnonzero(shifts.any(axis=1))
+    # place the organelles once, for a box covering every shifted copy
+    reach = np.abs(shifts).max(axis=0) if moved.size else np.zeros(2, np.int64)
+    found = organelles(p, box.grow((0, int(reach[0]), int(reach[1]))))
+    out = render_core(p, box, found)
     # runs of consecutive sections with the same shift are rendered together
     runs: list[tuple[int, int]] = []
     for i in moved:
         if runs and runs[-1][1] == i and (shifts[i] == shifts[runs[-1][0]]).all():
-            runs[-1] = (runs[-1][0], i + 1)
+            runs[-1] = (runs[-1][0], int(i) + 1)
         else:
             runs.append((int(i), int(i) + 1))
     for a, b in runs:
         dy, dx = (int(v) for v in shifts[a])
         sub = Box((z0 + a, box.start[1] - dy, box.start[2] - dx), (z0 + b, box.stop[1] - dy, box.stop[2] - dx))
-        shifted = render_core(p, sub)
+        shifted = render_core(p, sub, found)
         names = OUTPUTS if p.misalign_labels else ("raw",)
         for name in names:
             out[name][a:b] = shifted[name]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,11 +39,13 @@ class Sites:
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
-    def take(self, index: np.ndarray) -> Sites:
+    def take(self, index: Any) -> Sites:
+        """The sites at ``index`` (any numpy index of the leading axes)."""
         return Sites(self.pos[index], self.weight[index], self.ids[index], self.dendrite[index])
 
     @staticmethod
     def concat(parts: list[Sites], axis: int = 0) -> Sites:
+        """Sites of several tables, joined along ``axis``."""
         return Sites(
             np.concatenate([p.pos for p in parts], axis=axis),
             np.concatenate([p.weight for p in parts], axis=axis),
@@ -112,6 +115,16 @@ def sites_near(p: SynthParams, lo: np.ndarray, hi: np.ndarray) -> Sites:
     ax = axon_sites(p, _cell_range(lo - r_axon, hi + r_axon, p.neuron_spacing))
     de = dendrite_sites(p, _cell_range(lo - r_dend, hi + r_dend, p.dendrite_spacing))
     return Sites.concat([ax, de]).sorted()
+
+
+def sites_in(p: SynthParams, lo: np.ndarray, hi: np.ndarray) -> Sites:
+    """The sites whose position lies in the M-space box ``lo..hi``, sorted by id."""
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    ax = axon_sites(p, _cell_range(lo, hi, p.neuron_spacing))
+    de = dendrite_sites(p, _cell_range(lo, hi, p.dendrite_spacing))
+    both = Sites.concat([ax, de]).sorted()
+    inside = np.all((both.pos >= lo) & (both.pos <= hi), axis=-1)
+    return both.take(np.flatnonzero(inside))
 
 
 def neighbourhood(p: SynthParams, centres: np.ndarray, radius: float) -> Sites:

@@ -24,16 +24,16 @@ from engine.geometry import Box
 from engine.synth.fields import smoothstep, uniform
 from engine.synth.neurons import NeuronField, warp_amplitude
 from engine.synth.params import SynthParams
-from engine.synth.sites import Sites, neighbourhood
+from engine.synth.sites import Sites, neighbourhood, sites_in
 
 S_SYNAPSE, S_VESICLE = 50, 60
 PRE_DEPTH, PSD_DEPTH, CLOUD_DEPTH = 40.0, 40.0, 260.0
-VESICLE_CELL, VESICLE_RADIUS = 50.0, 18.0
+VESICLE_CELL, VESICLE_RADIUS = 52.0, 21.0
 MARGIN = 25.0
 FACE_CAP = 0.8  # x neuron_spacing: how far from the axon's site its synapse may sit
 PARTNERS = 6  # nearest faces considered
 CHUNK = 256  # axons per vectorised batch (bounds the memory)
-DARK_PSD, DARK_CLEFT, DARK_VESICLE = 0.6, 0.25, 0.55
+DARK_PSD, DARK_CLEFT, DARK_VESICLE = 0.6, 0.25, 0.75
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,13 @@ def _choose(p: SynthParams, pre: Sites, radius: np.ndarray) -> tuple[np.ndarray,
     cap = FACE_CAP * p.neuron_spacing
     nb = neighbourhood(p, pre.pos, cap + 0.5 * p.synapse_radius[1] + MARGIN)
     valid = (nb.ids != 0) & (nb.ids != pre.ids[:, None])
+    # no reciprocal pairs (two synapses on one spot): an axon synapses onto another axon only if it
+    # comes first in a random order
+    partner = valid & (nb.dendrite | (uniform(p.seed, S_SYNAPSE + 2, pre.ids)[:, None] < uniform(p.seed, S_SYNAPSE + 2, nb.ids)))
     delta = nb.pos - pre.pos[:, None, :]
     dist = np.where(valid, np.sqrt((delta**2).sum(-1)), 1.0)
     face = (_powers(pre.pos, nb) + pre.weight[:, None]) / (2.0 * dist)  # M-distance from the site to each bisector
-    face = np.where(valid & (face > 0) & (face <= cap), face, np.inf)
+    face = np.where(partner & (face > 0) & (face <= cap), face, np.inf)
     order = np.argsort(face, axis=1, kind="stable")[:, :PARTNERS]
     fd = np.take_along_axis(face, order, 1)
     unit = np.take_along_axis(delta, order[..., None], 1) / np.take_along_axis(dist, order, 1)[..., None]
@@ -121,6 +124,14 @@ def place_synapses(p: SynthParams, sites: Sites) -> Synapses:
     return Synapses(np.concatenate(centre)[keep] * scale, normal, radius[keep], sites.ids[pre_idx[keep]], np.concatenate(post)[keep])
 
 
+def synapses_near(p: SynthParams, lo: np.ndarray, hi: np.ndarray) -> Synapses:
+    """Every synapse that can reach the M-space box ``lo..hi`` (its disc, labels or vesicles)."""
+    ext = 1.3 * p.synapse_radius[1] + CLOUD_DEPTH
+    cap = FACE_CAP * p.neuron_spacing
+    margin = np.array([cap + ext / p.neuron_stretch, cap + ext, cap + ext])
+    return place_synapses(p, sites_in(p, np.asarray(lo) - margin, np.asarray(hi) + margin))
+
+
 def _vesicles(p: SynthParams, z: np.ndarray, qy: np.ndarray, qx: np.ndarray, pz: float, syn: Synapses, n: int) -> np.ndarray:
     """Darkness of vesicles at in-section positions (qy, qx) of section index z (arrays, same shape)."""
     c = syn.centre[n]
@@ -137,13 +148,12 @@ def _vesicles(p: SynthParams, z: np.ndarray, qy: np.ndarray, qx: np.ndarray, pz:
             h = (pz - c[0]) * nz + (vy - c[1]) * ny + (vx - c[2]) * nx
             lat2 = (pz - c[0]) ** 2 + (vy - c[1]) ** 2 + (vx - c[2]) ** 2 - h * h
             depth = np.clip(-h / CLOUD_DEPTH, 0.0, 1.0)
-            density = 0.75 * (1.0 - depth * depth)
+            density = 0.85 * (1.0 - depth * depth)
             present = (h <= -(VESICLE_RADIUS + 10.0)) & (lat2 <= (1.2 * r) ** 2) & (uniform(p.seed, S_VESICLE + 2, z, cy, cx) < density)
             d = np.sqrt((qy - vy) ** 2 + (qx - vx) ** 2)
             best = np.where(present, np.minimum(best, d), best)
-    ring = np.clip(1.0 - np.abs(best - VESICLE_RADIUS + 3.0) / 6.0, 0.0, 1.0)
-    core = (best < VESICLE_RADIUS - 3.0).astype(np.float64) * 0.25
-    return np.asarray(DARK_VESICLE * np.maximum(ring, core))
+    ring = np.clip(1.5 - np.abs(best - VESICLE_RADIUS + 4.0) / 6.0, 0.0, 1.0)
+    return np.asarray(DARK_VESICLE * ring)
 
 
 def render_synapses(p: SynthParams, syn: Synapses, field: NeuronField, box: Box) -> tuple[np.ndarray, np.ndarray]:
@@ -175,13 +185,13 @@ def render_synapses(p: SynthParams, syn: Synapses, field: NeuronField, box: Box)
         in_post = ids == syn.post[n]
         disc = lat2 <= r * r
         lab = labels[sl]
-        lab[in_pre & disc & (h >= -PRE_DEPTH)] = 1
-        lab[in_post & disc & (h <= PSD_DEPTH)] = 2
+        lab[in_pre & disc & (h >= -PRE_DEPTH) & (h <= 0.0)] = 1
+        lab[in_post & disc & (h >= 0.0) & (h <= PSD_DEPTH)] = 2
         # raw: postsynaptic density (a band widened by the section's thickness where tilted), cleft, vesicles
         smear = abs(nz) * half_section
         rim = 1.0 - smoothstep(np.clip((np.sqrt(lat2) - r) / 30.0 + 1.0, 0.0, 1.0))
         band = np.clip(1.0 - np.maximum(h - 0.6 * PSD_DEPTH, 0.0) / (0.4 * PSD_DEPTH + smear), 0.0, 1.0)
-        shade = np.where(in_post & (h > -smear), DARK_PSD * band * rim, 0.0)
+        shade = np.where(in_post & (h > -smear) & disc, DARK_PSD * band * rim, 0.0)
         shade = np.maximum(shade, DARK_CLEFT * rim * (np.abs(h) < 6.0 + smear))
         cloud = in_pre & (h < -8.0) & (h > -CLOUD_DEPTH) & (lat2 < (1.3 * r) ** 2)
         if cloud.any():

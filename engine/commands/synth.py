@@ -1,0 +1,123 @@
+"""``connectile synth DST --shape Z,Y,X --seed N``: write a synthetic EM volume with ground truth.
+
+Writes ``raw``, ``neurons``, ``mito`` and ``synapses`` into the group DST (see :mod:`engine.synth`).
+The main parameters have options of their own; any other field of
+:class:`~engine.synth.SynthParams` is set with ``--set name=value`` (repeatable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import Any
+
+import yaml
+
+from engine.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: options that set a SynthParams field directly: option dest -> field name
+_FIELDS = {
+    "neuron_spacing": "neuron_spacing",
+    "mito": "mito_probability",
+    "synapses": "synapse_probability",
+    "noise": "noise",
+    "blur": "blur",
+    "misalign": "misalign",
+    "misalign_shift": "misalign_shift",
+    "misalign_mode": "misalign_mode",
+    "missing": "missing",
+}
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``connectile synth``."""
+    parser = subparsers.add_parser(
+        "synth",
+        help="write a synthetic EM volume with ground truth (neurons, mitochondria, synapses)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("dst", help="output group, e.g. out.zarr (arrays raw, neurons, mito, synapses)")
+    parser.add_argument("--shape", required=True, metavar="Z,Y,X", help="volume size in voxels")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--chunks", default="32,128,128", metavar="Z,Y,X", help="storage chunk shape (default 32,128,128)")
+    parser.add_argument("--block", default=None, metavar="Z,Y,X", help="voxels computed per block, a multiple of the chunks (default: one chunk)")
+    parser.add_argument("--voxel-size", default=None, metavar="Z,Y,X", help="voxel size in nm (default 40,8,8)")
+    parser.add_argument("--format", choices=["zarr", "zarr3", "n5"], default="zarr", help="storage format (default zarr)")
+    parser.add_argument("--neuron-spacing", type=float, metavar="NM", help="mean distance between small neurites (default 260)")
+    parser.add_argument("--mito", type=float, metavar="P", help="chance that an axon tries a mitochondrion (default 0.5)")
+    parser.add_argument("--synapses", type=float, metavar="P", help="chance that an axon tries a synapse (default 0.6)")
+    parser.add_argument("--noise", type=float, metavar="S", help="pixel noise, fraction of the range (default 0.06)")
+    parser.add_argument("--blur", type=float, metavar="NM", help="in-plane blur sigma (default 7)")
+    parser.add_argument("--misalign", type=float, metavar="P", help="chance per section of a shifted raw section (default 0)")
+    parser.add_argument("--misalign-shift", type=int, metavar="VOXELS", help="largest shift (default 12)")
+    parser.add_argument("--misalign-mode", choices=["slip", "step"], help="slip: one section moves; step: all later ones too")
+    parser.add_argument("--misalign-labels", action="store_true", help="shift the labels with the raw sections")
+    parser.add_argument("--missing", type=float, metavar="P", help="chance per section of a missing (uniform) raw section (default 0)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="any other parameter, e.g. --set neuron_stretch=6")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--preview", metavar="PNG", help="also save a preview image")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def parse_triple(text: str | None, what: str, kind: type = int) -> tuple[Any, ...] | None:
+    """``"64,256,256"`` -> ``(64, 256, 256)``; a one-line :class:`ConfigError` otherwise."""
+    if text is None:
+        return None
+    parts = [t.strip() for t in str(text).replace("x", ",").split(",")]
+    try:
+        values = tuple(kind(t) for t in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or any(v <= 0 for v in values):
+        raise ConfigError(f"{what} must be three positive numbers Z,Y,X, got {text!r}", f"e.g. {what} 64,256,256" if kind is int else f"e.g. {what} 40,8,8")
+    return values
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--set {item!r} is not NAME=VALUE", "e.g. --set neuron_stretch=6")
+        value = yaml.safe_load(f"[{text}]") if "," in text and not text.strip().startswith("[") else yaml.safe_load(text)
+        out[name.strip().replace("-", "_")] = value
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the volume (and the preview) asked for by ``args``."""
+    from engine.synth import save_preview, synthesize
+
+    shape = parse_triple(args.shape, "--shape")
+    chunks = parse_triple(args.chunks, "--chunks")
+    block = parse_triple(args.block, "--block")
+    overrides = _parse_set(args.set)
+    voxel_size = parse_triple(args.voxel_size, "--voxel-size", float)
+    if voxel_size is not None:
+        overrides["voxel_size"] = voxel_size
+    for dest, field in _FIELDS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            overrides[field] = value
+    if args.misalign_labels:
+        overrides["misalign_labels"] = True
+    if "seed" in overrides:
+        raise ConfigError("the seed is set with --seed, not --set seed=", "use --seed N")
+    start = time.perf_counter()
+    vols = synthesize(
+        args.dst, shape, args.seed, chunks=chunks, block=block, format=args.format, overwrite=args.overwrite, progress=not args.no_progress, **overrides
+    )
+    raw = vols["raw"]
+    print(
+        f"wrote {args.dst}: raw, neurons, mito, synapses of shape {raw.spatial_shape} at {tuple(raw.voxel_size)} nm "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    if args.preview:
+        save_preview(args.dst, args.preview)
+        print(f"preview: {args.preview}")
+    return 0

@@ -1,0 +1,101 @@
+"""Scratch space of a multi-pass operation: small per-block files (and temporary volumes) kept beside
+its output, in the same store, so that workers on any node can write them and the driver read them.
+
+Keys are written whole and atomically by TensorStore's kvstore drivers (file, gs, s3, memory), so a
+block that runs twice simply writes its file again.
+
+>>> s = Scratch("memory://doc-scratch/cells.label")
+>>> s.put("stats/3", b"abc"); s.get("stats/3"), s.get("stats/4")
+(b'abc', None)
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+import tensorstore as ts
+
+from engine.errors import StorageError
+from engine.storage import parse_url
+
+
+class Scratch:
+    """A folder of small files at ``url`` (a URL or path). Pickles as its URL."""
+
+    def __init__(self, url: str) -> None:
+        self.loc = parse_url(url)
+        self.url = self.loc.url()
+        self._kv: Any = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Scratch, (self.url,))
+
+    @classmethod
+    def beside(cls, output_url: str, name: str) -> Scratch:
+        """The scratch folder of ``name`` for an output: ``<parent>/.connectile/<output>.<name>``."""
+        loc = parse_url(output_url)
+        parent = loc.parent().url().rstrip("/")
+        return cls(f"{parent}/.connectile/{loc.name}.{name}")
+
+    def volume_url(self, name: str) -> str:
+        return f"{self.url.rstrip('/')}/{name}"
+
+    @property
+    def kv(self) -> Any:
+        if self._kv is None:
+            from engine.storage.volume import _CONTEXT
+
+            try:
+                self._kv = ts.KvStore.open(self.loc.kvstore(), context=_CONTEXT).result()
+            except Exception as err:
+                raise StorageError(f"cannot open scratch space {self.url}: {err}", "check that the output location is writable") from err
+        return self._kv
+
+    def put(self, key: str, data: bytes) -> None:
+        try:
+            self.kv.write(key, data).result()
+        except Exception as err:
+            raise StorageError(f"cannot write {self.url}/{key}: {err}", "check that the output location is writable") from err
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            res = self.kv.read(key).result()
+        except Exception as err:
+            raise StorageError(f"cannot read {self.url}/{key}: {err}", "check the output location") from err
+        return bytes(res.value) if res.state == "value" else None
+
+    def get_many(self, keys: list[str], batch: int = 512) -> list[bytes]:
+        """Read many files, ``batch`` reads in flight at a time; all must exist."""
+        out: list[bytes] = []
+        for i in range(0, len(keys), batch):
+            part = keys[i : i + batch]
+            try:
+                futures = [self.kv.read(k) for k in part]
+                results = [f.result() for f in futures]
+            except Exception as err:
+                raise StorageError(f"cannot read from {self.url}: {err}", "check the output location") from err
+            for key, res in zip(part, results, strict=True):
+                if res.state != "value":
+                    raise StorageError(f"{self.url}/{key} is missing", "run the whole command again with --overwrite")
+                out.append(bytes(res.value))
+        return out
+
+    def need(self, key: str) -> bytes:
+        """``get`` that fails clearly when the file is missing (a pass ran without the one before)."""
+        data = self.get(key)
+        if data is None:
+            raise StorageError(f"{self.url}/{key} is missing", "run the whole command again with --overwrite")
+        return data
+
+    def remove(self) -> None:
+        """Delete everything under the scratch folder."""
+        if self.loc.is_local_file:
+            shutil.rmtree(self.loc.path, ignore_errors=True)
+            self._kv = None
+            return
+        try:
+            self.kv.delete_range(ts.KvStore.KeyRange()).result()
+        except Exception as err:
+            raise StorageError(f"cannot remove {self.url}: {err}", "remove it by hand") from err
+

@@ -1,0 +1,229 @@
+"""Neurons from affinities, blockwise: ``segment_volume``.
+
+The same id machinery as :mod:`engine.ops.label`, with fragments for components::
+
+    A  seg-fragments  watershed fragments of each block (seeds at distance-transform maxima, 3D or per
+                      section) -> local ids 1..n_b in a uint32 scratch volume; the block's inner
+                      region-adjacency edges with their scores; its fragment faces and low-face affinities
+       (driver)       provisional ids: prefix sum of the fragment counts
+    B  seg-edges      edges across the block's faces with its forward neighbours (an edge between two
+                      blocks' fragments only ever lies on their common face, so its score is exact); the
+                      edges scoring at least ``threshold`` (inner ones too) are merges
+       (driver)       union-find over the merges (agglomeration at the threshold), consecutive ids
+    C  cc-relabel     fragments -> neuron ids (uint64)
+
+Agglomeration merges every edge whose score (mean, or a quantile, of the affinities across it)
+reaches ``threshold``. Given the fragments, the result is exactly what the same scoring and
+threshold give on the whole volume at once; with ``per_section`` and blocks spanning whole sections,
+the fragments are the whole volume's too.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field, PrivateAttr
+
+from engine.errors import ConfigError, ResumeMismatch, StorageError
+from engine.geometry import Block, BlockGrid, Box
+from engine.ops.label import DEFAULT_BLOCK, DEFAULT_CHUNKS, LabelResult, RelabelOp, label_grid
+from engine.ops.scratch import Scratch
+from engine.runtime import Backend, BackendName, BlockOp, default_state_dir, run_blockwise
+from engine.segment.objects import ObjectStats
+from engine.segment.stitch import block_faces
+from engine.segment.watershed import Scoring, as_float, block_edges, edge_scores, fragments
+from engine.storage import Volume, check_write_alignment, create_volume, open_volume
+
+log = logging.getLogger(__name__)
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    savez: Any = np.savez
+    savez(buf, **arrays)
+    return buf.getvalue()
+
+
+class FragmentsOp(BlockOp):
+    """Pass A: fragments of one block, its inner edges, faces and counts."""
+
+    kind: ClassVar[str] = "seg-fragments"
+    input: str
+    scratch: str
+    per_section: bool = False
+    seed_threshold: float = 0.5
+    fg_threshold: float = 0.0
+    seed_sigma: float = 1.0
+    scoring: Scoring = "mean"
+    quantile: float = 0.5
+    chunks: tuple[int, int, int] = DEFAULT_CHUNKS
+    overwrite: bool = Field(default=False, exclude=True)
+
+    _in: Volume | None = PrivateAttr(default=None)
+    _tmp: Volume | None = PrivateAttr(default=None)
+    _scratch: Scratch | None = PrivateAttr(default=None)
+
+    def prepare(self, grid: BlockGrid) -> None:
+        src = open_volume(self.input)
+        tmp = create_volume(Scratch(self.scratch).volume_url("local"), src.spatial_shape, "uint32", self.chunks, overwrite=self.overwrite)
+        check_write_alignment(tmp, grid.write_shape, grid.total.start)
+
+    def setup(self) -> None:
+        self._in = open_volume(self.input)
+        self._scratch = Scratch(self.scratch)
+        self._tmp = open_volume(self._scratch.volume_url("local"), "r+")
+
+    def process(self, block: Block) -> dict[str, float]:
+        assert self._in is not None and self._tmp is not None and self._scratch is not None
+        affs = self._in.read(block.write)
+        if affs.dtype.kind == "f" and np.isnan(affs).any():
+            raise StorageError(f"the affinities {self._in.url} hold NaN values in {block.write}", "fill or mask them first")
+        frag, n = fragments(
+            affs, seed_threshold=self.seed_threshold, fg_threshold=self.fg_threshold, per_section=self.per_section, seed_sigma=self.seed_sigma
+        )
+        if n:
+            self._tmp.write(block.write, frag)
+        a, b, score = block_edges(frag, affs, self.scoring, self.quantile)
+        aff = as_float(affs)
+        low = {f"aff{d}": np.ascontiguousarray(np.take(aff[d], [0], axis=d)) for d in range(3)}
+        self._scratch.put(f"faces/{block.id}", _npz(**{f"l{k[0]}{k[1]}": v for k, v in block_faces(frag).labels.items()}, **low))
+        self._scratch.put(f"edges/{block.id}", _npz(a=a, b=b, score=score))
+        self._scratch.put(f"stats/{block.id}", ObjectStats(np.bincount(frag.ravel(), minlength=n + 1).astype(np.int64)).to_bytes())
+        return {"fragments": float(n), "inner_edges": float(a.size)}
+
+
+class SegmentEdgesOp(BlockOp):
+    """Pass B: the block's edges across faces to its forward neighbours, scored; writes the merges
+    (edges scoring at least ``threshold``, its inner edges included) as provisional id pairs."""
+
+    kind: ClassVar[str] = "seg-edges"
+    scratch: str
+    shape: tuple[int, int, int]
+    block: tuple[int, int, int]
+    threshold: float = 0.5
+    scoring: Scoring = "mean"
+    quantile: float = 0.5
+
+    _scratch: Scratch | None = PrivateAttr(default=None)
+    _offsets: np.ndarray | None = PrivateAttr(default=None)
+    _grid: BlockGrid | None = PrivateAttr(default=None)
+
+    def setup(self) -> None:
+        self._scratch = Scratch(self.scratch)
+        self._offsets = np.load(io.BytesIO(self._scratch.need("offsets.npy")))
+        self._grid = BlockGrid(Box.from_shape(self.shape), write_shape=self.block)
+
+    def _faces(self, bid: int) -> dict[str, np.ndarray]:
+        assert self._scratch is not None
+        with np.load(io.BytesIO(self._scratch.need(f"faces/{bid}"))) as z:
+            return {k: z[k] for k in z.files}
+
+    def process(self, block: Block) -> dict[str, float]:
+        assert self._scratch is not None and self._offsets is not None and self._grid is not None
+        off = self._offsets
+        a_id = block.id
+        with np.load(io.BytesIO(self._scratch.need(f"edges/{a_id}"))) as z:
+            ea, eb, es = z["a"], z["b"], z["score"]
+        keep = es >= self.threshold
+        merges = [np.stack([ea[keep] + off[a_id], eb[keep] + off[a_id]], axis=1)]
+        n_cross = 0
+        fa = self._faces(a_id) if off[a_id + 1] > off[a_id] else None
+        for b_id in self._grid.neighbours(a_id, 6):
+            if b_id < a_id or fa is None or off[b_id + 1] == off[b_id]:
+                continue
+            d = next(ax for ax in range(3) if self._grid.index_of(b_id)[ax] != block.index[ax])
+            fb = self._faces(b_id)
+            la, lb, vb = fa[f"l{d}1"], fb[f"l{d}0"], fb[f"aff{d}"]
+            touch = (la != 0) & (lb != 0)
+            a, b, s = edge_scores(la[touch] + off[a_id], lb[touch] + off[b_id], vb[touch], self.scoring, self.quantile)
+            n_cross += a.size
+            sel = s >= self.threshold
+            merges.append(np.stack([a[sel], b[sel]], axis=1))
+        pairs = np.concatenate(merges).astype(np.uint64)
+        buf = io.BytesIO()
+        np.save(buf, pairs)
+        self._scratch.put(f"pairs/{a_id}", buf.getvalue())
+        return {"merges": float(len(pairs)), "cross_edges": float(n_cross), "inner_edges": float(ea.size)}
+
+
+def segment_volume(
+    affinities: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    threshold: float = 0.5,
+    scoring: Scoring = "mean",
+    quantile: float = 0.5,
+    per_section: bool = False,
+    seed_threshold: float = 0.5,
+    fg_threshold: float = 0.0,
+    seed_sigma: float = 1.0,
+    block: Sequence[int] = DEFAULT_BLOCK,
+    chunks: Sequence[int] = DEFAULT_CHUNKS,
+    backend: BackendName | Backend = "serial",
+    workers: int | None = None,
+    address: str | None = None,
+    max_retries: int = 2,
+    overwrite: bool = False,
+    keep_scratch: bool = False,
+    progress: bool = True,
+    state_dir: str | os.PathLike[str] | None = None,
+) -> LabelResult:
+    """Segment neurons from ``(3, z, y, x)`` affinities into ``output`` (uint64, ids ``1..objects``):
+    blockwise watershed fragments, region-adjacency edges scored by the ``scoring`` of the affinities
+    across them, agglomeration of every edge scoring at least ``threshold``, relabel."""
+    t0 = time.perf_counter()
+    in_url, out_url = os.fspath(affinities), os.fspath(output)
+    src = open_volume(in_url)
+    if len(src.shape) != 4 or src.shape[0] != 3:
+        raise StorageError(f"{src.url} has shape {src.shape}; affinities are (3, z, y, x)", "give the z, y, x nearest-neighbour affinities")
+    if src.dtype != np.uint8 and src.dtype.kind != "f":
+        raise ConfigError(f"affinities must be uint8 (0-255) or float in [0, 1], not {src.dtype}", "convert them first")
+    if scoring not in ("mean", "quantile") or not 0.0 <= quantile <= 1.0:
+        raise ConfigError(f"scoring must be mean or quantile (with quantile in [0, 1]); got {scoring}, {quantile}")
+    grid, chunks_t = label_grid(src.spatial_shape, block, chunks)
+    state = Path(state_dir) if state_dir is not None else default_state_dir(out_url, "segment")
+    scratch = Scratch.beside(out_url, "segment-scratch")
+    op_a = FragmentsOp(
+        input=src.url, scratch=scratch.url, per_section=per_section, seed_threshold=seed_threshold, fg_threshold=fg_threshold,
+        seed_sigma=seed_sigma, scoring=scoring, quantile=quantile, chunks=chunks_t, overwrite=overwrite,
+    )
+    op_b = SegmentEdgesOp(scratch=scratch.url, shape=src.spatial_shape, block=grid.write_shape, threshold=threshold, scoring=scoring, quantile=quantile)  # type: ignore[arg-type]
+    op_c = RelabelOp(scratch=scratch.url, output=out_url, like=src.url, chunks=chunks_t, overwrite=overwrite)
+    params = {"grid": grid.layout(), "a": op_a.params(), "b": op_b.params(), "c": op_c.params()}
+    finished = state / "result.json"
+    if finished.exists() and not overwrite:
+        saved = json.loads(finished.read_text())
+        if saved.get("params") == json.loads(json.dumps(params)):
+            return LabelResult(**saved["result"])
+        raise ResumeMismatch(f"{out_url} was segmented with other parameters ({finished})", "pass --overwrite to segment it again")
+    if overwrite:
+        scratch.remove()
+        finished.unlink(missing_ok=True)
+    op_c.prepare(grid)
+    common: dict[str, Any] = {"backend": backend, "workers": workers, "address": address, "max_retries": max_retries, "overwrite": overwrite, "progress": progress}
+    from engine.ops.label_resolve import load_offsets, resolve_labels
+
+    run_a = run_blockwise(op_a, grid, state_dir=state / "fragments", name="segment-fragments", **common)
+    offsets = load_offsets(scratch, grid.num_blocks)
+    run_b = run_blockwise(op_b, grid, state_dir=state / "edges", name="segment-edges", **common)
+    res = resolve_labels(scratch, grid, offsets)
+    run_c = run_blockwise(op_c, grid, state_dir=state / "relabel", name="segment-relabel", **common)
+    result = LabelResult(
+        output=open_volume(out_url).url, objects=res.objects, local_objects=int(offsets[-1]), boundary_labels=res.boundary_labels,
+        pairs=res.pairs, blocks=grid.num_blocks, seconds={"total": time.perf_counter() - t0},
+        runs=[{"name": r.name, "done": r.done, "already_done": r.already_done, "skipped": r.skipped, "wall_seconds": r.wall_seconds} for r in (run_a, run_b, run_c)],
+    )
+    if not keep_scratch:
+        scratch.remove()
+        finished.parent.mkdir(parents=True, exist_ok=True)
+        finished.write_text(json.dumps({"params": params, "result": result.to_dict()}, indent=1))
+    log.info("segment: %d neurons from %d fragments in %s", res.objects, int(offsets[-1]), out_url)
+    return result

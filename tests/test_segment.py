@@ -1,0 +1,119 @@
+"""Neurons from affinities: the blockwise pipeline equals the same pipeline on the whole volume."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from engine.errors import StorageError
+from engine.geometry import Box
+from engine.ops.scratch import Scratch
+from engine.ops.segment import segment_volume
+from engine.segment.watershed import block_edges
+from engine.storage import create_volume, open_volume
+
+SHAPE = (8, 32, 36)
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when ``a`` and ``b`` are the same labelling up to renumbering (0 stays 0)."""
+    if not np.array_equal(a == 0, b == 0):
+        return False
+    m = a != 0
+    pairs = np.unique(np.stack([a[m].astype(np.uint64), b[m].astype(np.uint64)], axis=1), axis=0)
+    return len(pairs) == len(np.unique(a[m])) == len(np.unique(b[m]))
+
+
+def ground_truth_affinities(seed: int, noise: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Voronoi cells (anisotropic, z 3x coarser) and their nearest-neighbour affinities plus noise."""
+    rng = np.random.default_rng(seed)
+    pts = rng.random((14, 3)) * np.array(SHAPE)
+    zz, yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
+    d = (3 * (zz[..., None] - pts[:, 0])) ** 2 + (yy[..., None] - pts[:, 1]) ** 2 + (xx[..., None] - pts[:, 2]) ** 2
+    gt = (d.argmin(-1) + 1).astype(np.uint64)
+    affs = np.ones((3, *SHAPE), np.float32)
+    for ax in range(3):
+        cur = [slice(None)] * 3
+        prev = [slice(None)] * 3
+        cur[ax], prev[ax] = slice(1, None), slice(0, -1)
+        affs[ax][tuple(cur)] = gt[tuple(cur)] == gt[tuple(prev)]
+    return gt, np.clip(affs + rng.normal(0, noise, affs.shape), 0, 1).astype(np.float32)
+
+
+def write_affs(tmp_path: Path, affs: np.ndarray, chunks: tuple[int, int, int]) -> str:
+    vol = create_volume(str(tmp_path / "s.zarr" / "affs"), affs.shape, "float32", chunks)
+    vol.write(vol.box, affs)
+    return vol.url
+
+
+def test_per_section_slabs_equal_one_block(tmp_path: Path) -> None:
+    _, affs = ground_truth_affinities(0)
+    url = write_affs(tmp_path, affs, (2, 32, 36))
+    outs = []
+    for name, block in (("slabs", (2, 32, 36)), ("whole", SHAPE)):
+        r = segment_volume(url, str(tmp_path / "s.zarr" / name), per_section=True, threshold=0.8, block=block, chunks=(2, 32, 36), progress=False)
+        outs.append((r, open_volume(r.output).read(Box.from_shape(SHAPE))))
+    (r1, a), (r2, b) = outs
+    assert r1.blocks == 4 and r2.blocks == 1
+    assert r1.local_objects == r2.local_objects and r1.objects == r2.objects
+    assert same_partition(a, b)
+
+
+def reference(fragments: np.ndarray, affs: np.ndarray, threshold: float, scoring: str) -> np.ndarray:
+    """The agglomeration on the whole volume at once: every edge scoring >= threshold merges."""
+    a, b, s = block_edges(fragments, affs, scoring)  # type: ignore[arg-type]
+    n = int(fragments.max()) + 1
+    keep = s >= threshold
+    graph = coo_matrix((np.ones(int(keep.sum())), (a[keep].astype(np.int64), b[keep].astype(np.int64))), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    out = (comp + 1).astype(np.uint64)[fragments]
+    out[fragments == 0] = 0
+    return out
+
+
+@pytest.mark.parametrize(("backend", "scoring"), [("serial", "mean"), ("serial", "quantile"), ("ray", "mean")])
+def test_blockwise_equals_whole_volume_agglomeration(tmp_path: Path, scoring: str, backend: str, request: pytest.FixtureRequest) -> None:
+    if backend == "ray":
+        request.getfixturevalue("ray_cluster")
+    _, affs = ground_truth_affinities(1)
+    block = (4, 12, 12)
+    url = write_affs(tmp_path, affs, block)
+    out = str(tmp_path / "s.zarr" / "seg")
+    r = segment_volume(url, out, threshold=0.7, scoring=scoring, block=block, chunks=block, keep_scratch=True, backend=backend, workers=2, progress=False)  # type: ignore[arg-type]
+    scratch = Scratch.beside(out, "segment-scratch")
+    offsets = np.load(io.BytesIO(scratch.need("offsets.npy")))
+    local = open_volume(scratch.volume_url("local")).read(Box.from_shape(SHAPE)).astype(np.uint64)
+    frag = np.zeros(SHAPE, np.uint64)  # the blockwise fragments with their provisional global ids
+    for z in range(0, SHAPE[0], block[0]):
+        for y in range(0, SHAPE[1], block[1]):
+            for x in range(0, SHAPE[2], block[2]):
+                bid = ((z // block[0]) * 3 + y // block[1]) * 3 + x // block[2]
+                sl = (slice(z, z + block[0]), slice(y, y + block[1]), slice(x, x + block[2]))
+                frag[sl] = np.where(local[sl] > 0, local[sl] + offsets[bid], 0)
+    got = open_volume(out).read(Box.from_shape(SHAPE))
+    want = reference(frag, affs, 0.7, scoring)
+    assert same_partition(got, want)
+    assert r.objects == np.unique(want[want > 0]).size and r.objects < r.local_objects
+
+
+def test_quality_on_clean_affinities(tmp_path: Path) -> None:
+    """Loose sanity bounds on synthetic affinities (the real scores are in benchmarks/RESULTS.md)."""
+    from engine.metrics import adapted_rand, voi
+
+    gt, affs = ground_truth_affinities(2, noise=0.05)
+    url = write_affs(tmp_path, affs, (4, 16, 18))
+    r = segment_volume(url, str(tmp_path / "s.zarr" / "seg"), threshold=0.9, block=(4, 16, 18), chunks=(4, 16, 18), progress=False)
+    seg = open_volume(r.output).read(Box.from_shape(SHAPE))
+    split, merge = voi(seg, gt)
+    assert split + merge < 4.0 and adapted_rand(seg, gt).error < 0.9
+
+
+def test_bad_affinities(tmp_path: Path) -> None:
+    vol = create_volume(str(tmp_path / "s.zarr" / "x"), SHAPE, "float32", (4, 16, 18))
+    with pytest.raises(StorageError, match=r"affinities are \(3, z, y, x\)"):
+        segment_volume(vol.url, str(tmp_path / "s.zarr" / "seg"), progress=False)
