@@ -1,0 +1,1 @@
+"""Active learning: ROI crops, query suggestion and the annotation (answer) store."""
