@@ -61,6 +61,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--preview", metavar="PNG", help="also save a preview image")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--backend", choices=("serial", "ray"), default="serial", help="where blocks run (default: %(default)s; ray for big volumes)")
+    parser.add_argument("--workers", type=int, default=None, help="Ray workers (default: one per CPU)")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
     parser.set_defaults(func=run)
 
 
@@ -110,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("the seed is set with --seed, not --set seed=", "use --seed N")
     start = time.perf_counter()
     vols = synthesize(
-        args.dst, shape, args.seed, chunks=chunks, block=block, format=args.format, overwrite=args.overwrite, progress=not args.no_progress, **overrides
+        args.dst, shape, args.seed, chunks=chunks, block=block, format=args.format, overwrite=args.overwrite, progress=not args.no_progress,
+        backend=args.backend, workers=args.workers, address=args.address, **overrides
     )
     raw = vols["raw"]
     print(

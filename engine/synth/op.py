@@ -20,7 +20,6 @@ import os
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
-from tqdm import tqdm
 
 from engine.errors import ConfigError
 from engine.geometry import Block, BlockGrid, Box
@@ -128,23 +127,6 @@ class SynthOp(BlockOp):
         }
 
 
-def _drive(op: SynthOp, grid: BlockGrid, progress: bool) -> dict[str, float]:
-    """Run ``op`` over ``grid`` in this process, with a progress bar.
-
-    A plain loop: replace by ``engine.runtime.run_blockwise(op, grid, state_dir=..., backend=...)``
-    for resumable and distributed runs; the op needs nothing else.
-    """
-    op.prepare(grid)
-    op.setup()
-    totals: dict[str, float] = {}
-    with tqdm(total=grid.num_blocks, unit="block", desc="synth", disable=not progress) as bar:
-        for block in grid.blocks():
-            for key, value in op.process(block).items():
-                totals[key] = totals.get(key, 0.0) + value
-            bar.update(1)
-    return totals
-
-
 def synthesize(
     dst: str | os.PathLike[str],
     shape: Any,
@@ -156,6 +138,10 @@ def synthesize(
     format: Literal["zarr", "zarr3", "n5"] = "zarr",  # noqa: A002 - matches create_volume
     overwrite: bool = False,
     progress: bool = True,
+    backend: Literal["serial", "ray"] = "serial",
+    workers: int | None = None,
+    address: str | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
     **overrides: Any,
 ) -> dict[str, Volume]:
     """Write a synthetic EM volume with ground truth to the group ``dst`` and return its volumes.
@@ -163,6 +149,11 @@ def synthesize(
     ``params`` (default :class:`SynthParams`) with ``seed`` and any ``overrides`` (field names of
     :class:`SynthParams`) applied; ``block`` is the write shape of one block (default: ``chunks``),
     a multiple of ``chunks``. Bad values raise a one-line :class:`ConfigError`.
+
+    Blocks run through :func:`engine.runtime.run_blockwise`: in this process by default
+    (``backend="serial"``), or on Ray actors (``backend="ray"``); either way the run keeps
+    done-markers in ``state_dir`` (default: beside the output), so an interrupted run resumes and a
+    finished one returns at once.
 
     >>> import tempfile, os
     >>> vols = synthesize(os.path.join(tempfile.mkdtemp(), "s.zarr"), (4, 32, 32), seed=1, chunks=(4, 32, 32), progress=False)
@@ -186,6 +177,12 @@ def synthesize(
         raise ConfigError(f"block {write} is not a multiple of chunks {op.chunks}", "give a block shape made of whole chunks")
     grid = BlockGrid(Box.from_shape(op.shape), write)
     log.info("synthesizing %s: shape %s, %d blocks of %s, seed %d", op.output, op.shape, grid.num_blocks, write, p.seed)
-    totals = _drive(op, grid, progress)
+    from engine.runtime import default_state_dir, run_blockwise
+
+    run_dir = state_dir if state_dir is not None else default_state_dir(op.url("raw"), "synth")
+    summary = run_blockwise(
+        op, grid, state_dir=run_dir, backend=backend, workers=workers, address=address, overwrite=overwrite, progress=progress, name="synth"
+    )
+    totals = summary.stats
     log.info("synthesized %s: %.0f voxels, %.0f mitochondrion voxels, %.0f synapse voxels", op.output, totals.get("voxels", 0), totals.get("mito_voxels", 0), totals.get("synapse_voxels", 0))
     return {name: open_volume(op.url(name)) for name in OUTPUTS}
