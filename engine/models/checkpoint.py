@@ -1,0 +1,118 @@
+"""Checkpoints as weights only: ``model.safetensors`` plus ``config.json`` (the model config and extras).
+
+No pickled code is ever loaded: the weights are safetensors and the config is JSON, so a checkpoint
+from elsewhere cannot run anything on load.
+
+>>> import tempfile
+>>> from engine.models.config import ModelConfig
+>>> from engine.models.unet import build_model
+>>> d = tempfile.mkdtemp()
+>>> save_checkpoint(d, build_model(ModelConfig(filters=[4, 8])), ModelConfig(filters=[4, 8]), {"step": 3})
+>>> model, cfg, extra = load_checkpoint(d)
+>>> cfg.filters, extra["step"]
+([4, 8], 3)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.config import parse_config
+from engine.errors import ConfigError, StorageError
+from engine.models.config import ModelConfig
+from engine.models.unet import build_model
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_checkpoint(directory: str | os.PathLike[str], model: nn.Module, model_config: ModelConfig, extra: dict[str, Any] | None = None) -> None:
+    """Write ``model.safetensors`` and ``config.json`` (``{"model": ..., **extra}``) into ``directory``.
+
+    Each file is written to a temporary name and renamed, so a reader never sees half a file; the
+    weights go first, the config last (a checkpoint is complete once its config exists).
+    """
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    module = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    meta = {"model": model_config.model_dump(mode="json"), **(extra or {})}
+    _atomic_write(d / WEIGHTS, lambda tmp: save_file(state, tmp))
+    _atomic_write(d / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1, default=str)))
+
+
+def read_checkpoint_config(directory: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str, Any]]:
+    """The model config and the extras of a checkpoint, without loading the weights."""
+    d = Path(directory)
+    path = d / CONFIG
+    if not path.is_file():
+        raise StorageError(f"no checkpoint at {str(d)!r} ({CONFIG} is missing)", "point to a directory written by save_checkpoint")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise StorageError(f"checkpoint config {str(path)!r} is corrupt ({err})", "use another checkpoint") from err
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise StorageError(f"checkpoint config {str(path)!r} has no 'model' section", "use a checkpoint written by save_checkpoint")
+    cfg = parse_config(ModelConfig, meta.pop("model"), source=str(path))
+    return cfg, meta
+
+
+def load_checkpoint(directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig, dict[str, Any]]:
+    """Rebuild the model of a checkpoint, load its weights (strictly) and return ``(model, config, extra)``.
+
+    The model is in eval mode on ``device``. A missing or corrupt checkpoint is a
+    :class:`~engine.errors.StorageError`; weights that do not fit the config a :class:`~engine.errors.ConfigError`.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    cfg, extra = read_checkpoint_config(d)
+    path = d / WEIGHTS
+    if not path.is_file():
+        raise StorageError(f"checkpoint {str(d)!r} has no {WEIGHTS}", "use another checkpoint")
+    try:
+        state = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise StorageError(f"checkpoint weights {str(path)!r} are corrupt ({err})", "use another checkpoint") from err
+    model = build_model(cfg)
+    check_state(model, state, str(path))
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), cfg, extra
+
+
+def check_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise a one-line :class:`ConfigError` if ``state`` does not fit ``model`` key by key and shape by shape."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if shapes:
+            parts.append(f"{len(shapes)} of another shape (e.g. {shapes[0]})")
+        raise ConfigError(f"weights in {source} do not match the model config: {'; '.join(parts)}", "use the config.json written with these weights")
