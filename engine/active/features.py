@@ -1,0 +1,252 @@
+"""The two feature streams: a mask VAE (E_s) trained on the aligned ROI masks and an image VAE (E_u)
+trained on image patches sampled uniformly over the whole volume; the feature of a ROI is the VAE mean
+of its aligned mask (E_s) and of its aligned image crop (E_u).
+
+:func:`compute_features` does both for a run directory and writes::
+
+    RUN/features/mask.npy, image.npy      (N, latent) float32, row i is roi_id i
+    RUN/features/mask_vae.pt, image_vae.pt
+    RUN/features/features.json            the config and what it was computed from (for resume)
+
+After a reviewed round, :mod:`engine.active.triplet` fine-tunes E_u and writes a new ``image.npy`` and
+``image_vae.pt`` into that round's folder; :func:`load_features` picks the latest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from engine.active.rois import existing_rounds, read_crops, read_index, read_meta, round_dir
+from engine.config import Config
+from engine.errors import ConfigError, StorageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.models.vae import VAE
+
+log = logging.getLogger(__name__)
+
+PAPER_HIDDEN = (32, 64, 128, 256, 256, 512)
+
+
+class VaeConfig(Config):
+    """One VAE and how it is trained."""
+
+    latent_dim: int = Field(default=20, ge=1)
+    hidden_dims: tuple[int, ...] = PAPER_HIDDEN
+    input_size: int = Field(default=128, ge=8, description="crops are resized (area averaging) to this size first")
+    epochs: int = Field(default=30, ge=0)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    kld_weight: float = Field(default=1e-4, ge=0)
+    seed: int = 0
+
+
+class FeatureConfig(Config):
+    """Both streams. Defaults follow the paper: latent 20 for masks, 1000 for images."""
+
+    mask: VaeConfig = Field(default_factory=lambda: VaeConfig(latent_dim=20))
+    image: VaeConfig = Field(default_factory=lambda: VaeConfig(latent_dim=1000))
+    image_patches: int = Field(default=10000, ge=1, description="patches sampled uniformly over the volume to train E_u")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no GPU is visible", "use device: auto or cpu")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def to_tensor(crops: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 crops (n, S, S) -> float tensor (n, 1, size, size) in [0, 1] (value / 255; area averaging
+    to shrink). Masks are passed as 0/255 (see :func:`mask_crops`)."""
+    import torch
+    from torch.nn import functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(crops)).float().unsqueeze(1)
+    if crops.dtype == np.uint8:
+        x = x / 255.0
+    if x.shape[-1] != size or x.shape[-2] != size:
+        mode = "area" if x.shape[-1] > size else "bilinear"
+        x = F.interpolate(x, size=(size, size), mode=mode) if mode == "area" else F.interpolate(x, size=(size, size), mode=mode, align_corners=False)
+    return x
+
+
+def train_vae(crops: np.ndarray, cfg: VaeConfig, device: str = "auto", progress: bool = False) -> VAE:
+    """Train a VAE on ``crops`` ((n, S, S) uint8, read as value / 255) and return it (eval mode)."""
+    import torch
+
+    from engine.models.vae import VAE, vae_loss
+
+    if crops.ndim != 3 or crops.shape[0] == 0:
+        raise ConfigError(f"a VAE needs a stack of 2D crops, got shape {crops.shape}")
+    dev = pick_device(device)
+    torch.manual_seed(cfg.seed)
+    model = VAE(size=cfg.input_size, latent_dim=cfg.latent_dim, hidden_dims=cfg.hidden_dims).to(dev)
+    x = to_tensor(crops, cfg.input_size)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    bs = min(cfg.batch_size, x.shape[0])
+    epochs = range(cfg.epochs)
+    if progress:
+        from tqdm import tqdm
+
+        epochs = tqdm(epochs, desc=f"VAE latent {cfg.latent_dim}", unit="epoch")
+    model.train()
+    last = float("nan")
+    for _ in epochs:
+        perm = torch.randperm(x.shape[0], generator=gen)
+        total, count = 0.0, 0
+        for i in range(0, x.shape[0] - bs + 1, bs):  # drop the last partial batch (batch norm)
+            batch = x[perm[i : i + bs]].to(dev)
+            recon, mu, logvar = model(batch)
+            loss, _, _ = vae_loss(recon, batch, mu, logvar, cfg.kld_weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss) * batch.shape[0]
+            count += batch.shape[0]
+        last = total / max(count, 1)
+    log.info("VAE latent %d trained on %d crops for %d epochs, last loss %.4f", cfg.latent_dim, x.shape[0], cfg.epochs, last)
+    model.eval()
+    return model
+
+
+def encode(model: VAE, crops: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The VAE means of ``crops`` ((n, S, S) uint8), (n, latent) float32."""
+    import torch
+
+    dev = next(model.parameters()).device
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, crops.shape[0], batch_size):
+            x = to_tensor(crops[i : i + batch_size], model.size).to(dev)
+            out.append(model.features(x).cpu().numpy())
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, model.latent_dim), np.float32)
+
+
+def save_vae(model: VAE, path: str | os.PathLike[str]) -> None:
+    import torch
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    torch.save({"config": model.config(), "state": {k: v.cpu() for k, v in model.state_dict().items()}}, tmp)
+    os.replace(tmp, p)
+
+
+def load_vae(path: str | os.PathLike[str], device: str = "auto") -> VAE:
+    import torch
+
+    from engine.models.vae import VAE
+
+    if not Path(path).exists():
+        raise StorageError(f"no VAE checkpoint at {path}", "compute the features first (connectile query computes them)")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = blob["config"]
+    model = VAE(size=cfg["size"], latent_dim=cfg["latent_dim"], hidden_dims=cfg["hidden_dims"], in_channels=cfg["in_channels"])
+    model.load_state_dict(blob["state"])
+    return model.to(pick_device(device)).eval()
+
+
+def sample_patches(image_url: str, n: int, size: int, seed: int = 0) -> np.ndarray:
+    """``n`` patches of ``size x size`` pixels at positions drawn uniformly over the volume (z, then a
+    window that fits in y and x; volumes smaller than ``size`` are padded with 0). uint8."""
+    from engine.active.rois import to_uint8
+    from engine.geometry import Box
+    from engine.storage import open_volume
+
+    vol = open_volume(image_url)
+    zs, ys, xs = vol.spatial_shape
+    rng = np.random.default_rng(seed)
+    z = rng.integers(0, zs, n)
+    y = rng.integers(0, max(1, ys - size + 1), n)
+    x = rng.integers(0, max(1, xs - size + 1), n)
+    out = np.zeros((n, size, size), np.uint8)
+    batch = 256
+    for i in range(0, n, batch):
+        boxes = [Box((int(z[j]), int(y[j]), int(x[j])), (int(z[j]) + 1, min(ys, int(y[j]) + size), min(xs, int(x[j]) + size))) for j in range(i, min(n, i + batch))]
+        futures = [vol.read_async(b) for b in boxes]
+        for j, (b, f) in enumerate(zip(boxes, futures, strict=True)):
+            data = to_uint8(np.asarray(f.result()))[0]
+            out[i + j, : b.shape[1], : b.shape[2]] = data
+    return out
+
+
+def mask_crops(run_dir: str | os.PathLike[str], roi_ids: np.ndarray | None = None) -> np.ndarray:
+    """The aligned masks as 0/255 uint8 (the VAE input scale)."""
+    return (read_crops(run_dir, "mask", roi_ids) > 0).astype(np.uint8) * np.uint8(255)
+
+
+def features_dir(run_dir: str | os.PathLike[str]) -> Path:
+    return Path(run_dir) / "features"
+
+
+def compute_features(run_dir: str | os.PathLike[str], cfg: FeatureConfig | None = None, *, overwrite: bool = False, progress: bool = True) -> dict[str, np.ndarray]:
+    """Train E_s on the ROI masks and E_u on patches of the whole image volume, encode every ROI,
+    and save both (see the module docstring). Returns ``{"mask": ..., "image": ...}``. A second call
+    with the same config and ROIs loads the saved features."""
+    cfg = cfg or FeatureConfig()
+    out = features_dir(run_dir)
+    meta = read_meta(run_dir)
+    index = read_index(run_dir)
+    params = {"config": cfg.model_dump(mode="json"), "rois": meta["params"]}
+    done = out / "features.json"
+    if done.exists() and not overwrite:
+        saved = json.loads(done.read_text())
+        if saved.get("params") == json.loads(json.dumps(params)):
+            return {"mask": np.load(out / "mask.npy"), "image": np.load(out / "image.npy")}
+        log.info("features of %s were made with other parameters: computing them again", run_dir)
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    masks = mask_crops(run_dir)
+    images = read_crops(run_dir, "image")
+    if masks.shape[0] != index["roi_id"].size:
+        raise StorageError(f"{run_dir} holds {masks.shape[0]} crops but {index['roi_id'].size} index rows", "extract the ROIs again with --overwrite")
+    e_s = train_vae(masks, cfg.mask, cfg.device, progress)
+    f_mask = encode(e_s, masks)
+    patches = sample_patches(meta["params"]["image"], cfg.image_patches, masks.shape[-1], seed=cfg.image.seed)
+    e_u = train_vae(patches, cfg.image, cfg.device, progress)
+    f_image = encode(e_u, images)
+    save_vae(e_s, out / "mask_vae.pt")
+    save_vae(e_u, out / "image_vae.pt")
+    np.save(out / "mask.npy", f_mask)
+    np.save(out / "image.npy", f_image)
+    done.write_text(json.dumps({"params": params, "seconds": time.perf_counter() - t0}, indent=1))
+    log.info("features of %d ROIs: mask %s, image %s in %.1f s", f_mask.shape[0], f_mask.shape[1], f_image.shape[1], time.perf_counter() - t0)
+    return {"mask": f_mask, "image": f_image}
+
+
+def latest_image_stream(run_dir: str | os.PathLike[str], before_round: int | None = None) -> tuple[Path, int]:
+    """The folder holding the newest image features (a round folder after triplet tuning, else
+    ``RUN/features``) for rounds before ``before_round``, and that round's number (0: none)."""
+    for k in reversed(existing_rounds(run_dir)):
+        if before_round is not None and k >= before_round:
+            continue
+        d = round_dir(run_dir, k)
+        if (d / "image.npy").exists() and (d / "image_vae.pt").exists():
+            return d, k
+    return features_dir(run_dir), 0
+
+
+def load_features(run_dir: str | os.PathLike[str], before_round: int | None = None) -> dict[str, Any]:
+    """``mask`` and ``image`` features (the newest image stream, see :func:`latest_image_stream`)."""
+    fd = features_dir(run_dir)
+    if not (fd / "mask.npy").exists():
+        raise StorageError(f"no features in {fd}", "compute them first (connectile query does it when they are missing)")
+    d, k = latest_image_stream(run_dir, before_round)
+    return {"mask": np.load(fd / "mask.npy"), "image": np.load(d / "image.npy"), "image_round": k}

@@ -1,0 +1,354 @@
+"""ROI extraction, blockwise: :class:`RoiOp` and the driver :func:`extract_rois`.
+
+The driver reads the object table (``connectile label --table``), numbers the objects (``roi_id`` =
+rank of the object id) and creates ``RUN/rois/rois.zarr/{image,mask}`` with one chunk per row, so
+that two workers never write the same chunk. Every block of a grid over the label volume then
+handles the objects whose centroid lies in its write box: it reads their bounding boxes from the
+label volume (one read for the whole batch), finds each object's slice of largest area, reads a
+small window of the image (and of the probabilities / pre-synaptic map) around it, aligns it
+(:mod:`engine.active.rois`), writes the rows, and leaves its part of the index in a scratch file.
+The driver gathers those into ``RUN/rois/index.parquet``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import PrivateAttr
+
+from engine.active.rois import (
+    DEFAULT_SIZE,
+    INDEX_COLUMNS,
+    align_roi,
+    index_path,
+    principal_axis,
+    rois_dir,
+    rois_store,
+    to_uint8,
+    window_radius,
+)
+from engine.errors import ConfigError, ResumeMismatch, StorageError
+from engine.geometry import Block, BlockGrid, Box
+from engine.ops.scratch import Scratch
+from engine.runtime import Backend, BackendName, BlockOp, run_blockwise
+from engine.storage import Volume, create_volume, open_volume
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BLOCK: tuple[int, int, int] = (64, 512, 512)
+#: a block reads the union of its objects' bounding boxes at once up to this many voxels, else one by one
+UNION_READ_MAX_VOXELS = 1 << 26
+
+
+def _read_padded(vol: Volume, box: Box, fill: float = 0) -> np.ndarray:
+    """Read ``box`` (may stick out of the volume); the outside is ``fill``."""
+    inside = box.intersect(vol.box)
+    out = np.full(box.shape, fill, dtype=vol.dtype)
+    if not inside.empty:
+        out[inside.to_slices(relative_to=box)] = vol.read(inside)
+    return out
+
+
+class RoiOp(BlockOp):
+    """One block: the aligned ROIs of the objects whose centroid lies in ``block.write``."""
+
+    kind: ClassVar[str] = "active-rois"
+    labels: str
+    image: str
+    out: str  # RUN/rois
+    objects_digest: str
+    prob: str | None = None
+    pre: str | None = None
+    pre_value: int = 1
+    size: int = DEFAULT_SIZE
+    shape: tuple[int, int, int]
+    block: tuple[int, int, int]
+
+    _labels: Volume | None = PrivateAttr(default=None)
+    _image: Volume | None = PrivateAttr(default=None)
+    _prob: Volume | None = PrivateAttr(default=None)
+    _pre: Volume | None = PrivateAttr(default=None)
+    _img_out: Volume | None = PrivateAttr(default=None)
+    _mask_out: Volume | None = PrivateAttr(default=None)
+    _objects: dict[str, np.ndarray] = PrivateAttr(default_factory=dict)
+    _owner: np.ndarray | None = PrivateAttr(default=None)
+    _scratch: Scratch | None = PrivateAttr(default=None)
+
+    @property
+    def objects_file(self) -> Path:
+        return Path(self.out) / "objects.npz"
+
+    def setup(self) -> None:
+        self._labels = open_volume(self.labels)
+        self._image = open_volume(self.image)
+        self._prob = open_volume(self.prob) if self.prob else None
+        self._pre = open_volume(self.pre) if self.pre else None
+        store = rois_store(Path(self.out).parent)
+        self._img_out = open_volume(f"{store}/image", "r+")
+        self._mask_out = open_volume(f"{store}/mask", "r+")
+        with np.load(self.objects_file) as z:
+            self._objects = {k: z[k] for k in z.files}
+        grid = BlockGrid(Box.from_shape(self.shape), write_shape=self.block)
+        self._owner = owner_blocks(self._objects["centroid"], grid)
+        self._scratch = Scratch(str(Path(self.out) / ".scratch"))
+
+    def is_empty(self, block: Block) -> bool:
+        if self._owner is None:
+            self.setup()
+        assert self._owner is not None
+        return not bool((self._owner == block.id).any())
+
+    def process(self, block: Block) -> dict[str, float]:
+        if self._owner is None:
+            self.setup()
+        assert self._owner is not None and self._labels is not None and self._scratch is not None
+        rows = np.flatnonzero(self._owner == block.id)
+        obj = {k: v[rows] for k, v in self._objects.items()}
+        boxes = [Box(tuple(b[:3]), tuple(b[3:])) for b in obj["bbox"]]
+        union = _union(boxes)
+        crop: np.ndarray | None = None
+        if union is not None and union.size <= UNION_READ_MAX_VOXELS:
+            crop = self._labels.read(union)
+        out: dict[str, list[Any]] = {c: [] for c in INDEX_COLUMNS}
+        for i in range(rows.size):
+            box = boxes[i]
+            if crop is not None and union is not None:
+                sub = crop[box.shift(tuple(-s for s in union.start)).to_slices()]
+            else:
+                sub = self._labels.read(box)
+            rec = self._one(int(obj["id"][i]), sub, box, int(obj["roi_id"][i]), float(obj["score"][i]))
+            rec["voxels"] = int(obj["voxels"][i])
+            for c in INDEX_COLUMNS:
+                out[c].append(rec[c])
+        arrays = {c: np.asarray(v) for c, v in out.items()}
+        buf = _io()
+        savez: Any = np.savez  # its stubs do not type **arrays
+        savez(buf, **arrays)
+        self._scratch.put(f"index/{block.id}", buf.getvalue())
+        return {"rois": float(rows.size)}
+
+    def _one(self, object_id: int, sub: np.ndarray, box: Box, roi_id: int, score: float) -> dict[str, Any]:
+        assert self._labels is not None and self._image is not None
+        assert self._img_out is not None and self._mask_out is not None
+        obj = sub == np.asarray(object_id, sub.dtype)
+        areas = obj.sum(axis=(1, 2))
+        if not areas.any():
+            raise StorageError(
+                f"object {object_id} of the table is not in {self.labels} inside its bounding box {box}",
+                "the object table does not belong to this label volume; label it again with --table",
+            )
+        kz = int(np.argmax(areas))
+        z = box.start[0] + kz
+        axis = principal_axis(obj[kz])
+        cy, cx = box.start[1] + axis.cy, box.start[2] + axis.cx
+        r = window_radius(self.size)
+        iy, ix = round(cy), round(cx)
+        win = Box((z, iy - r, ix - r), (z + 1, iy + r + 1, ix + r + 1))
+        centre = (cy - (iy - r), cx - (ix - r))
+        labels2d = _read_padded(self._labels, win)[0]
+        mask2d = labels2d == np.asarray(object_id, labels2d.dtype)
+        image2d = to_uint8(_read_padded(self._image, win)[0])
+        pre2d = None
+        if self._pre is not None:
+            pre2d = _read_padded(self._pre, win)[0] == self.pre_value
+        if not np.isfinite(score) and self._prob is not None:
+            p = _read_padded(self._prob, win)[0]
+            pf = p.astype(np.float64) / 255.0 if p.dtype == np.uint8 else p.astype(np.float64)
+            score = float(pf[mask2d].mean())
+        roi = align_roi(image2d, mask2d, centre, axis.angle, self.size, pre2d)
+        row = Box((roi_id, 0, 0), (roi_id + 1, self.size, self.size))
+        self._img_out.write(row, roi.image[None])
+        self._mask_out.write(row, roi.mask[None])
+        return {
+            "roi_id": roi_id, "object_id": object_id, "z": z, "y": iy, "x": ix, "area": int(areas[kz]),
+            "angle": float(roi.angle), "score": score, "voxels": 0, "flipped": roi.flipped,
+        }
+
+
+def _union(boxes: Sequence[Box]) -> Box | None:
+    if not boxes:
+        return None
+    start = tuple(min(b.start[k] for b in boxes) for k in range(3))
+    stop = tuple(max(b.stop[k] for b in boxes) for k in range(3))
+    return Box(start, stop)
+
+
+def _io() -> Any:
+    import io
+
+    return io.BytesIO()
+
+
+def owner_blocks(centroids: np.ndarray, grid: BlockGrid) -> np.ndarray:
+    """The id of the block whose write box holds each (floored, clipped) centroid."""
+    c = np.floor(np.asarray(centroids, np.float64)).astype(np.int64).reshape(-1, 3)
+    start, stop = np.asarray(grid.total.start), np.asarray(grid.total.stop)
+    c = np.clip(c, start, stop - 1)
+    idx = (c - start) // np.asarray(grid.write_shape)
+    gs = np.asarray(grid.grid_shape)
+    return np.asarray((idx[:, 0] * gs[1] + idx[:, 1]) * gs[2] + idx[:, 2], np.int64)
+
+
+# -- the driver ----------------------------------------------------------------------------------
+@dataclass
+class RoiResult:
+    """What :func:`extract_rois` did."""
+
+    rois: int
+    index: str
+    store: str
+    size: int
+    blocks: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _objects_from_table(table: str | os.PathLike[str], min_voxels: int) -> dict[str, np.ndarray]:
+    from engine.ops.objects import read_object_table
+
+    cols = read_object_table(table)
+    need = ("id", "voxels", "z0", "y0", "x0", "z1", "y1", "x1", "cz", "cy", "cx")
+    missing = [c for c in need if c not in cols]
+    if missing:
+        raise StorageError(f"the object table {table} lacks the columns {missing}", "write it with connectile label --table")
+    keep = cols["voxels"] >= max(1, min_voxels)
+    ids = cols["id"][keep].astype(np.uint64)
+    order = np.argsort(ids, kind="stable")
+    sel = np.flatnonzero(keep)[order]
+    score = cols["mean_probability"][sel].astype(np.float64) if "mean_probability" in cols else np.full(sel.size, np.nan)
+    return {
+        "id": ids[order],
+        "roi_id": np.arange(sel.size, dtype=np.int64),
+        "voxels": cols["voxels"][sel].astype(np.int64),
+        "bbox": np.stack([cols[c][sel] for c in ("z0", "y0", "x0", "z1", "y1", "x1")], axis=1).astype(np.int64),
+        "centroid": np.stack([cols[c][sel] for c in ("cz", "cy", "cx")], axis=1).astype(np.float64),
+        "score": score,
+    }
+
+
+def _digest(objects: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(objects):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(objects[k]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def extract_rois(
+    run_dir: str | os.PathLike[str],
+    labels: str,
+    image: str,
+    table: str | os.PathLike[str],
+    *,
+    prob: str | None = None,
+    pre: str | None = None,
+    pre_value: int = 1,
+    size: int = DEFAULT_SIZE,
+    min_voxels: int = 0,
+    block: Sequence[int] = DEFAULT_BLOCK,
+    backend: BackendName | Backend = "serial",
+    workers: int | None = None,
+    address: str | None = None,
+    max_retries: int = 2,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> RoiResult:
+    """Extract the aligned ROIs of every object of ``table`` (an object table of ``labels``) into
+    ``run_dir/rois`` (see :mod:`engine.active.rois` for the layout).
+
+    ``image`` is the EM volume, ``prob`` the predicted probabilities (for ``score`` where the table
+    has none), ``pre`` a volume whose value ``pre_value`` marks pre-synaptic voxels (synapses: the
+    pre-synaptic side is then put on the left). Objects smaller than ``min_voxels`` are left out.
+    Runs blockwise and resumes like every blockwise command.
+    """
+    t0 = time.perf_counter()
+    if size < 8:
+        raise ConfigError(f"--size must be at least 8 pixels, got {size}", "e.g. --size 128")
+    lab = open_volume(labels)
+    if len(lab.shape) != 3 or lab.dtype.kind not in "iu":
+        raise StorageError(f"{lab.url} is {lab.dtype} of shape {lab.shape}, not a (z, y, x) label volume", "give the output of connectile label")
+    img = open_volume(image)
+    if img.spatial_shape != lab.spatial_shape:
+        raise StorageError(f"the image {img.url} has shape {img.spatial_shape}, the labels {lab.url} {lab.spatial_shape}", "give the image the labels were predicted from")
+    for name, url in (("prob", prob), ("pre", pre)):
+        if url is not None and open_volume(url).spatial_shape != lab.spatial_shape:
+            raise StorageError(f"--{name} {url} does not have the shape {lab.spatial_shape} of the labels", f"give the {name} volume of this prediction")
+    objects = _objects_from_table(table, min_voxels)
+    n = int(objects["id"].size)
+    if n == 0:
+        raise StorageError(f"the object table {table} holds no objects of at least {max(1, min_voxels)} voxels", "check the threshold and --min-voxels")
+    out = rois_dir(run_dir)
+    digest = _digest(objects)
+    params: dict[str, Any] = {"labels": lab.url, "image": img.url, "table": os.fspath(table), "prob": prob, "pre": pre, "pre_value": pre_value,
+              "size": size, "min_voxels": min_voxels, "objects": digest, "rois": n}
+    meta_path = out / "rois.json"
+    if meta_path.exists() and index_path(run_dir).exists() and not overwrite:
+        saved = json.loads(meta_path.read_text())
+        if saved.get("params") == json.loads(json.dumps(params)):
+            log.info("rois: %s is complete already", out)
+            return RoiResult(**saved["result"])
+        raise ResumeMismatch(f"{out} holds ROIs made with other parameters ({meta_path})", "pass --overwrite to extract them again, or use another run directory")
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        meta_path.unlink(missing_ok=True)
+        index_path(run_dir).unlink(missing_ok=True)
+        Scratch(str(out / ".scratch")).remove()
+    savez: Any = np.savez
+    savez(out / "objects.npz", **objects)
+    store = rois_store(run_dir)
+    for name in ("image", "mask"):
+        create_volume(f"{store}/{name}", (n, size, size), "uint8", (1, size, size), overwrite=overwrite,
+                      attrs={"description": f"aligned ROI {name} crops; row i is roi_id i"})
+    grid = BlockGrid(Box.from_shape(lab.spatial_shape), write_shape=tuple(min(int(b), s) for b, s in zip(block, lab.spatial_shape, strict=True)))
+    op = RoiOp(labels=lab.url, image=img.url, out=str(out), objects_digest=digest, prob=prob, pre=pre, pre_value=pre_value,
+               size=size, shape=lab.spatial_shape, block=grid.write_shape)  # type: ignore[arg-type]
+    run_blockwise(op, grid, state_dir=out / ".state", backend=backend, workers=workers, address=address, max_retries=max_retries,
+                  overwrite=overwrite, progress=progress, name="rois")
+    owners = np.unique(owner_blocks(objects["centroid"], grid))
+    scratch = Scratch(str(out / ".scratch"))
+    parts = scratch.get_many([f"index/{b}" for b in owners.tolist()])
+    cols: dict[str, list[np.ndarray]] = {c: [] for c in INDEX_COLUMNS}
+    for data in parts:
+        with np.load(_bytes_io(data)) as z:
+            for c in INDEX_COLUMNS:
+                cols[c].append(z[c])
+    merged = {c: np.concatenate(v) for c, v in cols.items()}
+    order = np.argsort(merged["roi_id"])
+    merged = {c: v[order] for c, v in merged.items()}
+    if not np.array_equal(merged["roi_id"], np.arange(n)):
+        raise StorageError(f"the ROI index of {out} is incomplete ({merged['roi_id'].size} of {n} rows)", "run again with --overwrite")
+    _write_index(index_path(run_dir), merged)
+    result = RoiResult(rois=n, index=str(index_path(run_dir)), store=store, size=size, blocks=grid.num_blocks, seconds=time.perf_counter() - t0)
+    meta_path.write_text(json.dumps({"params": params, "result": result.to_dict()}, indent=1))
+    scratch.remove()
+    log.info("rois: %d ROIs of %d x %d pixels in %s, %.1f s", n, size, size, out, result.seconds)
+    return result
+
+
+def _bytes_io(data: bytes) -> Any:
+    import io
+
+    return io.BytesIO(data)
+
+
+def _write_index(path: Path, cols: dict[str, np.ndarray]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = {"roi_id": pa.int64(), "object_id": pa.uint64(), "z": pa.int64(), "y": pa.int64(), "x": pa.int64(), "area": pa.int64(),
+             "angle": pa.float64(), "score": pa.float64(), "voxels": pa.int64(), "flipped": pa.bool_()}
+    table = pa.table({c: pa.array(cols[c], type=types[c]) for c in INDEX_COLUMNS})
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, str(tmp))
+    os.replace(tmp, path)
