@@ -1,0 +1,94 @@
+"""Training checkpoints: ``OUT/checkpoints/step-XXXXXX/`` holds the weights and config (via
+:func:`engine.models.save_checkpoint`, the resolved TrainConfig in its extras) and ``optimizer.pt``
+(optimizer state, step, elapsed time: tensors and plain Python values only, so ``torch.load(...,
+weights_only=True)`` reads it). A checkpoint is written into a temporary directory and renamed, so a
+directory named ``step-*`` is always complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.errors import StorageError
+from engine.models import ModelConfig, save_checkpoint
+from engine.models.checkpoint import check_state
+
+log = logging.getLogger(__name__)
+
+OPTIMIZER = "optimizer.pt"
+_STEP_DIR = re.compile(r"^step-(\d{6,})$")
+
+
+def checkpoint_dir(output: str | os.PathLike[str], step: int) -> Path:
+    """``OUT/checkpoints/step-XXXXXX``."""
+    return Path(output) / "checkpoints" / f"step-{step:06d}"
+
+
+def list_checkpoints(output: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, by step (ascending)."""
+    root = Path(output) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for d in root.iterdir():
+        m = _STEP_DIR.match(d.name)
+        if m and (d / "config.json").is_file() and (d / OPTIMIZER).is_file():
+            found.append((int(m.group(1)), d))
+    return sorted(found)
+
+
+def latest_checkpoint(output: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint of the highest step, or None."""
+    found = list_checkpoints(output)
+    return found[-1][1] if found else None
+
+
+def write_training_checkpoint(
+    output: str | os.PathLike[str],
+    step: int,
+    model: nn.Module,
+    model_config: ModelConfig,
+    optimizer: torch.optim.Optimizer,
+    extra: dict[str, Any],
+    keep: int = 3,
+) -> Path:
+    """Write the checkpoint of ``step`` atomically and keep only the newest ``keep`` ones."""
+    final = checkpoint_dir(output, step)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_checkpoint(tmp, model, model_config, {"step": step, **extra})
+    torch.save({"optimizer": optimizer.state_dict(), "step": step, "elapsed": float(extra.get("elapsed", 0.0))}, tmp / OPTIMIZER)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for _, old in list_checkpoints(output)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    log.info("checkpoint %s", final)
+    return final
+
+
+def read_training_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> dict[str, Any]:
+    """Load weights and optimizer state of a training checkpoint into ``model`` and ``optimizer``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(directory / "model.safetensors"), device=str(device))
+        opt = torch.load(directory / OPTIMIZER, map_location=device, weights_only=True)
+    except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as err:  # any unreadable file is one message
+        raise StorageError(f"checkpoint {directory} cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})", "delete it to resume from the one before, or use --no-resume") from err
+    module = getattr(model, "module", model)
+    check_state(module, state, str(directory))
+    module.load_state_dict(state, strict=True)
+    optimizer.load_state_dict(opt["optimizer"])
+    return {"step": int(opt["step"]), "elapsed": float(opt.get("elapsed", 0.0))}

@@ -1,0 +1,76 @@
+"""Entry point of a training run: in this process (``ray.num_workers: 0``) or data-parallel on Ray Train
+(``ray.train.torch.TorchTrainer``, one worker per GPU or CPU slot, gradients averaged by DDP).
+
+Every worker draws its own crops (``rank`` enters the batch seed), so the global batch is
+``batch_size * num_workers``; rank 0 writes checkpoints, logs and validation. All workers start from
+the same initial weights (seeded) and resume from the same checkpoint (the output directory must be
+shared by the workers, as it is on one node or a shared file system).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from engine.learn.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig.model_validate(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    from engine.learn.trainer import Trainer
+
+    if rank != 0:
+        cfg = cfg.model_copy(update={"progress": False})
+    summary = Trainer(cfg, rank=rank, world_size=world, device=device).fit(resume=config["resume"])
+    ray.train.report({"step": summary["step"], "elapsed": summary["elapsed"], **summary["last"]})
+
+
+def train(cfg: TrainConfig, *, resume: bool = True) -> dict[str, Any]:
+    """Run the training that ``cfg`` describes; returns ``{"step", "elapsed", "last", "output"}``.
+
+    ``resume=False`` starts over: the run's checkpoints, history and logs are deleted first.
+    """
+    out = Path(cfg.output)
+    if not resume:
+        for name in ("checkpoints", "tensorboard", "history.jsonl", "loss.png", "ray"):
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    if cfg.ray.num_workers == 0:
+        from engine.learn.trainer import Trainer
+
+        return Trainer(cfg).fit(resume=resume)
+
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from engine.runtime import connect
+
+    connect(cfg.ray.address, dashboard=False)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "resume": resume},
+        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu),
+        run_config=RunConfig(name="train", storage_path=str((out / "ray").resolve())),
+    )
+    trainer.fit()
+    # the workers' reports are not always kept in the result (Ray Train v2); the run's own record is
+    from engine.learn.history import read_history
+
+    losses = [r for r in read_history(out / "history.jsonl") if "loss" in r]
+    last = {k: v for k, v in losses[-1].items() if k not in ("step", "time", "lr")} if losses else {}
+    return {"step": int(losses[-1]["step"]) if losses else 0, "elapsed": float(losses[-1]["time"]) if losses else 0.0, "last": last, "output": str(out)}

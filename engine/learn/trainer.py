@@ -1,0 +1,211 @@
+"""The training loop: :class:`Trainer` owns the model, optimizer, sampler and loss terms; :meth:`Trainer.step`
+does one optimisation step on one batch; :meth:`Trainer.fit` runs the loop with logging, validation,
+checkpoints and resume.
+
+Semi-supervised training adds loss terms (see :mod:`engine.learn.losses`) and, where it needs more data
+per step, a ``batch_fn`` that adds entries (unlabelled crops...) to the batch; the loop stays as it is.
+
+Exactness: the batch of a step and the torch seed of a step are functions of ``(seed, step, rank)``, and
+the learning rate a function of the step, so a run interrupted and resumed from a checkpoint ends with
+the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.learn.checkpoints import latest_checkpoint, read_training_state, write_training_checkpoint
+from engine.learn.config import TrainConfig
+from engine.learn.history import append_history, plot_history, truncate_history
+from engine.learn.losses import LossTerm, StepContext, SupervisedLoss
+from engine.learn.sampler import CropSampler
+from engine.models import build_model
+
+log = logging.getLogger(__name__)
+
+BatchFn = Callable[[int, int], dict[str, torch.Tensor]]
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed of one step on one worker."""
+    return int(np.random.SeedSequence([seed, step, rank, 0x7017]).generate_state(1)[0])
+
+
+def make_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
+    o = cfg.optimizer
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of ``step`` (constant, or cosine from ``lr`` to ``lr * min_lr_ratio``)."""
+    o = cfg.optimizer
+    if o.schedule == "constant":
+        return o.lr
+    lo = o.lr * o.min_lr_ratio
+    return lo + (o.lr - lo) * 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps))
+
+
+def pick_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class Trainer:
+    """One worker's training state. Under an initialised process group (Ray Train sets one up, also for
+    one worker) the model is wrapped in DistributedDataParallel; ``self.model`` is always the bare model."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | None = None,
+        terms: list[LossTerm] | None = None,
+        sampler: CropSampler | None = None,
+        batch_fn: BatchFn | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
+        self.device = device or pick_device(cfg)
+        torch.set_num_threads(cfg.num_threads)
+        torch.manual_seed(cfg.seed)  # the initial weights: the same on every worker
+        self.model: nn.Module = build_model(cfg.model).to(self.device)
+        self.net: nn.Module = self.model
+        if world_size > 1 or (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = make_optimizer(cfg, self.model.parameters())
+        self.sampler = sampler if sampler is not None else CropSampler(cfg)
+        self.batch_fn: BatchFn = batch_fn or (lambda step, rank: self.sampler.batch(cfg.seed, step, rank))
+        if terms is None:
+            terms = [SupervisedLoss(cfg.loss.bce, cfg.loss.dice, self.sampler.pos_weight())]
+        self.terms = terms
+        self.step_count = 0
+        self.elapsed = 0.0
+        self.output = Path(cfg.output)
+        self.is_main = rank == 0
+        self._writer: Any = None
+        self._validator: Any = None
+
+    # -- one step -------------------------------------------------------------------------------------
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One optimisation step on ``batch``; returns the loss and each term (floats)."""
+        torch.manual_seed(step_seed(self.cfg.seed, self.step_count, self.rank))
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.cfg, self.step_count)
+        self.net.train()
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        logits = self.net(batch["raw"])
+        ctx = StepContext(model=self.net, batch=batch, logits=logits, step=self.step_count)
+        parts = {t.name: t(ctx) for t in self.terms}
+        total = sum((t.weight * parts[t.name] for t in self.terms), logits.new_zeros(()))
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.step_count += 1
+        return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
+
+    # -- resume and checkpoints -------------------------------------------------------------------------
+    def resume(self) -> bool:
+        """Load the newest checkpoint of the output directory, if any; True if one was loaded."""
+        ck = latest_checkpoint(self.output)
+        if ck is None:
+            return False
+        state = read_training_state(ck, self.model, self.optimizer, self.device)
+        self.step_count, self.elapsed = state["step"], state["elapsed"]
+        log.info("resumed from %s (step %d)", ck, self.step_count)
+        return True
+
+    def save(self) -> Path:
+        return write_training_checkpoint(
+            self.output,
+            self.step_count,
+            self.model,
+            self.cfg.model,
+            self.optimizer,
+            {"train": self.cfg.model_dump(mode="json"), "elapsed": self.elapsed},
+            keep=self.cfg.keep_checkpoints,
+        )
+
+    def validate(self) -> dict[str, float]:
+        """Score the model on the validation volume (empty without one)."""
+        if self.cfg.validation is None:
+            return {}
+        if self._validator is None:
+            from engine.learn.validate import Validator
+
+            self._validator = Validator(self.cfg.validation, self.cfg)
+        return dict(self._validator(self.model, self.device))
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def fit(self, resume: bool = True) -> dict[str, Any]:
+        """Train to ``cfg.steps``, resuming from the newest checkpoint if asked; returns a summary."""
+        cfg = self.cfg
+        history_path = self.output / "history.jsonl"
+        if self.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            (self.output / "train.yaml").write_text(cfg.to_yaml())
+        if resume:
+            self.resume()
+        records = truncate_history(history_path, self.step_count) if self.is_main else []
+        if self.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.output / "tensorboard"), purge_step=self.step_count or None)
+        bar = None
+        if self.is_main and cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step_count, desc="train", unit="step")
+        last: dict[str, float] = {}
+        vcfg = cfg.validation
+        try:
+            while self.step_count < cfg.steps:
+                t0 = time.perf_counter()
+                batch = self.batch_fn(self.step_count, self.rank)
+                last = self.step(batch)
+                self.elapsed += time.perf_counter() - t0
+                step = self.step_count
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{last['loss']:.4f}")
+                if self.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+                    rec = {"step": step, "time": round(self.elapsed, 3), "lr": learning_rate(cfg, step - 1), **last}
+                    records.append(rec)
+                    append_history(history_path, rec)
+                    for k, v in last.items():
+                        self._writer.add_scalar(f"train/{k}", v, step)
+                if self.is_main and vcfg is not None and (step % vcfg.every == 0 or step == cfg.steps):
+                    scores = self.validate()
+                    rec = {"step": step, "time": round(self.elapsed, 3), **scores}
+                    records.append(rec)
+                    append_history(history_path, rec)
+                    for k, v in scores.items():
+                        self._writer.add_scalar(f"val/{k}", v, step)
+                    log.info("step %d: validation %s", step, scores)
+                if self.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+                    self.save()
+                    plot_history(records, self.output / "loss.png", metric=vcfg.metric if vcfg else "iou", title=self.output.name)
+        finally:
+            if bar is not None:
+                bar.close()
+            if self._writer is not None:
+                self._writer.close()
+        return {"step": self.step_count, "elapsed": self.elapsed, "last": last, "output": str(self.output)}
