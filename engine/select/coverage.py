@@ -1,0 +1,129 @@
+"""Coverage gains of candidate sub-volumes, kept up to date as the greedy search picks.
+
+For a set ``S`` of patches, ``cover(S)`` is the union of the kNN balls of its patches and the score
+is ``|cover(S)|``. A candidate window ``c`` with patches ``W_c`` covers ``cover(W_c)``; once the
+patches ``U`` are covered, picking ``c`` gains ``|cover(W_c) - U|``, so the score of
+``chosen + c`` is ``|U| + gain(c)``.
+
+:class:`CoverageScorer` holds the gains of a shard of the candidates (all of them in one process, or
+a block of the candidate grid on a Ray actor):
+
+- initial gains ``|cover(W_c)|`` are the non-zeros per row of the sparse product ``A @ B`` (``A``:
+  candidates x patches membership, ``B``: the balls, ``k`` non-zeros per row), computed for blocks
+  of candidates so memory stays at one block's product;
+- after a pick that newly covers the patches ``D``, every candidate that covers some ``j`` in ``D``
+  loses one per such ``j``: the patches whose ball holds ``j`` come from the transposed balls, the
+  windows holding those patches from the grid, and the distinct (``j``, candidate) pairs are counted.
+  Work is proportional to the newly covered patches, not to the number of candidates.
+
+Memory is ``O(N k + M)``; nothing is ``N x N``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from engine.select.candidates import Windows, containing
+from engine.select.knn import ball_matrix
+
+log = logging.getLogger(__name__)
+
+#: Non-zeros of one block's product A @ B held at once (about 9 bytes each).
+_BLOCK_NNZ = 16_000_000
+
+
+class CoverageScorer:
+    """Gains of the candidates ``ids`` (sorted candidate ids; default: all) of ``windows``.
+
+    ``balls`` holds the balls of the patches ``rows`` (sorted; default: all patches), enough for the
+    shard when ``rows`` includes every patch of its windows.
+    """
+
+    def __init__(
+        self,
+        windows: Windows,
+        balls: np.ndarray,
+        ids: np.ndarray | None = None,
+        *,
+        rows: np.ndarray | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.windows = windows
+        self.n = windows.grid.size
+        expected = self.n if rows is None else len(rows)
+        if balls.shape[0] != expected:
+            raise ValueError(f"balls hold {balls.shape[0]} rows but {expected} patches are given")
+        self.ids = np.arange(windows.size, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+        self.k = int(balls.shape[1])
+        self.balls = ball_matrix(balls, self.n, rows=rows)
+        # reverse balls: row j lists the patches whose ball holds j
+        self.rev = self.balls.T.tocsr()  # type: ignore[attr-defined]
+        self.valid = np.ones(len(self.ids), dtype=bool)
+        self.gain = self._initial_gains(progress)
+
+    def _initial_gains(self, progress: bool) -> np.ndarray:
+        per_row = max(1, int(np.prod(self.windows.window)) * self.k)
+        block = max(1, _BLOCK_NNZ // per_row)
+        gain = np.empty(len(self.ids), dtype=np.int64)
+        starts = range(0, len(self.ids), block)
+        if progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc="coverage of candidates", unit="block")
+        for s in starts:
+            a = self.windows.membership(self.ids[s : s + block])
+            prod = a @ self.balls  # type: ignore[operator]
+            gain[s : s + block] = np.diff(prod.indptr)
+        return gain
+
+    def best(self) -> tuple[int, int] | None:
+        """``(gain, candidate id)`` of the best valid candidate (lowest id among equals), or None."""
+        if not self.valid.any():
+            return None
+        masked = np.where(self.valid, self.gain, -1)
+        i = int(np.argmax(masked))
+        return int(masked[i]), int(self.ids[i])
+
+    def _local(self, cids: np.ndarray) -> np.ndarray:
+        """Positions in this shard of the candidate ids ``cids`` (those that are in it)."""
+        pos = np.searchsorted(self.ids, cids)
+        pos = np.minimum(pos, len(self.ids) - 1)
+        return pos[self.ids[pos] == cids] if len(self.ids) else pos[:0]
+
+    def exclude(self, pick: int) -> None:
+        """Rule out every candidate that shares voxels with the candidate ``pick``."""
+        sl = self.windows.overlapping(pick)
+        grids = np.meshgrid(*(np.arange(s.start, s.stop) for s in sl), indexing="ij")
+        cids = np.ravel_multi_index(tuple(g.ravel() for g in grids), self.windows.shape)
+        self.valid[self._local(np.sort(cids))] = False
+
+    def losses(self, newly: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For the newly covered patches, the shard positions whose gain drops and by how much."""
+        newly = np.asarray(newly, dtype=np.int64)
+        if len(newly) == 0:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        indptr, indices = self.rev.indptr, self.rev.indices  # type: ignore[attr-defined]
+        counts = indptr[newly + 1] - indptr[newly]
+        j = np.repeat(newly, counts)  # the covered patch
+        starts = np.repeat(indptr[newly] - np.cumsum(counts) + counts, counts)
+        holders = indices[starts + np.arange(len(j))]  # patches whose ball holds j
+        owner, cids = containing(self.windows, holders)
+        pairs = np.unique(j[owner] * np.int64(self.windows.size) + cids)  # distinct (j, candidate)
+        local = np.searchsorted(self.ids, pairs % self.windows.size)
+        local = np.minimum(local, max(len(self.ids) - 1, 0))
+        keep = self.ids[local] == pairs % self.windows.size
+        pos, drop = np.unique(local[keep], return_counts=True)
+        return pos, drop
+
+    def update(self, newly: np.ndarray, pick: int | None = None) -> None:
+        """Account for newly covered patches, then exclude candidates overlapping ``pick``."""
+        pos, drop = self.losses(newly)
+        self.gain[pos] -= drop
+        if pick is not None:
+            self.exclude(pick)
+
+    def gains_of(self, cids: np.ndarray) -> np.ndarray:
+        """Current gains of candidate ids in this shard."""
+        return self.gain[self._local(np.asarray(cids, dtype=np.int64))]

@@ -1,0 +1,50 @@
+"""The brute-force reference of coverage selection, for tests and benchmarks only.
+
+It follows the authors' code: the full ``N x N`` Euclidean distance matrix, kNN balls as a dense
+boolean ``N x N`` matrix, and every candidate scored by recomputing the union of the balls of
+``chosen + window``. It differs only where the authors' code is wrong (see ``papers/README.md``):
+picks must not share voxels, and the window's patch ids use the right row length. Memory is
+``O(N^2)``: about 9 GB at ``N = 30,000``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.select.candidates import Windows
+from engine.select.knn import k_smallest, sq_distances
+
+
+def dense_balls(x: np.ndarray, k: int, include_self: bool = True) -> np.ndarray:
+    """``N x N`` boolean matrix: row ``i`` marks the ``k`` nearest patches of ``i`` (itself included)."""
+    d = sq_distances(x, x)
+    np.fill_diagonal(d, -1.0 if include_self else np.inf)
+    nn = k_smallest(d, k)
+    del d
+    out = np.zeros((x.shape[0], x.shape[0]), dtype=bool)
+    np.put_along_axis(out, nn, True, axis=1)
+    return out
+
+
+def reference_greedy(windows: Windows, dense: np.ndarray, budget: int) -> tuple[list[int], list[int]]:
+    """(picks, scores) by recomputing ``|union of balls of chosen + window|`` for every candidate."""
+    chosen: list[int] = []
+    chosen_patches: list[int] = []
+    scores: list[int] = []
+    all_patches = windows.patches(np.arange(windows.size))
+    for _ in range(budget):
+        best, best_score = -1, -1
+        for c in range(windows.size):
+            box = windows.box(c)
+            if any(not box.intersect(windows.box(p)).empty for p in chosen):
+                continue
+            rows = np.concatenate([np.asarray(chosen_patches, dtype=np.int64), all_patches[c]])
+            score = int(dense[rows].any(axis=0).sum())
+            if score > best_score:
+                best, best_score = c, score
+        if best < 0:
+            break
+        chosen.append(best)
+        chosen_patches.extend(all_patches[best].tolist())
+        scores.append(best_score)
+    return chosen, scores

@@ -1,0 +1,141 @@
+"""``connectile select`` as a function: embeddings in, chosen boxes, curves and plots out.
+
+Writes into the output folder:
+
+- ``selection.json``: the boxes of the chosen method (``{"start": [z, y, x], "stop": [z, y, x]}`` in
+  voxels, the labelled boxes of training), with method, seed, gains and coverage;
+- ``selection_<method>.json`` for every method run (coverage and the baselines);
+- ``coverage.png`` (covered fraction against sub-volumes, every method) and ``picks.png``;
+- ``config.yaml``: the resolved configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from engine.config import Config
+from engine.errors import ConfigError
+from engine.select.baselines import kcenter_select, kmeans_select, random_select
+from engine.select.candidates import Windows
+from engine.select.greedy import Selection, greedy_select
+from engine.select.knn import approx_knn, exact_knn, knn_recall
+from engine.select.patches import PatchGrid
+
+log = logging.getLogger(__name__)
+
+Method = Literal["coverage", "random", "kcenter", "kmeans", "hierarchical"]
+
+
+class SelectConfig(Config):
+    """Parameters of coverage selection (defaults: the paper's)."""
+
+    budget: int = Field(4, ge=1, description="sub-volumes to pick")
+    k: int = Field(30, ge=1, description="kNN ball size, the patch itself included")
+    include_self: bool = True
+    window: tuple[int, int, int] = (1, 9, 9)
+    step: tuple[int, int, int] = (1, 1, 1)
+    methods: list[Method] = ["coverage", "random", "kcenter", "kmeans"]
+    seed: int = 0
+    knn: Literal["auto", "exact", "approx"] = "auto"
+    exact_max: int = Field(50_000, description="auto: exact kNN up to this many patches")
+    nlist: int | None = None
+    nprobe: int = 16
+    recall_sample: int = 500
+    backend: Literal["local", "ray"] = "local"
+    workers: int = 2
+    factor: tuple[int, int, int] = (1, 4, 4)
+    regions_per_pick: int = 2
+
+
+def compute_balls(emb: np.ndarray, cfg: SelectConfig, *, ray: bool = False, progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """kNN balls by the configured method, with how they were made (and the measured recall)."""
+    n = emb.shape[0]
+    if cfg.k > n:
+        raise ConfigError(f"k={cfg.k} is larger than the number of patches ({n})", "use a smaller --k or a smaller --stride")
+    method = cfg.knn if cfg.knn != "auto" else ("exact" if n <= cfg.exact_max else "approx")
+    t = time.perf_counter()
+    info: dict[str, Any] = {"knn": method, "k": cfg.k, "include_self": cfg.include_self}
+    if method == "exact":
+        balls = exact_knn(emb, cfg.k, include_self=cfg.include_self, progress=progress)
+    else:
+        if ray:
+            from engine.select.distributed import distributed_knn
+
+            balls = distributed_knn(emb, cfg.k, workers=cfg.workers, nlist=cfg.nlist, nprobe=cfg.nprobe, seed=cfg.seed, include_self=cfg.include_self)
+        else:
+            balls = approx_knn(emb, cfg.k, nlist=cfg.nlist, nprobe=cfg.nprobe, seed=cfg.seed, include_self=cfg.include_self)
+        info["recall"] = knn_recall(emb, balls, sample=cfg.recall_sample, seed=cfg.seed, include_self=cfg.include_self)
+        log.info("approximate kNN recall@%d on %d patches: %.3f", cfg.k, cfg.recall_sample, info["recall"])
+    info["knn_seconds"] = time.perf_counter() - t
+    return balls, info
+
+
+def select(grid: PatchGrid, emb: np.ndarray, cfg: SelectConfig, *, progress: bool = False) -> tuple[list[Selection], dict[str, Any]]:
+    """Run every configured method; the first is the chosen one."""
+    windows = Windows(grid, cfg.window, cfg.step)
+    ray = cfg.backend == "ray"
+    balls, info = compute_balls(emb, cfg, ray=ray, progress=progress)
+    out: list[Selection] = []
+    for method in cfg.methods:
+        t = time.perf_counter()
+        if method == "coverage":
+            shards = None
+            if ray:
+                from engine.select.distributed import RayShards
+
+                shards = RayShards(windows, balls, workers=cfg.workers)
+            sel = greedy_select(windows, balls, cfg.budget, shards=shards, progress=progress)
+            if shards is not None:
+                shards.close()
+        elif method == "random":
+            sel = random_select(windows, balls, cfg.budget, cfg.seed)
+        elif method == "kcenter":
+            sel = kcenter_select(windows, balls, emb, cfg.budget, cfg.seed)
+        elif method == "kmeans":
+            sel = kmeans_select(windows, balls, emb, cfg.budget, cfg.seed)
+        else:
+            from engine.select.greedy import coverage_curve
+            from engine.select.hierarchical import hierarchical_select
+
+            def knn(x: np.ndarray, k: int) -> np.ndarray:
+                sub = cfg.model_copy(update={"k": k})
+                return compute_balls(x, sub)[0]
+
+            sel = hierarchical_select(grid, emb, cfg.window, cfg.budget, cfg.k, knn, factor=cfg.factor, regions_per_pick=cfg.regions_per_pick, step=cfg.step)
+            sel.gains, sel.coverage = coverage_curve(windows, balls, sel.picks)  # scored on the whole grid
+        sel.seed = cfg.seed
+        sel.extra["seconds"] = time.perf_counter() - t
+        log.info("%s: %d sub-volumes cover %d of %d patches", method, len(sel.picks), sel.coverage[-1] if sel.coverage else 0, sel.total)
+        out.append(sel)
+    return out, info
+
+
+def write_outputs(
+    out_dir: str | os.PathLike[str], grid: PatchGrid, emb: np.ndarray, selections: list[Selection], info: dict[str, Any], cfg: SelectConfig, attrs: dict[str, Any]
+) -> Path:
+    """selection*.json, coverage.png, picks.png and config.yaml in ``out_dir``; returns selection.json."""
+    from engine.select.plot import plot_coverage, plot_picks
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    common = {"volume": attrs.get("volume", ""), "voxel_size": attrs.get("voxel_size", [1.0, 1.0, 1.0]), "grid": grid.to_attrs(), **info,
+              "window": list(cfg.window), "budget": cfg.budget}
+    for sel in selections:
+        doc = {**sel.to_json(), "scores": sel.coverage, **common}
+        (out / f"selection_{sel.method}.json").write_text(json.dumps(doc, indent=1))
+    chosen = {**selections[0].to_json(), "scores": selections[0].coverage, **common,
+              "baselines": {s.method: {"boxes": [b.to_dict() for b in s.boxes], "coverage": s.coverage} for s in selections[1:]}}
+    path = out / "selection.json"
+    path.write_text(json.dumps(chosen, indent=1))
+    (out / "config.yaml").write_text(cfg.to_yaml())
+    plot_coverage(selections, out / "coverage.png")
+    plot_picks(grid, emb, selections, out / "picks.png")
+    return path

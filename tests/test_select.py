@@ -1,0 +1,240 @@
+"""Coverage selection: exact against the brute-force reference, rare textures found, deterministic,
+identical on Ray actors, CLI outputs and bad input."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from engine.cli import main
+from engine.select.baselines import kcenter_select, kmeans_select, random_select, window_embeddings
+from engine.select.candidates import Windows, containing
+from engine.select.embeddings import create_embeddings
+from engine.select.greedy import coverage_curve, greedy_select
+from engine.select.hierarchical import hierarchical_select
+from engine.select.knn import approx_knn, exact_knn, knn_recall
+from engine.select.patches import PatchGrid
+from engine.select.reference import dense_balls, reference_greedy
+
+
+def _problem(seed: int, window: tuple[int, int, int], step: tuple[int, int, int], ties: bool) -> tuple[Windows, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    grid = PatchGrid((10, 30, 28), (2, 4, 4), (2, 2, 2))  # 5 x 14 x 13 patches
+    if ties:  # few distinct values: many exactly equal distances
+        x = rng.integers(0, 4, size=(grid.size, 2)).astype(np.float32)
+    else:
+        x = rng.normal(size=(grid.size, 3)).astype(np.float32)
+    return Windows(grid, window, step), x
+
+
+@pytest.mark.parametrize(
+    ("seed", "window", "step", "k", "ties"),
+    [
+        (0, (1, 2, 3), (1, 1, 1), 5, True),
+        (1, (2, 2, 2), (1, 2, 1), 12, True),
+        (2, (1, 3, 3), (1, 1, 2), 30, False),
+        (3, (1, 1, 1), (1, 1, 1), 8, False),
+        (4, (3, 2, 2), (1, 1, 1), 20, True),
+    ],
+)
+def test_greedy_equals_brute_force(seed: int, window: tuple[int, int, int], step: tuple[int, int, int], k: int, ties: bool) -> None:
+    windows, x = _problem(seed, window, step, ties)
+    balls = exact_knn(x, k)
+    dense = dense_balls(x, k)
+    # the balls are the dense matrix's rows
+    assert np.array_equal(np.sort(balls, axis=1), np.sort(np.nonzero(dense)[1].reshape(-1, k), axis=1))
+    sel = greedy_select(windows, balls, 6)
+    picks, scores = reference_greedy(windows, dense, 6)
+    assert sel.picks == picks
+    assert sel.coverage == scores
+    # no two picks share a voxel (the authors' code only compared patch ids)
+    for i, a in enumerate(sel.boxes):
+        for b in sel.boxes[i + 1 :]:
+            assert a.intersect(b).empty
+
+
+def test_balls_include_self_and_break_ties_by_id() -> None:
+    x = np.array([[0.0], [1.0], [1.0], [2.0], [0.0]])
+    # patch 0: itself, then 4 (distance 0), then 1 and 2 tie at distance 1: the lower id wins
+    assert exact_knn(x, 3)[0].tolist() == [0, 4, 1]
+    assert exact_knn(x, 2, include_self=False)[0].tolist() == [4, 1]
+    dense = dense_balls(x, 3)
+    assert np.flatnonzero(dense[0]).tolist() == [0, 1, 4]
+
+
+def test_containing_and_exclusion_match_boxes() -> None:
+    grid = PatchGrid((12, 40, 44), (4, 8, 8), (2, 4, 4))
+    windows = Windows(grid, (2, 3, 2), (1, 2, 1))
+    all_patches = windows.patches(np.arange(windows.size))
+    pid = np.array([0, 17, grid.size // 2, grid.size - 1])
+    owner, cids = containing(windows, pid)
+    for i, p in enumerate(pid):
+        expected = sorted(np.flatnonzero((all_patches == p).any(axis=1)).tolist())
+        assert sorted(cids[owner == i].tolist()) == expected
+    for c in (0, windows.size // 3, windows.size - 1):
+        box = windows.box(c)
+        overlapping = np.zeros(windows.shape, dtype=bool)
+        overlapping[windows.overlapping(c)] = True
+        truth = np.array([not box.intersect(windows.box(o)).empty for o in range(windows.size)]).reshape(windows.shape)
+        assert np.array_equal(overlapping, truth)
+
+
+def _planted(seed: int, shape: tuple[int, int, int] = (4, 256, 256), corner: int = 96) -> np.ndarray:
+    """Blob texture everywhere, oblique stripes in the last ``corner`` x ``corner`` voxels in-plane."""
+    rng = np.random.default_rng(seed)
+    vol = ndi.gaussian_filter(rng.normal(size=shape), (1, 3, 3))
+    yy, xx = np.mgrid[:corner, :corner]
+    vol[:, -corner:, -corner:] = np.sin((yy + xx) * 0.9)[None] + 0.2 * rng.normal(size=(shape[0], corner, corner))
+    return vol.astype(np.float32)
+
+
+def _texture_features(vol: np.ndarray, grid: PatchGrid) -> np.ndarray:
+    """Radial and orientation bands of each patch's in-plane spectrum (a stand-in for a trained encoder)."""
+    fy = np.fft.fftfreq(grid.patch[1])[:, None]
+    fx = np.fft.fftfreq(grid.patch[2])[None]
+    r, th = np.hypot(fy, fx), np.arctan2(fy, fx) % np.pi
+    bands = [(r >= lo) & (r < lo + 0.1) for lo in np.arange(0, 0.6, 0.1)]
+    bands += [(th >= t) & (th < t + np.pi / 4) & (r > 0.05) for t in np.arange(0, np.pi, np.pi / 4)]
+    out = []
+    for pid in range(grid.size):
+        p = vol[grid.patch_box(np.unravel_index(pid, grid.shape)).to_slices()]
+        f = np.abs(np.fft.fft2(p - p.mean(), axes=(1, 2))).mean(0)
+        out.append([f[b].mean() for b in bands])
+    x = np.asarray(out, np.float32)
+    return (x - x.mean(0)) / (x.std(0) + 1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rare_texture_is_picked_and_coverage_beats_random(seed: int) -> None:
+    vol = _planted(seed)
+    grid = PatchGrid(vol.shape, (4, 16, 16), (4, 8, 8))
+    x = _texture_features(vol, grid)
+    windows = Windows(grid, (1, 4, 4))
+    balls = exact_knn(x, 30)
+    starts = grid.patch_starts(np.arange(grid.size))
+    rare = (starts[:, 1] >= 256 - 96) & (starts[:, 2] >= 256 - 96)
+    assert rare[balls[rare]].mean() > 0.95  # the features do tell the stripes apart
+    sel = greedy_select(windows, balls, 4)
+    assert any(rare[windows.patches([p])[0]].any() for p in sel.picks), "no pick holds a patch of the rare corner"
+    randoms = [random_select(windows, balls, 4, s).coverage[-1] for s in range(10)]
+    assert sel.coverage[-1] > max(randoms)
+    for base in (kcenter_select(windows, balls, x, 4, seed), kmeans_select(windows, balls, x, 4, seed)):
+        assert len(base.picks) == 4
+        assert sel.coverage[-1] >= base.coverage[-1]
+
+
+def test_baselines_deterministic_and_scored_like_greedy() -> None:
+    windows, x = _problem(7, (1, 2, 2), (1, 1, 1), False)
+    balls = exact_knn(x, 10)
+    for fn in (
+        lambda s: random_select(windows, balls, 5, s),
+        lambda s: kcenter_select(windows, balls, x, 5, s),
+        lambda s: kmeans_select(windows, balls, x, 5, s),
+    ):
+        a, b, c = fn(3), fn(3), fn(4)
+        assert a.picks == b.picks and a.coverage == b.coverage
+        assert a.coverage == coverage_curve(windows, balls, a.picks)[1]
+        assert len({*a.picks}) == 5 and (a.picks != c.picks or a.method == "kmeans")
+        for i, p in enumerate(a.boxes):
+            assert all(p.intersect(q).empty for q in a.boxes[i + 1 :])
+    # window embeddings are the means of their patches
+    we = window_embeddings(windows, x)
+    assert np.allclose(we[5], x[windows.patches([5])[0]].mean(0), atol=1e-5)
+
+
+def test_approximate_knn_recall_and_determinism() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 16)) * 4
+    x = (centres[rng.integers(0, 40, 3000)] + rng.normal(size=(3000, 16))).astype(np.float32)
+    a = approx_knn(x, 15, nlist=40, nprobe=6, seed=1)
+    assert np.array_equal(a, approx_knn(x, 15, nlist=40, nprobe=6, seed=1))
+    assert (a[:, 0] == np.arange(len(x))).all()  # itself first
+    recall = knn_recall(x, a, sample=300)
+    assert 0.9 < recall <= 1.0
+    # more probes, better recall; all lists probed = exact
+    full = approx_knn(x, 15, nlist=10, nprobe=10, seed=1)
+    exact = exact_knn(x, 15)
+    assert np.array_equal(np.sort(full, 1), np.sort(exact, 1))
+
+
+def test_hierarchical_picks_inside_regions() -> None:
+    vol = _planted(0)
+    grid = PatchGrid(vol.shape, (4, 16, 16), (4, 8, 8))
+    x = _texture_features(vol, grid)
+    balls = exact_knn(x, 30)
+    windows = Windows(grid, (1, 4, 4))
+    flat = greedy_select(windows, balls, 3)
+    sel = hierarchical_select(grid, x, (1, 4, 4), 3, 30, exact_knn, factor=(1, 2, 2), regions_per_pick=2)
+    from engine.geometry import Box
+
+    regions = [Box(tuple(r["start"]), tuple(r["stop"])) for r in sel.extra["regions"]]
+    assert len(sel.picks) == 3
+    for box in sel.boxes:
+        assert any(r.contains(box) for r in regions)
+    full = coverage_curve(windows, balls, sel.picks)[1][-1]
+    assert full >= 0.8 * flat.coverage[-1]
+    assert sel.extra["fine_population"] < grid.size
+
+
+def test_ray_shards_equal_local(ray_cluster: str) -> None:
+    from engine.select.distributed import RayShards, _ShardScorer, distributed_knn
+
+    windows, x = _problem(11, (1, 3, 2), (1, 1, 1), True)
+    balls = exact_knn(x, 9)
+    local = greedy_select(windows, balls, 6)
+    shards = RayShards(windows, balls, workers=2, blocks_per_worker=3)
+    try:
+        remote = greedy_select(windows, balls, 6, shards=shards)
+    finally:
+        shards.close()
+    assert remote.picks == local.picks and remote.coverage == local.coverage
+    assert pickle.loads(pickle.dumps(windows)) == windows
+    assert _ShardScorer(windows, np.arange(5), np.arange(windows.grid.size), balls).size() == 5
+    y = np.random.default_rng(0).normal(size=(3000, 8)).astype(np.float32)
+    assert np.array_equal(distributed_knn(y, 10, workers=2, nprobe=4, seed=2, block=700), approx_knn(y, 10, nprobe=4, seed=2))
+
+
+def _embedding_store(tmp_path: Path) -> Path:
+    vol = _planted(3, (4, 192, 192), 64)
+    grid = PatchGrid(vol.shape, (4, 16, 16), (4, 8, 8))
+    x = _texture_features(vol, grid)
+    path = tmp_path / "emb.zarr"
+    arr = create_embeddings(path, grid, x.shape[1], volume="raw.zarr", voxel_size=(40, 4, 4))
+    arr[:] = x.reshape(*grid.shape, -1)
+    return path
+
+
+def test_select_cli_outputs_and_determinism(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    emb = _embedding_store(tmp_path)
+    args = ["select", str(emb), "", "--budget", "3", "--k", "20", "--window", "1,4,4", "--seed", "5", "--no-progress"]
+    for out in ("a", "b"):
+        args[2] = str(tmp_path / out)
+        assert main(args) == 0
+    doc = json.loads((tmp_path / "a" / "selection.json").read_text())
+    assert doc["method"] == "coverage" and doc["seed"] == 5 and len(doc["boxes"]) == 3
+    assert set(doc["baselines"]) == {"random", "kcenter", "kmeans"}
+    assert doc["voxel_size"] == [40.0, 4.0, 4.0]
+    for name in ("coverage", "random", "kcenter", "kmeans"):
+        a = json.loads((tmp_path / "a" / f"selection_{name}.json").read_text())
+        b = json.loads((tmp_path / "b" / f"selection_{name}.json").read_text())
+        assert a["boxes"] == b["boxes"] and a["coverage"] == b["coverage"]
+    for name in ("coverage.png", "picks.png", "config.yaml"):
+        assert (tmp_path / "a" / name).stat().st_size > 0
+    assert "coverage" in capsys.readouterr().out
+
+
+def test_select_cli_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["select", str(tmp_path / "missing.zarr"), str(tmp_path / "o")]) == 2
+    assert "no embedding array" in capsys.readouterr().err
+    emb = _embedding_store(tmp_path)
+    assert main(["select", str(emb), str(tmp_path / "o"), "--window", "1,40,4"]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit on the patch grid" in err and len(err.strip().splitlines()) == 1
+    assert main(["select", str(emb), str(tmp_path / "o"), "--set", "bogus=1"]) == 2
+    assert "unknown key 'bogus'" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "selection.json").exists()
