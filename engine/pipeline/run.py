@@ -1,0 +1,216 @@
+"""Run the stages of a pipeline config in a run folder, resumably.
+
+>>> import tempfile
+>>> cfg = pipeline_config({"run_dir": tempfile.mkdtemp(), "synth": {"shape": [8, 32, 32], "chunks": [8, 32, 32]},
+...                        "label": {"input": "synth.mito"}, "runtime": {"progress": False}})
+>>> [r.action for r in run_pipeline(cfg)]
+['ran', 'ran']
+>>> [r.action for r in run_pipeline(cfg)]
+['skipped', 'skipped']
+
+Rules:
+
+- The order: each stage after the stages whose outputs it names (``label.input: synth.mito``), ties
+  broken by the stages' ``order``; a ``last`` stage (the report) after all others.
+- A stage's hash covers its own section and the hashes of the stages it depends on, so a changed
+  section changes the hash of that stage and of everything downstream. The runtime section (backend,
+  workers) is in no hash: the results are the same on any backend.
+- A stage whose manifest entry is ``done`` with the same hash (and whose outputs exist) is skipped.
+  A stage whose hash changed starts over (its blockwise ops get ``overwrite``); a stage left
+  ``running`` or ``failed`` with the same hash resumes (its blockwise ops skip finished blocks).
+- ``only``: run just these stages; what they depend on must be done already. ``from_stage``: run
+  that stage and everything downstream of it again, even if done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import create_model
+
+from engine.config import Config, apply_overrides, parse_config, read_yaml
+from engine.errors import ConfigError, ConnectileError, StorageError
+from engine.pipeline.manifest import Manifest
+from engine.pipeline.stage import STAGES, RuntimeSection, Stage, StageContext, discover, split_ref
+
+log = logging.getLogger(__name__)
+
+
+class PipelineBase(Config):
+    """The top of a pipeline config: the run folder and the runtime; one section per stage is added
+    from the registry (a stage runs when its section is present)."""
+
+    run_dir: str = "runs/pipeline"
+    runtime: RuntimeSection = RuntimeSection()
+
+
+_MODELS: dict[tuple[str, ...], type[PipelineBase]] = {}
+
+
+def pipeline_model() -> type[PipelineBase]:
+    """The ``PipelineConfig`` model: :class:`PipelineBase` plus one optional section per registered stage."""
+    stages = discover()
+    key = tuple(sorted(stages))
+    if key not in _MODELS:
+        fields: dict[str, Any] = {name: (cls.config | None, None) for name, cls in sorted(stages.items())}
+        _MODELS[key] = create_model("PipelineConfig", __base__=PipelineBase, **fields)
+    return _MODELS[key]
+
+
+def pipeline_config(data: Mapping[str, Any], overrides: Iterable[str] = (), source: str = "config") -> PipelineBase:
+    """Validate a mapping (with ``key=value`` overrides) into a pipeline config."""
+    return parse_config(pipeline_model(), apply_overrides(data, overrides), source=source)
+
+
+def load_pipeline_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> PipelineBase:
+    """Read a pipeline YAML file; every problem is one :class:`ConfigError` naming the key."""
+    return pipeline_config(read_yaml(path), overrides, source=str(path))
+
+
+@dataclass
+class Plan:
+    """The enabled stages in run order, what each depends on, and each one's hash."""
+
+    order: list[str]
+    depends: dict[str, list[str]]
+    hashes: dict[str, str]
+    sections: dict[str, Config] = field(default_factory=dict)
+
+    def downstream(self, stage: str) -> set[str]:
+        """``stage`` and every stage that depends on it, directly or not."""
+        out = {stage}
+        for name in self.order:
+            if any(d in out for d in self.depends[name]):
+                out.add(name)
+        return out
+
+
+def plan(cfg: PipelineBase) -> Plan:
+    """Order the enabled stages and hash them (see the module docstring)."""
+    enabled: dict[str, type[Stage]] = {n: c for n, c in STAGES.items() if getattr(cfg, n, None) is not None}
+    if not enabled:
+        raise ConfigError("the config enables no stage", f"add a section for at least one of: {', '.join(sorted(STAGES))}")
+    sections: dict[str, Config] = {n: getattr(cfg, n) for n in enabled}
+    depends: dict[str, list[str]] = {}
+    for name, cls in enabled.items():
+        deps: set[str] = set()
+        for value in cls.input_values(sections[name]).values():
+            ref = split_ref(value, enabled)
+            if ref is not None:
+                if ref[0] == name:
+                    raise ConfigError(f"{name}: input {value!r} refers to the stage itself", "name another stage's output or a path")
+                deps.add(ref[0])
+        if cls.last:
+            deps |= {n for n, c in enabled.items() if not c.last}
+        depends[name] = sorted(deps)
+    order: list[str] = []
+    left = dict(depends)
+    while left:
+        ready = [n for n, d in left.items() if all(x in order for x in d)]
+        if not ready:
+            raise ConfigError(f"the stages {', '.join(sorted(left))} depend on each other in a cycle", "make one of them read a path instead")
+        first = min(ready, key=lambda n: (enabled[n].last, enabled[n].order, n))
+        order.append(first)
+        del left[first]
+    hashes: dict[str, str] = {}
+    for name in order:
+        blob = {"stage": name, "section": sections[name].model_dump(mode="json"), "depends": {d: hashes[d] for d in depends[name]}}
+        hashes[name] = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+    return Plan(order, depends, hashes, sections)
+
+
+@dataclass
+class StageResult:
+    """What happened to one stage in :func:`run_pipeline`."""
+
+    stage: str
+    action: str  # "ran" or "skipped"
+    seconds: float
+    outputs: dict[str, str]
+    hash: str
+
+    def line(self) -> str:
+        outs = ", ".join(f"{k}={v}" for k, v in self.outputs.items())
+        what = f"ran in {self.seconds:.1f} s" if self.action == "ran" else "done already (skipped)"
+        return f"{self.stage}: {what}" + (f"; {outs}" if outs else "")
+
+
+def _outputs_exist(outputs: Mapping[str, str]) -> bool:
+    return all("://" in v or os.path.exists(v) for v in outputs.values())
+
+
+def run_pipeline(
+    cfg: PipelineBase, *, only: Sequence[str] | None = None, from_stage: str | None = None, overwrite: bool = False
+) -> list[StageResult]:
+    """Run the enabled stages of ``cfg`` in ``cfg.run_dir`` and return what each did."""
+    p = plan(cfg)
+    for name in [*(only or ()), *([from_stage] if from_stage else [])]:
+        if name not in p.order:
+            known = ", ".join(p.order)
+            raise ConfigError(f"stage {name!r} is not in this run", f"the config enables: {known}" + ("" if name in STAGES else f"; known stages: {', '.join(sorted(STAGES))}"))
+    run_dir = Path(cfg.run_dir).expanduser()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run_dir {str(run_dir)!r} is a file", "choose a folder")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    except OSError as err:
+        raise StorageError(f"cannot write the run folder {str(run_dir)!r}: {err.strerror or err}", "choose a writable run_dir") from err
+    manifest = Manifest(run_dir)
+    selected = list(p.order) if not only else [n for n in p.order if n in set(only)]
+    forced = p.downstream(from_stage) if from_stage else set()
+    if overwrite:
+        forced = set(p.order)
+    ran_now: set[str] = set()
+    results: list[StageResult] = []
+    for name in selected:
+        digest = p.hashes[name]
+        for dep in p.depends[name]:
+            if dep not in ran_now and not manifest.is_done(dep, p.hashes[dep]):
+                raise ConfigError(
+                    f"stage {name!r} needs {dep!r}, which is not done with the current config", f"run the whole config (without --only), or --only {dep} first"
+                )
+        entry = manifest.entry(name)
+        if name not in forced and manifest.is_done(name, digest) and entry is not None and _outputs_exist(entry["outputs"]):
+            log.info("stage %s: done already (hash %s)", name, digest)
+            results.append(StageResult(name, "skipped", 0.0, dict(entry["outputs"]), digest))
+            continue
+        start_over = name in forced or (entry is not None and entry.get("hash") != digest)
+        if entry is not None and not start_over:
+            log.info("stage %s: resuming (it was %s)", name, entry.get("status"))
+        results.append(_run_stage(name, p, manifest, cfg, run_dir, start_over))
+        ran_now.add(name)
+    return results
+
+
+def _run_stage(name: str, p: Plan, manifest: Manifest, cfg: PipelineBase, run_dir: Path, start_over: bool) -> StageResult:
+    cls = STAGES[name]
+    section = p.sections[name]
+    digest = p.hashes[name]
+    upstream = {d: dict(manifest.stages[d]["outputs"]) for d in p.depends[name]}
+    ctx = StageContext(run_dir=run_dir, stage=name, runtime=cfg.runtime, upstream=upstream, overwrite=start_over, pipeline=cfg)
+    manifest.start(name, digest, p.depends[name], section.model_dump(mode="json"))
+    log.info("stage %s: running (hash %s%s)", name, digest, ", starting over" if start_over else "")
+    t0 = time.perf_counter()
+    try:
+        outputs = cls().run(ctx, section)
+    except BaseException as err:
+        msg = str(err) if isinstance(err, ConnectileError) else f"{type(err).__name__}: {err}"
+        manifest.fail(name, msg.splitlines()[0] if msg else type(err).__name__, time.perf_counter() - t0)
+        raise
+    unknown = [o for o in outputs if o not in cls.outputs]
+    if unknown:
+        manifest.fail(name, f"returned undeclared outputs {unknown}", time.perf_counter() - t0)
+        raise RuntimeError(f"stage {name!r} returned undeclared output(s) {unknown} (a bug in the stage)")
+    seconds = time.perf_counter() - t0
+    manifest.finish(name, outputs, seconds)
+    log.info("stage %s: done in %.1f s", name, seconds)
+    return StageResult(name, "ran", seconds, dict(outputs), digest)

@@ -1,0 +1,3 @@
+"""The stages of a pipeline run, one module each; every module here is imported by
+:func:`engine.pipeline.stage.discover`, so a new stage (embed, select, train, predict ...) plugs in by
+adding a module that defines a :class:`~engine.pipeline.stage.Stage` subclass with a ``name``."""

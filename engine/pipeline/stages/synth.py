@@ -1,0 +1,40 @@
+"""``synth``: a synthetic EM volume with ground truth (raw, neurons, mito, synapses)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from engine.config import Config
+from engine.pipeline.stage import Stage, StageContext
+from engine.synth import SynthParams
+
+Triple = tuple[int, int, int]
+
+
+class SynthSection(Config):
+    """``synth:`` -- the volume's shape, storage chunks, block shape and generator parameters."""
+
+    shape: Triple = (32, 128, 128)
+    chunks: Triple = (16, 64, 64)
+    block: Triple | None = None
+    format: Literal["zarr", "zarr3", "n5"] = "zarr"
+    params: SynthParams = Field(default_factory=SynthParams)
+
+
+class SynthStage(Stage):
+    name = "synth"
+    config = SynthSection
+    outputs = ("raw", "neurons", "mito", "synapses")
+    order = 10
+
+    def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
+        from engine.synth import synthesize
+
+        group = ctx.dir / "synth.zarr"
+        vols = synthesize(
+            group, cfg.shape, params=cfg.params, chunks=cfg.chunks, block=cfg.block, format=cfg.format,
+            overwrite=ctx.overwrite, state_dir=ctx.state_dir(), **ctx.runtime.kwargs(),
+        )
+        return {name: vols[name].url for name in self.outputs}

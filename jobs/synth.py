@@ -1,0 +1,13 @@
+"""Ray job entrypoint: the ``synth`` stage of a pipeline config.
+
+    ray job submit --working-dir . -- python jobs/synth.py --config jobs/configs/synth.yaml
+"""
+
+from __future__ import annotations
+
+import sys
+
+from _entry import main
+
+if __name__ == "__main__":
+    sys.exit(main("synth"))
