@@ -14,7 +14,8 @@ from engine.errors import StorageError
 from engine.geometry import Box
 from engine.ops.scratch import Scratch
 from engine.ops.segment import segment_volume
-from engine.segment.watershed import block_edges
+from engine.segment.agglomerate import edge_sums, mean_agglomeration
+from engine.segment.watershed import block_contacts, block_edges
 from engine.storage import create_volume, open_volume
 
 SHAPE = (8, 32, 36)
@@ -64,11 +65,18 @@ def test_per_section_slabs_equal_one_block(tmp_path: Path) -> None:
     assert same_partition(a, b)
 
 
-def reference(fragments: np.ndarray, affs: np.ndarray, threshold: float, scoring: str) -> np.ndarray:
-    """The agglomeration on the whole volume at once: every edge scoring >= threshold merges."""
-    a, b, s = block_edges(fragments, affs, scoring)  # type: ignore[arg-type]
+def reference(fragments: np.ndarray, affs: np.ndarray, threshold: float, scoring: str, agglomeration: str = "threshold") -> np.ndarray:
+    """The agglomeration on the whole volume at once: every edge scoring >= threshold merges, or
+    hierarchical mean agglomeration over the whole volume's graph."""
+    if agglomeration == "mean":
+        ea, eb, es, ec = edge_sums(*block_contacts(fragments, affs))
+        merges = mean_agglomeration(ea, eb, es, ec, threshold)
+        a, b = merges[:, 0], merges[:, 1]
+        keep = np.ones(len(a), bool)
+    else:
+        a, b, s = block_edges(fragments, affs, scoring)  # type: ignore[arg-type]
+        keep = s >= threshold
     n = int(fragments.max()) + 1
-    keep = s >= threshold
     graph = coo_matrix((np.ones(int(keep.sum())), (a[keep].astype(np.int64), b[keep].astype(np.int64))), shape=(n, n))
     _, comp = connected_components(graph, directed=False)
     out = (comp + 1).astype(np.uint64)[fragments]
@@ -76,15 +84,21 @@ def reference(fragments: np.ndarray, affs: np.ndarray, threshold: float, scoring
     return out
 
 
-@pytest.mark.parametrize(("backend", "scoring"), [("serial", "mean"), ("serial", "quantile"), ("ray", "mean")])
-def test_blockwise_equals_whole_volume_agglomeration(tmp_path: Path, scoring: str, backend: str, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize(
+    ("backend", "scoring", "agglomeration"),
+    [("serial", "mean", "threshold"), ("serial", "quantile", "threshold"), ("serial", "mean", "mean"), ("ray", "mean", "mean")],
+)
+def test_blockwise_equals_whole_volume_agglomeration(tmp_path: Path, scoring: str, backend: str, agglomeration: str, request: pytest.FixtureRequest) -> None:
     if backend == "ray":
         request.getfixturevalue("ray_cluster")
-    _, affs = ground_truth_affinities(1)
+    _, affs = ground_truth_affinities(1, noise=0.3 if agglomeration == "mean" else 0.1)
     block = (4, 12, 12)
     url = write_affs(tmp_path, affs, block)
     out = str(tmp_path / "s.zarr" / "seg")
-    r = segment_volume(url, out, threshold=0.7, scoring=scoring, block=block, chunks=block, keep_scratch=True, backend=backend, workers=2, progress=False)  # type: ignore[arg-type]
+    r = segment_volume(
+        url, out, threshold=0.7, scoring=scoring, agglomeration=agglomeration, block=block, chunks=block, keep_scratch=True,  # type: ignore[arg-type]
+        backend=backend, workers=2, progress=False,  # type: ignore[arg-type]
+    )
     scratch = Scratch.beside(out, "segment-scratch")
     offsets = np.load(io.BytesIO(scratch.need("offsets.npy")))
     local = open_volume(scratch.volume_url("local")).read(Box.from_shape(SHAPE)).astype(np.uint64)
@@ -96,9 +110,29 @@ def test_blockwise_equals_whole_volume_agglomeration(tmp_path: Path, scoring: st
                 sl = (slice(z, z + block[0]), slice(y, y + block[1]), slice(x, x + block[2]))
                 frag[sl] = np.where(local[sl] > 0, local[sl] + offsets[bid], 0)
     got = open_volume(out).read(Box.from_shape(SHAPE))
-    want = reference(frag, affs, 0.7, scoring)
+    want = reference(frag, affs, 0.7, scoring, agglomeration)
     assert same_partition(got, want)
     assert r.objects == np.unique(want[want > 0]).size and r.objects < r.local_objects
+    if agglomeration == "mean":  # re-scoring merged edges changes the outcome on these noisy affinities
+        assert not same_partition(want, reference(frag, affs, 0.7, scoring, "threshold"))
+
+
+def test_mean_agglomeration_by_hand_and_order_independent() -> None:
+    # a chain 1-2-3-4 and a weak 1-4 link: scores 0.9, 0.6, 0.8, 0.1 (sums over 1, 2, 1, 1 pairs)
+    a, b = np.array([1, 2, 3, 1]), np.array([2, 3, 4, 4])
+    s, c = np.array([0.9, 1.2, 0.8, 0.1]), np.array([1, 2, 1, 1])
+    # 0.9: {1,2}; 0.8: {3,4}; then {1,2}-{3,4} = (1.2 + 0.1) / 3 = 0.433
+    assert mean_agglomeration(a, b, s, c, 0.5).tolist() == [[1, 2], [3, 4]]
+    assert len(mean_agglomeration(a, b, s, c, 0.4)) == 3
+    assert mean_agglomeration(a, b, s, c, 0.95).tolist() == []
+    rng = np.random.default_rng(0)  # a bigger random graph: the merges do not depend on the edge order
+    lo = rng.integers(1, 200, 2000)
+    hi = lo + rng.integers(1, 20, 2000)
+    ea, eb, es, ec = edge_sums(lo, hi, rng.random(2000))
+    perm = rng.permutation(ea.size)
+    m1 = mean_agglomeration(ea, eb, es, ec, 0.5)
+    m2 = mean_agglomeration(ea[perm], eb[perm], es[perm], ec[perm], 0.5)
+    assert m1.tolist() == m2.tolist() and len(m1) > 10
 
 
 def test_quality_on_clean_affinities(tmp_path: Path) -> None:

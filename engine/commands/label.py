@@ -27,7 +27,7 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("input", metavar="IN", help="input volume, e.g. data.zarr/mito_prob")
-    parser.add_argument("output", metavar="OUT", help="output label volume (uint64), e.g. data.zarr/mito_cc")
+    parser.add_argument("output", metavar="OUT", help="output label volume (uint64 unless --dtype), e.g. data.zarr/mito_cc")
     parser.add_argument("--threshold", type=float, default=None, help="foreground where probability > T (uint8 read as value/255); leave out for binary or label volumes")
     parser.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26, help="voxel neighbourhood (default: %(default)s)")
     parser.add_argument("--min-size", type=int, default=0, metavar="VOXELS", help="remove objects smaller than this, measured whole (default: keep all)")
@@ -35,6 +35,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--block", metavar="Z,Y,X", default=",".join(map(str, DEFAULT_BLOCK)), help="voxels per block, rounded up to whole chunks (default: %(default)s)")
     parser.add_argument("--chunks", metavar="Z,Y,X", default=",".join(map(str, DEFAULT_CHUNKS)), help="output storage chunks (default: %(default)s)")
     parser.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu", help="labelling kernel: cc3d on CPU, CuPy on GPU (default: %(default)s)")
+    parser.add_argument("--dtype", choices=("uint64", "uint32"), default="uint64", help="output ids (default: %(default)s; uint32 halves the output, an error if the objects do not fit)")
+    parser.add_argument("--keep-local", action="store_true", help="store the local ids of the first pass (label each block once) instead of labelling each block again in the last pass")
     parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     parser.add_argument("--keep-scratch", action="store_true", help="keep the intermediate files (local labels, faces, pairs) beside the output")
     add_runtime_args(parser)
@@ -55,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         block=triple(args.block, "--block", int, "128,128,128") or DEFAULT_BLOCK,
         chunks=triple(args.chunks, "--chunks", int, "64,64,64") or DEFAULT_CHUNKS,
         device=args.device,
+        dtype=args.dtype,
+        keep_local=args.keep_local,
         overwrite=args.overwrite,
         keep_scratch=args.keep_scratch,
         **runtime_kwargs(args),

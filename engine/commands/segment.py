@@ -23,6 +23,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--threshold", type=float, default=0.5, help="merge fragments whose edge score reaches this (default: %(default)s)")
     parser.add_argument("--scoring", choices=("mean", "quantile"), default="mean", help="edge score from the affinities across it (default: %(default)s)")
     parser.add_argument("--quantile", type=float, default=0.5, help="the quantile for --scoring quantile (default: %(default)s)")
+    parser.add_argument(
+        "--agglomeration", choices=("threshold", "mean"), default="threshold",
+        help="threshold: merge every edge scoring >= --threshold; mean: hierarchical mean-affinity agglomeration down to --threshold (default: %(default)s)",
+    )
     parser.add_argument("--per-section", action="store_true", help="fragments per z-section (anisotropic data)")
     parser.add_argument("--seed-threshold", type=float, default=0.5, help="seeds only where every neighbour affinity is above this (default: %(default)s)")
     parser.add_argument("--block", metavar="Z,Y,X", default=",".join(map(str, DEFAULT_BLOCK)), help="voxels per block (default: %(default)s)")
@@ -36,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.ops.segment import segment_volume
 
     r = segment_volume(
-        args.affs, args.output, threshold=args.threshold, scoring=args.scoring, quantile=args.quantile, per_section=args.per_section,
+        args.affs, args.output, threshold=args.threshold, scoring=args.scoring, quantile=args.quantile, agglomeration=args.agglomeration, per_section=args.per_section,
         seed_threshold=args.seed_threshold, block=triple(args.block, "--block", int, "128,128,128") or DEFAULT_BLOCK,
         chunks=triple(args.chunks, "--chunks", int, "64,64,64") or DEFAULT_CHUNKS, overwrite=args.overwrite, **runtime_kwargs(args),
     )

@@ -1,18 +1,22 @@
 """Connected components of a whole volume, blockwise and exact: ``label_volume``.
 
-Three blockwise passes on the runtime and one small step on the driver::
+Two blockwise passes on the workers and small steps on the driver::
 
-    A  cc-local     threshold + label each block once (cc3d, or CuPy on a GPU) -> local ids 1..n_b in a
-                    uint32 scratch volume; per block its count, six faces and object statistics
+    A  cc-local     threshold + label each block (cc3d, or CuPy on a GPU) -> local ids 1..n_b; per block
+                    its count, six faces and (if needed) object statistics; with ``keep_local`` the
+                    local ids also go to a uint32 scratch volume
        (driver)     provisional ids: offsets = prefix sum of the counts
     B  cc-pairs     pairs of touching labels across each block's faces, edges and corners (forward
-                    neighbours only, so each contact is seen once)
+                    neighbours only, so each contact is seen once); in the driver for small grids
        (driver)     union-find over boundary labels only; global sizes; consecutive final ids;
                     removal of small objects; object table (Parquet)
-    C  cc-relabel   local ids -> final ids (uint64) with one lookup table per block
+    C  cc-relabel-input  label the block again (deterministic: the same local ids as in A) -> final
+                    ids (uint64, or uint32) with one lookup table per block; ``cc-relabel`` instead
+                    reads the scratch volume of ``keep_local``
 
-A worker holds one block (and a few faces); the driver holds the labels that touch block faces and one
-block's statistics at a time. See :mod:`engine.segment.stitch` for the id scheme.
+With the Ray backend the same workers run every pass (started once per run). A worker holds one block
+(and a few faces); the driver holds the labels that touch block faces and one block's statistics at a
+time. See :mod:`engine.segment.stitch` for the id scheme.
 """
 
 from __future__ import annotations
@@ -35,13 +39,14 @@ from engine.geometry import Block, BlockGrid, Box
 from engine.ops.scratch import Scratch
 from engine.runtime import Backend, BackendName, BlockOp, RunSummary, default_state_dir, run_blockwise
 from engine.segment.kernels import Device, check_connectivity, foreground, label_block
-from engine.segment.objects import block_stats
+from engine.segment.objects import ObjectStats, block_stats
 from engine.segment.stitch import Faces, block_faces, block_lut, face_pairs, owned_mask
 from engine.storage import Volume, check_write_alignment, create_volume, open_volume
 
 log = logging.getLogger(__name__)
 
 Connectivity = Literal[6, 18, 26]
+OutDtype = Literal["uint64", "uint32"]
 DEFAULT_CHUNKS: tuple[int, int, int] = (64, 64, 64)
 DEFAULT_BLOCK: tuple[int, int, int] = (128, 128, 128)
 #: Up to this many blocks, pass B (cheap: faces only) runs in the driver process, which saves starting
@@ -59,6 +64,12 @@ class LocalLabelOp(BlockOp):
     threshold: float | None = None
     connectivity: Connectivity = 26
     table: bool = False
+    #: measure each label's voxel count (needed for ``min_size`` and the table); without it the
+    #: statistics hold only the number of labels (counts of -1)
+    sizes: bool = True
+    #: keep the local ids in a uint32 scratch volume (pass C can instead label the block again:
+    #: cheaper than compressing, writing and reading back four bytes per voxel)
+    write_local: bool = False
     device: Device = "cpu"
     chunks: tuple[int, int, int] = DEFAULT_CHUNKS
     overwrite: bool = Field(default=False, exclude=True)
@@ -73,31 +84,44 @@ class LocalLabelOp(BlockOp):
 
     def prepare(self, grid: BlockGrid) -> None:
         src = open_volume(self.input)
-        tmp = create_volume(self.local_url, src.spatial_shape, "uint32", self.chunks, overwrite=self.overwrite)
-        check_write_alignment(tmp, grid.write_shape, grid.total.start)
+        if self.write_local:
+            tmp = create_volume(self.local_url, src.spatial_shape, "uint32", self.chunks, overwrite=self.overwrite)
+            check_write_alignment(tmp, grid.write_shape, grid.total.start)
 
     def setup(self) -> None:
         self._in = open_volume(self.input)
-        self._tmp = open_volume(self.local_url, "r+")
+        if self.write_local:
+            self._tmp = open_volume(self.local_url, "r+")
         self._scratch = Scratch(self.scratch)
 
     def process(self, block: Block) -> dict[str, float]:
-        assert self._in is not None and self._tmp is not None and self._scratch is not None
+        assert self._in is not None and self._scratch is not None
         data = self._in.read(block.write)
-        if data.dtype.kind == "f" and np.isnan(data).any():
-            raise StorageError(f"the input {self._in.url} holds NaN values in {block.write}", "fill or mask them before labelling")
-        fg = foreground(data, self.threshold)
-        labels, n = label_block(fg, self.connectivity, self.device)
+        labels, n = local_labels(data, self.threshold, self.connectivity, self.device, f"the input {self._in.url}", block)
         if n:
-            self._tmp.write(block.write, labels)
+            if self._tmp is not None:
+                self._tmp.write(block.write, labels)
             values = data if self.threshold is None and data.dtype != bool else None
             self._scratch.put(f"faces/{block.id}", block_faces(labels, values).to_bytes())
         prob = None
         if self.table and self.threshold is not None:
             prob = data.astype(np.float32) / 255.0 if data.dtype == np.uint8 else data
-        stats = block_stats(labels, n, block.write.start, prob, full=self.table)
+        if self.sizes or self.table:
+            stats = block_stats(labels, n, block.write.start, prob, full=self.table)
+        else:
+            stats = ObjectStats(np.full(n + 1, -1, np.int64))
         self._scratch.put(f"stats/{block.id}", stats.to_bytes())  # its length gives the count
-        return {"local_objects": float(n), "foreground_voxels": float(stats.counts[1:].sum())}
+        out = {"local_objects": float(n)}
+        if self.sizes or self.table:
+            out["foreground_voxels"] = float(stats.counts[1:].sum())
+        return out
+
+
+def local_labels(data: np.ndarray, threshold: float | None, connectivity: int, device: Device, what: str, block: Block) -> tuple[np.ndarray, int]:
+    """The local ids of one block (passes A and C compute the same, deterministically)."""
+    if data.dtype.kind == "f" and np.isnan(data).any():
+        raise StorageError(f"{what} holds NaN values in {block.write}", "fill or mask them before labelling")
+    return label_block(foreground(data, threshold), connectivity, device)
 
 
 class GpuLocalLabelOp(LocalLabelOp):
@@ -173,13 +197,15 @@ class FacePairsOp(BlockOp):
 
 # -- pass C --------------------------------------------------------------------------------------
 class RelabelOp(BlockOp):
-    """Pass C: write final ids (uint64) for one block through its lookup table."""
+    """Pass C: write final ids (``dtype``, uint64 by default) for one block through its lookup
+    table, from the local ids kept in the scratch volume ``local``."""
 
     kind: ClassVar[str] = "cc-relabel"
     scratch: str
     output: str
     like: str
     min_size: int = 0
+    dtype: OutDtype = "uint64"
     chunks: tuple[int, int, int] = DEFAULT_CHUNKS
     overwrite: bool = Field(default=False, exclude=True)
 
@@ -191,7 +217,7 @@ class RelabelOp(BlockOp):
     def prepare(self, grid: BlockGrid) -> None:
         src = open_volume(self.like)  # shape, voxel size and offset of the input
         out = create_volume(
-            self.output, src.spatial_shape, "uint64", self.chunks, voxel_size=src.voxel_size, offset=src.offset,
+            self.output, src.spatial_shape, self.dtype, self.chunks, voxel_size=src.voxel_size, offset=src.offset,
             overwrite=self.overwrite, layer_type="segmentation",
         )
         check_write_alignment(out, grid.write_shape, grid.total.start)
@@ -200,16 +226,25 @@ class RelabelOp(BlockOp):
         self._scratch = Scratch(self.scratch)
         with np.load(_io(self._scratch.need("mapping.npz"))) as z:
             self._map = {k: z[k] for k in z.files}
-        self._tmp = open_volume(self._scratch.volume_url("local"))
+        self._open_local()
         self._out = open_volume(self.output, "r+")
 
+    def _open_local(self) -> None:
+        assert self._scratch is not None
+        self._tmp = open_volume(self._scratch.volume_url("local"))
+
+    def _local(self, block: Block) -> np.ndarray:
+        """The block's local ids (as pass A numbered them)."""
+        assert self._tmp is not None
+        return self._tmp.read(block.write)
+
     def process(self, block: Block) -> dict[str, float]:
-        assert self._scratch is not None and self._tmp is not None and self._out is not None
+        assert self._scratch is not None and self._out is not None
         m = self._map
         b = block.id
         n = int(m["offsets"][b + 1] - m["offsets"][b])
         if n == 0:  # nothing here: write zeros (cheap: chunks equal to the fill value are not stored)
-            self._out.write(block.write, np.zeros(block.write.shape, np.uint64))
+            self._out.write(block.write, np.zeros(block.write.shape, self.dtype))
             return {"objects_owned": 0.0}
         lo, hi = np.searchsorted(m["keys"], [m["offsets"][b] + 1, m["offsets"][b] + n + 1])
         local_bnd = (m["keys"][lo:hi] - np.uint64(m["offsets"][b])).astype(np.int64)
@@ -219,9 +254,44 @@ class RelabelOp(BlockOp):
 
             counts = ObjectStats.from_bytes(self._scratch.need(f"stats/{b}")).counts
         mask = owned_mask(n, local_bnd, m["owned"][lo:hi], counts, self.min_size)
-        lut = block_lut(n, mask, int(m["kept_offsets"][b]), local_bnd, m["final"][lo:hi])
-        self._out.write(block.write, lut[self._tmp.read(block.write)])
+        lut = block_lut(n, mask, int(m["kept_offsets"][b]), local_bnd, m["final"][lo:hi]).astype(self.dtype, copy=False)
+        local = self._local(block)
+        self._out.write(block.write, lut[local])
         return {"objects_owned": float(mask.sum())}
+
+
+class RelabelFromInputOp(RelabelOp):
+    """Pass C of :func:`label_volume`: labels each block again from the input (the same kernel on the
+    same data gives the same local ids as pass A) instead of reading them from a scratch volume."""
+
+    kind: ClassVar[str] = "cc-relabel-input"
+    input: str
+    threshold: float | None = None
+    connectivity: Connectivity = 26
+    device: Device = "cpu"
+
+    _in: Volume | None = PrivateAttr(default=None)
+
+    def _open_local(self) -> None:
+        self._in = open_volume(self.input)
+
+    def _local(self, block: Block) -> np.ndarray:
+        assert self._in is not None
+        labels, n = local_labels(self._in.read(block.write), self.threshold, self.connectivity, self.device, f"the input {self._in.url}", block)
+        expected = int(self._map["offsets"][block.id + 1] - self._map["offsets"][block.id])
+        if n != expected:
+            raise StorageError(
+                f"block {block.id} of {self._in.url} now has {n} objects, {expected} when it was first labelled: the input changed during the run",
+                "label it again with --overwrite",
+            )
+        return labels
+
+
+class GpuRelabelFromInputOp(RelabelFromInputOp):
+    """Pass C with one GPU per worker (``device='gpu'``). UNTESTED here: no GPU on the dev machines."""
+
+    kind: ClassVar[str] = "cc-relabel-input-gpu"
+    wants_gpu: ClassVar[bool] = True
 
 
 def _io(data: bytes = b"") -> Any:
@@ -299,24 +369,31 @@ def label_volume(
     block: Sequence[int] = DEFAULT_BLOCK,
     chunks: Sequence[int] = DEFAULT_CHUNKS,
     device: Device = "cpu",
+    dtype: OutDtype = "uint64",
     backend: BackendName | Backend = "serial",
     workers: int | None = None,
     address: str | None = None,
     max_retries: int = 2,
     overwrite: bool = False,
     keep_scratch: bool = False,
+    keep_local: bool = False,
     pairs_in_driver: bool | None = None,
     progress: bool = True,
     state_dir: str | os.PathLike[str] | None = None,
 ) -> LabelResult:
-    """Label the connected components of ``input`` into ``output`` (uint64, ids ``1..objects``).
+    """Label the connected components of ``input`` into ``output`` (``dtype``: uint64, or uint32
+    where the objects fit; ids ``1..objects``).
 
     ``threshold`` turns a probability volume into a mask (uint8 read as ``v/255``; foreground where
     ``p > threshold``); without it the input is a binary or label volume (0 is background; touching
     voxels of different labels stay apart). ``min_size`` removes objects smaller than that many voxels,
     measured whole across blocks. ``table`` writes the object table (Parquet). ``pairs_in_driver``
     runs pass B in this process (default: for grids of up to ``PAIRS_IN_DRIVER_MAX_BLOCKS`` blocks,
-    where starting workers would cost more than the pass). The result equals
+    where starting workers would cost more than the pass). ``keep_local`` stores pass A's local ids in
+    a uint32 scratch volume for pass C (each block labelled once); by default pass C labels each block
+    again from the input, which measured cheaper on CPU than compressing, writing and reading back the
+    local ids (see ``benchmarks/RESULTS.md``). With ``backend='ray'`` one set of workers serves
+    every pass. The result equals
     ``cc3d.connected_components`` on the whole volume up to the numbering of the objects.
 
     >>> import tempfile, numpy as np
@@ -334,6 +411,8 @@ def label_volume(
     connectivity = check_connectivity(int(connectivity))
     if min_size < 0:
         raise ConfigError(f"--min-size must be >= 0, got {min_size}")
+    if dtype not in ("uint64", "uint32"):
+        raise ConfigError(f"--dtype must be uint64 or uint32, got {dtype!r}")
     src = open_volume(in_url)
     if Scratch(out_url).url == src.url:
         raise ConfigError("the output is the input", "choose another output")
@@ -343,9 +422,20 @@ def label_volume(
     scratch = Scratch.beside(out_url, "label-scratch")
     conn: Connectivity = connectivity  # type: ignore[assignment]
     a_cls = GpuLocalLabelOp if device == "gpu" else LocalLabelOp
-    op_a = a_cls(input=src.url, scratch=scratch.url, threshold=threshold, connectivity=conn, table=table is not None, device=device, chunks=chunks_t, overwrite=overwrite)
+    op_a = a_cls(
+        input=src.url, scratch=scratch.url, threshold=threshold, connectivity=conn, table=table is not None, sizes=min_size > 1,
+        write_local=keep_local, device=device, chunks=chunks_t, overwrite=overwrite,
+    )
     op_b = FacePairsOp(scratch=scratch.url, shape=src.spatial_shape, block=grid.write_shape, connectivity=conn)  # type: ignore[arg-type]
-    op_c = RelabelOp(scratch=scratch.url, output=out_url, like=src.url, min_size=min_size, chunks=chunks_t, overwrite=overwrite)
+    op_c: RelabelOp
+    if keep_local:
+        op_c = RelabelOp(scratch=scratch.url, output=out_url, like=src.url, min_size=min_size, dtype=dtype, chunks=chunks_t, overwrite=overwrite)
+    else:
+        c_cls = GpuRelabelFromInputOp if device == "gpu" else RelabelFromInputOp
+        op_c = c_cls(
+            scratch=scratch.url, output=out_url, like=src.url, min_size=min_size, dtype=dtype, chunks=chunks_t, overwrite=overwrite,
+            input=src.url, threshold=threshold, connectivity=conn, device=device,
+        )
     params = {"grid": grid.layout(), "a": op_a.params(), "c": op_c.params(), "table": None if table is None else os.fspath(table)}
     finished = state / "result.json"
     if finished.exists() and not overwrite:
@@ -359,30 +449,40 @@ def label_volume(
         finished.unlink(missing_ok=True)
     op_c.prepare(grid)  # create the output now: an unwritable one fails before any work
 
-    common: dict[str, Any] = {
-        "backend": backend, "workers": workers, "address": address, "max_retries": max_retries, "overwrite": overwrite, "progress": progress,
-    }
     from engine.ops.label_resolve import load_offsets, resolve_labels
+    from engine.runtime import RayBackend
 
+    # One set of Ray workers for every pass of this run (started once; ended below).
+    own = RayBackend(workers, address=address, keep_workers=True) if backend == "ray" else None
+    be: BackendName | Backend = own if own is not None else backend
+    common: dict[str, Any] = {
+        "backend": be, "workers": workers, "address": address, "max_retries": max_retries, "overwrite": overwrite, "progress": progress,
+    }
     times: dict[str, float] = {}
-    t = time.perf_counter()
-    run_a = run_blockwise(op_a, grid, state_dir=state / "local", name="label-local", **common)
-    times["local"] = time.perf_counter() - t
-    t = time.perf_counter()
-    offsets = load_offsets(scratch, grid.num_blocks)
-    times["offsets"] = time.perf_counter() - t
-    t = time.perf_counter()
-    in_driver = grid.num_blocks <= PAIRS_IN_DRIVER_MAX_BLOCKS if pairs_in_driver is None else pairs_in_driver
-    run_b = run_blockwise(op_b, grid, state_dir=state / "pairs", name="label-pairs", **{**common, **({"backend": "serial"} if in_driver else {})})
-    times["pairs"] = time.perf_counter() - t
-    t = time.perf_counter()
-    meta = {"input": src.url, "output": out_url, "threshold": str(threshold), "connectivity": str(connectivity), "min_size": str(min_size),
-            "voxel_size": json.dumps(list(src.voxel_size))}
-    res = resolve_labels(scratch, grid, offsets, min_size=min_size, table=table, table_metadata=meta)
-    times["resolve"] = time.perf_counter() - t
-    t = time.perf_counter()
-    run_c = run_blockwise(op_c, grid, state_dir=state / "relabel", name="label-relabel", **common)
-    times["relabel"] = time.perf_counter() - t
+    try:
+        t = time.perf_counter()
+        run_a = run_blockwise(op_a, grid, state_dir=state / "local", name="label-local", **common)
+        times["local"] = time.perf_counter() - t
+        t = time.perf_counter()
+        offsets = load_offsets(scratch, grid.num_blocks)
+        times["offsets"] = time.perf_counter() - t
+        t = time.perf_counter()
+        in_driver = grid.num_blocks <= PAIRS_IN_DRIVER_MAX_BLOCKS if pairs_in_driver is None else pairs_in_driver
+        run_b = run_blockwise(op_b, grid, state_dir=state / "pairs", name="label-pairs", **{**common, **({"backend": "serial"} if in_driver else {})})
+        times["pairs"] = time.perf_counter() - t
+        t = time.perf_counter()
+        meta = {"input": src.url, "output": out_url, "threshold": str(threshold), "connectivity": str(connectivity), "min_size": str(min_size),
+                "voxel_size": json.dumps(list(src.voxel_size))}
+        res = resolve_labels(scratch, grid, offsets, min_size=min_size, table=table, table_metadata=meta)
+        if np.dtype(dtype).itemsize < 8 and res.objects > np.iinfo(dtype).max:
+            raise ConfigError(f"{res.objects} objects do not fit in {dtype}", "label with --dtype uint64")
+        times["resolve"] = time.perf_counter() - t
+        t = time.perf_counter()
+        run_c = run_blockwise(op_c, grid, state_dir=state / "relabel", name="label-relabel", **common)
+        times["relabel"] = time.perf_counter() - t
+    finally:
+        if own is not None:
+            own.shutdown()
     times["total"] = time.perf_counter() - t0
     runs: list[RunSummary] = [run_a, run_b, run_c]
     result = LabelResult(
@@ -395,7 +495,11 @@ def label_volume(
         blocks=grid.num_blocks,
         table=None if table is None else os.fspath(table),
         seconds=times,
-        runs=[{"name": r.name, "done": r.done, "already_done": r.already_done, "skipped": r.skipped, "wall_seconds": r.wall_seconds} for r in runs],
+        runs=[
+            {"name": r.name, "done": r.done, "already_done": r.already_done, "skipped": r.skipped, "wall_seconds": r.wall_seconds,
+             "workers": sorted(str(w.get("name")) for w in r.workers)}
+            for r in runs
+        ],
     )
     if not keep_scratch:
         scratch.remove()

@@ -59,13 +59,16 @@ def resolve_labels(
     min_size: int = 0,
     table: str | os.PathLike[str] | None = None,
     table_metadata: dict[str, str] | None = None,
+    pairs: np.ndarray | None = None,
 ) -> Resolved:
-    """Resolve the pairs of pass B into the lookup data of pass C (``mapping.npz``)."""
+    """Resolve the pairs of pass B (the files ``pairs/<block>``, or ``pairs`` when given) into the
+    lookup data of pass C (``mapping.npz``)."""
     nb = grid.num_blocks
     counts = np.diff(offsets).astype(np.int64)
     with_labels = np.flatnonzero(counts)
-    parts = [np.load(io.BytesIO(d)) for d in scratch.get_many([f"pairs/{b}" for b in with_labels])]
-    pairs = np.concatenate(parts) if parts else np.zeros((0, 2), np.uint64)
+    if pairs is None:
+        parts = [np.load(io.BytesIO(d)) for d in scratch.get_many([f"pairs/{b}" for b in with_labels])]
+        pairs = np.concatenate(parts) if parts else np.zeros((0, 2), np.uint64)
     res = resolve(pairs)
     keys, nk = res.keys, res.keys.size
     rep_pos = np.searchsorted(keys, res.rep)

@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, PrivateAttr
@@ -37,12 +37,15 @@ from engine.geometry import Block, BlockGrid, Box
 from engine.ops.label import DEFAULT_BLOCK, DEFAULT_CHUNKS, LabelResult, RelabelOp, label_grid
 from engine.ops.scratch import Scratch
 from engine.runtime import Backend, BackendName, BlockOp, default_state_dir, run_blockwise
+from engine.segment.agglomerate import edge_sums, mean_agglomeration
 from engine.segment.objects import ObjectStats
 from engine.segment.stitch import block_faces
-from engine.segment.watershed import Scoring, as_float, block_edges, edge_scores, fragments
+from engine.segment.watershed import Scoring, as_float, block_contacts, edge_scores, fragments
 from engine.storage import Volume, check_write_alignment, create_volume, open_volume
 
 log = logging.getLogger(__name__)
+
+Agglomeration = Literal["threshold", "mean"]
 
 
 def _npz(**arrays: np.ndarray) -> bytes:
@@ -91,18 +94,23 @@ class FragmentsOp(BlockOp):
         )
         if n:
             self._tmp.write(block.write, frag)
-        a, b, score = block_edges(frag, affs, self.scoring, self.quantile)
+        ca, cb, cv = block_contacts(frag, affs)
+        a, b, sums, counts = edge_sums(ca, cb, cv)  # the same edge order as edge_scores
+        score = sums / np.maximum(counts, 1) if self.scoring == "mean" else edge_scores(ca, cb, cv, self.scoring, self.quantile)[2]
         aff = as_float(affs)
         low = {f"aff{d}": np.ascontiguousarray(np.take(aff[d], [0], axis=d)) for d in range(3)}
         self._scratch.put(f"faces/{block.id}", _npz(**{f"l{k[0]}{k[1]}": v for k, v in block_faces(frag).labels.items()}, **low))
-        self._scratch.put(f"edges/{block.id}", _npz(a=a, b=b, score=score))
+        self._scratch.put(f"edges/{block.id}", _npz(a=a, b=b, score=score, sum=sums, count=counts))
         self._scratch.put(f"stats/{block.id}", ObjectStats(np.bincount(frag.ravel(), minlength=n + 1).astype(np.int64)).to_bytes())
         return {"fragments": float(n), "inner_edges": float(a.size)}
 
 
 class SegmentEdgesOp(BlockOp):
-    """Pass B: the block's edges across faces to its forward neighbours, scored; writes the merges
-    (edges scoring at least ``threshold``, its inner edges included) as provisional id pairs."""
+    """Pass B: the block's edges across faces to its forward neighbours, scored. With
+    ``agglomeration='threshold'`` writes the merges (edges scoring at least ``threshold``, its inner
+    edges included) as provisional id pairs (``pairs/<id>``); with ``'mean'`` writes every edge, inner
+    and across faces, with the sum and count of its affinities (``graph/<id>``) for the driver's
+    hierarchical agglomeration."""
 
     kind: ClassVar[str] = "seg-edges"
     scratch: str
@@ -111,6 +119,7 @@ class SegmentEdgesOp(BlockOp):
     threshold: float = 0.5
     scoring: Scoring = "mean"
     quantile: float = 0.5
+    agglomeration: Agglomeration = "threshold"
 
     _scratch: Scratch | None = PrivateAttr(default=None)
     _offsets: np.ndarray | None = PrivateAttr(default=None)
@@ -131,7 +140,9 @@ class SegmentEdgesOp(BlockOp):
         off = self._offsets
         a_id = block.id
         with np.load(io.BytesIO(self._scratch.need(f"edges/{a_id}"))) as z:
-            ea, eb, es = z["a"], z["b"], z["score"]
+            ea, eb, es, esum, ecount = z["a"], z["b"], z["score"], z["sum"], z["count"]
+        if self.agglomeration == "mean":
+            return self._graph(block, ea, eb, esum, ecount)
         keep = es >= self.threshold
         merges = [np.stack([ea[keep] + off[a_id], eb[keep] + off[a_id]], axis=1)]
         n_cross = 0
@@ -153,6 +164,31 @@ class SegmentEdgesOp(BlockOp):
         self._scratch.put(f"pairs/{a_id}", buf.getvalue())
         return {"merges": float(len(pairs)), "cross_edges": float(n_cross), "inner_edges": float(ea.size)}
 
+    def _graph(self, block: Block, ea: np.ndarray, eb: np.ndarray, esum: np.ndarray, ecount: np.ndarray) -> dict[str, float]:
+        """Every edge of the block with its affinity sum and count, in provisional ids."""
+        assert self._scratch is not None and self._offsets is not None and self._grid is not None
+        off = self._offsets
+        a_id = block.id
+        parts = [(ea + off[a_id], eb + off[a_id], esum, ecount)]
+        n_cross = 0
+        fa = self._faces(a_id) if off[a_id + 1] > off[a_id] else None
+        for b_id in self._grid.neighbours(a_id, 6):
+            if b_id < a_id or fa is None or off[b_id + 1] == off[b_id]:
+                continue
+            d = next(ax for ax in range(3) if self._grid.index_of(b_id)[ax] != block.index[ax])
+            fb = self._faces(b_id)
+            la, lb, vb = fa[f"l{d}1"], fb[f"l{d}0"], fb[f"aff{d}"]
+            touch = (la != 0) & (lb != 0)
+            got = edge_sums(la[touch] + off[a_id], lb[touch] + off[b_id], vb[touch])
+            n_cross += got[0].size
+            parts.append(got)
+        a = np.concatenate([p[0] for p in parts]).astype(np.uint64)
+        b = np.concatenate([p[1] for p in parts]).astype(np.uint64)
+        self._scratch.put(
+            f"graph/{a_id}", _npz(a=a, b=b, sum=np.concatenate([p[2] for p in parts]).astype(np.float64), count=np.concatenate([p[3] for p in parts]).astype(np.int64))
+        )
+        return {"cross_edges": float(n_cross), "inner_edges": float(ea.size)}
+
 
 def segment_volume(
     affinities: str | os.PathLike[str],
@@ -161,6 +197,7 @@ def segment_volume(
     threshold: float = 0.5,
     scoring: Scoring = "mean",
     quantile: float = 0.5,
+    agglomeration: Agglomeration = "threshold",
     per_section: bool = False,
     seed_threshold: float = 0.5,
     fg_threshold: float = 0.0,
@@ -178,7 +215,10 @@ def segment_volume(
 ) -> LabelResult:
     """Segment neurons from ``(3, z, y, x)`` affinities into ``output`` (uint64, ids ``1..objects``):
     blockwise watershed fragments, region-adjacency edges scored by the ``scoring`` of the affinities
-    across them, agglomeration of every edge scoring at least ``threshold``, relabel."""
+    across them, agglomeration down to ``threshold``, relabel. ``agglomeration='threshold'`` merges
+    every edge scoring at least ``threshold``; ``'mean'`` (with ``scoring='mean'``) is hierarchical
+    mean-affinity agglomeration on the driver over the whole graph (see
+    :mod:`engine.segment.agglomerate`)."""
     t0 = time.perf_counter()
     in_url, out_url = os.fspath(affinities), os.fspath(output)
     src = open_volume(in_url)
@@ -188,6 +228,10 @@ def segment_volume(
         raise ConfigError(f"affinities must be uint8 (0-255) or float in [0, 1], not {src.dtype}", "convert them first")
     if scoring not in ("mean", "quantile") or not 0.0 <= quantile <= 1.0:
         raise ConfigError(f"scoring must be mean or quantile (with quantile in [0, 1]); got {scoring}, {quantile}")
+    if agglomeration not in ("threshold", "mean"):
+        raise ConfigError(f"agglomeration must be threshold or mean, got {agglomeration!r}")
+    if agglomeration == "mean" and scoring != "mean":
+        raise ConfigError("hierarchical mean agglomeration re-scores merged edges by their mean affinity", "use --scoring mean with --agglomeration mean")
     grid, chunks_t = label_grid(src.spatial_shape, block, chunks)
     state = Path(state_dir) if state_dir is not None else default_state_dir(out_url, "segment")
     scratch = Scratch.beside(out_url, "segment-scratch")
@@ -195,7 +239,10 @@ def segment_volume(
         input=src.url, scratch=scratch.url, per_section=per_section, seed_threshold=seed_threshold, fg_threshold=fg_threshold,
         seed_sigma=seed_sigma, scoring=scoring, quantile=quantile, chunks=chunks_t, overwrite=overwrite,
     )
-    op_b = SegmentEdgesOp(scratch=scratch.url, shape=src.spatial_shape, block=grid.write_shape, threshold=threshold, scoring=scoring, quantile=quantile)  # type: ignore[arg-type]
+    op_b = SegmentEdgesOp(
+        scratch=scratch.url, shape=src.spatial_shape, block=grid.write_shape, threshold=threshold, scoring=scoring, quantile=quantile,  # type: ignore[arg-type]
+        agglomeration=agglomeration,
+    )
     op_c = RelabelOp(scratch=scratch.url, output=out_url, like=src.url, chunks=chunks_t, overwrite=overwrite)
     params = {"grid": grid.layout(), "a": op_a.params(), "b": op_b.params(), "c": op_c.params()}
     finished = state / "result.json"
@@ -208,14 +255,27 @@ def segment_volume(
         scratch.remove()
         finished.unlink(missing_ok=True)
     op_c.prepare(grid)
-    common: dict[str, Any] = {"backend": backend, "workers": workers, "address": address, "max_retries": max_retries, "overwrite": overwrite, "progress": progress}
     from engine.ops.label_resolve import load_offsets, resolve_labels
+    from engine.runtime import RayBackend
 
-    run_a = run_blockwise(op_a, grid, state_dir=state / "fragments", name="segment-fragments", **common)
-    offsets = load_offsets(scratch, grid.num_blocks)
-    run_b = run_blockwise(op_b, grid, state_dir=state / "edges", name="segment-edges", **common)
-    res = resolve_labels(scratch, grid, offsets)
-    run_c = run_blockwise(op_c, grid, state_dir=state / "relabel", name="segment-relabel", **common)
+    own = RayBackend(workers, address=address, keep_workers=True) if backend == "ray" else None  # one set of workers for all passes
+    be: BackendName | Backend = own if own is not None else backend
+    common: dict[str, Any] = {"backend": be, "workers": workers, "address": address, "max_retries": max_retries, "overwrite": overwrite, "progress": progress}
+    try:
+        run_a = run_blockwise(op_a, grid, state_dir=state / "fragments", name="segment-fragments", **common)
+        offsets = load_offsets(scratch, grid.num_blocks)
+        run_b = run_blockwise(op_b, grid, state_dir=state / "edges", name="segment-edges", **common)
+        merges = None
+        if agglomeration == "mean":
+            with_labels = np.flatnonzero(np.diff(offsets))
+            graphs = [np.load(io.BytesIO(d)) for d in scratch.get_many([f"graph/{b}" for b in with_labels])]
+            cat = {k: np.concatenate([g[k] for g in graphs]) if graphs else np.zeros(0) for k in ("a", "b", "sum", "count")}
+            merges = mean_agglomeration(cat["a"], cat["b"], cat["sum"], cat["count"], threshold)
+        res = resolve_labels(scratch, grid, offsets, pairs=merges)
+        run_c = run_blockwise(op_c, grid, state_dir=state / "relabel", name="segment-relabel", **common)
+    finally:
+        if own is not None:
+            own.shutdown()
     result = LabelResult(
         output=open_volume(out_url).url, objects=res.objects, local_objects=int(offsets[-1]), boundary_labels=res.boundary_labels,
         pairs=res.pairs, blocks=grid.num_blocks, seconds={"total": time.perf_counter() - t0},

@@ -113,19 +113,29 @@ class _Actor:
 
     def __init__(self, payload: tuple[BlockOp, BlockGrid, BlockMask | None]) -> None:
         # ``payload`` was put in the object store once; Ray resolves the ref in the worker process.
-        self.runner = BlockRunner(*payload)
+        self.runner: BlockRunner | None = BlockRunner(*payload)
+        self.name = self.runner.name
 
     def info(self) -> dict[str, Any]:
         import ray
 
         ctx = ray.get_runtime_context()
-        return {"name": self.runner.name, "node": ctx.get_node_id(), "gpus": [str(g) for g in ray.get_gpu_ids()]}
+        return {"name": self.name, "node": ctx.get_node_id(), "gpus": [str(g) for g in ray.get_gpu_ids()]}
+
+    def load(self, payload: tuple[BlockOp, BlockGrid, BlockMask | None]) -> dict[str, Any]:
+        """Take the next run's operation (``RayBackend(keep_workers=True)``): set it up in this process."""
+        self.close()
+        self.runner = BlockRunner(*payload)
+        return self.info()
 
     def run(self, ids: list[int]) -> BatchResult:
+        assert self.runner is not None, "run() after close() without load()"
         return self.runner.run(ids)
 
     def close(self) -> None:
-        self.runner.close()
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
 
 
 def _lost_errors() -> tuple[type[BaseException], ...]:
@@ -136,17 +146,31 @@ def _lost_errors() -> tuple[type[BaseException], ...]:
 
 class RayBackend(Backend):
     """Ray actors: one per GPU when the op wants a GPU and the cluster has some, else ``workers`` CPU
-    workers (default: one per CPU in the cluster). The op, grid and mask travel once per actor."""
+    workers (default: one per CPU in the cluster). The op, grid and mask travel once per actor.
+
+    With ``keep_workers=True`` the actors outlive a run: ``stop()`` only tears the op down, and the
+    next run's ``start()`` hands the same processes its op (when it asks for the same resources), so a
+    pipeline of several passes starts its workers once. Call ``shutdown()`` (or use the backend as a
+    context manager) to end them."""
 
     name = "ray"
 
-    def __init__(self, workers: int | None = None, *, address: str | None = None, cpus_per_worker: float = 1.0, use_gpus: bool | None = None) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        address: str | None = None,
+        cpus_per_worker: float = 1.0,
+        use_gpus: bool | None = None,
+        keep_workers: bool = False,
+    ) -> None:
         if workers is not None and workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         self.requested = workers
         self.address = address
         self.cpus_per_worker = cpus_per_worker
         self.use_gpus = use_gpus
+        self.keep_workers = keep_workers
         self._actors: list[Any] = []
         self._info: list[dict[str, Any]] = []
         self._refs: dict[Any, tuple[int, list[int]]] = {}
@@ -163,11 +187,20 @@ class RayBackend(Backend):
         use_gpu = op.wants_gpu and gpus > 0 if self.use_gpus is None else bool(self.use_gpus) and gpus > 0
         if use_gpu:
             n = gpus if self.requested is None else min(self.requested, gpus)
-            self._options = {"num_gpus": 1, "num_cpus": self.cpus_per_worker}
+            options: dict[str, Any] = {"num_gpus": 1, "num_cpus": self.cpus_per_worker}
         else:
             n = self.requested or max(1, int(info.cpus // self.cpus_per_worker))
-            self._options = {"num_cpus": self.cpus_per_worker}
+            options = {"num_cpus": self.cpus_per_worker}
         self._payload = ray.put((op, grid, mask))
+        if self._actors and self.keep_workers and options == self._options and len(self._actors) == n:
+            reloaded = self._reload()
+            if reloaded is not None:
+                self._info = reloaded
+                log.info("ray backend: %d kept workers took %s", n, op.kind or type(op).__name__)
+                return
+        if self._actors:  # kept workers of another shape (GPU/CPU, count): start afresh
+            self.shutdown()
+        self._options = options
         self._remote = ray.remote(max_restarts=0, max_task_retries=0)(_Actor)
         self._actors = [self._new_actor() for _ in range(n)]
         self._info = self._check_ready(list(range(n)))
@@ -184,6 +217,20 @@ class RayBackend(Backend):
             return list(ray.get(refs))
         except ray.exceptions.RayActorError as err:
             self.stop()
+            raise WorkerSetupError(f"a worker failed to set up the operation: {_cause(err)}", "fix the input or parameters named above and run again") from err
+
+    def _reload(self) -> list[dict[str, Any]] | None:
+        """Hand the new payload to the kept workers; None if one of them has died meanwhile."""
+        import ray
+
+        refs = [a.load.remote(self._payload) for a in self._actors]
+        try:
+            return list(ray.get(refs))
+        except ray.exceptions.RayActorError as err:
+            log.warning("a kept worker is gone (%s); starting new ones", _cause(err))
+            return None
+        except ray.exceptions.RayTaskError as err:
+            self.shutdown()
             raise WorkerSetupError(f"a worker failed to set up the operation: {_cause(err)}", "fix the input or parameters named above and run again") from err
 
     @property
@@ -253,10 +300,20 @@ class RayBackend(Backend):
         log.warning("replaced worker %d (now %s)", worker, self._info[worker]["name"])
 
     def stop(self) -> None:
+        """End the run: tear the op down on every worker, then end the workers (unless ``keep_workers``)."""
         import ray
 
         if self._actors:  # let live workers tear down (close files) before they are killed
             ray.wait([a.close.remote() for a in self._actors], num_returns=len(self._actors), timeout=10)
+        if self.keep_workers:
+            self._refs = {}
+            return
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """End the workers (kept ones too)."""
+        import ray
+
         for actor in self._actors:
             try:
                 ray.kill(actor, no_restart=True)
@@ -267,6 +324,13 @@ class RayBackend(Backend):
 
     def workers(self) -> list[dict[str, Any]]:
         return [{"worker": i, **info} for i, info in enumerate(self._info)]
+
+    def __enter__(self) -> RayBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._actors:
+            self.shutdown()
 
 
 def _cause(err: BaseException) -> str:

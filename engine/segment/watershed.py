@@ -148,6 +148,12 @@ def edge_scores(a: np.ndarray, b: np.ndarray, values: np.ndarray, scoring: Scori
 def block_edges(frag: np.ndarray, affs: np.ndarray, scoring: Scoring = "mean", quantile: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The region-adjacency edges inside one block (face-adjacent voxels of different nonzero
     fragments) scored by their affinities."""
+    return edge_scores(*block_contacts(frag, affs), scoring, quantile)
+
+
+def block_contacts(frag: np.ndarray, affs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every face-adjacent voxel pair of two different nonzero fragments inside one block: the two
+    fragments and the affinity between the voxels (one entry per voxel pair)."""
     a_all, b_all, v_all = [], [], []
     aff = as_float(affs)
     for d in range(3):
@@ -162,4 +168,6 @@ def block_edges(frag: np.ndarray, affs: np.ndarray, scoring: Scoring = "mean", q
         a_all.append(x[touch])
         b_all.append(y[touch])
         v_all.append(aff[d][tuple(cur)][touch])
-    return edge_scores(np.concatenate(a_all), np.concatenate(b_all), np.concatenate(v_all), scoring, quantile)
+    if not a_all:
+        return np.zeros(0, frag.dtype), np.zeros(0, frag.dtype), np.zeros(0, np.float32)
+    return np.concatenate(a_all), np.concatenate(b_all), np.concatenate(v_all)
