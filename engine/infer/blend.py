@@ -42,7 +42,8 @@ def read_padded(read: Callable[[Box], np.ndarray], box: Box, volume: Box) -> np.
         return data
     out = np.zeros(data.shape[: data.ndim - 3] + box.shape, dtype=data.dtype)
     if not inside.empty:
-        out[(Ellipsis, *inside.to_slices(box))] = data
+        where: tuple[Any, ...] = (Ellipsis, *inside.to_slices(box))
+        out[where] = data
     return out
 
 
@@ -81,6 +82,8 @@ class SlidingWindow:
         self.tta_reduce: TtaReduce = tta_reduce
         #: windows evaluated so far (for statistics and tests)
         self.windows_run = 0
+        #: elements of the arrays the last :meth:`infer_block` held (source, accumulators, one batch)
+        self.last_sizes: dict[str, int] = {}
 
     def windows(self, shape: Sequence[int]) -> WindowGrid:
         """The global windows over a volume of ``shape`` (z, y, x)."""
@@ -126,6 +129,8 @@ class SlidingWindow:
             assert acc is not None
             acc /= wsum
         self.windows_run += len(boxes)
+        batch_elems = min(self.batch_size, len(boxes)) * self.weights.numel() * (src.shape[0] + acc.shape[0])
+        self.last_sizes = {"source": src.numel(), "accumulator": acc.numel() + wsum.numel(), "batch": batch_elems}
         return acc
 
     def __call__(self, volume: np.ndarray | torch.Tensor) -> np.ndarray:

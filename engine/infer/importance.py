@@ -9,14 +9,11 @@ floored at 1e-3 like MONAI's maps); ``constant`` weighs every voxel the same.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
 
 import torch
 
 from engine.errors import ConfigError
-
-BlendMode = Literal["gaussian", "bump", "constant"]
-BLEND_MODES: tuple[str, ...] = get_args(BlendMode)
+from engine.infer.options import BLEND_MODES, BlendMode
 
 
 def _outer(vectors: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -8,18 +8,13 @@ off by default (the float32 path is the exact one) and can be switched on to mea
 from __future__ import annotations
 
 import logging
-from typing import Literal, get_args
 
 import torch
 
 from engine.errors import ConfigError
+from engine.infer.options import ACTIVATIONS, AMPS, Activation, Amp
 
 log = logging.getLogger(__name__)
-
-Activation = Literal["sigmoid", "softmax", "none"]
-ACTIVATIONS: tuple[str, ...] = get_args(Activation)
-Amp = Literal["none", "bf16", "fp16"]
-AMPS: tuple[str, ...] = get_args(Amp)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -59,7 +54,7 @@ class TorchPredictor:
         self.channels_last = channels_last
         model = model.to(self.device).eval()
         if channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)
+            model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
         self.model: torch.nn.Module = torch.compile(model) if compile else model  # type: ignore[assignment]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

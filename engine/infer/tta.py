@@ -13,16 +13,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 
 from engine.errors import ConfigError
-
-TtaMode = Literal["none", "flips", "flips-transpose"]
-TTA_MODES: tuple[str, ...] = get_args(TtaMode)
-TtaReduce = Literal["mean", "min", "max"]
-TTA_REDUCTIONS: tuple[str, ...] = get_args(TtaReduce)
+from engine.infer.options import TTA_MODES, TTA_REDUCTIONS, TtaMode, TtaReduce
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.errors import ConfigError
-from engine.geometry import Box, BlockGrid
+from engine.geometry import BlockGrid, Box
 from engine.geometry.box import Coord
 
 

@@ -1,0 +1,266 @@
+"""Blockwise sliding-window inference: MONAI's windows and weights, known answers, blockwise == whole
+volume == MONAI, serial and Ray, TTA, bounded memory, errors, CLI."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.data.utils import compute_importance_map, dense_patch_slices
+from monai.inferers import sliding_window_inference
+from monai.inferers.utils import _get_scan_interval
+
+from engine.cli import main
+from engine.errors import ConfigError
+from engine.geometry import BlockGrid, Box
+from engine.infer import SlidingWindow, TorchPredictor, WindowGrid, aligned_write_shape, importance_map, transforms
+from engine.models import ModelConfig, build_model, load_checkpoint, save_checkpoint
+from engine.ops.predict import PredictOp, predict_grid, predict_volume
+from engine.storage import create_volume, open_volume
+
+torch.set_num_threads(2)
+
+# A volume that no window, stride or block divides evenly.
+SHAPE = (13, 30, 37)
+
+
+def _volume(shape: tuple[int, ...] = SHAPE, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((1, *shape), dtype=np.float32)
+
+
+def _net(seed: int = 0, out: int = 2) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv3d(4, out, 3, padding=1)).eval()
+
+
+def _monai(vol: np.ndarray, net: torch.nn.Module, roi: tuple[int, ...], overlap: float, batch: int, mode: str = "gaussian") -> np.ndarray:
+    with torch.inference_mode():
+        out = sliding_window_inference(torch.from_numpy(vol)[None], roi, batch, net, overlap=overlap, mode=mode)
+    assert isinstance(out, torch.Tensor)
+    return out.numpy()[0]
+
+
+# -- windows and weights are MONAI's ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("shape", "roi", "overlap"),
+    [((13, 30, 37), (4, 8, 8), 0.5), ((13, 30, 37), (8, 16, 16), 0.25), ((64, 512, 500), (16, 128, 128), 0.5),
+     ((5, 30, 37), (8, 30, 40), 0.6), ((13, 30, 37), (3, 7, 9), 0.75), ((9, 9, 9), (4, 4, 4), 0.0)],
+)
+def test_windows_are_monais(shape: tuple[int, int, int], roi: tuple[int, int, int], overlap: float) -> None:
+    grid = WindowGrid(shape, roi, (overlap,))
+    padded = tuple(max(s, r) for s, r in zip(shape, roi, strict=True))
+    interval = _get_scan_interval(padded, roi, 3, (overlap,) * 3)
+    assert grid.stride == tuple(interval)
+    expected = [tuple((sl.start, sl.stop) for sl in w) for w in dense_patch_slices(padded, roi, interval)]
+    pad = grid.pad_before  # window boxes are in volume coordinates; MONAI's in the padded image
+    mine = [tuple((s + p, e + p) for s, e, p in zip(b.start, b.stop, pad, strict=True)) for b in grid.window_boxes(Box.from_shape(shape))]
+    assert mine == expected and grid.num_windows == len(expected)
+
+
+@pytest.mark.parametrize("roi", [(4, 8, 8), (16, 128, 128), (5, 7, 9)])
+def test_gaussian_map_is_monais_and_bump_is_smooth(roi: tuple[int, int, int]) -> None:
+    assert torch.equal(importance_map(roi, "gaussian"), compute_importance_map(roi, mode="gaussian", sigma_scale=0.125))
+    bump = importance_map(roi, "bump")
+    assert bump.min() >= 1e-3 and torch.equal(bump, bump.flip(0, 1, 2))
+    centre = tuple(r // 2 for r in roi)
+    assert bump[centre] == bump.max() and bump[0, 0, 0] < bump[centre]
+
+
+def test_block_windows_and_read_boxes() -> None:
+    # z: 64 voxels, window 16, stride 8 -> starts 0, 8, ..., 48 (7 windows)
+    w = WindowGrid((64, 512, 512), (16, 128, 128), (0.5,))
+    assert w.counts == (7, 7, 7)
+    # a stride-aligned write box [16, 32) is crossed by windows starting at 8, 16, 24 (one per cut beyond its own)
+    assert list(w.starts_overlapping(0, 16, 32)) == [8, 16, 24]
+    assert w.read_box(Box((16, 0, 0), (32, 64, 64))) == Box((8, 0, 0), (40, 128, 128))
+    grid = BlockGrid(Box.from_shape((64, 512, 512)), (64, 256, 512))
+    # one cut in y: one more window row there: 7 * 8 * 7 windows
+    assert w.windows_computed(grid) == 7 * 8 * 7
+    assert w.context_for(grid) == (0, 64, 0)
+    assert aligned_write_shape(w, (64, 250, 600), (16, 128, 128)) == (64, 256, 512)
+
+
+# -- known answers -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["gaussian", "bump", "constant"])
+@pytest.mark.parametrize(("roi", "overlap"), [((4, 8, 8), 0.5), ((5, 7, 11), 0.25), ((3, 16, 6), 0.75), ((4, 8, 8), 0.0), ((20, 8, 40), 0.5)])
+def test_known_answer_predictors(mode: str, roi: tuple[int, int, int], overlap: float) -> None:
+    vol = _volume()
+    for batch, (name, f) in itertools.product((1, 3, 8), [("identity", lambda x: x), ("2x", lambda x: 2 * x)]):
+        sw = SlidingWindow(f, roi, overlap, mode=mode, batch_size=batch)  # type: ignore[arg-type]
+        out = sw(vol)
+        expected = vol if name == "identity" else 2 * vol
+        assert out.shape == vol.shape
+        np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5, err_msg=f"{name} batch {batch}")
+
+
+@pytest.mark.parametrize("reduce", ["mean", "min", "max"])
+def test_tta_inverts_every_transform(reduce: str) -> None:
+    vol = _volume()
+    # a pointwise predictor commutes with flips and transposes: a wrong inverse would show up
+    sw = SlidingWindow(lambda x: x**2, (4, 8, 8), 0.5, tta="flips-transpose", tta_reduce=reduce, batch_size=3)  # type: ignore[arg-type]
+    np.testing.assert_allclose(sw(vol), vol**2, rtol=0, atol=1e-5)
+    # a conv net does not: over one window the result is the reduction of the inverted outputs
+    net = _net()
+    roi = SHAPE
+    got = SlidingWindow(net, roi, 0.5, tta="flips", tta_reduce=reduce)(vol)
+    x = torch.from_numpy(vol)[None]
+    with torch.no_grad():
+        outs = torch.stack([tf.invert(net(tf.apply(x)))[0] for tf in transforms("flips", roi)])
+    ref = {"mean": outs.mean(0), "min": outs.min(0).values, "max": outs.max(0).values}[reduce].numpy()
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+    assert not np.allclose(got, SlidingWindow(net, roi, 0.5)(vol), atol=1e-3)
+
+
+@pytest.mark.parametrize(("roi", "overlap", "batch"), [((4, 8, 8), 0.5, 3), ((8, 16, 16), 0.25, 1), ((16, 16, 16), 0.5, 2), ((4, 40, 8), 0.6, 4)])
+def test_whole_volume_equals_monai(roi: tuple[int, int, int], overlap: float, batch: int) -> None:
+    vol = _volume()
+    net = _net()
+    got = SlidingWindow(net, roi, overlap, batch_size=batch)(vol)
+    np.testing.assert_allclose(got, _monai(vol, net, roi, overlap, batch), rtol=0, atol=1e-4)
+
+
+def test_blocks_equal_whole_volume() -> None:
+    """Any tiling (stride-aligned or not) gives the whole-volume result; accumulators are block-sized."""
+    vol = _volume()
+    net = _net()
+    sw = SlidingWindow(net, (4, 8, 8), 0.25, batch_size=5)
+    whole = sw(vol)
+    grid = sw.windows(SHAPE)
+    for write in [(5, 9, 13), (13, 16, 37), (2, 30, 19)]:
+        out = np.full_like(whole, np.nan)
+        for block in BlockGrid(Box.from_shape(SHAPE), write).blocks():
+            read = grid.read_box(block.write)
+            assert Box.from_shape(SHAPE).contains(read)  # no padding here: every axis is >= the window
+            src = vol[(slice(None), *read.to_slices())]
+            out[(slice(None), *block.write.to_slices())] = sw.infer_block(src, read, block.write, grid).numpy()
+            assert sw.last_sizes["accumulator"] == (whole.shape[0] + 1) * block.write.size
+            assert sw.last_sizes["source"] == read.size
+        np.testing.assert_allclose(out, whole, rtol=0, atol=1e-5, err_msg=f"blocks of {write}")
+
+
+# -- the op on real stores: blockwise == whole == MONAI, serial and Ray --------------------------------
+RAW_SHAPE = (10, 40, 50)
+WINDOW = (4, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def setup_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, np.ndarray]:
+    """A tiny U-Net checkpoint and a uint8 input volume on disk."""
+    d = tmp_path_factory.mktemp("predict")
+    cfg = ModelConfig(filters=[4, 8], anisotropic_stages=1, norm="none", se=False)
+    torch.manual_seed(1)
+    ckpt = str(d / "ckpt")
+    save_checkpoint(ckpt, build_model(cfg), cfg, {"step": 1})
+    raw = np.random.default_rng(3).integers(0, 256, RAW_SHAPE, dtype=np.uint8)
+    v = create_volume(f"{d}/data.zarr/raw", RAW_SHAPE, "uint8", (5, 20, 25))
+    v.write(v.box, raw)
+    return ckpt, v.url, raw
+
+
+@pytest.fixture(scope="module")
+def reference(setup_data: tuple[str, str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-volume inference in this process, and MONAI's, with the checkpoint's model."""
+    ckpt, _, raw = setup_data
+    batch = 4
+    model, _, _ = load_checkpoint(ckpt)
+    pred = TorchPredictor(model, activation="sigmoid")
+    vol = (raw.astype(np.float32) / 255)[None]
+    whole = SlidingWindow(pred, WINDOW, 0.5, batch_size=batch)(vol)[0]
+    monai = _monai(vol, pred, WINDOW, 0.5, batch)[0]  # type: ignore[arg-type]
+    return whole, monai
+
+
+@pytest.mark.parametrize("block", [(6, 16, 32), (8, 24, 24), (64, 256, 256)])
+def test_op_blockwise_equals_whole_and_monai(
+    tmp_path: Path, setup_data: tuple[str, str, np.ndarray], reference: tuple[np.ndarray, np.ndarray], block: tuple[int, int, int]
+) -> None:
+    ckpt, url, _ = setup_data
+    whole, monai = reference
+    np.testing.assert_allclose(whole, monai, rtol=0, atol=1e-4)
+    out = f"{tmp_path}/out.zarr/prob"
+    res = predict_volume(ckpt, url, out, window=WINDOW, block=block, chunks=(2, 8, 8), dtype="float32", backend="serial", progress=False, batch_size=3)
+    got = open_volume(out).read(Box.from_shape(RAW_SHAPE))
+    np.testing.assert_allclose(got, whole, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got, monai, rtol=0, atol=1e-4)
+    assert res.windows == 4 * 4 * 6 and res.stats["windows"] == res.windows_computed >= res.windows
+    if res.blocks == 1:
+        assert res.windows_computed == res.windows
+
+
+def test_op_ray_uint8_and_resume(
+    tmp_path: Path, setup_data: tuple[str, str, np.ndarray], reference: tuple[np.ndarray, np.ndarray], ray_cluster: str
+) -> None:
+    ckpt, url, _ = setup_data
+    whole, _ = reference
+    out = f"{tmp_path}/out.zarr/prob"
+    res = predict_volume(ckpt, url, out, window=WINDOW, block=(8, 24, 32), chunks=(2, 8, 8), backend="ray", workers=2, address=ray_cluster, progress=False)
+    assert res.blocks == 2 * 2 * 2
+    got = open_volume(out).read(Box.from_shape(RAW_SHAPE))
+    assert got.dtype == np.uint8
+    expected = np.round(np.clip(whole, 0, 1) * 255).astype(np.uint8)
+    # float32 rounding may move a value sitting on .5 by one step; nothing more
+    assert np.abs(got.astype(int) - expected).max() <= 1 and (got != expected).mean() < 1e-3
+    again = predict_volume(ckpt, url, out, window=WINDOW, block=(8, 24, 32), chunks=(2, 8, 8), backend="serial", progress=False)
+    assert again.stats.get("windows", 0) == 0  # all blocks were done
+
+
+def test_memory_is_bounded_by_the_block(tmp_path: Path, setup_data: tuple[str, str, np.ndarray]) -> None:
+    """The op's arrays (input, accumulators, one batch) are sized by the block, not the volume."""
+    ckpt, _, _ = setup_data
+    shape = (32, 128, 128)
+    v = create_volume(f"{tmp_path}/big.zarr/raw", shape, "uint8", (8, 32, 32))
+    op = PredictOp(checkpoint=ckpt, input=v.url, output=f"{tmp_path}/big.zarr/prob", window=WINDOW, chunks=(8, 32, 32), batch_size=2)
+    grid = predict_grid(op, shape, (8, 32, 32))
+    assert grid.write_shape == (8, 32, 32) and grid.num_blocks == 64
+    op.prepare(grid)
+    op.setup()
+    peak = 0
+    for bid in (0, grid.num_blocks // 2, grid.num_blocks - 1):
+        op.process(grid.block(bid))
+        peak = max(peak, sum(op._sw.last_sizes.values()))
+    op.teardown()
+    # input: write box + (window - stride) on each side; accumulators: (1 channel + weights) x write box;
+    # one batch: 2 windows in and out
+    block_bound = (8 + 4) * (32 + 16) * (32 + 16) + 2 * 8 * 32 * 32 + 2 * 2 * 4 * 16 * 16
+    assert peak <= block_bound < int(np.prod(shape)) // 8
+
+
+# -- bad input, pickling, CLI ----------------------------------------------------------------------------
+def test_bad_settings_name_the_fix(tmp_path: Path, setup_data: tuple[str, str, np.ndarray]) -> None:
+    ckpt, url, _ = setup_data
+    with pytest.raises(ConfigError, match=r"overlap must be in \[0, 1\) but 1.5 was given"):
+        WindowGrid(SHAPE, (4, 8, 8), (1.5,))
+    with pytest.raises(ConfigError, match="not divisible by the model's downsampling"):
+        predict_volume(ckpt, url, f"{tmp_path}/o.zarr/p", window=(4, 15, 16), backend="serial", progress=False)
+    with pytest.raises(ConfigError, match="square in y and x"):
+        SlidingWindow(lambda x: x, (4, 8, 16), tta="flips-transpose")
+    cfg = ModelConfig(filters=[4, 8], anisotropic_stages=1, head="affinity")
+    aff = str(tmp_path / "aff")
+    save_checkpoint(aff, build_model(cfg), cfg)
+    with pytest.raises(ConfigError, match="affinity"):
+        predict_volume(aff, url, f"{tmp_path}/o.zarr/p", window=WINDOW, tta="flips", backend="serial", progress=False)
+    assert not Path(f"{tmp_path}/o.zarr/p").exists()
+
+
+def test_op_pickles(setup_data: tuple[str, str, np.ndarray]) -> None:
+    ckpt, url, _ = setup_data
+    op = PredictOp(checkpoint=ckpt, input=url, output="/tmp/x.zarr/p", window=WINDOW, tta="flips", batch_size=7)
+    back = pickle.loads(pickle.dumps(op))
+    assert back == op and back.params() == op.params() and "batch_size" not in op.params()
+
+
+def test_cli(tmp_path: Path, setup_data: tuple[str, str, np.ndarray], capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt, url, raw = setup_data
+    out = f"{tmp_path}/cli.zarr/prob"
+    code = main(["predict", ckpt, url, out, "--window", "4,16,16", "--overlap", "0", "--block", "8,24,32", "--chunks", "2,8,8", "--dtype", "float16",
+                 "--tta", "flips", "--backend", "serial", "--no-progress"])
+    assert code == 0 and "predicted" in capsys.readouterr().out
+    v = open_volume(out)
+    assert v.dtype == np.float16 and v.spatial_shape == RAW_SHAPE
+    assert main(["predict", ckpt, str(tmp_path / "missing.zarr/x"), out, "--backend", "serial"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error" in err[0]
