@@ -183,7 +183,9 @@ def run_pipeline(
             log.info("stage %s: done already (hash %s)", name, digest)
             results.append(StageResult(name, "skipped", 0.0, dict(entry["outputs"]), digest))
             continue
-        start_over = name in forced or (entry is not None and entry.get("hash") != digest)
+        # a changed config, or a finished stage whose outputs were deleted (its done-markers would
+        # claim blocks that no longer exist), starts over; a stage left running/failed resumes
+        start_over = name in forced or (entry is not None and (entry.get("hash") != digest or entry.get("status") == "done"))
         if entry is not None and not start_over:
             log.info("stage %s: resuming (it was %s)", name, entry.get("status"))
         results.append(_run_stage(name, p, manifest, cfg, run_dir, start_over))
