@@ -2,8 +2,7 @@
 boolean ``known`` mask of the same shape.
 
 Geometric augmentations (flips, yx transpose, rot90, elastic warp, misalignment) move the image, the
-labels and the known mask alike; photometric ones (intensity, noise, blur, missing sections, a slipped
-section) touch only the image. Targets are computed *after* augmentation, so direction-dependent targets
+labels and the known mask alike; photometric ones (intensity, noise, blur, missing sections) touch only the image. Targets are computed *after* augmentation, so direction-dependent targets
 (affinities) stay right. All randomness comes from the ``numpy.random.Generator`` passed in.
 
 >>> rng = np.random.default_rng(0)
@@ -86,20 +85,18 @@ def _shift(a: np.ndarray, dy: int, dx: int, fill: object) -> np.ndarray:
 
 
 def misalign(image: np.ndarray, labels: np.ndarray, known: np.ndarray, rng: np.random.Generator, max_shift: int) -> Crops:
-    """Misalignment: either every section from a random z on shifts in-plane (image, labels and known move
-    together; the uncovered border becomes unknown), or one section slips (image only)."""
+    """Misalignment: every section from a random z on shifts in-plane (translation), or one section alone
+    slips. Image, labels and known mask move together (the data are misaligned, the objects are not cut);
+    the uncovered border becomes unknown."""
     if image.shape[0] < 2 or max_shift < 1:
         return image, labels, known
     dy, dx = (int(v) for v in rng.integers(-max_shift, max_shift + 1, size=2))
     z = int(rng.integers(1, image.shape[0]))
-    if rng.random() < 0.5:  # translation of the stack above z
-        image, labels, known = image.copy(), labels.copy(), known.copy()
-        image[z:] = _shift(image[z:], dy, dx, float(image.mean()))
-        labels[z:] = _shift(labels[z:], dy, dx, 0)
-        known[z:] = _shift(known[z:], dy, dx, False)
-        return image, labels, known
-    image = image.copy()
-    image[z] = _shift(image[z], dy, dx, float(image.mean()))
+    sl = slice(z, None) if rng.random() < 0.5 else slice(z, z + 1)
+    image, labels, known = image.copy(), labels.copy(), known.copy()
+    image[sl] = _shift(image[sl], dy, dx, float(image.mean()))
+    labels[sl] = _shift(labels[sl], dy, dx, 0)
+    known[sl] = _shift(known[sl], dy, dx, False)
     return image, labels, known
 
 

@@ -94,8 +94,8 @@ class SamplingConfig(Config):
 class AugmentConfig(Config):
     """EM augmentations; each number is the probability that the augmentation is applied to a crop.
 
-    Geometric ones (flips, transposes, rot90, elastic, misalignment) move image and labels alike; photometric
-    ones (intensity, noise, blur, missing sections, slip) touch only the image.
+    Geometric ones (flips, transposes, rot90, elastic, misalignment and slip) move image and labels alike;
+    photometric ones (intensity, noise, blur, missing sections) touch only the image.
     """
 
     flip: bool = True
