@@ -1,0 +1,64 @@
+"""``connectile bench [--address RAY_ADDRESS]``: the benchmark suite, as a user runs it.
+
+Runs every ``benchmarks/bench_*.py`` in quick mode (``--full`` for the full sizes) on the Ray cluster
+at ``--address`` (default: each script starts a local one), with a progress bar, then prints one
+table of throughputs and ratios against the peers (a ratio above 1 means Connectile did better) and
+saves it, with every JSON line the scripts printed and the hardware it ran on, as JSON
+(default ``benchmarks/results/bench-<time>.json``; ``benchmarks/projection.py`` reads its
+``stage_costs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``connectile bench``."""
+    parser = subparsers.add_parser("bench", help="run the benchmark suite against the peers and print one table (saved as JSON)", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--address", default=None, help="Ray cluster to run on (default: a local cluster per script)")
+    parser.add_argument("--only", action="append", default=None, metavar="NAME", help="only this benchmark (runtime, cc, ...; repeatable)")
+    parser.add_argument("--full", action="store_true", help="full sizes instead of quick mode (minutes to hours)")
+    parser.add_argument("--out", default=None, help="JSON file to write (default: benchmarks/results/bench-<time>.json)")
+    parser.add_argument("--benchmarks", default=str(REPO / "benchmarks"), help="folder of the bench_*.py scripts (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per script (default: %(default)s)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the suite, print the table, write the JSON; exit 1 if a script failed or disagreed."""
+    from engine.bench import bench_rows, discover_scripts, hardware_info, run_suite, stage_costs, table
+    from engine.errors import StorageError
+
+    folder = Path(args.benchmarks)
+    scripts = discover_scripts(folder, args.only, quick=not args.full)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    out = Path(args.out) if args.out else folder / "results" / f"bench-{stamp}.json"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".log").write_text("")
+    except OSError as err:
+        raise StorageError(f"cannot write the results to {out}: {err.strerror or err}", "give --out in a writable folder") from err
+    hardware = hardware_info(args.address)
+    lines, status = run_suite(scripts, address=args.address, log_path=out.with_suffix(".log"), timeout=args.timeout, progress=args.progress)
+    rows = bench_rows(lines)
+    print(table(rows))
+    for s in status:
+        if s["returncode"] != 0:
+            print(f"{s['script']}: exited {s['returncode']} after {s['seconds']} s (log: {out.with_suffix('.log')})")
+    result = {
+        "kind": "connectile-bench", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "address": args.address,
+        "quick": not args.full, "hardware": hardware, "scripts": status, "rows": rows, "stage_costs": stage_costs(lines), "lines": lines,
+    }
+    out.write_text(json.dumps(result, indent=1, default=str))
+    print(f"saved {out}")
+    bad = [s for s in status if s["returncode"] != 0] + [r for r in rows if r.get("agree") is False]
+    return 1 if bad else 0

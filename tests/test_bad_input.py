@@ -1,0 +1,197 @@
+"""The bad-input catalogue: each case runs the real ``connectile`` command on a bad input and expects a
+non-zero exit, exactly one line on stderr that names the problem, and no output marked done.
+
+Most cases run :func:`engine.cli.main` in this process (starting Python for each would cost about two
+seconds a case); the interrupted run is a real subprocess that gets SIGINT. The blockwise commands run
+with ``--backend serial`` where a block would run at all (most cases fail before any block).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from engine.cli import main
+from engine.storage import create_volume
+
+REPO = Path(__file__).resolve().parents[1]
+SERIAL = ["--backend", "serial", "--no-progress"]
+
+
+@dataclass
+class Case:
+    """A bad input: ``make(tmp)`` builds it and returns the argv; ``pattern`` must be in the one error line."""
+
+    name: str
+    make: Callable[[Path], list[str]]
+    pattern: str
+
+
+# -- inputs --------------------------------------------------------------------------------------
+def _vol(tmp: Path, name: str, data: np.ndarray, chunks: tuple[int, ...] | None = None) -> str:
+    v = create_volume(str(tmp / "in.zarr" / name), data.shape, data.dtype, chunks or tuple(min(16, s) for s in data.shape))
+    v.write(v.box, data)
+    return v.url
+
+
+def _mask(tmp: Path) -> str:
+    m = np.zeros((8, 32, 32), np.uint8)
+    m[2:6, 4:20, 4:20] = 1
+    return _vol(tmp, "mask", m)
+
+
+def _png(path: Path, shape: tuple[int, int], value: int = 7) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.full(shape, value, np.uint8)).save(path)
+
+
+def _slices(tmp: Path, shapes: list[tuple[int, int]]) -> str:
+    d = tmp / "slices"
+    d.mkdir()
+    for i, s in enumerate(shapes):
+        _png(d / f"{i}.png", s)
+    return str(d)
+
+
+def _h5(tmp: Path) -> str:
+    import h5py
+
+    with h5py.File(tmp / "a.h5", "w") as f:
+        f["raw"] = np.zeros((4, 8, 8), np.uint8)
+        f["flat"] = np.zeros((8, 8), np.uint8)
+    return str(tmp / "a.h5")
+
+
+def _corrupt_store(tmp: Path) -> str:
+    d = tmp / "bad.zarr" / "x"
+    d.mkdir(parents=True)
+    (d / ".zarray").write_text("{ this is not json")
+    return str(d)
+
+
+def _config(tmp: Path, data: dict | str) -> str:
+    p = tmp / "run.yaml"
+    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return str(p)
+
+
+def _run_cfg(tmp: Path, **sections: object) -> dict:
+    return {"run_dir": str(tmp / "run"), "runtime": {"backend": "serial", "progress": False}, **sections}
+
+
+def _affs(tmp: Path, shape: tuple[int, ...], dtype: str = "float32") -> str:
+    return _vol(tmp, "affs", np.full(shape, 0.9, dtype), tuple(min(16, s) for s in shape))
+
+
+CASES = [
+    # ingest
+    Case("ingest: missing source", lambda t: ["ingest", str(t / "nowhere"), str(t / "o.zarr/raw")], "nowhere"),
+    Case("ingest: folder without images", lambda t: (t / "empty").mkdir() or ["ingest", str(t / "empty"), str(t / "o.zarr/raw")], "empty"),
+    Case("ingest: corrupt TIFF", lambda t: (t / "x.tif").write_bytes(b"II*\x00garbage" * 10) and ["ingest", str(t / "x.tif"), str(t / "o.zarr/raw")], "x.tif"),
+    Case("ingest: slices of different shapes", lambda t: ["ingest", _slices(t, [(16, 16), (16, 16), (16, 20)]), str(t / "o.zarr/raw")], "2.png"),
+    Case("ingest: missing HDF5 dataset", lambda t: ["ingest", _h5(t) + ":nope", str(t / "o.zarr/raw")], "nope"),
+    Case("ingest: 2D HDF5 dataset", lambda t: ["ingest", _h5(t) + ":flat", str(t / "o.zarr/raw")], "flat"),
+    Case("ingest: bad voxel size", lambda t: ["ingest", _h5(t) + ":raw", str(t / "o.zarr/raw"), "--voxel-size", "a,b,c"], "voxel"),
+    Case("ingest: zero chunk", lambda t: ["ingest", _h5(t) + ":raw", str(t / "o.zarr/raw"), "--chunks", "0,8,8"], "chunks"),
+    Case("ingest: unknown dtype", lambda t: ["ingest", _h5(t) + ":raw", str(t / "o.zarr/raw"), "--dtype", "float99"], "float99"),
+    Case("ingest: unwritable output", lambda t: (t / "afile").write_text("x") and ["ingest", _h5(t) + ":raw", str(t / "afile" / "o.zarr/raw")], "afile"),
+    # synth
+    Case("synth: zero shape", lambda t: ["synth", str(t / "s.zarr"), "--shape", "0,64,64"], "shape"),
+    Case("synth: two numbers for a shape", lambda t: ["synth", str(t / "s.zarr"), "--shape", "8,64"], "shape"),
+    Case("synth: negative parameter", lambda t: ["synth", str(t / "s.zarr"), "--shape", "8,32,32", "--set", "neuron_spacing=-1"], "neuron_spacing"),
+    Case("synth: unknown parameter", lambda t: ["synth", str(t / "s.zarr"), "--shape", "8,32,32", "--set", "colour=3"], "colour"),
+    Case("synth: block not whole chunks", lambda t: ["synth", str(t / "s.zarr"), "--shape", "8,32,32", "--chunks", "8,16,16", "--block", "8,24,24"], "block"),
+    # label
+    Case("label: missing input store", lambda t: ["label", str(t / "no.zarr/mask"), str(t / "o.zarr/cc"), *SERIAL], "no.zarr"),
+    Case("label: corrupt input store", lambda t: ["label", _corrupt_store(t), str(t / "o.zarr/cc"), *SERIAL], "bad.zarr"),
+    Case("label: float input without threshold", lambda t: ["label", _vol(t, "p", np.zeros((8, 16, 16), np.float32)), str(t / "o.zarr/cc"), *SERIAL], "threshold"),
+    Case("label: threshold outside [0, 1] for uint8", lambda t: ["label", _mask(t), str(t / "o.zarr/cc"), "--threshold", "2", *SERIAL], "threshold"),
+    Case("label: NaN threshold", lambda t: ["label", _mask(t), str(t / "o.zarr/cc"), "--threshold", "nan", *SERIAL], "threshold"),
+    Case("label: 4D input", lambda t: ["label", _vol(t, "c", np.zeros((2, 8, 16, 16), np.uint8)), str(t / "o.zarr/cc"), *SERIAL], "axes"),
+    Case("label: output is the input", lambda t: ["label", (u := _mask(t)), u, *SERIAL], "output is the input"),
+    Case("label: bad block", lambda t: ["label", _mask(t), str(t / "o.zarr/cc"), "--block", "8,x,8", *SERIAL], "--block"),
+    Case("label: zero workers", lambda t: ["label", _mask(t), str(t / "o.zarr/cc"), "--workers", "0", "--no-progress"], "--workers"),
+    # segment
+    Case("segment: affinities without channels", lambda t: ["segment", _affs(t, (8, 16, 16)), str(t / "o.zarr/seg"), *SERIAL], "(3, z, y, x)"),
+    Case("segment: integer affinities", lambda t: ["segment", _affs(t, (3, 8, 16, 16), "int32"), str(t / "o.zarr/seg"), *SERIAL], "int32"),
+    Case("segment: quantile outside [0, 1]", lambda t: ["segment", _affs(t, (3, 8, 16, 16)), str(t / "o.zarr/seg"), "--scoring", "quantile", "--quantile", "2", *SERIAL], "quantile"),
+    # run
+    Case("run: missing config file", lambda t: ["run", str(t / "none.yaml")], "none.yaml"),
+    Case("run: invalid YAML", lambda t: ["run", _config(t, "synth: [1, 2\nlabel: x")], "not valid YAML"),
+    Case("run: unknown key", lambda t: ["run", _config(t, _run_cfg(t, synth={"shape": [8, 32, 32], "colour": 1}))], "synth.colour"),
+    Case("run: wrong type", lambda t: ["run", _config(t, _run_cfg(t, synth={"shape": [8, 32, 32]}, label={"input": "synth.mito", "min_size": "big"}))], "label.min_size"),
+    Case("run: missing input", lambda t: ["run", _config(t, _run_cfg(t, label={"input": str(t / "gone.zarr/mask")}))], "gone.zarr"),
+    Case("run: unknown stage for --only", lambda t: ["run", _config(t, _run_cfg(t, synth={"shape": [8, 32, 32]})), "--only", "trian"], "trian"),
+    Case("run: bad --set", lambda t: ["run", _config(t, _run_cfg(t, synth={"shape": [8, 32, 32]})), "--set", "synth.shape"], "key=value"),
+    Case("run: run_dir is a file", lambda t: (t / "f").write_text("x") and ["run", _config(t, {**_run_cfg(t, synth={"shape": [8, 32, 32]}), "run_dir": str(t / "f")})], "is a file"),
+    Case("run: NaN in the raw data", lambda t: ["run", _config(t, _run_cfg(t, label={"input": _vol(t, "nan", np.full((8, 16, 16), np.nan, np.float32)), "threshold": 0.5}))], "NaN"),
+    # demo
+    Case("demo: volume smaller than a chunk", lambda t: ["demo", "--out", str(t / "demo"), "--shape", "8,8,8", *SERIAL], "smaller than one chunk"),
+    Case("demo: shape not numbers", lambda t: ["demo", "--out", str(t / "demo"), "--shape", "a,b,c", *SERIAL], "--shape"),
+]
+
+
+def _nothing_done(tmp: Path) -> list[str]:
+    """Done-markers with done rows, finished results and manifest entries marked done under ``tmp``."""
+    found = []
+    for db in tmp.rglob("markers.sqlite"):
+        with sqlite3.connect(db) as conn:
+            n = conn.execute("SELECT COUNT(*) FROM blocks WHERE status=1").fetchone()[0]
+        if n:
+            found.append(f"{db}: {n} done")
+    found += [str(p) for p in tmp.rglob("result.json")]
+    for m in tmp.rglob("manifest.json"):
+        found += [f"{m}: {k} done" for k, e in json.loads(m.read_text())["stages"].items() if e["status"] == "done"]
+    return found
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = case.make(tmp_path)
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code != 0
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"connectile {argv[0]}: error: "), lines[0]
+    assert case.pattern in lines[0], lines[0]
+    assert _nothing_done(tmp_path) == []
+
+
+def test_catalogue_size() -> None:
+    assert len(CASES) + 1 >= 25
+
+
+def test_an_interrupted_run_exits_130_and_marks_nothing_done(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) in the middle of ``connectile run``: one line saying how to resume, exit 130,
+    and the stage stays unfinished in the manifest."""
+    cfg = _config(tmp_path, _run_cfg(tmp_path, synth={"shape": [32, 256, 256], "chunks": [8, 32, 32]}))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", cfg], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = tmp_path / "run" / ".state" / "synth" / "markers.sqlite"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not db.exists() and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 130
+    assert lines == ["connectile run: interrupted; run the same command again to resume"]
+    entry = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["synth"]
+    assert entry["status"] == "failed" and entry["outputs"] == {}
