@@ -117,7 +117,7 @@ def train_vae(crops: np.ndarray, cfg: VaeConfig, device: str = "auto", progress:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * batch.shape[0]
+            total += loss.item() * batch.shape[0]
             count += batch.shape[0]
         last = total / max(count, 1)
     log.info("VAE latent %d trained on %d crops for %d epochs, last loss %.4f", cfg.latent_dim, x.shape[0], cfg.epochs, last)

@@ -98,6 +98,28 @@ def oracle_answers(
     return out
 
 
+def objects_correct(labels: str, table: str | os.PathLike[str], gt: str, *, criterion: Criterion = "cover", threshold: float = 0.5,
+                    gt_binary: bool = False, margin: tuple[int, int, int] = (2, 16, 16), min_voxels: int = 0) -> np.ndarray:
+    """Whether each object of an object table (rows in table order, objects smaller than
+    ``min_voxels`` left out) is correct: the ROI accuracy of a prediction is the mean of this."""
+    from engine.geometry import Box
+    from engine.ops.objects import read_object_table
+    from engine.storage import open_volume
+
+    cols = read_object_table(table)
+    lab, truth = open_volume(labels), open_volume(gt)
+    if truth.spatial_shape != lab.spatial_shape:
+        raise StorageError(f"the ground truth {truth.url} has shape {truth.spatial_shape}, the labels {lab.spatial_shape}",
+                           "give the ground truth of the predicted volume")
+    keep = np.flatnonzero(cols["voxels"] >= max(1, min_voxels))
+    out = np.zeros(keep.size, bool)
+    for j, i in enumerate(keep.tolist()):
+        box = Box(tuple(int(cols[c][i]) for c in ("z0", "y0", "x0")), tuple(int(cols[c][i]) for c in ("z1", "y1", "x1")))
+        box = box.grow(margin).intersect(lab.box)
+        out[j] = object_correct(lab.read(box), truth.read(box), int(cols["id"][i]), criterion, threshold, gt_binary)
+    return out
+
+
 def answer_round(run_dir: str | os.PathLike[str], round_number: int, gt: str, **kwargs: object) -> dict[int, bool]:
     """Answer the queries of a round from ground truth into its answer store (source 'oracle') and
     finish the round. Returns the answers."""

@@ -102,7 +102,7 @@ def triplet_finetune(model: VAE, crops: np.ndarray, accepted: np.ndarray, cfg: T
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return losses
 
 

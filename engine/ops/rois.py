@@ -237,6 +237,24 @@ def _objects_from_table(table: str | os.PathLike[str], min_voxels: int) -> dict[
     }
 
 
+def _check_table_fits(labels: Volume, objects: dict[str, np.ndarray], table: str | os.PathLike[str], sample: int = 8) -> None:
+    """A cheap driver-side check that the table describes this label volume: a few objects (spread
+    over the table) must lie in their bounding boxes, with their voxel counts."""
+    n = objects["id"].size
+    box_all = labels.box
+    for i in np.unique(np.linspace(0, n - 1, min(sample, n)).astype(np.int64)).tolist():
+        b = objects["bbox"][i]
+        box = Box(tuple(b[:3]), tuple(b[3:]))
+        if not box_all.contains(box) or box.empty:
+            raise StorageError(f"object {objects['id'][i]} of the table {table} has the bounding box {box}, outside {labels.url} {box_all}",
+                               "the object table does not belong to this label volume; label it again with --table")
+        got = int((labels.read(box) == objects["id"][i].astype(labels.dtype)).sum())
+        if got != int(objects["voxels"][i]):
+            raise StorageError(
+                f"object {objects['id'][i]} of the table {table} has {int(objects['voxels'][i])} voxels but {got} in {labels.url} inside its bounding box",
+                "the object table does not belong to this label volume; label it again with --table")
+
+
 def _digest(objects: dict[str, np.ndarray]) -> str:
     h = hashlib.sha256()
     for k in sorted(objects):
@@ -288,6 +306,7 @@ def extract_rois(
     n = int(objects["id"].size)
     if n == 0:
         raise StorageError(f"the object table {table} holds no objects of at least {max(1, min_voxels)} voxels", "check the threshold and --min-voxels")
+    _check_table_fits(lab, objects, table)
     out = rois_dir(run_dir)
     digest = _digest(objects)
     params: dict[str, Any] = {"labels": lab.url, "image": img.url, "table": os.fspath(table), "prob": prob, "pre": pre, "pre_value": pre_value,
