@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +198,90 @@ def test_dockerfile_builds_on_cuda_torch_with_the_pins() -> None:
             assert (REPO / part).exists(), f"COPY {part}: no such path"
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert ".venv" in ignore and ".git" in ignore
+
+
+# -- scale on paper: benchmarks/projection.py -----------------------------------------------------
+def _projection() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("projection", REPO / "benchmarks" / "projection.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["projection"] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_projection_adds_up_and_scales(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    proj = _projection()
+    costs = proj.DEFAULT_COSTS
+    a = dict(proj.DEFAULT_ASSUMPTIONS)
+    _, d64 = proj.report(1e15, 64, costs, "defaults", a)
+    _, d256 = proj.report(1e15, 256, costs, "defaults", a)
+    assert d64["wall_hours"] == pytest.approx(sum(s["wall_h"] for s in d64["stages"]))
+    assert d64["gpu_hours"] == pytest.approx(d64["wall_hours"] * 64)
+    by = {s["stage"]: s for s in d64["stages"]}
+    by4 = {s["stage"]: s for s in d256["stages"]}
+    # compute and storage time of the volume stages scale as 1/workers; training is a fixed cost
+    assert by4["predict"]["compute_h"] == pytest.approx(by["predict"]["compute_h"] / 4)
+    assert by4["segment"]["io_h"] == pytest.approx(by["segment"]["io_h"] / 4)
+    assert by4["train"]["wall_h"] == by["train"]["wall_h"]
+    # predict: 1e15 voxels x 2 rounds x 10 s/Gvox / (64 GPUs x 0.8) = 390,625 s
+    assert by["predict"]["compute_h"] * 3600 == pytest.approx(1e15 * 2 * 10 / 1e9 / (64 * 0.8))
+    assert proj.main(["--gpus", "256"]) == 0
+    out = capsys.readouterr().out
+    assert "total wall time" in out and "| predict | gpu | 256 |" in out and "Assumptions:" in out
+    assert proj.main(["--gpus", "0"]) == 2
+
+
+def test_projection_reads_measured_costs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    proj = _projection()
+    f = tmp_path / "costs.json"
+    f.write_text(json.dumps({"kind": "connectile-stage-costs", "stage_costs": {"predict": {"worker_s_per_gvox": 20.0, "device": "gpu", "source": "measured on an H100"}}}))
+    costs, source = proj.load_costs(f)
+    assert source == str(f) and costs["predict"].worker_s_per_gvox == 20.0 and "measured on an H100" in costs["predict"].source
+    assert costs["predict"].bytes_per_voxel == proj.DEFAULT_COSTS["predict"].bytes_per_voxel  # the rest kept
+    assert proj.main(["--gpus", "8", "--costs", str(f), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["costs"]["predict"]["worker_s_per_gvox"] == 20.0
+
+
+# -- benchmarking as a user does it: connectile bench ---------------------------------------------
+FAKE_BENCH = '''
+import json, sys  # takes "--quick"
+print("some chatter")
+print(json.dumps({"bench": "machine", "cpu": "x", "quick": "--quick" in sys.argv}))
+print(json.dumps({"bench": "dispatch", "connectile_blocks_per_s": 5000.0, "peer": "daisy 2.0.0", "peer_blocks_per_s": 1000.0, "ratio": 5.0}))
+print(json.dumps({"bench": "gaussian", "shape": [100, 100, 100], "workers": 2, "connectile_s": 2.0, "peer_s": 3.0, "peer": "scipy", "ratio": 1.5}))
+print(json.dumps({"bench": "connected_components", "variant": "uint64", "shape": [100, 100, 100], "workers": 2, "connectile_s": 4.0, "peer_s": 2.0, "ratio": 0.5, "agree": True}))
+'''
+
+
+def test_connectile_bench_table_json_and_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    bench = tmp_path / "benchmarks"
+    bench.mkdir()
+    (bench / "bench_fake.py").write_text(FAKE_BENCH)
+    out = tmp_path / "r" / "bench.json"
+    assert main(["bench", "--benchmarks", str(bench), "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    rows = [ln for ln in text.splitlines() if ln.startswith(("dispatch", "gaussian", "connected_components"))]
+    assert len(rows) == 3
+    assert "5,000" in rows[0] and "1,000" in rows[0] and "5.00x" in rows[0] and "blocks/s" in rows[0]
+    assert "0.50" in rows[1] and "0.33" in rows[1] and "Mvoxel/s" in rows[1]  # 1e6 voxels in 2 s and 3 s
+    data = json.loads(out.read_text())
+    assert data["quick"] and data["scripts"][0]["command"].endswith("bench_fake.py --quick") and data["scripts"][0]["returncode"] == 0
+    assert data["hardware"]["cores"] == os.cpu_count() and "cpu" in data["hardware"]
+    assert data["stage_costs"]["filter"]["worker_s_per_gvox"] == pytest.approx(2.0 * 2 / 1e-3)
+    assert data["stage_costs"]["label"]["worker_s_per_gvox"] == pytest.approx(4.0 * 2 / 1e-3)
+    assert len(data["lines"]) == 4
+    proj = _projection()
+    costs, source = proj.load_costs(out)  # what projection.py reads
+    assert source == str(out) and costs["label"].worker_s_per_gvox == pytest.approx(8000.0)
+
+    (bench / "bench_fake.py").write_text(FAKE_BENCH + "\nraise SystemExit(3)\n")
+    assert main(["bench", "--benchmarks", str(bench), "--out", str(out), "--no-progress"]) == 1
+    assert "fake: exited 3" in capsys.readouterr().out
+    assert main(["bench", "--benchmarks", str(bench), "--only", "nope", "--no-progress"]) == 2
+    assert "no benchmark named nope" in capsys.readouterr().err

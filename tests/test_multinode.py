@@ -182,3 +182,28 @@ def test_label_stage_job_runs_on_both_nodes_and_equals_single_node(two_nodes: Tw
     got, want = open_volume(out), open_volume(ref.output)
     assert ref.objects > 3
     np.testing.assert_array_equal(got.read(got.box), want.read(want.box))
+
+
+def test_label_stage_on_ray_records_workers_and_equals_serial(ray_cluster: str, tmp_path: Path) -> None:
+    """The fast variant (one node, the session cluster): the same stage and config through
+    ``run_pipeline`` on Ray; the summary names each worker's node and block count, which is what the
+    two-node test reads, and the output equals the serial run."""
+    from engine.pipeline.run import pipeline_config, run_pipeline
+    from engine.storage import open_volume
+
+    src = _mask_volume(tmp_path)
+    outs = {}
+    for backend in ("ray", "serial"):
+        run_dir = tmp_path / backend
+        cfg = pipeline_config({
+            "run_dir": str(run_dir), "runtime": {"backend": backend, "progress": False, "workers": 2},
+            "label": {"input": src, "block": [16, 32, 32], "chunks": [16, 32, 32], "table": False},
+        })
+        outs[backend] = run_pipeline(cfg)[0].outputs["labels"]
+        summary = json.loads((run_dir / ".state" / "label" / "local" / "summary.json").read_text())
+        assert summary["backend"] == backend and summary["done"] == 8
+        assert sum(w["blocks"] for w in summary["workers"]) == 8
+        if backend == "ray":
+            assert len(summary["workers"]) == 2 and all(len(w["node"]) == 56 for w in summary["workers"])  # Ray node ids (hex)
+    got, want = open_volume(outs["ray"]), open_volume(outs["serial"])
+    np.testing.assert_array_equal(got.read(got.box), want.read(want.box))
