@@ -273,11 +273,16 @@ def test_connectile_bench_table_json_and_exit_code(tmp_path: Path, capsys: pytes
     data = json.loads(out.read_text())
     assert data["quick"] and data["scripts"][0]["command"].endswith("bench_fake.py --quick") and data["scripts"][0]["returncode"] == 0
     assert data["hardware"]["cores"] == os.cpu_count() and "cpu" in data["hardware"]
-    assert data["stage_costs"]["filter"]["worker_s_per_gvox"] == pytest.approx(2.0 * 2 / 1e-3)
-    assert data["stage_costs"]["label"]["worker_s_per_gvox"] == pytest.approx(4.0 * 2 / 1e-3)
+    assert data["stage_costs_quick"]["filter"]["worker_s_per_gvox"] == pytest.approx(2.0 * 2 / 1e-3)
+    assert data["stage_costs_quick"]["label"]["worker_s_per_gvox"] == pytest.approx(4.0 * 2 / 1e-3)
+    assert "upper bound" in data["stage_costs_quick"]["label"]["source"]
     assert len(data["lines"]) == 4
     proj = _projection()
-    costs, source = proj.load_costs(out)  # what projection.py reads
+    assert proj.load_costs(out)[0]["label"].worker_s_per_gvox == proj.DEFAULT_COSTS["label"].worker_s_per_gvox  # quick costs are not used
+
+    assert main(["bench", "--benchmarks", str(bench), "--out", str(out), "--no-progress", "--full"]) == 0
+    capsys.readouterr()
+    costs, source = proj.load_costs(out)  # what projection.py reads after a full run
     assert source == str(out) and costs["label"].worker_s_per_gvox == pytest.approx(8000.0)
 
     (bench / "bench_fake.py").write_text(FAKE_BENCH + "\nraise SystemExit(3)\n")
