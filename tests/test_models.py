@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,15 @@ from engine.models.blocks import SqueezeExcitation
 from engine.models.unet import fold_sections
 
 TINY = [4, 8, 8]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One torch thread: faster than two on this shared 2-core machine (no spinning against other jobs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _z_dependence(model: torch.nn.Module, shape: tuple[int, ...], z: int) -> list[int]:
@@ -187,3 +197,15 @@ def test_model_and_config_pickle_round_trip() -> None:
     again = pickle.loads(pickle.dumps(model))
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k])
+
+
+def test_strided_input_convolution_keeps_the_output_size() -> None:
+    for dims, shape in ((2, (2, 1, 32, 32)), (3, (1, 1, 4, 32, 32))):
+        cfg = ModelConfig(dims=dims, filters=TINY, input_stride=2)  # type: ignore[arg-type]
+        model = build_model(cfg).eval()
+        assert model.divisor == (1, 8, 8)  # anisotropic by default: no z pooling in 3 levels
+        feats = model.encoder(torch.rand(*shape))
+        assert tuple(feats[0].shape[-2:]) == (16, 16)  # the first level runs at half resolution in-plane
+        assert model(torch.rand(*shape)).shape == (shape[0], 1, *shape[2:])
+    with pytest.raises(ValueError, match="input_stride"):
+        ModelConfig(input_stride=3)

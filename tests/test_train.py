@@ -7,6 +7,7 @@ import json
 import pickle
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,15 @@ from engine.storage import create_volume
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (12, 48, 48)
 NO_AUG = {"flip": False, "transpose": False, "rot90": False, "intensity": 0, "noise": 0, "blur": 0, "missing_section": 0, "misalign": 0, "elastic": 0}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One torch thread: faster than two on this shared 2-core machine (no spinning against other jobs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _volumes(root: Path, labels: np.ndarray | None = None, raw: np.ndarray | None = None) -> tuple[str, str]:

@@ -57,8 +57,11 @@ class Encoder(nn.Module):
         self.dims = cfg.dims
         aniso = [cfg.dims == 3 and i < cfg.anisotropic_stages for i in range(cfg.levels)]
         f0 = cfg.filters[0]
+        stem = conv_nd(cfg.dims, cfg.network_in_channels, f0, kernel(cfg.dims, aniso[0], cfg.input_kernel_xy), bias=cfg.norm == "none")
+        if cfg.input_stride > 1:
+            stem.stride = ((1,) if cfg.dims == 3 else ()) + (cfg.input_stride, cfg.input_stride)  # type: ignore[assignment]
         self.stem = nn.Sequential(
-            conv_nd(cfg.dims, cfg.network_in_channels, f0, kernel(cfg.dims, aniso[0], cfg.input_kernel_xy), bias=cfg.norm == "none"),
+            stem,
             norm_nd(cfg.dims, cfg.norm, f0),
             activation(cfg.activation),
         )
@@ -130,7 +133,10 @@ class UNet(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != self.config.network_in_channels:
             raise ValueError(f"expected {self.config.network_in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-        return self.head(self.decoder(self.encoder(x)))
+        out = self.head(self.decoder(self.encoder(x)))
+        if out.shape[2:] != x.shape[2:]:  # a strided input convolution: back to the input's size
+            out = F.interpolate(out, size=x.shape[2:], mode="trilinear" if x.dim() == 5 else "bilinear", align_corners=False)
+        return out
 
 
 class PatchEncoder(nn.Module):
