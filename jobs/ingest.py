@@ -1,6 +1,6 @@
 """Ray job entrypoint: the ``ingest`` stage of a pipeline config.
 
-    ray job submit --working-dir . -- python jobs/ingest.py --config jobs/configs/ingest.yaml
+    ray job submit --working-dir . -- python jobs/ingest.py --config jobs/configs/lucchi.yaml
 """
 
 from __future__ import annotations

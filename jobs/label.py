@@ -1,6 +1,6 @@
 """Ray job entrypoint: the ``label`` stage of a pipeline config.
 
-    ray job submit --working-dir . -- python jobs/label.py --config jobs/configs/label.yaml
+    ray job submit --working-dir . -- python jobs/label.py --config jobs/configs/tiny.yaml
 """
 
 from __future__ import annotations

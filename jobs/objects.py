@@ -1,6 +1,6 @@
 """Ray job entrypoint: the ``objects`` stage of a pipeline config.
 
-    ray job submit --working-dir . -- python jobs/objects.py --config jobs/configs/objects.yaml
+    ray job submit --working-dir . -- python jobs/objects.py --config jobs/configs/tiny.yaml
 """
 
 from __future__ import annotations

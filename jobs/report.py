@@ -1,6 +1,6 @@
 """Ray job entrypoint: the ``report`` stage of a pipeline config.
 
-    ray job submit --working-dir . -- python jobs/report.py --config jobs/configs/report.yaml
+    ray job submit --working-dir . -- python jobs/report.py --config jobs/configs/tiny.yaml
 """
 
 from __future__ import annotations

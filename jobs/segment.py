@@ -1,6 +1,6 @@
 """Ray job entrypoint: the ``segment`` stage of a pipeline config.
 
-    ray job submit --working-dir . -- python jobs/segment.py --config jobs/configs/segment.yaml
+    ray job submit --working-dir . -- python jobs/segment.py --config jobs/configs/tiny.yaml
 """
 
 from __future__ import annotations

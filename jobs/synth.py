@@ -1,6 +1,6 @@
 """Ray job entrypoint: the ``synth`` stage of a pipeline config.
 
-    ray job submit --working-dir . -- python jobs/synth.py --config jobs/configs/synth.yaml
+    ray job submit --working-dir . -- python jobs/synth.py --config jobs/configs/tiny.yaml
 """
 
 from __future__ import annotations

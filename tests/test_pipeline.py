@@ -316,3 +316,11 @@ def test_job_entrypoint_runs_one_stage(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "jobs/label.py", "--config", str(config), "--set", "label.threshold=high"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [f"connectile run: error: {config}: bad value for 'label.threshold': 'high' (Input should be a valid number, unable to parse string as a number)"]
+
+
+def test_every_stage_has_a_job_entrypoint() -> None:
+    """``jobs/<stage>.py`` for every registered stage (the test stage of this file aside)."""
+    from engine.pipeline.stage import discover
+
+    missing = [n for n in discover() if not n.startswith("test_") and not (REPO / "jobs" / f"{n}.py").is_file()]
+    assert missing == [], f"add jobs/<stage>.py (copy jobs/label.py) for: {missing}"
