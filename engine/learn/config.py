@@ -36,6 +36,14 @@ class BoxSpec(Config):
         return self
 
 
+class UnlabelledData(Config):
+    """An unlabelled raw volume for semi-supervised training (``roi`` restricts it to one box)."""
+
+    raw: str
+    roi: BoxSpec | None = None
+    raw_scale: float | None = None
+
+
 class DataConfig(Config):
     """Where the labelled data is: a raw volume, a label volume and optionally the labelled boxes.
 
@@ -51,6 +59,7 @@ class DataConfig(Config):
     roi: BoxSpec | None = None
     raw_scale: float | None = None
     cache: bool = True
+    unlabelled: list[UnlabelledData] = []
 
 
 class TargetConfig(Config):
@@ -157,6 +166,91 @@ class RayConfig(Config):
     address: str | None = None
 
 
+class SemiConfig(Config):
+    """Semi-supervised training by spatial mixing in a Siamese network (see :mod:`engine.learn.semi`).
+
+    Mixing masks are constant along z: a ``box`` (y, x) pasted at a random place, or (inter-mixing, with
+    probability ``1 - p_box``) 2 of the 4 in-plane quadrants. Three terms, each with a weight and a
+    per-sample probability of being drawn: ``labelled_mix`` (two labelled crops; images and targets
+    mixed alike), ``unlabelled`` (two unlabelled crops; the prediction on the perturbed mix is pulled by
+    MSE toward the stop-gradient prediction on the clean mix, or on the two clean crops mixed when
+    ``unlabelled_target: mixed_predictions``), ``inter`` (labelled with unlabelled: BCE to the labelled
+    targets where the mask is 1, MSE to the stop-gradient prediction of the clean unlabelled crop
+    elsewhere). The teacher is the same network under no-grad (``siamese``) or an EMA copy (``ema``).
+    The semi-supervised terms start after ``warmup_steps`` supervised steps and ramp up linearly over
+    ``rampup_steps``. The perturbation is photometric only (intensity, noise, blur), so it keeps geometry.
+    """
+
+    teacher: Literal["siamese", "ema"] = "siamese"
+    ema_decay: float = Field(default=0.999, ge=0.0, lt=1.0)
+    warmup_steps: int = Field(default=0, ge=0)
+    rampup_steps: int = Field(default=0, ge=0)
+    box: list[int] = [90, 90]
+    p_box: float = Field(default=0.5, ge=0.0, le=1.0)
+    labelled_mix: float = Field(default=1.0, ge=0.0)
+    unlabelled: float = Field(default=0.2, ge=0.0)
+    inter: float = Field(default=0.2, ge=0.0)
+    p_labelled_mix: float = Field(default=0.5, ge=0.0, le=1.0)
+    p_unlabelled: float = Field(default=1.0, ge=0.0, le=1.0)
+    p_inter: float = Field(default=1.0, ge=0.0, le=1.0)
+    unlabelled_target: Literal["clean_mix", "mixed_predictions"] = "clean_mix"
+    perturb_intensity: float = Field(default=1.0, ge=0.0, le=1.0)
+    perturb_noise: float = Field(default=0.5, ge=0.0, le=1.0)
+    perturb_blur: float = Field(default=0.3, ge=0.0, le=1.0)
+    noise_sigma: float = 0.05
+    blur_sigma: float = 1.5
+
+    @model_validator(mode="after")
+    def _check(self) -> SemiConfig:
+        if len(self.box) != 2 or any(b < 1 for b in self.box):
+            raise ValueError(f"semi.box must be 2 positive in-plane sizes (y, x), got {self.box}")
+        return self
+
+
+class SimCLRConfig(Config):
+    """Optional global SimCLR stage before local contrastive pretraining: the U-Net's encoder + global
+    average pooling + an MLP projector (``hidden`` -> ``dim``), NT-Xent at ``temperature`` on two augmented
+    views of crops from the raw and unlabelled volumes."""
+
+    steps: int = Field(default=200, ge=1)
+    batch_size: int = Field(default=8, ge=2)
+    temperature: float = Field(default=0.5, gt=0.0)
+    dim: int = Field(default=128, ge=1)
+    hidden: int = Field(default=512, ge=1)
+    lr: float = Field(default=1e-3, gt=0.0)
+
+
+class ContrastiveConfig(Config):
+    """Supervised local contrastive pretraining (Hu et al. 2021) before training for segmentation.
+
+    Per-voxel embeddings (``dim``, L2-normalised, a 1x1 convolution on the decoder's last features) of two
+    intensity-only views; for an anchor, positives are all other voxels with the same label. Voxels are
+    subsampled every ``stride`` (z, y, x) and the loss is taken inside non-overlapping ``block`` tiles (in
+    input voxels; ``null``: the whole crop), averaged over blocks that hold an anchor. ``labels``:
+    ``target`` contrasts the mask target (foreground vs background), ``instances`` the label ids
+    (neurons). Background voxels (label 0) are anchors only with ``background_anchors``.
+    """
+
+    steps: int = Field(default=500, ge=1)
+    batch_size: int | None = None
+    temperature: float = Field(default=0.1, gt=0.0)
+    dim: int = Field(default=128, ge=1)
+    stride: list[int] = [1, 4, 4]
+    block: list[int] | None = None
+    labels: Literal["target", "instances"] = "target"
+    background_anchors: bool = False
+    lr: float | None = None
+    simclr: SimCLRConfig | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ContrastiveConfig:
+        if len(self.stride) != 3 or any(s < 1 for s in self.stride):
+            raise ValueError(f"contrastive.stride must be 3 positive steps (z, y, x), got {self.stride}")
+        if self.block is not None and (len(self.block) != 3 or any(b < 1 for b in self.block)):
+            raise ValueError(f"contrastive.block must be 3 positive sizes (z, y, x) or null, got {self.block}")
+        return self
+
+
 class TrainConfig(Config):
     """A training run (see the module docstring). ``batch_size`` is per worker."""
 
@@ -180,6 +274,8 @@ class TrainConfig(Config):
     validation: ValidationConfig | None = None
     ray: RayConfig = RayConfig()
     progress: bool = True
+    semi: SemiConfig | None = None
+    contrastive: ContrastiveConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -189,4 +285,6 @@ class TrainConfig(Config):
             raise ValueError(f"target.kind {self.target.kind!r} does not match model.head {self.model.head!r}; set both alike")
         if self.model.dims == 2 and self.crop[0] < 2 * self.model.context_slices + 1:
             raise ValueError(f"a 2.5D model with context_slices={self.model.context_slices} needs crop z >= {2 * self.model.context_slices + 1}")
+        if self.semi is not None and (self.semi.unlabelled or self.semi.inter) and not self.data.unlabelled:
+            raise ValueError("semi-supervised terms 'unlabelled' and 'inter' need unlabelled volumes: add data.unlabelled or set their weights to 0")
         return self
