@@ -1,24 +1,33 @@
 #!/usr/bin/env python
 """Connected-components benchmark: Connectile's blockwise labelling vs cc3d on the whole volume.
 
-    .venv/bin/python benchmarks/bench_cc.py            # 512^3, blocks of 128^3, 2 Ray workers
-    .venv/bin/python benchmarks/bench_cc.py --quick    # 256^3, blocks of 64^3: a smoke run
+    .venv/bin/python benchmarks/bench_cc.py            # 512^3, blocks of 128^3, 2 Ray workers, 3 repeats
+    .venv/bin/python benchmarks/bench_cc.py --quick    # 256^3, blocks of 64^3, 1 repeat: a smoke run
+    .venv/bin/python benchmarks/bench_cc.py --size 768 --repeats 1 --variants uint64
 
-Input: a blobby uint8 probability volume (smoothed noise; objects cross many blocks) in a zarr v2
-array (chunks 64^3, blosc-zstd). Both sides read it from the zarr, threshold at 0.5, label with
-26-connectivity and write uint64 labels to a zarr (chunks 64^3, blosc-zstd):
+Input: blobby uint8 probabilities (Gaussian-smoothed noise, sigma 3 voxels, mapped so that
+``--foreground`` of the voxels, default 20%, are above 0.5: thousands of separate objects, many
+crossing block faces) in a zarr v2 array (chunks 64^3, blosc-zstd 3). Both sides read it from the
+zarr, threshold at 0.5, label with 26-connectivity and write the labels to a zarr of the same chunks
+and compression, uint64 (the project's label type) or uint32 (variant ``uint32``, both sides):
 
-connectile  ``label_volume(..., backend="ray", workers=2)``: all three passes (local labels, face
-            pairs, relabel) and the driver's union-find; Ray's cluster start reported apart.
-cc3d        one process: TensorStore read of the whole array, ``cc3d.connected_components`` (uint64
-            out), TensorStore write of the whole array.
+connectile  ``label_volume(..., backend="ray", workers=2)``: pass A (label each block, faces, counts),
+            face pairs on the same workers, the driver's union-find, pass C (label each block again and
+            write final ids); variant ``uint64_keep_local`` stores pass A's local ids in a uint32
+            scratch volume instead of labelling again. One set of Ray workers serves every pass; their
+            start is included; Ray's cluster start (``ray.init``) is reported apart.
+cc3d        one process: TensorStore read of the whole array, ``cc3d.connected_components`` (out_dtype
+            uint64 or uint32), TensorStore write of the whole array.
 gpu         the same as connectile with ``device="gpu"``, only where CuPy sees a GPU.
 
-Each side runs in a fresh child process (this script with ``--child``). Peak memory: for cc3d the
-VmHWM of its process; for Connectile the peak of the summed RSS of the driver and the Ray worker
-processes (cmdline ``ray::…``), sampled every 50 ms; Ray's daemons are reported apart. The outputs
-are checked to be the same partition. One JSON line per measurement on stdout; ``ratio`` is cc3d's
-time / Connectile's (above 1: Connectile is faster), ``memory_fraction`` Connectile's peak / cc3d's.
+Each side runs in a fresh child process (this script with ``--child``); the sides alternate over the
+repeats and medians are reported. Memory, sampled every 50 ms with the same code on both sides: RSS
+(each process's resident pages; shared library pages count once per process) and PSS (shared pages
+split between the processes sharing them). For cc3d also its VmHWM (exact peak RSS). For Connectile
+the sum over the driver and its Ray actor processes (cmdline ``ray::_Actor...``); idle Ray workers
+(``ray::IDLE``) and Ray's daemons (raylet, GCS, ...) are reported apart. The outputs are checked to be
+the same partition. One JSON line per measurement on stdout; ``ratio`` is cc3d's time / Connectile's
+(above 1: Connectile is faster), ``memory_fraction`` Connectile's peak RSS / cc3d's VmHWM.
 """
 
 from __future__ import annotations
@@ -125,14 +134,15 @@ class RssSampler(threading.Thread):
 
         self.me = psutil.Process()
         self.interval = interval
-        self.peak: dict[str, int] = {"work_rss": 0, "work_pss": 0, "idle_rss": 0, "daemons_rss": 0}
+        self.peak: dict[str, int] = {"work_rss": 0, "work_pss": 0, "driver_rss": 0, "workers_rss": 0, "idle_rss": 0, "daemons_rss": 0}
         self.samples = 0
         self._halt = threading.Event()
 
     def sample(self) -> None:
         import psutil
 
-        now = {"work_rss": int(self.me.memory_info().rss), "work_pss": _pss(self.me.pid), "idle_rss": 0, "daemons_rss": 0}
+        own = int(self.me.memory_info().rss)
+        now = {"work_rss": own, "work_pss": _pss(self.me.pid), "driver_rss": own, "workers_rss": 0, "idle_rss": 0, "daemons_rss": 0}
         try:
             children = self.me.children(recursive=True)
         except psutil.Error:
@@ -147,6 +157,7 @@ class RssSampler(threading.Thread):
                 now["idle_rss"] += rss
             elif cmd.startswith("ray::"):
                 now["work_rss"] += rss
+                now["workers_rss"] += rss
                 now["work_pss"] += _pss(c.pid)
             else:
                 now["daemons_rss"] += rss
@@ -346,6 +357,8 @@ def bench(cfg: dict[str, Any], wd: Path, m: dict[str, Any], gpu: bool) -> list[d
             "connectile_cluster_start_s": round(_median([r["cluster_start_s"] for r in cs]), 2),
             "connectile_peak_rss_mib": round(c_rss / MIB),
             "connectile_peak_pss_mib": round(c_pss / MIB),
+            "connectile_driver_peak_rss_mib": round(max(r["peak"]["driver_rss"] for r in cs) / MIB),
+            "connectile_workers_peak_rss_mib": round(max(r["peak"]["workers_rss"] for r in cs) / MIB),
             "ray_idle_workers_peak_rss_mib": round(max(r["peak"]["idle_rss"] for r in cs) / MIB),
             "ray_daemons_peak_rss_mib": round(max(r["peak"]["daemons_rss"] for r in cs) / MIB),
             "peer": f"cc3d {_version('connected-components-3d')} on the whole array, one process (TensorStore {_version('tensorstore')} read/write)",

@@ -49,8 +49,8 @@ Connectivity = Literal[6, 18, 26]
 OutDtype = Literal["uint64", "uint32"]
 DEFAULT_CHUNKS: tuple[int, int, int] = (64, 64, 64)
 DEFAULT_BLOCK: tuple[int, int, int] = (128, 128, 128)
-#: Up to this many blocks, pass B (cheap: faces only) runs in the driver process, which saves starting
-#: a set of workers for it.
+#: Up to this many blocks, pass B (cheap: faces only) runs in the driver process when the backend was
+#: passed in (its workers would start again for the pass).
 PAIRS_IN_DRIVER_MAX_BLOCKS = 256
 
 
@@ -388,8 +388,9 @@ def label_volume(
     ``p > threshold``); without it the input is a binary or label volume (0 is background; touching
     voxels of different labels stay apart). ``min_size`` removes objects smaller than that many voxels,
     measured whole across blocks. ``table`` writes the object table (Parquet). ``pairs_in_driver``
-    runs pass B in this process (default: for grids of up to ``PAIRS_IN_DRIVER_MAX_BLOCKS`` blocks,
-    where starting workers would cost more than the pass). ``keep_local`` stores pass A's local ids in
+    runs pass B in this process (default: with a ``Backend`` object passed in, for grids of up to
+    ``PAIRS_IN_DRIVER_MAX_BLOCKS`` blocks, where starting workers would cost more than the pass; with
+    ``backend='ray'`` the run's workers, already started, do it). ``keep_local`` stores pass A's local ids in
     a uint32 scratch volume for pass C (each block labelled once); by default pass C labels each block
     again from the input, which measured cheaper on CPU than compressing, writing and reading back the
     local ids (see ``benchmarks/RESULTS.md``). With ``backend='ray'`` one set of workers serves
@@ -467,7 +468,10 @@ def label_volume(
         offsets = load_offsets(scratch, grid.num_blocks)
         times["offsets"] = time.perf_counter() - t
         t = time.perf_counter()
-        in_driver = grid.num_blocks <= PAIRS_IN_DRIVER_MAX_BLOCKS if pairs_in_driver is None else pairs_in_driver
+        if pairs_in_driver is None:  # kept Ray workers cost nothing to start: they share the work
+            in_driver = own is None and grid.num_blocks <= PAIRS_IN_DRIVER_MAX_BLOCKS
+        else:
+            in_driver = pairs_in_driver
         run_b = run_blockwise(op_b, grid, state_dir=state / "pairs", name="label-pairs", **{**common, **({"backend": "serial"} if in_driver else {})})
         times["pairs"] = time.perf_counter() - t
         t = time.perf_counter()
