@@ -1,0 +1,66 @@
+"""``connectile downsample IN``: an OME-Zarr multiscale pyramid, built blockwise (mean or mode).
+
+Examples::
+
+    connectile downsample data.zarr/raw                  # -> data.zarr/raw_pyramid/{s0,s1,...}
+    connectile downsample data.zarr/seg --method mode --backend serial
+    connectile downsample data.zarr/raw/s0 --levels 4    # levels beside s0, nothing copied
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from engine.commands._common import add_runtime_args, runtime_kwargs, triple
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``connectile downsample``."""
+    parser = subparsers.add_parser(
+        "downsample",
+        help="build an OME-Zarr multiscale pyramid (mean for images/probabilities, mode for labels)",
+        description=(
+            "Write levels s0, s1, ... of IN into a zarr group with OME-Zarr multiscales metadata, each level computed "
+            "blockwise from the one before, so that large volumes open fast in neuroglancer and other viewers. "
+            "The group is IN_pyramid beside IN (s0 a copy of IN), or IN's own group when IN is named s0. "
+            "connectile view uses the pyramid when it is there."
+        ),
+    )
+    parser.add_argument("input", metavar="IN", help="volume to downsample, e.g. data.zarr/raw")
+    parser.add_argument("--out", metavar="GROUP", default=None, help="output group (default: IN_pyramid beside IN)")
+    parser.add_argument("--method", choices=("auto", "mean", "mode"), default="auto", help="auto: mode for uint32/uint64 labels, else mean (default: %(default)s)")
+    parser.add_argument("--levels", type=int, default=None, help="number of levels after s0 (default: until every axis is at most --min-size)")
+    parser.add_argument("--min-size", type=int, default=64, metavar="VOXELS", help="stop when every axis is at most this long (default: %(default)s)")
+    parser.add_argument("--factor", metavar="Z,Y,X", default=None, help="the same factor at every level (default: 2, axes much finer than the coarsest first)")
+    parser.add_argument("--chunks", metavar="Z,Y,X", default=None, help="storage chunks of the levels (default: those of IN)")
+    parser.add_argument("--block", metavar="Z,Y,X", default="128,256,256", help="output voxels per block (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    add_runtime_args(parser, default_backend="serial")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the pyramid and print one line per level."""
+    from engine.ops.downsample import build_pyramid
+
+    factor = triple(args.factor, "--factor", int, "1,2,2")
+    result = build_pyramid(
+        args.input,
+        args.out,
+        method=args.method,
+        levels=args.levels,
+        min_size=args.min_size,
+        factors=[factor] if factor is not None else None,
+        chunks=triple(args.chunks, "--chunks", int, "64,64,64"),
+        block=triple(args.block, "--block", int, "128,256,256") or (128, 256, 256),
+        overwrite=args.overwrite,
+        **runtime_kwargs(args),
+    )
+    for lv in result.levels:
+        shape = "x".join(map(str, lv["shape"]))
+        voxel = "x".join(f"{v:g}" for v in lv["voxel_size"])
+        print(f"  {lv['path']}: {shape} voxels of {voxel} nm")
+    copied = " (s0 copied from the input)" if result.copied_s0 else ""
+    print(f"pyramid {result.group}: {len(result.levels)} levels, {result.method}{copied}, in {result.seconds:.1f} s")
+    return 0
