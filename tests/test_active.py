@@ -280,19 +280,6 @@ def test_rois_refuse_a_table_of_another_volume(synth_mito: dict[str, str], tmp_p
 
 
 # -- an oracle round -------------------------------------------------------------------------------
-def _filter_bank(raw: np.ndarray) -> np.ndarray:
-    """Per-voxel features of a small pixel classifier (the weak base model of the round below)."""
-    from scipy import ndimage as ndi
-
-    x = raw.astype(np.float32) / 255.0
-    f = [x]
-    f += [ndi.gaussian_filter(x, (0, s, s)) for s in (1, 2, 4)]
-    f += [ndi.gaussian_laplace(x, (0, s, s)) for s in (2, 4, 6)]
-    f += [ndi.gaussian_filter(x, (0, s, s)) ** 2 for s in (2, 4)]
-    f += [ndi.gaussian_gradient_magnitude(x, (0, s, s)) for s in (1, 2)]
-    return np.stack(f, -1).reshape(-1, len(f))
-
-
 def test_an_oracle_round_raises_roi_accuracy(synth_mito: dict[str, str], tmp_path: Path) -> None:
     """A simplified round: a weak pixel classifier (trained on the surroundings of two mitochondria)
     predicts; its objects become ROIs; two-stream queries are answered by the ground truth; the
@@ -301,11 +288,11 @@ def test_an_oracle_round_raises_roi_accuracy(synth_mito: dict[str, str], tmp_pat
     number of true objects found must not fall."""
     import cc3d
     import torch
-    from sklearn.linear_model import LogisticRegression
 
     from engine.active.features import FeatureConfig, VaeConfig
     from engine.active.finetune import review_targets
     from engine.active.oracle import answer_round, objects_correct
+    from engine.active.pixel import PixelClassifier, filter_bank
     from engine.active.rounds import QueryConfig, run_query
     from engine.active.triplet import TripletConfig
     from engine.ops.label import label_volume
@@ -316,7 +303,7 @@ def test_an_oracle_round_raises_roi_accuracy(synth_mito: dict[str, str], tmp_pat
     s = synth_mito
     raw_v = open_volume(s["raw"])
     gt = open_volume(s["mito"]).read(raw_v.box)
-    feats = _filter_bank(raw_v.read(raw_v.box))
+    feats = filter_bank(raw_v.read(raw_v.box))
     # the initial labels: the full depth around the two first large mitochondria
     comp = cc3d.connected_components(gt > 0)
     stats = cc3d.statistics(comp)
@@ -327,8 +314,7 @@ def test_an_oracle_round_raises_roi_accuracy(synth_mito: dict[str, str], tmp_pat
     lab_idx, lab_y = np.flatnonzero(region.ravel()), gt.ravel()[region.ravel()] > 0
 
     def predict(idx: np.ndarray, y: np.ndarray, tag: str) -> tuple[float, int]:
-        clf = LogisticRegression(max_iter=300, class_weight="balanced").fit(feats[idx], y)
-        p = clf.predict_proba(feats)[:, 1].reshape(gt.shape)
+        p = PixelClassifier().fit(feats, idx, y).predict(feats, gt.shape)
         pv = create_volume(f"{tmp_path}/p.zarr/prob{tag}", gt.shape, "uint8", (16, 128, 128))
         pv.write(pv.box, np.rint(p * 255).astype(np.uint8))
         label_volume(pv.url, f"{tmp_path}/p.zarr/cc{tag}", threshold=0.5, min_size=20, table=tmp_path / f"t{tag}.parquet", block=(16, 256, 256),

@@ -1,0 +1,346 @@
+#!/usr/bin/env python
+"""Quality of active query suggestion: the two protocols of Lin et al. (ECCV 2020) for every method.
+
+    .venv/bin/python benchmarks/quality_active.py --quick                  # a smoke run (minutes)
+    .venv/bin/python benchmarks/quality_active.py --shape 16,1536,1536     # synthetic, ~400 ROIs
+    .venv/bin/python benchmarks/quality_active.py --data lucchi            # Lucchi++ mitochondria (../shared/data)
+
+Set-up. The base model is a deliberately weak pixel classifier (:mod:`engine.active.pixel`) trained on
+the surroundings of two mitochondria in the left half of the volume. Its probability map is labelled
+(threshold 0.5, objects of at least ``--min-size`` voxels) into ROI proposals; a proposal is correct when
+it covers more than half of a ground-truth mitochondrion (the paper's rule, :mod:`engine.active.oracle`).
+ROIs are aligned crops (``--roi-size``); the mask VAE (E_s) is trained on the masks, the image VAE (E_u)
+on patches sampled uniformly over the volume.
+
+Protocol A (the paper's Table 2): label propagation. For each annotation ratio, each method suggests
+that many ROIs, the oracle answers them, and every ROI takes the majority answer of its cluster's
+reviewed members (reviewed ROIs keep theirs; ROIs in clusters without one keep "correct"). Methods
+without clusters (random, uncertainty) only correct what was reviewed; core-set propagates to the
+nearest selected ROI in mask-feature space. ``hierarchical+active`` spends half the budget, tunes E_u
+with the triplet loss on those answers, then spends the other half. Printed: accuracy of the labels of
+all ROIs.
+
+Protocol B (the paper's Table 1): ROI accuracy after fine-tuning. ROIs whose centroid lies in the left
+half are candidates, those in the right half the test set. Two rounds, each with a budget of ``--budget``
+(default 5%) of the candidate ROIs: suggest, answer, refit the base model on its initial labels plus the
+reviewed ROIs (accepted: foreground, rejected: background), predict and label again, extract the new ROIs.
+Printed: ROI accuracy on the right half after each round. Two-stream tunes E_u after round 1.
+
+One JSON line per measurement; a PNG of both protocols in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+log = logging.getLogger("quality_active")
+METHODS_A = ("random", "uncertainty", "coreset", "mask", "image", "late-fusion", "hierarchical", "hierarchical+active")
+METHODS_B = ("random", "uncertainty", "coreset", "mask", "hierarchical+active")
+
+
+def emit(**rec: Any) -> None:
+    print(json.dumps(rec, default=float), flush=True)
+
+
+# -- data ------------------------------------------------------------------------------------------
+def synthetic(out: Path, shape: tuple[int, int, int], seed: int) -> tuple[str, str, bool]:
+    from engine.synth import synthesize
+
+    synthesize(out / "data.zarr", shape, seed=seed, chunks=(shape[0], 128, 128), progress=False, mito_probability=1.0)
+    return f"{out}/data.zarr/raw", f"{out}/data.zarr/mito", False
+
+
+def lucchi(out: Path, zslices: int, downsample: int) -> tuple[str, str, bool]:
+    """Lucchi++ training half: images in Train_In (despite the name), labels in Train_Out (255 = mito)."""
+    from PIL import Image
+
+    from engine.storage import create_volume
+    from engine.storage.slices import natural_sorted
+
+    d = ROOT.parent / "shared" / "data" / "lucchi_pp"
+    if not d.is_dir():
+        raise SystemExit(f"{d} is absent: the real data sets are not on this machine")
+    imgs = natural_sorted([str(p) for p in (d / "Train_In").iterdir() if p.suffix == ".png"])[:zslices]
+    labs = natural_sorted([str(p) for p in (d / "Train_Out").iterdir() if p.suffix == ".png"])[:zslices]
+    s = downsample
+    raw = np.stack([np.asarray(Image.open(p).convert("L"))[::s, ::s] for p in imgs])
+    gt = np.stack([(np.asarray(Image.open(p).convert("L")) > 127)[::s, ::s] for p in labs]).astype(np.uint8)
+    for name, arr in (("raw", raw), ("mito", gt)):
+        v = create_volume(f"{out}/data.zarr/{name}", arr.shape, arr.dtype, (arr.shape[0], 128, 128), overwrite=True)
+        v.write(v.box, arr)
+    return f"{out}/data.zarr/raw", f"{out}/data.zarr/mito", True
+
+
+# -- the weak base model and its proposals -----------------------------------------------------------
+class World:
+    """The volume, its features, the base model's initial labels and helpers to predict and score."""
+
+    def __init__(self, out: Path, raw_url: str, gt_url: str, gt_binary: bool, min_size: int, roi_size: int) -> None:
+        import cc3d
+
+        from engine.active.pixel import filter_bank
+        from engine.storage import open_volume
+
+        self.out, self.raw_url, self.gt_url, self.gt_binary, self.min_size, self.roi_size = out, raw_url, gt_url, gt_binary, min_size, roi_size
+        raw_v = open_volume(raw_url)
+        self.shape = raw_v.spatial_shape
+        self.gt = open_volume(gt_url).read(raw_v.box)
+        self.feats = filter_bank(raw_v.read(raw_v.box))
+        comp = cc3d.connected_components(self.gt > 0)
+        st = cc3d.statistics(comp)
+        half = self.shape[2] // 2
+        region = np.zeros(self.shape, bool)
+        big = [i for i in np.argsort(-st["voxel_counts"][1:]) + 1 if st["bounding_boxes"][i][2].stop <= half][:2]
+        for i in big:
+            _, ys, xs = st["bounding_boxes"][i]
+            region[:, max(0, ys.start - 30) : ys.stop + 30, max(0, xs.start - 30) : min(half, xs.stop + 30)] = True
+        self.init_idx = np.flatnonzero(region.ravel())
+        self.init_y = self.gt.ravel()[self.init_idx] > 0
+        self.half = half
+
+    def predict(self, tag: str, idx: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        """Fit, predict, label, extract ROIs into run ``tag``; the truth of every ROI."""
+        from engine.active.oracle import oracle_answers
+        from engine.active.pixel import PixelClassifier
+        from engine.active.rois import read_index
+        from engine.ops.label import label_volume
+        from engine.ops.rois import extract_rois
+        from engine.storage import create_volume
+
+        p = PixelClassifier().fit(self.feats, idx, y).predict(self.feats, self.shape)
+        pv = create_volume(f"{self.out}/pred.zarr/prob_{tag}", self.shape, "uint8", (self.shape[0], 128, 128), overwrite=True)
+        pv.write(pv.box, np.rint(p * 255).astype(np.uint8))
+        cc, table = f"{self.out}/pred.zarr/cc_{tag}", self.out / f"objects_{tag}.parquet"
+        label_volume(pv.url, cc, threshold=0.5, min_size=self.min_size, table=table, block=(self.shape[0], 512, 512),
+                     chunks=(self.shape[0], 128, 128), progress=False, overwrite=True)
+        run = self.out / f"run_{tag}"
+        extract_rois(run, cc, self.raw_url, table, size=self.roi_size, block=(self.shape[0], 512, 512), progress=False, overwrite=True)
+        index = read_index(run)
+        truth = oracle_answers(run, self.gt_url, gt_binary=self.gt_binary)
+        t = np.array([truth[i] for i in range(index["roi_id"].size)], bool)
+        return {"run": run, "index": index, "truth": t, "train": index["x"] < self.half}
+
+
+# -- features --------------------------------------------------------------------------------------
+def feature_config(args: argparse.Namespace) -> Any:
+    from engine.active.features import FeatureConfig, VaeConfig
+
+    hidden = (16, 32, 64, 128) if args.roi_size >= 64 else (16, 32)
+    return FeatureConfig(
+        image_patches=args.patches, device="auto",
+        mask=VaeConfig(latent_dim=16, hidden_dims=hidden, input_size=args.roi_size, epochs=args.epochs, batch_size=32),
+        image=VaeConfig(latent_dim=args.image_latent, hidden_dims=hidden, input_size=args.roi_size, epochs=args.epochs, batch_size=32),
+    )
+
+
+def encode_run(run: Path, source: Path, mask_vae: Any = None, image_vae: Any = None) -> dict[str, np.ndarray]:
+    """Features of ``run``'s ROIs with the VAEs of ``source`` (or the given models)."""
+    from engine.active.features import encode, load_vae, mask_crops
+    from engine.active.rois import read_crops
+
+    e_s = mask_vae or load_vae(source / "features" / "mask_vae.pt")
+    e_u = image_vae or load_vae(source / "features" / "image_vae.pt")
+    return {"mask": encode(e_s, mask_crops(run)), "image": encode(e_u, read_crops(run, "image"))}
+
+
+# -- protocol A --------------------------------------------------------------------------------------
+def nearest_clusters(feats: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    d = np.linalg.norm(feats[:, None, :] - feats[chosen][None], axis=-1)
+    return np.argmin(d, axis=1)
+
+
+def protocol_a(world: World, p0: dict[str, Any], f: dict[str, np.ndarray], ratios: list[float], args: argparse.Namespace) -> list[dict[str, Any]]:
+    from engine.active.propagation import accuracy, full_clusters, propagate, random_expected_accuracy
+    from engine.active.query import suggest
+    from engine.active.triplet import TripletConfig, triplet_finetune
+
+    truth, n = p0["truth"], p0["truth"].size
+    scores = p0["index"]["score"]
+    rows = []
+    initial = float(truth.mean())
+    emit(protocol="A", rois=n, initial_accuracy=initial)
+    for ratio in ratios:
+        budget = max(2, round(ratio * n))
+        m = 2
+        n_top = max(1, budget // m)
+        for method in METHODS_A:
+            t0 = time.perf_counter()
+            seeds = range(args.repeats) if method == "random" else range(1)
+            accs = []
+            for seed in seeds:
+                if method == "hierarchical+active":
+                    half = max(1, n_top // 2)
+                    s1 = suggest("hierarchical", f["mask"], f["image"], n_clusters=half, n_sub=m, seed=seed)
+                    ans = {int(r): bool(truth[r]) for r in s1.roi_id}
+                    from engine.active.features import encode, load_vae
+                    from engine.active.rois import read_crops
+
+                    e_u = load_vae(p0["run"] / "features" / "image_vae.pt")
+                    ids = np.asarray(sorted(ans), np.int64)
+                    triplet_finetune(e_u, read_crops(p0["run"], "image", ids), np.array([ans[i] for i in ids.tolist()]),
+                                     TripletConfig(steps=args.triplet_steps, batch_size=32, lr=1e-4))
+                    fi = encode(e_u, read_crops(p0["run"], "image"))
+                    s = suggest("hierarchical", f["mask"], fi, n_clusters=max(1, n_top - half), n_sub=m, reviewed=set(ans), seed=seed)
+                    ans.update({int(r): bool(truth[r]) for r in s.roi_id})
+                    clusters = full_clusters(s.assignment, s.candidates, n)
+                elif method in ("random", "uncertainty", "coreset"):
+                    s = suggest(method, f["mask"], f["image"], budget=budget, scores=scores, seed=seed)
+                    ans = {int(r): bool(truth[r]) for r in s.roi_id}
+                    clusters = nearest_clusters(f["mask"], s.roi_id) if method == "coreset" else None
+                else:
+                    k = (n_top, m) if method == "hierarchical" else (budget, 1)
+                    s = suggest(method, f["mask"], f["image"], n_clusters=k[0], n_sub=k[1], seed=seed)
+                    ans = {int(r): bool(truth[r]) for r in s.roi_id}
+                    clusters = full_clusters(s.assignment, s.candidates, n)
+                accs.append(accuracy(propagate(clusters, ans, n), truth))
+            rec = {"protocol": "A", "ratio": ratio, "budget": len(ans), "method": method, "accuracy": float(np.mean(accs)),
+                   "accuracy_sd": float(np.std(accs)), "seconds": time.perf_counter() - t0}
+            if method == "random":
+                rec["expected"] = random_expected_accuracy(initial, budget, n)
+            emit(**rec)
+            rows.append(rec)
+    return rows
+
+
+# -- protocol B --------------------------------------------------------------------------------------
+def protocol_b(world: World, p0: dict[str, Any], f0: dict[str, np.ndarray], args: argparse.Namespace) -> list[dict[str, Any]]:
+    from engine.active.features import load_vae
+    from engine.active.finetune import targets_from_answers
+    from engine.active.query import suggest
+    from engine.active.rois import read_crops, read_meta
+    from engine.active.triplet import TripletConfig, triplet_finetune
+    from engine.storage import open_volume
+
+    rows = []
+    test0 = float(p0["truth"][~p0["train"]].mean())
+    emit(protocol="B", round=0, method="base", test_accuracy=test0, test_rois=int((~p0["train"]).sum()), train_rois=int(p0["train"].sum()))
+    budget = max(2, round(args.budget * int(p0["train"].sum())))
+    for method in METHODS_B:
+        t0 = time.perf_counter()
+        idx, y = world.init_idx, world.init_y
+        cur, f = p0, f0
+        e_u = load_vae(p0["run"] / "features" / "image_vae.pt")
+        accs = []
+        for rnd in (1, 2):
+            not_train = set(np.flatnonzero(~cur["train"]).tolist())
+            base = "hierarchical" if method == "hierarchical+active" else method
+            m = 2
+            s = suggest(base, f["mask"], f["image"], n_clusters=max(1, budget // m) if base == "hierarchical" else budget,
+                        n_sub=m if base == "hierarchical" else 1, budget=budget, reviewed=not_train, scores=cur["index"]["score"], seed=rnd)
+            ans = {int(r): bool(cur["truth"][r]) for r in s.roi_id}
+            labels_url = read_meta(cur["run"])["params"]["labels"]
+            lab = open_volume(labels_url).read(open_volume(labels_url).box)
+            t = targets_from_answers(lab, {int(cur["index"]["object_id"][r]): ok for r, ok in ans.items()})
+            known = np.flatnonzero(t.known.ravel())
+            idx, y = np.concatenate([idx, known]), np.concatenate([y, t.target.ravel()[known]])
+            if method == "hierarchical+active" and rnd == 1:
+                ids = np.asarray(sorted(ans), np.int64)
+                triplet_finetune(e_u, read_crops(cur["run"], "image", ids), np.array([ans[i] for i in ids.tolist()]),
+                                 TripletConfig(steps=args.triplet_steps, batch_size=32, lr=1e-4))
+            cur = world.predict(f"{method}_{rnd}", idx, y)
+            f = encode_run(cur["run"], p0["run"], image_vae=e_u)
+            acc = float(cur["truth"][~cur["train"]].mean()) if (~cur["train"]).any() else float("nan")
+            accs.append(acc)
+            rec = {"protocol": "B", "round": rnd, "method": method, "budget": budget, "accepted": int(sum(ans.values())),
+                   "test_accuracy": acc, "test_rois": int((~cur["train"]).sum()), "test_true": int(cur["truth"][~cur["train"]].sum()),
+                   "seconds": time.perf_counter() - t0}
+            emit(**rec)
+            rows.append(rec)
+    return rows
+
+
+def plot(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for method in METHODS_A:
+        pts = [(r["ratio"] * 100, r["accuracy"]) for r in rows_a if r["method"] == method]
+        if pts:
+            axes[0].plot(*zip(*pts, strict=True), marker="o", label=method)
+    axes[0].set_xlabel("annotation ratio (%)")
+    axes[0].set_ylabel("label-propagation accuracy")
+    axes[0].set_title("protocol A (Table 2)")
+    axes[0].legend(fontsize=7)
+    for method in METHODS_B:
+        pts = [(r["round"], r["test_accuracy"]) for r in rows_b if r["method"] == method]
+        if pts:
+            axes[1].plot(*zip(*pts, strict=True), marker="o", label=method)
+    axes[1].set_xlabel("round")
+    axes[1].set_ylabel("ROI accuracy (test half)")
+    axes[1].set_title("protocol B (Table 1)")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", choices=("synthetic", "lucchi"), default="synthetic")
+    ap.add_argument("--shape", default="16,1024,1024", help="synthetic volume z,y,x")
+    ap.add_argument("--seed", type=int, default=4)
+    ap.add_argument("--lucchi-slices", type=int, default=40)
+    ap.add_argument("--lucchi-downsample", type=int, default=2)
+    ap.add_argument("--min-size", type=int, default=20)
+    ap.add_argument("--roi-size", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--patches", type=int, default=2000)
+    ap.add_argument("--image-latent", type=int, default=64)
+    ap.add_argument("--triplet-steps", type=int, default=100)
+    ap.add_argument("--ratios", default="0.0223,0.0446,0.1")
+    ap.add_argument("--budget", type=float, default=0.05, help="protocol B: queries per round as a fraction of the candidate ROIs")
+    ap.add_argument("--repeats", type=int, default=5, help="random: seeds averaged")
+    ap.add_argument("--skip-b", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="small volume, few epochs")
+    ap.add_argument("--out", default="/tmp/connectile-quality-active")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    import torch
+
+    torch.set_num_threads(2)
+    if args.quick:
+        args.shape, args.epochs, args.patches, args.roi_size, args.triplet_steps = "16,512,512", 3, 300, 32, 20
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    emit(machine=platform.node(), cpus=os.cpu_count(), gpu=torch.cuda.is_available(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+         args=vars(args))
+    t0 = time.perf_counter()
+    if args.data == "synthetic":
+        shape = tuple(int(v) for v in args.shape.split(","))
+        raw, gt, binary = synthetic(out, (shape[0], shape[1], shape[2]), args.seed)
+    else:
+        raw, gt, binary = lucchi(out, args.lucchi_slices, args.lucchi_downsample)
+    world = World(out, raw, gt, binary, args.min_size, args.roi_size)
+    p0 = world.predict("base", world.init_idx, world.init_y)
+    from engine.active.features import compute_features
+
+    f0 = compute_features(p0["run"], feature_config(args), progress=False)
+    emit(stage="setup", rois=int(p0["truth"].size), seconds=time.perf_counter() - t0)
+    ratios = [float(r) for r in args.ratios.split(",")]
+    rows_a = protocol_a(world, p0, f0, ratios, args)
+    rows_b = [] if args.skip_b else protocol_b(world, p0, f0, args)
+    plot(rows_a, rows_b, out / "quality_active.png")
+    (out / "quality_active.json").write_text(json.dumps({"A": rows_a, "B": rows_b}, indent=1, default=float))
+    emit(stage="done", seconds=time.perf_counter() - t0, plot=str(out / "quality_active.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
