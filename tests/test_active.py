@@ -343,3 +343,36 @@ def test_an_oracle_round_raises_roi_accuracy(synth_mito: dict[str, str], tmp_pat
     from engine.active.query import read_queries
 
     assert q2.round == 2 and not set(read_queries(q2.path)["roi_id"].tolist()) & set(answers)
+
+
+# -- the commands ----------------------------------------------------------------------------------
+def test_query_command_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    assert main(["query", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no ROIs in" in err and "run connectile rois first" in err
+    assert main(["query", str(tmp_path / "none"), "--set", "features.mask.latnt_dim=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "latnt_dim" in err
+    assert not (tmp_path / "none").exists()
+
+
+def test_rois_command_refuses_a_missing_volume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    code = main(["rois", str(tmp_path / "run"), "--labels", str(tmp_path / "no.zarr/cc"), "--image", str(tmp_path / "no.zarr/raw"),
+                 "--table", str(tmp_path / "t.parquet"), "--backend", "serial", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "no.zarr/cc" in err
+    assert not (tmp_path / "run" / "rois" / "index.parquet").exists()
+
+
+def test_roi_op_pickles() -> None:
+    import pickle
+
+    from engine.ops.rois import RoiOp
+
+    op = RoiOp(labels="a.zarr/cc", image="a.zarr/raw", out="run/rois", objects_digest="x", shape=(4, 8, 8), block=(4, 8, 8), pre="a.zarr/syn")
+    back = pickle.loads(pickle.dumps(op))
+    assert back == op and back.params() == op.params()
