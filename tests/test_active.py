@@ -330,6 +330,8 @@ def test_an_oracle_round_raises_roi_accuracy(synth_mito: dict[str, str], tmp_pat
                       triplet=TripletConfig(steps=5))
     q = run_query(run, cfg, progress=False)
     assert q.round == 1 and q.queries == 16
+    again = run_query(run, cfg, progress=False)  # resume: the round has its queries, nothing is redone
+    assert again.already_done and again.path == q.path
     answers = answer_round(run, 1, s["mito"])
     assert 0 < sum(answers.values()) < len(answers)  # both kinds of answers: the round has something to learn
     t = review_targets(run, answers)
