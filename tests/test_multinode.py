@@ -184,6 +184,30 @@ def test_label_stage_job_runs_on_both_nodes_and_equals_single_node(two_nodes: Tw
     np.testing.assert_array_equal(got.read(got.box), want.read(want.box))
 
 
+BENCH_ON_CLUSTER = """
+import json, os
+from engine.runtime import connect
+info = connect()  # RAY_ADDRESS, set by connectile bench --address
+print(json.dumps({"bench": "cluster_probe", "nodes": info.nodes, "cpus": info.cpus, "address": os.environ.get("RAY_ADDRESS")}))
+"""
+
+
+@pytest.mark.slow
+def test_connectile_bench_runs_on_the_cluster_it_is_pointed_at(two_nodes: TwoNodeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.cli import main
+
+    bench = tmp_path / "benchmarks"
+    bench.mkdir()
+    (bench / "bench_probe.py").write_text(BENCH_ON_CLUSTER)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--address", two_nodes.address, "--benchmarks", str(bench), "--out", str(out), "--no-progress"]) == 0
+    data = json.loads(out.read_text())
+    probe = next(ln for ln in data["lines"] if ln["bench"] == "cluster_probe")
+    assert probe["nodes"] == 2 and probe["cpus"] == 2 and probe["address"] == two_nodes.address
+    assert data["hardware"]["cluster"]["nodes"] == 2 and data["hardware"]["cluster"]["resources"]["node_b"] == 1
+
+
 def test_label_stage_on_ray_records_workers_and_equals_serial(ray_cluster: str, tmp_path: Path) -> None:
     """The fast variant (one node, the session cluster): the same stage and config through
     ``run_pipeline`` on Ray; the summary names each worker's node and block count, which is what the
