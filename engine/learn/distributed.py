@@ -28,11 +28,11 @@ def _worker_loop(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    from engine.learn.trainer import Trainer
+    from engine.learn.semi import build_trainer
 
     if rank != 0:
         cfg = cfg.model_copy(update={"progress": False})
-    summary = Trainer(cfg, rank=rank, world_size=world, device=device).fit(resume=config["resume"])
+    summary = build_trainer(cfg, rank=rank, world_size=world, device=device).fit(resume=config["resume"])
     ray.train.report({"step": summary["step"], "elapsed": summary["elapsed"], **summary["last"]})
 
 
@@ -43,16 +43,20 @@ def train(cfg: TrainConfig, *, resume: bool = True) -> dict[str, Any]:
     """
     out = Path(cfg.output)
     if not resume:
-        for name in ("checkpoints", "tensorboard", "history.jsonl", "loss.png", "ray"):
+        for name in ("checkpoints", "tensorboard", "history.jsonl", "loss.png", "ray", "pretrain"):
             p = out / name
             if p.is_dir():
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
-    if cfg.ray.num_workers == 0:
-        from engine.learn.trainer import Trainer
+    if cfg.contrastive is not None:  # stage(s) before training for segmentation: in this process
+        from engine.learn.contrastive import pretrain
 
-        return Trainer(cfg).fit(resume=resume)
+        pretrain(cfg)
+    if cfg.ray.num_workers == 0:
+        from engine.learn.semi import build_trainer
+
+        return build_trainer(cfg).fit(resume=resume)
 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
