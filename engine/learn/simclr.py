@@ -1,0 +1,111 @@
+"""Global self-supervised contrastive pretraining (SimCLR; stage 1 of Hu et al. 2021) of the U-Net's encoder.
+
+Two augmented views of each crop (geometric + photometric EM augmentations), the encoder's deepest
+features averaged over space, an MLP projector, and the NT-Xent loss: for the ``2N`` projections ``z``
+(L2-normalised), the positive of view ``i`` is the other view of the same crop and the negatives are the
+other ``2N - 2`` projections::
+
+    l_i = -log( exp(z_i . z_j / t) / sum_{k != i} exp(z_i . z_k / t) ),   loss = mean_i l_i
+
+>>> z1 = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+>>> bool(nt_xent(z1, z1, 0.5) < nt_xent(z1, z1.roll(1, 0), 0.5))
+True
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.learn.augment import augment
+from engine.learn.config import AugmentConfig, SimCLRConfig
+from engine.models.unet import UNet, fold_sections
+
+log = logging.getLogger(__name__)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """The NT-Xent loss of two batches of projections ``(N, D)`` (normalised here)."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = z1.shape[0]
+    sim = z @ z.t() / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, positives)
+
+
+class SimCLRNet(nn.Module):
+    """The U-Net's encoder (shared, not copied) + global average pooling + an MLP projector."""
+
+    def __init__(self, unet: UNet, hidden: int = 512, dim: int = 128) -> None:
+        super().__init__()
+        self.unet = unet
+        width = unet.config.filters[-1]
+        self.projector = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.unet.config
+        if cfg.dims == 2 and x.dim() == 5:
+            b = x.shape[0]
+            deep = self.unet.encoder(fold_sections(x, cfg.context_slices))[-1]
+            pooled = deep.flatten(2).mean(dim=2).reshape(b, -1, deep.shape[1]).mean(dim=1)
+        else:
+            pooled = self.unet.encoder(x)[-1].flatten(2).mean(dim=2)
+        return self.projector(pooled)
+
+
+def two_views(image: np.ndarray, augment_cfg: AugmentConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two independently augmented views ``(1, Z, Y, X)`` of one crop ``(Z, Y, X)``."""
+    dummy = np.zeros(image.shape, np.uint8)
+    known = np.ones(image.shape, bool)
+    a = augment(image, dummy, known, augment_cfg, rng)[0]
+    b = augment(image, dummy, known, augment_cfg, rng)[0]
+    return a[None], b[None]
+
+
+def pretrain_simclr(
+    unet: UNet,
+    draw: Callable[[np.random.Generator], np.ndarray],
+    cfg: SimCLRConfig,
+    augment_cfg: AugmentConfig,
+    *,
+    seed: int = 0,
+    device: torch.device | None = None,
+    progress: bool = True,
+) -> list[float]:
+    """Train ``unet.encoder`` in place with NT-Xent for ``cfg.steps`` steps on crops from ``draw(rng)``;
+    returns the loss of every step. Step ``s`` draws its crops from ``default_rng([seed, s, 0x5c1])``."""
+    device = device or torch.device("cpu")
+    net = SimCLRNet(unet, cfg.hidden, cfg.dim).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    losses: list[float] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, desc="simclr", unit="step")
+    net.train()
+    try:
+        for step in range(cfg.steps):
+            rng = np.random.default_rng([seed, step, 0x5C1])
+            views = [two_views(draw(rng), augment_cfg, rng) for _ in range(cfg.batch_size)]
+            x1 = torch.from_numpy(np.stack([v[0] for v in views])).to(device)
+            x2 = torch.from_numpy(np.stack([v[1] for v in views])).to(device)
+            loss = nt_xent(net(x1), net(x2), cfg.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    finally:
+        if bar is not None:
+            bar.close()
+    log.info("SimCLR: %d steps, last loss %.4f", cfg.steps, losses[-1] if losses else float("nan"))
+    return losses
