@@ -301,6 +301,30 @@ def test_affinities_objects_segment_and_report(tmp_path: Path) -> None:
     for link in ("report/stage_seconds.png", "report/preview.png"):
         assert f"]({link})" in text and (run / link).stat().st_size > 1000
 
+    # the neuroglancer link: one layer per zarr output, read from jobs/serve.py, which serves them with CORS
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    url = next(ln for ln in text.splitlines() if "neuroglancer-demo" in ln).split("](")[1].rstrip(").")
+    state = json.loads(urllib.parse.unquote(url.split("#!", 1)[1]))
+    layers = {la["name"]: la for la in state["layers"]}
+    assert layers["segment.segmentation"]["type"] == "segmentation" and layers["synth.raw"]["type"] == "image"
+    assert layers["synth.raw"]["source"] == "zarr://http://127.0.0.1:9000/synth/synth.zarr/raw"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, str(REPO / "jobs" / "serve.py"), str(run), "--port", str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and "serving" in server.stdout.readline()
+        src = layers["segment.segmentation"]["source"].replace(":9000", f":{port}").removeprefix("zarr://")
+        with urllib.request.urlopen(f"{src}/.zarray", timeout=10) as resp:
+            assert resp.headers["Access-Control-Allow-Origin"] == "*"
+            assert json.loads(resp.read())["dtype"] == "<u8"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
 
 def test_job_entrypoint_runs_one_stage(tmp_path: Path) -> None:
     """``python jobs/<stage>.py --config FILE``: the same stage as ``connectile run --only``; a bad

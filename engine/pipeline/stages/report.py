@@ -15,9 +15,12 @@ from engine.pipeline.stage import Stage, StageContext
 
 
 class ReportSection(Config):
-    """``report:`` -- ``title`` of the Markdown report."""
+    """``report:`` -- ``title`` of the Markdown report; ``serve_url``: where ``python jobs/serve.py RUN``
+    serves the run folder (for the neuroglancer link); ``neuroglancer``: the neuroglancer app's URL."""
 
     title: str = "Connectile run"
+    serve_url: str = "http://127.0.0.1:9000"
+    neuroglancer: str = "https://neuroglancer-demo.appspot.com"
 
 
 class ReportStage(Stage):
@@ -38,6 +41,10 @@ class ReportStage(Stage):
             outs = "<br>".join(f"{k}: `{v}`" for k, v in e.get("outputs", {}).items())
             secs = e.get("seconds")
             lines.append(f"| {name} | {e.get('status')} | `{e.get('hash')}` | {secs:.1f} | {outs} |" if secs is not None else f"| {name} | {e.get('status')} | `{e.get('hash')}` | | {outs} |")
+        link = neuroglancer_link(ctx.upstream, ctx.run_dir, cfg.serve_url, cfg.neuroglancer)
+        if link:
+            lines += ["", "## Neuroglancer", "", f"Serve the run folder: `python jobs/serve.py {ctx.run_dir} --port {cfg.serve_url.rsplit(':', 1)[-1]}`, then open",
+                      f"[the outputs in neuroglancer]({link}).", ""]
         pngs = sorted(p for p in ctx.run_dir.rglob("*.png") if ".state" not in p.parts)
         lines += ["", "## Plots", ""]
         for png in pngs:
@@ -46,6 +53,32 @@ class ReportStage(Stage):
         report = ctx.run_dir / "report.md"
         report.write_text("\n".join(lines) + "\n")
         return {"report": str(report)}
+
+
+#: output names shown as segmentation layers (the rest are images)
+_SEGMENTATIONS = ("labels", "segmentation", "neurons", "mito", "synapses")
+
+
+def neuroglancer_link(upstream: dict[str, dict[str, str]], run_dir: Path, serve_url: str, app: str) -> str | None:
+    """A neuroglancer URL with one layer per zarr volume output inside the run folder (images as
+    image layers, ids as segmentation layers), read from ``serve_url`` (``jobs/serve.py``)."""
+    import json
+    import urllib.parse
+
+    layers = []
+    root = run_dir.resolve()
+    for stage, outs in upstream.items():
+        for name, loc in outs.items():
+            path = Path(loc.removeprefix("file://"))
+            if ".zarr" not in loc or not path.is_absolute() or root not in path.resolve().parents:
+                continue
+            rel = path.resolve().relative_to(root).as_posix()
+            kind = "segmentation" if name in _SEGMENTATIONS else "image"
+            layers.append({"type": kind, "source": f"zarr://{serve_url.rstrip('/')}/{rel}", "name": f"{stage}.{name}", "visible": kind == "image" or name in ("labels", "segmentation")})
+    if not layers:
+        return None
+    state = {"layers": layers, "layout": "4panel"}
+    return f"{app.rstrip('/')}/#!" + urllib.parse.quote(json.dumps(state, separators=(",", ":")))
 
 
 def _stage_times(entries: dict[str, dict[str, Any]], path: Path) -> None:
