@@ -254,6 +254,8 @@ print(json.dumps({"bench": "machine", "cpu": "x", "quick": "--quick" in sys.argv
 print(json.dumps({"bench": "dispatch", "connectile_blocks_per_s": 5000.0, "peer": "daisy 2.0.0", "peer_blocks_per_s": 1000.0, "ratio": 5.0}))
 print(json.dumps({"bench": "gaussian", "shape": [100, 100, 100], "workers": 2, "connectile_s": 2.0, "peer_s": 3.0, "peer": "scipy", "ratio": 1.5}))
 print(json.dumps({"bench": "connected_components", "variant": "uint64", "shape": [100, 100, 100], "workers": 2, "connectile_s": 4.0, "peer_s": 2.0, "ratio": 0.5, "agree": True}))
+print(json.dumps({"machine": "x86_64", "cpus": 2}))
+print(json.dumps({"N": 1000, "knn": "exact", "total_s": 0.5, "reference_s": 2.0, "ratio": 4.0, "identical_picks": True}))
 '''
 
 
@@ -266,8 +268,9 @@ def test_connectile_bench_table_json_and_exit_code(tmp_path: Path, capsys: pytes
     out = tmp_path / "r" / "bench.json"
     assert main(["bench", "--benchmarks", str(bench), "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
-    rows = [ln for ln in text.splitlines() if ln.startswith(("dispatch", "gaussian", "connected_components"))]
-    assert len(rows) == 3
+    rows = [ln for ln in text.splitlines() if ln.startswith(("dispatch", "gaussian", "connected_components", "fake"))]
+    assert len(rows) == 4
+    assert rows[3].startswith("fake:exact N=1000") and "2,000" in rows[3] and "500" in rows[3] and "4.00x" in rows[3]  # a row without a bench name
     assert "5,000" in rows[0] and "1,000" in rows[0] and "5.00x" in rows[0] and "blocks/s" in rows[0]
     assert "0.50" in rows[1] and "0.33" in rows[1] and "Mvoxel/s" in rows[1]  # 1e6 voxels in 2 s and 3 s
     data = json.loads(out.read_text())
@@ -276,7 +279,7 @@ def test_connectile_bench_table_json_and_exit_code(tmp_path: Path, capsys: pytes
     assert data["stage_costs_quick"]["filter"]["worker_s_per_gvox"] == pytest.approx(2.0 * 2 / 1e-3)
     assert data["stage_costs_quick"]["label"]["worker_s_per_gvox"] == pytest.approx(4.0 * 2 / 1e-3)
     assert "upper bound" in data["stage_costs_quick"]["label"]["source"]
-    assert len(data["lines"]) == 4
+    assert len(data["lines"]) == 6
     proj = _projection()
     assert proj.load_costs(out)[0]["label"].worker_s_per_gvox == proj.DEFAULT_COSTS["label"].worker_s_per_gvox  # quick costs are not used
 

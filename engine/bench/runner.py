@@ -94,6 +94,9 @@ def run_suite(
                     if line is None:
                         continue
                     line["script"] = s.name
+                    # scripts that print rows without a "bench" name: the script's name (a machine
+                    # description, a line with "machine" and no ratio, is named as such)
+                    line.setdefault("bench", "machine" if "machine" in line and "ratio" not in line else s.name)
                     lines.append(line)
                     got += 1
                     bar.set_postfix_str(f"{s.name}: {line.get('bench')}")
@@ -123,7 +126,7 @@ def _json_line(raw: str) -> dict[str, Any] | None:
         value = json.loads(raw)
     except ValueError:
         return None
-    return value if isinstance(value, dict) and "bench" in value else None
+    return value if isinstance(value, dict) else None
 
 
 def _throughput(line: dict[str, Any]) -> tuple[float | None, float | None, str]:
@@ -136,6 +139,9 @@ def _throughput(line: dict[str, Any]) -> tuple[float | None, float | None, str]:
         vox = float(math.prod(int(v) for v in shape))
         c, p = line.get("connectile_s"), line.get("peer_s")
         return (vox / c / 1e6 if c else None), (vox / p / 1e6 if p else None), "Mvoxel/s"
+    if "N" in line and line.get("total_s"):  # items (patches, candidates) per second: bench_select.py's rows
+        ref = line.get("reference_s")
+        return line["N"] / line["total_s"], (line["N"] / ref if ref else None), "items/s"
     for key, value in line.items():
         if key.startswith("connectile_") and key.endswith("_per_s") and isinstance(value, int | float):
             suffix = key.removeprefix("connectile_")
@@ -150,12 +156,12 @@ def bench_rows(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if line.get("bench") == "machine" or "skipped" in line:
             continue
         c, p, unit = _throughput(line)
-        name = str(line["bench"]) + (f":{line['variant']}" if "variant" in line else "")
-        ratio = line.get("ratio")
+        name = str(line["bench"]) + "".join(f":{line[k]}" for k in ("variant", "knn") if k in line) + (f" N={line['N']}" if "N" in line else "")
+        ratio = line.get("ratio", line.get("ratio_extrapolated"))
         rows.append({
             "script": line.get("script", ""), "bench": name, "connectile": c, "peer": p, "unit": unit,
             "ratio": ratio if isinstance(ratio, int | float) else None, "peer_name": str(line.get("peer", "")),
-            "agree": line.get("agree"), "meets_target": line.get("meets_target"),
+            "agree": line.get("agree", line.get("identical_picks")), "meets_target": line.get("meets_target"),
         })
     return rows
 
