@@ -1,0 +1,198 @@
+"""Neuroglancer views: the state built from a run directory, the CORS file server (read through
+TensorStore's http kvstore), the link, and the state opened by the real neuroglancer client in chromium."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+import tensorstore as ts
+from browser.runs import make_rois, write_queries
+
+from engine.active.answers import AnswerStore
+from engine.geometry import Box
+from engine.ops.downsample import build_pyramid
+from engine.storage import create_volume
+from engine.view import FileServer, ViewError, discover_run, neuroglancer_link, serve_view
+
+SHAPE = (8, 64, 64)
+VOXEL = (40.0, 4.0, 4.0)
+
+
+def _write(path: Path, data: np.ndarray, chunks: tuple[int, int, int] = (4, 32, 32), fmt: str = "zarr") -> str:
+    vol = create_volume(path, data.shape, data.dtype, chunks, voxel_size=VOXEL, format=fmt)  # type: ignore[arg-type]
+    vol.write(Box.from_shape(data.shape[-3:]), data)
+    return vol.url
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run with raw (and its pyramid), a prediction, a segmentation, a selection and two rounds of ROIs."""
+    root = tmp_path_factory.mktemp("view") / "run"
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, SHAPE, dtype=np.uint8)
+    _write(root / "data.zarr" / "raw", raw)
+    build_pyramid(root / "data.zarr" / "raw", min_size=16, progress=False)
+    _write(root / "pred.zarr" / "mito_prob", rng.integers(0, 256, SHAPE, dtype=np.uint8))
+    seg = np.zeros(SHAPE, np.uint64)
+    seg[2:6, 10:30, 10:30] = 5
+    seg[1:4, 40:60, 35:50] = 2**40
+    _write(root / "seg.zarr" / "cc", seg, fmt="zarr3")
+    (root / "select").mkdir()
+    (root / "select" / "selection.json").write_text(
+        json.dumps({"method": "coverage", "seed": 0, "boxes": [{"start": [0, 0, 0], "stop": [4, 32, 32]}, {"start": [4, 32, 32], "stop": [8, 64, 64]}]})
+    )
+    make_rois(root, n=6, size=16)
+    write_queries(root, 1, [3, 1], [0, 1])
+    write_queries(root, 2, [5], [0])
+    with AnswerStore(root / "rounds" / "round-01" / "answers.sqlite") as s:
+        s.set(3, True)
+        s.set(1, False)
+        s.finish()
+    return root
+
+
+@pytest.fixture(scope="module")
+def served(run: Path) -> Iterator[tuple[FileServer, dict[str, Any]]]:
+    view = discover_run(run)
+    server, state = serve_view(view)
+    yield server, state
+    server.close()
+
+
+def test_discover_finds_volumes_selection_and_rois(run: Path) -> None:
+    view = discover_run(run)
+    assert [(layer.kind, layer.name) for layer in view.layers] == [("image", "raw"), ("prediction", "mito_prob"), ("segmentation", "cc")]
+    raw = view.layers[0]
+    assert raw.pyramid is not None and raw.pyramid.endswith("data.zarr/raw_pyramid") and raw.levels == ["s0", "s1", "s2"]
+    assert view.layers[1].pyramid is None and view.layers[2].format == "zarr3"
+    assert view.selection_file == run / "select" / "selection.json" and len(view.boxes) == 2
+    assert [(p["roi_id"], p["cluster"], p["round"], p["answer"]) for p in view.points] == [(1, 1, "round-01", 0), (3, 0, "round-01", 1), (5, 0, "round-02", -1)]
+
+
+def test_state_structure(run: Path, served: tuple[FileServer, dict[str, Any]]) -> None:
+    server, state = served
+    base = f"http://127.0.0.1:{server.port}/{server.token}"
+    assert state["dimensions"] == {"x": [4e-9, "m"], "y": [4e-9, "m"], "z": [4e-8, "m"]}
+    assert state["position"] == [32.0, 32.0, 4.0]  # x, y, z: the centre of the raw volume
+    layers = {layer["name"]: layer for layer in state["layers"]}
+    assert list(layers) == ["raw", "mito_prob", "cc", "selected sub-volumes", "queried ROIs"]
+    # the pyramid group, read by neuroglancer through its OME-Zarr metadata: no transform needed
+    assert layers["raw"]["type"] == "image" and layers["raw"]["source"] == {"url": f"zarr2://{base}/m0/raw_pyramid"}
+    pred = layers["mito_prob"]["source"]
+    assert pred["url"] == f"zarr2://{base}/m1/mito_prob" and "#uicontrol invlerp" in layers["mito_prob"]["shader"]
+    assert pred["transform"]["outputDimensions"] == {"z": [4e-8, "m"], "y": [4e-9, "m"], "x": [4e-9, "m"]}
+    assert pred["transform"]["matrix"] == [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
+    assert layers["cc"]["type"] == "segmentation" and layers["cc"]["source"]["url"] == f"zarr3://{base}/m2/cc"
+    boxes = layers["selected sub-volumes"]
+    assert boxes["type"] == "annotation" and boxes["source"]["url"] == "local://annotations"
+    assert [(a["type"], a["pointA"], a["pointB"]) for a in boxes["annotations"]] == [
+        ("axis_aligned_bounding_box", [0.0, 0.0, 0.0], [4.0, 32.0, 32.0]),
+        ("axis_aligned_bounding_box", [4.0, 32.0, 32.0], [8.0, 64.0, 64.0]),
+    ]
+    points = layers["queried ROIs"]
+    index = __import__("pyarrow.parquet", fromlist=["x"]).read_table(run / "rois" / "index.parquet").to_pydict()
+    for a in points["annotations"]:
+        rid = a["props"][0]
+        assert a["type"] == "point" and a["point"] == [index["z"][rid] + 0.5, index["y"][rid] + 0.5, index["x"][rid] + 0.5]
+    assert [a["props"] for a in points["annotations"]] == [[1, 1, 0], [3, 0, 1], [5, 0, -1]]
+    assert [p["id"] for p in points["annotationProperties"]] == ["roi_id", "cluster", "answer"]
+    link = neuroglancer_link(state)
+    assert link.startswith("https://neuroglancer-demo.appspot.com/#!")
+    assert json.loads(unquote(link.split("#!", 1)[1])) == state
+
+
+def test_state_parses_in_neuroglancer_python(served: tuple[FileServer, dict[str, Any]]) -> None:
+    ng = pytest.importorskip("neuroglancer")
+    _, state = served
+    parsed = ng.ViewerState(json.loads(json.dumps(state)))
+    assert [layer.name for layer in parsed.layers] == ["raw", "mito_prob", "cc", "selected sub-volumes", "queried ROIs"]
+    assert [type(layer.layer).__name__ for layer in parsed.layers] == ["ImageLayer", "ImageLayer", "SegmentationLayer", "AnnotationLayer", "AnnotationLayer"]
+    boxes = parsed.layers["selected sub-volumes"].annotations
+    assert type(boxes[0]).__name__ == "AxisAlignedBoundingBoxAnnotation" and list(boxes[1].point_b) == [8, 64, 64]
+    pts = parsed.layers["queried ROIs"]
+    assert list(pts.annotations[0].props) == [1, 1, 0] and list(pts.source[0].transform.output_dimensions.names) == ["z", "y", "x"]
+    assert pts.source[0].url == "local://annotations" and list(parsed.layers["mito_prob"].source[0].transform.output_dimensions.scales) == [4e-8, 4e-9, 4e-9]
+    assert ng.ViewerState(parsed.to_json()).to_json() == parsed.to_json()
+
+
+def _get(server: FileServer, path: str, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[int, bytes, dict[str, str]]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read(), {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
+
+
+def test_file_server_cors_and_ranges(run: Path, served: tuple[FileServer, dict[str, Any]]) -> None:
+    server, _ = served
+    t = server.token
+    zarray = (run / "pred.zarr" / "mito_prob" / ".zarray").read_bytes()
+    status, body, headers = _get(server, f"/{t}/m1/mito_prob/.zarray", {"Origin": "https://neuroglancer-demo.appspot.com"})
+    assert status == 200 and body == zarray and headers["access-control-allow-origin"] == "*" and headers["accept-ranges"] == "bytes"
+    status, body, headers = _get(server, f"/{t}/m1/mito_prob/.zarray", {"Range": "bytes=2-9"})
+    assert status == 206 and body == zarray[2:10] and headers["content-range"] == f"bytes 2-9/{len(zarray)}"
+    status, body, headers = _get(server, f"/{t}/m1/mito_prob/.zarray", {"Range": "bytes=-5"})
+    assert status == 206 and body == zarray[-5:]
+    status, body, headers = _get(server, f"/{t}/m1/mito_prob/.zarray", {"Range": "bytes=10-"})
+    assert status == 206 and body == zarray[10:]
+    assert _get(server, f"/{t}/m1/mito_prob/.zarray", {"Range": f"bytes={len(zarray) + 5}-"})[0] == 416
+    assert _get(server, f"/{t}/m1/mito_prob/.zarray", {"Range": "lines=1-2"})[0] == 416
+    status, _, headers = _get(server, f"/{t}/m1/mito_prob/.zarray", {"Origin": "https://x", "Access-Control-Request-Method": "GET",
+                                                                      "Access-Control-Request-Private-Network": "true"}, method="OPTIONS")
+    assert status == 204 and headers["access-control-allow-private-network"] == "true" and "Range" in headers["access-control-allow-headers"]
+    status, body, headers = _get(server, f"/{t}/m1/mito_prob/.zarray", method="HEAD")
+    assert status == 200 and body == b"" and int(headers["content-length"]) == len(zarray)
+    # without the token, outside the mounts, traversal: nothing
+    for path in ("/m1/mito_prob/.zarray", "/wrong/m1/mito_prob/.zarray", f"/{t}/m9/x", f"/{t}/m1/missing/0.0.0", f"/{t}/m1"):
+        assert _get(server, path)[0] == 404, path
+    for path in (f"/{t}/m1/../pred.zarr/mito_prob/.zarray", f"/{t}/m1/%2e%2e/%2e%2e/etc/passwd", f"/{t}/m1/..%2f..%2fetc%2fpasswd", f"/{t}/m1/a%5c..%5cb"):
+        assert _get(server, path)[0] == 400, path
+    assert _get(server, f"/{t}/m1/mito_prob/.zarray", method="PUT")[0] == 405
+
+
+def test_served_stores_read_back_through_http(run: Path, served: tuple[FileServer, dict[str, Any]]) -> None:
+    """A real zarr reader (TensorStore's http kvstore) reads every served layer back, equal to the disk."""
+    server, _ = served
+    base = f"http://127.0.0.1:{server.port}/{server.token}"
+    for driver, rel, disk in (("zarr", "m1/mito_prob", run / "pred.zarr" / "mito_prob"), ("zarr3", "m2/cc", run / "seg.zarr" / "cc"),
+                              ("zarr", "m0/raw_pyramid/s2", run / "data.zarr" / "raw_pyramid" / "s2")):
+        over_http = ts.open({"driver": driver, "kvstore": f"{base}/{rel}/"}, read=True).result().read().result()
+        local = ts.open({"driver": driver, "kvstore": {"driver": "file", "path": str(disk) + "/"}}, read=True).result().read().result()
+        np.testing.assert_array_equal(np.asarray(over_http), np.asarray(local))
+    meta = json.loads(_get(server, f"/{server.token}/m0/raw_pyramid/.zattrs")[1])
+    assert [d["path"] for d in meta["multiscales"][0]["datasets"]] == ["s0", "s1", "s2"]
+
+
+def test_explicit_volumes_and_bad_input(run: Path, tmp_path: Path) -> None:
+    view = discover_run(tmp_path, raw=str(run / "pred.zarr" / "mito_prob"), segmentations=[str(run / "seg.zarr" / "cc")])
+    assert [(layer.kind, layer.name) for layer in view.layers] == [("image", "mito_prob"), ("segmentation", "cc")] and view.points == []
+    with pytest.raises(ViewError, match="does not exist"):
+        discover_run(tmp_path / "nope")
+    with pytest.raises(ViewError, match="selection file"):
+        discover_run(run, selection=tmp_path / "missing.json")
+    (tmp_path / "sel.json").write_text(json.dumps([{"start": [0, 0], "stop": [1, 1]}]))
+    with pytest.raises(ViewError, match="box 0"):
+        discover_run(run, selection=tmp_path / "sel.json")
+
+
+def test_cli_prints_the_link(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    assert main(["view", str(run), "--once", "--state-out", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert "image        raw" in out and "(pyramid" in out and "2 selected sub-volumes, 3 queried ROIs" in out
+    link = next(line for line in out.splitlines() if line.startswith("https://neuroglancer-demo.appspot.com/#!"))
+    assert json.loads(unquote(link.split("#!", 1)[1])) == json.loads((tmp_path / "s.json").read_text())
+    assert main(["view", str(tmp_path / "empty-run-that-is-missing")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main(["view", str(tmp_path / "empty"), "--once"]) == 2
+    assert "found no zarr" in capsys.readouterr().err
