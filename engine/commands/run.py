@@ -53,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
     from engine.pipeline.run import load_pipeline_config, run_pipeline
 
     cfg = load_pipeline_config(args.config, overrides_from(args))
-    for r in run_pipeline(cfg, only=args.only, from_stage=args.from_stage, overwrite=args.overwrite):
+    def starting(name: str, i: int, n: int) -> None:
+        print(f"[{i}/{n}] {name} ...", flush=True)
+
+    for r in run_pipeline(cfg, only=args.only, from_stage=args.from_stage, overwrite=args.overwrite, on_stage=starting):
         print(r.line())
     print(f"run folder: {cfg.run_dir} (manifest.json)")
     return 0

@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,9 +148,17 @@ def _outputs_exist(outputs: Mapping[str, str]) -> bool:
 
 
 def run_pipeline(
-    cfg: PipelineBase, *, only: Sequence[str] | None = None, from_stage: str | None = None, overwrite: bool = False
+    cfg: PipelineBase,
+    *,
+    only: Sequence[str] | None = None,
+    from_stage: str | None = None,
+    overwrite: bool = False,
+    on_stage: Callable[[str, int, int], None] | None = None,
 ) -> list[StageResult]:
-    """Run the enabled stages of ``cfg`` in ``cfg.run_dir`` and return what each did."""
+    """Run the enabled stages of ``cfg`` in ``cfg.run_dir`` and return what each did.
+
+    ``on_stage(name, i, n)`` is called before stage ``i`` of ``n`` runs (not when it is skipped).
+    """
     p = plan(cfg)
     for name in [*(only or ()), *([from_stage] if from_stage else [])]:
         if name not in p.order:
@@ -188,6 +196,8 @@ def run_pipeline(
         start_over = name in forced or (entry is not None and (entry.get("hash") != digest or entry.get("status") == "done"))
         if entry is not None and not start_over:
             log.info("stage %s: resuming (it was %s)", name, entry.get("status"))
+        if on_stage is not None:
+            on_stage(name, selected.index(name) + 1, len(selected))
         results.append(_run_stage(name, p, manifest, cfg, run_dir, start_over))
         ran_now.add(name)
     return results
