@@ -406,13 +406,10 @@ def test_cli_bad_run_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
 # --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from browser.chromium import ARGS, chromium, playwright_sync
+    from browser.chromium import launched
 
-    executable = chromium()
-    with playwright_sync()() as pw:
-        b = pw.chromium.launch(executable_path=executable, args=ARGS, headless=True)
+    with launched() as b:
         yield b
-        b.close()
 
 
 def _open(browser: Any, server: ReviewServer) -> Any:

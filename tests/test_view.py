@@ -109,7 +109,9 @@ def test_state_structure(run: Path, served: tuple[FileServer, dict[str, Any]]) -
 
 
 def test_state_parses_in_neuroglancer_python(served: tuple[FileServer, dict[str, Any]]) -> None:
-    ng = pytest.importorskip("neuroglancer")
+    from browser.chromium import neuroglancer
+
+    ng = neuroglancer()
     _, state = served
     parsed = ng.ViewerState(json.loads(json.dumps(state)))
     assert [layer.name for layer in parsed.layers] == ["raw", "mito_prob", "cc", "selected sub-volumes", "queried ROIs"]
@@ -196,3 +198,45 @@ def test_cli_prints_the_link(run: Path, tmp_path: Path, capsys: pytest.CaptureFi
     (tmp_path / "empty").mkdir()
     assert main(["view", str(tmp_path / "empty"), "--once"]) == 2
     assert "found no zarr" in capsys.readouterr().err
+
+
+def test_neuroglancer_client_loads_the_view(served: tuple[FileServer, dict[str, Any]]) -> None:
+    """The real neuroglancer client (the one shipped in the neuroglancer package) opens the state in
+    chromium and reads every layer from the file server, cross-origin."""
+    from browser.chromium import launched, neuroglancer
+
+    ng = neuroglancer()
+    server, state = served
+    server.requests.clear()
+    ng.set_server_bind_address("127.0.0.1")
+    viewer = ng.Viewer()
+    viewer.set_state(ng.ViewerState(state))
+    try:
+        with launched() as browser:
+            page = browser.new_page()
+            page.goto(viewer.get_viewer_url())
+            page.wait_for_function(
+                "() => window.viewer && window.viewer.layerManager.managedLayers.length === 5 && window.viewer.layerManager.managedLayers"
+                ".every(l => l.layer && l.layer.dataSources.every(d => d.loadState !== undefined))",
+                timeout=20000,
+            )
+            load = page.evaluate(
+                "() => window.viewer.layerManager.managedLayers.map(l => [l.name, l.layer.dataSources.map(d => "
+                "d.loadState.error !== undefined ? 'error: ' + d.loadState.error.message : 'ok')])"
+            )
+            assert load == [[name, ["ok"]] for name in ("raw", "mito_prob", "cc", "selected sub-volumes", "queried ROIs")]
+            parsed = page.evaluate("() => window.viewer.state.toJSON().layers.map(l => (l.annotations || []).length)")
+            assert parsed == [0, 0, 0, 2, 3]
+            want = ("/m0/raw_pyramid/s0/", "/m0/raw_pyramid/s2/", "/m1/mito_prob/", "/m2/cc/c/")
+            for _ in range(100):
+                got = [p for p, s in list(server.requests) if s == 200]
+                if all(any(w in p and not p.endswith((".zarray", ".zattrs", "zarr.json")) for p in got) for w in want):
+                    break
+                page.wait_for_timeout(100)
+            for w in want:  # a chunk of every volume (and of two pyramid levels) was read over HTTP
+                assert any(w in p and not p.endswith((".zarray", ".zattrs", "zarr.json")) for p in got), (w, got)
+            assert f"/{server.token}/m0/raw_pyramid/.zattrs" in got
+            assert not [p for p, s in server.requests if s not in (200, 404)]
+            page.close()
+    finally:
+        ng.server.stop()

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,3 +51,24 @@ def playwright_sync():  # type: ignore[no-untyped-def]
     except ImportError:
         _unavailable("the playwright package is not installed (pip install playwright==1.65.2)")
     return sync_playwright
+
+
+@contextlib.contextmanager
+def launched() -> Iterator[Any]:
+    """A headless chromium driven by Playwright (one per test module: starting one takes ~2 s)."""
+    executable = chromium()
+    with playwright_sync()() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def neuroglancer() -> Any:
+    """The neuroglancer Python package (its bundled client is the viewer the view tests open)."""
+    try:
+        import neuroglancer as ng
+    except ImportError:
+        _unavailable("the neuroglancer package is not installed (pip install neuroglancer==2.41.2)")
+    return ng
