@@ -32,7 +32,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
     started = False
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
-        env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
+        # Quiet workers' DeprecationWarnings; but inside a Ray job (``ray job submit``) the job's own
+        # runtime env applies, and Ray refuses to merge a second one that sets the same keys.
+        in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+        env = None if in_job else {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
         if address:
             log.info("connecting to the Ray cluster at %s", address)
             ray.init(address=address, logging_level=logging.WARNING, runtime_env=env)
