@@ -118,6 +118,26 @@ class Teacher:
         return torch.sigmoid(net(x)).detach()
 
 
+class SampleSupervisedLoss:
+    """The supervised loss of a semi-supervised run: ``bce`` x BCE + ``dice`` x soft Dice on ``ctx.logits``,
+    each a per-sample mean over known voxels, averaged over samples (so shards of a batch average to it;
+    :class:`~engine.learn.losses.SupervisedLoss` pools known voxels and Dice over the batch instead)."""
+
+    name = "supervised"
+
+    def __init__(self, bce: float = 1.0, dice: float = 1.0, pos_weight: float | None = None, weight: float = 1.0) -> None:
+        self.bce, self.dice, self.pos_weight, self.weight = bce, dice, pos_weight, weight
+
+    def __call__(self, ctx: StepContext) -> torch.Tensor:
+        target, w = ctx.batch["target"], ctx.batch["weight"]
+        per = ctx.logits.new_zeros(ctx.logits.shape[0])
+        if self.bce:
+            per = per + self.bce * per_sample_bce(ctx.logits, target, w, self.pos_weight)
+        if self.dice:
+            per = per + self.dice * per_sample_dice(ctx.logits, target, w)
+        return per.mean()
+
+
 class _SemiTerm:
     """Shared by the three terms: name, weight, warm-up/ramp schedule, teacher."""
 

@@ -25,8 +25,8 @@ from engine.errors import ConfigError, StorageError
 from engine.geometry import Box
 from engine.learn.augment import blur, flips, intensity, noise
 from engine.learn.config import AugmentConfig, SemiConfig, TrainConfig
-from engine.learn.consistency import InterMixLoss, LabelledMixLoss, Teacher, UnlabelledMixLoss
-from engine.learn.losses import LossTerm, SupervisedLoss
+from engine.learn.consistency import InterMixLoss, LabelledMixLoss, SampleSupervisedLoss, Teacher, UnlabelledMixLoss
+from engine.learn.losses import LossTerm
 from engine.learn.mixing import box_mask, inter_mask, mix
 from engine.learn.sampler import CropSampler, to_unit
 from engine.learn.trainer import Trainer
@@ -164,13 +164,14 @@ class SemiBatch:
 
 
 def semi_terms(cfg: TrainConfig, pos_weight: float | None) -> list[LossTerm]:
-    """The loss terms of a semi-supervised run: the supervised loss plus the three mixing terms (those
-    with a non-zero weight), sharing one teacher."""
+    """The loss terms of a semi-supervised run: the supervised loss (per-sample means, see
+    :class:`~engine.learn.consistency.SampleSupervisedLoss`) plus the three mixing terms (those with a
+    non-zero weight), sharing one teacher. With every mixing weight 0 it is the supervised baseline."""
     s = cfg.semi
     assert s is not None
     teacher = Teacher(s.teacher, s.ema_decay)
     sched = {"warmup_steps": s.warmup_steps, "rampup_steps": s.rampup_steps}
-    terms: list[LossTerm] = [SupervisedLoss(cfg.loss.bce, cfg.loss.dice, pos_weight)]
+    terms: list[LossTerm] = [SampleSupervisedLoss(cfg.loss.bce, cfg.loss.dice, pos_weight)]
     if s.labelled_mix:
         terms.append(LabelledMixLoss(s.labelled_mix, teacher, bce=cfg.loss.bce, dice=cfg.loss.dice, pos_weight=pos_weight, **sched))
     if s.unlabelled:
