@@ -159,13 +159,16 @@ class CropSampler:
         s = self.cfg.sampling
         for _ in range(s.max_tries):
             image, labels, known = self.draw(rng)
-            image, labels, known = augment(image, labels, known, self.cfg.augment, rng)
-            target, weight = make_target(labels, known, self.cfg.target, self.offsets)
-            if weight.mean() < s.min_known:
+            # reject before augmenting (cheap): augmentation barely changes how much is known or whether
+            # there is foreground, and a rejected crop should not cost its augmentation
+            if known.mean() < s.min_known:
                 continue
-            if not has_foreground(target, weight, self.cfg.target.kind) and rng.random() < s.reject_empty:
+            raw_target, raw_weight = make_target(labels, known, self.cfg.target, self.offsets)
+            if not has_foreground(raw_target, raw_weight, self.cfg.target.kind) and rng.random() < s.reject_empty:
                 continue
             break
+        image, labels, known = augment(image, labels, known, self.cfg.augment, rng)
+        target, weight = make_target(labels, known, self.cfg.target, self.offsets)
         k = self.cfg.model.context_slices
         if k:  # 2.5D: the end sections of a crop lack their neighbours; leave them out of the loss
             weight[:, :k] = 0

@@ -29,6 +29,7 @@ from engine.learn.history import append_history, plot_history, truncate_history
 from engine.learn.losses import LossTerm, StepContext, SupervisedLoss
 from engine.learn.sampler import CropSampler
 from engine.models import build_model
+from engine.models.unet import fold_sections, unfold_sections
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class Trainer:
             group["lr"] = learning_rate(self.cfg, self.step_count)
         self.net.train()
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        logits = self.net(batch["raw"])
+        logits, batch = self.forward(batch)
         ctx = StepContext(model=self.net, batch=batch, logits=logits, step=self.step_count)
         parts = {t.name: t(ctx) for t in self.terms}
         total = sum((t.weight * parts[t.name] for t in self.terms), logits.new_zeros(()))
@@ -121,6 +122,22 @@ class Trainer:
         self.optimizer.step()
         self.step_count += 1
         return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The logits of ``batch["raw"]`` (and the batch they line up with).
+
+        A 2.5D model is run only on the sections that have all their neighbours inside the crop (the
+        others carry no loss): ``target`` and ``weight`` are cut to those sections too.
+        """
+        raw = batch["raw"]
+        k = self.cfg.model.context_slices
+        if self.cfg.model.dims != 2 or k == 0 or raw.dim() != 5:
+            return self.net(raw), batch
+        b, z = raw.shape[0], raw.shape[2]
+        keep = torch.tensor([i * z + j for i in range(b) for j in range(k, z - k)], device=raw.device)
+        logits = unfold_sections(self.net(fold_sections(raw, k)[keep]), b)
+        cut: dict[str, torch.Tensor] = {name: batch[name][:, :, k : z - k] for name in ("target", "weight") if name in batch}
+        return logits, {**batch, **cut}
 
     # -- resume and checkpoints -------------------------------------------------------------------------
     def resume(self) -> bool:
