@@ -238,3 +238,49 @@ def test_select_cli_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["select", str(emb), str(tmp_path / "o"), "--set", "bogus=1"]) == 2
     assert "unknown key 'bogus'" in capsys.readouterr().err
     assert not (tmp_path / "o" / "selection.json").exists()
+
+
+def test_export_and_import_labels_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import tifffile
+
+    from engine.storage import create_volume, open_volume
+
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 255, size=(12, 64, 80), dtype=np.uint8)
+    from engine.geometry import Box
+
+    vol = create_volume(str(tmp_path / "d.zarr" / "raw"), raw.shape, "uint8", (6, 32, 32), voxel_size=(40, 4, 4))
+    vol.write(vol.box, raw)
+    boxes = [Box((0, 0, 0), (6, 20, 30)), Box((6, 32, 40), (12, 64, 80))]
+    (tmp_path / "sel.json").write_text(json.dumps({"method": "coverage", "boxes": [b.to_dict() for b in boxes]}))
+    crops = tmp_path / "crops"
+    assert main(["export-labels", str(tmp_path / "d.zarr" / "raw"), str(tmp_path / "sel.json"), str(crops)]) == 0
+    manifest = json.loads((crops / "manifest.json").read_text())
+    assert [c["box"] for c in manifest["crops"]] == [b.to_dict() for b in boxes]
+    assert np.array_equal(tifffile.imread(crops / "crop_001.tif"), raw[boxes[1].to_slices()])
+    assert np.array_equal(open_volume(str(crops / "crop_000.zarr" / "raw")).read(Box.from_shape(boxes[0].shape)), raw[boxes[0].to_slices()])
+    # annotators: crop 0 as zarr (with its box), crop 1 as TIFF
+    lab0 = rng.integers(0, 5, size=boxes[0].shape).astype(np.uint32)
+    lab1 = rng.integers(0, 5, size=boxes[1].shape).astype(np.uint16)
+    z = create_volume(str(crops / "crop_000.zarr" / "labels"), boxes[0].shape, "uint32", (6, 20, 30), attrs={"box": boxes[0].to_dict()})
+    z.write(z.box, lab0)
+    tifffile.imwrite(crops / "crop_001_labels.tif", lab1)
+    out = str(tmp_path / "d.zarr" / "labels")
+    assert main(["import-labels", str(crops), out]) == 0
+    labels = open_volume(out).read(vol.box)
+    expected = np.zeros(raw.shape, np.uint64)
+    expected[boxes[0].to_slices()] = lab0
+    expected[boxes[1].to_slices()] = lab1
+    assert np.array_equal(labels, expected)
+    assert open_volume(out).voxel_size == (40.0, 4.0, 4.0)
+    capsys.readouterr()
+    # a crop of the wrong shape is refused, and nothing is written
+    tifffile.imwrite(crops / "crop_001_labels.tif", lab1[:, :-1])
+    assert main(["import-labels", str(crops), str(tmp_path / "other.zarr" / "labels")]) == 2
+    err = capsys.readouterr().err
+    assert "crop_001" in err and "shape" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "other.zarr").exists()
+    # labels recorded for another box are refused
+    tifffile.imwrite(crops / "crop_001_labels.tif", lab1, description=json.dumps({"box": boxes[0].to_dict()}))
+    assert main(["import-labels", str(crops), str(tmp_path / "other.zarr" / "labels")]) == 2
+    assert "were made for box" in capsys.readouterr().err

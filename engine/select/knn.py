@@ -148,16 +148,12 @@ class IVFIndex:
     @classmethod
     def build(cls, x: np.ndarray, nlist: int | None = None, *, seed: int = 0, train_size: int = 100_000) -> IVFIndex:
         """Train the coarse quantiser on a sample (``train_size`` points) and fill the lists."""
-        from sklearn.cluster import MiniBatchKMeans
-
         x = np.ascontiguousarray(x, dtype=np.float32)
         n = x.shape[0]
         nlist = int(nlist or max(1, min(n // 39, round(4 * np.sqrt(n)))))
         rng = np.random.default_rng(seed)
         sample = x if n <= train_size else x[np.sort(rng.choice(n, train_size, replace=False))]
-        km = MiniBatchKMeans(n_clusters=nlist, random_state=seed, n_init=1, batch_size=4096, max_iter=20)
-        km.fit(sample)
-        centroids = km.cluster_centers_.astype(np.float32)
+        centroids = _kmeans(sample, nlist, seed=seed)
         assign = np.empty(n, dtype=np.int64)
         c_sq = (centroids.astype(np.float64) ** 2).sum(1)
         for s in range(0, n, 65536):
@@ -195,20 +191,35 @@ class IVFIndex:
             d[same] = -1.0 if include_self else np.inf
             all_d = np.concatenate([best_d[qs], d], axis=1)
             all_i = np.concatenate([best_i[qs], np.broadcast_to(members, d.shape)], axis=1)
-            sel = _k_smallest_pairs(all_d, all_i, k)
-            best_d[qs] = np.take_along_axis(all_d, sel, axis=1)
-            best_i[qs] = np.take_along_axis(all_i, sel, axis=1)
+            kk = min(k, all_d.shape[1])
+            sel = np.argpartition(all_d, kk - 1, axis=1)[:, :kk]
+            best_d[qs, :kk] = np.take_along_axis(all_d, sel, axis=1)
+            best_i[qs, :kk] = np.take_along_axis(all_i, sel, axis=1)
         if (best_i == np.iinfo(np.int64).max).any():
             raise ConfigError(
                 f"the approximate index found fewer than k={k} neighbours for some patches", "raise --nprobe or use --knn exact"
             )
-        return best_i
+        order = np.lexsort((best_i, best_d), axis=1)  # nearest first, ties by id
+        return np.take_along_axis(best_i, order, axis=1)
 
 
-def _k_smallest_pairs(d: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
-    """Column positions of the k smallest (distance, id) pairs per row, ordered."""
-    order = np.lexsort((ids, d), axis=1)[:, :k]
-    return order
+def _kmeans(x: np.ndarray, n_clusters: int, *, seed: int = 0, iters: int = 15) -> np.ndarray:
+    """Lloyd's k-means (float32 centroids) from a seeded random sample of the points.
+
+    Plain numpy GEMMs: a coarse quantiser needs only a few iterations, and on a busy machine
+    scikit-learn's k-means (and its k-means++ start: one small GEMM per centre) was many times slower.
+    """
+    rng = np.random.default_rng(seed)
+    centroids = x[np.sort(rng.choice(len(x), n_clusters, replace=False))].astype(np.float64)
+    xd = x.astype(np.float64)
+    for _ in range(iters):
+        assign = np.argmin(sq_distances(xd, centroids), axis=1)
+        counts = np.bincount(assign, minlength=n_clusters)
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, assign, xd)
+        filled = counts > 0
+        centroids[filled] = sums[filled] / counts[filled, None]
+    return centroids.astype(np.float32)
 
 
 def approx_knn(x: np.ndarray, k: int, *, nlist: int | None = None, nprobe: int = 16, seed: int = 0, include_self: bool = True) -> np.ndarray:
@@ -216,8 +227,8 @@ def approx_knn(x: np.ndarray, k: int, *, nlist: int | None = None, nprobe: int =
     x = _check(x, k)
     index = IVFIndex.build(x, nlist, seed=seed)
     out = np.empty((x.shape[0], k), dtype=np.int64)
-    for s in range(0, x.shape[0], 8192):
-        out[s : s + 8192] = index.search(np.arange(s, min(s + 8192, x.shape[0])), k, nprobe, include_self=include_self)
+    for s in range(0, x.shape[0], 65536):
+        out[s : s + 65536] = index.search(np.arange(s, min(s + 65536, x.shape[0])), k, nprobe, include_self=include_self)
     return out
 
 

@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""Coverage selection benchmark: Connectile's selection vs the brute-force reference algorithm.
+
+    .venv/bin/python benchmarks/bench_select.py                    # N = 2,500 and 10,000 (both), 10^5 and 10^6 (Connectile)
+    .venv/bin/python benchmarks/bench_select.py --sizes 2500,100000 --no-exact-large
+    .venv/bin/python benchmarks/bench_select.py --embed            # also embedding throughput vs the raw forward pass
+
+Input: synthetic patch embeddings with the structure of real ones: D = 80, eight smooth random fields
+over the patch grid (Gaussian, sigma 3 patches) mixed by a random 8 x 80 matrix through tanh, plus
+noise -- neighbouring patches are alike, as overlapping EM patches are. k = 30, windows of 1 x 9 x 9
+patches (the paper's 18 x 480 x 480 sub-volumes), budget 4, every window position a candidate.
+
+reference   the authors' algorithm, vectorised per candidate with numpy: the full N x N Euclidean
+            distance matrix (float64), kNN balls as a dense N x N boolean matrix, and for every step
+            every non-overlapping candidate scored by recomputing the union of the balls of
+            chosen + window (``engine.select.reference``). Memory 9 N^2 bytes: N = 10^5 needs 90 GB.
+connectile  exact kNN in row chunks (memory chunk x N) or the IVF index (approximate; recall measured
+            on 500 patches), then sparse coverage gains and incremental updates
+            (``engine.select.greedy_select``). Reported: kNN seconds, greedy seconds, total.
+
+Where both run the picks are compared (they must be identical). ``ratio`` = reference total / Connectile
+total. At sizes the reference cannot hold, its time is extrapolated as c N^2 from the largest size it
+ran (marked ``extrapolated``). Also measured: the hierarchical mode at the largest size (time, and the
+coverage its picks reach over the whole fine grid against flat selection's). One JSON line per
+measurement on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from engine.select.candidates import Windows  # noqa: E402
+from engine.select.greedy import coverage_curve, greedy_select  # noqa: E402
+from engine.select.knn import approx_knn, exact_knn, knn_recall  # noqa: E402
+from engine.select.patches import PatchGrid  # noqa: E402
+from engine.select.reference import dense_balls, reference_greedy  # noqa: E402
+
+GRIDS = {2500: (4, 25, 25), 10_000: (4, 50, 50), 100_000: (10, 100, 100), 1_000_000: (16, 250, 250)}
+
+
+def grid_for(n: int) -> tuple[int, int, int]:
+    if n in GRIDS:
+        return GRIDS[n]
+    side = int(round((n / 10) ** 0.5))
+    return (10, side, side)
+
+
+def embeddings(shape: tuple[int, int, int], dim: int = 80, seed: int = 0) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    fields = np.stack([gaussian_filter(rng.normal(size=shape), (1, 3, 3)) for _ in range(8)], axis=-1)
+    fields /= fields.std()
+    mix = rng.normal(size=(8, dim))
+    x = np.tanh(fields.reshape(-1, 8) @ mix / 2.0) + 0.1 * rng.normal(size=(int(np.prod(shape)), dim))
+    return x.astype(np.float32)
+
+
+def emit(**row: Any) -> None:
+    print(json.dumps(row), flush=True)
+
+
+def run_reference(windows: Windows, x: np.ndarray, k: int, budget: int) -> tuple[list[int], float]:
+    t = time.perf_counter()
+    dense = dense_balls(x, k)
+    picks, _ = reference_greedy(windows, dense, budget)
+    return picks, time.perf_counter() - t
+
+
+def run_connectile(windows: Windows, x: np.ndarray, k: int, budget: int, knn: str, nprobe: int) -> tuple[list[int], dict[str, Any], np.ndarray]:
+    t0 = time.perf_counter()
+    balls = exact_knn(x, k) if knn == "exact" else approx_knn(x, k, nprobe=nprobe)
+    t1 = time.perf_counter()
+    sel = greedy_select(windows, balls, budget)
+    t2 = time.perf_counter()
+    info: dict[str, Any] = {"knn": knn, "knn_s": round(t1 - t0, 3), "greedy_s": round(t2 - t1, 3), "total_s": round(t2 - t0, 3),
+                            "coverage": sel.coverage[-1]}
+    return sel.picks, info, balls
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="2500,10000,100000,1000000")
+    ap.add_argument("--reference-max", type=int, default=10_000, help="largest N the reference runs at (memory 9 N^2 bytes)")
+    ap.add_argument("--k", type=int, default=30)
+    ap.add_argument("--budget", type=int, default=4)
+    ap.add_argument("--nprobe", type=int, default=16)
+    ap.add_argument("--no-exact-large", action="store_true", help="skip exact kNN above 10^5 patches")
+    ap.add_argument("--hierarchical", action="store_true", help="also the hierarchical mode at the largest size")
+    ap.add_argument("--embed", action="store_true", help="embedding throughput vs the raw forward pass")
+    args = ap.parse_args()
+    emit(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(), python=platform.python_version(), k=args.k, budget=args.budget)
+    ref_fit: tuple[int, float] | None = None
+    for n in (int(s) for s in args.sizes.split(",")):
+        shape = grid_for(n)
+        grid = PatchGrid(tuple(s + 1 for s in shape), (2, 2, 2), (1, 1, 1))  # a grid of exactly `shape` patches
+        windows = Windows(grid, (1, 9, 9))
+        x = embeddings(grid.shape)
+        n = grid.size
+        row: dict[str, Any] = {"N": n, "grid": list(grid.shape), "candidates": windows.size}
+        ref_picks = None
+        if n <= args.reference_max:
+            ref_picks, ref_s = run_reference(windows, x, args.k, args.budget)
+            row["reference_s"] = round(ref_s, 3)
+            ref_fit = (n, ref_s)
+        elif ref_fit is not None:
+            row["reference_s_extrapolated"] = round(ref_fit[1] * (n / ref_fit[0]) ** 2, 1)
+        modes = ["exact", "approx"] if (n <= 100_000 or not args.no_exact_large) and n <= 100_000 else ["approx"]
+        for knn in modes:
+            picks, info, balls = run_connectile(windows, x, args.k, args.budget, knn, args.nprobe)
+            out = {**row, **info}
+            if ref_picks is not None:
+                out["identical_picks"] = picks == ref_picks
+                out["ratio"] = round(out["reference_s"] / info["total_s"], 1)
+            elif "reference_s_extrapolated" in row:
+                out["ratio_extrapolated"] = round(row["reference_s_extrapolated"] / info["total_s"], 1)
+            if knn == "approx":
+                out["recall"] = round(knn_recall(x, balls, sample=500), 4)
+            emit(**out)
+        if args.hierarchical and n == max(int(s) for s in args.sizes.split(",")):
+            from engine.select.hierarchical import hierarchical_select
+
+            def knn_fn(y: np.ndarray, k: int) -> np.ndarray:
+                return exact_knn(y, k) if len(y) <= 50_000 else approx_knn(y, k, nprobe=args.nprobe)
+
+            t = time.perf_counter()
+            sel = hierarchical_select(grid, x, (1, 9, 9), args.budget, args.k, knn_fn, factor=(1, 4, 4), regions_per_pick=2)
+            h_s = time.perf_counter() - t
+            full = coverage_curve(windows, balls, sel.picks)[1][-1]
+            emit(N=n, mode="hierarchical", total_s=round(h_s, 3), coarse_s=round(sel.extra["coarse_seconds"], 3),
+                 fine_s=round(sel.extra["fine_seconds"], 3), fine_population=sel.extra["fine_population"],
+                 coverage_on_full_grid=full, flat_coverage=info["coverage"], flat_total_s=info["total_s"])
+    if args.embed:
+        from benchmarks_embed import bench_embed  # type: ignore[import-not-found]
+
+        bench_embed(emit)
+
+
+if __name__ == "__main__":
+    main()
