@@ -41,6 +41,8 @@ def test_mean_matches_tensorstore(factor: tuple[int, int, int]) -> None:
     np.testing.assert_array_equal(downsample_mean(wide, factor), _ts(wide, factor, "mean"))
     prob = rng.random((7, 13, 10), dtype=np.float32)
     np.testing.assert_allclose(downsample_mean(prob, factor), _ts(prob, factor, "mean"), rtol=1e-6)
+    signed = rng.integers(-300, 300, (7, 13, 10), dtype=np.int16)  # negative sums round half to even too
+    np.testing.assert_array_equal(downsample_mean(signed, factor), _ts(signed, factor, "mean"))
     aff = rng.integers(0, 256, (3, 7, 13, 10), dtype=np.uint8)  # channels first: never averaged together
     np.testing.assert_array_equal(downsample_mean(aff, factor), _ts(aff, factor, "mean"))
 
@@ -53,6 +55,10 @@ def test_mode_matches_tensorstore(factor: tuple[int, int, int]) -> None:
     np.testing.assert_array_equal(downsample_mode(labels, factor), _ts(labels, factor, "mode"))
     small = rng.integers(0, 3, (6, 7, 9)).astype(np.uint32)
     np.testing.assert_array_equal(downsample_mode(small, factor), _ts(small, factor, "mode"))
+    chans = rng.integers(0, 3, (2, 5, 8, 7)).astype(np.uint64)
+    np.testing.assert_array_equal(downsample_mode(chans, factor), _ts(chans, factor, "mode"))
+    tiny = rng.integers(0, 3, (1, 1, 9)).astype(np.uint64)  # smaller than a bin on two axes
+    np.testing.assert_array_equal(downsample_mode(tiny, factor), _ts(tiny, factor, "mode"))
 
 
 def test_method_and_factors() -> None:

@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""Pyramid benchmark: ``connectile downsample`` (blockwise, resumable) vs TensorStore's downsample driver.
+
+    .venv/bin/python benchmarks/bench_downsample.py            # 128x512x512, image (mean) and labels (mode)
+    .venv/bin/python benchmarks/bench_downsample.py --quick    # 64x256x256: a smoke run
+    .venv/bin/python benchmarks/bench_downsample.py --backend ray --workers 2
+
+Input: a zarr v2 array (chunks 64^3, blosc-zstd) of smooth uint8 noise (``image``, mean) or of uint64
+labels (blocks of constant id, ``labels``, mode), voxel size 40x4x4 nm, so the levels are 1x2x2, 1x2x2,
+then 2x2x2 (``level_factors``), down to 64 voxels per axis.
+
+connectile   ``build_pyramid(..., backend)``: s0 copied into ``NAME_pyramid``, then each level blockwise
+             from the one before (blocks of 128x256x256 output voxels), done-markers, OME-Zarr metadata.
+tensorstore  the same chain of levels, each written in one call from ``ts.downsample(previous, factors,
+             method)`` into a zarr of the same chunks and compression (TensorStore's own thread pool);
+             s0 copied the same way. No done-markers, no resume.
+
+Both run in this process, alternating over the repeats; medians are reported. The outputs are checked
+to be identical level by level. One JSON line per measurement; ``ratio`` is TensorStore's time /
+Connectile's (above 1: Connectile is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import tensorstore as ts  # noqa: E402
+
+from engine.geometry import Box  # noqa: E402
+from engine.ops.downsample import build_pyramid, default_method, level_factors  # noqa: E402
+from engine.storage import create_volume, open_volume  # noqa: E402
+
+VOXEL = (40.0, 4.0, 4.0)
+CHUNKS = (64, 64, 64)
+
+
+def make_input(path: Path, kind: str, shape: tuple[int, int, int], seed: int = 0) -> str:
+    from scipy.ndimage import gaussian_filter, zoom
+
+    rng = np.random.default_rng(seed)
+    if kind == "image":
+        coarse = gaussian_filter(rng.random((shape[0] // 4, shape[1] // 8, shape[2] // 8)).astype(np.float32), 1.0)
+        data = zoom(coarse, (4, 8, 8), order=1)[: shape[0], : shape[1], : shape[2]]
+        data = ((data - data.min()) / (np.ptp(data) + 1e-9) * 255).astype(np.uint8)
+        data = np.clip(data.astype(np.int16) + rng.integers(-20, 21, shape), 0, 255).astype(np.uint8)
+    else:
+        ids = rng.integers(1, 2**40, (shape[0] // 4 + 1, shape[1] // 16 + 1, shape[2] // 16 + 1), dtype=np.uint64)
+        data = np.repeat(np.repeat(np.repeat(ids, 4, 0), 16, 1), 16, 2)[: shape[0], : shape[1], : shape[2]]
+        data[rng.random(shape) < 0.05] = 0  # speckle: ties and changes inside bins
+    vol = create_volume(path, shape, data.dtype, CHUNKS, voxel_size=VOXEL, overwrite=True)
+    vol.write(Box.from_shape(shape), data)
+    return vol.url
+
+
+def run_tensorstore(src: str, out: Path, method: str, steps: list[tuple[int, int, int]]) -> float:
+    t0 = time.perf_counter()
+    prev = ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": src + "/"}}, read=True).result()
+    spec_meta = {"chunks": list(CHUNKS), "compressor": {"id": "blosc", "cname": "zstd", "clevel": 3, "shuffle": 1}, "dimension_separator": "/"}
+    for i, f in enumerate([(1, 1, 1), *steps]):
+        view = ts.downsample(prev, list(f), method) if f != (1, 1, 1) else prev
+        dst = ts.open(
+            {"driver": "zarr", "kvstore": {"driver": "file", "path": str(out / f"s{i}") + "/"},
+             "metadata": {**spec_meta, "shape": list(view.shape), "dtype": prev.dtype.numpy_dtype.str, "chunks": [min(c, s) for c, s in zip(CHUNKS, view.shape, strict=True)]}},
+            create=True, delete_existing=True,
+        ).result()
+        dst.write(view).result()
+        prev = dst
+    return time.perf_counter() - t0
+
+
+def compare(a: Path, b: Path, levels: int) -> bool:
+    for i in range(levels):
+        x = open_volume(a / f"s{i}")
+        y = ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": str(b / f"s{i}") + "/"}}, read=True).result()
+        if not np.array_equal(x.read(x.box), np.asarray(y.read().result())):
+            return False
+    return True
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--kinds", default="image,labels")
+    ap.add_argument("--backend", choices=("serial", "ray"), default="serial")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    shape = (64, 256, 256) if args.quick else (128, 512, 512)
+    repeats = args.repeats or (1 if args.quick else 3)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-downsample-"))
+    info = {"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(), "python": platform.python_version()}
+    address = None
+    if args.backend == "ray":
+        from engine.runtime import connect
+
+        address = connect(num_cpus=args.workers, dashboard=False).address
+    try:
+        for kind in args.kinds.split(","):
+            src = make_input(workdir / "in.zarr" / kind, kind, shape)
+            vol = open_volume(src)
+            method = default_method(vol.dtype)
+            steps = level_factors(vol.voxel_size, vol.spatial_shape, 64)
+            times: dict[str, list[float]] = {"connectile": [], "tensorstore": []}
+            for r in range(repeats):
+                shutil.rmtree(workdir / "in.zarr" / f"{kind}_pyramid", ignore_errors=True)
+                shutil.rmtree(workdir / "ts", ignore_errors=True)
+                t0 = time.perf_counter()
+                build_pyramid(src, backend=args.backend, workers=args.workers if args.backend == "ray" else None, address=address, progress=False)
+                times["connectile"].append(time.perf_counter() - t0)
+                times["tensorstore"].append(run_tensorstore(src, workdir / "ts", method, steps))
+                print(f"# {kind} repeat {r + 1}: connectile {times['connectile'][-1]:.2f} s, tensorstore {times['tensorstore'][-1]:.2f} s", file=sys.stderr)
+            same = compare(workdir / "in.zarr" / f"{kind}_pyramid", workdir / "ts", len(steps) + 1)
+            c, t = statistics.median(times["connectile"]), statistics.median(times["tensorstore"])
+            voxels = int(np.prod(shape))
+            result: dict[str, Any] = {
+                "bench": "downsample", "kind": kind, "method": method, "shape": list(shape), "levels": len(steps) + 1,
+                "backend": args.backend, "repeats": repeats, "connectile_s": round(c, 3), "tensorstore_s": round(t, 3),
+                "connectile_mvox_s": round(voxels / c / 1e6, 2), "tensorstore_mvox_s": round(voxels / t / 1e6, 2),
+                "ratio": round(t / c, 3), "identical": same, "host": info,
+            }
+            print(json.dumps(result), flush=True)
+            if not same:
+                print(f"# {kind}: the pyramids differ", file=sys.stderr)
+                return 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        if address is not None:
+            from engine.runtime import shutdown
+
+            shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
