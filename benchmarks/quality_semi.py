@@ -1,0 +1,374 @@
+#!/usr/bin/env python
+"""Label-efficient training on real EM: supervised only vs spatial mixing vs contrastive pretraining.
+
+    .venv/bin/python benchmarks/quality_semi.py --minutes 1 --seeds 0,1,2          # both data sets
+    .venv/bin/python benchmarks/quality_semi.py --datasets lucchi --minutes 3 --out /tmp/qs
+
+Same labels and the same wall-clock training time for the three methods (per data set and seed):
+
+* ``supervised``: the supervised loss on the labelled crops only (the semi-supervised trainer with every
+  mixing weight 0, so the loss is exactly the one the other two start from).
+* ``mixing``: spatial mixing in a Siamese network (Zhang, Zhai et al. 2024): supervised warm-up for
+  ``--warmup`` of the steps the supervised run made, then labelled/labelled, unlabelled/unlabelled and
+  labelled/unlabelled mixing (weights 1, 0.2, 0.2) until the time is up. It makes fewer steps than
+  ``supervised`` in the same time (about 6 forward passes per step instead of 1).
+* ``contrastive``: supervised local contrastive pretraining (Hu et al. 2021; stride and 3D tiles) for
+  ``--pretrain`` of the time, then supervised fine-tuning for the rest (``--simclr`` adds the global
+  SimCLR stage inside the pretraining time).
+
+Data sets (from ``../shared/data``; nothing is copied into the repository):
+
+* ``flyem``: FlyEM medulla sample 2 (250^3, 10 nm isotropic), dense neuron labels. Training region
+  z < 190; ``--flyem-boxes`` labelled sub-volumes of 24 x 96 x 96 voxels at fixed places in it (the same
+  for every method and seed); every other voxel of the region is unlabelled. Test: z >= 200. A 3D
+  isotropic affinity U-Net; scores after watershed fragments + mean agglomeration at 0.5: VOI split +
+  merge (bits) and adapted Rand error, gt 0 ignored, on the central 50 x 192 x 192 voxels of z >= 200.
+* ``lucchi``: Lucchi++ training half (165 x 768 x 1024, ~5 nm), mitochondria, downsampled 2x in-plane
+  (mean of 2x2 pixels; labels by majority) to fit this CPU. Training slices z < 125, of which 5% (6
+  slices, evenly spaced) are labelled; test slices z >= 125 (every 2nd). A 2D mask U-Net; IoU at 0.5.
+
+Output: one JSON line per run on stdout, ``results.json``, ``summary.json`` and ``quality_semi.png`` in
+``--out``. Torch uses ``--threads`` threads (1 by default; the machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import gzip
+import json
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DATA = ROOT.parent / "shared" / "data"
+METHODS = ("supervised", "mixing", "contrastive")
+
+
+# -- data ------------------------------------------------------------------------------------------------
+
+
+def load_flyem(tmp: Path) -> tuple[np.ndarray, np.ndarray]:
+    import h5py
+    from PIL import Image
+
+    d = DATA / "flyem_medulla_sample2"
+    files = sorted(glob.glob(str(d / "grayscale_maps" / "iso.*.png")))
+    raw = np.stack([np.asarray(Image.open(f).convert("L")) for f in files])
+    h5 = tmp / "flyem_gt.h5"
+    with gzip.open(d / "groundtruth.h5.gz") as src, open(h5, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    with h5py.File(h5) as f:
+        stack, tr = f["stack"][:], f["transforms"][:]
+    lut = np.zeros(int(max(stack.max(), tr[:, 0].max())) + 1, np.uint64)
+    lut[tr[:, 0]] = tr[:, 1]
+    return raw, lut[stack]
+
+
+def load_lucchi() -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    d = DATA / "lucchi_pp"
+
+    def numeric(p: str) -> int:
+        return int(re.findall(r"\d+", Path(p).stem)[-1])
+
+    imgs = sorted(glob.glob(str(d / "Train_In" / "*.png")), key=numeric)
+    labs = sorted(glob.glob(str(d / "Train_Out" / "*.png")), key=numeric)
+    raw = np.stack([np.asarray(Image.open(f).convert("L")) for f in imgs]).astype(np.float32)
+    lab = np.stack([np.asarray(Image.open(f).convert("L")) > 127 for f in labs])
+    z, h, w = raw.shape
+    raw = raw[:, : h // 2 * 2, : w // 2 * 2].reshape(z, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+    lab = lab[:, : h // 2 * 2, : w // 2 * 2].reshape(z, h // 2, 2, w // 2, 2).mean(axis=(2, 4)) >= 0.5
+    return np.round(raw).astype(np.uint8), (lab * 255).astype(np.uint8)
+
+
+def write(url: str, arr: np.ndarray) -> str:
+    from engine.geometry import Box
+    from engine.storage import create_volume
+
+    chunks = tuple(min(n, c) for n, c in zip(arr.shape, (16, 128, 128), strict=True))
+    v = create_volume(url, shape=arr.shape, dtype=arr.dtype, chunks=chunks)
+    v.write(Box((0, 0, 0), arr.shape), arr)
+    return v.url
+
+
+def setup(name: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Volumes on disk, the base config (a dict) and the test arrays of a data set."""
+    if name == "flyem":
+        raw, gt = load_flyem(tmp)
+        train_z, test_z = 190, 200
+        raw_url, lab_url = write(f"{tmp}/flyem.zarr/raw", raw), write(f"{tmp}/flyem.zarr/gt", gt.astype(np.uint64))
+        rng = np.random.default_rng(1234)  # the labelled boxes: the same for every method and seed
+        boxes: list[dict[str, list[int]]] = []
+        while len(boxes) < args.flyem_boxes:
+            s = [int(rng.integers(0, train_z - 24)), int(rng.integers(0, 250 - 96)), int(rng.integers(0, 250 - 96))]
+            b = {"start": s, "stop": [s[0] + 24, s[1] + 96, s[2] + 96]}
+            if all(any(b["stop"][a] <= o["start"][a] or o["stop"][a] <= b["start"][a] for a in range(3)) for o in boxes):
+                boxes.append(b)
+        (tmp / "flyem_boxes.json").write_text(json.dumps(boxes))
+        cfg = {
+            "model": {"filters": [8, 16, 32], "anisotropic_stages": 0, "head": "affinity", "norm": "group", "input_kernel_xy": 3},
+            "target": {"kind": "affinity"},
+            "data": {"raw": raw_url, "labels": lab_url, "boxes": str(tmp / "flyem_boxes.json"), "roi": {"start": [0, 0, 0], "stop": [train_z, 250, 250]}, "unlabelled": [{"raw": raw_url, "roi": {"start": [0, 0, 0], "stop": [train_z, 250, 250]}}]},
+            "crop": [16, 64, 64],
+            "batch_size": 2,
+            "semi": {"box": [36, 36]},
+            "contrastive": {"labels": "instances", "stride": [2, 4, 4], "block": [8, 32, 32], "temperature": 0.1},
+        }
+        labelled = int(sum(np.prod(np.subtract(b["stop"], b["start"])) for b in boxes))
+        test = (slice(test_z, 250), slice(29, 221), slice(29, 221))  # 50 x 192 x 192, to keep the scoring cheap
+        return {"cfg": cfg, "test_raw": raw[test].astype(np.float32) / 255.0, "test_gt": gt[test], "window": [32, 96, 96], "labelled_voxels": labelled, "train_voxels": train_z * 250 * 250}
+    raw, lab = load_lucchi()
+    train_z, test_z = 125, 125
+    raw_url, lab_url = write(f"{tmp}/lucchi.zarr/raw", raw), write(f"{tmp}/lucchi.zarr/mito", lab)
+    n_lab = max(1, round(0.05 * train_z))
+    zs = [round((i + 0.5) * train_z / n_lab) for i in range(n_lab)]
+    boxes = [{"start": [z, 0, 0], "stop": [z + 1, raw.shape[1], raw.shape[2]]} for z in zs]
+    (tmp / "lucchi_boxes.json").write_text(json.dumps(boxes))
+    cfg = {
+        "model": {"dims": 2, "filters": [8, 16, 32, 48], "norm": "group"},
+        "data": {"raw": raw_url, "labels": lab_url, "boxes": str(tmp / "lucchi_boxes.json"), "roi": {"start": [0, 0, 0], "stop": [train_z, *raw.shape[1:]]}, "unlabelled": [{"raw": raw_url, "roi": {"start": [0, 0, 0], "stop": [train_z, *raw.shape[1:]]}}]},
+        "crop": [1, 128, 128],
+        "batch_size": 4,
+        "augment": {"misalign": 0.0, "missing_section": 0.0},
+        "semi": {"box": [72, 72]},
+        "contrastive": {"labels": "target", "stride": [1, 4, 4], "block": [1, 32, 32], "temperature": 0.1},
+    }
+    return {"cfg": cfg, "test_raw": raw[test_z::2].astype(np.float32) / 255.0, "test_gt": lab[test_z::2] > 0, "window": None, "labelled_slices": zs, "train_slices": train_z}
+
+
+# -- training under a time budget -------------------------------------------------------------------------
+
+
+def make_cfg(base: dict[str, Any], method: str, seed: int, out: Path, args: argparse.Namespace, warmup: int = 0) -> Any:
+    from engine.config import parse_config
+    from engine.learn import TrainConfig
+
+    d = json.loads(json.dumps(base))
+    d.update({"seed": seed, "output": str(out), "progress": False, "num_threads": args.threads, "steps": 10**9, "log_every": 10**6, "checkpoint_every": 10**6})
+    d["optimizer"] = {"lr": args.lr}
+    semi = d.pop("semi")
+    contrastive = d.pop("contrastive")
+    if method == "mixing":
+        d["semi"] = {**semi, "warmup_steps": warmup}
+    else:
+        d["semi"] = {**semi, "labelled_mix": 0.0, "unlabelled": 0.0, "inter": 0.0}
+    if method == "contrastive":
+        d["contrastive"] = {**contrastive, **({"simclr": {"batch_size": 8}} if args.simclr else {})}
+    return parse_config(TrainConfig, d)
+
+
+def timed_pretrain(cfg: Any, seconds: float) -> dict[str, Any]:
+    """:func:`engine.learn.contrastive.pretrain` under a time budget instead of a step count."""
+    import torch
+
+    from engine.learn.contrastive import EmbeddingNet, _plot, contrastive_batch, local_contrastive_loss, pretrain_dir
+    from engine.learn.sampler import CropSampler
+    from engine.models import build_model, save_checkpoint
+
+    c = cfg.contrastive
+    torch.manual_seed(cfg.seed)
+    unet = build_model(cfg.model)
+    sampler = CropSampler(cfg)
+    t0 = time.perf_counter()
+    record: dict[str, list[float]] = {}
+    if c.simclr is not None:
+        from engine.learn.semi import UnlabelledSource
+        from engine.learn.simclr import SimCLRNet, nt_xent, two_views
+
+        unl = UnlabelledSource(cfg)
+        net_g = SimCLRNet(unet, c.simclr.hidden, c.simclr.dim)
+        opt_g = torch.optim.Adam(net_g.parameters(), lr=c.simclr.lr)
+        record["simclr"] = []
+        step = 0
+        while time.perf_counter() - t0 < seconds / 3:
+            rng = np.random.default_rng([cfg.seed, step, 0x5C1])
+            views = [two_views(unl.draw(rng), cfg.augment, rng) for _ in range(c.simclr.batch_size)]
+            loss = nt_xent(net_g(torch.from_numpy(np.stack([v[0] for v in views]))), net_g(torch.from_numpy(np.stack([v[1] for v in views]))), c.simclr.temperature)
+            opt_g.zero_grad()
+            loss.backward()
+            opt_g.step()
+            record["simclr"].append(float(loss.detach()))
+            step += 1
+    net = EmbeddingNet(unet, c.dim)
+    opt = torch.optim.Adam(net.parameters(), lr=c.lr or cfg.optimizer.lr)
+    size = c.batch_size or cfg.batch_size
+    losses: list[float] = []
+    step = 0
+    while time.perf_counter() - t0 < seconds:
+        x1, x2, lab = contrastive_batch(sampler, cfg, np.random.default_rng([cfg.seed, step, 0xC0]), size)
+        emb = net(torch.cat([x1, x2]))
+        loss = local_contrastive_loss([emb[:size], emb[size:]], lab, c.temperature, c.stride, c.block, c.background_anchors)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        step += 1
+    record["contrastive"] = losses
+    out = pretrain_dir(cfg)
+    save_checkpoint(out, unet, cfg.model, {"stage": "contrastive pretraining", "steps": step})
+    (out / "loss.json").write_text(json.dumps(record))
+    _plot(record, out / "loss.png")
+    return {"pretrain_steps": step, "simclr_steps": len(record.get("simclr", [])), "contrastive_loss_first": losses[0] if losses else None, "contrastive_loss_last": losses[-1] if losses else None}
+
+
+def timed_fit(cfg: Any, seconds: float) -> tuple[Any, dict[str, Any]]:
+    from engine.learn.semi import build_trainer
+
+    trainer = build_trainer(cfg)
+    t0 = time.perf_counter()
+    last: dict[str, float] = {}
+    while time.perf_counter() - t0 < seconds:
+        last = trainer.step(trainer.batch_fn(trainer.step_count, 0))
+    return trainer.model, {"steps": trainer.step_count, "last": {k: round(v, 5) for k, v in last.items()}}
+
+
+# -- evaluation -------------------------------------------------------------------------------------------
+
+
+def segment(affs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from engine.segment.agglomerate import edge_sums, mean_agglomeration
+    from engine.segment.watershed import block_contacts, fragments
+
+    frag, _ = fragments(affs, seed_threshold=threshold)
+    a, b, s, c = edge_sums(*block_contacts(frag, affs))
+    merges = mean_agglomeration(a, b, s, c, threshold)
+    n = int(frag.max()) + 1
+    g = coo_matrix((np.ones(len(merges)), (merges[:, 0].astype(np.int64), merges[:, 1].astype(np.int64))), shape=(n, n))
+    _, comp = connected_components(g, directed=False)
+    out = (comp + 1).astype(np.uint64)[frag]
+    out[frag == 0] = 0
+    return out
+
+
+def evaluate(name: str, model: Any, data: dict[str, Any], cfg: Any) -> dict[str, float]:
+    from engine.learn.validate import predict_volume
+    from engine.metrics import adapted_rand, jaccard, voi
+
+    window = data["window"] or cfg.crop
+    prob = predict_volume(model, data["test_raw"], window=window, overlap=0.25)
+    if name == "lucchi":
+        return {"iou": round(float(jaccard(prob[0] > 0.5, data["test_gt"])), 4)}
+    seg = segment(prob)
+    split, merge = voi(seg, data["test_gt"])
+    return {"voi_split": round(split, 4), "voi_merge": round(merge, 4), "voi": round(split + merge, 4), "arand": round(float(adapted_rand(seg, data["test_gt"]).error), 4)}
+
+
+# -- the run ----------------------------------------------------------------------------------------------
+
+
+def run_dataset(name: str, args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
+    data = setup(name, tmp, args)
+    budget = args.minutes * 60.0
+    rows = []
+    for seed in args.seeds:
+        sup_steps = 0
+        for method in METHODS:
+            out = tmp / f"{name}-{method}-{seed}"
+            cfg = make_cfg(data["cfg"], method, seed, out, args, warmup=int(args.warmup * sup_steps))
+            t0 = time.perf_counter()
+            info: dict[str, Any] = {}
+            fit_seconds = budget
+            if method == "contrastive":
+                info |= timed_pretrain(cfg, args.pretrain * budget)
+                fit_seconds = budget - (time.perf_counter() - t0)
+            model, fit = timed_fit(cfg, fit_seconds)
+            train_s = time.perf_counter() - t0
+            if method == "supervised":
+                sup_steps = fit["steps"]
+            t1 = time.perf_counter()
+            score = evaluate(name, model, data, cfg)
+            row = {"dataset": name, "method": method, "seed": seed, "train_s": round(train_s, 1), "eval_s": round(time.perf_counter() - t1, 1), **fit, **info, **score}
+            if method == "mixing":
+                row["warmup_steps"] = cfg.semi.warmup_steps
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for r in rows:
+        metrics = [k for k in ("iou", "voi", "voi_split", "voi_merge", "arand") if k in r]
+        d = out.setdefault(r["dataset"], {}).setdefault(r["method"], {m: [] for m in (*metrics, "steps")})
+        for m in (*metrics, "steps"):
+            d[m].append(r[m])
+    for ds in out.values():
+        for method, d in ds.items():
+            ds[method] = {m: {"mean": round(float(np.mean(v)), 4), "std": round(float(np.std(v)), 4), "values": v} for m, v in d.items()}
+    return out
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(ds, m) for ds, methods in summary.items() for m in next(iter(methods.values())) if m in ("iou", "voi", "arand")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5), squeeze=False)
+    for ax, (ds, m) in zip(axes[0], panels, strict=True):
+        names = list(summary[ds])
+        means = [summary[ds][k][m]["mean"] for k in names]
+        stds = [summary[ds][k][m]["std"] for k in names]
+        ax.bar(names, means, yerr=stds, color=["#888", "#3a7", "#37a"][: len(names)], capsize=4)
+        for i, k in enumerate(names):
+            ax.scatter([i] * len(summary[ds][k][m]["values"]), summary[ds][k][m]["values"], color="k", s=10, zorder=3)
+        ax.set_title(f"{ds}: {m} ({'higher' if m == 'iou' else 'lower'} is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", default="flyem,lucchi")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (at least 3 for the report)")
+    p.add_argument("--minutes", type=float, default=2.0, help="training time of each method per data set and seed")
+    p.add_argument("--warmup", type=float, default=0.3, help="mixing: supervised warm-up steps as a share of the supervised run's steps")
+    p.add_argument("--pretrain", type=float, default=0.35, help="contrastive: share of the time spent pretraining")
+    p.add_argument("--simclr", action="store_true", help="contrastive: a global SimCLR stage first (a third of the pretraining time)")
+    p.add_argument("--flyem-boxes", type=int, default=3)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="benchmarks/results/quality_semi")
+    args = p.parse_args()
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if not DATA.is_dir():
+        print(f"the real data sets are not at {DATA}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="quality_semi_") as tmp:
+        for name in args.datasets.split(","):
+            rows += run_dataset(name, args, Path(tmp))
+    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    summary = summarise(rows)
+    (out / "summary.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items()}, "summary": summary}, indent=1))
+    plot(summary, out / "quality_semi.png")
+    for ds, methods in summary.items():
+        for method, d in methods.items():
+            print(ds, method, {m: f"{v['mean']:.4f} +- {v['std']:.4f}" for m, v in d.items()})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
