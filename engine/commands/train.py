@@ -6,6 +6,8 @@ Examples::
     connectile train mito.yaml --set steps=5000 --set optimizer.lr=3e-4
     connectile train mito.yaml --set ray.num_workers=4 --set ray.use_gpu=true
     connectile train mito.yaml --no-resume        # start over
+    connectile train semi.yaml                    # with data.unlabelled + semi: supervised warm-up, then spatial mixing
+    connectile train pre.yaml                     # with contrastive: local contrastive pretraining, then fine-tuning
 """
 
 from __future__ import annotations
