@@ -137,16 +137,57 @@ def _bin_rows(binned: np.ndarray, lead: int) -> np.ndarray:
     return t.reshape(-1, int(np.prod(t.shape[-3:])))
 
 
+# Batcher's odd-even merge sort networks: vectorised compare-and-swap over whole columns beats
+# sorting millions of tiny rows one by one
+_NETWORKS: dict[int, list[tuple[int, int]]] = {
+    2: [(0, 1)],
+    4: [(0, 1), (2, 3), (0, 2), (1, 3), (1, 2)],
+    8: [(0, 1), (2, 3), (4, 5), (6, 7), (0, 2), (1, 3), (4, 6), (5, 7), (1, 2), (5, 6), (0, 4), (1, 5), (2, 6), (3, 7),
+        (2, 4), (3, 5), (1, 2), (3, 4), (5, 6)],
+}
+
+
 def _mode_whole(data: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
-    """Mode over bins that the data fills completely: sort each bin, take the longest run (the first
-    of equal runs is the smallest value)."""
-    binned, out = _bins(data, f, 0)
-    rows = np.sort(_bin_rows(binned, data.ndim - 3), axis=1)
-    run = np.ones(rows.shape, np.int32)
-    for j in range(1, rows.shape[1]):
-        run[:, j] = np.where(rows[:, j] == rows[:, j - 1], run[:, j - 1] + 1, 1)
-    chosen = rows[np.arange(rows.shape[0]), run.argmax(axis=1)]
-    return chosen.reshape(*data.shape[:-3], *out)
+    """Mode over bins that the data fills completely: sort the members of every bin (a sorting
+    network over whole columns), then take the longest run; among equal runs the first, which is the
+    smallest value."""
+    members = [
+        np.ascontiguousarray(data[..., i::f[0], j::f[1], k::f[2]]).ravel()
+        for i in range(f[0]) for j in range(f[1]) for k in range(f[2])
+    ]
+    out_shape = (*data.shape[:-3], *(s // v for s, v in zip(data.shape[-3:], f, strict=True)))
+    result = members[0].copy()
+    uniform = np.ones(result.shape, bool)  # most bins of a label volume hold one label: done already
+    for m in members[1:]:
+        uniform &= m == members[0]
+    mixed = np.flatnonzero(~uniform)
+    if mixed.size:
+        result[mixed] = _mode_columns([m[mixed] for m in members])
+    return result.reshape(out_shape)
+
+
+def _mode_columns(members: list[np.ndarray]) -> np.ndarray:
+    """The mode of each row of the columns ``members`` (ties: the smallest value)."""
+    network = _NETWORKS.get(len(members))
+    if network is not None:
+        cols = members
+        for a, b in network:
+            lo = np.minimum(cols[a], cols[b])
+            np.maximum(cols[a], cols[b], out=cols[b])
+            cols[a] = lo
+    else:
+        stacked = np.sort(np.stack(members, axis=1), axis=1)
+        cols = [stacked[:, j] for j in range(stacked.shape[1])]
+    best_value = cols[0].copy()
+    best_run = np.ones(best_value.shape, np.int32)
+    run = np.ones(best_value.shape, np.int32)
+    for j in range(1, len(cols)):
+        same = cols[j] == cols[j - 1]
+        run = np.where(same, run + 1, 1)
+        better = run > best_run
+        best_run = np.where(better, run, best_run)
+        best_value = np.where(better, cols[j], best_value)
+    return best_value
 
 
 def _mode_partial(data: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
