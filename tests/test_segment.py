@@ -15,7 +15,7 @@ from engine.geometry import Box
 from engine.ops.scratch import Scratch
 from engine.ops.segment import segment_volume
 from engine.segment.agglomerate import edge_sums, mean_agglomeration
-from engine.segment.watershed import block_contacts, block_edges
+from engine.segment.watershed import block_contacts, block_edges, fragments
 from engine.storage import create_volume, open_volume
 
 SHAPE = (8, 32, 36)
@@ -151,3 +151,30 @@ def test_bad_affinities(tmp_path: Path) -> None:
     vol = create_volume(str(tmp_path / "s.zarr" / "x"), SHAPE, "float32", (4, 16, 18))
     with pytest.raises(StorageError, match=r"affinities are \(3, z, y, x\)"):
         segment_volume(vol.url, str(tmp_path / "s.zarr" / "seg"), progress=False)
+
+
+def _pure(frag: np.ndarray, gt: np.ndarray) -> bool:
+    """Every fragment lies inside one ground-truth object."""
+    pairs = np.unique(np.stack([frag[frag > 0].astype(np.uint64), gt[frag > 0]], axis=1), axis=0)
+    return len(pairs) == len(np.unique(pairs[:, 0]))
+
+
+def test_fragments_never_cross_a_clean_boundary() -> None:
+    """A one-voxel-thin process has no seed of its own, and a lone voxel on a block face has no strong
+    link inside its block: neither may be handed to the neighbouring neuron (a false merge later)."""
+    gt = np.ones((6, 20, 20), np.uint64)
+    gt[:, 10, 2:18] = 2  # a sheet one voxel thick: every voxel of it touches object 1
+    gt[3, 5, 9:11] = 3  # two voxels, one each side of x = 10 (the block face below)
+    affs = np.ones((3, *gt.shape), np.float32)
+    for ax in range(3):
+        cur = [slice(None)] * 3
+        prev = [slice(None)] * 3
+        cur[ax], prev[ax] = slice(1, None), slice(0, -1)
+        affs[ax][tuple(cur)] = gt[tuple(cur)] == gt[tuple(prev)]
+    frag, _ = fragments(affs)
+    assert _pure(frag, gt) and (frag > 0).all()
+    for half in (slice(0, 10), slice(10, 20)):  # two blocks split at x = 10
+        f, _ = fragments(affs[:, :, :, half])
+        assert _pure(f, gt[:, :, half])
+    # the right block's voxel of object 3 links strongly only across the face: a fragment of its own
+    assert f[3, 5, 0] > 0 and (f == f[3, 5, 0]).sum() == 1

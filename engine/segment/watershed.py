@@ -49,15 +49,22 @@ def _seeds_and_flood(boundary: np.ndarray, seed_mask: np.ndarray, mask: np.ndarr
     return frag, int(n)
 
 
-def _grow(frag: np.ndarray, nb: np.ndarray, axes: Sequence[int], mask: np.ndarray, rounds: int = 8) -> np.ndarray:
+#: Voxels left without a fragment that hang together through strong affinities become fragments of
+#: their own when there are at least this many of them (thin processes with no seed of their own).
+#: Only voxels with no strong link at all are then given to a neighbour across a weak one: a piece of
+#: one neuron given to another would make a strong edge between the two (a false merge).
+MIN_RESCUED = 2
+
+
+def _grow(frag: np.ndarray, nb: np.ndarray, axes: Sequence[int], mask: np.ndarray, rounds: int = 8, min_aff: float = -1.0) -> np.ndarray:
     """Give each unassigned voxel of ``mask`` the fragment of the neighbour it has the highest
-    affinity to, a layer per round: the thin boundaries left out of the flooding go to the side their
-    affinities point to, so fragment borders follow the affinity cuts."""
+    affinity to (above ``min_aff``), a layer per round: the thin boundaries left out of the flooding
+    go to the side their affinities point to, so fragment borders follow the affinity cuts."""
     for _ in range(rounds):
         todo = (frag == 0) & mask
         if not todo.any():
             break
-        best = np.full(frag.shape, -1.0, np.float32)
+        best = np.full(frag.shape, min_aff, np.float32)
         pick = np.zeros_like(frag)
         for k, d in enumerate(axes):
             for side, step in ((0, -1), (1, 1)):
@@ -75,6 +82,61 @@ def _grow(frag: np.ndarray, nb: np.ndarray, axes: Sequence[int], mask: np.ndarra
             break
         frag = np.where(pick != 0, pick, frag)
     return frag
+
+
+def _strong_components(rest: np.ndarray, pred: Sequence[np.ndarray], min_aff: float, min_size: int) -> tuple[np.ndarray, int]:
+    """Connected components of the voxels ``rest`` joined where their affinity exceeds ``min_aff``
+    (``pred[k]``: affinity of each voxel to its predecessor along axis ``k``), keeping those of at
+    least ``min_size`` voxels: ``(ids uint32 1..k, k)``."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    out = np.zeros(rest.shape, np.uint32)
+    where = np.flatnonzero(rest)
+    if where.size < min_size:
+        return out, 0
+    index = np.full(rest.shape, -1, np.int64)
+    index.flat[where] = np.arange(where.size)
+    rows, cols = [], []
+    for k, aff in enumerate(pred):
+        cur = [slice(None)] * rest.ndim
+        prev = [slice(None)] * rest.ndim
+        cur[k], prev[k] = slice(1, None), slice(0, -1)
+        ok = rest[tuple(cur)] & rest[tuple(prev)] & (aff[tuple(cur)] > min_aff)
+        rows.append(index[tuple(cur)][ok])
+        cols.append(index[tuple(prev)][ok])
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    _, comp = connected_components(coo_matrix((np.ones(r.size, np.int8), (r, c)), shape=(where.size, where.size)), directed=False)
+    sizes = np.bincount(comp)
+    big = sizes >= min_size
+    new_id = np.zeros(sizes.size, np.uint32)
+    new_id[big] = np.arange(1, int(big.sum()) + 1, dtype=np.uint32)
+    out.flat[where] = new_id[comp]
+    return out, int(big.sum())
+
+
+def _complete(frag: np.ndarray, n: int, nb: np.ndarray, pred: Sequence[np.ndarray], axes: Sequence[int], mask: np.ndarray, strong: float) -> tuple[np.ndarray, int]:
+    """Assign the voxels of ``mask`` the flooding left out: first through strong affinities only
+    (``> strong``), then pieces still left that hang together strongly (a thin process without a seed)
+    become fragments of their own, and last the rest go to their best-linked neighbour."""
+    frag = _grow(frag, nb, axes, mask, min_aff=strong)
+    extra, k = _strong_components((frag == 0) & mask, pred, strong, MIN_RESCUED)
+    if k:
+        frag = np.where(extra > 0, extra + np.uint32(n), frag)
+        n += k
+    # A lone voxel on the block's border may belong to the neuron on the other side of the face: one
+    # fragment each, so the agglomeration decides (given to a neighbour here, it would join two neurons).
+    rim = np.zeros(frag.shape, bool)
+    for d in range(frag.ndim):
+        first = [slice(None)] * frag.ndim
+        last = [slice(None)] * frag.ndim
+        first[d], last[d] = slice(0, 1), slice(-1, None)
+        rim[tuple(first)] = rim[tuple(last)] = True
+    lone = np.flatnonzero(rim & (frag == 0) & mask)
+    if lone.size:
+        frag.flat[lone] = np.arange(n + 1, n + 1 + lone.size, dtype=np.uint32)
+        n += int(lone.size)
+    return _grow(frag, nb, axes, mask), n
 
 
 def neighbour_affinities(a: np.ndarray, axes: Sequence[int]) -> np.ndarray:
@@ -106,7 +168,10 @@ def fragments(
     ``per_section``). Seeds are the maxima of the (smoothed) distance transform of the voxels whose
     *lowest* neighbour affinity is above ``seed_threshold`` (so a one-voxel-thin boundary separates
     seeds); the flooding of ``1 - mean`` neighbour affinity covers the voxels whose mean is above
-    ``fg_threshold`` (0 elsewhere). ``per_section`` works section by section."""
+    ``fg_threshold`` (0 elsewhere). Voxels the flooding left out join a neighbouring fragment through
+    an affinity above ``seed_threshold``; pieces still left that hang together through such affinities
+    (thin processes without a seed, at least ``MIN_RESCUED`` voxels) become fragments of their own, so
+    do lone voxels on the block's border; the rest join the neighbour they have the highest affinity to. ``per_section`` works section by section."""
     a = as_float(affs)
     if per_section:
         nb = neighbour_affinities(a, (1, 2))
@@ -115,14 +180,14 @@ def fragments(
         total = 0
         for z in range(mean.shape[0]):
             frag, n = _seeds_and_flood(1.0 - mean[z], low[z] > seed_threshold, mean[z] > fg_threshold, seed_sigma)
-            frag = _grow(frag, nb[:, z], (0, 1), mean[z] > fg_threshold)
+            frag, n = _complete(frag, n, nb[:, z], (a[1, z], a[2, z]), (0, 1), mean[z] > fg_threshold, seed_threshold)
             out[z] = np.where(frag > 0, frag + np.uint32(total), 0)
             total += n
         return out, total
     nb = neighbour_affinities(a, (0, 1, 2))
     low, mean = nb.min(axis=0), nb.mean(axis=0)
     frag, n = _seeds_and_flood(1.0 - mean, low > seed_threshold, mean > fg_threshold, seed_sigma)
-    return _grow(frag, nb, (0, 1, 2), mean > fg_threshold), n
+    return _complete(frag, n, nb, (a[0], a[1], a[2]), (0, 1, 2), mean > fg_threshold, seed_threshold)
 
 
 def edge_scores(a: np.ndarray, b: np.ndarray, values: np.ndarray, scoring: Scoring = "mean", quantile: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
