@@ -39,11 +39,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine.select.candidates import Windows  # noqa: E402
-from engine.select.greedy import coverage_curve, greedy_select  # noqa: E402
-from engine.select.knn import approx_knn, exact_knn, knn_recall  # noqa: E402
-from engine.select.patches import PatchGrid  # noqa: E402
-from engine.select.reference import dense_balls, reference_greedy  # noqa: E402
+from engine.select.candidates import Windows
+from engine.select.greedy import coverage_curve, greedy_select
+from engine.select.knn import approx_knn, exact_knn, knn_recall
+from engine.select.patches import PatchGrid
+from engine.select.reference import dense_balls, reference_greedy
 
 GRIDS = {2500: (4, 25, 25), 10_000: (4, 50, 50), 100_000: (10, 100, 100), 1_000_000: (16, 250, 250)}
 
@@ -51,7 +51,7 @@ GRIDS = {2500: (4, 25, 25), 10_000: (4, 50, 50), 100_000: (10, 100, 100), 1_000_
 def grid_for(n: int) -> tuple[int, int, int]:
     if n in GRIDS:
         return GRIDS[n]
-    side = int(round((n / 10) ** 0.5))
+    side = round((n / 10) ** 0.5)
     return (10, side, side)
 
 

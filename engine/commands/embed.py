@@ -1,0 +1,54 @@
+"""``connectile embed VOLUME OUT --encoder DIR``: embed every patch of the patch grid (blockwise, actors).
+
+Writes the embedding zarr OUT: ``(gz, gy, gx, D)`` vectors with the grid geometry (patch, stride,
+origin, volume, voxel size) as attributes; ``connectile select`` reads it. Defaults: patches
+18x160x160 every 8x40x40 for anisotropic voxels (z at least twice the in-plane size), 64^3 every
+16^3 otherwise. Resumable: run it again and finished blocks are skipped.
+
+Example::
+
+    connectile embed data.zarr/raw runs/emb.zarr --encoder runs/simsiam/encoder --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from engine.commands._common import add_runtime_args, runtime_kwargs, triple
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``connectile embed``."""
+    parser = subparsers.add_parser(
+        "embed", help="embed every patch of a volume's patch grid with a trained encoder", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("volume", metavar="VOLUME", help="raw volume, e.g. data.zarr/raw")
+    parser.add_argument("out", metavar="OUT", help="embedding array to write, e.g. runs/emb.zarr")
+    parser.add_argument("--encoder", required=True, metavar="DIR", help="checkpoint of embed-train (or of a U-Net: its encoder)")
+    parser.add_argument("--patch", metavar="Z,Y,X", help="patch size in voxels (default by voxel size)")
+    parser.add_argument("--stride", metavar="Z,Y,X", help="patch stride in voxels (default by voxel size)")
+    parser.add_argument("--block", metavar="Z,Y,X", default="2,8,8", help="patches per block and zarr chunk (default %(default)s)")
+    parser.add_argument("--batch", type=int, default=32, help="patches per forward pass (default %(default)s)")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored dtype (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (default %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    add_runtime_args(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.ops.embed import embed_volume
+
+    block = triple(args.block, "--block", int, "2,8,8") or (2, 8, 8)
+    summary = embed_volume(
+        args.volume, args.out, args.encoder, patch=triple(args.patch, "--patch", int, "18,160,160"),
+        stride=triple(args.stride, "--stride", int, "8,40,40"), block=(block[0], block[1], block[2]), batch=args.batch,
+        dtype=args.dtype, overwrite=args.overwrite, threads=args.threads, **runtime_kwargs(args),
+    )
+    print(
+        f"embedded {int(summary.stats.get('patches', 0))} patches of {args.volume} -> {args.out}: {summary.done} blocks done, "
+        f"{summary.already_done} already done, in {summary.wall_seconds:.1f} s"
+    )
+    return 0

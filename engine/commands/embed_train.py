@@ -1,0 +1,55 @@
+"""``connectile embed-train VOLUME OUT``: self-supervised (SimSiam) training of the patch encoder.
+
+Trains the encoder half of the residual U-Net (+ global pooling, projector and predictor) on patches
+sampled from the whole volume, two EM-perturbed views each. Writes ``OUT/encoder`` (checkpoint),
+``OUT/loss.json``, ``OUT/loss.png`` and ``OUT/config.yaml``. Any field of
+:class:`engine.learn.simsiam.SimSiamConfig` can be set with ``--set`` (e.g. ``--set model.filters=[8,16]``).
+
+Example::
+
+    connectile embed-train data.zarr/raw runs/simsiam --steps 2000 --batch 8 --patch 18,160,160
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from engine.commands._common import triple
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``connectile embed-train``."""
+    parser = subparsers.add_parser(
+        "embed-train", help="self-supervised SimSiam training of the patch encoder", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("volume", metavar="VOLUME", help="raw volume, e.g. data.zarr/raw")
+    parser.add_argument("out", metavar="OUT", help="run folder (encoder/, loss.png)")
+    parser.add_argument("--config", metavar="YAML", help="SimSiamConfig in YAML (options below override it)")
+    parser.add_argument("--steps", type=int, help="training steps (default 2000)")
+    parser.add_argument("--batch", type=int, help="patches per step (default 8)")
+    parser.add_argument("--lr", type=float, help="learning rate (SGD: scaled by batch/256; default 0.05)")
+    parser.add_argument("--patch", metavar="Z,Y,X", help="patch size (default 18,160,160)")
+    parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    parser.add_argument("--device", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other SimSiamConfig field")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.config import load_config
+    from engine.learn.simsiam import SimSiamConfig, train_simsiam
+
+    overrides = [f"volume={args.volume}", f"out={args.out}"]
+    for name in ("steps", "batch", "lr", "seed", "device"):
+        if getattr(args, name) is not None:
+            overrides.append(f"{name}={getattr(args, name)}")
+    patch = triple(args.patch, "--patch", int, "18,160,160")
+    if patch is not None:
+        overrides.append(f"patch=[{patch[0]}, {patch[1]}, {patch[2]}]")
+    cfg = load_config(SimSiamConfig, args.config, [*overrides, *args.set])
+    result = train_simsiam(cfg, progress=args.progress)
+    print(f"trained {result['steps']} steps in {result['seconds']:.1f} s, loss {result['first_loss']:.3f} -> {result['last_loss']:.3f}; encoder -> {result['encoder']}")
+    return 0

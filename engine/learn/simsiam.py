@@ -1,0 +1,253 @@
+"""SimSiam self-supervised training of the patch encoder (``connectile embed-train``).
+
+SimSiam (Chen and He, 2021) as the selective-labeling paper uses it: no momentum target, no negatives.
+
+- encoder ``f``: :class:`engine.models.encoder.PatchEncoder` (the residual SE U-Net's encoder half +
+  global average pooling, 80-d with the default filters 28-36-48-64-80);
+- projector ``g``: 3-layer MLP ``D -> 512 -> 512 -> 128`` (BN + ReLU after the first two, BN after the last);
+- predictor ``h``: ``128 -> 512 -> 128`` (BN + ReLU in between);
+- loss ``L = 1/2 [D(p1, z2) + D(p2, z1)]`` with ``D(p, z) = 2 - 2 cos(p, stopgrad(z))``, ``z = g(f(x))``,
+  ``p = h(z)``: symmetric, stop-gradient on the target branch.
+
+Views: two crops of the same patch (18x160x160 by default), each with one EM perturbation drawn
+uniformly from intensity, noise, blur, cutout, misalignment/slip, elastic warp and flip/transpose
+(the functions of :mod:`engine.learn.augment`). Patches are sampled uniformly from the whole volume.
+
+Outputs in the run folder: ``encoder/`` (a checkpoint of the PatchEncoder, loadable by
+:func:`load_encoder`), ``loss.json`` and ``loss.png`` (the loss curve), ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from engine.config import Config
+from engine.errors import ConfigError, StorageError
+from engine.geometry import Box
+from engine.models.config import ModelConfig
+from engine.models.encoder import PatchEncoder
+
+log = logging.getLogger(__name__)
+
+PERTURBATIONS = ("intensity", "noise", "blur", "cutout", "misalign", "elastic", "flip")
+
+
+class SimSiamConfig(Config):
+    """``connectile embed-train`` parameters."""
+
+    volume: str
+    out: str
+    patch: tuple[int, int, int] = (18, 160, 160)
+    steps: int = Field(2000, ge=1)
+    batch: int = Field(8, ge=2)
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    optimizer: str = "sgd"
+    seed: int = 0
+    threads: int = 2
+    device: str = "auto"
+    checkpoint_every: int = 500
+    projector_hidden: int = 512
+    projector_out: int = 128
+    predictor_hidden: int = 512
+    perturbations: list[str] = list(PERTURBATIONS)
+    model: ModelConfig = ModelConfig(norm="batch")
+
+
+class SimSiam(nn.Module):
+    """Encoder, projector and predictor; ``forward(x1, x2)`` returns the symmetric loss."""
+
+    def __init__(self, encoder: PatchEncoder, hidden: int = 512, out: int = 128, pred_hidden: int = 512) -> None:
+        super().__init__()
+        d = int(encoder.out_dim)
+        self.encoder = encoder
+        self.projector = nn.Sequential(
+            nn.Linear(d, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, out, bias=False), nn.BatchNorm1d(out, affine=False),
+        )
+        self.predictor = nn.Sequential(nn.Linear(out, pred_hidden, bias=False), nn.BatchNorm1d(pred_hidden), nn.ReLU(inplace=True), nn.Linear(pred_hidden, out))
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        z1 = self.projector(self.encoder(x1))
+        z2 = self.projector(self.encoder(x2))
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        return 0.5 * (simsiam_distance(p1, z2) + simsiam_distance(p2, z1))
+
+
+def simsiam_distance(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``2 - 2 cos(p, z)`` averaged over the batch, with the gradient stopped at ``z``.
+
+    >>> a = torch.tensor([[1.0, 0.0]]); float(simsiam_distance(a, a)), float(simsiam_distance(a, -a))
+    (0.0, 4.0)
+    """
+    return (2.0 - 2.0 * nn.functional.cosine_similarity(p, z.detach(), dim=-1)).mean()
+
+
+def cutout(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random in-plane box (up to half of each side, through all sections) set to the crop's mean."""
+    out = image.copy()
+    _, h, w = image.shape
+    bh, bw = int(rng.integers(1, h // 2 + 1)), int(rng.integers(1, w // 2 + 1))
+    y, x = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+    out[:, y : y + bh, x : x + bw] = float(image.mean())
+    return out
+
+
+def perturb(image: np.ndarray, rng: np.random.Generator, names: tuple[str, ...] | list[str] = PERTURBATIONS) -> np.ndarray:
+    """One EM perturbation drawn uniformly from ``names``; float32 ``(Z, Y, X)`` in [0, 1] in and out."""
+    from engine.learn.augment import blur, elastic, flips, intensity, misalign, noise
+    from engine.learn.config import AugmentConfig
+
+    name = names[int(rng.integers(len(names)))]
+    dummy = np.zeros(image.shape, np.uint8)
+    known = np.ones(image.shape, bool)
+    if name == "intensity":
+        out = intensity(image, rng)
+    elif name == "noise":
+        out = noise(image, rng, 0.1)
+    elif name == "blur":
+        out = blur(image, rng, 2.0)
+    elif name == "cutout":
+        out = cutout(image, rng)
+    elif name == "misalign":
+        out = misalign(image, dummy, known, rng, max(1, image.shape[1] // 16))[0]
+    elif name == "elastic":
+        out = elastic(image, dummy, known, rng, 6.0, max(2.0, image.shape[1] / 16))[0]
+    elif name == "flip":
+        cfg = AugmentConfig(flip=True, transpose=True, rot90=False)
+        out = flips(image, dummy, known, rng, cfg)[0]
+    else:
+        raise ConfigError(f"unknown perturbation {name!r}", f"use some of {', '.join(PERTURBATIONS)}")
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def sample_patches(volume: Any, patch: tuple[int, int, int], n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` patches at uniform random positions of ``volume`` as float32 in [0, 1], ``(n, Z, Y, X)``."""
+    from engine.learn.sampler import to_unit
+
+    shape = volume.spatial_shape
+    room = [s - p for s, p in zip(shape, patch, strict=True)]
+    if any(r < 0 for r in room):
+        raise ConfigError(f"patch {patch} is larger than the volume {shape}", "use a smaller --patch")
+    out = np.empty((n, *patch), np.float32)
+    for i in range(n):
+        start = tuple(int(rng.integers(0, r + 1)) for r in room)
+        out[i] = to_unit(volume.read(Box.from_shape(patch, start)))
+    return out
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train_simsiam(cfg: SimSiamConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Train the patch encoder; write ``encoder/``, ``loss.json``, ``loss.png``; return a summary."""
+    from engine.models.checkpoint import save_checkpoint
+    from engine.storage import open_volume
+
+    bad = [p for p in cfg.perturbations if p not in PERTURBATIONS]
+    if bad or not cfg.perturbations:
+        raise ConfigError(f"unknown perturbations {bad}", f"use some of {', '.join(PERTURBATIONS)}")
+    vol = open_volume(cfg.volume)
+    if len(vol.shape) != 3:
+        raise StorageError(f"volume {cfg.volume} has shape {vol.shape}; SimSiam needs a single-channel (z, y, x) volume")
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(max(1, cfg.threads))
+    rng = np.random.default_rng(cfg.seed)
+    device = _device(cfg.device)
+    model = SimSiam(PatchEncoder(cfg.model), cfg.projector_hidden, cfg.projector_out, cfg.predictor_hidden).to(device)
+    lr = cfg.lr * cfg.batch / 256 if cfg.optimizer == "sgd" else cfg.lr
+    opt: torch.optim.Optimizer
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    else:
+        raise ConfigError(f"optimizer must be sgd or adam, got {cfg.optimizer!r}")
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(cfg.to_yaml())
+    losses: list[float] = []
+    steps = range(cfg.steps)
+    if progress:
+        from tqdm import tqdm
+
+        steps = tqdm(steps, desc="SimSiam", unit="step")
+    t0 = time.perf_counter()
+    model.train()
+    for step in steps:
+        crops = sample_patches(vol, cfg.patch, cfg.batch, rng)
+        v1 = np.stack([perturb(c, rng, cfg.perturbations) for c in crops])[:, None]
+        v2 = np.stack([perturb(c, rng, cfg.perturbations) for c in crops])[:, None]
+        loss = model(torch.from_numpy(v1).to(device), torch.from_numpy(v2).to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if progress:
+            steps.set_postfix(loss=f"{losses[-1]:.3f}")  # type: ignore[attr-defined]
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(out / "encoder", model.encoder, cfg.model, {"kind": "patch_encoder", "step": step + 1, "patch": list(cfg.patch)})
+            _write_curve(out, losses)
+    seconds = time.perf_counter() - t0
+    log.info("SimSiam: %d steps in %.1f s, loss %.3f -> %.3f", cfg.steps, seconds, losses[0], losses[-1])
+    return {"steps": cfg.steps, "seconds": seconds, "first_loss": losses[0], "last_loss": losses[-1], "encoder": str(out / "encoder")}
+
+
+def _write_curve(out: Path, losses: list[float]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (out / "loss.json").write_text(json.dumps({"loss": losses}))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(np.arange(1, len(losses) + 1), losses, lw=0.8)
+    if len(losses) >= 20:
+        w = max(5, len(losses) // 50)
+        smooth = np.convolve(losses, np.ones(w) / w, mode="valid")
+        ax.plot(np.arange(w, len(losses) + 1), smooth, lw=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("SimSiam loss (2 - 2 cos)")
+    ax.set_ylim(-2.05, 0.05) if min(losses) < 0 else None
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=100)
+    plt.close(fig)
+
+
+def load_encoder(directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[PatchEncoder, ModelConfig, dict[str, Any]]:
+    """A :class:`PatchEncoder` from a checkpoint of one (embed-train) or of a whole U-Net (its encoder)."""
+    from safetensors.torch import load_file
+
+    from engine.models.checkpoint import WEIGHTS, check_state, read_checkpoint_config
+
+    cfg, extra = read_checkpoint_config(directory)
+    path = Path(directory) / WEIGHTS
+    if not path.is_file():
+        raise StorageError(f"checkpoint {directory} has no {WEIGHTS}", "use another checkpoint")
+    try:
+        state = load_file(str(path), device=str(device))
+    except Exception as err:  # safetensors raises its own error type for corrupt files
+        raise StorageError(f"checkpoint weights {path} are corrupt ({err})", "use another checkpoint") from err
+    state = {k: v for k, v in state.items() if k.startswith("encoder.")}
+    enc = PatchEncoder(cfg)
+    check_state(enc, state, str(path))
+    enc.load_state_dict(state, strict=True)
+    return enc.to(device).eval(), cfg, extra

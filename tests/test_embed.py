@@ -1,0 +1,134 @@
+"""SimSiam training of the patch encoder and blockwise embedding (serial and Ray, equal to embedding
+each patch alone), then selection on the result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.cli import main
+from engine.learn.simsiam import (
+    PERTURBATIONS,
+    SimSiam,
+    SimSiamConfig,
+    load_encoder,
+    perturb,
+    simsiam_distance,
+    train_simsiam,
+)
+from engine.models.config import ModelConfig
+from engine.models.encoder import PatchEncoder
+from engine.select.embeddings import load_embeddings
+from engine.storage import create_volume
+
+TINY = {"filters": [4, 8], "anisotropic_stages": 1}
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small blobby volume (uint8, 8 x 96 x 96) with stripes in one corner."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    vol = ndi.gaussian_filter(rng.normal(size=(8, 96, 96)), (1, 2, 2))
+    yy, xx = np.mgrid[:32, :32]
+    vol[:, -32:, -32:] = np.sin((yy + xx) * 0.9)[None] * vol.std() * 2
+    vol = np.clip((vol - vol.min()) / (vol.max() - vol.min()) * 255, 0, 255).astype(np.uint8)
+    url = str(tmp_path_factory.mktemp("embed") / "d.zarr" / "raw")
+    v = create_volume(url, vol.shape, "uint8", (8, 32, 32), voxel_size=(40, 4, 4))
+    v.write(v.box, vol)
+    return url
+
+
+@pytest.fixture(scope="module")
+def encoder(raw: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("simsiam")
+    cfg = SimSiamConfig(volume=raw, out=str(out), patch=(4, 16, 16), steps=4, batch=4, model=ModelConfig(**TINY), checkpoint_every=2,
+                        projector_hidden=16, predictor_hidden=8, projector_out=8, threads=1)
+    result = train_simsiam(cfg, progress=False)
+    assert result["steps"] == 4 and np.isfinite(result["last_loss"])
+    return out / "encoder"
+
+
+def test_simsiam_loss_symmetric_with_stop_gradient() -> None:
+    torch.manual_seed(0)
+    p, z = torch.randn(5, 8, requires_grad=True), torch.randn(5, 8, requires_grad=True)
+    d = simsiam_distance(p, z)
+    d.backward()
+    assert z.grad is None and p.grad is not None  # no gradient into the target branch
+    cos = torch.nn.functional.cosine_similarity(p, z, dim=-1)
+    assert torch.allclose(d, (2 - 2 * cos).mean())
+    model = SimSiam(PatchEncoder(ModelConfig(**TINY)), 16, 8, 8).eval()
+    x1, x2 = torch.rand(3, 1, 4, 16, 16), torch.rand(3, 1, 4, 16, 16)
+    assert torch.allclose(model(x1, x2), model(x2, x1), atol=1e-6)
+    with torch.no_grad():
+        assert 0.0 <= float(model(x1, x2)) <= 4.0
+
+
+def test_perturbations_keep_shape_and_range() -> None:
+    rng = np.random.default_rng(0)
+    img = np.random.default_rng(1).random((4, 16, 16), dtype=np.float32)
+    for name in PERTURBATIONS:
+        out = perturb(img, rng, [name])
+        assert out.shape == img.shape and out.dtype == np.float32, name
+        assert out.min() >= 0.0 and out.max() <= 1.0, name
+        assert not np.array_equal(out, img) or name == "flip", name
+
+
+def test_embed_train_outputs(encoder: Path) -> None:
+    run = encoder.parent
+    losses = json.loads((run / "loss.json").read_text())["loss"]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    assert (run / "loss.png").stat().st_size > 0
+    enc, cfg, extra = load_encoder(encoder)
+    assert extra["kind"] == "patch_encoder" and extra["step"] == 4 and enc.out_dim == 8 and cfg.filters == [4, 8]
+
+
+def _reference(raw: str, enc_dir: Path, patch: tuple[int, int, int], stride: tuple[int, int, int]) -> np.ndarray:
+    """Every patch embedded on its own."""
+    from engine.learn.sampler import to_unit
+    from engine.select.patches import PatchGrid
+    from engine.storage import open_volume
+
+    vol = open_volume(raw)
+    grid = PatchGrid(vol.spatial_shape, patch, stride)
+    enc, _, _ = load_encoder(enc_dir)
+    data = to_unit(vol.read(vol.box))
+    out = []
+    with torch.inference_mode():
+        for pid in range(grid.size):
+            box = grid.patch_box(np.unravel_index(pid, grid.shape))
+            out.append(enc(torch.from_numpy(data[box.to_slices()][None, None].copy()))[0].numpy())
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("backend", ["serial", pytest.param("ray", marks=pytest.mark.slow)])
+def test_blockwise_embedding_equals_per_patch(raw: str, encoder: Path, tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    if backend == "ray":
+        request.getfixturevalue("ray_cluster")
+    out = tmp_path / "emb.zarr"
+    args = ["embed", raw, str(out), "--encoder", str(encoder), "--patch", "4,16,16", "--stride", "2,8,8", "--block", "2,4,3",
+            "--batch", "5", "--backend", backend, "--workers", "2", "--no-progress"]
+    assert main(args) == 0
+    grid, emb, attrs = load_embeddings(out)
+    assert grid.shape == (3, 11, 11) and attrs["voxel_size"] == [40.0, 4.0, 4.0] and attrs["volume"].endswith("raw")
+    ref = _reference(raw, encoder, (4, 16, 16), (2, 8, 8))
+    np.testing.assert_allclose(emb, ref, rtol=1e-4, atol=1e-5)
+    # resume: nothing left to do
+    assert main(args) == 0
+    if backend == "serial":  # then select on it
+        assert main(["select", str(out), str(tmp_path / "sel"), "--budget", "2", "--k", "10", "--window", "1,3,3", "--no-progress"]) == 0
+        doc = json.loads((tmp_path / "sel" / "selection.json").read_text())
+        assert len(doc["boxes"]) == 2 and doc["boxes"][0]["stop"][1] - doc["boxes"][0]["start"][1] == 32
+
+
+def test_embed_bad_input(raw: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["embed", raw, str(tmp_path / "e.zarr"), "--encoder", str(tmp_path / "nothing"), "--patch", "4,16,16", "--stride", "2,8,8",
+                 "--backend", "serial", "--no-progress"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert main(["embed-train", raw, str(tmp_path / "t"), "--patch", "4,200,16", "--steps", "1", "--no-progress"]) == 2
+    assert "larger than the volume" in capsys.readouterr().err
