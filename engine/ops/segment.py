@@ -12,10 +12,13 @@ The same id machinery as :mod:`engine.ops.label`, with fragments for components:
        (driver)       union-find over the merges (agglomeration at the threshold), consecutive ids
     C  cc-relabel     fragments -> neuron ids (uint64)
 
-Agglomeration merges every edge whose score (mean, or a quantile, of the affinities across it)
-reaches ``threshold``. Given the fragments, the result is exactly what the same scoring and
-threshold give on the whole volume at once; with ``per_section`` and blocks spanning whole sections,
-the fragments are the whole volume's too.
+Agglomeration ``threshold`` merges every edge whose score (mean, or a quantile, of the affinities
+across it) reaches ``threshold``; ``mean`` (hierarchical, like waterz) has pass B write every edge
+with the sum and count of its affinities and the driver merge best-first, re-scoring merged regions
+by their mean affinity, down to ``threshold`` (the driver then holds the whole region graph). Given the
+fragments, either result is exactly what the same rule gives on the whole volume at once; with
+``per_section`` and blocks spanning whole sections, the fragments are the whole volume's too (3D
+fragments are seeded per block, so they differ from the whole volume's near block faces).
 """
 
 from __future__ import annotations

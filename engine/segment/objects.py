@@ -1,9 +1,7 @@
 """Object statistics per block, merged over blocks: voxel count, bounding box, centroid, mean
 probability. Sums and extrema merge exactly, so an object cut by block faces is measured whole.
 
->>> from typing import Any
-
-import numpy as np
+>>> import numpy as np
 >>> labels = np.array([[[1, 1, 0, 2]]], np.uint32)
 >>> s = block_stats(labels, 2, origin=(0, 5, 10), prob=np.array([[[0.5, 1.0, 0.0, 0.25]]]))
 >>> s.counts.tolist(), s.bbox[1].tolist(), s.centroid()[1].tolist(), float(s.mean_probability()[2])
