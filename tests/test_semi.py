@@ -18,7 +18,7 @@ from engine.learn import CropSampler, TrainConfig, train
 from engine.learn.consistency import InterMixLoss, LabelledMixLoss, Teacher, UnlabelledMixLoss, ramp
 from engine.learn.history import read_history
 from engine.learn.losses import StepContext
-from engine.learn.mixing import box_mask, inter_mask, quadrant_mask
+from engine.learn.mixing import box_mask, inter_mask, quadrant_mask, seam_weight
 from engine.learn.semi import SemiBatch, semi_terms
 from engine.models import ModelConfig, build_model
 
@@ -78,6 +78,27 @@ def test_images_and_targets_are_mixed_with_the_same_mask(tmp_path: Path) -> None
         on = it["imix_mask"][0] > 0
         assert np.array_equal(it["imix_raw"][:, on], raw[:, on]) and np.array_equal(it["imix_raw"][:, ~on], it["imix_u"][:, ~on])
         assert np.array_equal(it["imix_target"], target) and it["lmix_on"] == 1.0
+
+
+def test_affinity_mixes_drop_only_the_in_plane_pairs_split_by_the_mask(tmp_path: Path) -> None:
+    base = _cfg(tmp_path).model_dump(mode="json")
+    lab = np.zeros((12, 48, 48), np.uint8)
+    lab[:, :, 10:30], lab[:, 30:, :] = 1, 2
+    from test_train import _volumes
+
+    raw_url, lab_url = _volumes(tmp_path / "aff", labels=lab)
+    base["data"] |= {"raw": raw_url, "labels": lab_url, "unlabelled": [{"raw": raw_url}]}
+    base |= {"model": {"filters": [4, 8], "anisotropic_stages": 1, "head": "affinity"}, "target": {"kind": "affinity"}, "semi": {"box": [12, 20], "p_box": 0.0}}
+    cfg = parse_config(TrainConfig, base)
+    sampler = CropSampler(cfg)
+    it = SemiBatch(cfg, sampler).item(0, 3, 0)
+    _, _, w1 = sampler.sample(np.random.default_rng([0, 3, 0, 1]))
+    _, _, w2 = sampler.sample(np.random.default_rng([0, 3, 0, 2]))
+    m = it["lmix_mask"][0]
+    seams = seam_weight(m, cfg.model.affinity_offsets)
+    assert (seams[0] == 1).all() and (seams[1:] == 0).any()  # z pairs are never split; y and x pairs at the edge are
+    assert np.array_equal(it["lmix_weight"], np.where(m > 0, w1, w2) * seams)
+    assert np.array_equal(it["imix_weight"], w1 * seam_weight(it["imix_mask"][0], cfg.model.affinity_offsets))
 
 
 def test_warm_up_then_semi_supervised(tmp_path: Path) -> None:

@@ -7,6 +7,9 @@ z-affinity. ``1`` marks voxels taken from the first crop, ``0`` from the second.
 - :func:`quadrant_mask`: 2 of the 4 in-plane quadrants, drawn at random.
 - :func:`mix`: ``mask * a + (1 - mask) * b`` on numpy arrays of shape ``(..., Z, Y, X)``; used alike for
   images and targets, so both are mixed by the same mask.
+- :func:`seam_weight`: for affinity targets, 0 on the voxel pairs that the mask's edge splits between the
+  two crops (their mixed target would describe a pair that is not in the mixed image); an axial-through
+  mask never splits a pair along z.
 
 >>> rng = np.random.default_rng(0)
 >>> m = box_mask((3, 8, 8), (4, 4), rng)
@@ -64,3 +67,21 @@ def mix(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> np.ndarray:
         raise ValueError(f"mix needs equal shapes ending in the mask's {mask.shape}, got {a.shape} and {b.shape}")
     out = mask * a + (1.0 - mask) * b
     return out.astype(np.result_type(a.dtype, np.float32), copy=False)
+
+
+def seam_weight(mask: np.ndarray, offsets: Sequence[Sequence[int]]) -> np.ndarray:
+    """``(K, Z, Y, X)`` float32: per affinity offset, 1 where a voxel and its neighbour at ``-offset`` come
+    from the same crop (or the neighbour is outside the crop), 0 where the mask's edge splits them.
+
+    >>> m = np.zeros((2, 1, 4), np.float32); m[..., 2:] = 1
+    >>> seam_weight(m, [[1, 0, 0], [0, 0, 1]])[:, 0, 0].tolist()
+    [[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 1.0]]
+    """
+    out = np.ones((len(offsets), *mask.shape), np.float32)
+    for c, off in enumerate(offsets):
+        here, there = [], []
+        for n, o in zip(mask.shape, off, strict=True):
+            here.append(slice(o, n) if o >= 0 else slice(0, n + o))
+            there.append(slice(0, n - o) if o >= 0 else slice(-o, n))
+        out[c][tuple(here)] = mask[tuple(here)] == mask[tuple(there)]
+    return out

@@ -27,7 +27,7 @@ from engine.learn.augment import blur, flips, intensity, noise
 from engine.learn.config import AugmentConfig, SemiConfig, TrainConfig
 from engine.learn.consistency import InterMixLoss, LabelledMixLoss, SampleSupervisedLoss, Teacher, UnlabelledMixLoss
 from engine.learn.losses import LossTerm
-from engine.learn.mixing import box_mask, inter_mask, mix
+from engine.learn.mixing import box_mask, inter_mask, mix, seam_weight
 from engine.learn.sampler import CropSampler, to_unit
 from engine.learn.trainer import Trainer
 from engine.storage import open_volume
@@ -106,7 +106,8 @@ class SemiBatch:
     warm-up also ``lmix_raw``, ``lmix_target``, ``lmix_weight``, ``lmix_mask``, ``lmix_on`` (labelled +
     labelled), ``umix_clean``, ``umix_pert``, ``umix_mask``, ``umix_on`` (and ``umix_a``, ``umix_b`` for
     ``unlabelled_target: mixed_predictions``), ``imix_raw``, ``imix_u``, ``imix_target``, ``imix_weight``,
-    ``imix_mask``, ``imix_on`` (labelled + unlabelled). Image entries are ``(B, 1, Z, Y, X)``, masks
+    ``imix_mask``, ``imix_on`` (labelled + unlabelled). For affinity targets the weights of the mixes are
+    0 on voxel pairs split by the mask's edge (:func:`~engine.learn.mixing.seam_weight`). Image entries are ``(B, 1, Z, Y, X)``, masks
     ``(B, 1, Z, Y, X)``, on/off draws ``(B,)``. Entries of a term with weight 0 are left out.
     """
 
@@ -117,6 +118,12 @@ class SemiBatch:
         self.unlabelled = unlabelled if unlabelled is not None else UnlabelledSource(cfg)
         if (self.semi.unlabelled or self.semi.inter) and not len(self.unlabelled):
             raise ConfigError("semi-supervised terms 'unlabelled' and 'inter' need unlabelled volumes", "add data.unlabelled")
+
+    def _seams(self, mask: np.ndarray) -> np.ndarray | float:
+        """Affinity targets: 0 on the in-plane voxel pairs split by the mask's edge (1 for other heads)."""
+        if self.cfg.target.kind != "affinity":
+            return 1.0
+        return seam_weight(mask, self.cfg.model.affinity_offsets)
 
     def item(self, seed: int, step: int, index: int) -> dict[str, np.ndarray]:
         """The entries of the sample of global ``index`` at ``step`` (numpy, without the batch axis)."""
@@ -133,7 +140,7 @@ class SemiBatch:
             out |= {
                 "lmix_raw": mix(raw, raw2, m),
                 "lmix_target": mix(target, target2, m),
-                "lmix_weight": mix(weight, weight2, m),
+                "lmix_weight": mix(weight, weight2, m) * self._seams(m),
                 "lmix_mask": m[None],
                 "lmix_on": np.array(rng.random() < s.p_labelled_mix, np.float32),
             }
@@ -151,7 +158,7 @@ class SemiBatch:
                 "imix_raw": mix(raw, u, m),
                 "imix_u": u,
                 "imix_target": target,
-                "imix_weight": weight,
+                "imix_weight": weight * self._seams(m),
                 "imix_mask": m[None],
                 "imix_on": np.array(rng.random() < s.p_inter, np.float32),
             }
