@@ -1,7 +1,16 @@
-"""``connectile demo``: the main job on the embedded default (a synthetic volume), end to end.
+"""``connectile demo``: the whole pipeline on the embedded default config, end to end.
 
-Runs on a local Ray cluster (or the one in RAY_ADDRESS / --address), CPU workers where there is no
-GPU. Running it again resumes; ``--overwrite`` starts over.
+A synthetic EM volume with ground truth -> self-supervised embeddings -> coverage selection of the
+boxes to label -> labels from the oracle -> semi-supervised training -> per round: prediction,
+objects, metrics, active queries, oracle review, fine-tuning -> metrics per round -> a Markdown report
+with plots and a neuroglancer link. Resumable: running it again skips finished stages (``--overwrite``
+starts over). ``--real lucchi`` runs it on the Lucchi++ volume of the shared data folder instead.
+
+Examples::
+
+    connectile demo                                   # runs/demo, local Ray, about 10 minutes on 2 cores
+    connectile demo --real lucchi --out runs/demo_lucchi
+    connectile demo --print-config > my.yaml          # the config, to edit and run with connectile run
 """
 
 from __future__ import annotations
@@ -9,35 +18,56 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from engine.commands._common import add_runtime_args, runtime_kwargs, triple
+from engine.commands._common import add_runtime_args, triple
 
 
 def add_parser(subparsers: Any) -> None:
     """Register ``connectile demo``."""
-    from engine.pipeline.demo import DEFAULT_CHUNKS, DEFAULT_SHAPE
-
-    parser = subparsers.add_parser("demo", help="run the main job end to end on a synthetic EM volume (local Ray)")
-    parser.add_argument("--out", default="runs/demo", help="run folder (default: %(default)s)")
-    parser.add_argument("--shape", default=",".join(map(str, DEFAULT_SHAPE)), help="volume shape z,y,x (default: %(default)s)")
-    parser.add_argument("--chunks", default=",".join(map(str, DEFAULT_CHUNKS)), help="storage chunks z,y,x (default: %(default)s)")
+    parser = subparsers.add_parser(
+        "demo", help="run the whole pipeline end to end on a synthetic EM volume (or --real lucchi)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", default=None, help="run folder (default: runs/demo, runs/demo_lucchi with --real lucchi)")
+    parser.add_argument("--real", choices=("lucchi",), default=None, help="run on a real data set from the shared data folder")
+    parser.add_argument("--shape", default="32,256,256", help="synthetic volume shape z,y,x (default: %(default)s)")
+    parser.add_argument("--chunks", default="16,128,128", help="storage chunks z,y,x (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic volume seed (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="recompute everything instead of resuming")
+    parser.add_argument("--rounds", type=int, default=2, help="active-learning rounds (default: %(default)s)")
+    parser.add_argument("--tiny", action="store_true", help="a seconds-long run with tiny models (tests, smoke checks)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.steps=400")
+    parser.add_argument("--print-config", action="store_true", help="print the demo config (YAML) and exit")
+    parser.add_argument("--overwrite", action="store_true", help="run every stage again from scratch")
     add_runtime_args(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.pipeline.demo import run_demo, summary_lines
+    from engine.commands._common import runtime_kwargs
+    from engine.errors import ConfigError
+    from engine.pipeline.demo import apply_tiny, demo_config, demo_yaml, find_shared_data, run_demo, summary_lines
 
-    kw = runtime_kwargs(args)
-    kw.pop("max_retries")
-    summary = run_demo(
-        args.out,
-        shape=triple(args.shape, "--shape", int, "64,512,512"),  # type: ignore[arg-type]
-        chunks=triple(args.chunks, "--chunks", int, "16,64,64"),  # type: ignore[arg-type]
-        seed=args.seed,
-        overwrite=args.overwrite,
-        **kw,
-    )
+    rt = runtime_kwargs(args)
+    shape = triple(args.shape, "--shape", int, "32,256,256")
+    chunks = triple(args.chunks, "--chunks", int, "16,128,128")
+    assert shape is not None and chunks is not None
+    if any(s < c for s, c in zip(shape, chunks, strict=True)):
+        raise ConfigError(f"the demo volume {shape} is smaller than one chunk {chunks}", "give --shape of at least --chunks, e.g. --shape 32,256,256")
+    lucchi = str(find_shared_data("lucchi_pp")) if args.real == "lucchi" else None
+    out = args.out or ("runs/demo_lucchi" if lucchi else "runs/demo")
+    cfg = demo_config(out, shape=shape, chunks=chunks, seed=args.seed, rounds=args.rounds, lucchi=lucchi)
+    if args.tiny:
+        cfg = apply_tiny(cfg)
+    cfg["runtime"] = {**cfg["runtime"], "backend": rt["backend"], "max_retries": rt["max_retries"], "progress": rt["progress"]}
+    cfg["runtime"] |= {k: rt[k] for k in ("workers", "address") if rt[k] is not None}
+    if args.print_config:
+        print(demo_yaml(cfg), end="")
+        return 0
+
+    def starting(name: str, i: int, n: int) -> None:
+        print(f"[{i}/{n}] {name} ...", flush=True)
+
+    summary = run_demo(cfg, overrides=args.overrides, overwrite=args.overwrite, on_stage=starting)
+    for r in summary["results"]:
+        print(r.line())
     print("\n".join(summary_lines(summary)))
-    return 0 if all(r["ok"] for r in summary["runs"]) else 1
+    return 0

@@ -1,112 +1,188 @@
-"""The demo: the main job on the embedded default, end to end on a (local) Ray cluster.
+"""The demo: the whole pipeline on the embedded default config, end to end.
 
-At this stage of the project it synthesizes a deterministic EM-like volume with ground truth
-(blockwise, on Ray), runs a halo-needing blockwise operation over it (a Gaussian filter, on Ray),
-checks one block against the whole-volume reference, writes a PNG preview and a JSON summary, and
-returns the summary. Running it again resumes: finished blocks are not recomputed.
+:func:`demo_config` builds the pipeline config (the same as ``jobs/configs/demo.yaml``; a test keeps
+them equal) -- synth, embed, select, annotate (oracle), train (semi-supervised), then per round
+predict, label, score, query, review (oracle), fine-tune, a final predict/label/score of the last
+model, the metrics per round and the report. ``lucchi=True`` gives the real-data variant
+(``jobs/configs/demo_lucchi.yaml``: the Lucchi++ mitochondria volume from the shared data folder).
+:func:`run_demo` runs it with :func:`engine.pipeline.run.run_pipeline` (resumable: a second run skips
+finished stages) and returns a summary: the report, the neuroglancer link and the metrics per round.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
-import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from engine.errors import ConfigError
-from engine.geometry import BlockGrid, Box
-from engine.ops import GaussianFilter
-from engine.runtime import BackendName, RunSummary, default_state_dir, run_blockwise
-from engine.storage import open_volume
-from engine.synth import SynthOp, SynthParams, save_preview
+from engine.errors import ConfigError, StorageError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SHAPE = (64, 512, 512)
-DEFAULT_CHUNKS = (16, 64, 64)
+DEFAULT_SHAPE = (32, 256, 256)
+DEFAULT_CHUNKS = (16, 128, 128)
+#: rounds of predict -> label -> query -> review -> fine-tune (the model after them is scored too)
+DEFAULT_ROUNDS = 2
+
+
+def _round_sections(r: int, raw: str, truth: str, truth_binary: bool, last: bool, window: list[int], block: list[int]) -> dict[str, Any]:
+    model = "train.checkpoint" if r == 1 else f"finetune{r - 1}.checkpoint"
+    out: dict[str, Any] = {
+        f"predict{r}": {"raw": raw, "checkpoint": model, "window": window, "overlap": 0.25, "block": block},
+        f"label{r}": {"input": f"predict{r}.probability", "threshold": 0.5, "min_size": 50, "block": block},
+        f"score{r}": {"probability": f"predict{r}.probability", "labels": f"label{r}.labels", "table": f"label{r}.table", "truth": truth,
+                      "truth_binary": truth_binary},
+    }
+    if not last:
+        out |= {
+            f"query{r}": {"labels": f"label{r}.labels", "table": f"label{r}.table", "image": raw, "probability": f"predict{r}.probability", "block": block},
+            f"review{r}": {"rois": f"query{r}.rois", "source": "oracle", "truth": truth, "truth_binary": truth_binary},
+            f"finetune{r}": {"checkpoint": model, "rois": f"query{r}.rois", "answers": f"review{r}.answers", "labels": "annotate.labels",
+                             "boxes": "annotate.boxes", "steps": 60},
+        }
+    return out
+
+
+def demo_config(
+    run_dir: str = "runs/demo",
+    *,
+    shape: Iterable[int] = DEFAULT_SHAPE,
+    chunks: Iterable[int] = DEFAULT_CHUNKS,
+    seed: int = 0,
+    rounds: int = DEFAULT_ROUNDS,
+    lucchi: str | None = None,
+) -> dict[str, Any]:
+    """The demo's pipeline config as a mapping (see the module docstring). ``lucchi``: the folder of
+    the Lucchi++ data set (``.../lucchi_pp``) for the real-data variant."""
+    from engine.pipeline.stages._rounds import MAX_ROUNDS
+
+    if not 1 <= rounds < MAX_ROUNDS:
+        raise ConfigError(f"the demo runs 1 to {MAX_ROUNDS - 1} rounds, got {rounds}", f"use --rounds 1..{MAX_ROUNDS - 1}")
+    shape, chunks = [int(v) for v in shape], [int(v) for v in chunks]
+    cfg: dict[str, Any] = {"run_dir": run_dir, "runtime": {"backend": "ray", "progress": True}}
+    if lucchi is None:
+        cfg["synth"] = {"shape": shape, "chunks": chunks, "params": {"seed": seed}}
+        raw, truth, binary = "synth.raw", "synth.mito", False
+        window, block = [1, 128, 128], [shape[0], 256, 256]
+        embed = {"input": raw, "patch": [8, 64, 64], "stride": [8, 16, 16], "steps": 60}
+        select = {"input": "embed.embeddings", "params": {"budget": 4, "k": 10, "window": [1, 3, 3], "methods": ["coverage", "random", "kcenter"]}}
+        train: dict[str, Any] = {"steps": 200, "validate_every": 50}
+    else:
+        cfg["ingest"] = {"raw": f"{lucchi}/Train_In", "labels": f"{lucchi}/Train_Out", "voxel_size": [5.0, 5.0, 5.0],
+                         "chunks": [64, 256, 256], "labels_binarize": True}
+        raw, truth, binary = "ingest.raw", "ingest.labels", True
+        window, block = [1, 256, 256], [64, 512, 512]
+        embed = {"input": raw, "patch": [16, 128, 128], "stride": [16, 64, 64], "steps": 80, "crop": [1, 128, 128]}
+        select = {"input": "embed.embeddings", "params": {"budget": 4, "k": 10, "window": [1, 2, 2], "methods": ["coverage", "random", "kcenter"]}}
+        train = {"steps": 300, "validate_every": 100, "crop": [1, 256, 256], "model": {"dims": 2, "filters": [8, 16, 32, 32], "input_kernel_xy": 3,
+                                                                                         "input_stride": 2},
+                 "validation_roi": {"start": [0, 0, 0], "stop": [16, 768, 1024]}}
+    cfg["embed"] = embed
+    cfg["select"] = select
+    cfg["annotate"] = {"boxes": "select.selection", "truth": truth, "source": "oracle"}
+    cfg["train"] = {"raw": raw, "labels": "annotate.labels", "boxes": "annotate.boxes", "truth": truth, **train,
+                    "semi": {"box": [32, 32], "unlabelled": 0.2, "inter": 0.2, "labelled_mix": 1.0, "warmup_steps": 50, "rampup_steps": 50}}
+    for r in range(1, rounds + 2):
+        cfg |= _round_sections(r, raw, truth, binary, last=r == rounds + 1, window=window, block=block)
+    cfg["metrics"] = {f"round{r}": f"score{r}.metrics" for r in range(1, rounds + 2)} | {"train": "train.history"} | {
+        f"finetune{r}": f"finetune{r}.history" for r in range(1, rounds + 1)}
+    cfg["report"] = {"title": "Connectile demo" if lucchi is None else "Connectile demo (Lucchi++)"}
+    return cfg
+
+
+def find_shared_data(name: str = "lucchi_pp") -> Path:
+    """The folder of a real data set in the shared data folder (``/work/shared/data`` or ``../shared/data``)."""
+    env = os.environ.get("CONNECTILE_DATA")
+    roots = [Path(env)] if env else []
+    roots += [Path("/work/shared/data"), Path.cwd().parent / "shared" / "data"]
+    for root in roots:
+        if (root / name).is_dir():
+            return (root / name).resolve()
+    raise StorageError(f"the real data set {name!r} is not in {', '.join(str(r) for r in roots)}",
+                       "set CONNECTILE_DATA to the shared data folder (it holds lucchi_pp/), or run the synthetic demo without --real")
+
+
+def tiny_overrides() -> dict[str, Any]:
+    """Settings that shrink the demo to a test run (seconds): tiny volume, encoder, training, VAEs."""
+    vae = {"hidden_dims": [8, 16], "input_size": 16, "epochs": 2, "batch_size": 16}
+    q = {"query": {"n_clusters": 2, "n_sub": 1, "n_init": 1, "features": {"mask": {"latent_dim": 4, **vae}, "image": {"latent_dim": 4, **vae}, "image_patches": 32}},
+         "size": 32}
+    return {"embed": {"steps": 4, "patch": [8, 32, 32], "stride": [8, 16, 16], "crop": [1, 32, 32], "batch_size": 4},
+            "select": {"params": {"budget": 2, "k": 4, "window": [1, 2, 2], "methods": ["coverage", "random"]}},
+            "train": {"steps": 12, "validate_every": 6, "crop": [1, 64, 64], "batch_size": 2, "model": {"dims": 2, "filters": [4, 8], "input_kernel_xy": 3},
+                      "semi": {"box": [16, 16], "unlabelled": 0.2, "inter": 0.2, "warmup_steps": 4}},
+            "window": [1, 64, 64], "query": q, "finetune_steps": 4}
+
+
+def apply_tiny(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The demo config with :func:`tiny_overrides` applied (for tests)."""
+    t = tiny_overrides()
+    out = copy.deepcopy(cfg)
+    out["runtime"] = {"backend": "serial", "progress": False}
+    for key in ("embed", "train"):
+        out[key] = {**out[key], **t[key]}
+    out["select"]["params"] = t["select"]["params"]
+    for name, sec in out.items():
+        if name.startswith("predict"):
+            sec["window"] = t["window"]
+        elif name.startswith("query"):
+            sec |= t["query"]
+        elif name.startswith("finetune"):
+            sec["steps"] = t["finetune_steps"]
+    return out
+
+
+def demo_yaml(cfg: dict[str, Any], header: str = "") -> str:
+    import yaml
+
+    plain = json.loads(json.dumps(cfg))  # no shared lists: no YAML anchors
+    return header + yaml.safe_dump(plain, sort_keys=False, default_flow_style=None, width=140)
 
 
 def run_demo(
-    out: str | os.PathLike[str] = "runs/demo",
+    cfg_data: dict[str, Any],
     *,
-    shape: tuple[int, int, int] = DEFAULT_SHAPE,
-    seed: int = 0,
-    chunks: tuple[int, int, int] = DEFAULT_CHUNKS,
-    sigma: float = 1.5,
-    backend: BackendName = "ray",
-    workers: int | None = None,
-    address: str | None = None,
+    overrides: Iterable[str] = (),
     overwrite: bool = False,
-    progress: bool = True,
+    on_stage: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the demo into the folder ``out`` and return its summary (also ``out/summary.json``)."""
-    if any(s < c for s, c in zip(shape, chunks, strict=True)):
-        raise ConfigError(f"the demo volume {shape} is smaller than one chunk {chunks}", "give --shape of at least 16,64,64")
-    root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
-    group = str(root / "demo.zarr")
-    t0 = time.monotonic()
-    runs: list[RunSummary] = []
-    common: dict[str, Any] = {"backend": backend, "workers": workers, "address": address, "overwrite": overwrite, "progress": progress}
+    """Run the demo config and return ``{"results", "report", "link", "metrics", "run_dir"}``."""
+    from engine.pipeline.manifest import Manifest
+    from engine.pipeline.run import pipeline_config, run_pipeline
+    from engine.pipeline.stages.report import neuroglancer_link
 
-    # 1. a synthetic EM volume with ground truth, blockwise
-    synth = SynthOp(output=group, shape=shape, chunks=chunks, synth=SynthParams(seed=seed), overwrite=overwrite)
-    grid = BlockGrid(Box.from_shape(shape), write_shape=tuple(2 * c for c in chunks))
-    runs.append(run_blockwise(synth, grid, state_dir=default_state_dir(synth.url("raw"), "synth"), name="synth", **common))
-
-    # 2. a halo-needing blockwise operation over it
-    smooth = GaussianFilter(input=synth.url("raw"), output=f"{group}/smoothed", sigma=(sigma / 5, sigma, sigma), chunks=chunks, overwrite=overwrite)
-    grid2 = BlockGrid(Box.from_shape(shape), write_shape=grid.write_shape, context=smooth.halo())
-    runs.append(run_blockwise(smooth, grid2, state_dir=default_state_dir(smooth.output, "gaussian"), name="gaussian", **common))
-
-    # 3. check: one block of the blockwise result equals the whole-volume filter there
-    check = _check_against_whole_volume(smooth, grid2)
-    preview = root / "preview.png"
-    save_preview(group, preview)
-    raw = open_volume(synth.url("raw"))
-    neurons = open_volume(synth.url("neurons"))
-    summary = {
-        "output": group,
-        "volume": {"shape": list(raw.shape), "voxel_size_nm": list(raw.voxel_size), "seed": seed},
-        "ground_truth": {
-            "neurons": int(np.unique(neurons.read(neurons.box)).size),
-            "mito_voxels": int(runs[0].stats.get("mito_voxels", 0)),
-            "synapse_voxels": int(runs[0].stats.get("synapse_voxels", 0)),
-        },
-        "runs": [r.to_dict() for r in runs],
-        "max_abs_diff_vs_whole_volume": check,
-        "preview": str(preview),
-        "wall_seconds": time.monotonic() - t0,
-    }
-    (root / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    return summary
-
-
-def _check_against_whole_volume(op: GaussianFilter, grid: BlockGrid) -> float:
-    """Max |blockwise - scipy on the whole input| over the whole volume (small demo volumes only)."""
-    from scipy.ndimage import gaussian_filter
-
-    src = open_volume(op.input)
-    if src.box.size > 64 * 512 * 512:
-        return float("nan")
-    whole = gaussian_filter(src.read(src.box).astype(np.float32), sigma=op.sigma, mode="reflect", truncate=op.truncate)
-    got = open_volume(op.output).read(src.box)
-    return float(np.abs(got - whole).max())
+    cfg = pipeline_config(cfg_data, overrides, source="demo config")
+    results = run_pipeline(cfg, overwrite=overwrite, on_stage=on_stage)
+    run_dir = Path(cfg.run_dir)
+    manifest = Manifest(run_dir)
+    outs = {n: dict(e.get("outputs", {})) for n, e in manifest.stages.items() if e.get("status") == "done"}
+    report_cfg = getattr(cfg, "report", None)
+    link = None
+    if report_cfg is not None:
+        link = neuroglancer_link(outs, run_dir, report_cfg.serve_url, report_cfg.neuroglancer)
+    metrics: list[dict[str, Any]] = []
+    mpath = outs.get("metrics", {}).get("metrics")
+    if mpath and os.path.exists(mpath):
+        metrics = json.loads(Path(mpath).read_text())["rounds"]
+    return {"results": results, "report": outs.get("report", {}).get("report"), "link": link, "metrics": metrics, "run_dir": str(run_dir),
+            "serve_port": report_cfg.serve_url.rsplit(":", 1)[-1] if report_cfg is not None else None}
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
-    """What ``connectile demo`` prints."""
-    v, gt = summary["volume"], summary["ground_truth"]
-    lines = [
-        f"demo volume {summary['output']}: shape {tuple(v['shape'])} (z,y,x), voxel size {tuple(v['voxel_size_nm'])} nm, seed {v['seed']}",
-        f"ground truth: {gt['neurons']} neurons, {gt['mito_voxels']} mitochondrion voxels, {gt['synapse_voxels']} synapse voxels",
-    ]
-    for r in summary["runs"]:
-        lines += RunSummary(**{k: val for k, val in r.items() if k != "ok"}).lines()
-    lines.append(f"blockwise Gaussian vs whole-volume scipy: max |diff| = {summary['max_abs_diff_vs_whole_volume']:.2e}")
-    lines.append(f"preview: {summary['preview']}   total {summary['wall_seconds']:.1f} s")
+    """What ``connectile demo`` prints at the end."""
+    from engine.pipeline.stages.metrics import table_lines
+
+    ran = [r for r in summary["results"] if r.action == "ran"]
+    lines = [f"{len(ran)} stage(s) ran, {len(summary['results']) - len(ran)} done already; run folder {summary['run_dir']} (manifest.json)"]
+    if summary["metrics"]:
+        lines += ["metrics per round (round r: the model after r-1 fine-tunings):", *table_lines(summary["metrics"])]
+    if summary["report"]:
+        lines.append(f"report: {summary['report']}")
+    if summary["link"]:
+        lines.append(f"neuroglancer: serve the run folder with `python jobs/serve.py {summary['run_dir']} --port {summary['serve_port']}`, then open:")
+        lines.append(summary["link"])
     return lines

@@ -1,0 +1,92 @@
+"""``query1``, ``query2`` ...: active query suggestion on the objects of a round's prediction.
+
+The stage folder ``RUN/query<r>/`` is an active-learning run directory (the contract of
+:mod:`engine.active`: ``rois/rois.zarr``, ``rois/index.parquet``, ``features/``,
+``rounds/round-01/queries.parquet``), so ``connectile review RUN/query<r>`` opens its queries for a
+person. Steps: aligned ROI crops of every object (:func:`engine.ops.rois.extract_rois`), the two VAE
+feature streams and the queries (:func:`engine.active.rounds.run_query`). A prediction with no object
+gives no queries (``summary.json`` says so) and the round's review and fine-tuning have nothing to add.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from engine.active.features import FeatureConfig, VaeConfig
+from engine.active.rounds import QueryConfig
+from engine.config import Config
+from engine.pipeline.stage import Stage, StageContext
+from engine.pipeline.stages._rounds import per_round
+
+Triple = tuple[int, int, int]
+
+
+def _small_query() -> QueryConfig:
+    vae = {"hidden_dims": [16, 32], "input_size": 32, "epochs": 5, "batch_size": 32}
+    features = FeatureConfig(mask=VaeConfig.model_validate({**vae, "latent_dim": 8}), image=VaeConfig.model_validate({**vae, "latent_dim": 16}), image_patches=256)
+    return QueryConfig(n_clusters=4, n_sub=2, per_cluster=1, n_init=1, features=features)
+
+
+class QuerySection(Config):
+    """``query<r>:`` -- ``labels``/``table`` (``label<r>.labels``, ``label<r>.table``), ``image`` (the raw
+    volume), ``probability`` (``predict<r>.probability``, for ROI scores); ``query``: a
+    :class:`~engine.active.rounds.QueryConfig` (method, clusters, VAE settings)."""
+
+    labels: str
+    table: str
+    image: str
+    probability: str | None = None
+    size: int = Field(default=64, ge=8)
+    min_voxels: int = Field(default=0, ge=0)
+    block: Triple = (32, 256, 256)
+    query: QueryConfig = Field(default_factory=_small_query)
+
+
+def object_count(table: str) -> int:
+    from engine.ops.objects import read_object_table
+
+    return int(read_object_table(table)["id"].size)
+
+
+class QueryStage(Stage):
+    config = QuerySection
+    inputs = ("labels", "table", "image", "probability")
+    outputs = ("rois", "summary")
+    round: ClassVar[int] = 0
+
+    def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
+        from engine.active.rounds import run_query
+        from engine.ops.rois import extract_rois
+
+        run_dir = ctx.dir
+        if ctx.overwrite:  # a new prediction: ROIs, features and rounds of the old one go
+            for name in ("rois", "features", "rounds"):
+                shutil.rmtree(run_dir / name, ignore_errors=True)
+        table = ctx.input(cfg.table)
+        n = object_count(table)
+        summary: dict[str, Any] = {"round": self.round, "objects": n, "rois": 0, "queries": 0}
+        if n > 0:
+            rt = ctx.runtime
+            res = extract_rois(
+                run_dir, ctx.input(cfg.labels), ctx.input(cfg.image), table, prob=ctx.input(cfg.probability) if cfg.probability else None,
+                size=cfg.size, min_voxels=cfg.min_voxels, block=cfg.block, backend=rt.backend, workers=rt.workers, address=rt.address,
+                max_retries=rt.max_retries, overwrite=ctx.overwrite, progress=rt.progress,
+            )
+            summary["rois"] = res.rois
+            if res.rois > 0:
+                q = cfg.query
+                budget_cap = max(1, res.rois)
+                if q.n_clusters > budget_cap:  # fewer objects than clusters: one cluster per object at most
+                    q = q.model_copy(update={"n_clusters": budget_cap, "n_sub": 1})
+                result = run_query(run_dir, q, round_number=1, progress=rt.progress)
+                summary.update(queries=result.queries, method=result.method, candidates=result.candidates, queries_file=result.path)
+        path = run_dir / "summary.json"
+        path.write_text(json.dumps(summary, indent=1))
+        return {"rois": str(run_dir), "summary": str(path)}
+
+
+QUERY = per_round(QueryStage, "query", 130)

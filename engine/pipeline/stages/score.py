@@ -1,0 +1,99 @@
+"""``score1``, ``score2`` ...: how good a round's prediction is, against ground truth.
+
+- voxel IoU (Jaccard) and Dice of ``probability > threshold`` against ``truth != 0`` (exact, slab by slab);
+- VOI (split, merge; bits) of the round's objects against the ground-truth objects (over the whole
+  volume up to ``voi_max_voxels``, else over a centred sub-volume of that size);
+- ROI accuracy: the share of predicted objects that are correct by the oracle's rule
+  (:func:`engine.active.oracle.objects_correct`), and the object counts.
+
+Writes ``RUN/score<r>/metrics.json``; the ``metrics`` stage puts the rounds side by side.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from engine.config import Config
+from engine.pipeline.stage import Stage, StageContext
+from engine.pipeline.stages._rounds import per_round
+
+
+class ScoreSection(Config):
+    """``score<r>:`` -- ``probability`` (``predict<r>.probability``), ``labels``/``table`` (``label<r>``),
+    ``truth`` (instance ground truth; binary with ``truth_binary``: its connected components are the objects)."""
+
+    probability: str
+    labels: str
+    table: str
+    truth: str
+    truth_binary: bool = False
+    threshold: float = 0.5
+    criterion: Literal["cover", "iou"] = "cover"
+    voi_max_voxels: int = Field(default=1 << 25, ge=1)
+
+
+def score_round(prob_url: str, labels_url: str, table: str, truth_url: str, cfg: ScoreSection) -> dict[str, Any]:
+    """The metrics of the module docstring."""
+    import cc3d
+
+    from engine.active.oracle import objects_correct
+    from engine.geometry import Box
+    from engine.metrics.segmentation import voi
+    from engine.segment.kernels import foreground
+    from engine.storage import open_volume
+
+    prob, lab, truth = open_volume(prob_url), open_volume(labels_url), open_volume(truth_url)
+    shape = truth.spatial_shape
+    inter = union = p_sum = t_sum = 0
+    depth = max(1, prob.chunk_shape[0])
+    for z in range(0, shape[0], depth):
+        box = Box((z, 0, 0), (min(z + depth, shape[0]), *shape[1:]))
+        p = foreground(prob.read(box), cfg.threshold)
+        t = truth.read(box) != 0
+        inter += int((p & t).sum())
+        union += int((p | t).sum())
+        p_sum += int(p.sum())
+        t_sum += int(t.sum())
+    out: dict[str, Any] = {
+        "iou": inter / union if union else 1.0, "dice": 2 * inter / (p_sum + t_sum) if p_sum + t_sum else 1.0,
+        "predicted_voxels": p_sum, "truth_voxels": t_sum,
+    }
+    # VOI over a centred sub-volume of at most voi_max_voxels
+    sub = list(shape)
+    while int(np.prod(sub)) > cfg.voi_max_voxels:
+        ax = int(np.argmax(sub))
+        sub[ax] = max(1, sub[ax] // 2)
+    start = tuple((s - c) // 2 for s, c in zip(shape, sub, strict=True))
+    vbox = Box(start, tuple(a + c for a, c in zip(start, sub, strict=True)))
+    seg = lab.read(vbox)
+    gt = truth.read(vbox)
+    if cfg.truth_binary:
+        gt = cc3d.connected_components(gt != 0, connectivity=26)
+    split, merge = voi(seg, gt)
+    out.update(voi_split=split, voi_merge=merge, voi=split + merge, voi_box={"start": list(vbox.start), "stop": list(vbox.stop)})
+    gt_objects = int(np.unique(gt[gt != 0]).size)
+    correct = objects_correct(labels_url, table, truth_url, criterion=cfg.criterion, gt_binary=cfg.truth_binary)
+    out.update(objects=int(correct.size), objects_correct=int(correct.sum()), roi_accuracy=float(correct.mean()) if correct.size else None,
+               truth_objects_in_voi_box=gt_objects)
+    return out
+
+
+class ScoreStage(Stage):
+    config = ScoreSection
+    inputs = ("probability", "labels", "table", "truth")
+    outputs = ("metrics",)
+    round: ClassVar[int] = 0
+
+    def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
+        m = score_round(ctx.input(cfg.probability), ctx.input(cfg.labels), ctx.input(cfg.table), ctx.input(cfg.truth), cfg)
+        m["round"] = self.round
+        path = ctx.dir / "metrics.json"
+        path.write_text(json.dumps(m, indent=1))
+        return {"metrics": str(path)}
+
+
+SCORE = per_round(ScoreStage, "score", 120)
