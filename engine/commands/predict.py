@@ -36,7 +36,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--window", metavar="Z,Y,X", default=_WINDOW, help="window (model input) size (default: %(default)s)")
     parser.add_argument("--overlap", type=float, default=0.5, help="overlap of neighbouring windows, in [0, 1) (default: %(default)s)")
     parser.add_argument("--blend", choices=("gaussian", "bump", "constant"), default="gaussian", help="window weights (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default: 1 on CPU, 8 on GPU)")
     parser.add_argument("--tta", choices=("none", "flips", "flips-transpose"), default="none", help="test-time augmentation (default: %(default)s)")
     parser.add_argument("--tta-reduce", choices=("mean", "min", "max"), default="mean", help="how augmented outputs combine (default: %(default)s)")
     parser.add_argument("--dtype", choices=("uint8", "float16", "float32"), default="uint8", help="output type (default: %(default)s)")

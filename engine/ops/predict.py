@@ -86,7 +86,9 @@ class PredictOp(BlockOp):
     amp: Amp = "none"
     checkpoint_digest: str = ""
     # -- settings that do not change the output (beyond float rounding): not hashed ---------------
-    batch_size: int = Field(default=4, exclude=True)
+    #: windows per forward pass; None: 1 on CPU (larger batches were slower per window on the 2-core
+    #: test machine: activations fall out of cache), 8 on a GPU
+    batch_size: int | None = Field(default=None, exclude=True)
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", exclude=True)
     channels_last: bool | None = Field(default=None, exclude=True)
     threads: int | None = Field(default=None, exclude=True)
@@ -100,6 +102,7 @@ class PredictOp(BlockOp):
     _windows: WindowGrid | None = PrivateAttr(default=None)
     _channels: int = PrivateAttr(default=1)
     _pending: tuple[Box, Any] | None = PrivateAttr(default=None)
+    _hits: int = PrivateAttr(default=0)
 
     # -- driver side -------------------------------------------------------------------------------
     def windows(self, shape: tuple[int, ...]) -> WindowGrid:
@@ -108,7 +111,7 @@ class PredictOp(BlockOp):
     def _check(self) -> tuple[Volume, Any]:
         from engine.models import read_checkpoint_config
 
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
         cfg, _ = read_checkpoint_config(self.checkpoint)
         src = open_volume(self.input)
@@ -172,11 +175,12 @@ class PredictOp(BlockOp):
         self._in = open_volume(self.input)
         self._out = open_volume(self.output, mode="r+")
         self._windows = self.windows(self._in.spatial_shape)
+        batch = self.batch_size or (8 if dev.type == "cuda" else 1)
         self._sw = SlidingWindow(
-            predictor, self.window, self.overlap, mode=self.blend, sigma_scale=self.sigma_scale, batch_size=self.batch_size,
+            predictor, self.window, self.overlap, mode=self.blend, sigma_scale=self.sigma_scale, batch_size=batch,
             tta=self.tta, tta_reduce=self.tta_reduce, device=dev,
         )
-        log.info("predict worker: %s on %s, %d thread(s), batch %d", type(model).__name__, dev, torch.get_num_threads(), self.batch_size)
+        log.info("predict worker: %s on %s, %d thread(s), batch %d", type(model).__name__, dev, torch.get_num_threads(), batch)
 
     def teardown(self) -> None:
         self._pending = None
@@ -189,7 +193,9 @@ class PredictOp(BlockOp):
         """The raw input of ``box`` (zero outside the volume): from the prefetch if it guessed right."""
         assert self._in is not None
         pending, self._pending = self._pending, None
-        future = pending[1] if pending is not None and pending[0] == box else self._start_read(box)
+        hit = pending is not None and pending[0] == box
+        self._hits = int(hit)
+        future = pending[1] if pending is not None and hit else self._start_read(box)
         data = np.asarray(future.result())
         inside = box.intersect(self._in.box)
         if inside == box:
@@ -232,7 +238,10 @@ class PredictOp(BlockOp):
             arr = out.cpu().numpy()
         self._out.write(block.write, arr[0] if self._channels == 1 else arr)
         t3 = time.perf_counter()
-        return {"windows": float(self._sw.windows_run - before), "read_s": t1 - t0, "compute_s": t2 - t1, "write_s": t3 - t2}
+        return {
+            "windows": float(self._sw.windows_run - before), "prefetched": float(self._hits),
+            "read_s": t1 - t0, "compute_s": t2 - t1, "write_s": t3 - t2,
+        }
 
 
 @dataclass

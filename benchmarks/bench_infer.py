@@ -1,0 +1,244 @@
+#!/usr/bin/env python
+"""Inference benchmark: Connectile's blockwise sliding-window inference vs MONAI's sliding_window_inference.
+
+    .venv/bin/python benchmarks/bench_infer.py            # 32 x 384 x 384, window 16 x 128 x 128, 2 Ray workers
+    .venv/bin/python benchmarks/bench_infer.py --shape 64,512,512   # bigger: fewer windows twice at the cut
+    .venv/bin/python benchmarks/bench_infer.py --quick    # 32 x 256 x 256: a smoke run
+
+Same model (the papers' base residual SE U-Net of ``engine.models``, default ``ModelConfig``, random
+weights, eval mode, sigmoid output), same window, overlap 0.5 and Gaussian blending on both sides:
+
+connectile  ``predict_volume(..., backend="ray", workers=2, threads=1)``: zarr in, uint8 zarr out,
+            blocks aligned to the stride grid (2 blocks); Ray's cluster start reported apart.
+monai       ``sliding_window_inference`` on the volume already in memory (float32 tensor), torch
+            threads 2, ``sw_batch_size`` 1 (MONAI's default; batch 1 is also the fastest on this CPU),
+            under ``torch.inference_mode``; full-volume float output.
+limit       the raw forward throughput of the model on non-overlapping windows (batch 1) with 2 torch
+            threads in one process, and with 1 thread (times 2: two workers' ideal on two free cores).
+
+Each side runs in a fresh child process (this script with ``--child``); peak memory is the VmHWM of the
+MONAI process, and for Connectile the peak of the summed RSS of the driver and the Ray actors (sampled,
+see ``bench_cc.RssSampler``). The outputs are checked against each other (uint8 vs MONAI's float).
+Voxel throughput counts the volume's voxels once (overlap and block borders are the engine's cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "benchmarks"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from bench_cc import RssSampler, machine_info  # noqa: E402 - benchmarks are scripts, not a package
+
+RESULT_PREFIX = "@@bench-result "
+MIB = 1024 * 1024
+SIZES = {"full": (32, 384, 384), "quick": (32, 256, 256)}
+WINDOW = (16, 128, 128)
+
+
+def run_child(name: str, params: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
+    env = dict(os.environ)
+    env.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--params", json.dumps(params)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, timeout=timeout, check=False)
+    result = None
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            result = json.loads(line[len(RESULT_PREFIX) :])
+        elif line.strip():
+            print(line, file=sys.stderr)
+    if proc.returncode != 0 or result is None:
+        raise RuntimeError(f"benchmark child {name!r} failed (exit {proc.returncode}); see its output above")
+    return result
+
+
+def _load_model(ckpt: str) -> Any:
+    from engine.models import load_checkpoint
+
+    model, _, _ = load_checkpoint(ckpt)
+    return model
+
+
+def _read(url: str) -> Any:
+    from engine.storage import open_volume
+
+    v = open_volume(url)
+    return v.read(v.box)
+
+
+# -- children ----------------------------------------------------------------------------------
+def child_limit(p: dict[str, Any]) -> dict[str, Any]:
+    """Forward passes on non-overlapping windows (batch 1), with 2 threads and with 1 thread."""
+    import torch
+
+    model = _load_model(p["checkpoint"])
+    raw = _read(p["input"])
+    wz, wy, wx = p["window"]
+    windows = [(z, y, x) for z in range(0, raw.shape[0] - wz + 1, wz) for y in range(0, raw.shape[1] - wy + 1, wy) for x in range(0, raw.shape[2] - wx + 1, wx)]
+    windows = windows[: p["limit_windows"]]
+    out: dict[str, Any] = {"windows": len(windows)}
+    for threads in (2, 1):
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            model(torch.zeros(1, 1, wz, wy, wx))  # warm-up
+            t0 = time.perf_counter()
+            for z, y, x in windows:
+                x_t = torch.from_numpy(raw[z : z + wz, y : y + wy, x : x + wx].astype("float32") / 255)[None, None]
+                torch.sigmoid(model(x_t))
+            dt = time.perf_counter() - t0
+        out[f"threads{threads}_vox_s"] = len(windows) * wz * wy * wx / dt
+        out[f"threads{threads}_s_per_window"] = dt / len(windows)
+    return out
+
+
+def child_monai(p: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    torch.set_num_threads(2)
+    model = _load_model(p["checkpoint"])
+    raw = _read(p["input"])
+    vol = torch.from_numpy(raw.astype(np.float32) / 255)[None, None]
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(model(x))
+
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = sliding_window_inference(vol, p["window"], 1, predictor, overlap=0.5, mode="gaussian")
+    run_s = time.perf_counter() - t0
+    assert isinstance(out, torch.Tensor)
+    np.save(p["monai_out"], out[0, 0].numpy())
+    return {"run_s": run_s, "vmhwm": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def child_connectile(p: dict[str, Any]) -> dict[str, Any]:
+    from engine.ops.predict import predict_volume
+    from engine.runtime import connect, shutdown
+
+    t0 = time.perf_counter()
+    connect(num_cpus=p["workers"], dashboard=False)
+    cluster_s = time.perf_counter() - t0
+    time.sleep(1.0)
+    sampler = RssSampler(interval=0.5)  # reading smaps costs CPU that the two workers need
+    sampler.start()
+    t1 = time.perf_counter()
+    r = predict_volume(
+        p["checkpoint"], p["input"], p["output"], window=tuple(p["window"]), overlap=0.5, blend="gaussian", block=tuple(p["block"]),
+        chunks=tuple(p["chunks"]), batch_size=1, threads=1, device="cpu", backend="ray", workers=p["workers"], progress=False,
+        state_dir=p["state_dir"], overwrite=True,
+    )
+    run_s = time.perf_counter() - t1
+    peak = sampler.stop()
+    shutdown()
+    return {
+        "run_s": run_s, "cluster_start_s": cluster_s, "blocks": r.blocks, "block_shape": list(r.block_shape), "windows": r.windows,
+        "windows_computed": r.windows_computed, "stats": r.stats, "peak": peak,
+    }
+
+
+CHILDREN = {"limit": child_limit, "monai": child_monai, "connectile": child_connectile}
+
+
+# -- driver side -------------------------------------------------------------------------------
+def make_inputs(d: Path, shape: tuple[int, int, int]) -> tuple[str, str]:
+    import numpy as np
+    import torch
+
+    from engine.models import ModelConfig, build_model, save_checkpoint
+    from engine.storage import create_volume
+
+    torch.manual_seed(0)
+    cfg = ModelConfig()
+    ckpt = str(d / "checkpoint")
+    save_checkpoint(ckpt, build_model(cfg), cfg, {"note": "bench_infer random weights"})
+    v = create_volume(f"{d}/bench.zarr/raw", shape, "uint8", (16, 128, 128))
+    v.write(v.box, np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
+    return ckpt, v.url
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small volume: a smoke run")
+    ap.add_argument("--shape", default=None, help="volume z,y,x (default: 32,384,384; quick: 32,256,256)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--limit-windows", type=int, default=8, help="windows timed for the raw forward limit")
+    ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    ap.add_argument("--params", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        result = CHILDREN[args.child](json.loads(args.params))
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        return 0
+
+    import numpy as np
+
+    from engine.geometry import Box
+    from engine.infer import WindowGrid
+    from engine.storage import open_volume
+
+    shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else SIZES["quick" if args.quick else "full"]
+    assert len(shape) == 3
+    # two blocks for two workers: cut y once, on the stride grid
+    block = (shape[0], -(-shape[1] // 2 // 64) * 64, shape[2])
+    print(json.dumps({"machine": machine_info(), "shape": shape, "window": WINDOW, "overlap": 0.5, "block": block}), flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench_infer_") as tmp:
+        d = Path(tmp)
+        ckpt, url = make_inputs(d, shape)  # type: ignore[arg-type]
+        common = {"checkpoint": ckpt, "input": url, "window": WINDOW}
+        limit = run_child("limit", {**common, "limit_windows": args.limit_windows})
+        print(json.dumps({"side": "limit", **limit}), flush=True)
+        monai = run_child("monai", {**common, "monai_out": str(d / "monai.npy")})
+        print(json.dumps({"side": "monai", **monai}), flush=True)
+        conn = run_child("connectile", {**common, "output": f"{d}/bench.zarr/prob", "block": block, "chunks": (8, 64, 128),
+                                        "workers": args.workers, "state_dir": str(d / "state")})
+        print(json.dumps({"side": "connectile", **conn}), flush=True)
+        got = open_volume(f"{d}/bench.zarr/prob").read(Box.from_shape(shape)).astype(np.float32) / 255
+        ref = np.load(d / "monai.npy")
+        diff = float(np.abs(got - np.clip(ref, 0, 1)).max())
+    voxels = float(np.prod(shape))
+    w = WindowGrid(shape, WINDOW, (0.5,))
+    monai_vs = voxels / monai["run_s"]
+    conn_vs = voxels / conn["run_s"]
+    limit2 = limit["threads2_vox_s"]
+    # the whole-volume windows at the raw rate: what a perfect one-process engine would take
+    ideal = voxels * limit2 / (w.num_windows * np.prod(WINDOW))
+    summary = {
+        "voxels": voxels, "windows": w.num_windows, "windows_computed_blockwise": conn["windows_computed"],
+        "redundancy": conn["windows_computed"] / w.num_windows,
+        "limit_vox_s_2threads": limit2, "limit_vox_s_2x1thread": 2 * limit["threads1_vox_s"],
+        "monai_vox_s": monai_vs, "connectile_vox_s": conn_vs, "connectile_over_monai": conn_vs / monai_vs,
+        "monai_over_limit": monai_vs / ideal, "connectile_over_limit": conn_vs / ideal,
+        "monai_peak_mib": monai["vmhwm"] / MIB, "connectile_peak_mib": conn["peak"]["work_rss"] / MIB,
+        "connectile_peak_pss_mib": conn["peak"]["work_pss"] / MIB, "max_abs_diff_uint8_vs_monai": diff,
+        "cluster_start_s": conn["cluster_start_s"],
+    }
+    print(json.dumps({"summary": summary}), flush=True)
+    print(
+        f"\nvolume {shape}, window {WINDOW}, overlap 0.5, gaussian; {w.num_windows} windows ({conn['windows_computed']} blockwise, "
+        f"{100 * (summary['redundancy'] - 1):.0f}% at the block cut)\n"
+        f"limit (raw forward, batch 1): {limit2 / 1e3:.1f} kvox/s with 2 threads, {2 * limit['threads1_vox_s'] / 1e3:.1f} kvox/s as 2 x 1 thread\n"
+        f"monai      {monai_vs / 1e3:8.1f} kvox/s  ({monai['run_s']:.1f} s)  = {summary['monai_over_limit']:.2f} of the limit   peak {summary['monai_peak_mib']:.0f} MiB\n"
+        f"connectile {conn_vs / 1e3:8.1f} kvox/s  ({conn['run_s']:.1f} s)  = {summary['connectile_over_limit']:.2f} of the limit   "
+        f"peak {summary['connectile_peak_mib']:.0f} MiB RSS ({summary['connectile_peak_pss_mib']:.0f} MiB PSS), driver + 2 workers\n"
+        f"connectile / monai = {summary['connectile_over_monai']:.2f}x (goal 1.2x); outputs differ by at most {diff:.4f} (uint8 step 0.0039)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
