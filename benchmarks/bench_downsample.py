@@ -9,8 +9,10 @@ Input: a zarr v2 array (chunks 64^3, blosc-zstd) of smooth uint8 noise (``image`
 labels (blocks of constant id, ``labels``, mode), voxel size 40x4x4 nm, so the levels are 1x2x2, 1x2x2,
 then 2x2x2 (``level_factors``), down to 64 voxels per axis.
 
-connectile   ``build_pyramid(..., backend)``: s0 copied into ``NAME_pyramid``, then each level blockwise
-             from the one before (blocks of 128x256x256 output voxels), done-markers, OME-Zarr metadata.
+connectile   ``build_pyramid(..., backend, kernel)``: s0 copied into ``NAME_pyramid``, then each level
+             blockwise from the one before (blocks of 128x256x256 output voxels), done-markers, OME-Zarr
+             metadata; per block TensorStore's downsample on the block in memory (``--kernel tensorstore``,
+             default) or Connectile's NumPy kernels (``--kernel numpy``).
 tensorstore  the same chain of levels, each written in one call from ``ts.downsample(previous, factors,
              method)`` into a zarr of the same chunks and compression (TensorStore's own thread pool);
              s0 copied the same way. No done-markers, no resume.
@@ -99,6 +101,7 @@ def main() -> int:
     ap.add_argument("--kinds", default="image,labels")
     ap.add_argument("--backend", choices=("serial", "ray"), default="serial")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--kernel", choices=("tensorstore", "numpy"), default="tensorstore")
     args = ap.parse_args()
     shape = (64, 256, 256) if args.quick else (128, 512, 512)
     repeats = args.repeats or (1 if args.quick else 3)
@@ -120,7 +123,7 @@ def main() -> int:
                 shutil.rmtree(workdir / "in.zarr" / f"{kind}_pyramid", ignore_errors=True)
                 shutil.rmtree(workdir / "ts", ignore_errors=True)
                 t0 = time.perf_counter()
-                build_pyramid(src, backend=args.backend, workers=args.workers if args.backend == "ray" else None, address=address, progress=False)
+                build_pyramid(src, kernel=args.kernel, backend=args.backend, workers=args.workers if args.backend == "ray" else None, address=address, progress=False)
                 times["connectile"].append(time.perf_counter() - t0)
                 times["tensorstore"].append(run_tensorstore(src, workdir / "ts", method, steps))
                 print(f"# {kind} repeat {r + 1}: connectile {times['connectile'][-1]:.2f} s, tensorstore {times['tensorstore'][-1]:.2f} s", file=sys.stderr)
@@ -129,7 +132,7 @@ def main() -> int:
             voxels = int(np.prod(shape))
             result: dict[str, Any] = {
                 "bench": "downsample", "kind": kind, "method": method, "shape": list(shape), "levels": len(steps) + 1,
-                "backend": args.backend, "repeats": repeats, "connectile_s": round(c, 3), "tensorstore_s": round(t, 3),
+                "backend": args.backend, "kernel": args.kernel, "repeats": repeats, "connectile_s": round(c, 3), "tensorstore_s": round(t, 3),
                 "connectile_mvox_s": round(voxels / c / 1e6, 2), "tensorstore_mvox_s": round(voxels / t / 1e6, 2),
                 "ratio": round(t / c, 3), "identical": same, "host": info,
             }

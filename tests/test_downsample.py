@@ -82,13 +82,13 @@ def _volume(path: Path, data: np.ndarray, chunks: tuple[int, int, int], voxel: t
     return vol.url
 
 
-@pytest.mark.parametrize("fmt", ["zarr", "zarr3"])
-def test_pyramid_blockwise_equals_whole_volume(tmp_path: Path, fmt: str) -> None:
+@pytest.mark.parametrize(("fmt", "kernel"), [("zarr", "numpy"), ("zarr3", "tensorstore")])
+def test_pyramid_blockwise_equals_whole_volume(tmp_path: Path, fmt: str, kernel: str) -> None:
     rng = np.random.default_rng(3)
     raw = rng.integers(0, 256, (10, 37, 45), dtype=np.uint8)
     url = _volume(tmp_path / "data.zarr" / "raw", raw, (4, 8, 8), (40.0, 4.0, 4.0), fmt)
     # tiny chunks and blocks: many blocks per level, blocks not aligned with the input's bins at the edge
-    result = build_pyramid(url, min_size=6, chunks=(2, 4, 4), block=(2, 8, 4), progress=False)
+    result = build_pyramid(url, min_size=6, chunks=(2, 4, 4), block=(2, 8, 4), kernel=kernel, progress=False)  # type: ignore[arg-type]
     steps = [tuple(lv["factor"]) for lv in result.levels[1:]]
     assert steps == [(1, 2, 2), (1, 2, 2), (1, 2, 2), (2, 2, 2)]
     ref = _reference(raw, steps, "mean")  # type: ignore[arg-type]
@@ -115,7 +115,7 @@ def test_pyramid_blockwise_equals_whole_volume(tmp_path: Path, fmt: str) -> None
     assert open_volume(group / "s2").voxel_size == (40.0, 16.0, 16.0)
     assert multiscale_levels(group) == ["s0", "s1", "s2", "s3", "s4"] and find_pyramid(url) == result.group
     # run again: every block already done, nothing recomputed
-    again = build_pyramid(url, min_size=6, chunks=(2, 4, 4), block=(2, 8, 4), progress=False)
+    again = build_pyramid(url, min_size=6, chunks=(2, 4, 4), block=(2, 8, 4), kernel=kernel, progress=False)  # type: ignore[arg-type]
     assert all(r["done"] == 0 and r["already_done"] > 0 for r in again.runs)
 
 
@@ -123,7 +123,7 @@ def test_label_pyramid_on_ray_equals_serial(tmp_path: Path, ray_cluster: str) ->
     rng = np.random.default_rng(4)
     seg = np.repeat(rng.integers(0, 5, (12, 10, 10)).astype(np.uint64) * np.uint64(1 << 33), 3, axis=2)[:, :, :29]
     url = _volume(tmp_path / "d.zarr" / "seg", seg, (4, 8, 8), (8.0, 8.0, 8.0))
-    result = build_pyramid(url, levels=2, chunks=(4, 4, 4), block=(4, 8, 8), backend="ray", workers=2, address=ray_cluster, progress=False)
+    result = build_pyramid(url, levels=2, chunks=(4, 4, 4), block=(4, 8, 8), kernel="numpy", backend="ray", workers=2, address=ray_cluster, progress=False)
     assert result.method == "mode"
     assert [tuple(lv["factor"]) for lv in result.levels[1:]] == [(2, 2, 2), (2, 2, 2)]
     for i, expected in enumerate(_reference(seg, [(2, 2, 2), (2, 2, 2)], "mode")):

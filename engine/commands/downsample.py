@@ -35,6 +35,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--factor", metavar="Z,Y,X", default=None, help="the same factor at every level (default: 2, axes much finer than the coarsest first)")
     parser.add_argument("--chunks", metavar="Z,Y,X", default=None, help="storage chunks of the levels (default: those of IN)")
     parser.add_argument("--block", metavar="Z,Y,X", default="128,256,256", help="output voxels per block (default: %(default)s)")
+    parser.add_argument("--kernel", choices=("tensorstore", "numpy"), default="tensorstore", help="per-block kernel; identical results (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     add_runtime_args(parser, default_backend="serial")
     parser.set_defaults(func=run)
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         factors=[factor] if factor is not None else None,
         chunks=triple(args.chunks, "--chunks", int, "64,64,64"),
         block=triple(args.block, "--block", int, "128,256,256") or (128, 256, 256),
+        kernel=args.kernel,
         overwrite=args.overwrite,
         **runtime_kwargs(args),
     )

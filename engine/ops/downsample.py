@@ -47,6 +47,7 @@ from engine.storage.volume import _read_json, _write_json
 log = logging.getLogger(__name__)
 
 Method = Literal["mean", "mode"]
+Kernel = Literal["tensorstore", "numpy"]
 LEVEL_RE = re.compile(r"^s(\d+)$")
 PYRAMID_SUFFIX = "_pyramid"
 LABEL_DTYPES = (np.uint32, np.uint64, np.int32, np.int64)
@@ -232,9 +233,19 @@ def downsample_mode(data: np.ndarray, factor: Sequence[int]) -> np.ndarray:
     return result
 
 
-def downsample(data: np.ndarray, factor: Sequence[int], method: Method) -> np.ndarray:
-    """:func:`downsample_mean` or :func:`downsample_mode`."""
-    return downsample_mean(data, factor) if method == "mean" else downsample_mode(data, factor)
+def downsample(data: np.ndarray, factor: Sequence[int], method: Method, kernel: Kernel = "numpy") -> np.ndarray:
+    """:func:`downsample_mean` or :func:`downsample_mode` (``kernel="numpy"``), or TensorStore's
+    downsample driver on the in-memory array (``kernel="tensorstore"``, C++ and several times faster
+    for ``mode``); both give identical results (checked in the tests)."""
+    f = tuple(int(v) for v in factor)
+    if f == (1, 1, 1):
+        return data
+    if kernel == "tensorstore":
+        import tensorstore as ts
+
+        lead = [1] * (data.ndim - 3)
+        return np.asarray(ts.downsample(ts.array(data), [*lead, *f], method).read().result())
+    return downsample_mean(data, f) if method == "mean" else downsample_mode(data, f)
 
 
 def default_method(dtype: np.dtype[Any]) -> Method:
@@ -284,6 +295,7 @@ class DownsampleOp(BlockOp):
     factor: tuple[int, int, int] = (2, 2, 2)
     method: Method = "mean"
     chunks: tuple[int, int, int] = (64, 64, 64)
+    kernel: Kernel = "tensorstore"
     overwrite: bool = Field(default=False, exclude=True)
 
     _in: Volume | None = PrivateAttr(default=None)
@@ -320,7 +332,7 @@ class DownsampleOp(BlockOp):
         data = self._in.read(src_box)
         if data.dtype.kind == "f" and not np.isfinite(data).all():
             raise StorageError(f"{self._in.url} holds NaN or infinite values in {src_box}", "clean the input before building a pyramid")
-        self._out.write(w, downsample(data, self.factor, self.method))
+        self._out.write(w, downsample(data, self.factor, self.method, self.kernel))
         return {"voxels": float(w.size)}
 
 
@@ -436,6 +448,7 @@ def build_pyramid(
     factors: Sequence[Sequence[int]] | None = None,
     chunks: Sequence[int] | None = None,
     block: Sequence[int] = (128, 256, 256),
+    kernel: Kernel = "tensorstore",
     backend: BackendName | Backend = "serial",
     workers: int | None = None,
     address: str | None = None,
@@ -445,6 +458,9 @@ def build_pyramid(
     state_dir: str | os.PathLike[str] | None = None,
 ) -> PyramidResult:
     """Build the OME-Zarr pyramid of ``input`` blockwise, one level after the other (resumable).
+
+    ``kernel`` computes each block: TensorStore's downsample driver on the block in memory (default)
+    or this module's NumPy kernels; the results are identical.
 
     >>> import tempfile
     >>> d = tempfile.mkdtemp()
@@ -500,7 +516,7 @@ def build_pyramid(
 
     def run_step(src_url: str, dst_url: str, factor: tuple[int, int, int], shape: Sequence[int], name: str) -> None:
         grid, level_chunks = _grid(shape, ch, block)
-        op = DownsampleOp(input=src_url, output=dst_url, factor=factor, method=m, chunks=level_chunks, overwrite=overwrite)
+        op = DownsampleOp(input=src_url, output=dst_url, factor=factor, method=m, chunks=level_chunks, kernel=kernel, overwrite=overwrite)
         state = Path(state_dir) / name if state_dir is not None else default_state_dir(dst_url, "downsample")
         summary = run_blockwise(op, grid, state_dir=state, name=f"downsample-{name}", **common)
         runs.append(summary.to_dict())
