@@ -88,6 +88,73 @@ def run_connectile(windows: Windows, x: np.ndarray, k: int, budget: int, knn: st
     return sel.picks, info, balls
 
 
+def bench_embed(shape_text: str) -> None:
+    """Connectile's blockwise embedding vs the encoder's raw forward pass over the same patches.
+
+    raw         all patches cut out beforehand (not timed) into one float32 array; the PatchEncoder
+                (default filters 28-36-48-64-80, random weights) in batches of 32 under inference_mode,
+                torch on 2 threads.
+    connectile  ``embed_volume`` from the zarr volume to the embedding zarr: reading, patch cutting,
+                the same batches, writing, done-markers; serial backend (torch on 2 threads) and Ray
+                backend (2 workers x 1 thread; Ray start and actor start-up included).
+    ratio       raw seconds / Connectile seconds (throughput fraction; goal >= 0.8).
+    """
+    import shutil
+    import tempfile
+
+    import torch
+    from scipy.ndimage import gaussian_filter
+
+    from engine.learn.sampler import to_unit
+    from engine.models.checkpoint import save_checkpoint
+    from engine.models.config import ModelConfig
+    from engine.models.encoder import PatchEncoder
+    from engine.ops.embed import embed_volume
+    from engine.runtime import connect, shutdown
+    from engine.storage import create_volume
+
+    shape = tuple(int(v) for v in shape_text.split(","))
+    patch, stride = (8, 64, 64), (4, 16, 16)
+    tmp = tempfile.mkdtemp(prefix="bench_embed_")
+    try:
+        rng = np.random.default_rng(0)
+        vol = gaussian_filter(rng.normal(size=shape), (1, 2, 2))
+        vol = ((vol - vol.min()) / (vol.max() - vol.min()) * 255).astype(np.uint8)
+        url = os.path.join(tmp, "d.zarr", "raw")
+        v = create_volume(url, vol.shape, "uint8", (8, 64, 64), voxel_size=(40, 4, 4))
+        v.write(v.box, vol)
+        cfg = ModelConfig()
+        torch.manual_seed(0)
+        enc = PatchEncoder(cfg).eval()
+        save_checkpoint(os.path.join(tmp, "enc"), enc, cfg, {"kind": "patch_encoder"})
+        grid = PatchGrid(vol.shape, patch, stride)
+        data = to_unit(vol)
+        patches = np.stack([data[grid.patch_box(np.unravel_index(i, grid.shape)).to_slices()] for i in range(grid.size)])[:, None]
+        torch.set_num_threads(2)
+        t = time.perf_counter()
+        with torch.inference_mode():
+            raw_out = np.concatenate([enc(torch.from_numpy(patches[s : s + 32])).numpy() for s in range(0, len(patches), 32)])
+        raw_s = time.perf_counter() - t
+        emit(embed="raw", patches=grid.size, patch=list(patch), seconds=round(raw_s, 2), patches_per_s=round(grid.size / raw_s, 1))
+        for backend, threads in (("serial", 2), ("ray", 1)):
+            out = os.path.join(tmp, f"emb_{backend}.zarr")
+            t = time.perf_counter()
+            if backend == "ray":
+                connect(num_cpus=2, dashboard=False)
+            embed_volume(url, out, os.path.join(tmp, "enc"), patch=patch, stride=stride, block=(2, 8, 8), batch=32,
+                         backend=backend, workers=2 if backend == "ray" else 1, progress=False, threads=threads)  # type: ignore[arg-type]
+            sec = time.perf_counter() - t
+            if backend == "ray":
+                shutdown()
+            from engine.select.embeddings import load_embeddings
+
+            emb = load_embeddings(out)[1]
+            emit(embed=f"connectile-{backend}", patches=grid.size, seconds=round(sec, 2), patches_per_s=round(grid.size / sec, 1),
+                 ratio=round(raw_s / sec, 2), max_abs_diff=float(np.abs(emb - raw_out).max()))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="2500,10000,100000,1000000")
@@ -98,6 +165,7 @@ def main() -> None:
     ap.add_argument("--no-exact-large", action="store_true", help="skip exact kNN above 10^5 patches")
     ap.add_argument("--hierarchical", action="store_true", help="also the hierarchical mode at the largest size")
     ap.add_argument("--embed", action="store_true", help="embedding throughput vs the raw forward pass")
+    ap.add_argument("--embed-shape", default="24,256,256", help="volume for --embed (patches 8x64x64, stride 4x16x16)")
     args = ap.parse_args()
     emit(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(), python=platform.python_version(), k=args.k, budget=args.budget)
     ref_fit: tuple[int, float] | None = None
@@ -141,9 +209,7 @@ def main() -> None:
                  fine_s=round(sel.extra["fine_seconds"], 3), fine_population=sel.extra["fine_population"],
                  coverage_on_full_grid=full, flat_coverage=info["coverage"], flat_total_s=info["total_s"])
     if args.embed:
-        from benchmarks_embed import bench_embed  # type: ignore[import-not-found]
-
-        bench_embed(emit)
+        bench_embed(args.embed_shape)
 
 
 if __name__ == "__main__":

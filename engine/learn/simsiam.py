@@ -48,8 +48,8 @@ class SimSiamConfig(Config):
     volume: str
     out: str
     patch: tuple[int, int, int] = (18, 160, 160)
-    steps: int = Field(2000, ge=1)
-    batch: int = Field(8, ge=2)
+    steps: int = Field(default=2000, ge=1)
+    batch: int = Field(default=8, ge=2)
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 1e-4

@@ -12,9 +12,10 @@ a block of the candidate grid on a Ray actor):
   candidates x patches membership, ``B``: the balls, ``k`` non-zeros per row), computed for blocks
   of candidates so memory stays at one block's product;
 - after a pick that newly covers the patches ``D``, every candidate that covers some ``j`` in ``D``
-  loses one per such ``j``: the patches whose ball holds ``j`` come from the transposed balls, the
-  windows holding those patches from the grid, and the distinct (``j``, candidate) pairs are counted.
-  Work is proportional to the newly covered patches, not to the number of candidates.
+  loses one per such ``j``: the balls restricted to ``D`` name the patches whose ball meets ``D``,
+  the grid the windows holding them, and a sparse product of those windows with the restricted
+  balls counts the distinct new patches each would have added. Work is proportional to the windows
+  near the new patches' holders, not to all candidates.
 
 Memory is ``O(N k + M)``; nothing is ``N x N``.
 """
@@ -58,8 +59,10 @@ class CoverageScorer:
         self.ids = np.arange(windows.size, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
         self.k = int(balls.shape[1])
         self.balls = ball_matrix(balls, self.n, rows=rows)
-        # reverse balls: row j lists the patches whose ball holds j
-        self.rev = self.balls.T.tocsr()  # type: ignore[attr-defined]
+        indptr = self.balls.indptr  # type: ignore[attr-defined]
+        self._entry_rows = np.repeat(np.arange(self.n, dtype=np.int64), np.diff(indptr))
+        self._in_shard = np.zeros(windows.size, dtype=bool)
+        self._in_shard[self.ids] = True
         self.valid = np.ones(len(self.ids), dtype=bool)
         self.gain = self._initial_gains(progress)
 
@@ -100,22 +103,38 @@ class CoverageScorer:
         self.valid[self._local(np.sort(cids))] = False
 
     def losses(self, newly: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For the newly covered patches, the shard positions whose gain drops and by how much."""
+        """For the newly covered patches, the shard positions whose gain drops and by how much.
+
+        The balls restricted to the new patches (``B_D``: same rows, only columns in ``D``) give the
+        holders (patches whose ball meets ``D``); the candidates holding a holder are the affected
+        ones, and their loss is the non-zeros per row of ``A_affected @ B_D`` -- distinct new
+        patches per candidate, counted by scipy's sparse product without sorting pairs.
+        """
+        import scipy.sparse as sp
+
         newly = np.asarray(newly, dtype=np.int64)
         if len(newly) == 0:
             return np.empty(0, np.int64), np.empty(0, np.int64)
-        indptr, indices = self.rev.indptr, self.rev.indices  # type: ignore[attr-defined]
-        counts = indptr[newly + 1] - indptr[newly]
-        j = np.repeat(newly, counts)  # the covered patch
-        starts = np.repeat(indptr[newly] - np.cumsum(counts) + counts, counts)
-        holders = indices[starts + np.arange(len(j))]  # patches whose ball holds j
-        owner, cids = containing(self.windows, holders)
-        pairs = np.unique(j[owner] * np.int64(self.windows.size) + cids)  # distinct (j, candidate)
-        local = np.searchsorted(self.ids, pairs % self.windows.size)
-        local = np.minimum(local, max(len(self.ids) - 1, 0))
-        keep = self.ids[local] == pairs % self.windows.size
-        pos, drop = np.unique(local[keep], return_counts=True)
-        return pos, drop
+        in_d = np.zeros(self.n, dtype=bool)
+        in_d[newly] = True
+        keep = in_d[self.balls.indices]  # type: ignore[attr-defined]
+        if not keep.any():
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        row_counts = np.bincount(self._entry_rows[keep], minlength=self.n)
+        indptr = np.concatenate([[0], np.cumsum(row_counts)])
+        b_d = sp.csr_matrix((np.ones(int(keep.sum()), dtype=bool), self.balls.indices[keep], indptr), shape=(self.n, self.n))  # type: ignore[attr-defined]
+        holders = np.flatnonzero(row_counts)
+        _, cids = containing(self.windows, holders)
+        affected = np.zeros(self.windows.size, dtype=bool)
+        affected[cids] = True
+        affected &= self._in_shard
+        aff = np.flatnonzero(affected)
+        if len(aff) == 0:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        prod = self.windows.membership(aff) @ b_d  # type: ignore[operator]
+        drop = np.diff(prod.indptr)
+        nz = drop > 0
+        return np.searchsorted(self.ids, aff[nz]), drop[nz]
 
     def update(self, newly: np.ndarray, pick: int | None = None) -> None:
         """Account for newly covered patches, then exclude candidates overlapping ``pick``."""

@@ -147,12 +147,13 @@ class IVFIndex:
 
     @classmethod
     def build(cls, x: np.ndarray, nlist: int | None = None, *, seed: int = 0, train_size: int = 100_000) -> IVFIndex:
-        """Train the coarse quantiser on a sample (``train_size`` points) and fill the lists."""
+        """Train the coarse quantiser on a sample (at most ``train_size`` and 32 per list) and fill the lists."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         n = x.shape[0]
         nlist = int(nlist or max(1, min(n // 39, round(4 * np.sqrt(n)))))
         rng = np.random.default_rng(seed)
-        sample = x if n <= train_size else x[np.sort(rng.choice(n, train_size, replace=False))]
+        train = min(n, train_size, 32 * nlist)
+        sample = x if n <= train else x[np.sort(rng.choice(n, train, replace=False))]
         centroids = _kmeans(sample, nlist, seed=seed)
         assign = np.empty(n, dtype=np.int64)
         c_sq = (centroids.astype(np.float64) ** 2).sum(1)
@@ -203,7 +204,7 @@ class IVFIndex:
         return np.take_along_axis(best_i, order, axis=1)
 
 
-def _kmeans(x: np.ndarray, n_clusters: int, *, seed: int = 0, iters: int = 15) -> np.ndarray:
+def _kmeans(x: np.ndarray, n_clusters: int, *, seed: int = 0, iters: int = 10) -> np.ndarray:
     """Lloyd's k-means (float32 centroids) from a seeded random sample of the points.
 
     Plain numpy GEMMs: a coarse quantiser needs only a few iterations, and on a busy machine

@@ -37,15 +37,15 @@ Method = Literal["coverage", "random", "kcenter", "kmeans", "hierarchical"]
 class SelectConfig(Config):
     """Parameters of coverage selection (defaults: the paper's)."""
 
-    budget: int = Field(4, ge=1, description="sub-volumes to pick")
-    k: int = Field(30, ge=1, description="kNN ball size, the patch itself included")
+    budget: int = Field(default=4, ge=1, description="sub-volumes to pick")
+    k: int = Field(default=30, ge=1, description="kNN ball size, the patch itself included")
     include_self: bool = True
     window: tuple[int, int, int] = (1, 9, 9)
     step: tuple[int, int, int] = (1, 1, 1)
     methods: list[Method] = ["coverage", "random", "kcenter", "kmeans"]
     seed: int = 0
     knn: Literal["auto", "exact", "approx"] = "auto"
-    exact_max: int = Field(50_000, description="auto: exact kNN up to this many patches")
+    exact_max: int = Field(default=50_000, description="auto: exact kNN up to this many patches")
     nlist: int | None = None
     nprobe: int = 16
     recall_sample: int = 500
