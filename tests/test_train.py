@@ -311,3 +311,16 @@ def test_cli_bad_config_is_one_line_and_nonzero(tmp_path: Path, capsys: pytest.C
     err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("connectile")]
     assert len(err) == 1 and "no volume at" in err[0] and "x.zarr/raw" in err[0], err
     assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+def test_sliding_window_validation_prediction_is_exact_for_a_pointwise_model() -> None:
+    from engine.learn.validate import _sliding_window
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(1, 2, 1)
+    x = torch.rand(7, 30, 41)
+    with torch.no_grad():
+        got = _sliding_window(conv, x, (4, 16, 16), 0.25)
+        want = torch.sigmoid(conv(x[None, None]))[0].numpy()
+    assert got.shape == (2, 7, 30, 41)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)

@@ -34,6 +34,34 @@ def _pad_to(x: torch.Tensor, divisor: Sequence[int]) -> tuple[torch.Tensor, tupl
     return F.pad(x, pads, mode=mode), tuple(shape)
 
 
+def _starts(size: int, win: int, overlap: float) -> list[int]:
+    """Window starts along one axis: stride ``win * (1 - overlap)``, the last window flush with the end."""
+    stride = max(1, int(win * (1 - overlap)))
+    starts = list(range(0, max(1, size - win + 1), stride))
+    if starts[-1] + win < size:
+        starts.append(size - win)
+    return starts
+
+
+def _sliding_window(model: nn.Module, x: torch.Tensor, win: tuple[int, ...], overlap: float) -> np.ndarray:
+    """Sigmoid probabilities of a ``(Z, Y, X)`` tensor, windows blended with a Gaussian weight (sigma = win / 8)."""
+    axes = [torch.exp(-0.5 * ((torch.arange(n, dtype=torch.float32) - (n - 1) / 2) / max(n / 8, 1e-3)) ** 2) for n in win]
+    weight = (axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]).clamp_min(1e-4).to(x.device)
+    acc: torch.Tensor | None = None
+    norm = torch.zeros(x.shape, device=x.device)
+    for z in _starts(x.shape[0], win[0], overlap):
+        for y in _starts(x.shape[1], win[1], overlap):
+            for xx in _starts(x.shape[2], win[2], overlap):
+                sl = (slice(z, z + win[0]), slice(y, y + win[1]), slice(xx, xx + win[2]))
+                prob = torch.sigmoid(model(x[sl][None, None]))[0]
+                if acc is None:
+                    acc = torch.zeros((prob.shape[0], *x.shape), device=x.device)
+                acc[(slice(None), *sl)] += prob * weight
+                norm[sl] += weight
+    assert acc is not None
+    return (acc / norm).cpu().numpy()
+
+
 @torch.no_grad()
 def predict_volume(
     model: nn.Module,
@@ -47,7 +75,8 @@ def predict_volume(
     """Probabilities ``(K, Z, Y, X)`` of a float32 volume in [0, 1].
 
     A 2D (or 2.5D) model runs on whole sections, a few at a time (its neighbours taken from the volume);
-    a 3D model through MONAI's ``sliding_window_inference`` with Gaussian blending over ``window``.
+    a 3D model with sliding windows of ``window`` blended by a Gaussian weight (as MONAI's ``sliding_window_inference``
+    with ``mode="gaussian"``, without the dependency).
     """
     module: Any = getattr(model, "module", model)
     cfg = module.config
@@ -66,12 +95,8 @@ def predict_volume(
                 y = module(part)[:, :, z0 - lo : z0 - lo + (z1 - z0), :h, :w]
                 outs.append(torch.sigmoid(y).cpu())
             return torch.cat(outs, dim=2)[0].numpy()
-        from monai.inferers import sliding_window_inference
-
         win = tuple(min(int(a), int(b)) for a, b in zip(window, x.shape[2:], strict=True))
-        y = sliding_window_inference(x, roi_size=win, sw_batch_size=2, predictor=module, overlap=overlap, mode="gaussian")
-        assert isinstance(y, torch.Tensor)
-        return torch.sigmoid(y)[0].cpu().numpy()
+        return _sliding_window(module, x[0, 0], win, overlap)
     finally:
         module.train(was_training)
 
