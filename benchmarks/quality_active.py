@@ -89,7 +89,7 @@ def lucchi(out: Path, zslices: int, downsample: int) -> tuple[str, str, bool]:
 class World:
     """The volume, its features, the base model's initial labels and helpers to predict and score."""
 
-    def __init__(self, out: Path, raw_url: str, gt_url: str, gt_binary: bool, min_size: int, roi_size: int) -> None:
+    def __init__(self, out: Path, raw_url: str, gt_url: str, gt_binary: bool, min_size: int, roi_size: int, max_samples: int) -> None:
         import cc3d
 
         from engine.active.pixel import filter_bank
@@ -109,26 +109,34 @@ class World:
             _, ys, xs = st["bounding_boxes"][i]
             region[:, max(0, ys.start - 30) : ys.stop + 30, max(0, xs.start - 30) : min(half, xs.stop + 30)] = True
         self.init_idx = np.flatnonzero(region.ravel())
+        if self.init_idx.size > max_samples:  # a fixed random subset of the initial labels: fits take seconds, not minutes
+            self.init_idx = np.sort(np.random.default_rng(0).choice(self.init_idx, max_samples, replace=False))
         self.init_y = self.gt.ravel()[self.init_idx] > 0
         self.half = half
 
     def predict(self, tag: str, idx: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         """Fit, predict, label, extract ROIs into run ``tag``; the truth of every ROI."""
-        from engine.active.oracle import oracle_answers
         from engine.active.pixel import PixelClassifier
-        from engine.active.rois import read_index
         from engine.ops.label import label_volume
         from engine.ops.rois import extract_rois
         from engine.storage import create_volume
 
+        run = self.out / f"run_{tag}"
+        if tag == "base" and (run / "rois" / "rois.json").exists():  # made by an earlier process: reuse it
+            return self._result(run)
         p = PixelClassifier().fit(self.feats, idx, y).predict(self.feats, self.shape)
         pv = create_volume(f"{self.out}/pred.zarr/prob_{tag}", self.shape, "uint8", (self.shape[0], 128, 128), overwrite=True)
         pv.write(pv.box, np.rint(p * 255).astype(np.uint8))
         cc, table = f"{self.out}/pred.zarr/cc_{tag}", self.out / f"objects_{tag}.parquet"
         label_volume(pv.url, cc, threshold=0.5, min_size=self.min_size, table=table, block=(self.shape[0], 512, 512),
                      chunks=(self.shape[0], 128, 128), progress=False, overwrite=True)
-        run = self.out / f"run_{tag}"
         extract_rois(run, cc, self.raw_url, table, size=self.roi_size, block=(self.shape[0], 512, 512), progress=False, overwrite=True)
+        return self._result(run)
+
+    def _result(self, run: Path) -> dict[str, Any]:
+        from engine.active.oracle import oracle_answers
+        from engine.active.rois import read_index
+
         index = read_index(run)
         truth = oracle_answers(run, self.gt_url, gt_binary=self.gt_binary)
         t = np.array([truth[i] for i in range(index["roi_id"].size)], bool)
@@ -229,7 +237,7 @@ def protocol_b(world: World, p0: dict[str, Any], f0: dict[str, np.ndarray], args
     test0 = float(p0["truth"][~p0["train"]].mean())
     emit(protocol="B", round=0, method="base", test_accuracy=test0, test_rois=int((~p0["train"]).sum()), train_rois=int(p0["train"].sum()))
     budget = max(2, round(args.budget * int(p0["train"].sum())))
-    for method in METHODS_B:
+    for method in args.methods_b.split(","):
         t0 = time.perf_counter()
         idx, y = world.init_idx, world.init_y
         cur, f = p0, f0
@@ -307,14 +315,18 @@ def main() -> int:
     ap.add_argument("--ratios", default="0.0223,0.0446,0.1")
     ap.add_argument("--budget", type=float, default=0.05, help="protocol B: queries per round as a fraction of the candidate ROIs")
     ap.add_argument("--repeats", type=int, default=5, help="random: seeds averaged")
+    ap.add_argument("--skip-a", action="store_true")
     ap.add_argument("--skip-b", action="store_true")
+    ap.add_argument("--methods-b", default=",".join(METHODS_B), help="protocol B methods (run several processes with one each to use more cores)")
+    ap.add_argument("--max-samples", type=int, default=300_000, help="voxels the pixel classifier is fit on (random subset)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
     ap.add_argument("--quick", action="store_true", help="small volume, few epochs")
     ap.add_argument("--out", default="/tmp/connectile-quality-active")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     if args.quick:
         args.shape, args.epochs, args.patches, args.roi_size, args.triplet_steps = "16,512,512", 3, 300, 32, 20
     out = Path(args.out)
@@ -327,18 +339,19 @@ def main() -> int:
         raw, gt, binary = synthetic(out, (shape[0], shape[1], shape[2]), args.seed)
     else:
         raw, gt, binary = lucchi(out, args.lucchi_slices, args.lucchi_downsample)
-    world = World(out, raw, gt, binary, args.min_size, args.roi_size)
+    world = World(out, raw, gt, binary, args.min_size, args.roi_size, args.max_samples)
     p0 = world.predict("base", world.init_idx, world.init_y)
     from engine.active.features import compute_features
 
     f0 = compute_features(p0["run"], feature_config(args), progress=False)
     emit(stage="setup", rois=int(p0["truth"].size), seconds=time.perf_counter() - t0)
     ratios = [float(r) for r in args.ratios.split(",")]
-    rows_a = protocol_a(world, p0, f0, ratios, args)
+    rows_a = [] if args.skip_a else protocol_a(world, p0, f0, ratios, args)
     rows_b = [] if args.skip_b else protocol_b(world, p0, f0, args)
-    plot(rows_a, rows_b, out / "quality_active.png")
-    (out / "quality_active.json").write_text(json.dumps({"A": rows_a, "B": rows_b}, indent=1, default=float))
-    emit(stage="done", seconds=time.perf_counter() - t0, plot=str(out / "quality_active.png"))
+    tag = "" if not args.skip_a else "_b_" + args.methods_b.replace(",", "_")
+    plot(rows_a, rows_b, out / f"quality_active{tag}.png")
+    (out / f"quality_active{tag}.json").write_text(json.dumps({"A": rows_a, "B": rows_b}, indent=1, default=float))
+    emit(stage="done", seconds=time.perf_counter() - t0, plot=str(out / f"quality_active{tag}.png"))
     return 0
 
 
