@@ -27,20 +27,24 @@ def test_help_lists_the_commands() -> None:
 
 
 def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
-    args = ("demo", "--out", str(tmp_path / "demo"), "--shape", "16,64,96", "--chunks", "8,32,32", "--workers", "2", "--no-progress")
+    """``connectile demo --tiny``: the whole pipeline (one round) ends with the metrics, the report and a
+    neuroglancer link; running it again skips every stage."""
+    out = tmp_path / "demo"
+    args = ("demo", "--tiny", "--rounds", "1", "--out", str(out), "--shape", "16,64,96", "--chunks", "8,64,64", "--backend", "serial", "--no-progress")
     first = run(*args)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "blockwise Gaussian vs whole-volume scipy: max |diff| = 0.00e+00" in first.stdout
-    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert [r["name"] for r in summary["runs"]] == ["synth", "gaussian"]
-    assert all(r["ok"] and r["done"] == r["total_blocks"] and r["backend"] == "ray" for r in summary["runs"])
-    assert summary["ground_truth"]["neurons"] > 5
-    assert (tmp_path / "demo" / "preview.png").stat().st_size > 10_000
+    manifest = json.loads((out / "manifest.json").read_text())["stages"]
+    expected = ["synth", "embed", "selection", "annotate", "train", "predict1", "label1", "score1", "query1", "review1", "finetune1",
+                "predict2", "label2", "score2", "metrics", "report"]
+    assert sorted(manifest) == sorted(expected) and all(e["status"] == "done" for e in manifest.values())
+    assert f"{len(expected)} stage(s) ran, 0 done already" in first.stdout
+    assert "| 1 | base (train) |" in first.stdout and "| 2 | fine-tuned x1 |" in first.stdout
+    assert f"report: {out / 'report.md'}" in first.stdout and "neuroglancer-demo.appspot.com/#!" in first.stdout
+    assert (out / "selection" / "picks.png").stat().st_size > 1000
 
     again = run(*args)
     assert again.returncode == 0, again.stderr[-3000:]
-    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert all(r["done"] == 0 and r["already_done"] == r["total_blocks"] for r in summary["runs"])
+    assert f"0 stage(s) ran, {len(expected)} done already" in again.stdout
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from engine.pipeline.run import pipeline_config, plan, run_pipeline
 REPO = Path(__file__).resolve().parents[1]
 
 STAGES = [
-    "synth", "embed", "select", "annotate", "train",
+    "synth", "embed", "selection", "annotate", "train",
     "predict1", "label1", "score1", "query1", "review1", "finetune1",
     "predict2", "label2", "score2", "query2", "review2", "finetune2",
     "predict3", "label3", "score3", "metrics", "report",
@@ -49,7 +49,7 @@ def test_tiny_pipeline_end_to_end_skip_rerun_and_person_review(tmp_path: Path) -
     assert all(e["status"] == "done" and e["hash"] for e in manifest.stages.values())
 
     # what the stages made: selection boxes became the labelled boxes; fine-tuning continued the base model
-    sel = json.loads((run_dir / "select" / "selection.json").read_text())
+    sel = json.loads((run_dir / "selection" / "selection.json").read_text())
     boxes = json.loads((run_dir / "annotate" / "boxes.json").read_text())["boxes"]
     assert boxes == [{"start": b["start"], "stop": b["stop"]} for b in sel["boxes"]] and len(boxes) == 2
     steps = cfg["train"]["steps"]
@@ -61,7 +61,7 @@ def test_tiny_pipeline_end_to_end_skip_rerun_and_person_review(tmp_path: Path) -
     for m in metrics:
         assert 0.0 <= m["iou"] <= 1.0 and m["voi_split"] >= 0.0 and m["objects"] >= 0
     report = (run_dir / "report.md").read_text()
-    for png in ("select/picks.png", "metrics/metrics_per_round.png", "metrics/learning_curves.png", "train/loss.png"):
+    for png in ("selection/picks.png", "metrics/metrics_per_round.png", "metrics/learning_curves.png", "train/loss.png"):
         assert (run_dir / png).stat().st_size > 1000 and png in report
     assert "neuroglancer" in report and "predict1.probability" in report
 
@@ -93,3 +93,13 @@ def test_tiny_pipeline_end_to_end_skip_rerun_and_person_review(tmp_path: Path) -
     assert [r.action for r in done] == ["ran"]
     answers = json.loads((run_dir / "review1" / "answers.json").read_text())
     assert answers["source"] == "person" and answers["reviewed"] == len(ids) and answers["accepted"] == len(ids)
+
+
+def test_real_data_missing_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.errors import StorageError
+    from engine.pipeline.demo import find_shared_data
+
+    monkeypatch.setenv("CONNECTILE_DATA", "/nonexistent/data")
+    with pytest.raises(StorageError, match="CONNECTILE_DATA") as err:
+        find_shared_data("no_such_set")
+    assert "no_such_set" in str(err.value) and "\n" not in str(err.value)

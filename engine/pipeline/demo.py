@@ -1,7 +1,7 @@
 """The demo: the whole pipeline on the embedded default config, end to end.
 
 :func:`demo_config` builds the pipeline config (the same as ``jobs/configs/demo.yaml``; a test keeps
-them equal) -- synth, embed, select, annotate (oracle), train (semi-supervised), then per round
+them equal) -- synth, embed, selection, annotate (oracle), train (semi-supervised), then per round
 predict, label, score, query, review (oracle), fine-tune, a final predict/label/score of the last
 model, the metrics per round and the report. ``lucchi=True`` gives the real-data variant
 (``jobs/configs/demo_lucchi.yaml``: the Lucchi++ mitochondria volume from the shared data folder).
@@ -82,8 +82,8 @@ def demo_config(
                                                                                          "input_stride": 2},
                  "validation_roi": {"start": [0, 0, 0], "stop": [16, 768, 1024]}}
     cfg["embed"] = embed
-    cfg["select"] = select
-    cfg["annotate"] = {"boxes": "select.selection", "truth": truth, "source": "oracle"}
+    cfg["selection"] = select
+    cfg["annotate"] = {"boxes": "selection.boxes", "truth": truth, "source": "oracle"}
     cfg["train"] = {"raw": raw, "labels": "annotate.labels", "boxes": "annotate.boxes", "truth": truth, **train,
                     "semi": {"box": [32, 32], "unlabelled": 0.2, "inter": 0.2, "labelled_mix": 1.0, "warmup_steps": 50, "rampup_steps": 50}}
     for r in range(1, rounds + 2):
@@ -112,7 +112,7 @@ def tiny_overrides() -> dict[str, Any]:
     q = {"query": {"n_clusters": 2, "n_sub": 1, "n_init": 1, "features": {"mask": {"latent_dim": 4, **vae}, "image": {"latent_dim": 4, **vae}, "image_patches": 32}},
          "size": 32}
     return {"embed": {"steps": 4, "patch": [8, 32, 32], "stride": [8, 16, 16], "crop": [1, 32, 32], "batch_size": 4},
-            "select": {"params": {"budget": 2, "k": 4, "window": [1, 2, 2], "methods": ["coverage", "random"]}},
+            "selection": {"params": {"budget": 2, "k": 4, "window": [1, 2, 2], "methods": ["coverage", "random"]}},
             "train": {"steps": 12, "validate_every": 6, "crop": [1, 64, 64], "batch_size": 2, "model": {"dims": 2, "filters": [4, 8], "input_kernel_xy": 3},
                       "semi": {"box": [16, 16], "unlabelled": 0.2, "inter": 0.2, "warmup_steps": 4}},
             "window": [1, 64, 64], "query": q, "finetune_steps": 4}
@@ -125,7 +125,7 @@ def apply_tiny(cfg: dict[str, Any]) -> dict[str, Any]:
     out["runtime"] = {"backend": "serial", "progress": False}
     for key in ("embed", "train"):
         out[key] = {**out[key], **t[key]}
-    out["select"]["params"] = t["select"]["params"]
+    out["selection"]["params"] = t["selection"]["params"]
     for name, sec in out.items():
         if name.startswith("predict"):
             sec["window"] = t["window"]

@@ -23,7 +23,7 @@ UNKNOWN = 255
 
 
 class AnnotateSection(Config):
-    """``annotate:`` -- ``boxes``: ``select.selection`` (or a JSON file of boxes); ``truth``: the volume
+    """``annotate:`` -- ``boxes``: ``selection.boxes`` (or a JSON file of boxes); ``truth``: the volume
     the labels are read from (ground truth for the oracle, a person's labels for ``source: file``)."""
 
     boxes: str

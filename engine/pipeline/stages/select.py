@@ -1,5 +1,5 @@
-"""``select``: the sub-volumes to label, by greedy coverage of kNN balls of the patch embeddings
-(:mod:`engine.select`), with the baselines on the same candidates. Writes ``RUN/select/selection.json``
+"""``selection``: the sub-volumes to label, by greedy coverage of kNN balls of the patch embeddings
+(:mod:`engine.select`), with the baselines on the same candidates. Writes ``RUN/selection/selection.json``
 (the boxes, in voxels), ``coverage.png`` and ``picks.png`` (the selection drawn over the volume)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from engine.select.run import SelectConfig
 
 
 class SelectSection(Config):
-    """``select:`` -- ``input``: the embeddings (``embed.embeddings``); ``params``: a :class:`SelectConfig`
+    """``selection:`` -- ``input``: the embeddings (``embed.embeddings``); ``params``: a :class:`SelectConfig`
     (budget, k, window in patches, methods -- the first is the one used)."""
 
     input: str
@@ -22,10 +22,10 @@ class SelectSection(Config):
 
 
 class SelectStage(Stage):
-    name = "select"
+    name = "selection"
     config = SelectSection
     inputs = ("input",)
-    outputs = ("selection",)
+    outputs = ("boxes",)
     order = 110
 
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
@@ -42,4 +42,4 @@ class SelectStage(Stage):
             params = params.model_copy(update={"backend": "local"})
         selections, info = select(grid, emb, params, progress=ctx.runtime.progress)
         path = write_outputs(ctx.dir, grid, emb, selections, info, params, attrs)
-        return {"selection": str(path)}
+        return {"boxes": str(path)}
