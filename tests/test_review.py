@@ -522,3 +522,21 @@ def test_page_links_the_report(browser: Any, tmp_path: Path) -> None:
         page.click("#back")  # back to the page, authorised by the cookie
         page.wait_for_selector(".tile")
         page.close()
+
+
+def test_stop_and_come_back(tmp_path: Path) -> None:
+    """Answers, undo history and progress survive a restart of the server (a new token, the same run)."""
+    run = make_run(tmp_path)
+    with ReviewServer(run) as first:
+        first.start()
+        for roi, ok in ((7, True), (2, False), (9, True)):
+            assert _post(first, "/api/answer", {"round": "round-01", "roi_id": roi, "accepted": ok})[0] == 200
+        old_token = first.token
+    with ReviewServer(run) as second:
+        second.start()
+        assert second.token != old_token
+        assert _request(second, "GET", f"/api/round?token={old_token}")[0] == 403
+        state = json.loads(_request(second, "GET", f"/api/round?token={second.token}")[1])
+        assert state["answers"] == {"7": True, "2": False, "9": True} and state["reviewed"] == 3 and state["can_undo"]
+        status, state = _post(second, "/api/undo", {"round": "round-01"})
+        assert status == 200 and state["undone"] == 9 and state["reviewed"] == 2
