@@ -30,7 +30,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--steps", type=int, help="training steps (default 2000)")
     parser.add_argument("--batch", type=int, help="patches per step (default 8)")
     parser.add_argument("--lr", type=float, help="learning rate (SGD: scaled by batch/256; default 0.05)")
-    parser.add_argument("--patch", metavar="Z,Y,X", help="patch size (default 18,160,160)")
+    parser.add_argument("--patch", metavar="Z,Y,X", help="patch size (default by voxel size: 18,160,160 anisotropic, 64,64,64 isotropic)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--device", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other SimSiamConfig field")

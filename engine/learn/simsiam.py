@@ -47,7 +47,7 @@ class SimSiamConfig(Config):
 
     volume: str
     out: str
-    patch: tuple[int, int, int] = (18, 160, 160)
+    patch: tuple[int, int, int] | None = None  # default by voxel size: 18x160x160 anisotropic, 64^3 isotropic
     steps: int = Field(default=2000, ge=1)
     batch: int = Field(default=8, ge=2)
     lr: float = 0.05
@@ -133,7 +133,7 @@ def perturb(image: np.ndarray, rng: np.random.Generator, names: tuple[str, ...] 
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def sample_patches(volume: Any, patch: tuple[int, int, int], n: int, rng: np.random.Generator) -> np.ndarray:
+def sample_patches(volume: Any, patch: tuple[int, ...], n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` patches at uniform random positions of ``volume`` as float32 in [0, 1], ``(n, Z, Y, X)``."""
     from engine.learn.sampler import to_unit
 
@@ -165,6 +165,16 @@ def train_simsiam(cfg: SimSiamConfig, *, progress: bool = True) -> dict[str, Any
     vol = open_volume(cfg.volume)
     if len(vol.shape) != 3:
         raise StorageError(f"volume {cfg.volume} has shape {vol.shape}; SimSiam needs a single-channel (z, y, x) volume")
+    from engine.select.patches import default_patch_and_stride
+
+    default_patch, _ = default_patch_and_stride(vol.voxel_size)
+    isotropic = default_patch[0] == default_patch[1]
+    if cfg.patch is None:
+        cfg = cfg.model_copy(update={"patch": default_patch})
+    if isotropic and "anisotropic_stages" not in cfg.model.model_fields_set:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"anisotropic_stages": 0})})
+        log.info("isotropic voxels %s: encoder with 3x3x3 convolutions and 2x2x2 pooling", vol.voxel_size)
+    patch = cfg.patch or default_patch
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(max(1, cfg.threads))
     rng = np.random.default_rng(cfg.seed)
@@ -191,7 +201,7 @@ def train_simsiam(cfg: SimSiamConfig, *, progress: bool = True) -> dict[str, Any
     t0 = time.perf_counter()
     model.train()
     for step in steps:
-        crops = sample_patches(vol, cfg.patch, cfg.batch, rng)
+        crops = sample_patches(vol, patch, cfg.batch, rng)
         v1 = np.stack([perturb(c, rng, cfg.perturbations) for c in crops])[:, None]
         v2 = np.stack([perturb(c, rng, cfg.perturbations) for c in crops])[:, None]
         loss = model(torch.from_numpy(v1).to(device), torch.from_numpy(v2).to(device))
@@ -203,7 +213,7 @@ def train_simsiam(cfg: SimSiamConfig, *, progress: bool = True) -> dict[str, Any
         if progress:
             steps.set_postfix(loss=f"{losses[-1]:.3f}")  # type: ignore[attr-defined]
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(out / "encoder", model.encoder, cfg.model, {"kind": "patch_encoder", "step": step + 1, "patch": list(cfg.patch)})
+            save_checkpoint(out / "encoder", model.encoder, cfg.model, {"kind": "patch_encoder", "step": step + 1, "patch": list(patch)})
             _write_curve(out, losses)
     seconds = time.perf_counter() - t0
     log.info("SimSiam: %d steps in %.1f s, loss %.3f -> %.3f", cfg.steps, seconds, losses[0], losses[-1])
