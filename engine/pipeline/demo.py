@@ -1,7 +1,8 @@
 """The demo: the whole pipeline on the embedded default config, end to end.
 
 :func:`demo_config` builds the pipeline config (the same as ``jobs/configs/demo.yaml``; a test keeps
-them equal) -- synth, embed, selection, annotate (oracle), train (semi-supervised), then per round
+them equal) -- synth, embed, selection, annotate (oracle), train (semi-supervised; the synthetic demo segments the neurons: the model learns their
+interiors, whose connected components are the cells), then per round
 predict, label, score, query, review (oracle), fine-tune, a final predict/label/score of the last
 model, the metrics per round and the report. ``lucchi=True`` gives the real-data variant
 (``jobs/configs/demo_lucchi.yaml``: the Lucchi++ mitochondria volume from the shared data folder).
@@ -29,18 +30,18 @@ DEFAULT_CHUNKS = (16, 128, 128)
 DEFAULT_ROUNDS = 2
 
 
-def _round_sections(r: int, raw: str, truth: str, truth_binary: bool, last: bool, window: list[int], block: list[int]) -> dict[str, Any]:
+def _round_sections(r: int, raw: str, truth: str, truth_binary: bool, last: bool, window: list[int], block: list[int], target: str) -> dict[str, Any]:
     model = "train.checkpoint" if r == 1 else f"finetune{r - 1}.checkpoint"
     out: dict[str, Any] = {
         f"predict{r}": {"raw": raw, "checkpoint": model, "window": window, "overlap": 0.25, "block": block},
-        f"label{r}": {"input": f"predict{r}.probability", "threshold": 0.5, "min_size": 50, "block": block},
+        f"label{r}": {"input": f"predict{r}.probability", "threshold": 0.5, "connectivity": 6, "min_size": 50, "block": block},
         f"score{r}": {"probability": f"predict{r}.probability", "labels": f"label{r}.labels", "table": f"label{r}.table", "truth": truth,
-                      "truth_binary": truth_binary},
+                      "truth_binary": truth_binary, "target": target, "criterion": "iou"},
     }
     if not last:
         out |= {
             f"query{r}": {"labels": f"label{r}.labels", "table": f"label{r}.table", "image": raw, "probability": f"predict{r}.probability", "block": block},
-            f"review{r}": {"rois": f"query{r}.rois", "source": "oracle", "truth": truth, "truth_binary": truth_binary},
+            f"review{r}": {"rois": f"query{r}.rois", "source": "oracle", "truth": truth, "truth_binary": truth_binary, "criterion": "iou"},
             f"finetune{r}": {"checkpoint": model, "rois": f"query{r}.rois", "answers": f"review{r}.answers", "labels": "annotate.labels",
                              "boxes": "annotate.boxes", "steps": 60},
         }
@@ -66,7 +67,7 @@ def demo_config(
     cfg: dict[str, Any] = {"run_dir": run_dir, "runtime": {"backend": "ray", "progress": True}}
     if lucchi is None:
         cfg["synth"] = {"shape": shape, "chunks": chunks, "params": {"seed": seed}}
-        raw, truth, binary = "synth.raw", "synth.mito", False
+        raw, truth, binary, target = "synth.raw", "synth.neurons", False, "interior"
         window, block = [1, 128, 128], [shape[0], 256, 256]
         embed = {"input": raw, "patch": [8, 64, 64], "stride": [8, 16, 16], "steps": 60}
         select = {"input": "embed.embeddings", "params": {"budget": 4, "k": 10, "window": [1, 3, 3], "methods": ["coverage", "random", "kcenter"]}}
@@ -74,7 +75,7 @@ def demo_config(
     else:
         cfg["ingest"] = {"raw": f"{lucchi}/Train_In", "labels": f"{lucchi}/Train_Out", "voxel_size": [5.0, 5.0, 5.0],
                          "chunks": [64, 256, 256], "labels_binarize": True}
-        raw, truth, binary = "ingest.raw", "ingest.labels", True
+        raw, truth, binary, target = "ingest.raw", "ingest.labels", True, "mask"
         window, block = [1, 256, 256], [64, 512, 512]
         embed = {"input": raw, "patch": [16, 128, 128], "stride": [16, 64, 64], "steps": 80, "crop": [1, 128, 128]}
         select = {"input": "embed.embeddings", "params": {"budget": 4, "k": 10, "window": [1, 2, 2], "methods": ["coverage", "random", "kcenter"]}}
@@ -83,11 +84,11 @@ def demo_config(
                  "validation_roi": {"start": [0, 0, 0], "stop": [16, 768, 1024]}}
     cfg["embed"] = embed
     cfg["selection"] = select
-    cfg["annotate"] = {"boxes": "selection.boxes", "truth": truth, "source": "oracle"}
-    cfg["train"] = {"raw": raw, "labels": "annotate.labels", "boxes": "annotate.boxes", "truth": truth, **train,
+    cfg["annotate"] = {"boxes": "selection.boxes", "truth": truth, "source": "oracle", "target": target}
+    cfg["train"] = {"raw": raw, "labels": "annotate.labels", "boxes": "annotate.boxes", "truth": "annotate.validation", **train,
                     "semi": {"box": [32, 32], "unlabelled": 0.2, "inter": 0.2, "labelled_mix": 1.0, "warmup_steps": 50, "rampup_steps": 50}}
     for r in range(1, rounds + 2):
-        cfg |= _round_sections(r, raw, truth, binary, last=r == rounds + 1, window=window, block=block)
+        cfg |= _round_sections(r, raw, truth, binary, last=r == rounds + 1, window=window, block=block, target=target)
     cfg["metrics"] = {f"round{r}": f"score{r}.metrics" for r in range(1, rounds + 2)} | {"train": "train.history"} | {
         f"finetune{r}": f"finetune{r}.history" for r in range(1, rounds + 1)}
     cfg["report"] = {"title": "Connectile demo" if lucchi is None else "Connectile demo (Lucchi++)"}

@@ -4,8 +4,9 @@ The label volume (``RUN/annotate/labels.zarr/labels``, uint8) is ``1`` for foreg
 background inside the selected boxes and ``255`` (unknown) everywhere else; ``RUN/annotate/boxes.json``
 lists the boxes (the training crops are drawn there). With ``source: oracle`` the ground-truth volume
 ``truth`` (any non-zero value is foreground) is copied inside the boxes; with ``source: file`` the
-labels come from ``labels`` -- a volume that people labelled inside the same boxes (e.g. imported with
-``connectile ingest``) -- and are read the same way. Either way the training sees one format.
+labels come from ``truth`` -- a volume that people labelled inside the same boxes (e.g. imported with
+``connectile ingest``) -- and are read the same way. Either way the training sees one format. ``RUN/annotate/truth.zarr/target`` is the same
+foreground over the whole volume: the validation target of the learning curves (never trained on).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class AnnotateSection(Config):
     boxes: str
     truth: str
     source: Literal["oracle", "file"] = "oracle"
+    target: Literal["mask", "interior"] = "mask"
     chunks: tuple[int, int, int] = (16, 128, 128)
 
 
@@ -39,7 +41,33 @@ def read_box_list(path: str) -> list[dict[str, list[int]]]:
     return [{"start": list(b.start), "stop": list(b.stop)} for b in read_boxes(path)]
 
 
-def write_box_labels(truth_url: str, boxes: list[dict[str, list[int]]], out: str, chunks: tuple[int, int, int]) -> dict[str, Any]:
+Target = Literal["mask", "interior"]
+
+
+def interior(ids: np.ndarray) -> np.ndarray:
+    """Voxels of non-zero ids whose 4 in-plane neighbours (inside the array) carry the same id.
+
+    >>> a = np.zeros((1, 3, 5), np.uint32); a[0, :, :2] = 1; a[0, :, 2:] = 2
+    >>> interior(a)[0].astype(int).tolist()
+    [[1, 0, 0, 1, 1], [1, 0, 0, 1, 1], [1, 0, 0, 1, 1]]
+    """
+    out = ids != 0
+    out[:, 1:] &= ids[:, 1:] == ids[:, :-1]
+    out[:, :-1] &= ids[:, :-1] == ids[:, 1:]
+    out[:, :, 1:] &= ids[:, :, 1:] == ids[:, :, :-1]
+    out[:, :, :-1] &= ids[:, :, :-1] == ids[:, :, 1:]
+    return out
+
+
+def read_foreground(truth: Any, box: Any, target: Target) -> np.ndarray:
+    """The foreground (bool) of the ground-truth volume ``truth`` in ``box`` (in-plane context read for ``interior``)."""
+    if target == "mask":
+        return np.asarray(truth.read(box) != 0)
+    grown = box.grow((0, 1, 1)).intersect(truth.box)
+    return interior(truth.read(grown))[box.to_slices(relative_to=grown)]
+
+
+def write_box_labels(truth_url: str, boxes: list[dict[str, list[int]]], out: str, chunks: tuple[int, int, int], target: Target = "mask") -> dict[str, Any]:
     """Foreground (1) / background (0) of ``truth_url`` inside ``boxes``, unknown (255) elsewhere."""
     from engine.geometry import Box
     from engine.storage import create_volume, open_volume
@@ -56,25 +84,42 @@ def write_box_labels(truth_url: str, boxes: list[dict[str, list[int]]], out: str
         box = Box(tuple(b["start"]), tuple(b["stop"]))
         if box.intersect(truth.box) != box:
             raise ConfigError(f"annotate: box {box} is outside the volume {shape}", "select on the same volume as the labels")
-        lab = (truth.read(box) != 0).astype(np.uint8)
+        lab = read_foreground(truth, box, target).astype(np.uint8)
         vol.write(box, lab)
         fg += int(lab.sum())
         known += int(lab.size)
     return {"boxes": len(boxes), "known_voxels": known, "foreground_voxels": fg, "known_fraction": known / float(np.prod(shape))}
 
 
+def write_target(truth_url: str, out: str, chunks: tuple[int, int, int], target: Target) -> None:
+    """The ground truth's foreground (1/0) over the whole volume, slab by slab: the validation target
+    of the learning curves (evaluation only; training never reads it)."""
+    from engine.geometry import Box
+    from engine.storage import create_volume, open_volume
+
+    truth = open_volume(truth_url)
+    shape = truth.spatial_shape
+    ck = tuple(min(c, s) for c, s in zip(chunks, shape, strict=True))
+    vol = create_volume(out, shape, "uint8", ck, voxel_size=truth.voxel_size, overwrite=True)
+    for z in range(0, shape[0], ck[0]):
+        box = Box((z, 0, 0), (min(z + ck[0], shape[0]), *shape[1:]))
+        vol.write(box, read_foreground(truth, box, target).astype(np.uint8))
+
+
 class AnnotateStage(Stage):
     name = "annotate"
     config = AnnotateSection
     inputs = ("boxes", "truth")
-    outputs = ("labels", "boxes")
+    outputs = ("labels", "boxes", "validation")
     order = 120
 
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         boxes = read_box_list(ctx.input(cfg.boxes))
         out = str(ctx.dir / "labels.zarr" / "labels")
-        info = write_box_labels(ctx.input(cfg.truth), boxes, out, cfg.chunks)
+        info = write_box_labels(ctx.input(cfg.truth), boxes, out, cfg.chunks, cfg.target)
         path = ctx.dir / "boxes.json"
         path.write_text(json.dumps({"boxes": boxes}, indent=1))
-        (ctx.dir / "annotate.json").write_text(json.dumps({**info, "source": cfg.source}, indent=1))
-        return {"labels": out, "boxes": str(path)}
+        (ctx.dir / "annotate.json").write_text(json.dumps({**info, "source": cfg.source, "target": cfg.target}, indent=1))
+        validation = str(ctx.dir / "truth.zarr" / "target")
+        write_target(ctx.input(cfg.truth), validation, cfg.chunks, cfg.target)
+        return {"labels": out, "boxes": str(path), "validation": validation}

@@ -1,8 +1,10 @@
 """``score1``, ``score2`` ...: how good a round's prediction is, against ground truth.
 
-- voxel IoU (Jaccard) and Dice of ``probability > threshold`` against ``truth != 0`` (exact, slab by slab);
-- VOI (split, merge; bits) of the round's objects against the ground-truth objects (over the whole
-  volume up to ``voi_max_voxels``, else over a centred sub-volume of that size);
+- voxel IoU (Jaccard) and Dice of ``probability > threshold`` against the ground truth's foreground
+  (``target`` as in ``annotate``: ``truth != 0``, or the objects' interiors), exact, slab by slab;
+- VOI (split, merge; bits) of the round's objects against the ground-truth objects, over the voxels
+  the prediction labels (over the whole volume up to ``voi_max_voxels``, else over a centred
+  sub-volume of that size);
 - ROI accuracy: the share of predicted objects that are correct by the oracle's rule
   (:func:`engine.active.oracle.objects_correct`), and the object counts.
 
@@ -31,6 +33,7 @@ class ScoreSection(Config):
     table: str
     truth: str
     truth_binary: bool = False
+    target: Literal["mask", "interior"] = "mask"
     threshold: float = 0.5
     criterion: Literal["cover", "iou"] = "cover"
     voi_max_voxels: int = Field(default=1 << 25, ge=1)
@@ -43,6 +46,7 @@ def score_round(prob_url: str, labels_url: str, table: str, truth_url: str, cfg:
     from engine.active.oracle import objects_correct
     from engine.geometry import Box
     from engine.metrics.segmentation import voi
+    from engine.pipeline.stages.annotate import read_foreground
     from engine.segment.kernels import foreground
     from engine.storage import open_volume
 
@@ -53,7 +57,7 @@ def score_round(prob_url: str, labels_url: str, table: str, truth_url: str, cfg:
     for z in range(0, shape[0], depth):
         box = Box((z, 0, 0), (min(z + depth, shape[0]), *shape[1:]))
         p = foreground(prob.read(box), cfg.threshold)
-        t = truth.read(box) != 0
+        t = read_foreground(truth, box, cfg.target)
         inter += int((p & t).sum())
         union += int((p | t).sum())
         p_sum += int(p.sum())
@@ -73,7 +77,7 @@ def score_round(prob_url: str, labels_url: str, table: str, truth_url: str, cfg:
     gt = truth.read(vbox)
     if cfg.truth_binary:
         gt = cc3d.connected_components(gt != 0, connectivity=26)
-    split, merge = voi(seg, gt)
+    split, merge = voi(seg, gt, ignore_seg=(0,))
     out.update(voi_split=split, voi_merge=merge, voi=split + merge, voi_box={"start": list(vbox.start), "stop": list(vbox.stop)})
     gt_objects = int(np.unique(gt[gt != 0]).size)
     correct = objects_correct(labels_url, table, truth_url, criterion=cfg.criterion, gt_binary=cfg.truth_binary)
