@@ -19,7 +19,7 @@ from engine.learn.consistency import InterMixLoss, LabelledMixLoss, Teacher, Unl
 from engine.learn.history import read_history
 from engine.learn.losses import StepContext
 from engine.learn.mixing import box_mask, inter_mask, quadrant_mask, seam_weight
-from engine.learn.semi import SemiBatch, semi_terms
+from engine.learn.semi import SemiBatch, build_trainer, semi_terms
 from engine.models import ModelConfig, build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -199,6 +199,34 @@ def test_labelled_mix_loss_is_the_supervised_loss_of_the_mix(tmp_path: Path) -> 
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["lmix_target"], reduction="none")
     want = ((bce * batch["lmix_weight"]).flatten(1).sum(1) / batch["lmix_weight"].flatten(1).sum(1)).mean()
     torch.testing.assert_close(got, want)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resumed_run_with_an_ema_teacher_equals_uninterrupted(tmp_path: Path) -> None:
+    whole = _semi_cfg(tmp_path, {"teacher": "ema", "ema_decay": 0.5, "warmup_steps": 1}, steps=4, checkpoint_every=2)
+    build_trainer(whole).fit()
+    cut = whole.model_copy(update={"output": str(tmp_path / "cut")})
+    first = build_trainer(cut)
+    batch = first.batch_fn
+
+    def crash_at_3(step: int, rank: int) -> dict[str, torch.Tensor]:
+        if step == 3:
+            raise _Crash
+        return batch(step, rank)
+
+    first.batch_fn = crash_at_3
+    with pytest.raises(_Crash):
+        first.fit()  # dies after the checkpoint of step 2
+    assert (tmp_path / "cut/checkpoints/step-000002/teacher.pt").is_file()
+    build_trainer(cut).fit(resume=True)
+    a, b = _weights(tmp_path / "run/checkpoints/step-000004"), _weights(tmp_path / "cut/checkpoints/step-000004")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ta = torch.load(tmp_path / "run/checkpoints/step-000004/teacher.pt", weights_only=True)
+    tb = torch.load(tmp_path / "cut/checkpoints/step-000004/teacher.pt", weights_only=True)
+    assert ta["step"] == tb["step"] == 3 and all(torch.equal(ta["ema"][k], tb["ema"][k]) for k in ta["ema"])
 
 
 # -- data-parallel exactness ---------------------------------------------------------------------------

@@ -77,7 +77,8 @@ class Teacher:
     The EMA copy starts as a copy of the student the first time it is used (at the end of the warm-up)
     and is updated once per step, before that step's predictions, with the weights the optimizer left:
     ``ema = decay * ema + (1 - decay) * student``. Buffers (normalisation statistics) are copied. The EMA
-    state is not in the checkpoints: on resume it restarts from the student's weights.
+    state goes into the training checkpoints (``teacher.pt``, see :class:`engine.learn.semi.SemiTrainer`),
+    so a resumed run continues it exactly.
     """
 
     def __init__(self, kind: str = "siamese", decay: float = 0.999) -> None:
@@ -86,6 +87,25 @@ class Teacher:
         self.kind, self.decay = kind, decay
         self.ema: nn.Module | None = None
         self._step = -1
+
+    def state_dict(self) -> dict[str, object]:
+        """The EMA weights and the step they were brought to (empty for a Siamese or unstarted teacher)."""
+        if self.ema is None:
+            return {}
+        return {"step": self._step, "ema": {k: v.detach().cpu() for k, v in self.ema.state_dict().items()}}
+
+    def load_state_dict(self, state: dict[str, object], model: nn.Module) -> None:
+        """Restore what :meth:`state_dict` gave (``model``: the student, the EMA copy's template)."""
+        if not state or self.kind != "ema":
+            return
+        ema = copy.deepcopy(self.bare(model))
+        weights = state["ema"]
+        assert isinstance(weights, dict)
+        ema.load_state_dict(weights)
+        for p in ema.parameters():
+            p.requires_grad_(False)
+        self.ema = ema
+        self._step = int(state["step"])  # type: ignore[call-overload]
 
     @staticmethod
     def bare(model: nn.Module) -> nn.Module:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ import torch
 from engine.errors import ConfigError, StorageError
 from engine.geometry import Box
 from engine.learn.augment import blur, flips, intensity, noise
+from engine.learn.checkpoints import latest_checkpoint
 from engine.learn.config import AugmentConfig, SemiConfig, TrainConfig
 from engine.learn.consistency import InterMixLoss, LabelledMixLoss, SampleSupervisedLoss, Teacher, UnlabelledMixLoss
 from engine.learn.losses import LossTerm
@@ -170,13 +173,13 @@ class SemiBatch:
         return {k: torch.from_numpy(np.stack([np.asarray(it[k], np.float32) for it in items])) for k in items[0]}
 
 
-def semi_terms(cfg: TrainConfig, pos_weight: float | None) -> list[LossTerm]:
+def semi_terms(cfg: TrainConfig, pos_weight: float | None, teacher: Teacher | None = None) -> list[LossTerm]:
     """The loss terms of a semi-supervised run: the supervised loss (per-sample means, see
     :class:`~engine.learn.consistency.SampleSupervisedLoss`) plus the three mixing terms (those with a
     non-zero weight), sharing one teacher. With every mixing weight 0 it is the supervised baseline."""
     s = cfg.semi
     assert s is not None
-    teacher = Teacher(s.teacher, s.ema_decay)
+    teacher = teacher if teacher is not None else Teacher(s.teacher, s.ema_decay)
     sched = {"warmup_steps": s.warmup_steps, "rampup_steps": s.rampup_steps}
     terms: list[LossTerm] = [SampleSupervisedLoss(cfg.loss.bce, cfg.loss.dice, pos_weight)]
     if s.labelled_mix:
@@ -188,6 +191,38 @@ def semi_terms(cfg: TrainConfig, pos_weight: float | None) -> list[LossTerm]:
     return terms
 
 
+class SemiTrainer(Trainer):
+    """A :class:`~engine.learn.Trainer` that also keeps the EMA teacher's state in its checkpoints
+    (``teacher.pt`` beside the weights), so resuming a run with an EMA teacher continues it exactly."""
+
+    TEACHER = "teacher.pt"
+
+    def __init__(self, cfg: TrainConfig, *, teacher: Teacher, **kw: Any) -> None:
+        super().__init__(cfg, **kw)
+        self.teacher = teacher
+
+    def save(self) -> Path:
+        path = super().save()
+        state = self.teacher.state_dict()
+        if state:
+            torch.save(state, path / self.TEACHER)
+        return path
+
+    def resume(self) -> bool:
+        if not super().resume():
+            return False
+        ck = latest_checkpoint(self.output)
+        if ck is not None and (ck / self.TEACHER).is_file():
+            self.teacher.load_state_dict(torch.load(ck / self.TEACHER, map_location=self.device, weights_only=True), self.model)
+        elif self.teacher.kind == "ema" and self.step_count > self.semi_start:
+            log.warning("checkpoint %s has no EMA teacher state: the teacher restarts from the student's weights", ck)
+        return True
+
+    @property
+    def semi_start(self) -> int:
+        return self.cfg.semi.warmup_steps if self.cfg.semi is not None else 0
+
+
 def build_trainer(cfg: TrainConfig, *, rank: int = 0, world_size: int = 1, device: torch.device | None = None) -> Trainer:
     """The :class:`~engine.learn.Trainer` for ``cfg``: plain supervised, or with the semi-supervised terms
     and batch function, starting from the contrastive pretraining's weights where the config asks for it
@@ -196,8 +231,9 @@ def build_trainer(cfg: TrainConfig, *, rank: int = 0, world_size: int = 1, devic
         trainer = Trainer(cfg, rank=rank, world_size=world_size, device=device)
     else:
         sampler = CropSampler(cfg)
-        terms = semi_terms(cfg, sampler.pos_weight())
-        trainer = Trainer(cfg, rank=rank, world_size=world_size, device=device, terms=terms, sampler=sampler, batch_fn=SemiBatch(cfg, sampler))
+        teacher = Teacher(cfg.semi.teacher, cfg.semi.ema_decay)
+        terms = semi_terms(cfg, sampler.pos_weight(), teacher)
+        trainer = SemiTrainer(cfg, teacher=teacher, rank=rank, world_size=world_size, device=device, terms=terms, sampler=sampler, batch_fn=SemiBatch(cfg, sampler))
     if cfg.contrastive is not None:
         from engine.learn.contrastive import load_pretrained
 
