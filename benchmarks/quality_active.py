@@ -259,7 +259,7 @@ def protocol_b(world: World, p0: dict[str, Any], f0: dict[str, np.ndarray], args
                 ids = np.asarray(sorted(ans), np.int64)
                 triplet_finetune(e_u, read_crops(cur["run"], "image", ids), np.array([ans[i] for i in ids.tolist()]),
                                  TripletConfig(steps=args.triplet_steps, batch_size=32, lr=1e-4))
-            cur = world.predict(f"{method}_{rnd}", idx, y)
+            cur = world.predict(f"{method}_{args.budget:g}_{rnd}", idx, y)
             f = encode_run(cur["run"], p0["run"], image_vae=e_u)
             acc = float(cur["truth"][~cur["train"]].mean()) if (~cur["train"]).any() else float("nan")
             accs.append(acc)
@@ -348,7 +348,7 @@ def main() -> int:
     ratios = [float(r) for r in args.ratios.split(",")]
     rows_a = [] if args.skip_a else protocol_a(world, p0, f0, ratios, args)
     rows_b = [] if args.skip_b else protocol_b(world, p0, f0, args)
-    tag = "" if not args.skip_a else "_b_" + args.methods_b.replace(",", "_")
+    tag = "" if not args.skip_a else f"_b_{args.methods_b.replace(',', '_')}_{args.budget:g}"
     plot(rows_a, rows_b, out / f"quality_active{tag}.png")
     (out / f"quality_active{tag}.json").write_text(json.dumps({"A": rows_a, "B": rows_b}, indent=1, default=float))
     emit(stage="done", seconds=time.perf_counter() - t0, plot=str(out / f"quality_active{tag}.png"))
