@@ -312,6 +312,9 @@ def predict_volume(
     summary = run_blockwise(
         op, grid, state_dir=state, backend=backend, workers=workers, address=address, max_retries=max_retries,
         overwrite=op.overwrite, progress=progress, name="predict",
+        # blocks take seconds to minutes: one in flight per worker, so that the first blocks spread over
+        # all workers (with two in flight, worker 0 takes blocks 0 and 1 while worker 1 waits)
+        window=1,
     )
     return PredictResult(
         output=op.output, blocks=grid.num_blocks, block_shape=grid.write_shape, windows=windows.num_windows, windows_computed=computed,
