@@ -36,14 +36,14 @@ def _round_sections(r: int, raw: str, truth: str, truth_binary: bool, last: bool
         f"predict{r}": {"raw": raw, "checkpoint": model, "window": window, "overlap": 0.25, "block": block},
         f"label{r}": {"input": f"predict{r}.probability", "threshold": 0.5, "connectivity": 6, "min_size": 50, "block": block},
         f"score{r}": {"probability": f"predict{r}.probability", "labels": f"label{r}.labels", "table": f"label{r}.table", "truth": truth,
-                      "truth_binary": truth_binary, "target": target, "criterion": "iou"},
+                      "truth_binary": truth_binary, "target": target, "boundary": 2, "criterion": "iou"},
     }
     if not last:
         out |= {
             f"query{r}": {"labels": f"label{r}.labels", "table": f"label{r}.table", "image": raw, "probability": f"predict{r}.probability", "block": block},
             f"review{r}": {"rois": f"query{r}.rois", "source": "oracle", "truth": truth, "truth_binary": truth_binary, "criterion": "iou"},
             f"finetune{r}": {"checkpoint": model, "rois": f"query{r}.rois", "answers": f"review{r}.answers", "labels": "annotate.labels",
-                             "boxes": "annotate.boxes", "steps": 60},
+                             "boxes": "annotate.boxes", "steps": 40},
         }
     return out
 
@@ -84,7 +84,7 @@ def demo_config(
                  "validation_roi": {"start": [0, 0, 0], "stop": [16, 768, 1024]}}
     cfg["embed"] = embed
     cfg["selection"] = select
-    cfg["annotate"] = {"boxes": "selection.boxes", "truth": truth, "source": "oracle", "target": target}
+    cfg["annotate"] = {"boxes": "selection.boxes", "truth": truth, "source": "oracle", "target": target, "boundary": 2}
     cfg["train"] = {"raw": raw, "labels": "annotate.labels", "boxes": "annotate.boxes", "truth": "annotate.validation", **train,
                     "semi": {"box": [32, 32], "unlabelled": 0.2, "inter": 0.2, "labelled_mix": 1.0, "warmup_steps": 50, "rampup_steps": 50}}
     for r in range(1, rounds + 2):

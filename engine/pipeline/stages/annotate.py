@@ -15,6 +15,7 @@ import json
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from engine.config import Config
 from engine.errors import ConfigError
@@ -31,6 +32,7 @@ class AnnotateSection(Config):
     truth: str
     source: Literal["oracle", "file"] = "oracle"
     target: Literal["mask", "interior"] = "mask"
+    boundary: int = Field(default=1, ge=1, description="interior: in-plane width of the background on each side of a boundary")
     chunks: tuple[int, int, int] = (16, 128, 128)
 
 
@@ -44,30 +46,39 @@ def read_box_list(path: str) -> list[dict[str, list[int]]]:
 Target = Literal["mask", "interior"]
 
 
-def interior(ids: np.ndarray) -> np.ndarray:
-    """Voxels of non-zero ids whose 4 in-plane neighbours (inside the array) carry the same id.
+def interior(ids: np.ndarray, width: int = 1) -> np.ndarray:
+    """Voxels of non-zero ids farther than ``width - 1`` in-plane steps (4-connected) from a voxel
+    with another id: with ``width`` 1, the voxels whose 4 in-plane neighbours carry their id.
 
-    >>> a = np.zeros((1, 3, 5), np.uint32); a[0, :, :2] = 1; a[0, :, 2:] = 2
-    >>> interior(a)[0].astype(int).tolist()
-    [[1, 0, 0, 1, 1], [1, 0, 0, 1, 1], [1, 0, 0, 1, 1]]
+    >>> a = np.zeros((1, 3, 6), np.uint32); a[0, :, :3] = 1; a[0, :, 3:] = 2
+    >>> interior(a)[0, 0].astype(int).tolist(), interior(a, 2)[0, 0].astype(int).tolist()
+    ([1, 1, 0, 0, 1, 1], [1, 0, 0, 0, 0, 1])
     """
     out = ids != 0
     out[:, 1:] &= ids[:, 1:] == ids[:, :-1]
     out[:, :-1] &= ids[:, :-1] == ids[:, 1:]
     out[:, :, 1:] &= ids[:, :, 1:] == ids[:, :, :-1]
     out[:, :, :-1] &= ids[:, :, :-1] == ids[:, :, 1:]
-    return out
+    if width > 1:
+        from scipy.ndimage import binary_erosion
+
+        cross = np.zeros((1, 3, 3), bool)
+        cross[0, 1, :] = cross[0, :, 1] = True
+        out = binary_erosion(out, cross, iterations=width - 1, border_value=1)
+    return np.asarray(out)
 
 
-def read_foreground(truth: Any, box: Any, target: Target) -> np.ndarray:
+def read_foreground(truth: Any, box: Any, target: Target, width: int = 1) -> np.ndarray:
     """The foreground (bool) of the ground-truth volume ``truth`` in ``box`` (in-plane context read for ``interior``)."""
     if target == "mask":
         return np.asarray(truth.read(box) != 0)
-    grown = box.grow((0, 1, 1)).intersect(truth.box)
-    return interior(truth.read(grown))[box.to_slices(relative_to=grown)]
+    grown = box.grow((0, width, width)).intersect(truth.box)
+    return interior(truth.read(grown), width)[box.to_slices(relative_to=grown)]
 
 
-def write_box_labels(truth_url: str, boxes: list[dict[str, list[int]]], out: str, chunks: tuple[int, int, int], target: Target = "mask") -> dict[str, Any]:
+def write_box_labels(
+    truth_url: str, boxes: list[dict[str, list[int]]], out: str, chunks: tuple[int, int, int], target: Target = "mask", width: int = 1
+) -> dict[str, Any]:
     """Foreground (1) / background (0) of ``truth_url`` inside ``boxes``, unknown (255) elsewhere."""
     from engine.geometry import Box
     from engine.storage import create_volume, open_volume
@@ -84,14 +95,14 @@ def write_box_labels(truth_url: str, boxes: list[dict[str, list[int]]], out: str
         box = Box(tuple(b["start"]), tuple(b["stop"]))
         if box.intersect(truth.box) != box:
             raise ConfigError(f"annotate: box {box} is outside the volume {shape}", "select on the same volume as the labels")
-        lab = read_foreground(truth, box, target).astype(np.uint8)
+        lab = read_foreground(truth, box, target, width).astype(np.uint8)
         vol.write(box, lab)
         fg += int(lab.sum())
         known += int(lab.size)
     return {"boxes": len(boxes), "known_voxels": known, "foreground_voxels": fg, "known_fraction": known / float(np.prod(shape))}
 
 
-def write_target(truth_url: str, out: str, chunks: tuple[int, int, int], target: Target) -> None:
+def write_target(truth_url: str, out: str, chunks: tuple[int, int, int], target: Target, width: int = 1) -> None:
     """The ground truth's foreground (1/0) over the whole volume, slab by slab: the validation target
     of the learning curves (evaluation only; training never reads it)."""
     from engine.geometry import Box
@@ -103,7 +114,7 @@ def write_target(truth_url: str, out: str, chunks: tuple[int, int, int], target:
     vol = create_volume(out, shape, "uint8", ck, voxel_size=truth.voxel_size, overwrite=True)
     for z in range(0, shape[0], ck[0]):
         box = Box((z, 0, 0), (min(z + ck[0], shape[0]), *shape[1:]))
-        vol.write(box, read_foreground(truth, box, target).astype(np.uint8))
+        vol.write(box, read_foreground(truth, box, target, width).astype(np.uint8))
 
 
 class AnnotateStage(Stage):
@@ -116,10 +127,10 @@ class AnnotateStage(Stage):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         boxes = read_box_list(ctx.input(cfg.boxes))
         out = str(ctx.dir / "labels.zarr" / "labels")
-        info = write_box_labels(ctx.input(cfg.truth), boxes, out, cfg.chunks, cfg.target)
+        info = write_box_labels(ctx.input(cfg.truth), boxes, out, cfg.chunks, cfg.target, cfg.boundary)
         path = ctx.dir / "boxes.json"
         path.write_text(json.dumps({"boxes": boxes}, indent=1))
         (ctx.dir / "annotate.json").write_text(json.dumps({**info, "source": cfg.source, "target": cfg.target}, indent=1))
         validation = str(ctx.dir / "truth.zarr" / "target")
-        write_target(ctx.input(cfg.truth), validation, cfg.chunks, cfg.target)
+        write_target(ctx.input(cfg.truth), validation, cfg.chunks, cfg.target, cfg.boundary)
         return {"labels": out, "boxes": str(path), "validation": validation}

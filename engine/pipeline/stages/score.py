@@ -34,6 +34,7 @@ class ScoreSection(Config):
     truth: str
     truth_binary: bool = False
     target: Literal["mask", "interior"] = "mask"
+    boundary: int = Field(default=1, ge=1, description="interior: as annotate.boundary")
     threshold: float = 0.5
     criterion: Literal["cover", "iou"] = "cover"
     voi_max_voxels: int = Field(default=1 << 25, ge=1)
@@ -57,7 +58,7 @@ def score_round(prob_url: str, labels_url: str, table: str, truth_url: str, cfg:
     for z in range(0, shape[0], depth):
         box = Box((z, 0, 0), (min(z + depth, shape[0]), *shape[1:]))
         p = foreground(prob.read(box), cfg.threshold)
-        t = read_foreground(truth, box, cfg.target)
+        t = read_foreground(truth, box, cfg.target, cfg.boundary)
         inter += int((p & t).sum())
         union += int((p | t).sum())
         p_sum += int(p.sum())
