@@ -2,7 +2,7 @@
 """Coverage selection benchmark: Connectile's selection vs the brute-force reference algorithm.
 
     .venv/bin/python benchmarks/bench_select.py                    # N = 2,500 and 10,000 (both), 10^5 and 10^6 (Connectile)
-    .venv/bin/python benchmarks/bench_select.py --sizes 2500,100000 --no-exact-large
+    .venv/bin/python benchmarks/bench_select.py --sizes 10000,100000 --exact-max 10000
     .venv/bin/python benchmarks/bench_select.py --embed            # also embedding throughput vs the raw forward pass
 
 Input: synthetic patch embeddings with the structure of real ones: D = 80, eight smooth random fields
@@ -162,7 +162,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=30)
     ap.add_argument("--budget", type=int, default=4)
     ap.add_argument("--nprobe", type=int, default=16)
-    ap.add_argument("--no-exact-large", action="store_true", help="skip exact kNN above 10^5 patches")
+    ap.add_argument("--exact-max", type=int, default=100_000, help="largest N for Connectile's exact kNN (N^2 D flops)")
     ap.add_argument("--hierarchical", action="store_true", help="also the hierarchical mode at the largest size")
     ap.add_argument("--embed", action="store_true", help="embedding throughput vs the raw forward pass")
     ap.add_argument("--embed-shape", default="24,256,256", help="volume for --embed (patches 8x64x64, stride 4x16x16)")
@@ -183,10 +183,15 @@ def main() -> None:
             ref_fit = (n, ref_s)
         elif ref_fit is not None:
             row["reference_s_extrapolated"] = round(ref_fit[1] * (n / ref_fit[0]) ** 2, 1)
-        modes = ["exact", "approx"] if (n <= 100_000 or not args.no_exact_large) and n <= 100_000 else ["approx"]
+        modes = ["exact", "approx"] if n <= args.exact_max else ["approx"]
+        exact_balls = None
         for knn in modes:
             picks, info, balls = run_connectile(windows, x, args.k, args.budget, knn, args.nprobe)
             out = {**row, **info}
+            if knn == "exact":
+                exact_balls = balls
+            elif exact_balls is not None:  # the approximation's cost in coverage, measured with exact balls
+                out["approx_picks_exact_coverage"] = coverage_curve(windows, exact_balls, picks)[1][-1]
             if ref_picks is not None:
                 out["identical_picks"] = picks == ref_picks
                 out["ratio"] = round(out["reference_s"] / info["total_s"], 1)
