@@ -77,7 +77,7 @@ def demo_config(
                          "chunks": [64, 256, 256], "labels_binarize": True}
         raw, truth, binary, target = "ingest.raw", "ingest.labels", True, "mask"
         window, block = [1, 256, 256], [64, 512, 512]
-        embed = {"input": raw, "patch": [16, 128, 128], "stride": [16, 64, 64], "steps": 80, "crop": [1, 128, 128]}
+        embed = {"input": raw, "patch": [16, 128, 128], "stride": [32, 128, 128], "steps": 40, "crop": [1, 128, 128]}
         select = {"input": "embed.embeddings", "params": {"budget": 4, "k": 10, "window": [1, 2, 2], "methods": ["coverage", "random", "kcenter"]}}
         train = {"steps": 300, "validate_every": 100, "crop": [1, 256, 256], "model": {"dims": 2, "filters": [8, 16, 32, 32], "input_kernel_xy": 3,
                                                                                          "input_stride": 2},
