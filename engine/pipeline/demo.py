@@ -43,7 +43,7 @@ def _round_sections(r: int, raw: str, truth: str, truth_binary: bool, last: bool
             f"query{r}": {"labels": f"label{r}.labels", "table": f"label{r}.table", "image": raw, "probability": f"predict{r}.probability", "block": block},
             f"review{r}": {"rois": f"query{r}.rois", "source": "oracle", "truth": truth, "truth_binary": truth_binary, "criterion": "iou"},
             f"finetune{r}": {"checkpoint": model, "rois": f"query{r}.rois", "answers": f"review{r}.answers", "labels": "annotate.labels",
-                             "boxes": "annotate.boxes", "steps": 40},
+                             "boxes": "annotate.boxes", "steps": 40, "lr": 0.001},
         }
     return out
 

@@ -2,8 +2,10 @@
 
 The training labels are the annotated boxes (``annotate.labels``: 1 / 0 inside, 255 unknown) plus the
 reviewed objects of the round: an accepted object keeps its predicted mask as foreground (1), a
-rejected one becomes background (0) (:mod:`engine.active.finetune`'s rule); the rest of each reviewed
-object's box stays unknown. Crops are drawn from the annotated boxes and the reviewed objects' boxes
+rejected one becomes background (0) (:mod:`engine.active.finetune`'s rule), and an accepted object's
+outline is right too: a band of ``ring`` pixels around it in each section becomes background (without
+it the known voxels near reviewed objects are all foreground and the model learns to drop the
+boundaries between cells). The rest of each reviewed object's box stays unknown. Crops are drawn from the annotated boxes and the reviewed objects' boxes
 (grown by ``margin``).
 
 Training continues the model's own run: its newest checkpoint (weights, optimizer state, step) is
@@ -42,9 +44,12 @@ class FinetuneSection(Config):
     steps: int = Field(default=50, ge=1)
     lr: float | None = Field(default=None, gt=0)
     margin: Triple = (0, 16, 16)
+    ring: int = Field(default=2, ge=0, description="background band (pixels, in-plane) around an accepted object; 0: none")
 
 
-def review_labels(base_labels: str, rois_dir: str, answers: dict[int, bool], out: str, margin: Triple) -> tuple[list[dict[str, list[int]]], dict[str, int]]:
+def review_labels(
+    base_labels: str, rois_dir: str, answers: dict[int, bool], out: str, margin: Triple, ring: int = 0
+) -> tuple[list[dict[str, list[int]]], dict[str, int]]:
     """Write the fine-tuning labels (see the module docstring) to ``out``; return the reviewed objects'
     boxes and counts."""
     from engine.active.rois import read_index, read_meta
@@ -65,9 +70,21 @@ def review_labels(base_labels: str, rois_dir: str, answers: dict[int, bool], out
             obj = int(index["object_id"][roi])
             b = bbox[row_of[obj]]
             box = Box(tuple(int(v) for v in b[:3]), tuple(int(v) for v in b[3:]))
+            if ok and ring:
+                box = box.grow((0, ring, ring)).intersect(base.box)
             sl = box.to_slices()
-            mine = (pred.read(box) == np.asarray(obj, pred.dtype)) & (labels[sl] == UNKNOWN)  # annotated truth wins
+            obj_mask = pred.read(box) == np.asarray(obj, pred.dtype)
+            free = labels[sl] == UNKNOWN  # annotated truth wins
+            mine = obj_mask & free
             labels[sl][mine] = FOREGROUND if ok else 0
+            if ok and ring:
+                from scipy.ndimage import binary_dilation
+
+                cross = np.zeros((1, 3, 3), bool)
+                cross[0, 1, :] = cross[0, :, 1] = True
+                band = binary_dilation(obj_mask, cross, iterations=ring) & ~obj_mask & free
+                labels[sl][band] = 0
+                counts["voxels_bg"] += int(band.sum())
             counts["accepted" if ok else "rejected"] += 1
             counts["voxels_fg" if ok else "voxels_bg"] += int(mine.sum())
             grown = box.grow(margin).intersect(base.box)
@@ -104,7 +121,7 @@ class FinetuneStage(Stage):
         base = TrainConfig.model_validate(extras["train"])
         answers = {int(k): bool(v) for k, v in json.loads(Path(ctx.input(cfg.answers)).read_text())["answers"].items()}
         labels_url = str(ctx.dir / "labels.zarr" / "labels")
-        obj_boxes, counts = review_labels(ctx.input(cfg.labels), ctx.input(cfg.rois), answers, labels_url, cfg.margin)
+        obj_boxes, counts = review_labels(ctx.input(cfg.labels), ctx.input(cfg.rois), answers, labels_url, cfg.margin, cfg.ring)
         boxes = read_box_list(ctx.input(cfg.boxes)) + obj_boxes
         boxes_path = ctx.dir / "boxes.json"
         boxes_path.write_text(json.dumps({"boxes": boxes}, indent=1))
