@@ -8,7 +8,7 @@ starts over). ``--real lucchi`` runs it on the Lucchi++ volume of the shared dat
 
 Examples::
 
-    connectile demo                                   # runs/demo, local Ray, about 10 minutes on 2 cores
+    connectile demo                                   # runs/demo, local Ray, about 4 minutes on 2 quiet cores
     connectile demo --real lucchi --out runs/demo_lucchi
     connectile demo --print-config > my.yaml          # the config, to edit and run with connectile run
 """
