@@ -37,6 +37,8 @@ class Case:
     name: str
     make: Callable[[Path], list[str]]
     pattern: str
+    #: what else must hold afterwards (beyond nothing marked done), e.g. no new checkpoint
+    after: Callable[[Path], None] | None = None
 
 
 # -- inputs --------------------------------------------------------------------------------------
@@ -96,6 +98,60 @@ def _affs(tmp: Path, shape: tuple[int, ...], dtype: str = "float32") -> str:
     return _vol(tmp, "affs", np.full(shape, 0.9, dtype), tuple(min(16, s) for s in shape))
 
 
+def _checkpoint(tmp: Path, name: str, weights: dict, config: dict | None = None, extra: dict | None = None) -> str:
+    """A checkpoint written by ``save_checkpoint`` for a U-Net of ``weights``; ``config`` replaces the
+    model config in its config.json (two files from different models)."""
+    from engine.models import save_checkpoint
+    from engine.models.config import ModelConfig
+    from engine.models.unet import build_model
+
+    d = tmp / name
+    save_checkpoint(d, build_model(ModelConfig(**weights)), ModelConfig(**weights), extra)
+    if config is not None:
+        meta = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**meta, "model": ModelConfig(**config).model_dump(mode="json")}))
+    return str(d)
+
+
+def _encoder_checkpoint(tmp: Path) -> str:
+    """A patch encoder checkpoint as ``connectile embed-train`` writes it (the encoder half of a U-Net)."""
+    from engine.models import save_checkpoint
+    from engine.models.config import ModelConfig
+    from engine.models.unet import PatchEncoder
+
+    cfg = ModelConfig(dims=2, filters=[4, 8])
+    save_checkpoint(tmp / "encoder", PatchEncoder(cfg), cfg, {"kind": "patch_encoder", "step": 1, "patch": [1, 32, 32]})
+    return str(tmp / "encoder")
+
+
+def _foreign_checkpoint(tmp: Path) -> str:
+    """A folder with a config.json of some other tool's model."""
+    d = tmp / "other"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model": {"arch": "resnet50", "num_classes": 1000}}))
+    (d / "model.safetensors").write_bytes(b"")
+    return str(d)
+
+
+def _predict(tmp: Path, checkpoint: str) -> list[str]:
+    return ["predict", checkpoint, _mask(tmp), str(tmp / "o.zarr/prob"), "--window", "1,32,32", *SERIAL]
+
+
+def _trained(tmp: Path) -> str:
+    """A training run that finished (2 steps, a 2D U-Net of filters [4, 8]); returns its config file."""
+    rng = np.random.default_rng(0)
+    labels = (rng.random((4, 32, 32)) > 0.5).astype(np.uint8) * 255
+    cfg = {"model": {"dims": 2, "filters": [4, 8]}, "data": {"raw": _vol(tmp, "raw", labels), "labels": _vol(tmp, "labels", labels)},
+           "crop": [1, 32, 32], "batch_size": 1, "steps": 2, "checkpoint_every": 2, "output": str(tmp / "train"), "progress": False}
+    path = _config(tmp, cfg)
+    assert main(["train", path]) == 0
+    return path
+
+
+def _only_the_first_checkpoint(tmp: Path) -> None:
+    assert sorted(p.name for p in (tmp / "train" / "checkpoints").iterdir()) == ["step-000002"]
+
+
 CASES = [
     # ingest
     Case("ingest: missing source", lambda t: ["ingest", str(t / "nowhere"), str(t / "o.zarr/raw")], "nowhere"),
@@ -128,6 +184,19 @@ CASES = [
     Case("segment: affinities without channels", lambda t: ["segment", _affs(t, (8, 16, 16)), str(t / "o.zarr/seg"), *SERIAL], "(3, z, y, x)"),
     Case("segment: integer affinities", lambda t: ["segment", _affs(t, (3, 8, 16, 16), "int32"), str(t / "o.zarr/seg"), *SERIAL], "int32"),
     Case("segment: quantile outside [0, 1]", lambda t: ["segment", _affs(t, (3, 8, 16, 16)), str(t / "o.zarr/seg"), "--scoring", "quantile", "--quantile", "2", *SERIAL], "quantile"),
+    # a checkpoint that does not match the model
+    Case("predict: checkpoint of another channel count", lambda t: _predict(t, _checkpoint(t, "ck", {"dims": 2, "filters": [4, 8], "in_channels": 2})),
+         "its model takes 2 input channel(s) but"),
+    Case("predict: weights of another architecture than its config", lambda t: _predict(t, _checkpoint(t, "ck", {"dims": 2, "filters": [4, 8, 16]}, {"dims": 2, "filters": [4, 8]})),
+         "come from different models"),
+    Case("predict: a patch encoder checkpoint", lambda t: _predict(t, _encoder_checkpoint(t)), "is a patch encoder"),
+    Case("predict: another tool's checkpoint", lambda t: _predict(t, _foreign_checkpoint(t)), "is not a Connectile model checkpoint"),
+    Case("train: resume onto a checkpoint of another model", lambda t: ["train", _trained(t), "--set", "steps=4", "--set", "model.filters=[4,16]"],
+         "cannot resume from", after=_only_the_first_checkpoint),
+    Case("run: predict stage with a checkpoint of another channel count",
+         lambda t: ["run", _config(t, _run_cfg(t, predict1={"raw": _mask(t), "checkpoint": _checkpoint(t, "ck", {"dims": 2, "filters": [4, 8], "in_channels": 2}),
+                                                             "window": [1, 32, 32], "block": [8, 32, 32], "chunks": [8, 32, 32]}))],
+         "its model takes 2 input channel(s) but"),
     # run
     Case("run: missing config file", lambda t: ["run", str(t / "none.yaml")], "none.yaml"),
     Case("run: invalid YAML", lambda t: ["run", _config(t, "synth: [1, 2\nlabel: x")], "not valid YAML"),
@@ -170,23 +239,33 @@ def test_bad_input(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert lines[0].startswith(f"connectile {argv[0]}: error: "), lines[0]
     assert case.pattern in lines[0], lines[0]
     assert _nothing_done(tmp_path) == []
+    if case.after is not None:
+        case.after(tmp_path)
 
 
 def test_catalogue_size() -> None:
     assert len(CASES) + 1 >= 25
 
 
-def test_an_interrupted_run_exits_130_and_marks_nothing_done(tmp_path: Path) -> None:
+def _done_blocks(db: Path) -> int:
+    try:
+        with sqlite3.connect(db, timeout=1) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM blocks WHERE status=1").fetchone()[0])
+    except sqlite3.OperationalError:  # not created yet, or locked by the writer
+        return 0
+
+
+def test_an_interrupted_run_exits_130_marks_nothing_done_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Ctrl-C (SIGINT) in the middle of ``connectile run``: one line saying how to resume, exit 130,
-    and the stage stays unfinished in the manifest."""
-    cfg = _config(tmp_path, _run_cfg(tmp_path, synth={"shape": [32, 256, 256], "chunks": [8, 32, 32]}))
+    and the stage stays unfinished in the manifest; the same command again finishes it, computing only
+    the blocks that were not done."""
+    cfg = _config(tmp_path, _run_cfg(tmp_path, synth={"shape": [16, 256, 256], "chunks": [8, 32, 32]}))  # 2 x 8 x 8 = 128 blocks
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", cfg], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     db = tmp_path / "run" / ".state" / "synth" / "markers.sqlite"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not db.exists() and proc.poll() is None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _done_blocks(db) == 0 and proc.poll() is None:
         time.sleep(0.05)
-    time.sleep(0.5)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
@@ -195,3 +274,12 @@ def test_an_interrupted_run_exits_130_and_marks_nothing_done(tmp_path: Path) -> 
     assert lines == ["connectile run: interrupted; run the same command again to resume"]
     entry = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["synth"]
     assert entry["status"] == "failed" and entry["outputs"] == {}
+
+    done_before = _done_blocks(db)
+    assert 0 < done_before < 128
+    assert main(["run", cfg]) == 0, capsys.readouterr().err
+    entry = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["synth"]
+    assert entry["status"] == "done" and entry["outputs"]
+    summary = json.loads((db.parent / "summary.json").read_text())
+    assert (summary["already_done"], summary["done"]) == (done_before, 128 - done_before)
+    assert _done_blocks(db) == 128

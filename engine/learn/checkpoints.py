@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.errors import StorageError
+from engine.errors import ConfigError, StorageError
 from engine.models import ModelConfig, save_checkpoint
 from engine.models.checkpoint import check_state
 
@@ -77,18 +77,34 @@ def write_training_checkpoint(
     return final
 
 
-def read_training_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> dict[str, Any]:
-    """Load weights and optimizer state of a training checkpoint into ``model`` and ``optimizer``."""
+def read_training_state(
+    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, model_config: ModelConfig | None = None
+) -> dict[str, Any]:
+    """Load weights and optimizer state of a training checkpoint into ``model`` and ``optimizer``.
+
+    With ``model_config`` (the model the run asks for), a checkpoint of another model is refused with
+    one line that names the settings that differ and the way out (restore them, or start over).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    if model_config is not None:
+        from engine.models.checkpoint import config_diff, read_checkpoint_config
+
+        saved, _ = read_checkpoint_config(directory)
+        diff = config_diff(saved, model_config)
+        if diff:
+            raise ConfigError(
+                f"cannot resume from {directory}: it holds another model (checkpoint vs config: {', '.join(diff)})",
+                "restore the model settings it was trained with, or start over (connectile train --no-resume, or another output folder)",
+            )
     try:
         state = load_file(str(directory / "model.safetensors"), device=str(device))
         opt = torch.load(directory / OPTIMIZER, map_location=device, weights_only=True)
     except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as err:  # any unreadable file is one message
         raise StorageError(f"checkpoint {directory} cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})", "delete it to resume from the one before, or use --no-resume") from err
     module = getattr(model, "module", model)
-    check_state(module, state, str(directory))
+    check_state(module, state, str(directory), fix="start over (connectile train --no-resume, or another output folder)")
     module.load_state_dict(state, strict=True)
     optimizer.load_state_dict(opt["optimizer"])
     return {"step": int(opt["step"]), "elapsed": float(opt.get("elapsed", 0.0))}

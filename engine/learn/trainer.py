@@ -145,7 +145,7 @@ class Trainer:
         ck = latest_checkpoint(self.output)
         if ck is None:
             return False
-        state = read_training_state(ck, self.model, self.optimizer, self.device)
+        state = read_training_state(ck, self.model, self.optimizer, self.device, self.cfg.model)
         self.step_count, self.elapsed = state["step"], state["elapsed"]
         log.info("resumed from %s (step %d)", ck, self.step_count)
         return True

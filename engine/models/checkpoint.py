@@ -73,8 +73,25 @@ def read_checkpoint_config(directory: str | os.PathLike[str]) -> tuple[ModelConf
         raise StorageError(f"checkpoint config {str(path)!r} is corrupt ({err})", "use another checkpoint") from err
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
         raise StorageError(f"checkpoint config {str(path)!r} has no 'model' section", "use a checkpoint written by save_checkpoint")
-    cfg = parse_config(ModelConfig, meta.pop("model"), source=str(path))
+    try:
+        cfg = parse_config(ModelConfig, meta.pop("model"), source=str(path))
+    except ConfigError as err:
+        raise ConfigError(f"{str(d)!r} is not a Connectile model checkpoint (its model config does not parse: {err.problem})", FIX_OTHER) from err
     return cfg, meta
+
+
+#: the fix for a checkpoint that is not the model asked for
+FIX_OTHER = "give a checkpoint written by connectile train (OUT/checkpoints/step-XXXXXX, or the run's train.checkpoint)"
+
+
+def config_diff(saved: ModelConfig, wanted: ModelConfig) -> list[str]:
+    """The model settings that differ, as ``key: saved vs wanted`` (empty when the configs are equal).
+
+    >>> config_diff(ModelConfig(filters=[4, 8]), ModelConfig(filters=[4, 8, 16]))
+    ['filters: [4, 8] vs [4, 8, 16]']
+    """
+    a, b = saved.model_dump(mode="json"), wanted.model_dump(mode="json")
+    return [f"{k}: {a[k]} vs {b[k]}" for k in a if a[k] != b.get(k)]
 
 
 def load_checkpoint(directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig, dict[str, Any]]:
@@ -88,6 +105,8 @@ def load_checkpoint(directory: str | os.PathLike[str], device: str | torch.devic
 
     d = Path(directory)
     cfg, extra = read_checkpoint_config(d)
+    if extra.get("kind") == "patch_encoder":
+        raise ConfigError(f"checkpoint {str(d)!r} is a patch encoder (connectile embed-train), not a segmentation model", FIX_OTHER)
     path = d / WEIGHTS
     if not path.is_file():
         raise StorageError(f"checkpoint {str(d)!r} has no {WEIGHTS}", "use another checkpoint")
@@ -96,13 +115,13 @@ def load_checkpoint(directory: str | os.PathLike[str], device: str | torch.devic
     except (SafetensorError, OSError, ValueError) as err:
         raise StorageError(f"checkpoint weights {str(path)!r} are corrupt ({err})", "use another checkpoint") from err
     model = build_model(cfg)
-    check_state(model, state, str(path))
+    check_state(model, state, str(path), fix=f"its {CONFIG} and {WEIGHTS} come from different models: {FIX_OTHER}")
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), cfg, extra
 
 
-def check_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Raise a one-line :class:`ConfigError` if ``state`` does not fit ``model`` key by key and shape by shape."""
+def check_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, fix: str = "use the config.json written with these weights") -> None:
+    """Raise a one-line :class:`ConfigError` (ending with ``fix``) if ``state`` does not fit ``model`` key by key and shape by shape."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -115,4 +134,4 @@ def check_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         if shapes:
             parts.append(f"{len(shapes)} of another shape (e.g. {shapes[0]})")
-        raise ConfigError(f"weights in {source} do not match the model config: {'; '.join(parts)}", "use the config.json written with these weights")
+        raise ConfigError(f"weights in {source} do not match the model config: {', '.join(parts)}", fix)

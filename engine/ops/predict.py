@@ -119,7 +119,10 @@ class PredictOp(BlockOp):
         if len(src.shape) not in (3, 4):
             raise StorageError(f"input {src.url} has {len(src.shape)} axes {src.shape}", "give a (z, y, x) or (channels, z, y, x) volume")
         if channels != cfg.network_in_channels:
-            raise ConfigError(f"the model takes {cfg.network_in_channels} input channel(s) but {src.url} has {channels}", "use the matching input or checkpoint")
+            raise ConfigError(
+                f"checkpoint {self.checkpoint} does not match the input: its model takes {cfg.network_in_channels} input channel(s) but {src.url} has {channels}",
+                f"give a checkpoint trained on {channels}-channel data (connectile train), or an input with {cfg.network_in_channels} channel(s)",
+            )
         if src.dtype.kind not in "uif" or src.dtype.kind == "i":
             raise StorageError(f"input {src.url} has dtype {src.dtype}", "give uint8, uint16 or float volumes (scaled to [0, 1])")
         div = cfg.divisor()
