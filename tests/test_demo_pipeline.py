@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -60,10 +61,7 @@ def test_tiny_pipeline_end_to_end_skip_rerun_and_person_review(tmp_path: Path) -
     assert [m["round"] for m in metrics] == [1, 2, 3]
     for m in metrics:
         assert 0.0 <= m["iou"] <= 1.0 and m["voi_split"] >= 0.0 and m["objects"] >= 0
-    report = (run_dir / "report.md").read_text()
-    for png in ("selection/picks.png", "metrics/metrics_per_round.png", "metrics/learning_curves.png", "train/loss.png"):
-        assert (run_dir / png).stat().st_size > 1000 and png in report
-    assert "neuroglancer" in report and "predict1.probability" in report
+    _check_report(run_dir, metrics, sel["boxes"])
 
     # a second run: everything done already
     again = run_pipeline(pipeline_config(cfg))
@@ -93,6 +91,52 @@ def test_tiny_pipeline_end_to_end_skip_rerun_and_person_review(tmp_path: Path) -
     assert [r.action for r in done] == ["ran"]
     answers = json.loads((run_dir / "review1" / "answers.json").read_text())
     assert answers["source"] == "person" and answers["reviewed"] == len(ids) and answers["accepted"] == len(ids)
+
+
+def _check_report(run_dir: Path, metrics: list[dict[str, Any]], boxes: list[dict[str, Any]]) -> None:
+    """The report: the metrics table per round (the metrics stage's numbers), the selection, learning
+    curves and metrics-per-round plots (real PNG files, embedded in their sections), and at the end a
+    neuroglancer link whose state shows the raw volume, the last prediction and objects, the selected
+    boxes and the last round's queried ROIs."""
+    import re
+    import urllib.parse
+
+    from PIL import Image
+
+    report = (run_dir / "report.md").read_text()
+    sections = {m.group(1): m.start() for m in re.finditer(r"^## (.+)$", report, re.M)}
+    assert list(sections)[:3] == ["Metrics per round", "The selection", "Learning curves"] and list(sections)[-1] == "Neuroglancer"
+    metrics_md = report[sections["Metrics per round"]:sections["The selection"]]
+    for m in metrics:
+        model = "base (train)" if m["round"] == 1 else f"fine-tuned x{m['round'] - 1}"
+        assert f"| {m['round']} | {model} | {m['iou']:.3f} | {m['dice']:.3f} |" in metrics_md
+    embedded = {"Metrics per round": "metrics/metrics_per_round.png", "The selection": "selection/picks.png", "Learning curves": "metrics/learning_curves.png"}
+    order = list(sections)
+    for title, png in embedded.items():
+        nxt = order[order.index(title) + 1]
+        assert f"]({png})" in report[sections[title]:sections[nxt]], title
+        with Image.open(run_dir / png) as im:
+            assert im.format == "PNG" and im.size[0] >= 200 and im.size[1] >= 150, (png, im.size)
+            assert len(np.unique(np.asarray(im.convert("L")))) > 10, png  # a drawn plot, not a blank canvas
+    for png in re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", report):
+        assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+
+    found = re.search(r"\]\((https://neuroglancer-demo\.appspot\.com/#!([^)]*))\)", report[sections["Neuroglancer"]:])
+    assert found is not None
+    state = json.loads(urllib.parse.unquote(found.group(2)))
+    shown = [la["name"] for la in state["layers"] if la.get("visible", True)]
+    assert shown == ["synth.raw", "predict3.probability", "label3.labels", "selected sub-volumes", "queried ROIs"]
+    layers = {la["name"]: la for la in state["layers"]}
+    assert layers["label3.labels"]["type"] == "segmentation" and layers["predict1.probability"]["visible"] is False
+    assert layers["synth.raw"]["source"]["url"] == "zarr2://http://127.0.0.1:9000/synth/synth.zarr/raw"
+    assert "embed.embeddings" not in layers  # a patch grid, not on the raw grid
+    got = [(a["pointA"], a["pointB"]) for a in layers["selected sub-volumes"]["annotations"]]
+    assert got == [([float(v) for v in b["start"]], [float(v) for v in b["stop"]]) for b in boxes]
+    from engine.active.query import read_queries
+
+    queried = read_queries(run_dir / "query2" / "rounds" / "round-01" / "queries.parquet")["roi_id"].tolist()
+    assert sorted(a["props"][0] for a in layers["queried ROIs"]["annotations"]) == sorted(int(i) for i in queried)
+    assert all(a["props"][2] in (0, 1) for a in layers["queried ROIs"]["annotations"])  # the oracle answered every one
 
 
 def test_real_data_missing_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -301,23 +302,27 @@ def test_affinities_objects_segment_and_report(tmp_path: Path) -> None:
     for link in ("report/stage_seconds.png", "report/preview.png"):
         assert f"]({link})" in text and (run / link).stat().st_size > 1000
 
-    # the neuroglancer link: one layer per zarr output, read from jobs/serve.py, which serves them with CORS
+    # the neuroglancer link (engine.view's state): the zarr outputs on the raw grid, read from jobs/serve.py, which serves them with CORS
     import socket
     import urllib.parse
     import urllib.request
 
-    url = next(ln for ln in text.splitlines() if "neuroglancer-demo" in ln).split("](")[1].rstrip(").")
+    found = re.search(r"\]\((https://neuroglancer-demo[^)]*)\)", text)
+    assert found is not None, text
+    url = found.group(1)
     state = json.loads(urllib.parse.unquote(url.split("#!", 1)[1]))
     layers = {la["name"]: la for la in state["layers"]}
     assert layers["segment.segmentation"]["type"] == "segmentation" and layers["synth.raw"]["type"] == "image"
-    assert layers["synth.raw"]["source"] == "zarr://http://127.0.0.1:9000/synth/synth.zarr/raw"
+    assert state["layers"][0]["name"] == "synth.raw" and "visible" not in state["layers"][0]
+    assert layers["synth.raw"]["source"]["url"] == "zarr2://http://127.0.0.1:9000/synth/synth.zarr/raw"
+    assert state["dimensions"]["z"] == [40e-9, "m"] and state["dimensions"]["x"] == [8e-9, "m"]  # the synthetic volume's voxel size
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, str(REPO / "jobs" / "serve.py"), str(run), "--port", str(port)], stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None and "serving" in server.stdout.readline()
-        src = layers["segment.segmentation"]["source"].replace(":9000", f":{port}").removeprefix("zarr://")
+        src = layers["segment.segmentation"]["source"]["url"].replace(":9000", f":{port}").removeprefix("zarr2://")
         with urllib.request.urlopen(f"{src}/.zarray", timeout=10) as resp:
             assert resp.headers["Access-Control-Allow-Origin"] == "*"
             assert json.loads(resp.read())["dtype"] == "<u8"

@@ -1,9 +1,12 @@
-"""``report``: ``RUN/report.md`` -- what each stage ran with and produced, its time, and the PNG plots
-of the run (every ``*.png`` under the run folder, plus a chart of the stage times and a preview of
-the first image volume with its labels drawn on it)."""
+"""``report``: ``RUN/report.md`` -- the metrics per round (the ``metrics`` stage's table and plot),
+the selection (picks and coverage plots), the learning curves, what each stage ran with and produced
+and its time, every other PNG plot of the run (plus a chart of the stage times and a preview of the
+raw volume with the objects drawn on it), and at the end a neuroglancer link to the outputs (built with
+:mod:`engine.view`; ``python jobs/serve.py RUN`` serves them)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,8 @@ import numpy as np
 from engine.config import Config
 from engine.pipeline.manifest import Manifest
 from engine.pipeline.stage import Stage, StageContext
+
+log = logging.getLogger(__name__)
 
 
 class ReportSection(Config):
@@ -36,49 +41,122 @@ class ReportStage(Stage):
         plots = ctx.dir
         _stage_times(done, plots / "stage_seconds.png")
         _preview(ctx.upstream, plots / "preview.png")
-        lines = [f"# {cfg.title}", "", f"Run folder: `{ctx.run_dir}`", "", "| stage | status | config hash | seconds | outputs |", "| --- | --- | --- | --- | --- |"]
+        run_dir = ctx.run_dir
+        lines = [f"# {cfg.title}", "", f"Run folder: `{run_dir}` ({len(done)} stages; `manifest.json` records each one's config hash and outputs).", ""]
+        shown: set[Path] = set()
+
+        def plot(path: Path, caption: str) -> list[str]:
+            if not path.is_file():
+                return []
+            shown.add(path.resolve())
+            rel = path.relative_to(run_dir).as_posix()
+            return [f"![{caption}]({rel})", "", f"*{caption}* (`{rel}`)" if caption != rel else f"`{rel}`", ""]
+
+        table = ctx.upstream.get("metrics", {}).get("table")
+        metrics_dir = Path(table).parent if table else None
+        if table and Path(table).is_file():
+            body = [ln for ln in Path(table).read_text().splitlines() if ln.startswith("|")]
+            lines += ["## Metrics per round", "", "Round r scores the model after r-1 fine-tunings against the ground truth.", "", *body, ""]
+            lines += plot(metrics_dir / "metrics_per_round.png", "metrics per round") if metrics_dir else []
+        sel = ctx.upstream.get("selection", {}).get("boxes")
+        if sel:
+            sel_dir = Path(sel).parent
+            pngs = [*plot(sel_dir / "picks.png", "the selected sub-volumes (picks)"), *plot(sel_dir / "coverage.png", "coverage gained per pick")]
+            if pngs:
+                lines += ["## The selection", "", *pngs]
+        curves = [*(plot(metrics_dir / "learning_curves.png", "learning curves: training loss and validation IoU, training then each fine-tuning")
+                    if metrics_dir else [])]
+        if not curves:
+            for stage in sorted(ctx.upstream):
+                hist = ctx.upstream[stage].get("history")
+                if hist:
+                    curves += plot(Path(hist).parent / "loss.png", f"{stage}: learning curve")
+        if curves:
+            lines += ["## Learning curves", "", *curves]
+
+        lines += ["## Stages", "", "| stage | status | config hash | seconds | outputs |", "| --- | --- | --- | --- | --- |"]
         for name, e in done.items():
             outs = "<br>".join(f"{k}: `{v}`" for k, v in e.get("outputs", {}).items())
             secs = e.get("seconds")
-            lines.append(f"| {name} | {e.get('status')} | `{e.get('hash')}` | {secs:.1f} | {outs} |" if secs is not None else f"| {name} | {e.get('status')} | `{e.get('hash')}` | | {outs} |")
-        link = neuroglancer_link(ctx.upstream, ctx.run_dir, cfg.serve_url, cfg.neuroglancer)
+            lines.append(f"| {name} | {e.get('status')} | `{e.get('hash')}` | {'' if secs is None else f'{secs:.1f}'} | {outs} |")
+        lines.append("")
+        rest = sorted(q for q in run_dir.rglob("*.png") if ".state" not in q.parts and q.resolve() not in shown)
+        if rest:
+            lines += ["## Other plots", ""]
+            for png in rest:
+                lines += plot(png, png.relative_to(run_dir).as_posix())
+        link = neuroglancer_link(ctx.upstream, run_dir, cfg.serve_url, cfg.neuroglancer)
         if link:
-            lines += ["", "## Neuroglancer", "", f"Serve the run folder: `python jobs/serve.py {ctx.run_dir} --port {cfg.serve_url.rsplit(':', 1)[-1]}`, then open",
-                      f"[the outputs in neuroglancer]({link}).", ""]
-        pngs = sorted(p for p in ctx.run_dir.rglob("*.png") if ".state" not in p.parts)
-        lines += ["", "## Plots", ""]
-        for png in pngs:
-            rel = png.relative_to(ctx.run_dir)
-            lines += [f"### {rel}", "", f"![{rel.stem}]({rel.as_posix()})", ""]
-        report = ctx.run_dir / "report.md"
+            port = cfg.serve_url.rsplit(":", 1)[-1]
+            lines += ["## Neuroglancer", "",
+                      f"Serve the run folder with `python jobs/serve.py {run_dir} --port {port}`, then open "
+                      f"[the outputs in neuroglancer]({link}) (raw, the last prediction and objects shown; the other rounds, the selected "
+                      "sub-volumes and the last round's queried ROIs as further layers). `connectile view` builds the same view of any run folder.", ""]
+        report = run_dir / "report.md"
         report.write_text("\n".join(lines) + "\n")
         return {"report": str(report)}
 
 
-#: output names shown as segmentation layers (the rest are images)
+#: output names shown as segmentation layers whatever their dtype (the rest: by dtype and name, see engine.view)
 _SEGMENTATIONS = ("labels", "segmentation", "neurons", "mito", "synapses")
 
 
-def neuroglancer_link(upstream: dict[str, dict[str, str]], run_dir: Path, serve_url: str, app: str) -> str | None:
-    """A neuroglancer URL with one layer per zarr volume output inside the run folder (images as
-    image layers, ids as segmentation layers), read from ``serve_url`` (``jobs/serve.py``)."""
-    import json
-    import urllib.parse
+def _round(stage: str) -> int:
+    digits = stage[len(stage.rstrip("0123456789")):]
+    return int(digits) if digits else 0
 
-    layers = []
+
+def neuroglancer_link(upstream: dict[str, dict[str, str]], run_dir: Path, serve_url: str, app: str) -> str | None:
+    """A neuroglancer URL (built with :mod:`engine.view`) for the volume outputs inside the run folder that
+    lie on the raw volume's grid, read from ``serve_url`` (``python jobs/serve.py RUN``): the raw image,
+    then the last round's prediction and objects (visible), then the other volumes (hidden), the
+    selected sub-volumes as boxes and the last query stage's ROIs as points (coloured by the review's
+    answers). None when the run has no volume to show."""
+    from engine.errors import StorageError
+    from engine.view import build_state, discover_run, volume_layer
+    from engine.view import neuroglancer_link as link_of
+    from engine.view.state import Layer
+
     root = run_dir.resolve()
+    found: list[tuple[str, str, Layer]] = []
     for stage, outs in upstream.items():
         for name, loc in outs.items():
             path = Path(loc.removeprefix("file://"))
             if ".zarr" not in loc or not path.is_absolute() or root not in path.resolve().parents:
                 continue
-            rel = path.resolve().relative_to(root).as_posix()
-            kind = "segmentation" if name in _SEGMENTATIONS else "image"
-            layers.append({"type": kind, "source": f"zarr://{serve_url.rstrip('/')}/{rel}", "name": f"{stage}.{name}", "visible": kind == "image" or name in ("labels", "segmentation")})
-    if not layers:
+            try:
+                found.append((stage, name, volume_layer(path, "segmentation" if name in _SEGMENTATIONS else None, name=f"{stage}.{name}")))
+            except StorageError as err:
+                log.warning("report: no neuroglancer layer for %s: %s", loc, err)
+    raw = next((x for x in found if x[1] == "raw"), None)
+    if raw is None:
         return None
-    state = {"layers": layers, "layout": "4panel"}
-    return f"{app.rstrip('/')}/#!" + urllib.parse.quote(json.dumps(state, separators=(",", ":")))
+    grid = raw[2].shape[-3:]
+    found = [x for x in found if x[2].shape[-3:] == grid and len(x[2].shape) - 3 <= 1 and (len(x[2].shape) == 3 or x[2].shape[0] <= 3)]
+
+    def last(kind: str) -> Layer | None:
+        cands = [x for x in found if x[2].kind == kind and x[0] != raw[0] and x[1] != "validation"]
+        return max(cands, key=lambda x: (_round(x[0]), x[0]))[2] if cands else None
+
+    visible = [raw[2], *(la for la in (last("prediction"), last("segmentation")) if la is not None)]
+    order = {"image": 0, "prediction": 1, "segmentation": 2}
+    layers = visible + sorted((x[2] for x in found if x[2] not in visible), key=lambda la: (order[la.kind], la.name))
+
+    def url_of(layer: Layer) -> str:
+        rel = Path(layer.source_path.removeprefix("file://")).resolve().relative_to(root).as_posix()
+        return f"{serve_url.rstrip('/')}/{rel}"
+
+    boxes: list[dict[str, Any]] = []
+    points: list[dict[str, Any]] = []
+    sel = upstream.get("selection", {}).get("boxes")
+    queries = sorted((s for s, o in upstream.items() if "rois" in o and Path(o["rois"]).is_dir()), key=lambda s: (_round(s), s))
+    if sel or queries:
+        view = discover_run(upstream[queries[-1]]["rois"] if queries else run_dir, raw=raw[2].url, selection=sel)
+        boxes, points = view.boxes, (view.points if queries else [])
+    state = build_state(layers, url_of=url_of, boxes=boxes, points=points, voxel_size=raw[2].voxel_size, shape=grid)
+    for layer_json in state["layers"][len(visible):len(layers)]:
+        layer_json["visible"] = False
+    return link_of(state, app)
 
 
 def _stage_times(entries: dict[str, dict[str, Any]], path: Path) -> None:
