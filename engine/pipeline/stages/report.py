@@ -177,13 +177,15 @@ def _stage_times(entries: dict[str, dict[str, Any]], path: Path) -> None:
 
 
 def _preview(upstream: dict[str, dict[str, str]], path: Path) -> None:
-    """The middle z-section of the first image (``raw``) with the first label volume's boundaries."""
+    """The middle z-section of the raw volume with the boundaries of the last round's objects (the
+    label volume of the highest-numbered stage; the annotated boxes only where there is no other)."""
     from engine.geometry import Box
     from engine.storage import open_volume
 
     outs = {f"{s}.{k}": v for s, o in upstream.items() for k, v in o.items()}
     raw = next((v for k, v in outs.items() if k.endswith(".raw")), None)
-    labels = next((v for k, v in outs.items() if k.endswith((".labels", ".segmentation"))), None)
+    found = [(k.split(".")[0], v) for k, v in outs.items() if k.endswith((".labels", ".segmentation"))]
+    labels = max(found, key=lambda x: (x[0] != "annotate", _round(x[0]), x[0]))[1] if found else None
     if raw is None:
         path.unlink(missing_ok=True)
         return
