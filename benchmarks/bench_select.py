@@ -88,15 +88,15 @@ def run_connectile(windows: Windows, x: np.ndarray, k: int, budget: int, knn: st
     return sel.picks, info, balls
 
 
-def bench_embed(shape_text: str) -> None:
+def bench_embed(shape_text: str, threads: int = 1, *, ray: bool = True) -> None:
     """Connectile's blockwise embedding vs the encoder's raw forward pass over the same patches.
 
     raw         all patches cut out beforehand (not timed) into one float32 array; the PatchEncoder
                 (default filters 28-36-48-64-80, random weights) in batches of 32 under inference_mode,
-                torch on 2 threads.
+                torch on ``--threads`` threads (1 by default: the machine is shared).
     connectile  ``embed_volume`` from the zarr volume to the embedding zarr: reading, patch cutting,
-                the same batches, writing, done-markers; serial backend (torch on 2 threads) and Ray
-                backend (2 workers x 1 thread; Ray start and actor start-up included).
+                the same batches, writing, done-markers; serial backend (torch on the same threads)
+                and Ray backend (2 workers x 1 thread; Ray start and actor start-up included).
     ratio       raw seconds / Connectile seconds (throughput fraction; goal >= 0.8).
     """
     import shutil
@@ -130,19 +130,21 @@ def bench_embed(shape_text: str) -> None:
         grid = PatchGrid(vol.shape, patch, stride)
         data = to_unit(vol)
         patches = np.stack([data[grid.patch_box(np.unravel_index(i, grid.shape)).to_slices()] for i in range(grid.size)])[:, None]
-        torch.set_num_threads(2)
+        torch.set_num_threads(threads)
+        with torch.inference_mode():  # one untimed batch: first-call costs go to neither side
+            enc(torch.from_numpy(patches[:32]))
         t = time.perf_counter()
         with torch.inference_mode():
             raw_out = np.concatenate([enc(torch.from_numpy(patches[s : s + 32])).numpy() for s in range(0, len(patches), 32)])
         raw_s = time.perf_counter() - t
         emit(embed="raw", patches=grid.size, patch=list(patch), seconds=round(raw_s, 2), patches_per_s=round(grid.size / raw_s, 1))
-        for backend, threads in (("serial", 2), ("ray", 1)):
+        for backend, nthreads in (("serial", threads), ("ray", 1))[: 2 if ray else 1]:
             out = os.path.join(tmp, f"emb_{backend}.zarr")
             t = time.perf_counter()
             if backend == "ray":
                 connect(num_cpus=2, dashboard=False)
             embed_volume(url, out, os.path.join(tmp, "enc"), patch=patch, stride=stride, block=(2, 8, 8), batch=32,
-                         backend=backend, workers=2 if backend == "ray" else 1, progress=False, threads=threads)  # type: ignore[arg-type]
+                         backend=backend, workers=2 if backend == "ray" else 1, progress=False, threads=nthreads)  # type: ignore[arg-type]
             sec = time.perf_counter() - t
             if backend == "ray":
                 shutdown()
@@ -166,6 +168,8 @@ def main() -> None:
     ap.add_argument("--hierarchical", action="store_true", help="also the hierarchical mode at the largest size")
     ap.add_argument("--embed", action="store_true", help="embedding throughput vs the raw forward pass")
     ap.add_argument("--embed-shape", default="24,256,256", help="volume for --embed (patches 8x64x64, stride 4x16x16)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the raw pass and the serial backend (--embed)")
+    ap.add_argument("--no-embed-ray", action="store_true", help="--embed: the serial backend only")
     args = ap.parse_args()
     emit(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(), python=platform.python_version(), k=args.k, budget=args.budget)
     ref_fit: tuple[int, float] | None = None
@@ -214,7 +218,7 @@ def main() -> None:
                  fine_s=round(sel.extra["fine_seconds"], 3), fine_population=sel.extra["fine_population"],
                  coverage_on_full_grid=full, flat_coverage=info["coverage"], flat_total_s=info["total_s"])
     if args.embed:
-        bench_embed(args.embed_shape)
+        bench_embed(args.embed_shape, args.threads, ray=not args.no_embed_ray)
 
 
 if __name__ == "__main__":

@@ -259,6 +259,15 @@ def test_export_and_import_labels_round_trip(tmp_path: Path, capsys: pytest.Capt
     assert [c["box"] for c in manifest["crops"]] == [b.to_dict() for b in boxes]
     assert np.array_equal(tifffile.imread(crops / "crop_001.tif"), raw[boxes[1].to_slices()])
     assert np.array_equal(open_volume(str(crops / "crop_000.zarr" / "raw")).read(Box.from_shape(boxes[0].shape)), raw[boxes[0].to_slices()])
+    # each crop carries its box and the voxel size, in the zarr attributes and in the TIFF's ImageJ metadata
+    zc = open_volume(str(crops / "crop_000.zarr" / "raw"))
+    assert zc.voxel_size == (40.0, 4.0, 4.0) and zc.attrs["box"] == boxes[0].to_dict()
+    with tifffile.TiffFile(crops / "crop_001.tif") as tif:
+        meta = tif.imagej_metadata or {}
+        assert meta["spacing"] == 40.0 and meta["unit"] == "nm"
+        assert tif.pages[0].tags["XResolution"].value == (1, 4) and tif.pages[0].tags["YResolution"].value == (1, 4)  # pixels per nm
+        assert json.loads(meta["Info"])["box"] == boxes[1].to_dict() and json.loads(meta["Info"])["voxel_size"] == [40.0, 4.0, 4.0]
+    assert [c["shape"] for c in manifest["crops"]] == [list(b.shape) for b in boxes] and manifest["voxel_size"] == [40.0, 4.0, 4.0]
     # annotators: crop 0 as zarr (with its box), crop 1 as TIFF
     lab0 = rng.integers(0, 5, size=boxes[0].shape).astype(np.uint32)
     lab1 = rng.integers(0, 5, size=boxes[1].shape).astype(np.uint16)
