@@ -88,7 +88,7 @@ def run_connectile(windows: Windows, x: np.ndarray, k: int, budget: int, knn: st
     return sel.picks, info, balls
 
 
-def bench_embed(shape_text: str, threads: int = 1, *, ray: bool = True) -> None:
+def bench_embed(shape_text: str, threads: int = 1, *, ray: bool = True, workers: int = 1) -> None:
     """Connectile's blockwise embedding vs the encoder's raw forward pass over the same patches.
 
     raw         all patches cut out beforehand (not timed) into one float32 array; the PatchEncoder
@@ -96,7 +96,8 @@ def bench_embed(shape_text: str, threads: int = 1, *, ray: bool = True) -> None:
                 torch on ``--threads`` threads (1 by default: the machine is shared).
     connectile  ``embed_volume`` from the zarr volume to the embedding zarr: reading, patch cutting,
                 the same batches, writing, done-markers; serial backend (torch on the same threads)
-                and Ray backend (2 workers x 1 thread; Ray start and actor start-up included).
+                and Ray backend (``--embed-workers`` actors x the same threads, 1 by default: the
+                raw pass's resources; Ray start and actor start-up included).
     ratio       raw seconds / Connectile seconds (throughput fraction; goal >= 0.8).
     """
     import shutil
@@ -138,20 +139,20 @@ def bench_embed(shape_text: str, threads: int = 1, *, ray: bool = True) -> None:
             raw_out = np.concatenate([enc(torch.from_numpy(patches[s : s + 32])).numpy() for s in range(0, len(patches), 32)])
         raw_s = time.perf_counter() - t
         emit(embed="raw", patches=grid.size, patch=list(patch), seconds=round(raw_s, 2), patches_per_s=round(grid.size / raw_s, 1))
-        for backend, nthreads in (("serial", threads), ("ray", 1))[: 2 if ray else 1]:
+        for backend in ("serial", "ray")[: 2 if ray else 1]:
             out = os.path.join(tmp, f"emb_{backend}.zarr")
             t = time.perf_counter()
             if backend == "ray":
-                connect(num_cpus=2, dashboard=False)
+                connect(num_cpus=max(2, workers * threads), dashboard=False)
             embed_volume(url, out, os.path.join(tmp, "enc"), patch=patch, stride=stride, block=(2, 8, 8), batch=32,
-                         backend=backend, workers=2 if backend == "ray" else 1, progress=False, threads=nthreads)  # type: ignore[arg-type]
+                         backend=backend, workers=workers if backend == "ray" else 1, progress=False, threads=threads)  # type: ignore[arg-type]
             sec = time.perf_counter() - t
             if backend == "ray":
                 shutdown()
             from engine.select.embeddings import load_embeddings
 
             emb = load_embeddings(out)[1]
-            emit(embed=f"connectile-{backend}", patches=grid.size, seconds=round(sec, 2), patches_per_s=round(grid.size / sec, 1),
+            emit(embed=f"connectile-{backend}", workers=workers if backend == "ray" else 1, threads=threads, patches=grid.size, seconds=round(sec, 2), patches_per_s=round(grid.size / sec, 1),
                  ratio=round(raw_s / sec, 2), max_abs_diff=float(np.abs(emb - raw_out).max()))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -170,6 +171,7 @@ def main() -> None:
     ap.add_argument("--embed-shape", default="24,256,256", help="volume for --embed (patches 8x64x64, stride 4x16x16)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the raw pass and the serial backend (--embed)")
     ap.add_argument("--no-embed-ray", action="store_true", help="--embed: the serial backend only")
+    ap.add_argument("--embed-workers", type=int, default=1, help="--embed: Ray actors (each on --threads threads)")
     args = ap.parse_args()
     emit(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(), python=platform.python_version(), k=args.k, budget=args.budget)
     ref_fit: tuple[int, float] | None = None
@@ -218,7 +220,7 @@ def main() -> None:
                  fine_s=round(sel.extra["fine_seconds"], 3), fine_population=sel.extra["fine_population"],
                  coverage_on_full_grid=full, flat_coverage=info["coverage"], flat_total_s=info["total_s"])
     if args.embed:
-        bench_embed(args.embed_shape, args.threads, ray=not args.no_embed_ray)
+        bench_embed(args.embed_shape, args.threads, ray=not args.no_embed_ray, workers=args.embed_workers)
 
 
 if __name__ == "__main__":
