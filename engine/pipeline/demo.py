@@ -30,11 +30,13 @@ DEFAULT_CHUNKS = (16, 128, 128)
 DEFAULT_ROUNDS = 2
 
 
-def _round_sections(r: int, raw: str, truth: str, truth_binary: bool, last: bool, window: list[int], block: list[int], target: str) -> dict[str, Any]:
+def _round_sections(
+    r: int, raw: str, truth: str, truth_binary: bool, last: bool, window: list[int], block: list[int], target: str, min_size: int = 50
+) -> dict[str, Any]:
     model = "train.checkpoint" if r == 1 else f"finetune{r - 1}.checkpoint"
     out: dict[str, Any] = {
         f"predict{r}": {"raw": raw, "checkpoint": model, "window": window, "overlap": 0.25, "block": block},
-        f"label{r}": {"input": f"predict{r}.probability", "threshold": 0.5, "connectivity": 6, "min_size": 50, "block": block},
+        f"label{r}": {"input": f"predict{r}.probability", "threshold": 0.5, "connectivity": 6, "min_size": min_size, "block": block},
         f"score{r}": {"probability": f"predict{r}.probability", "labels": f"label{r}.labels", "table": f"label{r}.table", "truth": truth,
                       "truth_binary": truth_binary, "target": target, "boundary": 2, "criterion": "iou"},
     }
@@ -72,6 +74,7 @@ def demo_config(
         embed = {"input": raw, "patch": [8, 64, 64], "stride": [8, 16, 16], "steps": 60}
         select = {"input": "embed.embeddings", "params": {"budget": 4, "k": 10, "window": [1, 3, 3], "methods": ["coverage", "random", "kcenter"]}}
         train: dict[str, Any] = {"steps": 200, "validate_every": 50}
+        min_size = 50
     else:
         cfg["ingest"] = {"raw": f"{lucchi}/Train_In", "labels": f"{lucchi}/Train_Out", "voxel_size": [5.0, 5.0, 5.0],
                          "chunks": [64, 256, 256], "labels_binarize": True}
@@ -79,7 +82,9 @@ def demo_config(
         window, block = [1, 256, 256], [64, 512, 512]
         embed = {"input": raw, "patch": [16, 128, 128], "stride": [32, 128, 128], "steps": 40, "crop": [1, 128, 128]}
         select = {"input": "embed.embeddings", "params": {"budget": 4, "k": 10, "window": [1, 2, 2], "methods": ["coverage", "random", "kcenter"]}}
-        train = {"steps": 300, "validate_every": 100, "crop": [1, 256, 256], "model": {"dims": 2, "filters": [8, 16, 32, 32], "input_kernel_xy": 3,
+        # objects under 5000 voxels (a 17^3 cube, 85 nm) are fragments, not mitochondria (median 160k voxels)
+        min_size = 5000
+        train = {"steps": 600, "validate_every": 200, "crop": [1, 256, 256], "model": {"dims": 2, "filters": [8, 16, 32, 32], "input_kernel_xy": 3,
                                                                                          "input_stride": 2},
                  "validation_roi": {"start": [0, 0, 0], "stop": [16, 768, 1024]}}
     cfg["embed"] = embed
@@ -88,7 +93,7 @@ def demo_config(
     cfg["train"] = {"raw": raw, "labels": "annotate.labels", "boxes": "annotate.boxes", "truth": "annotate.validation", **train,
                     "semi": {"box": [32, 32], "unlabelled": 0.2, "inter": 0.2, "labelled_mix": 1.0, "warmup_steps": 50, "rampup_steps": 50}}
     for r in range(1, rounds + 2):
-        cfg |= _round_sections(r, raw, truth, binary, last=r == rounds + 1, window=window, block=block, target=target)
+        cfg |= _round_sections(r, raw, truth, binary, last=r == rounds + 1, window=window, block=block, target=target, min_size=min_size)
     cfg["metrics"] = {f"round{r}": f"score{r}.metrics" for r in range(1, rounds + 2)} | {"train": "train.history"} | {
         f"finetune{r}": f"finetune{r}.history" for r in range(1, rounds + 1)}
     cfg["report"] = {"title": "Connectile demo" if lucchi is None else "Connectile demo (Lucchi++)"}
