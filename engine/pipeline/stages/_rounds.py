@@ -12,7 +12,7 @@ from __future__ import annotations
 from engine.pipeline.stage import Stage
 
 #: rounds that have stages (a config uses any prefix of them)
-MAX_ROUNDS = 3
+MAX_ROUNDS = 6
 
 
 def per_round(base: type[Stage], kind: str, order: int) -> dict[int, type[Stage]]:

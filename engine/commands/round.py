@@ -1,0 +1,65 @@
+"""``connectile round RUN``: one round of active learning on a run folder, resumably.
+
+predict -> label -> ROIs -> features -> query -> review -> fine-tune the model on the reviewed ROIs (a
+rejected ROI becomes background) -> predict again, with the round stages of the pipeline
+(``predict<n>`` ... ``finetune<n>``, ``predict<n+1>``). RUN is the folder of a ``connectile run`` or
+``connectile demo`` run whose config has model rounds (``predict1``, ``label1`` ...) and a finished
+model. Each round's state (queries, answers, checkpoint, metrics) stays in RUN (``manifest.json``,
+``RUN/rounds/round-NN.json``); an interrupted round resumes, finished steps are skipped.
+
+Examples::
+
+    connectile round runs/demo --oracle synth.neurons       # answers from the ground truth
+    connectile round runs/demo                              # stops at the queries: review them, then
+    connectile review runs/demo/query3                      #   (the command it prints)
+    connectile round runs/demo                              #   goes on from the answers
+    connectile round runs/demo --round 2 --oracle GT        # a given round (done already: skipped)
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``connectile round``."""
+    parser = subparsers.add_parser(
+        "round", help="run one round of active learning (query, review, fine-tune, predict) on a run folder",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dir", metavar="RUN", help="run folder of `connectile run` / `connectile demo` (config.yaml, manifest.json)")
+    parser.add_argument("--oracle", metavar="GT", default=None,
+                        help="answer the queries from this ground truth (a volume, or STAGE.OUTPUT such as synth.neurons); default: a person, on the review page")
+    parser.add_argument("--oracle-binary", action="store_true", help="the ground truth is a binary mask (its connected components are the objects)")
+    parser.add_argument("--round", type=int, default=None, help="round number (default: the first unfinished one)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key of the round's config, e.g. finetune3.steps=100")
+    parser.add_argument("--backend", choices=("ray", "serial"), default=None, help="override runtime.backend")
+    parser.add_argument("--workers", type=int, default=None, help="override runtime.workers")
+    parser.add_argument("--address", default=None, help="override runtime.address (Ray cluster)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the round and print one line per stage, then the round's summary."""
+    from engine.commands.run import overrides_from
+    from engine.pipeline.round import run_round, summary_lines
+
+    overrides = overrides_from(_with_run_dir_none(args))
+
+    def starting(name: str, i: int, n: int) -> None:
+        print(f"[{i}/{n}] {name} ...", flush=True)
+
+    res = run_round(args.run_dir, round_number=args.round, oracle=args.oracle, oracle_binary=args.oracle_binary, overrides=overrides, on_stage=starting)
+    for r in res.results:
+        print(r.line())
+    print("\n".join(summary_lines(res)))
+    return 0
+
+
+def _with_run_dir_none(args: argparse.Namespace) -> argparse.Namespace:
+    """``overrides_from`` reads ``args.run_dir`` as an override of the config's run folder; here RUN is the folder itself."""
+    ns = argparse.Namespace(**vars(args))
+    ns.run_dir = None
+    return ns

@@ -1,0 +1,13 @@
+"""Ray job entrypoint: the ``predict4`` stage of a pipeline config.
+
+    ray job submit --working-dir . -- python jobs/predict4.py --config jobs/configs/demo.yaml
+"""
+
+from __future__ import annotations
+
+import sys
+
+from _entry import main
+
+if __name__ == "__main__":
+    sys.exit(main("predict4"))
