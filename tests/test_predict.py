@@ -18,6 +18,7 @@ from engine.cli import main
 from engine.errors import ConfigError
 from engine.geometry import BlockGrid, Box
 from engine.infer import SlidingWindow, TorchPredictor, WindowGrid, aligned_write_shape, importance_map, transforms
+from engine.infer.predictor import fold_batchnorm
 from engine.models import ModelConfig, build_model, load_checkpoint, save_checkpoint
 from engine.ops.predict import PredictOp, predict_grid, predict_volume
 from engine.storage import create_volume, open_volume
@@ -151,6 +152,31 @@ def test_predictor_paths_channels_last_and_autocast() -> None:
     bf16 = SlidingWindow(TorchPredictor(net, activation="sigmoid", amp="bf16"), (4, 8, 8), 0.5, batch_size=4)(vol)
     np.testing.assert_allclose(cl, base, rtol=0, atol=1e-5)
     assert np.abs(bf16 - base).max() < 2e-2 and bf16.dtype == np.float32
+
+
+def test_folded_batch_norms_give_the_same_probabilities() -> None:
+    """The default CPU path (batch norms folded into the convolutions, channels-last) equals the plain
+    eval-mode U-Net with trained-looking norm statistics, whole volume and vs MONAI on the plain model."""
+    cfg = ModelConfig(filters=[4, 8], anisotropic_stages=1, norm="batch")
+    torch.manual_seed(2)
+    net = build_model(cfg).eval()
+    gen = torch.Generator().manual_seed(5)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    for bn in norms:  # a fresh norm is the identity: give it statistics so that the fold has work to do
+        c = bn.num_features
+        bn.running_mean.copy_(torch.rand(c, generator=gen) - 0.5)  # type: ignore[union-attr]
+        bn.running_var.copy_(torch.rand(c, generator=gen) + 0.5)  # type: ignore[union-attr]
+        bn.weight.data.copy_(torch.rand(c, generator=gen) + 0.5)
+        bn.bias.data.copy_(torch.rand(c, generator=gen) - 0.5)
+    folded, n = fold_batchnorm(net)
+    assert n == len(norms) > 0 and not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in net.modules())  # the caller's model is not changed
+    vol = _volume((6, 20, 20))
+    plain = SlidingWindow(TorchPredictor(net, fold_norms=False), WINDOW, 0.5, batch_size=2)(vol)
+    fast = SlidingWindow(TorchPredictor(net, channels_last=True), WINDOW, 0.5, batch_size=2)(vol)
+    np.testing.assert_allclose(fast, plain, rtol=0, atol=1e-5)
+    monai = _monai(vol, TorchPredictor(net, fold_norms=False), WINDOW, 0.5, 2)  # type: ignore[arg-type]
+    np.testing.assert_allclose(fast, monai, rtol=0, atol=1e-4)
 
 
 # -- the op on real stores: blockwise == whole == MONAI, serial and Ray --------------------------------

@@ -1,15 +1,23 @@
-"""Wrap a ``torch.nn.Module`` for inference: device, output activation, mixed precision, channels-last.
+"""Wrap a ``torch.nn.Module`` for inference: device, output activation, mixed precision, channels-last,
+batch norms folded into the convolutions before them.
 
-On a GPU, ``amp="bf16"`` (or ``"fp16"``) runs the forward pass under ``torch.autocast`` and
-``channels_last`` stores activations as NDHWC, which cuDNN's 3D convolutions prefer; on CPU both are
-off by default (the float32 path is the exact one) and can be switched on to measure them.
+On a GPU, ``amp="bf16"`` (or ``"fp16"``) runs the forward pass under ``torch.autocast``; it is off by
+default (the float32 path is the exact one). ``channels_last`` stores activations as NDHWC, which
+cuDNN's and oneDNN's 3D convolutions prefer. ``fold_norms`` folds each eval-mode batch norm into the
+convolution that feeds it (:func:`fold_batchnorm`): one pass over the activations less per layer, the
+same function up to float rounding (a few 1e-7 on the logits). With the fold, channels-last was ~15%
+less CPU time per window than the plain model on the 2-core test machine (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
 import logging
 
 import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from engine.errors import ConfigError
 from engine.infer.options import ACTIVATIONS, AMPS, Activation, Amp
@@ -24,6 +32,47 @@ def pick_device(device: str = "auto") -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} was asked for but no CUDA device is visible", "use --device cpu or auto")
     return torch.device(device)
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
+    return (
+        isinstance(conv, _CONVS) and isinstance(norm, nn.modules.batchnorm._BatchNorm) and not conv.training and not norm.training
+        and norm.track_running_stats and norm.running_mean is not None and norm.num_features == conv.out_channels
+    )
+
+
+def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
+    """A copy of the eval-mode ``model`` with each batch norm folded into the convolution feeding it
+    (the norm becomes ``Identity``), and how many were folded. Only pairs whose data flow is known are
+    folded: consecutive entries of an ``nn.Sequential`` and the ``conv1/norm1``, ``conv2/norm2`` pairs
+    of :class:`engine.models.blocks.ResidualBlock`; anything else is left as it is.
+
+    >>> m = nn.Sequential(nn.Conv3d(1, 2, 3), nn.BatchNorm3d(2), nn.ReLU()).eval()
+    >>> f, n = fold_batchnorm(m)
+    >>> n, type(f[1]).__name__
+    (1, 'Identity')
+    """
+    from engine.models.blocks import ResidualBlock
+
+    model = copy.deepcopy(model)
+    folded = 0
+    for mod in model.modules():
+        pairs: list[tuple[str, str]] = []
+        if isinstance(mod, nn.Sequential):
+            names = list(mod._modules)
+            pairs = list(itertools.pairwise(names))
+        elif isinstance(mod, ResidualBlock):
+            pairs = [("conv1", "norm1"), ("conv2", "norm2")]
+        for c, n in pairs:
+            conv, norm = mod._modules[c], mod._modules[n]
+            if conv is not None and norm is not None and _foldable(conv, norm):
+                mod._modules[c] = fuse_conv_bn_eval(conv, norm)  # type: ignore[arg-type,type-var]
+                mod._modules[n] = nn.Identity()
+                folded += 1
+    return model, folded
 
 
 class TorchPredictor:
@@ -42,6 +91,7 @@ class TorchPredictor:
         device: str | torch.device = "cpu",
         amp: Amp = "none",
         channels_last: bool = False,
+        fold_norms: bool = True,
         compile: bool = False,  # noqa: A002 - mirrors torch.compile
     ) -> None:
         if activation not in ACTIVATIONS:
@@ -53,6 +103,10 @@ class TorchPredictor:
         self.amp: Amp = amp
         self.channels_last = channels_last
         model = model.to(self.device).eval()
+        if fold_norms:
+            model, folded = fold_batchnorm(model)
+            if folded:
+                log.debug("folded %d batch norm(s) into their convolutions", folded)
         if channels_last:
             model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
         self.model: torch.nn.Module = torch.compile(model) if compile else model  # type: ignore[assignment]

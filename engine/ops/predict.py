@@ -90,7 +90,10 @@ class PredictOp(BlockOp):
     #: test machine: activations fall out of cache), 8 on a GPU
     batch_size: int | None = Field(default=None, exclude=True)
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", exclude=True)
+    #: NDHWC activations (None: on; with the folded norms ~10% less CPU time per window on the test machine)
     channels_last: bool | None = Field(default=None, exclude=True)
+    #: fold batch norms into their convolutions (same output up to float rounding, ~1e-7)
+    fold_norms: bool = Field(default=True, exclude=True)
     threads: int | None = Field(default=None, exclude=True)
     prefetch: bool = Field(default=True, exclude=True)
     overwrite: bool = Field(default=False, exclude=True)
@@ -173,8 +176,8 @@ class PredictOp(BlockOp):
         activation: Activation = getattr(model, "output_activation", "sigmoid")
         if activation not in ACTIVATIONS:
             raise ConfigError(f"the model's output activation {activation!r} is not supported", f"use one of {', '.join(ACTIVATIONS)}")
-        channels_last = dev.type == "cuda" if self.channels_last is None else self.channels_last
-        predictor = TorchPredictor(model, activation=activation, device=dev, amp=self.amp, channels_last=channels_last)
+        channels_last = True if self.channels_last is None else self.channels_last
+        predictor = TorchPredictor(model, activation=activation, device=dev, amp=self.amp, channels_last=channels_last, fold_norms=self.fold_norms)
         self._in = open_volume(self.input)
         self._out = open_volume(self.output, mode="r+")
         self._windows = self.windows(self._in.spatial_shape)
