@@ -11,6 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +123,42 @@ def test_failure_after_the_query_step_resumes_without_redoing_it(run: str, capsy
     assert m.stages["query2"] == query  # not run again
     assert m.stages["review2"]["attempts"] == 2 and all(m.stages[s]["status"] == "done" for s in NEW)
     assert _queries(run, 2) == queries
+    assert json.loads((Path(run) / "rounds" / "round-02.json").read_text())["status"] == "done"
+
+
+def test_round_killed_in_finetuning_resumes_without_redoing_query_and_review(run: str) -> None:
+    """A real crash: the round's process is SIGKILLed while it fine-tunes (a long run of steps)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "engine.cli", "round", run, "--oracle", "synth.neurons", "--no-progress", "--set", "finetune2.steps=100000"]
+    log = open("round.log", "w")  # noqa: SIM115 (closed below; a pipe could fill up and block the child)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            e = Manifest(run).entry("finetune2") if (Path(run) / "manifest.json").exists() else None
+            if e is not None and e["status"] == "running":
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, f"the round ended before fine-tuning: {Path('round.log').read_text()[-2000:]}"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    m = Manifest(run)
+    assert m.stages["finetune2"]["status"] == "running" and "predict3" not in m.stages
+    assert json.loads((Path(run) / "rounds" / "round-02.json").read_text())["status"] == "running"
+    query, review = dict(m.stages["query2"]), dict(m.stages["review2"])
+    assert query["status"] == review["status"] == "done"
+
+    # the round's config (with its --set) is in RUN/config.yaml now: the usual steps need --set again
+    assert "100000" in (Path(run) / "config.yaml").read_text()
+    assert main(["round", run, "--oracle", "synth.neurons", "--no-progress", "--set", "finetune2.steps=4"]) == 0
+    m = Manifest(run)
+    assert m.stages["query2"] == query and m.stages["review2"] == review  # finished steps: not run again
+    assert m.stages["finetune2"]["attempts"] == 2 and all(m.stages[s]["status"] == "done" for s in NEW)
     assert json.loads((Path(run) / "rounds" / "round-02.json").read_text())["status"] == "done"
 
 
