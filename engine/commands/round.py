@@ -33,7 +33,7 @@ def add_parser(subparsers: Any) -> None:
                         help="answer the queries from this ground truth (a volume, or STAGE.OUTPUT such as synth.neurons); default: a person, on the review page")
     parser.add_argument("--oracle-binary", action="store_true", help="the ground truth is a binary mask (its connected components are the objects)")
     parser.add_argument("--round", type=int, default=None, help="round number (default: the first unfinished one)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key of the round's config, e.g. finetune3.steps=100")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key of the round's config, e.g. finetune3.steps=100 (kept in RUN/config.yaml: a rerun keeps it unless set again)")
     parser.add_argument("--backend", choices=("ray", "serial"), default=None, help="override runtime.backend")
     parser.add_argument("--workers", type=int, default=None, help="override runtime.workers")
     parser.add_argument("--address", default=None, help="override runtime.address (Ray cluster)")
