@@ -8,13 +8,16 @@
 Same model (the papers' base residual SE U-Net of ``engine.models``, default ``ModelConfig``, random
 weights, eval mode, sigmoid output), same window, overlap 0.5 and Gaussian blending on both sides:
 
-connectile  ``predict_volume(..., backend="ray", workers=2, threads=1)``: zarr in, uint8 zarr out,
+connectile  ``predict_volume(..., backend="ray", workers=2, threads=1)`` (default forward: folded norms,
+            channels-last; MONAI gets the model as it is): zarr in, uint8 zarr out,
             blocks aligned to the stride grid (2 blocks); Ray's cluster start reported apart.
 monai       ``sliding_window_inference`` on the volume already in memory (float32 tensor), torch
             threads 2, ``sw_batch_size`` 1 (MONAI's default; batch 1 is also the fastest on this CPU),
             under ``torch.inference_mode``; full-volume float output.
 limit       the raw forward throughput of the model on non-overlapping windows (batch 1) with 2 torch
-            threads in one process, and with 1 thread (times 2: two workers' ideal on two free cores).
+            threads in one process, and with 1 thread (times 2: two workers' ideal on two free cores);
+            then, alternating per window at 1 thread, the plain model vs Connectile's default forward
+            (batch norms folded into the convolutions, channels-last 3D), wall and CPU seconds.
 
 Each side runs in a fresh child process (this script with ``--child``); peak memory is the VmHWM of the
 MONAI process, and for Connectile the peak of the summed RSS of the driver and the Ray actors (sampled,
@@ -101,6 +104,26 @@ def child_limit(p: dict[str, Any]) -> dict[str, Any]:
             dt = time.perf_counter() - t0
         out[f"threads{threads}_vox_s"] = len(windows) * wz * wy * wx / dt
         out[f"threads{threads}_s_per_window"] = dt / len(windows)
+    # Connectile's default forward (batch norms folded, channels-last) vs the plain model, 1 thread,
+    # alternating per window; CPU time per window as well (less sensitive to other jobs on the cores)
+    from engine.infer import TorchPredictor
+
+    plain = TorchPredictor(model, fold_norms=False, channels_last=False)
+    fused = TorchPredictor(model)  # the defaults predict uses
+    x0 = torch.zeros(1, 1, wz, wy, wx)
+    plain(x0), fused(x0)
+    wall = {"plain": 0.0, "fused": 0.0}
+    cpu = {"plain": 0.0, "fused": 0.0}
+    for z, y, x in windows:
+        x_t = torch.from_numpy(raw[z : z + wz, y : y + wy, x : x + wx].astype("float32") / 255)[None, None]
+        for name, pred in (("plain", plain), ("fused", fused)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            pred(x_t)
+            wall[name] += time.perf_counter() - t0
+            cpu[name] += time.process_time() - c0
+    for name in wall:
+        out[f"threads1_{name}_s_per_window"] = wall[name] / len(windows)
+        out[f"threads1_{name}_cpu_s_per_window"] = cpu[name] / len(windows)
     return out
 
 
@@ -226,6 +249,7 @@ def main() -> int:
         "monai_peak_mib": monai["vmhwm"] / MIB, "connectile_peak_mib": conn["peak"]["work_rss"] / MIB,
         "connectile_peak_pss_mib": conn["peak"]["work_pss"] / MIB, "max_abs_diff_uint8_vs_monai": diff,
         "cluster_start_s": conn["cluster_start_s"],
+        "fused_over_plain_cpu_1thread": limit["threads1_fused_cpu_s_per_window"] / limit["threads1_plain_cpu_s_per_window"],
     }
     print(json.dumps({"summary": summary}), flush=True)
     print(
@@ -235,6 +259,8 @@ def main() -> int:
         f"monai      {monai_vs / 1e3:8.1f} kvox/s  ({monai['run_s']:.1f} s)  = {summary['monai_over_limit']:.2f} of the limit   peak {summary['monai_peak_mib']:.0f} MiB\n"
         f"connectile {conn_vs / 1e3:8.1f} kvox/s  ({conn['run_s']:.1f} s)  = {summary['connectile_over_limit']:.2f} of the limit   "
         f"peak {summary['connectile_peak_mib']:.0f} MiB RSS ({summary['connectile_peak_pss_mib']:.0f} MiB PSS), driver + 2 workers\n"
+        f"per window, 1 thread: plain {limit['threads1_plain_s_per_window']:.2f} s ({limit['threads1_plain_cpu_s_per_window']:.2f} s CPU), "
+        f"folded norms + channels-last {limit['threads1_fused_s_per_window']:.2f} s ({limit['threads1_fused_cpu_s_per_window']:.2f} s CPU)\n"
         f"connectile / monai = {summary['connectile_over_monai']:.2f}x (goal 1.2x); outputs differ by at most {diff:.4f} (uint8 step 0.0039)"
     )
     return 0
