@@ -101,19 +101,20 @@ class TorchPredictor:
         self.device = torch.device(device)
         self.activation: Activation = activation
         self.amp: Amp = amp
-        self.channels_last = channels_last
+        # channels-last 3D (NDHWC) only applies to 3D convolutions: a 2D or 2.5D model keeps its layout
+        self.channels_last = channels_last and any(isinstance(m, torch.nn.Conv3d) for m in model.modules())
         model = model.to(self.device).eval()
         if fold_norms:
             model, folded = fold_batchnorm(model)
             if folded:
                 log.debug("folded %d batch norm(s) into their convolutions", folded)
-        if channels_last:
+        if self.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
         self.model: torch.nn.Module = torch.compile(model) if compile else model  # type: ignore[assignment]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, torch.float32, non_blocking=True)
-        if self.channels_last:
+        if self.channels_last and x.dim() == 5:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.inference_mode():
             if self.amp != "none":
