@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import create_model
 
 from engine.config import Config, apply_overrides, parse_config, read_yaml
@@ -169,7 +170,10 @@ def run_pipeline(
         raise ConfigError(f"run_dir {str(run_dir)!r} is a file", "choose a folder")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        # stages the config leaves out are not written: a section that is null here would be an unknown key
+        # for a process where that stage is not registered (e.g. a stage a plugin or a test registers)
+        sections = {k: v for k, v in cfg.model_dump(mode="json").items() if v is not None}
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(sections, sort_keys=False))
     except OSError as err:
         raise StorageError(f"cannot write the run folder {str(run_dir)!r}: {err.strerror or err}", "choose a writable run_dir") from err
     manifest = Manifest(run_dir)
