@@ -3,7 +3,16 @@
 
     .venv/bin/python benchmarks/quality_active.py --quick                  # a smoke run (minutes)
     .venv/bin/python benchmarks/quality_active.py --shape 16,1536,1536     # synthetic, ~400 ROIs
-    .venv/bin/python benchmarks/quality_active.py --data lucchi            # Lucchi++ mitochondria (../shared/data)
+    .venv/bin/python benchmarks/quality_active.py --data lucchi --lucchi-slices 165 --smooth 4 --threshold 0.8 --seeds 0,1,2
+    .venv/bin/python benchmarks/quality_active.py --data cardona-mito --smooth 2 --threshold 0.7 --seeds 0,1,2
+    .venv/bin/python benchmarks/quality_active.py --data cardona-syn --smooth 2 --threshold 0.7 --seeds 0,1,2
+    .venv/bin/python benchmarks/quality_active.py --shape 16,2688,2688 --feature-dtype float16 --seeds 0,1,2  # ~1,000 ROIs
+
+Data: a synthetic volume (``engine.synth``, every axon tries a mitochondrion), Lucchi++ mitochondria
+(training half, ``--lucchi-slices``, ``--lucchi-downsample``), cardona_vnc stack 1 mitochondria or
+synapses (``--cardona-downsample``; the binary label PNGs mix modes '1' and 'L' and are binarised per
+slice). cardona's synapse labels have no polarity (no pre-synaptic map), so its synapse ROIs are aligned
+by PCA only, not with the pre-synaptic side on the left.
 
 Set-up. The base model is a deliberately weak pixel classifier (:mod:`engine.active.pixel`) trained on
 the surroundings of two mitochondria in the left half of the volume. Its probability map is labelled
@@ -26,7 +35,12 @@ half are candidates, those in the right half the test set. Two rounds, each with
 reviewed ROIs (accepted: foreground, rejected: background), predict and label again, extract the new ROIs.
 Printed: ROI accuracy on the right half after each round. Two-stream tunes E_u after round 1.
 
-One JSON line per measurement; a PNG of both protocols in ``--out``.
+``--seeds`` repeats both protocols per run seed (VAE training, k-means, triplet sampling, queries) on the
+same proposals and prints mean ± std per method (``random`` averages ``--repeats`` draws inside each
+seed). ``--smooth`` / ``--threshold`` shape the proposals (an in-plane Gaussian on the probability map, the
+cut-off); ``--feature-dtype float16`` computes the filter bank slab by slab into half the memory.
+
+One JSON line per measurement; a PNG of both protocols, the JSON rows and a markdown table in ``--out``.
 """
 
 from __future__ import annotations
@@ -85,21 +99,67 @@ def lucchi(out: Path, zslices: int, downsample: int) -> tuple[str, str, bool]:
     return f"{out}/data.zarr/raw", f"{out}/data.zarr/mito", True
 
 
+def cardona(out: Path, kind: str, downsample: int) -> tuple[str, str, bool]:
+    """cardona_vnc stack 1: raw TIFF slices; ``kind`` (mitochondria or synapses) from the binary label folder,
+    whose PNGs mix modes '1' and 'L' (binarised per slice: '1' -> nonzero, 'L' -> > 127). The synapse
+    labels carry no polarity (no pre-synaptic map), so synapse ROIs are aligned by PCA only."""
+    from PIL import Image
+
+    from engine.storage import create_volume
+    from engine.storage.slices import natural_sorted
+
+    d = ROOT.parent / "shared" / "data" / "cardona_vnc" / "stack1"
+    if not d.is_dir():
+        raise SystemExit(f"{d} is absent: the real data sets are not on this machine")
+    imgs = natural_sorted([str(p) for p in (d / "raw").iterdir() if p.suffix in (".tif", ".tiff")])
+    labs = natural_sorted([str(p) for p in (d / kind).iterdir() if p.suffix == ".png"])
+    if len(imgs) != len(labs):
+        raise SystemExit(f"{len(imgs)} raw slices but {len(labs)} {kind} slices in {d}")
+    s = downsample
+    raw = np.stack([np.asarray(Image.open(p).convert("L"))[::s, ::s] for p in imgs])
+    gt = np.stack([binarise(Image.open(p))[::s, ::s] for p in labs]).astype(np.uint8)
+    for name, arr in (("raw", raw), ("gt", gt)):
+        v = create_volume(f"{out}/data.zarr/{name}", arr.shape, arr.dtype, (arr.shape[0], 128, 128), overwrite=True)
+        v.write(v.box, arr)
+    return f"{out}/data.zarr/raw", f"{out}/data.zarr/gt", True
+
+
+def binarise(im: Any) -> np.ndarray:
+    """One binary label slice: mode '1' is already boolean; 'L' (anti-aliased 0..255) is foreground above 127."""
+    a = np.asarray(im)
+    return a > 0 if im.mode == "1" else np.asarray(im.convert("L")) > 127
+
+
 # -- the weak base model and its proposals -----------------------------------------------------------
+def features_by_slab(raw: np.ndarray, dtype: np.dtype, slab: int = 2) -> np.ndarray:
+    """The filter bank of :mod:`engine.active.pixel`, ``slab`` z-slices at a time into one array of
+    ``dtype`` (its filters are 2D, per slice, so slabs give the same features; float16 halves the
+    memory that made a 16 x 4096 x 4096 volume too big)."""
+    from engine.active.pixel import filter_bank
+
+    z, y, x = raw.shape
+    first = filter_bank(raw[:1])
+    out = np.empty((z * y * x, first.shape[1]), dtype)
+    for i in range(0, z, slab):
+        out[i * y * x : min(z, i + slab) * y * x] = filter_bank(raw[i : i + slab])
+    return out
+
+
 class World:
     """The volume, its features, the base model's initial labels and helpers to predict and score."""
 
-    def __init__(self, out: Path, raw_url: str, gt_url: str, gt_binary: bool, min_size: int, roi_size: int, max_samples: int) -> None:
+    def __init__(self, out: Path, raw_url: str, gt_url: str, gt_binary: bool, min_size: int, roi_size: int, max_samples: int,
+                 feature_dtype: str = "float32", threshold: float = 0.5, smooth: float = 0.0) -> None:
         import cc3d
 
-        from engine.active.pixel import filter_bank
         from engine.storage import open_volume
 
         self.out, self.raw_url, self.gt_url, self.gt_binary, self.min_size, self.roi_size = out, raw_url, gt_url, gt_binary, min_size, roi_size
+        self.threshold, self.smooth = threshold, smooth
         raw_v = open_volume(raw_url)
         self.shape = raw_v.spatial_shape
         self.gt = open_volume(gt_url).read(raw_v.box)
-        self.feats = filter_bank(raw_v.read(raw_v.box))
+        self.feats = features_by_slab(raw_v.read(raw_v.box), np.dtype(feature_dtype))
         comp = cc3d.connected_components(self.gt > 0)
         st = cc3d.statistics(comp)
         half = self.shape[2] // 2
@@ -125,10 +185,14 @@ class World:
         if tag == "base" and (run / "rois" / "rois.json").exists():  # made by an earlier process: reuse it
             return self._result(run)
         p = PixelClassifier().fit(self.feats, idx, y).predict(self.feats, self.shape)
+        if self.smooth > 0:  # in-plane smoothing: fewer fragments and fewer merges through thin gaps
+            from scipy import ndimage as ndi
+
+            p = ndi.gaussian_filter(p, (0, self.smooth, self.smooth))
         pv = create_volume(f"{self.out}/pred.zarr/prob_{tag}", self.shape, "uint8", (self.shape[0], 128, 128), overwrite=True)
         pv.write(pv.box, np.rint(p * 255).astype(np.uint8))
         cc, table = f"{self.out}/pred.zarr/cc_{tag}", self.out / f"objects_{tag}.parquet"
-        label_volume(pv.url, cc, threshold=0.5, min_size=self.min_size, table=table, block=(self.shape[0], 512, 512),
+        label_volume(pv.url, cc, threshold=self.threshold, min_size=self.min_size, table=table, block=(self.shape[0], 512, 512),
                      chunks=(self.shape[0], 128, 128), progress=False, overwrite=True)
         extract_rois(run, cc, self.raw_url, table, size=self.roi_size, block=(self.shape[0], 512, 512), progress=False, overwrite=True)
         return self._result(run)
@@ -144,14 +208,14 @@ class World:
 
 
 # -- features --------------------------------------------------------------------------------------
-def feature_config(args: argparse.Namespace) -> Any:
+def feature_config(args: argparse.Namespace, seed: int = 0) -> Any:
     from engine.active.features import FeatureConfig, VaeConfig
 
     hidden = (16, 32, 64, 128) if args.roi_size >= 64 else (16, 32)
     return FeatureConfig(
         image_patches=args.patches, device="auto",
-        mask=VaeConfig(latent_dim=16, hidden_dims=hidden, input_size=args.roi_size, epochs=args.epochs, batch_size=32),
-        image=VaeConfig(latent_dim=args.image_latent, hidden_dims=hidden, input_size=args.roi_size, epochs=args.epochs, batch_size=32),
+        mask=VaeConfig(latent_dim=16, hidden_dims=hidden, input_size=args.roi_size, epochs=args.epochs, batch_size=32, seed=seed),
+        image=VaeConfig(latent_dim=args.image_latent, hidden_dims=hidden, input_size=args.roi_size, epochs=args.epochs, batch_size=32, seed=seed),
     )
 
 
@@ -171,7 +235,8 @@ def nearest_clusters(feats: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     return np.argmin(d, axis=1)
 
 
-def protocol_a(world: World, p0: dict[str, Any], f: dict[str, np.ndarray], ratios: list[float], args: argparse.Namespace) -> list[dict[str, Any]]:
+def protocol_a(world: World, p0: dict[str, Any], f: dict[str, np.ndarray], ratios: list[float], args: argparse.Namespace,
+               run_seed: int = 0) -> list[dict[str, Any]]:
     from engine.active.propagation import accuracy, full_clusters, propagate, random_expected_accuracy
     from engine.active.query import suggest
     from engine.active.triplet import TripletConfig, triplet_finetune
@@ -180,14 +245,14 @@ def protocol_a(world: World, p0: dict[str, Any], f: dict[str, np.ndarray], ratio
     scores = p0["index"]["score"]
     rows = []
     initial = float(truth.mean())
-    emit(protocol="A", rois=n, initial_accuracy=initial)
+    emit(protocol="A", seed=run_seed, rois=n, initial_accuracy=initial)
     for ratio in ratios:
         budget = max(2, round(ratio * n))
         m = 2
         n_top = max(1, budget // m)
         for method in METHODS_A:
             t0 = time.perf_counter()
-            seeds = range(args.repeats) if method == "random" else range(1)
+            seeds = range(run_seed * 1000, run_seed * 1000 + (args.repeats if method == "random" else 1))
             accs = []
             for seed in seeds:
                 if method == "hierarchical+active":
@@ -200,7 +265,7 @@ def protocol_a(world: World, p0: dict[str, Any], f: dict[str, np.ndarray], ratio
                     e_u = load_vae(p0["run"] / "features" / "image_vae.pt")
                     ids = np.asarray(sorted(ans), np.int64)
                     triplet_finetune(e_u, read_crops(p0["run"], "image", ids), np.array([ans[i] for i in ids.tolist()]),
-                                     TripletConfig(steps=args.triplet_steps, batch_size=32, lr=1e-4))
+                                     TripletConfig(steps=args.triplet_steps, batch_size=32, lr=1e-4, seed=seed))
                     fi = encode(e_u, read_crops(p0["run"], "image"))
                     s = suggest("hierarchical", f["mask"], fi, n_clusters=max(1, n_top - half), n_sub=m, reviewed=set(ans), seed=seed)
                     ans.update({int(r): bool(truth[r]) for r in s.roi_id})
@@ -215,7 +280,7 @@ def protocol_a(world: World, p0: dict[str, Any], f: dict[str, np.ndarray], ratio
                     ans = {int(r): bool(truth[r]) for r in s.roi_id}
                     clusters = full_clusters(s.assignment, s.candidates, n)
                 accs.append(accuracy(propagate(clusters, ans, n), truth))
-            rec = {"protocol": "A", "ratio": ratio, "budget": len(ans), "method": method, "accuracy": float(np.mean(accs)),
+            rec = {"protocol": "A", "seed": run_seed, "ratio": ratio, "initial": initial, "budget": len(ans), "method": method, "accuracy": float(np.mean(accs)),
                    "accuracy_sd": float(np.std(accs)), "seconds": time.perf_counter() - t0}
             if method == "random":
                 rec["expected"] = random_expected_accuracy(initial, budget, n)
@@ -225,7 +290,7 @@ def protocol_a(world: World, p0: dict[str, Any], f: dict[str, np.ndarray], ratio
 
 
 # -- protocol B --------------------------------------------------------------------------------------
-def protocol_b(world: World, p0: dict[str, Any], f0: dict[str, np.ndarray], args: argparse.Namespace) -> list[dict[str, Any]]:
+def protocol_b(world: World, p0: dict[str, Any], f0: dict[str, np.ndarray], args: argparse.Namespace, run_seed: int = 0) -> list[dict[str, Any]]:
     from engine.active.features import load_vae
     from engine.active.finetune import targets_from_answers
     from engine.active.query import suggest
@@ -235,7 +300,7 @@ def protocol_b(world: World, p0: dict[str, Any], f0: dict[str, np.ndarray], args
 
     rows = []
     test0 = float(p0["truth"][~p0["train"]].mean())
-    emit(protocol="B", round=0, method="base", test_accuracy=test0, test_rois=int((~p0["train"]).sum()), train_rois=int(p0["train"].sum()))
+    emit(protocol="B", seed=run_seed, round=0, method="base", test_accuracy=test0, test_rois=int((~p0["train"]).sum()), train_rois=int(p0["train"].sum()))
     budget = max(2, round(args.budget * int(p0["train"].sum())))
     for method in args.methods_b.split(","):
         t0 = time.perf_counter()
@@ -248,7 +313,8 @@ def protocol_b(world: World, p0: dict[str, Any], f0: dict[str, np.ndarray], args
             base = "hierarchical" if method == "hierarchical+active" else method
             m = 2
             s = suggest(base, f["mask"], f["image"], n_clusters=max(1, budget // m) if base == "hierarchical" else budget,
-                        n_sub=m if base == "hierarchical" else 1, budget=budget, reviewed=not_train, scores=cur["index"]["score"], seed=rnd)
+                        n_sub=m if base == "hierarchical" else 1, budget=budget, reviewed=not_train, scores=cur["index"]["score"],
+                        seed=run_seed * 10 + rnd)
             ans = {int(r): bool(cur["truth"][r]) for r in s.roi_id}
             labels_url = read_meta(cur["run"])["params"]["labels"]
             lab = open_volume(labels_url).read(open_volume(labels_url).box)
@@ -258,12 +324,12 @@ def protocol_b(world: World, p0: dict[str, Any], f0: dict[str, np.ndarray], args
             if method == "hierarchical+active" and rnd == 1:
                 ids = np.asarray(sorted(ans), np.int64)
                 triplet_finetune(e_u, read_crops(cur["run"], "image", ids), np.array([ans[i] for i in ids.tolist()]),
-                                 TripletConfig(steps=args.triplet_steps, batch_size=32, lr=1e-4))
+                                 TripletConfig(steps=args.triplet_steps, batch_size=32, lr=1e-4, seed=run_seed))
             cur = world.predict(f"{method}_{args.budget:g}_{rnd}", idx, y)
             f = encode_run(cur["run"], p0["run"], image_vae=e_u)
             acc = float(cur["truth"][~cur["train"]].mean()) if (~cur["train"]).any() else float("nan")
             accs.append(acc)
-            rec = {"protocol": "B", "round": rnd, "method": method, "budget": budget, "accepted": int(sum(ans.values())),
+            rec = {"protocol": "B", "seed": run_seed, "round": rnd, "base": test0, "method": method, "budget": budget, "accepted": int(sum(ans.values())),
                    "test_accuracy": acc, "test_rois": int((~cur["train"]).sum()), "test_true": int(cur["truth"][~cur["train"]].sum()),
                    "seconds": time.perf_counter() - t0}
             emit(**rec)
@@ -271,7 +337,47 @@ def protocol_b(world: World, p0: dict[str, Any], f0: dict[str, np.ndarray], args
     return rows
 
 
-def plot(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]], path: Path) -> None:
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and (population) standard deviation over seeds."""
+    v = np.asarray(values, float)
+    return float(v.mean()), float(v.std())
+
+
+def fmt(values: list[float]) -> str:
+    m, sd = mean_sd(values)
+    return f"{m:.3f} ± {sd:.3f}" if len(values) > 1 else f"{m:.3f}"
+
+
+def summary(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]) -> str:
+    """Markdown tables, mean ± std over seeds: protocol A (ratio x method), protocol B (method x round)."""
+    lines = []
+    if rows_a:
+        ratios = sorted({r["ratio"] for r in rows_a})
+        methods = [m for m in METHODS_A if any(r["method"] == m for r in rows_a)]
+        seeds = sorted({r["seed"] for r in rows_a})
+        init = {r["seed"]: r["initial"] for r in rows_a}
+        lines += [f"Protocol A, {len(seeds)} seed(s), initial accuracy {fmt(list(init.values()))}; budget = mean reviews", "",
+                  "| ratio | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
+        for ratio in ratios:
+            cells = []
+            for m in methods:
+                rs = [r for r in rows_a if r["ratio"] == ratio and r["method"] == m]
+                cells.append(f"{fmt([r['accuracy'] for r in rs])} ({np.mean([r['budget'] for r in rs]):.0f})")
+            lines.append(f"| {ratio * 100:.1f}% | " + " | ".join(cells) + " |")
+        lines.append("")
+    if rows_b:
+        methods = list(dict.fromkeys(r["method"] for r in rows_b))
+        base = {r["seed"]: r["base"] for r in rows_b}
+        lines += [f"Protocol B, base test accuracy {fmt(list(base.values()))}", "",
+                  "| method | budget/round | round 1 | round 2 |", "| --- | --- | --- | --- |"]
+        for m in methods:
+            r1 = [r for r in rows_b if r["method"] == m and r["round"] == 1]
+            r2 = [r for r in rows_b if r["method"] == m and r["round"] == 2]
+            lines.append(f"| {m} | {r1[0]['budget']} | {fmt([r['test_accuracy'] for r in r1])} | {fmt([r['test_accuracy'] for r in r2])} |")
+    return "\n".join(lines)
+
+
+def plot(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]], path: Path, title: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -279,21 +385,25 @@ def plot(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]], path: Path)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for method in METHODS_A:
-        pts = [(r["ratio"] * 100, r["accuracy"]) for r in rows_a if r["method"] == method]
-        if pts:
-            axes[0].plot(*zip(*pts, strict=True), marker="o", label=method)
+        ratios = sorted({r["ratio"] for r in rows_a if r["method"] == method})
+        if ratios:
+            ms = [mean_sd([r["accuracy"] for r in rows_a if r["method"] == method and r["ratio"] == q]) for q in ratios]
+            axes[0].errorbar([q * 100 for q in ratios], [m for m, _ in ms], yerr=[sd for _, sd in ms], marker="o", capsize=2, label=method)
     axes[0].set_xlabel("annotation ratio (%)")
     axes[0].set_ylabel("label-propagation accuracy")
     axes[0].set_title("protocol A (Table 2)")
     axes[0].legend(fontsize=7)
     for method in METHODS_B:
-        pts = [(r["round"], r["test_accuracy"]) for r in rows_b if r["method"] == method]
-        if pts:
-            axes[1].plot(*zip(*pts, strict=True), marker="o", label=method)
+        if any(r["method"] == method for r in rows_b):
+            ms = [mean_sd([r["base"] for r in rows_b if r["method"] == method and r["round"] == 1])]
+            ms += [mean_sd([r["test_accuracy"] for r in rows_b if r["method"] == method and r["round"] == k]) for k in (1, 2)]
+            axes[1].errorbar([0, 1, 2], [m for m, _ in ms], yerr=[sd for _, sd in ms], marker="o", capsize=2, label=method)
     axes[1].set_xlabel("round")
     axes[1].set_ylabel("ROI accuracy (test half)")
     axes[1].set_title("protocol B (Table 1)")
     axes[1].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -301,12 +411,17 @@ def plot(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]], path: Path)
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", choices=("synthetic", "lucchi"), default="synthetic")
+    ap.add_argument("--data", choices=("synthetic", "lucchi", "cardona-mito", "cardona-syn"), default="synthetic")
     ap.add_argument("--shape", default="16,1024,1024", help="synthetic volume z,y,x")
-    ap.add_argument("--seed", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=4, help="synthetic volume")
+    ap.add_argument("--seeds", default="0", help="comma-separated run seeds: VAE training, k-means, triplets, queries; mean ± std per method")
+    ap.add_argument("--cardona-downsample", type=int, default=2)
+    ap.add_argument("--feature-dtype", default="float32", choices=("float32", "float16"), help="filter-bank features (float16: half the memory)")
     ap.add_argument("--lucchi-slices", type=int, default=40)
     ap.add_argument("--lucchi-downsample", type=int, default=2)
     ap.add_argument("--min-size", type=int, default=20)
+    ap.add_argument("--threshold", type=float, default=0.5, help="proposals: components of (smoothed) probability > this")
+    ap.add_argument("--smooth", type=float, default=0.0, help="in-plane Gaussian sigma on the probability map before thresholding")
     ap.add_argument("--roi-size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--patches", type=int, default=2000)
@@ -337,20 +452,32 @@ def main() -> int:
     if args.data == "synthetic":
         shape = tuple(int(v) for v in args.shape.split(","))
         raw, gt, binary = synthetic(out, (shape[0], shape[1], shape[2]), args.seed)
-    else:
+    elif args.data == "lucchi":
         raw, gt, binary = lucchi(out, args.lucchi_slices, args.lucchi_downsample)
-    world = World(out, raw, gt, binary, args.min_size, args.roi_size, args.max_samples)
+    else:
+        raw, gt, binary = cardona(out, "mitochondria" if args.data == "cardona-mito" else "synapses", args.cardona_downsample)
+    world = World(out, raw, gt, binary, args.min_size, args.roi_size, args.max_samples, args.feature_dtype,
+                  args.threshold, args.smooth)
     p0 = world.predict("base", world.init_idx, world.init_y)
+    emit(stage="proposals", rois=int(p0["truth"].size), correct=int(p0["truth"].sum()), train=int(p0["train"].sum()),
+         shape=list(world.shape), seconds=time.perf_counter() - t0)
     from engine.active.features import compute_features
 
-    f0 = compute_features(p0["run"], feature_config(args), progress=False)
-    emit(stage="setup", rois=int(p0["truth"].size), seconds=time.perf_counter() - t0)
     ratios = [float(r) for r in args.ratios.split(",")]
-    rows_a = [] if args.skip_a else protocol_a(world, p0, f0, ratios, args)
-    rows_b = [] if args.skip_b else protocol_b(world, p0, f0, args)
+    rows_a: list[dict[str, Any]] = []
+    rows_b: list[dict[str, Any]] = []
     tag = "" if not args.skip_a else f"_b_{args.methods_b.replace(',', '_')}_{args.budget:g}"
-    plot(rows_a, rows_b, out / f"quality_active{tag}.png")
-    (out / f"quality_active{tag}.json").write_text(json.dumps({"A": rows_a, "B": rows_b}, indent=1, default=float))
+    for seed in (int(v) for v in args.seeds.split(",")):
+        t1 = time.perf_counter()
+        f0 = compute_features(p0["run"], feature_config(args, seed), progress=False)
+        emit(stage="features", seed=seed, rois=int(p0["truth"].size), seconds=time.perf_counter() - t1)
+        rows_a += [] if args.skip_a else protocol_a(world, p0, f0, ratios, args, seed)
+        rows_b += [] if args.skip_b else protocol_b(world, p0, f0, args, seed)
+        (out / f"quality_active{tag}.json").write_text(json.dumps({"A": rows_a, "B": rows_b}, indent=1, default=float))
+    plot(rows_a, rows_b, out / f"quality_active{tag}.png", f"{args.data}: {p0['truth'].size} ROIs, seeds {args.seeds}")
+    table = summary(rows_a, rows_b)
+    (out / f"quality_active{tag}.md").write_text(table + "\n")
+    print(table, flush=True)
     emit(stage="done", seconds=time.perf_counter() - t0, plot=str(out / f"quality_active{tag}.png"))
     return 0
 
