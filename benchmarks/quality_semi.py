@@ -2,9 +2,14 @@
 """Label-efficient training on real EM: supervised only vs spatial mixing vs contrastive pretraining.
 
     .venv/bin/python benchmarks/quality_semi.py --minutes 1 --seeds 0,1,2          # both data sets
-    .venv/bin/python benchmarks/quality_semi.py --datasets lucchi --minutes 3 --out /tmp/qs
+    .venv/bin/python benchmarks/quality_semi.py --datasets lucchi --minutes 4 --out /tmp/qs
+    .venv/bin/python benchmarks/quality_semi.py --merge /tmp/qs /tmp/qs2 --out DIR  # summary + plot of several runs
 
-Same labels and the same wall-clock training time for the three methods (per data set and seed):
+Same labels and the same training time for the three methods (per data set and seed). The time is
+``--clock cpu`` by default: the CPU time of this process (``time.process_time()``; torch runs
+``--threads`` threads, 1 by default, so it is the compute the method got), which keeps the budget equal
+when other jobs share the machine and the wall-clock time a minute buys varies; ``--clock wall`` measures
+wall-clock time instead. Every row records both, the steps made and the load average before and after.
 
 * ``supervised``: the supervised loss on the labelled crops only (the semi-supervised trainer with every
   mixing weight 0, so the loss is exactly the one the other two start from).
@@ -21,8 +26,13 @@ Data sets (from ``../shared/data``; nothing is copied into the repository):
 * ``flyem``: FlyEM medulla sample 2 (250^3, 10 nm isotropic), dense neuron labels. Training region
   z < 190; ``--flyem-boxes`` labelled sub-volumes of 24 x 96 x 96 voxels at fixed places in it (the same
   for every method and seed); every other voxel of the region is unlabelled. Test: z >= 200. A 3D
-  isotropic affinity U-Net; scores after watershed fragments + mean agglomeration at 0.5: VOI split +
-  merge (bits) and adapted Rand error, gt 0 ignored, on the central 50 x 192 x 192 voxels of z >= 200.
+  isotropic affinity U-Net trained with class-rebalanced BCE (no Dice; positive = connected affinities
+  weighted by ``(1 - f) / f``, ``f`` their share in the labelled boxes, as in quality_flyem.py: the plain
+  loss learns "everything connected" in a CPU budget) and no elastic / misalignment / missing-section
+  augmentation; scores after watershed fragments + mean agglomeration at 0.5: VOI split + merge (bits)
+  and adapted Rand error, gt 0 ignored, on the central 50 x 192 x 192 voxels of z >= 200; also the mean
+  predicted affinity and the balanced accuracy of the affinities (mean over z, y, x) there, which show
+  whether a model left the "everything connected" regime.
 * ``lucchi``: Lucchi++ training half (165 x 768 x 1024, ~5 nm), mitochondria, downsampled 2x in-plane
   (mean of 2x2 pixels; labels by majority) to fit this CPU. Training slices z < 125, of which 5% (6
   slices, evenly spaced) are labelled; test slices z >= 125 (every 2nd). A 2D mask U-Net; IoU at 0.5.
@@ -37,11 +47,13 @@ import argparse
 import glob
 import gzip
 import json
+import os
 import re
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,12 +135,17 @@ def setup(name: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             "data": {"raw": raw_url, "labels": lab_url, "boxes": str(tmp / "flyem_boxes.json"), "roi": {"start": [0, 0, 0], "stop": [train_z, 250, 250]}, "unlabelled": [{"raw": raw_url, "roi": {"start": [0, 0, 0], "stop": [train_z, 250, 250]}}]},
             "crop": [16, 64, 64],
             "batch_size": 2,
+            "augment": {"elastic": 0.0, "misalign": 0.0, "missing_section": 0.0},
+            "loss": {"bce": 1.0, "dice": 0.0},
+            "sampling": {"reject_empty": 0.0, "pos_weight": "none"},
             "semi": {"box": [36, 36]},
             "contrastive": {"labels": "instances", "stride": [2, 4, 4], "block": [8, 32, 32], "temperature": 0.1},
         }
+        f = positive_share(cfg)
+        cfg["sampling"]["pos_weight"] = (1 - f) / f  # class-rebalanced BCE (quality_flyem.py)
         labelled = int(sum(np.prod(np.subtract(b["stop"], b["start"])) for b in boxes))
         test = (slice(test_z, 250), slice(29, 221), slice(29, 221))  # 50 x 192 x 192, to keep the scoring cheap
-        return {"cfg": cfg, "test_raw": raw[test].astype(np.float32) / 255.0, "test_gt": gt[test], "window": [32, 96, 96], "labelled_voxels": labelled, "train_voxels": train_z * 250 * 250}
+        return {"cfg": cfg, "test_raw": raw[test].astype(np.float32) / 255.0, "test_gt": gt[test], "window": [32, 96, 96], "labelled_voxels": labelled, "train_voxels": train_z * 250 * 250, "positive_share": f}
     raw, lab = load_lucchi()
     train_z, test_z = 125, 125
     raw_url, lab_url = write(f"{tmp}/lucchi.zarr/raw", raw), write(f"{tmp}/lucchi.zarr/mito", lab)
@@ -148,7 +165,25 @@ def setup(name: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     return {"cfg": cfg, "test_raw": raw[test_z::2].astype(np.float32) / 255.0, "test_gt": lab[test_z::2] > 0, "window": None, "labelled_slices": zs, "train_slices": train_z}
 
 
+def positive_share(base: dict[str, Any]) -> float:
+    """The share of positive (connected) affinity targets among the labelled voxels of the boxes."""
+    from engine.config import parse_config
+    from engine.learn import TrainConfig
+    from engine.learn.sampler import CropSampler
+
+    d = json.loads(json.dumps(base))
+    d.pop("semi")
+    d.pop("contrastive")
+    d.update({"output": tempfile.mkdtemp(prefix="quality_semi_f_"), "steps": 1})
+    return float(CropSampler(parse_config(TrainConfig, d)).foreground_fraction())
+
+
 # -- training under a time budget -------------------------------------------------------------------------
+
+
+def make_clock(kind: str) -> Callable[[], float]:
+    """``cpu``: this process's CPU time (all its threads); ``wall``: wall-clock time."""
+    return time.process_time if kind == "cpu" else time.perf_counter
 
 
 def make_cfg(base: dict[str, Any], method: str, seed: int, out: Path, args: argparse.Namespace, warmup: int = 0) -> Any:
@@ -169,7 +204,7 @@ def make_cfg(base: dict[str, Any], method: str, seed: int, out: Path, args: argp
     return parse_config(TrainConfig, d)
 
 
-def timed_pretrain(cfg: Any, seconds: float) -> dict[str, Any]:
+def timed_pretrain(cfg: Any, seconds: float, now: Callable[[], float]) -> dict[str, Any]:
     """:func:`engine.learn.contrastive.pretrain` under a time budget instead of a step count."""
     import torch
 
@@ -181,7 +216,7 @@ def timed_pretrain(cfg: Any, seconds: float) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     unet = build_model(cfg.model)
     sampler = CropSampler(cfg)
-    t0 = time.perf_counter()
+    t0 = now()
     record: dict[str, list[float]] = {}
     if c.simclr is not None:
         from engine.learn.semi import UnlabelledSource
@@ -192,7 +227,7 @@ def timed_pretrain(cfg: Any, seconds: float) -> dict[str, Any]:
         opt_g = torch.optim.Adam(net_g.parameters(), lr=c.simclr.lr)
         record["simclr"] = []
         step = 0
-        while time.perf_counter() - t0 < seconds / 3:
+        while now() - t0 < seconds / 3:
             rng = np.random.default_rng([cfg.seed, step, 0x5C1])
             views = [two_views(unl.draw(rng), cfg.augment, rng) for _ in range(c.simclr.batch_size)]
             loss = nt_xent(net_g(torch.from_numpy(np.stack([v[0] for v in views]))), net_g(torch.from_numpy(np.stack([v[1] for v in views]))), c.simclr.temperature)
@@ -206,7 +241,7 @@ def timed_pretrain(cfg: Any, seconds: float) -> dict[str, Any]:
     size = c.batch_size or cfg.batch_size
     losses: list[float] = []
     step = 0
-    while time.perf_counter() - t0 < seconds:
+    while now() - t0 < seconds:
         x1, x2, lab = contrastive_batch(sampler, cfg, np.random.default_rng([cfg.seed, step, 0xC0]), size)
         emb = net(torch.cat([x1, x2]))
         loss = local_contrastive_loss([emb[:size], emb[size:]], lab, c.temperature, c.stride, c.block, c.background_anchors)
@@ -223,13 +258,13 @@ def timed_pretrain(cfg: Any, seconds: float) -> dict[str, Any]:
     return {"pretrain_steps": step, "simclr_steps": len(record.get("simclr", [])), "contrastive_loss_first": losses[0] if losses else None, "contrastive_loss_last": losses[-1] if losses else None}
 
 
-def timed_fit(cfg: Any, seconds: float) -> tuple[Any, dict[str, Any]]:
+def timed_fit(cfg: Any, seconds: float, now: Callable[[], float]) -> tuple[Any, dict[str, Any]]:
     from engine.learn.semi import build_trainer
 
     trainer = build_trainer(cfg)
-    t0 = time.perf_counter()
+    t0 = now()
     last: dict[str, float] = {}
-    while time.perf_counter() - t0 < seconds:
+    while now() - t0 < seconds:
         last = trainer.step(trainer.batch_fn(trainer.step_count, 0))
     return trainer.model, {"steps": trainer.step_count, "last": {k: round(v, 5) for k, v in last.items()}}
 
@@ -265,7 +300,25 @@ def evaluate(name: str, model: Any, data: dict[str, Any], cfg: Any) -> dict[str,
         return {"iou": round(float(jaccard(prob[0] > 0.5, data["test_gt"])), 4)}
     seg = segment(prob)
     split, merge = voi(seg, data["test_gt"])
-    return {"voi_split": round(split, 4), "voi_merge": round(merge, 4), "voi": round(split + merge, 4), "arand": round(float(adapted_rand(seg, data["test_gt"]).error), 4)}
+    return {"voi_split": round(split, 4), "voi_merge": round(merge, 4), "voi": round(split + merge, 4), "arand": round(float(adapted_rand(seg, data["test_gt"]).error), 4),
+            "segments": len(np.unique(seg[seg > 0])), "mean_affinity": round(float(prob.mean()), 4), "balanced_accuracy": balanced_accuracy(prob, data["test_gt"])}
+
+
+def balanced_accuracy(prob: np.ndarray, gt: np.ndarray) -> float:
+    """Mean over the z, y, x affinities of the balanced accuracy at 0.5 against the plain ground-truth
+    affinities (1 where a voxel and its predecessor have the same non-zero body; pairs touching gt 0 ignored)."""
+    out = []
+    for k in range(3):
+        sl_a = tuple(slice(1, None) if a == k else slice(None) for a in range(3))
+        sl_b = tuple(slice(None, -1) if a == k else slice(None) for a in range(3))
+        a, b = gt[sl_a], gt[sl_b]
+        known = (a != 0) & (b != 0)
+        t = (a == b)[known]
+        p = prob[k][sl_a][known] >= 0.5
+        tpr = float((p & t).sum()) / max(int(t.sum()), 1)
+        tnr = float((~p & ~t).sum()) / max(int((~t).sum()), 1)
+        out.append((tpr + tnr) / 2)
+    return round(float(np.mean(out)), 4)
 
 
 # -- the run ----------------------------------------------------------------------------------------------
@@ -273,26 +326,33 @@ def evaluate(name: str, model: Any, data: dict[str, Any], cfg: Any) -> dict[str,
 
 def run_dataset(name: str, args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     data = setup(name, tmp, args)
-    budget = args.minutes * 60.0
+    budget = (args.flyem_minutes if name == "flyem" and args.flyem_minutes is not None else args.minutes) * 60.0
+    if name == "lucchi" and args.lucchi_minutes is not None:
+        budget = args.lucchi_minutes * 60.0
+    now = make_clock(args.clock)
     rows = []
     for seed in args.seeds:
         sup_steps = 0
-        for method in METHODS:
+        for method in args.methods:
             out = tmp / f"{name}-{method}-{seed}"
             cfg = make_cfg(data["cfg"], method, seed, out, args, warmup=int(args.warmup * sup_steps))
-            t0 = time.perf_counter()
+            load0 = round(os.getloadavg()[0], 2)
+            t0, w0, c0 = now(), time.perf_counter(), time.process_time()
             info: dict[str, Any] = {}
             fit_seconds = budget
             if method == "contrastive":
-                info |= timed_pretrain(cfg, args.pretrain * budget)
-                fit_seconds = budget - (time.perf_counter() - t0)
-            model, fit = timed_fit(cfg, fit_seconds)
-            train_s = time.perf_counter() - t0
+                info |= timed_pretrain(cfg, args.pretrain * budget, now)
+                fit_seconds = budget - (now() - t0)
+            model, fit = timed_fit(cfg, fit_seconds, now)
+            train_wall, train_cpu = time.perf_counter() - w0, time.process_time() - c0
             if method == "supervised":
                 sup_steps = fit["steps"]
             t1 = time.perf_counter()
             score = evaluate(name, model, data, cfg)
-            row = {"dataset": name, "method": method, "seed": seed, "train_s": round(train_s, 1), "eval_s": round(time.perf_counter() - t1, 1), **fit, **info, **score}
+            row = {"dataset": name, "method": method, "seed": seed, "clock": args.clock, "budget_s": budget, "train_s": round(train_wall, 1), "train_cpu_s": round(train_cpu, 1),
+                   "eval_s": round(time.perf_counter() - t1, 1), "load_before": load0, "load_after": round(os.getloadavg()[0], 2), **fit, **info, **score}
+            if "positive_share" in data:
+                row["positive_share"], row["pos_weight"] = round(data["positive_share"], 4), round(cfg.sampling.pos_weight, 4)
             if method == "mixing":
                 row["warmup_steps"] = cfg.semi.warmup_steps
             print(json.dumps(row), flush=True)
@@ -303,7 +363,7 @@ def run_dataset(name: str, args: argparse.Namespace, tmp: Path) -> list[dict[str
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for r in rows:
-        metrics = [k for k in ("iou", "voi", "voi_split", "voi_merge", "arand") if k in r]
+        metrics = [k for k in ("iou", "voi", "voi_split", "voi_merge", "arand", "balanced_accuracy", "mean_affinity") if k in r]
         d = out.setdefault(r["dataset"], {}).setdefault(r["method"], {m: [] for m in (*metrics, "steps")})
         for m in (*metrics, "steps"):
             d[m].append(r[m])
@@ -338,7 +398,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", default="flyem,lucchi")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (at least 3 for the report)")
-    p.add_argument("--minutes", type=float, default=2.0, help="training time of each method per data set and seed")
+    p.add_argument("--minutes", type=float, default=4.0, help="training time of each method per data set and seed (CPU or wall minutes, see --clock)")
+    p.add_argument("--flyem-minutes", type=float, default=None, help="FlyEM only: its own budget instead of --minutes")
+    p.add_argument("--lucchi-minutes", type=float, default=None, help="Lucchi++ only: its own budget instead of --minutes")
+    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="cpu: the budget is this process's CPU time (default); wall: wall-clock time")
+    p.add_argument("--merge", nargs="+", default=None, metavar="DIR", help="only merge the results.json of these --out folders into --out (summary and plot)")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of supervised,mixing,contrastive (mixing's warm-up needs supervised before it)")
     p.add_argument("--warmup", type=float, default=0.3, help="mixing: supervised warm-up steps as a share of the supervised run's steps")
     p.add_argument("--pretrain", type=float, default=0.35, help="contrastive: share of the time spent pretraining")
     p.add_argument("--simclr", action="store_true", help="contrastive: a global SimCLR stage first (a third of the pretraining time)")
@@ -348,18 +413,30 @@ def main() -> int:
     p.add_argument("--out", default="benchmarks/results/quality_semi")
     args = p.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.methods = [m for m in args.methods.split(",") if m]
+    if not set(args.methods) <= set(METHODS):
+        p.error(f"--methods: choose among {METHODS}")
+    out = Path(args.out)
+    if args.merge:
+        merged = [r for d in args.merge for r in json.loads((Path(d) / "results.json").read_text())]
+        return report(merged, args, out)
     import torch
 
     torch.set_num_threads(args.threads)
     if not DATA.is_dir():
         print(f"the real data sets are not at {DATA}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="quality_semi_") as tmp:
         for name in args.datasets.split(","):
             rows += run_dataset(name, args, Path(tmp))
+            (out / "results.json").write_text(json.dumps(rows, indent=1))
+    return report(rows, args, out)
+
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     summary = summarise(rows)
     (out / "summary.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items()}, "summary": summary}, indent=1))
