@@ -74,7 +74,13 @@ def emit(**rec: Any) -> None:
 def synthetic(out: Path, shape: tuple[int, int, int], seed: int) -> tuple[str, str, bool]:
     from engine.synth import synthesize
 
-    synthesize(out / "data.zarr", shape, seed=seed, chunks=(shape[0], 128, 128), progress=False, mito_probability=1.0)
+    stamp, want = out / "synthetic.json", {"shape": list(shape), "seed": seed}
+    if not (stamp.exists() and json.loads(stamp.read_text()) == want):  # else made by an earlier process: reuse it
+        import shutil
+
+        shutil.rmtree(out / "run_base", ignore_errors=True)  # proposals of another volume
+        synthesize(out / "data.zarr", shape, seed=seed, chunks=(shape[0], 128, 128), progress=False, mito_probability=1.0, overwrite=True)
+        stamp.write_text(json.dumps(want))
     return f"{out}/data.zarr/raw", f"{out}/data.zarr/mito", False
 
 
@@ -230,6 +236,14 @@ def encode_run(run: Path, source: Path, mask_vae: Any = None, image_vae: Any = N
 
 
 # -- protocol A --------------------------------------------------------------------------------------
+def balanced_accuracy(labels: np.ndarray, truth: np.ndarray) -> float:
+    """Mean of the recalls of correct and of wrong ROIs: 0.5 for labelling every ROI alike, whatever the
+    share of correct ROIs (plain accuracy rewards "reject all" with 1 - share when few are correct)."""
+    labels, truth = np.asarray(labels, bool), np.asarray(truth, bool)
+    rec = [float((labels[truth == c] == c).mean()) for c in (True, False) if (truth == c).any()]
+    return float(np.mean(rec))
+
+
 def nearest_clusters(feats: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     d = np.linalg.norm(feats[:, None, :] - feats[chosen][None], axis=-1)
     return np.argmin(d, axis=1)
@@ -253,7 +267,7 @@ def protocol_a(world: World, p0: dict[str, Any], f: dict[str, np.ndarray], ratio
         for method in METHODS_A:
             t0 = time.perf_counter()
             seeds = range(run_seed * 1000, run_seed * 1000 + (args.repeats if method == "random" else 1))
-            accs = []
+            accs, bals = [], []
             for seed in seeds:
                 if method == "hierarchical+active":
                     half = max(1, n_top // 2)
@@ -279,9 +293,12 @@ def protocol_a(world: World, p0: dict[str, Any], f: dict[str, np.ndarray], ratio
                     s = suggest(method, f["mask"], f["image"], n_clusters=k[0], n_sub=k[1], seed=seed)
                     ans = {int(r): bool(truth[r]) for r in s.roi_id}
                     clusters = full_clusters(s.assignment, s.candidates, n)
-                accs.append(accuracy(propagate(clusters, ans, n), truth))
+                labels = propagate(clusters, ans, n)
+                accs.append(accuracy(labels, truth))
+                bals.append(balanced_accuracy(labels, truth))
             rec = {"protocol": "A", "seed": run_seed, "ratio": ratio, "initial": initial, "budget": len(ans), "method": method, "accuracy": float(np.mean(accs)),
-                   "accuracy_sd": float(np.std(accs)), "seconds": time.perf_counter() - t0}
+                   "accuracy_sd": float(np.std(accs)),
+                   "balanced": float(np.mean(bals)), "seconds": time.perf_counter() - t0}
             if method == "random":
                 rec["expected"] = random_expected_accuracy(initial, budget, n)
             emit(**rec)
@@ -356,7 +373,8 @@ def summary(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]) -> str:
         methods = [m for m in METHODS_A if any(r["method"] == m for r in rows_a)]
         seeds = sorted({r["seed"] for r in rows_a})
         init = {r["seed"]: r["initial"] for r in rows_a}
-        lines += [f"Protocol A, {len(seeds)} seed(s), initial accuracy {fmt(list(init.values()))}; budget = mean reviews", "",
+        lines += [f"Protocol A, {len(seeds)} seed(s), initial accuracy {fmt(list(init.values()))} (all rejected: "
+                  f"{1 - np.mean(list(init.values())):.3f}); accuracy (mean reviews)", "",
                   "| ratio | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
         for ratio in ratios:
             cells = []
@@ -365,6 +383,13 @@ def summary(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]) -> str:
                 cells.append(f"{fmt([r['accuracy'] for r in rs])} ({np.mean([r['budget'] for r in rs]):.0f})")
             lines.append(f"| {ratio * 100:.1f}% | " + " | ".join(cells) + " |")
         lines.append("")
+        if all("balanced" in r for r in rows_a):
+            lines += ["Protocol A, balanced accuracy (mean recall of correct and wrong ROIs; 0.5 = all labelled alike)", "",
+                      "| ratio | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
+            for ratio in ratios:
+                cells = [fmt([r["balanced"] for r in rows_a if r["ratio"] == ratio and r["method"] == m]) for m in methods]
+                lines.append(f"| {ratio * 100:.1f}% | " + " | ".join(cells) + " |")
+            lines.append("")
     if rows_b:
         methods = list(dict.fromkeys(r["method"] for r in rows_b))
         base = {r["seed"]: r["base"] for r in rows_b}
