@@ -19,11 +19,13 @@ from engine.errors import ConfigError
 from engine.geometry import BlockGrid, Box
 from engine.infer import SlidingWindow, TorchPredictor, WindowGrid, aligned_write_shape, importance_map, transforms
 from engine.infer.predictor import fold_batchnorm
+from engine.infer.windows import WindowOwnership
 from engine.models import ModelConfig, build_model, load_checkpoint, save_checkpoint
-from engine.ops.predict import PredictOp, predict_grid, predict_volume
+from engine.ops.predict import PredictOp, checkpoint_digest, predict_grid, predict_volume
+from engine.runtime import run_blockwise
 from engine.storage import create_volume, open_volume
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 # A volume that no window, stride or block divides evenly.
 SHAPE = (13, 30, 37)
@@ -83,6 +85,60 @@ def test_block_windows_and_read_boxes() -> None:
     assert w.windows_computed(grid) == 7 * 8 * 7
     assert w.context_for(grid) == (0, 64, 0)
     assert aligned_write_shape(w, (64, 250, 600), (16, 128, 128)) == (64, 256, 512)
+
+
+@pytest.mark.parametrize(
+    ("shape", "roi", "overlap", "write"),
+    [
+        ((13, 30, 37), (4, 8, 8), 0.5, (4, 8, 16)),  # cuts on every axis, clamped last windows
+        ((13, 30, 37), (4, 8, 8), 0.75, (2, 8, 8)),  # blocks thinner than window - stride: spill past the next block
+        ((13, 30, 37), (5, 7, 11), 0.25, (6, 10, 9)),  # blocks not on the stride grid
+        ((13, 30, 37), (4, 8, 8), 0.0, (4, 8, 8)),  # no overlap: only the clamped last windows cross cuts
+        ((5, 30, 37), (8, 16, 40), 0.5, (2, 8, 16)),  # z and x shorter than the window (padded, one window)
+        ((64, 384, 384), (16, 128, 128), 0.5, (32, 192, 192)),  # the benchmark's layout
+    ],
+)
+def test_window_ownership_counts_each_window_once(shape: tuple[int, int, int], roi: tuple[int, int, int], overlap: float, write: tuple[int, int, int]) -> None:
+    """Each window has one owner; final parts are covered by the owner's windows only; the pieces of a
+    shared voxel come from exactly the blocks owning windows over it (checked by counting windows)."""
+    w = WindowGrid(shape, roi, (overlap,))
+    grid = BlockGrid(Box.from_shape(shape), write)
+    o = WindowOwnership(w, grid)
+    vol = Box.from_shape(shape)
+    owned = sorted(b.start for blk in grid.blocks() for b in o.own_windows(blk.index))
+    assert owned == sorted(b.start for b in w.window_boxes(vol)) and o.windows_computed == w.num_windows
+    small = max(shape) <= 64
+    total = np.zeros(shape, np.int32)  # windows over each voxel
+    own: dict[tuple[int, ...], np.ndarray] = {}
+    for blk in grid.blocks():
+        acc_box = o.accumulator_box(blk.index)
+        counts = np.zeros(acc_box.shape, np.int32)
+        for b in o.own_windows(blk.index):
+            part = b.intersect(vol)
+            total[part.to_slices()] += 1
+            counts[part.intersect(acc_box).to_slices(acc_box)] += 1
+        own[blk.index] = counts
+        assert acc_box.contains(blk.write) and (o.footprint(blk.index) is None or acc_box.contains(o.footprint(blk.index)))
+    assert total.min() >= 1
+    if not small:
+        return
+    for blk in grid.blocks():
+        k, write = blk.index, blk.write
+        parts = o.shared_parts(k)
+        final = o.final_part(k)
+        assert sum(p.size for p in parts) + final.size == write.size and all(write.contains(p) for p in [*parts, final])
+        got = np.zeros(write.shape, np.int32)
+        acc_box = o.accumulator_box(k)
+        got[final.to_slices(write)] = own[k][final.to_slices(acc_box)]
+        for j, pieces in o.sources(k):
+            assert (k, pieces) in [(t, p) for t, p in o.targets(j)]  # both sides agree on the pieces
+            jb = o.accumulator_box(j)
+            for piece in pieces:
+                assert any(p.contains(piece) for p in parts)
+                got[piece.to_slices(write)] += own[j][piece.to_slices(jb)]
+        np.testing.assert_array_equal(got, total[write.to_slices()], err_msg=f"block {k}")
+    # one block: nothing shared
+    assert not WindowOwnership(w, BlockGrid(vol, shape)).any_shared
 
 
 # -- known answers -----------------------------------------------------------------------------------
@@ -198,36 +254,106 @@ def setup_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, np.n
     return ckpt, v.url, raw
 
 
+_REFERENCES: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _reference(setup_data: tuple[str, str, np.ndarray], overlap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-volume inference in this process, and MONAI's, with the checkpoint's model (cached)."""
+    if overlap not in _REFERENCES:
+        ckpt, _, raw = setup_data
+        batch = 4
+        model, _, _ = load_checkpoint(ckpt)
+        pred = TorchPredictor(model, activation="sigmoid")
+        vol = (raw.astype(np.float32) / 255)[None]
+        whole = SlidingWindow(pred, WINDOW, overlap, batch_size=batch)(vol)[0]
+        monai = _monai(vol, pred, WINDOW, overlap, batch)[0]  # type: ignore[arg-type]
+        np.testing.assert_allclose(whole, monai, rtol=0, atol=1e-4)
+        _REFERENCES[overlap] = (whole, monai)
+    return _REFERENCES[overlap]
+
+
 @pytest.fixture(scope="module")
 def reference(setup_data: tuple[str, str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Whole-volume inference in this process, and MONAI's, with the checkpoint's model."""
-    ckpt, _, raw = setup_data
-    batch = 4
-    model, _, _ = load_checkpoint(ckpt)
-    pred = TorchPredictor(model, activation="sigmoid")
-    vol = (raw.astype(np.float32) / 255)[None]
-    whole = SlidingWindow(pred, WINDOW, 0.5, batch_size=batch)(vol)[0]
-    monai = _monai(vol, pred, WINDOW, 0.5, batch)[0]  # type: ignore[arg-type]
-    return whole, monai
+    return _reference(setup_data, 0.5)
 
 
-@pytest.mark.parametrize("block", [(6, 16, 32), (8, 24, 24), (64, 256, 256)])
+@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize(
+    ("block", "overlap"),
+    # cuts on all three axes (diagonal neighbours' spill), blocks off the window grid, one block;
+    # at 0.75 the spill (3/4 window) reaches past the next block in z (block 2, spill 3)
+    [((6, 16, 32), 0.5), ((8, 24, 24), 0.5), ((64, 256, 256), 0.5), ((4, 16, 24), 0.25), ((2, 16, 16), 0.75)],
+)
 def test_op_blockwise_equals_whole_and_monai(
-    tmp_path: Path, setup_data: tuple[str, str, np.ndarray], reference: tuple[np.ndarray, np.ndarray], block: tuple[int, int, int]
+    tmp_path: Path, setup_data: tuple[str, str, np.ndarray], block: tuple[int, int, int], overlap: float, share: bool
 ) -> None:
     ckpt, url, _ = setup_data
-    whole, monai = reference
-    np.testing.assert_allclose(whole, monai, rtol=0, atol=1e-4)
+    whole, monai = _reference(setup_data, overlap)
     out = f"{tmp_path}/out.zarr/prob"
-    res = predict_volume(ckpt, url, out, window=WINDOW, block=block, chunks=(2, 8, 8), dtype="float32", backend="serial", progress=False, batch_size=3)
+    res = predict_volume(ckpt, url, out, window=WINDOW, overlap=overlap, block=block, chunks=(2, 8, 8), dtype="float32", backend="serial",
+                         progress=False, batch_size=3, share_borders=share)
     got = open_volume(out).read(Box.from_shape(RAW_SHAPE))
     np.testing.assert_allclose(got, whole, rtol=0, atol=1e-5)
     np.testing.assert_allclose(got, monai, rtol=0, atol=1e-4)
-    assert res.windows == 4 * 4 * 6 and res.stats["windows"] == res.windows_computed >= res.windows
-    # serial: blocks run in id order, so every block but the first was read while the one before computed
-    assert res.stats["prefetched"] == res.blocks - 1
+    windows = WindowGrid(RAW_SHAPE, WINDOW, (overlap,))
+    assert res.windows == windows.num_windows and res.stats["windows"] == res.windows_computed
+    grid = predict_grid(PredictOp(checkpoint=ckpt, input=url, output=out, window=WINDOW, overlap=overlap, chunks=(2, 8, 8)), RAW_SHAPE, block)
+    assert res.blocks == grid.num_blocks
+    if share:  # every window computed exactly once
+        assert res.windows_computed == res.windows
+        plan = WindowOwnership(windows, grid)
+        reading = sum(plan.read_box(b.index) is not None for b in grid.blocks())
+        # serial: blocks run in id order, so every block that reads (owns windows) but the first was read
+        # while the one before computed
+        assert res.stats["prefetched"] == reading - 1
+        assert ("borders" in res.pass_seconds) == (res.blocks > 1) == plan.any_shared
+        assert not (tmp_path / "out.zarr" / ".connectile" / "prob.predict-scratch").exists()  # the scratch is gone
+    else:
+        assert res.windows_computed == windows.windows_computed(grid) >= res.windows
+        assert res.stats["prefetched"] == res.blocks - 1
     if res.blocks == 1:
         assert res.windows_computed == res.windows
+
+
+def test_shared_borders_equal_the_overlapping_path(tmp_path: Path, setup_data: tuple[str, str, np.ndarray]) -> None:
+    """The new path (each window once, borders in pass 2) and the old one (windows at cuts twice) agree
+    to float rounding, with TTA and two output channels."""
+    ckpt2 = str(tmp_path / "ckpt2")
+    cfg = ModelConfig(filters=[4, 8], anisotropic_stages=1, norm="none", se=False, head="polarity")
+    torch.manual_seed(4)
+    save_checkpoint(ckpt2, build_model(cfg), cfg)
+    _, url, _ = setup_data
+    got = {}
+    for share in (True, False):
+        out = f"{tmp_path}/s{int(share)}.zarr/prob"
+        res = predict_volume(ckpt2, url, out, window=WINDOW, block=(4, 16, 24), chunks=(2, 8, 8), dtype="float32", tta="flips", backend="serial",
+                             progress=False, share_borders=share)
+        got[share] = open_volume(out).read(Box.from_shape(RAW_SHAPE))
+        assert got[share].shape == (3, *RAW_SHAPE)
+        assert (res.windows_computed == res.windows) == share
+    np.testing.assert_allclose(got[True], got[False], rtol=0, atol=1e-6)
+
+
+def test_resume_after_a_crash_between_the_passes(tmp_path: Path, setup_data: tuple[str, str, np.ndarray], reference: tuple[np.ndarray, np.ndarray]) -> None:
+    """Pass 1 done (its markers and scratch on disk), pass 2 never ran: the run resumes with pass 2 only."""
+    ckpt, url, _ = setup_data
+    whole, _ = reference
+    out = f"{tmp_path}/out.zarr/prob"
+    state = tmp_path / "state"
+    block = (6, 16, 32)
+    op = PredictOp(checkpoint=ckpt, input=open_volume(url).url, output=out, window=WINDOW, chunks=(2, 8, 8), dtype="float32",
+                   checkpoint_digest=checkpoint_digest(ckpt))
+    grid = predict_grid(op, RAW_SHAPE, block)
+    first = run_blockwise(op, grid, state_dir=state / "windows", backend="serial", progress=False, name="predict", window=1)
+    assert first.done == grid.num_blocks and first.stats["windows"] == op.windows(RAW_SHAPE).num_windows
+    scratch = tmp_path / "out.zarr" / ".connectile" / "prob.predict-scratch"
+    assert any(scratch.rglob("*"))
+    half = open_volume(out).read(Box.from_shape(RAW_SHAPE))
+    assert 0 < np.count_nonzero(half == 0) < half.size  # the borders are still missing
+    res = predict_volume(ckpt, url, out, window=WINDOW, block=block, chunks=(2, 8, 8), dtype="float32", backend="serial", progress=False, state_dir=state)
+    assert res.stats.get("windows", 0) == 0 and res.stats["border_voxels"] == np.count_nonzero(half == 0)
+    np.testing.assert_allclose(open_volume(out).read(Box.from_shape(RAW_SHAPE)), whole, rtol=0, atol=1e-5)
+    assert not scratch.exists()
 
 
 def test_op_ray_uint8_and_resume(
@@ -237,22 +363,23 @@ def test_op_ray_uint8_and_resume(
     whole, _ = reference
     out = f"{tmp_path}/out.zarr/prob"
     res = predict_volume(ckpt, url, out, window=WINDOW, block=(8, 24, 32), chunks=(2, 8, 8), backend="ray", workers=2, address=ray_cluster, progress=False)
-    assert res.blocks == 2 * 2 * 2
+    assert res.blocks == 2 * 2 * 2 and res.windows_computed == res.windows == res.stats["windows"] and "borders" in res.pass_seconds
     got = open_volume(out).read(Box.from_shape(RAW_SHAPE))
     assert got.dtype == np.uint8
     expected = np.round(np.clip(whole, 0, 1) * 255).astype(np.uint8)
     # float32 rounding may move a value sitting on .5 by one step; nothing more
     assert np.abs(got.astype(int) - expected).max() <= 1 and (got != expected).mean() < 1e-3
     again = predict_volume(ckpt, url, out, window=WINDOW, block=(8, 24, 32), chunks=(2, 8, 8), backend="serial", progress=False)
-    assert again.stats.get("windows", 0) == 0  # all blocks were done
+    assert again.stats.get("windows", 0) == 0 and again.stats.get("border_voxels", 0) == 0  # all blocks of both passes were done
 
 
-def test_memory_is_bounded_by_the_block(tmp_path: Path, setup_data: tuple[str, str, np.ndarray]) -> None:
+@pytest.mark.parametrize("share", [True, False])
+def test_memory_is_bounded_by_the_block(tmp_path: Path, setup_data: tuple[str, str, np.ndarray], share: bool) -> None:
     """The op's arrays (input, accumulators, one batch) are sized by the block, not the volume."""
     ckpt, _, _ = setup_data
     shape = (32, 128, 128)
     v = create_volume(f"{tmp_path}/big.zarr/raw", shape, "uint8", (8, 32, 32))
-    op = PredictOp(checkpoint=ckpt, input=v.url, output=f"{tmp_path}/big.zarr/prob", window=WINDOW, chunks=(8, 32, 32), batch_size=2)
+    op = PredictOp(checkpoint=ckpt, input=v.url, output=f"{tmp_path}/big.zarr/prob", window=WINDOW, chunks=(8, 32, 32), batch_size=2, share_borders=share)
     grid = predict_grid(op, shape, (8, 32, 32))
     assert grid.write_shape == (8, 32, 32) and grid.num_blocks == 64
     op.prepare(grid)
@@ -262,9 +389,14 @@ def test_memory_is_bounded_by_the_block(tmp_path: Path, setup_data: tuple[str, s
         op.process(grid.block(bid))
         peak = max(peak, sum(op._sw.last_sizes.values()))
     op.teardown()
-    # input: write box + (window - stride) on each side; accumulators: (1 channel + weights) x write box;
-    # one batch: 2 windows in and out
-    block_bound = (8 + 4) * (32 + 16) * (32 + 16) + 2 * 8 * 32 * 32 + 2 * 2 * 4 * 16 * 16
+    if share:
+        # input: the own windows, write box + (window - stride) past the upper faces; accumulators: (1
+        # channel + weights) x the same box; one batch: 2 windows in and out
+        block_bound = (8 + 2) * (32 + 8) * (32 + 8) + 2 * (8 + 2) * (32 + 8) * (32 + 8) + 2 * 2 * 4 * 16 * 16
+    else:
+        # input: write box + (window - stride) on each side; accumulators: (1 channel + weights) x write box;
+        # one batch: 2 windows in and out
+        block_bound = (8 + 4) * (32 + 16) * (32 + 16) + 2 * 8 * 32 * 32 + 2 * 2 * 4 * 16 * 16
     assert peak <= block_bound < int(np.prod(shape)) // 8
 
 

@@ -105,13 +105,26 @@ class SlidingWindow:
         need = grid.read_box(write)
         if not source_box.contains(need):
             raise ValueError(f"the source {source_box} does not hold the windows of {write} ({need})")
+        acc, wsum = self.accumulate(source, source_box, grid.window_boxes(write), write)
+        with torch.inference_mode():
+            acc /= wsum
+        return acc
+
+    def accumulate(
+        self, source: np.ndarray | torch.Tensor, source_box: Box, boxes: Sequence[Box], target: Box
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unnormalised sums of the windows ``boxes`` (in this order) over ``target``: ``sum(w * f)``
+        (K, *target.shape) and ``sum(w)`` (1, *target.shape), float32 on :attr:`device`. ``source`` (C, Z,
+        Y, X), float, covers ``source_box``, which must hold every window; each window's output is cropped
+        to ``target`` before it is added, so the accumulators are the size of ``target``."""
+        if not boxes:
+            raise ValueError(f"no windows to accumulate over {target}")
         src = torch.as_tensor(source)
         if src.ndim == 3:
             src = src[None]
         src = src.to(self.device, torch.float32, non_blocking=True)
-        boxes = grid.window_boxes(write)
         acc: torch.Tensor | None = None
-        wsum = torch.zeros((1, *write.shape), dtype=torch.float32, device=self.device)
+        wsum = torch.zeros((1, *target.shape), dtype=torch.float32, device=self.device)
         w = self.weights[None]
         with torch.inference_mode():
             for first in range(0, len(boxes), self.batch_size):
@@ -119,19 +132,20 @@ class SlidingWindow:
                 x = torch.stack([src[(slice(None), *b.to_slices(source_box))] for b in batch])
                 y = self._predict(x)
                 if acc is None:
-                    acc = torch.zeros((y.shape[1], *write.shape), dtype=torch.float32, device=self.device)
+                    acc = torch.zeros((y.shape[1], *target.shape), dtype=torch.float32, device=self.device)
                 for k, b in enumerate(batch):
-                    part = b.intersect(write)
+                    part = b.intersect(target)
+                    if part.empty:
+                        continue
                     inside = (slice(None), *part.to_slices(b))
-                    dst = (slice(None), *part.to_slices(write))
+                    dst = (slice(None), *part.to_slices(target))
                     acc[dst] += y[k][inside] * w[inside]
                     wsum[dst] += w[inside]
-            assert acc is not None
-            acc /= wsum
+        assert acc is not None
         self.windows_run += len(boxes)
         batch_elems = min(self.batch_size, len(boxes)) * self.weights.numel() * (src.shape[0] + acc.shape[0])
         self.last_sizes = {"source": src.numel(), "accumulator": acc.numel() + wsum.numel(), "batch": batch_elems}
-        return acc
+        return acc, wsum
 
     def __call__(self, volume: np.ndarray | torch.Tensor) -> np.ndarray:
         """Whole-volume inference in this process: ``volume`` (C, Z, Y, X) or (Z, Y, X), float, already

@@ -184,3 +184,172 @@ def aligned_write_shape(windows: WindowGrid, target: Sequence[int], unit: Sequen
         cap = -(-windows.shape[axis] // int(u)) * int(u)  # whole units covering the volume
         out.append(min(size, cap) if size >= windows.shape[axis] else size)
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class _AxisPlan:
+    """Ownership along one axis: per block (by grid index on this axis) its range, its own window
+    starts, the extent of those windows (clipped to the covered range) and where the lower blocks'
+    windows stop reaching into it."""
+
+    lo: tuple[int, ...]
+    hi: tuple[int, ...]
+    own: tuple[tuple[int, ...], ...]
+    foot: tuple[tuple[int, int] | None, ...]
+    reach: tuple[int, ...]
+
+
+class WindowOwnership:
+    """Each window of ``windows`` computed by exactly one block of ``grid``: the block whose write box
+    holds the window's start (per axis; starts before the grid go to the first block, MONAI's clamped
+    last window to the block that holds its clamped start).
+
+    A block accumulates its own windows over its *footprint* (their union: its write box plus what
+    spills past its upper faces, ``window - stride`` voxels on a stride-aligned grid). Per axis, the
+    windows of lower blocks reach into a block up to :meth:`reach`; the voxels beyond that on every
+    axis are covered by the block's own windows only, so it can finish them alone (:meth:`final_part`).
+    The rest of its write box (:meth:`shared_parts`, at most ``2**ndim - 1`` boxes: the lower slabs of
+    the write box and their edges and corner) gets partial sums ``sum(w * p)``, ``sum(w)`` from several
+    blocks: :meth:`pieces` says which boxes of its footprint a block hands to which other block (and
+    to itself), and every voxel of a shared part receives the pieces of exactly the blocks that own
+    windows over it. Windows that reach past the next block (blocks thinner than ``window - stride``)
+    simply make more pairs; nothing assumes immediate neighbours.
+
+    >>> w = WindowGrid((32, 384, 384), (16, 128, 128), (0.5,))
+    >>> g = BlockGrid(Box.from_shape((32, 384, 384)), (32, 192, 192))
+    >>> o = WindowOwnership(w, g)
+    >>> [o.num_own(b.index) for b in g.blocks()], o.windows_computed == w.num_windows
+    ([27, 18, 18, 12], True)
+    >>> o.final_part((0, 1, 1)), o.shared_parts((0, 0, 1))
+    (Box([0, 256, 256]:[32, 384, 384]), [Box([0, 0, 192]:[32, 192, 256])])
+    >>> [k for k, _ in o.targets((0, 0, 0))], [j for j, _ in o.sources((0, 1, 1))]
+    ([(0, 0, 1), (0, 1, 0), (0, 1, 1)], [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)])
+    """
+
+    def __init__(self, windows: WindowGrid, grid: BlockGrid) -> None:
+        self.windows = windows
+        self.grid = grid
+        covered = grid.covered.intersect(Box.from_shape(windows.shape))
+        self._covered = covered
+        axes = []
+        for a in range(len(windows.shape)):
+            t0, t1, w, n = covered.start[a], covered.stop[a], grid.write_shape[a], grid.grid_shape[a]
+            lo = tuple(min(t0 + k * w, t1) for k in range(n))
+            hi = tuple(min(t0 + (k + 1) * w, t1) for k in range(n))
+            starts = windows.starts_overlapping(a, t0, t1)
+            owner = np.clip((starts - t0) // w, 0, n - 1)
+            own = tuple(tuple(int(s) for s in starts[owner == k]) for k in range(n))
+            r = windows.roi[a]
+            foot = tuple((max(s[0], t0), min(s[-1] + r, t1)) if s else None for s in own)
+            reach = []
+            end = t0  # how far the windows of the blocks below reach
+            for k in range(n):
+                reach.append(min(max(end, lo[k]), hi[k]))
+                if own[k]:
+                    end = max(end, own[k][-1] + r)
+            axes.append(_AxisPlan(lo, hi, own, foot, tuple(reach)))
+        self._axes = tuple(axes)
+
+    # -- per block (by grid index) -----------------------------------------------------------------
+    def own_starts(self, index: Sequence[int]) -> list[tuple[int, ...]]:
+        return [ax.own[i] for ax, i in zip(self._axes, index, strict=True)]
+
+    def num_own(self, index: Sequence[int]) -> int:
+        return math.prod(len(s) for s in self.own_starts(index))
+
+    def own_windows(self, index: Sequence[int]) -> list[Box]:
+        """The boxes of the block's own windows, in global order (z slowest)."""
+        return [Box.from_shape(self.windows.roi, s) for s in itertools.product(*self.own_starts(index))]
+
+    def read_box(self, index: Sequence[int]) -> Box | None:
+        """The union of the block's own windows (may extend past the volume where it is padded); None
+        if it owns none."""
+        starts = self.own_starts(index)
+        if any(not s for s in starts):
+            return None
+        return Box(tuple(s[0] for s in starts), tuple(s[-1] + r for s, r in zip(starts, self.windows.roi, strict=True)))
+
+    def footprint(self, index: Sequence[int]) -> Box | None:
+        """Where the block's own windows add weight, inside the grid's covered box; None if it owns none."""
+        feet = [ax.foot[i] for ax, i in zip(self._axes, index, strict=True)]
+        if any(f is None for f in feet):
+            return None
+        return Box(tuple(f[0] for f in feet if f is not None), tuple(f[1] for f in feet if f is not None))
+
+    def write_box(self, index: Sequence[int]) -> Box:
+        return Box(tuple(ax.lo[i] for ax, i in zip(self._axes, index, strict=True)), tuple(ax.hi[i] for ax, i in zip(self._axes, index, strict=True)))
+
+    def accumulator_box(self, index: Sequence[int]) -> Box:
+        """The write box and the footprint together (their bounding box): what a block accumulates."""
+        write = self.write_box(index)
+        foot = self.footprint(index)
+        if foot is None:
+            return write
+        return Box(tuple(map(min, write.start, foot.start)), tuple(map(max, write.stop, foot.stop)))
+
+    def _split(self, index: Sequence[int]) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        """Per axis the lower (shared) range and the upper range of the write box."""
+        return [((ax.lo[i], ax.reach[i]), (ax.reach[i], ax.hi[i])) for ax, i in zip(self._axes, index, strict=True)]
+
+    def final_part(self, index: Sequence[int]) -> Box:
+        """The voxels of the write box that only the block's own windows cover (may be empty)."""
+        split = self._split(index)
+        return Box(tuple(u[0] for _, u in split), tuple(u[1] for _, u in split))
+
+    def shared_parts(self, index: Sequence[int]) -> list[Box]:
+        """The rest of the write box, as disjoint non-empty boxes in a fixed order."""
+        split = self._split(index)
+        parts = []
+        for pattern in itertools.product((0, 1), repeat=len(split)):
+            if all(pattern):
+                continue  # the final part
+            rng = [split[a][p] for a, p in enumerate(pattern)]
+            box = Box(tuple(r[0] for r in rng), tuple(r[1] for r in rng))
+            if not box.empty:
+                parts.append(box)
+        return parts
+
+    def pieces(self, source: Sequence[int], target: Sequence[int]) -> list[Box]:
+        """The boxes of ``target``'s shared parts that ``source``'s own windows add weight to."""
+        foot = self.footprint(source)
+        if foot is None:
+            return []
+        return [p for p in (part.intersect(foot) for part in self.shared_parts(target)) if not p.empty]
+
+    def _overlapping(self, axis: int, k: int, upward: bool) -> list[int]:
+        ax = self._axes[axis]
+        if upward:  # blocks at or above k whose range the footprint of k reaches
+            f = ax.foot[k]
+            return [m for m in range(k, len(ax.lo)) if f is not None and ax.lo[m] < f[1] and f[0] < ax.hi[m]]
+        return [j for j in range(k + 1) if (f := ax.foot[j]) is not None and f[0] < ax.hi[k] and ax.lo[k] < f[1]]
+
+    def targets(self, index: Sequence[int]) -> list[tuple[tuple[int, ...], list[Box]]]:
+        """The blocks (the block itself included) that get pieces of this block's sums, with the pieces."""
+        cands = [self._overlapping(a, int(i), True) for a, i in enumerate(index)]
+        out = []
+        for k in itertools.product(*cands):
+            got = self.pieces(index, k)
+            if got:
+                out.append((tuple(k), got))
+        return out
+
+    def sources(self, index: Sequence[int]) -> list[tuple[tuple[int, ...], list[Box]]]:
+        """The blocks (the block itself included) whose pieces a block sums for its shared parts."""
+        cands = [self._overlapping(a, int(i), False) for a, i in enumerate(index)]
+        out = []
+        for j in itertools.product(*cands):
+            got = self.pieces(j, index)
+            if got:
+                out.append((tuple(j), got))
+        return out
+
+    # -- whole grid --------------------------------------------------------------------------------
+    @property
+    def windows_computed(self) -> int:
+        """Windows all blocks compute together: each window of the covered box once."""
+        return math.prod(sum(len(s) for s in ax.own) for ax in self._axes)
+
+    @property
+    def any_shared(self) -> bool:
+        """Whether any block has a shared part (else one pass finishes every block)."""
+        return any(r > lo for ax in self._axes for r, lo in zip(ax.reach, ax.lo, strict=True))
