@@ -429,9 +429,16 @@ def test_cli(tmp_path: Path, setup_data: tuple[str, str, np.ndarray], capsys: py
     out = f"{tmp_path}/cli.zarr/prob"
     code = main(["predict", ckpt, url, out, "--window", "4,16,16", "--overlap", "0", "--block", "8,24,32", "--chunks", "2,8,8", "--dtype", "float16",
                  "--tta", "flips", "--batch-size", "8", "--backend", "serial", "--no-progress"])
-    assert code == 0 and "predicted" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert code == 0 and "predicted" in printed and "36 windows (36 computed, 0.0% twice" in printed
     v = open_volume(out)
     assert v.dtype == np.float16 and v.spatial_shape == RAW_SHAPE
+    old = f"{tmp_path}/cli.zarr/prob_old"
+    assert main(["predict", ckpt, url, old, "--window", "4,16,16", "--overlap", "0", "--block", "8,24,32", "--chunks", "2,8,8", "--dtype", "float16",
+                 "--tta", "flips", "--no-share-borders", "--backend", "serial", "--no-progress"]) == 0
+    np.testing.assert_allclose(open_volume(old).read(v.box).astype(np.float32), v.read(v.box).astype(np.float32), rtol=1e-3, atol=0)
+    # the old path: the clamped last windows (overlap 0) cross the cuts and are computed twice or more
+    assert "36 windows (64 computed" in capsys.readouterr().out and not (tmp_path / "cli.zarr" / ".connectile" / "prob.predict-scratch").exists()
     assert main(["predict", ckpt, str(tmp_path / "missing.zarr/x"), out, "--backend", "serial"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error" in err[0]

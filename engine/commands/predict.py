@@ -45,6 +45,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs (default: %(default)s)")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision of the forward pass (GPU; default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: torch's choice)")
+    parser.add_argument(
+        "--no-share-borders", dest="share_borders", action="store_false",
+        help="let each block compute every window over its write box (windows at block cuts twice, one pass) instead of "
+        "computing each window once and summing the block borders in a second pass",
+    )
     parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     add_runtime_args(parser)
     parser.set_defaults(func=run)
@@ -71,11 +76,12 @@ def run(args: argparse.Namespace) -> int:
         amp=args.amp,
         threads=args.threads,
         overwrite=args.overwrite,
+        share_borders=args.share_borders,
         **runtime_kwargs(args),
     )
     print(
         f"predicted {args.input} -> {result.output}: {result.blocks} blocks of {result.block_shape}, {result.windows} windows "
-        f"({result.windows_computed} computed, {100 * (result.redundancy - 1):.1f}% twice at block borders) in {result.seconds:.1f} s "
+        f"({result.windows_computed} computed, {100 * (result.redundancy - 1):.1f}% twice at block cuts) in {result.seconds:.1f} s "
         f"({result.voxels_per_second / 1e6:.2f} Mvoxel/s)"
     )
     return 0

@@ -14,9 +14,13 @@ windows start at ``i * stride`` until one reaches the end, and that last one is 
 An axis shorter than ``roi`` is zero-padded to ``roi`` (``diff // 2`` before, the rest after), as MONAI
 pads its input; here the padding shows as window starts below 0 (or stops past the end).
 
-A block evaluates exactly the global windows that overlap its write box, and reads their union (its
-*read box*). Write boxes whose faces lie on the stride grid are crossed by as few windows as possible
-(one per cut per axis at overlap 0.5): see :func:`aligned_write_shape` and :meth:`WindowGrid.redundancy`.
+Blockwise, each window is computed by exactly one block, the one whose write box holds its start
+(:class:`WindowOwnership`, what ``predict`` does by default); the block reads the union of its own
+windows, and the parts of its write box that lower blocks' windows reach are summed with their partial
+sums in a second pass. The older scheme, kept in :meth:`WindowGrid.read_box` and
+:meth:`WindowGrid.redundancy`, has each block evaluate every window that overlaps its write box, so
+windows straddling a cut are computed twice. Write boxes whose faces lie on the stride grid
+(:func:`aligned_write_shape`) keep both the spill and the redundancy small.
 """
 
 from __future__ import annotations
