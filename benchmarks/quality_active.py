@@ -313,6 +313,7 @@ def protocol_b(world: World, p0: dict[str, Any], f0: dict[str, np.ndarray], args
     from engine.active.query import suggest
     from engine.active.rois import read_crops, read_meta
     from engine.active.triplet import TripletConfig, triplet_finetune
+    from engine.errors import StorageError
     from engine.storage import open_volume
 
     rows = []
@@ -342,7 +343,15 @@ def protocol_b(world: World, p0: dict[str, Any], f0: dict[str, np.ndarray], args
                 ids = np.asarray(sorted(ans), np.int64)
                 triplet_finetune(e_u, read_crops(cur["run"], "image", ids), np.array([ans[i] for i in ids.tolist()]),
                                  TripletConfig(steps=args.triplet_steps, batch_size=32, lr=1e-4, seed=run_seed))
-            cur = world.predict(f"{method}_{args.budget:g}_{rnd}", idx, y)
+            try:
+                cur = world.predict(f"{method}_{args.budget:g}_{rnd}", idx, y)
+            except StorageError as e:  # the refit proposes no object at all: no ROI accuracy, no next round
+                log.warning("%s round %d: %s", method, rnd, e)
+                rec = {"protocol": "B", "seed": run_seed, "round": rnd, "base": test0, "method": method, "budget": budget,
+                       "accepted": int(sum(ans.values())), "test_accuracy": float("nan"), "test_rois": 0, "test_true": 0, "no_proposals": True}
+                emit(**rec)
+                rows.append(rec)
+                break
             f = encode_run(cur["run"], p0["run"], image_vae=e_u)
             acc = float(cur["truth"][~cur["train"]].mean()) if (~cur["train"]).any() else float("nan")
             accs.append(acc)
@@ -361,8 +370,13 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def fmt(values: list[float]) -> str:
-    m, sd = mean_sd(values)
-    return f"{m:.3f} ± {sd:.3f}" if len(values) > 1 else f"{m:.3f}"
+    """``mean ± std`` over the finite values; seeds without a value (no proposals) are counted after a dagger."""
+    ok = [v for v in values if np.isfinite(v)]
+    if not ok:
+        return "none" if values else ""
+    m, sd = mean_sd(ok)
+    text = f"{m:.3f} ± {sd:.3f}" if len(ok) > 1 else f"{m:.3f}"
+    return text + (f" †{len(values) - len(ok)}" if len(ok) < len(values) else "")
 
 
 def summary(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]) -> str:
@@ -393,11 +407,12 @@ def summary(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]) -> str:
     if rows_b:
         methods = list(dict.fromkeys(r["method"] for r in rows_b))
         base = {r["seed"]: r["base"] for r in rows_b}
-        lines += [f"Protocol B, base test accuracy {fmt(list(base.values()))}", "",
+        lines += [f"Protocol B, base test accuracy {fmt(list(base.values()))} (†n: n seeds whose refit proposed no object)", "",
                   "| method | budget/round | round 1 | round 2 |", "| --- | --- | --- | --- |"]
         for m in methods:
             r1 = [r for r in rows_b if r["method"] == m and r["round"] == 1]
             r2 = [r for r in rows_b if r["method"] == m and r["round"] == 2]
+            r2 += [{"test_accuracy": float("nan")} for r in r1 if r.get("no_proposals")]  # no round 2 after an empty round 1
             lines.append(f"| {m} | {r1[0]['budget']} | {fmt([r['test_accuracy'] for r in r1])} | {fmt([r['test_accuracy'] for r in r2])} |")
     return "\n".join(lines)
 

@@ -61,6 +61,9 @@ def test_summary_tables_mean_and_std_over_seeds(qa: Any) -> None:
     assert "| 5.0% | 0.700 ± 0.100 (4) |" in text  # mean of 0.6, 0.8; population std 0.1
     assert "| mask | 3 | 0.700 ± 0.100 | 0.800 ± 0.100 |" in text
     assert "initial accuracy 0.500 ± 0.000" in text and "base test accuracy 0.400 ± 0.000" in text
+    # a seed whose refit proposed nothing: left out of the mean, counted after a dagger, also in round 2
+    rows_b.append({"seed": 2, "round": 1, "base": 0.4, "method": "mask", "budget": 3, "test_accuracy": float("nan"), "no_proposals": True})
+    assert "| mask | 3 | 0.700 ± 0.100 †1 | 0.800 ± 0.100 †1 |" in qa.summary([], rows_b)
 
 
 @pytest.mark.realdata
