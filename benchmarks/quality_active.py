@@ -408,12 +408,14 @@ def summary(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]) -> str:
         methods = list(dict.fromkeys(r["method"] for r in rows_b))
         base = {r["seed"]: r["base"] for r in rows_b}
         lines += [f"Protocol B, base test accuracy {fmt(list(base.values()))} (†n: n seeds whose refit proposed no object)", "",
-                  "| method | budget/round | round 1 | round 2 |", "| --- | --- | --- | --- |"]
+                  "| method | budget/round | round 1 | round 2 | round 2: correct / test ROIs (mean) |", "| --- | --- | --- | --- | --- |"]
         for m in methods:
             r1 = [r for r in rows_b if r["method"] == m and r["round"] == 1]
             r2 = [r for r in rows_b if r["method"] == m and r["round"] == 2]
             r2 += [{"test_accuracy": float("nan")} for r in r1 if r.get("no_proposals")]  # no round 2 after an empty round 1
-            lines.append(f"| {m} | {r1[0]['budget']} | {fmt([r['test_accuracy'] for r in r1])} | {fmt([r['test_accuracy'] for r in r2])} |")
+            counts = [r for r in r2 if "test_rois" in r]
+            tally = f"{np.mean([r['test_true'] for r in counts]):.1f} / {np.mean([r['test_rois'] for r in counts]):.1f}" if counts else ""
+            lines.append(f"| {m} | {r1[0]['budget']} | {fmt([r['test_accuracy'] for r in r1])} | {fmt([r['test_accuracy'] for r in r2])} | {tally} |")
     return "\n".join(lines)
 
 

@@ -55,15 +55,15 @@ def test_binarise_reads_both_png_modes(qa: Any, tmp_path: Path) -> None:
 
 def test_summary_tables_mean_and_std_over_seeds(qa: Any) -> None:
     rows_a = [{"seed": s, "ratio": 0.05, "initial": 0.5, "method": "random", "accuracy": acc, "budget": 4} for s, acc in ((0, 0.6), (1, 0.8))]
-    rows_b = [{"seed": s, "round": r, "base": 0.4, "method": "mask", "budget": 3, "test_accuracy": 0.5 + 0.1 * r + 0.2 * s}
+    rows_b = [{"seed": s, "round": r, "base": 0.4, "method": "mask", "budget": 3, "test_accuracy": 0.5 + 0.1 * r + 0.2 * s, "test_true": 3 + s, "test_rois": 10}
               for s in (0, 1) for r in (1, 2)]
     text = qa.summary(rows_a, rows_b)
     assert "| 5.0% | 0.700 ± 0.100 (4) |" in text  # mean of 0.6, 0.8; population std 0.1
-    assert "| mask | 3 | 0.700 ± 0.100 | 0.800 ± 0.100 |" in text
+    assert "| mask | 3 | 0.700 ± 0.100 | 0.800 ± 0.100 | 3.5 / 10.0 |" in text
     assert "initial accuracy 0.500 ± 0.000" in text and "base test accuracy 0.400 ± 0.000" in text
     # a seed whose refit proposed nothing: left out of the mean, counted after a dagger, also in round 2
     rows_b.append({"seed": 2, "round": 1, "base": 0.4, "method": "mask", "budget": 3, "test_accuracy": float("nan"), "no_proposals": True})
-    assert "| mask | 3 | 0.700 ± 0.100 †1 | 0.800 ± 0.100 †1 |" in qa.summary([], rows_b)
+    assert "| mask | 3 | 0.700 ± 0.100 †1 | 0.800 ± 0.100 †1 | 3.5 / 10.0 |" in qa.summary([], rows_b)
 
 
 @pytest.mark.realdata
