@@ -9,7 +9,7 @@ Same model (the papers' base residual SE U-Net of ``engine.models``, default ``M
 weights, eval mode, sigmoid output), same window, overlap 0.5 and Gaussian blending on both sides:
 
 connectile  ``predict_volume(..., backend="ray", workers=2, threads=1)`` (default forward: folded norms,
-            channels-last; MONAI gets the model as it is): zarr in, uint8 zarr out, blocks aligned to
+            channels-last, 1x1x1 convolutions as matrix products; MONAI gets the model as it is): zarr in, uint8 zarr out, blocks aligned to
             the stride grid, y and x cut once (4 blocks); Ray's cluster start reported apart. Each
             window is computed once (``share_borders``, the default): pass 1 runs every block's own
             windows (those starting in its write box) and finishes the voxels no other block's window
@@ -24,10 +24,11 @@ connectile  ``predict_volume(..., backend="ray", workers=2, threads=1)`` (defaul
 monai       ``sliding_window_inference`` on the volume already in memory (float32 tensor), torch
             threads 2, ``sw_batch_size`` 1 (MONAI's default; batch 1 is also the fastest on this CPU),
             under ``torch.inference_mode``; full-volume float output.
-limit       the raw forward throughput of the model on non-overlapping windows (batch 1) with 2 torch
-            threads in one process, and with 1 thread (times 2: two workers' ideal on two free cores);
-            then, alternating per window at 1 thread, the plain model vs Connectile's default forward
-            (batch norms folded into the convolutions, channels-last 3D), wall and CPU seconds.
+limit       the raw forward throughput on non-overlapping windows (batch 1) with 2 torch threads in one
+            process, and with 1 thread (times 2: two workers' ideal on two free cores), of the plain
+            model (MONAI's forward: its limit) and of Connectile's CPU predictor (folded norms,
+            channels-last 3D, 1x1x1 convolutions as GEMMs: Connectile's limit); wall and CPU seconds.
+            Each side's "of its limit" is its throughput over its own forward's limit.
 
 Each side runs in a fresh child process (this script with ``--child``); peak memory is the VmHWM of the
 MONAI process, and for Connectile the peak of the summed RSS of the driver and the Ray actors (sampled,
@@ -94,8 +95,13 @@ def _read(url: str) -> Any:
 
 # -- children ----------------------------------------------------------------------------------
 def child_limit(p: dict[str, Any]) -> dict[str, Any]:
-    """Forward passes on non-overlapping windows (batch 1), with 2 threads and with 1 thread."""
+    """Forward passes on non-overlapping windows (batch 1), with 2 threads and with 1 thread, of the
+    plain model (what MONAI runs) and of Connectile's predictor as predict builds it on the CPU (batch
+    norms folded, channels-last, 1x1x1 convolutions as matrix products): the limit of each forward on
+    this hardware. CPU time per window too (less sensitive to other jobs on the cores)."""
     import torch
+
+    from engine.infer import TorchPredictor
 
     model = _load_model(p["checkpoint"])
     raw = _read(p["input"])
@@ -103,37 +109,23 @@ def child_limit(p: dict[str, Any]) -> dict[str, Any]:
     windows = [(z, y, x) for z in range(0, raw.shape[0] - wz + 1, wz) for y in range(0, raw.shape[1] - wy + 1, wy) for x in range(0, raw.shape[2] - wx + 1, wx)]
     windows = windows[: p["limit_windows"]]
     out: dict[str, Any] = {"windows": len(windows)}
-    for threads in (2, 1):
-        torch.set_num_threads(threads)
-        with torch.inference_mode():
-            model(torch.zeros(1, 1, wz, wy, wx))  # warm-up
-            t0 = time.perf_counter()
-            for z, y, x in windows:
-                x_t = torch.from_numpy(raw[z : z + wz, y : y + wy, x : x + wx].astype("float32") / 255)[None, None]
-                torch.sigmoid(model(x_t))
-            dt = time.perf_counter() - t0
-        out[f"threads{threads}_vox_s"] = len(windows) * wz * wy * wx / dt
-        out[f"threads{threads}_s_per_window"] = dt / len(windows)
-    # Connectile's default forward (batch norms folded, channels-last) vs the plain model, 1 thread,
-    # alternating per window; CPU time per window as well (less sensitive to other jobs on the cores)
-    from engine.infer import TorchPredictor
+    fast = TorchPredictor(model, channels_last=True)  # the predictor PredictOp builds on the CPU
 
-    plain = TorchPredictor(model, fold_norms=False, channels_last=False)
-    fused = TorchPredictor(model)  # the defaults predict uses
-    x0 = torch.zeros(1, 1, wz, wy, wx)
-    plain(x0), fused(x0)
-    wall = {"plain": 0.0, "fused": 0.0}
-    cpu = {"plain": 0.0, "fused": 0.0}
-    for z, y, x in windows:
-        x_t = torch.from_numpy(raw[z : z + wz, y : y + wy, x : x + wx].astype("float32") / 255)[None, None]
-        for name, pred in (("plain", plain), ("fused", fused)):
+    def plain(x: Any) -> Any:
+        with torch.inference_mode():
+            return torch.sigmoid(model(x))
+
+    for name, forward in (("plain", plain), ("fast", fast)):
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            forward(torch.zeros(1, 1, wz, wy, wx))  # warm-up
             t0, c0 = time.perf_counter(), time.process_time()
-            pred(x_t)
-            wall[name] += time.perf_counter() - t0
-            cpu[name] += time.process_time() - c0
-    for name in wall:
-        out[f"threads1_{name}_s_per_window"] = wall[name] / len(windows)
-        out[f"threads1_{name}_cpu_s_per_window"] = cpu[name] / len(windows)
+            for z, y, x in windows:
+                forward(torch.from_numpy(raw[z : z + wz, y : y + wy, x : x + wx].astype("float32") / 255)[None, None])
+            dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+            out[f"{name}_threads{threads}_vox_s"] = len(windows) * wz * wy * wx / dt
+            out[f"{name}_threads{threads}_s_per_window"] = dt / len(windows)
+            out[f"{name}_threads{threads}_cpu_s_per_window"] = cpu / len(windows)
     return out
 
 
@@ -257,32 +249,40 @@ def main() -> int:
     # steady state: the busiest worker's pass-1 block seconds + pass 2's wall time (no start-up)
     steady_s = max(conn["worker_busy_s"].values()) + conn["pass_seconds"].get("borders", 0.0)
     steady_vs = voxels / steady_s
-    limit2 = limit["threads2_vox_s"]
-    # the whole-volume windows at the raw rate: what a perfect one-process engine would take
-    ideal = voxels * limit2 / (w.num_windows * np.prod(WINDOW))
+    # the limit of each side's forward on this hardware: MONAI's plain model with 2 threads; Connectile's
+    # predictor in 2 single-thread workers (twice the 1-thread rate) or with 2 threads, whichever is faster
+    limit_monai = limit["plain_threads2_vox_s"]
+    limit_conn = max(limit["fast_threads2_vox_s"], 2 * limit["fast_threads1_vox_s"])
+    # seconds of forward per voxel of the volume: every whole-volume window once, at the raw rate
+    per_window = w.num_windows * np.prod(WINDOW) / voxels
     summary = {
         "voxels": voxels, "windows": w.num_windows, "windows_computed_blockwise": conn["windows_computed"],
-        "redundancy": conn["windows_computed"] / w.num_windows,
-        "limit_vox_s_2threads": limit2, "limit_vox_s_2x1thread": 2 * limit["threads1_vox_s"],
+        "redundancy": conn["windows_computed"] / w.num_windows, "limit": limit,
+        "limit_plain_vox_s_2threads": limit_monai, "limit_fast_vox_s": limit_conn,
         "monai_vox_s": monai_vs, "connectile_vox_s": conn_vs, "connectile_over_monai": conn_vs / monai_vs,
         "connectile_steady_s": steady_s, "connectile_steady_vox_s": steady_vs, "connectile_steady_over_monai": steady_vs / monai_vs,
         "pass_seconds": conn["pass_seconds"], "worker_busy_s": conn["worker_busy_s"],
-        "monai_over_limit": monai_vs / ideal, "connectile_over_limit": conn_vs / ideal,
+        "monai_over_its_limit": monai_vs * per_window / limit_monai, "connectile_over_its_limit": conn_vs * per_window / limit_conn,
         "monai_peak_mib": monai["vmhwm"] / MIB, "connectile_peak_mib": conn["peak"]["work_rss"] / MIB,
         "connectile_peak_pss_mib": conn["peak"]["work_pss"] / MIB, "max_abs_diff_uint8_vs_monai": diff,
         "cluster_start_s": conn["cluster_start_s"],
-        "fused_over_plain_cpu_1thread": limit["threads1_fused_cpu_s_per_window"] / limit["threads1_plain_cpu_s_per_window"],
+        "fast_over_plain_cpu_1thread": limit["fast_threads1_cpu_s_per_window"] / limit["plain_threads1_cpu_s_per_window"],
     }
     print(json.dumps({"summary": summary}), flush=True)
+    lim = limit
     print(
         f"\nvolume {shape}, window {WINDOW}, overlap 0.5, gaussian; {w.num_windows} windows ({conn['windows_computed']} computed blockwise "
         f"in {conn['blocks']} blocks of {tuple(conn['block_shape'])}, {100 * (summary['redundancy'] - 1):.0f}% twice)\n"
-        f"limit (raw forward, batch 1): {limit2 / 1e3:.1f} kvox/s with 2 threads, {2 * limit['threads1_vox_s'] / 1e3:.1f} kvox/s as 2 x 1 thread\n"
-        f"monai      {monai_vs / 1e3:8.1f} kvox/s  ({monai['run_s']:.1f} s)  = {summary['monai_over_limit']:.2f} of the limit   peak {summary['monai_peak_mib']:.0f} MiB\n"
-        f"connectile {conn_vs / 1e3:8.1f} kvox/s  ({conn['run_s']:.1f} s)  = {summary['connectile_over_limit']:.2f} of the limit   "
+        "limit (raw forward on non-overlapping windows, batch 1):\n"
+        f"  plain model (MONAI's forward)  {lim['plain_threads2_vox_s'] / 1e3:6.1f} kvox/s with 2 threads, "
+        f"{2 * lim['plain_threads1_vox_s'] / 1e3:6.1f} as 2 x 1 thread; {lim['plain_threads1_cpu_s_per_window']:.2f} CPU s/window at 1 thread\n"
+        f"  Connectile's predictor         {lim['fast_threads2_vox_s'] / 1e3:6.1f} kvox/s with 2 threads, "
+        f"{2 * lim['fast_threads1_vox_s'] / 1e3:6.1f} as 2 x 1 thread; {lim['fast_threads1_cpu_s_per_window']:.2f} CPU s/window at 1 thread "
+        f"({summary['fast_over_plain_cpu_1thread']:.2f} of plain)\n"
+        f"monai      {monai_vs / 1e3:8.1f} kvox/s  ({monai['run_s']:.1f} s)  = {summary['monai_over_its_limit']:.2f} of its forward's limit   "
+        f"peak {summary['monai_peak_mib']:.0f} MiB\n"
+        f"connectile {conn_vs / 1e3:8.1f} kvox/s  ({conn['run_s']:.1f} s)  = {summary['connectile_over_its_limit']:.2f} of its forward's limit   "
         f"peak {summary['connectile_peak_mib']:.0f} MiB RSS ({summary['connectile_peak_pss_mib']:.0f} MiB PSS), driver + 2 workers\n"
-        f"per window, 1 thread: plain {limit['threads1_plain_s_per_window']:.2f} s ({limit['threads1_plain_cpu_s_per_window']:.2f} s CPU), "
-        f"folded norms + channels-last {limit['threads1_fused_s_per_window']:.2f} s ({limit['threads1_fused_cpu_s_per_window']:.2f} s CPU)\n"
         f"connectile steady state (no worker start-up: busiest worker's pass-1 blocks {max(conn['worker_busy_s'].values()):.1f} s + pass 2 "
         f"{conn['pass_seconds'].get('borders', 0.0):.1f} s = {steady_s:.1f} s): {steady_vs / 1e3:.1f} kvox/s\n"
         f"connectile / monai = {summary['connectile_over_monai']:.2f}x total (goal 1.2x); steady state {summary['connectile_steady_over_monai']:.2f}x; "

@@ -3,6 +3,7 @@ volume == MONAI, serial and Ray, TTA, bounded memory, errors, CLI."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import pickle
 from pathlib import Path
@@ -18,7 +19,7 @@ from engine.cli import main
 from engine.errors import ConfigError
 from engine.geometry import BlockGrid, Box
 from engine.infer import SlidingWindow, TorchPredictor, WindowGrid, aligned_write_shape, importance_map, transforms
-from engine.infer.predictor import fold_batchnorm
+from engine.infer.predictor import PointwiseMatmul, fold_batchnorm, pointwise_as_matmul
 from engine.infer.windows import WindowOwnership
 from engine.models import ModelConfig, build_model, load_checkpoint, save_checkpoint
 from engine.ops.predict import PredictOp, checkpoint_digest, predict_grid, predict_volume
@@ -229,10 +230,55 @@ def test_folded_batch_norms_give_the_same_probabilities() -> None:
     assert any(isinstance(m, torch.nn.BatchNorm3d) for m in net.modules())  # the caller's model is not changed
     vol = _volume((6, 20, 20))
     plain = SlidingWindow(TorchPredictor(net, fold_norms=False), WINDOW, 0.5, batch_size=2)(vol)
-    fast = SlidingWindow(TorchPredictor(net, channels_last=True), WINDOW, 0.5, batch_size=2)(vol)
+    fast_predictor = TorchPredictor(net, channels_last=True)
+    # the 1x1x1 convolutions (projection, head) run as matrix products on the CPU path
+    assert sum(isinstance(m, PointwiseMatmul) for m in fast_predictor.model.modules()) == 3
+    assert not any(isinstance(m, torch.nn.Conv3d) and m.kernel_size == (1, 1, 1) for m in fast_predictor.model.modules())
+    assert any(isinstance(m, torch.nn.Conv3d) and m.kernel_size == (1, 1, 1) for m in net.modules())  # caller's unchanged
+    fast = SlidingWindow(fast_predictor, WINDOW, 0.5, batch_size=2)(vol)
     np.testing.assert_allclose(fast, plain, rtol=0, atol=1e-5)
     monai = _monai(vol, TorchPredictor(net, fold_norms=False), WINDOW, 0.5, 2)  # type: ignore[arg-type]
     np.testing.assert_allclose(fast, monai, rtol=0, atol=1e-4)
+
+
+def test_pointwise_matmul_equals_the_convolution_with_either_layout() -> None:
+    """A 1x1x1 convolution as a matrix product: same values (bias or not, NCDHW or NDHWC input), the
+    output keeps the channels-last layout, and only pointwise stride-1 convolutions are replaced."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv3d(5, 7, 1), torch.nn.Conv3d(7, 3, 1, bias=False), torch.nn.Conv3d(3, 3, 1, stride=2)]
+    model = torch.nn.Sequential(*layers, torch.nn.Conv3d(3, 2, 3)).eval()
+    fast, n = pointwise_as_matmul(copy.deepcopy(model))
+    assert n == 2 and isinstance(fast[2], torch.nn.Conv3d) and isinstance(fast[3], torch.nn.Conv3d)
+    x = torch.randn(2, 5, 5, 9, 11)
+    with torch.inference_mode():
+        want = model(x)
+        np.testing.assert_allclose(fast(x).numpy(), want.numpy(), rtol=0, atol=1e-5)
+        xl = x.contiguous(memory_format=torch.channels_last_3d)
+        np.testing.assert_allclose(fast(xl).numpy(), want.numpy(), rtol=0, atol=1e-5)
+        assert fast[1](fast[0](xl)).is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_decoder_projects_before_upsampling_as_if_after() -> None:
+    """The U-Net's decoder projects (1x1) on the coarse grid, then interpolates: equal to the textbook
+    order (interpolate, then project), also on odd sizes (non-integer scales), 3D and 2D."""
+    from torch.nn import functional
+
+    for cfg, shape in [
+        (ModelConfig(filters=[4, 6, 8], anisotropic_stages=1, norm="batch"), (1, 1, 5, 19, 23)),
+        (ModelConfig(dims=2, filters=[4, 6, 8]), (2, 1, 21, 17)),
+    ]:
+        torch.manual_seed(1)
+        net = build_model(cfg).eval()
+        x = torch.randn(*shape)
+        with torch.inference_mode():
+            feats = net.encoder(x)
+            dec = net.decoder
+            y = feats[-1]
+            mode = "trilinear" if x.dim() == 5 else "bilinear"
+            for i in reversed(range(len(feats) - 1)):
+                up = functional.interpolate(y, size=feats[i].shape[2:], mode=mode, align_corners=False)
+                y = dec.blocks[i](dec.project[i](up) + feats[i])
+            torch.testing.assert_close(dec(feats), y, rtol=0, atol=1e-5)
 
 
 # -- the op on real stores: blockwise == whole == MONAI, serial and Ray --------------------------------

@@ -83,7 +83,14 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Upsample (linear interpolation to the skip's size), 1x1 projection, add the skip, residual block."""
+    """1x1 projection, upsample (linear interpolation to the skip's size), add the skip, residual block.
+
+    Projecting before upsampling is the same function as upsampling first (linear interpolation mixes
+    voxels with weights that sum to one, the 1x1 projection mixes channels: the two commute, bias
+    included) but runs the projection on the coarse grid and interpolates the narrower channel count
+    (2-3% of a window's forward time on a 2-core CPU). Parameter names are unchanged, so checkpoints
+    trained either way load either way.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -100,8 +107,8 @@ class Decoder(nn.Module):
         mode = "trilinear" if self.dims == 3 else "bilinear"
         for i in reversed(range(len(feats) - 1)):
             skip = feats[i]
-            x = F.interpolate(x, size=skip.shape[2:], mode=mode, align_corners=False)
-            x = self.blocks[i](self.project[i](x) + skip)
+            x = F.interpolate(self.project[i](x), size=skip.shape[2:], mode=mode, align_corners=False)
+            x = self.blocks[i](x + skip)
         return x
 
 
