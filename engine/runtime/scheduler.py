@@ -184,6 +184,11 @@ class _Dispatcher:
         self.in_flight = [0] * be.num_workers
         self.dead: set[int] = set()
         self.suspects: set[int] = set()  # blocks of a batch whose worker died: dispatched alone
+        # A suspect runs alone on its worker: nothing queued before or behind it. When a block kills its
+        # worker (os._exit, a segfault), the reply of the call that finished just before may never leave
+        # the dying process; with a batch queued ahead of the suspect, that innocent batch would look
+        # like the one that was running and be charged the death (seen in CI under load).
+        self.isolated: set[int] = set()  # workers running a suspect
         self.running_blocks = 0
 
     def alive(self) -> list[int]:
@@ -212,11 +217,15 @@ class _Dispatcher:
 
     def fill(self) -> None:
         for w in self.alive():
-            while self.pending and self.in_flight[w] < self.window:
+            while self.pending and self.in_flight[w] < self.window and w not in self.isolated:
+                if self.pending[0] in self.suspects and self.in_flight[w] > 0:
+                    break  # a suspect waits for a worker with nothing in flight
                 ids = self.next_batch()
                 self.be.submit(w, ids)
                 self.in_flight[w] += 1
                 self.running_blocks += len(ids)
+                if ids[0] in self.suspects:
+                    self.isolated.add(w)
 
     def run(self) -> None:
         self.fill()
@@ -224,6 +233,8 @@ class _Dispatcher:
             for c in self.be.wait(timeout=0.5):
                 self.in_flight[c.worker] -= 1
                 self.running_blocks -= len(c.ids)
+                if self.in_flight[c.worker] == 0:
+                    self.isolated.discard(c.worker)
                 if c.result is None:
                     self.worker_lost(c)
                 else:
