@@ -269,15 +269,14 @@ def main() -> int:
         "fast_over_plain_cpu_1thread": limit["fast_threads1_cpu_s_per_window"] / limit["plain_threads1_cpu_s_per_window"],
     }
     print(json.dumps({"summary": summary}), flush=True)
-    lim = limit
     print(
         f"\nvolume {shape}, window {WINDOW}, overlap 0.5, gaussian; {w.num_windows} windows ({conn['windows_computed']} computed blockwise "
         f"in {conn['blocks']} blocks of {tuple(conn['block_shape'])}, {100 * (summary['redundancy'] - 1):.0f}% twice)\n"
         "limit (raw forward on non-overlapping windows, batch 1):\n"
-        f"  plain model (MONAI's forward)  {lim['plain_threads2_vox_s'] / 1e3:6.1f} kvox/s with 2 threads, "
-        f"{2 * lim['plain_threads1_vox_s'] / 1e3:6.1f} as 2 x 1 thread; {lim['plain_threads1_cpu_s_per_window']:.2f} CPU s/window at 1 thread\n"
-        f"  Connectile's predictor         {lim['fast_threads2_vox_s'] / 1e3:6.1f} kvox/s with 2 threads, "
-        f"{2 * lim['fast_threads1_vox_s'] / 1e3:6.1f} as 2 x 1 thread; {lim['fast_threads1_cpu_s_per_window']:.2f} CPU s/window at 1 thread "
+        f"  plain model (MONAI's forward)  {limit['plain_threads2_vox_s'] / 1e3:6.1f} kvox/s with 2 threads, "
+        f"{2 * limit['plain_threads1_vox_s'] / 1e3:6.1f} as 2 x 1 thread; {limit['plain_threads1_cpu_s_per_window']:.2f} CPU s/window at 1 thread\n"
+        f"  Connectile's predictor         {limit['fast_threads2_vox_s'] / 1e3:6.1f} kvox/s with 2 threads, "
+        f"{2 * limit['fast_threads1_vox_s'] / 1e3:6.1f} as 2 x 1 thread; {limit['fast_threads1_cpu_s_per_window']:.2f} CPU s/window at 1 thread "
         f"({summary['fast_over_plain_cpu_1thread']:.2f} of plain)\n"
         f"monai      {monai_vs / 1e3:8.1f} kvox/s  ({monai['run_s']:.1f} s)  = {summary['monai_over_its_limit']:.2f} of its forward's limit   "
         f"peak {summary['monai_peak_mib']:.0f} MiB\n"

@@ -158,11 +158,11 @@ class TorchPredictor:
             model, folded = fold_batchnorm(model)
             if folded:
                 log.debug("folded %d batch norm(s) into their convolutions", folded)
+        elif self.channels_last:  # the layout and the swaps below work in place: not on the caller's model
+            model = copy.deepcopy(model)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
             if self.device.type == "cpu" and not compile:
-                if not fold_norms:  # fold_batchnorm already copied the model; never change the caller's
-                    model = copy.deepcopy(model)
                 model, replaced = pointwise_as_matmul(model)
                 if replaced:
                     log.debug("running %d 1x1x1 convolution(s) as matrix products", replaced)
