@@ -17,9 +17,9 @@ from engine.select.candidates import Windows, containing
 from engine.select.embeddings import create_embeddings
 from engine.select.greedy import coverage_curve, greedy_select
 from engine.select.hierarchical import hierarchical_select
-from engine.select.knn import approx_knn, exact_knn, knn_recall
+from engine.select.knn import IVFIndex, approx_knn, exact_knn, knn_recall, tune_nprobe
 from engine.select.patches import PatchGrid
-from engine.select.reference import dense_balls, reference_greedy
+from engine.select.reference import dense_balls, reference_greedy, reference_greedy_hoisted
 
 
 def _problem(seed: int, window: tuple[int, int, int], step: tuple[int, int, int], ties: bool) -> tuple[Windows, np.ndarray]:
@@ -52,6 +52,7 @@ def test_greedy_equals_brute_force(seed: int, window: tuple[int, int, int], step
     picks, scores = reference_greedy(windows, dense, 6)
     assert sel.picks == picks
     assert sel.coverage == scores
+    assert reference_greedy_hoisted(windows, dense, 6) == (picks, scores)  # bench_select.py's reference
     # no two picks share a voxel (the authors' code only compared patch ids)
     for i, a in enumerate(sel.boxes):
         for b in sel.boxes[i + 1 :]:
@@ -160,6 +161,59 @@ def test_approximate_knn_recall_and_determinism() -> None:
     full = approx_knn(x, 15, nlist=10, nprobe=10, seed=1)
     exact = exact_knn(x, 15)
     assert np.array_equal(np.sort(full, 1), np.sort(exact, 1))
+
+
+def _naive_balls(x: np.ndarray, k: int, include_self: bool) -> np.ndarray:
+    """Every distance, every row sorted by (distance, id): what the exact search must return."""
+    d = ((x[:, None, :].astype(np.float64) - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, -1.0 if include_self else np.inf)
+    ids = np.broadcast_to(np.arange(len(x)), d.shape)
+    return np.stack([np.lexsort((ids[i], d[i]))[:k] for i in range(len(x))])
+
+
+@pytest.mark.parametrize("include_self", [True, False])
+def test_exact_knn_unchanged_by_faiss(include_self: bool) -> None:
+    """The exact search is numpy's (faiss serves only the approximate one): every row equals the
+    fully sorted distance matrix, ties by id, also across chunks."""
+    import engine.select.knn as knn
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 3, size=(400, 3)).astype(np.float32)  # many exact ties
+    want = _naive_balls(x, 12, include_self)
+    assert np.array_equal(exact_knn(x, 12, include_self=include_self), want)
+    old = knn._TARGET_CHUNK_BYTES
+    knn._TARGET_CHUNK_BYTES = 8 * 400 * 7  # chunks of 7 rows
+    try:
+        assert np.array_equal(exact_knn(x, 12, include_self=include_self), want)
+    finally:
+        knn._TARGET_CHUNK_BYTES = old
+
+
+def test_faiss_index_self_first_among_duplicates_and_pickles() -> None:
+    """30 copies of one point (more than k): each copy's ball still starts with itself (include_self)
+    or leaves it out; the index survives pickling (Ray's object store) with the same answers."""
+    rng = np.random.default_rng(1)
+    x = np.concatenate([np.zeros((30, 4)), rng.normal(size=(500, 4))]).astype(np.float32)
+    index = IVFIndex.build(x, 8, seed=0)
+    with_self = index.search(np.arange(30), 10, nprobe=8)
+    assert (with_self[:, 0] == np.arange(30)).all()
+    assert all(set(r[1:]) <= set(range(30)) for r in with_self)  # the other copies (distance 0)
+    without = index.search(np.arange(30), 10, nprobe=8, include_self=False)
+    assert all(i not in r and set(r) <= set(range(30)) for i, r in enumerate(without))
+    again = pickle.loads(pickle.dumps(index))
+    rows = np.arange(0, 530, 7)
+    assert np.array_equal(again.search(rows, 10, nprobe=3), index.search(rows, 10, nprobe=3))
+
+
+def test_tune_nprobe_reaches_target_recall() -> None:
+    x = np.random.default_rng(2).normal(size=(4000, 12)).astype(np.float32)  # no clusters: one list finds little
+    index = IVFIndex.build(x, 32, seed=0)
+    assert knn_recall(x, approx_knn(x, 20, nprobe=1, index=index), sample=300) < 0.9  # one list is not enough
+    nprobe = tune_nprobe(index, 20, 1, 0.97, seed=0)
+    assert 1 < nprobe <= 32
+    balls = approx_knn(x, 20, nprobe=1, index=index, target_recall=0.97)
+    assert np.array_equal(balls, approx_knn(x, 20, nprobe=nprobe, index=index))
+    assert knn_recall(x, balls, sample=500, seed=3) >= 0.95
 
 
 def test_hierarchical_picks_inside_regions() -> None:

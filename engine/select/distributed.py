@@ -8,7 +8,7 @@ sends the newly covered patches and the pick to all actors. The picks equal thos
 :func:`engine.select.greedy.greedy_select` in one process; memory per actor is its shard's.
 
 kNN balls themselves are computed blockwise on actors too (:func:`distributed_knn`): every actor gets
-the IVF index once (through the object store) and searches a block of query patches.
+the faiss IVF index once (through the object store) and searches blocks of query patches.
 """
 
 from __future__ import annotations
@@ -96,6 +96,9 @@ class RayShards:
 
 class _KnnSearcher:
     def __init__(self, index: Any) -> None:
+        import faiss
+
+        faiss.omp_set_num_threads(1)  # the actor's one CPU
         self.index = index
 
     def search(self, rows: np.ndarray, k: int, nprobe: int, include_self: bool) -> np.ndarray:
@@ -103,14 +106,18 @@ class _KnnSearcher:
 
 
 def distributed_knn(
-    x: np.ndarray, k: int, *, workers: int = 2, nlist: int | None = None, nprobe: int = 16, seed: int = 0, include_self: bool = True, block: int = 65536
+    x: np.ndarray, k: int, *, workers: int = 2, nlist: int | None = None, nprobe: int = 16, seed: int = 0, include_self: bool = True, block: int = 65536,
+    target_recall: float | None = None,
 ) -> np.ndarray:
-    """Approximate kNN balls: the IVF index built once, query blocks searched on ``workers`` actors."""
+    """Approximate kNN balls: the IVF index built once (``nprobe`` tuned to ``target_recall`` on the
+    driver, as :func:`engine.select.knn.approx_knn` does), query blocks searched on ``workers`` actors."""
     import ray
 
-    from engine.select.knn import IVFIndex
+    from engine.select.knn import IVFIndex, tune_nprobe
 
     index = IVFIndex.build(x, nlist, seed=seed)
+    if target_recall is not None:
+        nprobe = tune_nprobe(index, k, nprobe, target_recall, seed=seed, include_self=include_self)
     ref = ray.put(index)
     actor_cls: Any = ray.remote(num_cpus=1)(_KnnSearcher)
     actors: list[Any] = [actor_cls.remote(ref) for _ in range(workers)]

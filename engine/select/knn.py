@@ -1,4 +1,4 @@
-"""kNN balls in embedding space: exact (chunked brute force) or approximate (an IVF index).
+"""kNN balls in embedding space: exact (chunked brute force) or approximate (faiss IVF index).
 
 The ball of patch ``i`` is the set of the ``k`` patches nearest to it in Euclidean distance, itself
 included (as in the authors' code: the k-th smallest distance of row ``i`` of the distance matrix,
@@ -11,10 +11,10 @@ Balls are stored as an ``(N, k)`` array of patch ids (row ``i``: the ball of ``i
 ``N * k`` integers, never an ``N x N`` matrix. :func:`ball_matrix` turns them into a sparse CSR
 matrix with ``k`` non-zeros per row.
 
-For large ``N`` the exact search costs ``N^2 D`` flops. :class:`IVFIndex` is an inverted-file index
-(k-means coarse quantiser from scikit-learn, exact distances inside the ``nprobe`` nearest lists),
-the method faiss calls IndexIVFFlat; :func:`knn_recall` measures its error against the exact search
-on a sample of queries.
+For large ``N`` the exact search costs ``N^2 D`` flops. :class:`IVFIndex` is faiss's inverted-file
+index (``IndexIVFFlat``: k-means coarse quantiser, exact distances inside the ``nprobe`` nearest
+lists); :func:`knn_recall` measures its error against the exact search on a sample of queries and
+:func:`tune_nprobe` raises ``nprobe`` until a target recall is reached.
 
 >>> x = np.array([[0.0], [1.0], [3.0], [10.0]])
 >>> exact_knn(x, 2).tolist()
@@ -24,7 +24,7 @@ on a sample of queries.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -130,107 +130,148 @@ def ball_matrix(balls: np.ndarray, n: int | None = None, rows: np.ndarray | None
     return m
 
 
-@dataclass
 class IVFIndex:
-    """Inverted-file index: points grouped by their nearest k-means centroid.
+    """Inverted-file index (faiss ``IndexIVFFlat``): points grouped by their nearest k-means centroid.
 
-    A query is compared exactly with the points of its ``nprobe`` nearest lists. With ``nlist`` about
-    ``4 sqrt(N)`` and ``nprobe`` 8-32 the recall of the k nearest is typically above 0.9 on
-    embeddings with structure; :func:`knn_recall` measures it.
+    A query is compared exactly (float32) with the points of its ``nprobe`` nearest lists. The coarse
+    quantiser is faiss's k-means on a seeded sample (at most ``train_size`` points, 39 per list);
+    ``nlist`` defaults to about ``2 sqrt(N)``. Pickles through ``faiss.serialize_index`` (Ray actors
+    get it through the object store). Where faiss has GPU support and sees a GPU (``faiss-gpu``),
+    :meth:`search` runs there; ``faiss-cpu`` runs on the CPU threads of the process.
     """
 
-    x: np.ndarray
-    centroids: np.ndarray
-    assign: np.ndarray
-    order: np.ndarray  # point ids sorted by list
-    offsets: np.ndarray  # list l holds order[offsets[l]:offsets[l + 1]]
+    def __init__(self, x: np.ndarray, index: Any) -> None:
+        self.x = np.ascontiguousarray(x, dtype=np.float32)
+        self.index = index
+        self._gpu: Any = None
 
     @classmethod
     def build(cls, x: np.ndarray, nlist: int | None = None, *, seed: int = 0, train_size: int = 100_000) -> IVFIndex:
-        """Train the coarse quantiser on a sample (at most ``train_size`` and 32 per list) and fill the lists."""
+        """Train the coarse quantiser on a seeded sample and fill the lists with every point."""
+        import faiss
+
         x = np.ascontiguousarray(x, dtype=np.float32)
-        n = x.shape[0]
-        nlist = int(nlist or max(1, min(n // 39, round(4 * np.sqrt(n)))))
+        n, dim = x.shape
+        nlist = int(nlist or max(1, min(n // 39, round(2 * np.sqrt(n)))))
         rng = np.random.default_rng(seed)
-        train = min(n, train_size, 32 * nlist)
+        train = min(n, max(train_size, 39 * nlist))
         sample = x if n <= train else x[np.sort(rng.choice(n, train, replace=False))]
-        centroids = _kmeans(sample, nlist, seed=seed)
-        assign = np.empty(n, dtype=np.int64)
-        c_sq = (centroids.astype(np.float64) ** 2).sum(1)
-        for s in range(0, n, 65536):
-            assign[s : s + 65536] = np.argmin(sq_distances(x[s : s + 65536], centroids, c_sq), axis=1)
-        order = np.argsort(assign, kind="stable")
-        offsets = np.searchsorted(assign[order], np.arange(nlist + 1))
-        log.info("IVF index: %d points in %d lists (largest %d)", n, nlist, int(np.diff(offsets).max()))
-        return cls(x, centroids, assign, order, offsets)
+        quantizer = faiss.IndexFlatL2(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
+        index.cp.seed = int(seed)
+        index.cp.niter = 10
+        index.cp.min_points_per_centroid = 1  # no warning (and no subsampling) below 39 points per list
+        index.cp.max_points_per_centroid = max(39, -(-train // nlist))
+        index.train(sample)
+        index.add(x)
+        sizes = np.array([index.invlists.list_size(i) for i in range(nlist)])
+        log.info("IVF index (faiss): %d points in %d lists (largest %d)", n, nlist, int(sizes.max()))
+        return cls(x, index)
 
     @property
     def nlist(self) -> int:
-        return int(self.centroids.shape[0])
+        return int(self.index.nlist)
+
+    def __getstate__(self) -> dict[str, Any]:
+        import faiss
+
+        return {"x": self.x, "index": faiss.serialize_index(self.index)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import faiss
+
+        self.x = state["x"]
+        self.index = faiss.deserialize_index(state["index"])
+        self._gpu = None
+
+    def _searcher(self) -> Any:
+        """The index on a GPU where faiss can use one (built once), else the CPU index."""
+        if self._gpu is None:
+            self._gpu = self.index
+            if faiss_gpus() > 0:
+                import faiss
+
+                self._gpu = faiss.index_cpu_to_all_gpus(self.index)
+                log.info("IVF search on %d GPU(s)", faiss_gpus())
+        return self._gpu
 
     def search(self, rows: np.ndarray, k: int, nprobe: int = 16, *, include_self: bool = True) -> np.ndarray:
-        """Approximate kNN balls of the points ``rows`` (ids into the indexed points)."""
+        """Approximate kNN balls of the points ``rows`` (ids into the indexed points), nearest first."""
         rows = np.asarray(rows, dtype=np.int64)
-        q = self.x[rows]
+        searcher = self._searcher()
         nprobe = min(nprobe, self.nlist)
-        c_sq = (self.centroids.astype(np.float64) ** 2).sum(1)
-        probe = k_smallest(sq_distances(q, self.centroids, c_sq), nprobe)  # (nq, nprobe) list ids
-        best_d = np.full((len(rows), k), np.inf)
-        best_i = np.full((len(rows), k), np.iinfo(np.int64).max, dtype=np.int64)
-        # Lists in turn: every query that probes list l is compared with all of l's points at once.
-        flat_q = np.repeat(np.arange(len(rows)), nprobe)
-        flat_l = probe.ravel()
-        by_list = np.argsort(flat_l, kind="stable")
-        bounds = np.searchsorted(flat_l[by_list], np.arange(self.nlist + 1))
-        for lst in range(self.nlist):
-            qs = flat_q[by_list[bounds[lst] : bounds[lst + 1]]]
-            members = self.order[self.offsets[lst] : self.offsets[lst + 1]]
-            if len(qs) == 0 or len(members) == 0:
-                continue
-            d = sq_distances(q[qs], self.x[members])
-            same = rows[qs][:, None] == members[None, :]
-            d[same] = -1.0 if include_self else np.inf
-            all_d = np.concatenate([best_d[qs], d], axis=1)
-            all_i = np.concatenate([best_i[qs], np.broadcast_to(members, d.shape)], axis=1)
-            kk = min(k, all_d.shape[1])
-            sel = np.argpartition(all_d, kk - 1, axis=1)[:, :kk]
-            best_d[qs, :kk] = np.take_along_axis(all_d, sel, axis=1)
-            best_i[qs, :kk] = np.take_along_axis(all_i, sel, axis=1)
-        if (best_i == np.iinfo(np.int64).max).any():
-            raise ConfigError(
-                f"the approximate index found fewer than k={k} neighbours for some patches", "raise --nprobe or use --knn exact"
-            )
-        order = np.lexsort((best_i, best_d), axis=1)  # nearest first, ties by id
-        return np.take_along_axis(best_i, order, axis=1)
+        searcher.nprobe = nprobe  # CPU and GPU IVF indexes alike
+        d, ids = searcher.search(self.x[rows], k + 1)
+        return _balls_from_hits(d, ids, rows, k, include_self)
 
 
-def _kmeans(x: np.ndarray, n_clusters: int, *, seed: int = 0, iters: int = 10) -> np.ndarray:
-    """Lloyd's k-means (float32 centroids) from a seeded random sample of the points.
+def faiss_gpus() -> int:
+    """GPUs faiss can use here (0 with ``faiss-cpu``)."""
+    try:
+        import faiss
+    except ImportError:
+        return 0
+    fn = getattr(faiss, "get_num_gpus", None)
+    return int(fn()) if fn is not None and hasattr(faiss, "StandardGpuResources") else 0
 
-    Plain numpy GEMMs: a coarse quantiser needs only a few iterations, and on a busy machine
-    scikit-learn's k-means (and its k-means++ start: one small GEMM per centre) was many times slower.
+
+def _balls_from_hits(d: np.ndarray, ids: np.ndarray, rows: np.ndarray, k: int, include_self: bool) -> np.ndarray:
+    """``(len(rows), k)`` balls from ``k + 1`` hits per query: the query itself first (``include_self``)
+    or left out, the rest nearest first, ties by id; too few hits raise a ConfigError."""
+    d = np.asarray(d, dtype=np.float64).copy()
+    ids = np.asarray(ids, dtype=np.int64).copy()
+    missing = ids < 0
+    d[missing] = np.inf
+    ids[missing] = np.iinfo(np.int64).max
+    own = ids == rows[:, None]
+    d[own] = -1.0 if include_self else np.inf
+    if include_self:  # the query itself, where the search did not find it, replaces the last hit
+        absent = ~own.any(axis=1)
+        ids[absent, -1] = rows[absent]
+        d[absent, -1] = -1.0
+    order = np.lexsort((ids, d), axis=1)[:, :k]
+    out = np.take_along_axis(ids, order, axis=1)
+    if not np.isfinite(np.take_along_axis(d, order, axis=1)).all():
+        raise ConfigError(f"the approximate index found fewer than k={k} neighbours for some patches", "raise --nprobe or use --knn exact")
+    return out
+
+
+def approx_knn(
+    x: np.ndarray, k: int, *, nlist: int | None = None, nprobe: int = 16, seed: int = 0, include_self: bool = True,
+    target_recall: float | None = None, index: IVFIndex | None = None,
+) -> np.ndarray:
+    """Approximate kNN balls of all points through an :class:`IVFIndex` (built here unless given).
+
+    ``target_recall``: first raise ``nprobe`` (doubling, up to every list) until the recall measured on
+    a seeded sample of 256 patches reaches it (:func:`tune_nprobe`).
     """
-    rng = np.random.default_rng(seed)
-    centroids = x[np.sort(rng.choice(len(x), n_clusters, replace=False))].astype(np.float64)
-    xd = x.astype(np.float64)
-    for _ in range(iters):
-        assign = np.argmin(sq_distances(xd, centroids), axis=1)
-        counts = np.bincount(assign, minlength=n_clusters)
-        sums = np.zeros_like(centroids)
-        np.add.at(sums, assign, xd)
-        filled = counts > 0
-        centroids[filled] = sums[filled] / counts[filled, None]
-    return centroids.astype(np.float32)
-
-
-def approx_knn(x: np.ndarray, k: int, *, nlist: int | None = None, nprobe: int = 16, seed: int = 0, include_self: bool = True) -> np.ndarray:
-    """Approximate kNN balls of all points through an :class:`IVFIndex` (built here)."""
     x = _check(x, k)
-    index = IVFIndex.build(x, nlist, seed=seed)
+    index = index or IVFIndex.build(x, nlist, seed=seed)
+    if target_recall is not None:
+        nprobe = tune_nprobe(index, k, nprobe, target_recall, seed=seed, include_self=include_self)
     out = np.empty((x.shape[0], k), dtype=np.int64)
     for s in range(0, x.shape[0], 65536):
         out[s : s + 65536] = index.search(np.arange(s, min(s + 65536, x.shape[0])), k, nprobe, include_self=include_self)
     return out
+
+
+def tune_nprobe(index: IVFIndex, k: int, nprobe: int, target: float, *, seed: int = 0, include_self: bool = True, sample: int = 256) -> int:
+    """The smallest ``nprobe`` of ``nprobe, 2 nprobe, 4 nprobe, ...`` (capped at every list) whose recall
+    on a seeded sample of patches (against the exact search) reaches ``target``."""
+    n = index.x.shape[0]
+    rows = np.sort(np.random.default_rng(seed + 1).choice(n, min(sample, n), replace=False))
+    exact = exact_knn(index.x, k, include_self=include_self, rows=rows)
+    nprobe = max(1, min(nprobe, index.nlist))
+    while True:
+        try:
+            got = index.search(rows, k, nprobe, include_self=include_self)
+            recall = float(np.mean([len(np.intersect1d(e, g, assume_unique=True)) for e, g in zip(exact, got, strict=True)]) / k)
+        except ConfigError:  # lists too small for k neighbours: more lists
+            recall = 0.0
+        log.info("IVF nprobe %d of %d lists: recall %.3f on %d patches", nprobe, index.nlist, recall, len(rows))
+        if recall >= target or nprobe >= index.nlist:
+            return nprobe
+        nprobe = min(2 * nprobe, index.nlist)
 
 
 def knn_recall(x: np.ndarray, approx: np.ndarray, *, sample: int = 1000, seed: int = 0, include_self: bool = True) -> float:

@@ -48,6 +48,7 @@ class SelectConfig(Config):
     exact_max: int = Field(default=50_000, description="auto: exact kNN up to this many patches")
     nlist: int | None = None
     nprobe: int = 16
+    target_recall: float | None = Field(default=0.95, gt=0, le=1, description="approx: raise nprobe until the sampled recall reaches this (null: nprobe as given)")
     recall_sample: int = 500
     backend: Literal["local", "ray"] = "local"
     workers: int = 2
@@ -69,9 +70,10 @@ def compute_balls(emb: np.ndarray, cfg: SelectConfig, *, ray: bool = False, prog
         if ray:
             from engine.select.distributed import distributed_knn
 
-            balls = distributed_knn(emb, cfg.k, workers=cfg.workers, nlist=cfg.nlist, nprobe=cfg.nprobe, seed=cfg.seed, include_self=cfg.include_self)
+            balls = distributed_knn(emb, cfg.k, workers=cfg.workers, nlist=cfg.nlist, nprobe=cfg.nprobe, seed=cfg.seed, include_self=cfg.include_self,
+                                    target_recall=cfg.target_recall)
         else:
-            balls = approx_knn(emb, cfg.k, nlist=cfg.nlist, nprobe=cfg.nprobe, seed=cfg.seed, include_self=cfg.include_self)
+            balls = approx_knn(emb, cfg.k, nlist=cfg.nlist, nprobe=cfg.nprobe, seed=cfg.seed, include_self=cfg.include_self, target_recall=cfg.target_recall)
         info["recall"] = knn_recall(emb, balls, sample=cfg.recall_sample, seed=cfg.seed, include_self=cfg.include_self)
         log.info("approximate kNN recall@%d on %d patches: %.3f", cfg.k, cfg.recall_sample, info["recall"])
     info["knn_seconds"] = time.perf_counter() - t
