@@ -21,9 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 STAGES = [
     "synth", "embed", "selection", "annotate", "train",
-    "predict1", "label1", "score1", "query1", "review1", "finetune1",
-    "predict2", "label2", "score2", "query2", "review2", "finetune2",
-    "predict3", "label3", "score3", "metrics", "report",
+    "predict[1]", "label[1]", "score[1]", "query[1]", "review[1]", "finetune[1]",
+    "predict[2]", "label[2]", "score[2]", "query[2]", "review[2]", "finetune[2]",
+    "predict[3]", "label[3]", "score[3]", "metrics", "report",
 ]
 
 
@@ -38,7 +38,9 @@ def test_shipped_configs_are_the_demo_config() -> None:
     assert lucchi == json.loads(json.dumps(demo_config("runs/demo_lucchi", lucchi="../shared/data/lucchi_pp")))
     p = plan(pipeline_config(yaml.safe_load((REPO / "jobs/configs/demo.yaml").read_text())))
     assert p.order == STAGES
-    assert p.depends["predict2"] == ["finetune1", "synth"] and p.depends["finetune2"] == ["annotate", "finetune1", "query2", "review2"]
+    assert p.depends["predict[2]"] == ["finetune[1]", "synth"]
+    # every answer so far: the rounds' queries and reviews, not only the latest
+    assert p.depends["finetune[2]"] == ["annotate", "finetune[1]", "query[1]", "query[2]", "review[1]", "review[2]"]
 
 
 def test_tiny_pipeline_end_to_end_skip_rerun_and_person_review(tmp_path: Path) -> None:
@@ -52,12 +54,21 @@ def test_tiny_pipeline_end_to_end_skip_rerun_and_person_review(tmp_path: Path) -
 
     # what the stages made: selection boxes became the labelled boxes; fine-tuning continued the base model
     sel = json.loads((run_dir / "selection" / "selection.json").read_text())
-    boxes = json.loads((run_dir / "annotate" / "boxes.json").read_text())["boxes"]
-    assert boxes == [{"start": b["start"], "stop": b["stop"]} for b in sel["boxes"]] and len(boxes) == 2
+    split = json.loads((run_dir / "annotate" / "boxes.json").read_text())
+    from engine.pipeline.stages.annotate import split_box
+
+    assert [split_box(b, 0.25) for b in sel["boxes"]] == list(zip(split["boxes"], split["heldout"], strict=True)) and len(split["boxes"]) == 2
     steps = cfg["train"]["steps"]
     assert manifest.stages["train"]["outputs"]["checkpoint"].endswith(f"step-{steps:06d}")
-    assert manifest.stages["finetune1"]["outputs"]["checkpoint"].endswith(f"step-{steps + 4:06d}")
-    assert manifest.stages["finetune2"]["outputs"]["checkpoint"].endswith(f"step-{steps + 8:06d}")
+    # each round's model is the fine-tuned one when it scores at least as well on the held-out voxels, else the one before
+    prev = manifest.stages["train"]["outputs"]["checkpoint"]
+    for r in (1, 2):
+        d = json.loads(Path(manifest.stages[f"finetune[{r}]"]["outputs"]["decision"]).read_text())
+        # the candidate continues the round's model for the round's 4 steps
+        assert d["previous"] == prev and d["candidate"].endswith(f"step-{int(prev[-6:]) + 4:06d}") and d["heldout_voxels"] > 0
+        assert d["kept"] == ("previous" if d["candidate_score"] < d["previous_score"] else "candidate")
+        prev = manifest.stages[f"finetune[{r}]"]["outputs"]["checkpoint"]
+        assert prev == (d["previous"] if d["kept"] == "previous" else d["candidate"])
     metrics = json.loads((run_dir / "metrics" / "metrics.json").read_text())["rounds"]
     assert [m["round"] for m in metrics] == [1, 2, 3]
     for m in metrics:
@@ -69,28 +80,28 @@ def test_tiny_pipeline_end_to_end_skip_rerun_and_person_review(tmp_path: Path) -
     assert all(r.action == "skipped" for r in again)
 
     # a changed section reruns that stage and everything downstream of it, nothing else
-    changed = run_pipeline(pipeline_config(cfg, ["review2.threshold=0.6"]))
+    changed = run_pipeline(pipeline_config(cfg, ["rounds.overrides.2.review.threshold=0.6"]))
     ran = {r.stage for r in changed if r.action == "ran"}
-    assert ran == {"review2", "finetune2", "predict3", "label3", "score3", "metrics", "report"}
+    assert ran == {"review[2]", "finetune[2]", "predict[3]", "label[3]", "score[3]", "metrics", "report"}
 
     # a person's review: the round waits (one clear error) until its answers are finished
     from engine.active.answers import AnswerStore, answers_path
     from engine.active.query import read_queries
     from engine.pipeline.stages.review import ReviewPending
 
-    person = ["review1.source=person", "query1.query.seed=1"]
-    with pytest.raises(ReviewPending, match=r"connectile review .*query1"):
+    person = ["rounds.overrides.1.review.source=person", "rounds.overrides.1.query.query.seed=1"]
+    with pytest.raises(ReviewPending, match=r"connectile review .*round-01/query"):
         run_pipeline(pipeline_config(cfg, person))
-    assert Manifest(run_dir).stages["review1"]["status"] == "failed"
-    rdir = run_dir / "query1" / "rounds" / "round-01"
+    assert Manifest(run_dir).stages["review[1]"]["status"] == "failed"
+    rdir = run_dir / "round-01" / "query" / "rounds" / "round-01"
     ids = read_queries(rdir / "queries.parquet")["roi_id"].tolist()
     with AnswerStore(answers_path(rdir)) as store:
         for i in ids:
             store.set(int(i), True, source="person")
         store.finish()
-    done = run_pipeline(pipeline_config(cfg, person), only=["review1"])
+    done = run_pipeline(pipeline_config(cfg, person), only=["review[1]"])
     assert [r.action for r in done] == ["ran"]
-    answers = json.loads((run_dir / "review1" / "answers.json").read_text())
+    answers = json.loads((run_dir / "round-01" / "review" / "answers.json").read_text())
     assert answers["source"] == "person" and answers["reviewed"] == len(ids) and answers["accepted"] == len(ids)
 
 
@@ -109,7 +120,9 @@ def _check_report(run_dir: Path, metrics: list[dict[str, Any]], boxes: list[dict
     assert list(sections)[:3] == ["Metrics per round", "The selection", "Learning curves"] and list(sections)[-1] == "Neuroglancer"
     metrics_md = report[sections["Metrics per round"]:sections["The selection"]]
     for m in metrics:
-        model = "base (train)" if m["round"] == 1 else f"fine-tuned x{m['round'] - 1}"
+        model = "base (train)" if m["round"] == 1 else f"after {m['round'] - 1} round(s)"
+        if m.get("kept") == "previous":
+            model += ": new model worse on held-out, previous kept"
         assert f"| {m['round']} | {model} | {m['iou']:.3f} | {m['dice']:.3f} |" in metrics_md
     embedded = {"Metrics per round": "metrics/metrics_per_round.png", "The selection": "selection/picks.png", "Learning curves": "metrics/learning_curves.png"}
     order = list(sections)
@@ -126,16 +139,18 @@ def _check_report(run_dir: Path, metrics: list[dict[str, Any]], boxes: list[dict
     assert found is not None
     state = json.loads(urllib.parse.unquote(found.group(2)))
     shown = [la["name"] for la in state["layers"] if la.get("visible", True)]
-    assert shown == ["synth.raw", "predict3.probability", "label3.labels", "selected sub-volumes", "queried ROIs"]
+    assert shown == ["synth.raw", "predict[3].probability", "label[3].labels", "selected sub-volumes", "queried ROIs"]
     layers = {la["name"]: la for la in state["layers"]}
-    assert layers["label3.labels"]["type"] == "segmentation" and layers["predict1.probability"]["visible"] is False
-    assert layers["synth.raw"]["source"]["url"] == "zarr2://http://127.0.0.1:9000/synth/synth.zarr/raw"
+    assert layers["label[3].labels"]["type"] == "segmentation" and layers["predict[1].probability"]["visible"] is False
+    # read from the token-protected file server of engine.view (the token is a path segment), relative to the run folder
+    assert re.fullmatch(r"zarr2://http://127\.0\.0\.1:9000/[^/]+/(run/)?synth/synth\.zarr/raw", layers["synth.raw"]["source"]["url"])
     assert "embed.embeddings" not in layers  # a patch grid, not on the raw grid
     got = [(a["pointA"], a["pointB"]) for a in layers["selected sub-volumes"]["annotations"]]
     assert got == [([float(v) for v in b["start"]], [float(v) for v in b["stop"]]) for b in boxes]
     from engine.active.query import read_queries
 
-    queried = read_queries(run_dir / "query2" / "rounds" / "round-01" / "queries.parquet")["roi_id"].tolist()
+    # pipeline round 2's queries are stored as round 2 of its active-learning folder
+    queried = read_queries(run_dir / "round-02" / "query" / "rounds" / "round-02" / "queries.parquet")["roi_id"].tolist()
     assert sorted(a["props"][0] for a in layers["queried ROIs"]["annotations"]) == sorted(int(i) for i in queried)
     assert all(a["props"][2] in (0, 1) for a in layers["queried ROIs"]["annotations"])  # the oracle answered every one
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -46,3 +47,112 @@ def review_targets(run_dir: str | os.PathLike[str], answers: Mapping[int, bool])
     by_object = {int(index["object_id"][r]): bool(ok) for r, ok in answers.items()}
     vol = open_volume(read_meta(run_dir)["params"]["labels"])
     return targets_from_answers(vol.read(vol.box), by_object)
+
+
+#: values of the fine-tuning label volume (uint8): the annotated and reviewed labels, labels propagated
+#: through the query's clusters (weighted below reviewed ones in the loss), unknown
+FOREGROUND, BACKGROUND, PROPAGATED_FG, PROPAGATED_BG, UNKNOWN = 1, 0, 2, 3, 255
+
+
+@dataclass
+class RoundAnswers:
+    """The answers of one round: its active-learning folder (ROIs, clusters) and ``{roi_id: accepted}``."""
+
+    rois_dir: str
+    round: int
+    answers: dict[int, bool]
+
+
+def propagated_answers(ra: RoundAnswers) -> dict[int, bool]:
+    """The unreviewed ROIs of ``ra``'s clusters that hold a reviewed ROI, with their cluster's majority answer
+    (:func:`engine.active.propagation.propagate`); empty without clusters."""
+    from engine.active.propagation import propagate
+    from engine.active.rois import round_dir
+
+    path = round_dir(ra.rois_dir, ra.round) / "clusters.npy"
+    if not ra.answers or not path.exists():
+        return {}
+    clusters = np.load(path)
+    voted = {int(clusters[r]) for r in ra.answers if 0 <= r < clusters.size and clusters[r] >= 0}
+    labels = propagate(clusters, ra.answers)
+    return {i: bool(labels[i]) for i in range(clusters.size) if int(clusters[i]) in voted and i not in ra.answers}
+
+
+def _objects(ra: RoundAnswers, answers: Mapping[int, bool]) -> list[tuple[int, tuple[int, ...], bool]]:
+    """``(object id, bbox, accepted)`` of the answered ROIs of a round."""
+    from engine.active.rois import read_index
+
+    if not answers:
+        return []
+    index = read_index(ra.rois_dir)
+    with np.load(os.path.join(ra.rois_dir, "rois", "objects.npz")) as z:
+        ids, bbox = z["id"], z["bbox"]
+    row_of = {int(i): k for k, i in enumerate(ids.tolist())}
+    out = []
+    for roi, ok in sorted(answers.items()):
+        obj = int(index["object_id"][roi])
+        out.append((obj, tuple(int(v) for v in bbox[row_of[obj]]), bool(ok)))
+    return out
+
+
+def paint_answers(
+    labels: np.ndarray, rounds: list[RoundAnswers], *, ring: int = 2, propagate_answers: bool = True, protect: np.ndarray | None = None,
+) -> tuple[list[tuple[tuple[int, ...], bool]], dict[str, int]]:
+    """Paint every round's answers into ``labels`` (uint8, the annotated labels; changed in place).
+
+    An accepted object's predicted voxels become foreground and a band of ``ring`` in-plane pixels
+    around it background; a rejected object's voxels become background. Answers propagated through the
+    clusters paint :data:`PROPAGATED_FG` / :data:`PROPAGATED_BG`. Only unknown voxels are painted
+    (annotated truth wins), reviewed answers before propagated ones, accepted before rejected, newer rounds
+    before older ones; ``protect`` (held-out voxels) stays unknown. Returns the painted objects'
+    ``(bbox, reviewed)`` and counts.
+    """
+    from scipy.ndimage import binary_dilation
+
+    from engine.active.rois import read_meta
+    from engine.geometry import Box
+    from engine.storage import open_volume
+
+    free = labels == UNKNOWN
+    if protect is not None:
+        free &= ~protect
+    counts = {"accepted": 0, "rejected": 0, "propagated_accepted": 0, "propagated_rejected": 0, "voxels_fg": 0, "voxels_bg": 0, "voxels_propagated": 0}
+    jobs: list[tuple[int, RoundAnswers, int, tuple[int, ...], bool]] = []  # (priority, round, object, bbox, ok)
+    for ra in sorted(rounds, key=lambda x: -x.round):
+        jobs += [(0 if ok else 1, ra, obj, b, ok) for obj, b, ok in _objects(ra, ra.answers)]
+        if propagate_answers:
+            jobs += [(2 if ok else 3, ra, obj, b, ok) for obj, b, ok in _objects(ra, propagated_answers(ra))]
+    jobs.sort(key=lambda j: j[0])  # stable: newer rounds first within a priority
+    cross = np.zeros((1, 3, 3), bool)
+    cross[0, 1, :] = cross[0, :, 1] = True
+    painted: list[tuple[tuple[int, ...], bool]] = []
+    volumes: dict[str, Any] = {}
+    for prio, ra, obj, b, ok in jobs:
+        url = read_meta(ra.rois_dir)["params"]["labels"]
+        pred = volumes.setdefault(url, open_volume(url))
+        reviewed = prio < 2
+        g = ring if ok and ring else 0
+        start = [b[0], max(0, b[1] - g), max(0, b[2] - g)]
+        stop = [b[3], min(labels.shape[1], b[4] + g), min(labels.shape[2], b[5] + g)]
+        box = Box(tuple(start), tuple(stop))
+        sl = box.to_slices()
+        obj_mask = pred.read(box) == np.asarray(obj, pred.dtype)
+        mine = obj_mask & free[sl]
+        fg, bg = (FOREGROUND, BACKGROUND) if reviewed else (PROPAGATED_FG, PROPAGATED_BG)
+        labels[sl][mine] = fg if ok else bg
+        free[sl][mine] = False
+        n_bg = 0
+        if ok and g:
+            band = binary_dilation(obj_mask, cross, iterations=g) & ~obj_mask & free[sl]
+            labels[sl][band] = bg
+            free[sl][band] = False
+            n_bg = int(band.sum())
+        key = ("accepted" if ok else "rejected") if reviewed else ("propagated_accepted" if ok else "propagated_rejected")
+        counts[key] += 1
+        if reviewed:
+            counts["voxels_fg" if ok else "voxels_bg"] += int(mine.sum())
+            counts["voxels_bg"] += n_bg
+        else:
+            counts["voxels_propagated"] += int(mine.sum()) + n_bg
+        painted.append((tuple(box.start) + tuple(box.stop), reviewed))
+    return painted, counts

@@ -72,7 +72,9 @@ class TargetConfig(Config):
       ``-offset`` carry the same non-zero label; ``widen_boundaries`` first erodes objects by one voxel
       in-plane where they touch another label (the papers' targets).
 
-    ``ignore_ids`` are labels that mean "unknown" (masked out of the loss).
+    ``ignore_ids`` are labels that mean "unknown" (masked out of the loss). ``weak_ids`` are labels known
+    less surely (e.g. answers propagated from a reviewed object to the unreviewed members of its
+    cluster): their voxels count with ``weak_weight`` in the loss.
     """
 
     kind: Literal["mask", "polarity", "affinity"] = "mask"
@@ -80,6 +82,8 @@ class TargetConfig(Config):
     pre_ids: list[int] = [1]
     post_ids: list[int] = [2]
     ignore_ids: list[int] = []
+    weak_ids: list[int] = []
+    weak_weight: float = Field(default=1.0, ge=0.0, le=1.0)
     widen_boundaries: bool = True
 
 

@@ -28,7 +28,21 @@ log = logging.getLogger(__name__)
 
 
 def read_boxes(path: str | Path) -> list[Box]:
-    """The labelled boxes of a JSON file: a list of ``{"start": [z, y, x], "stop": [z, y, x]}``."""
+    """The labelled boxes of a JSON file: a list of ``{"start": [z, y, x], "stop": [z, y, x]}`` (an
+    optional ``"weight"`` per box: see :func:`read_box_weights`)."""
+    return [b for b, _ in _read_weighted_boxes(path)]
+
+
+def read_box_weights(path: str | Path) -> list[float] | None:
+    """The boxes' ``"weight"`` (the share of crops drawn there, before normalising), or None when no box
+    has one (crops are then drawn in proportion to each box's size)."""
+    pairs = _read_weighted_boxes(path)
+    if all(w is None for _, w in pairs):
+        return None
+    return [1.0 if w is None else w for _, w in pairs]
+
+
+def _read_weighted_boxes(path: str | Path) -> list[tuple[Box, float | None]]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"labelled boxes file {str(p)!r} does not exist", "check data.boxes")
@@ -40,13 +54,20 @@ def read_boxes(path: str | Path) -> list[Box]:
         items = items["boxes"]
     if not isinstance(items, list) or not items:
         raise ConfigError(f"labelled boxes file {str(p)!r} must hold a non-empty list of {{'start': [z, y, x], 'stop': [z, y, x]}}")
-    boxes = []
+    boxes: list[tuple[Box, float | None]] = []
     for i, item in enumerate(items):
+        weight = None
+        if isinstance(item, dict) and "weight" in item:
+            item = dict(item)
+            weight = item.pop("weight")
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight >= 0:
+                raise ConfigError(f"labelled box {i} in {str(p)!r} has weight {weight!r}", "give a number >= 0")
+            weight = float(weight)
         try:
             spec = BoxSpec.model_validate(item)
         except ValueError as err:
             raise ConfigError(f"labelled box {i} in {str(p)!r} is invalid: {str(err).splitlines()[-1].strip()}", "give start and stop as [z, y, x]") from err
-        boxes.append(Box(tuple(spec.start), tuple(spec.stop)))
+        boxes.append((Box(tuple(spec.start), tuple(spec.stop)), weight))
     return boxes
 
 
@@ -122,6 +143,11 @@ class CropSampler:
                 r.raw = self.raw.read(r.extent)
                 r.labels = self.labels.read(r.extent)
         weights = np.array([r.positions for r in self.regions], np.float64)
+        given = read_box_weights(cfg.data.boxes) if cfg.data.boxes else None
+        if given is not None:  # the share of crops of each box, as given
+            weights = np.asarray(given, np.float64)
+            if not weights.sum() > 0:
+                raise ConfigError(f"every box of {cfg.data.boxes} has weight 0", "give at least one box a positive weight")
         self.region_p = weights / weights.sum()
         self.offsets = cfg.model.affinity_offsets
         log.info("sampling crops %s from %d labelled region(s) of %s", list(self.crop), len(self.regions), cfg.data.labels)

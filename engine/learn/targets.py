@@ -82,10 +82,16 @@ def make_target(labels: np.ndarray, known: np.ndarray, cfg: TargetConfig, offset
     if cfg.ignore_ids:
         known = known & ~np.isin(labels, cfg.ignore_ids)
     if cfg.kind == "mask":
-        return mask_target(labels, known, cfg.label_ids)
-    if cfg.kind == "polarity":
-        return polarity_target(labels, known, cfg.pre_ids, cfg.post_ids)
-    return affinity_target(labels, known, offsets, widen=cfg.widen_boundaries)
+        target, weight = mask_target(labels, known, cfg.label_ids)
+    elif cfg.kind == "polarity":
+        target, weight = polarity_target(labels, known, cfg.pre_ids, cfg.post_ids)
+    else:
+        return affinity_target(labels, known, offsets, widen=cfg.widen_boundaries)
+    if cfg.weak_ids and cfg.weak_weight != 1.0:
+        weak = np.isin(labels, cfg.weak_ids)
+        if weak.any():
+            weight = weight * np.where(weak, np.float32(cfg.weak_weight), np.float32(1.0))[None].astype(weight.dtype)
+    return target, weight
 
 
 def has_foreground(target: np.ndarray, weight: np.ndarray, kind: str) -> bool:

@@ -3,8 +3,9 @@
 :func:`demo_config` builds the pipeline config (the same as ``jobs/configs/demo.yaml``; a test keeps
 them equal) -- synth, embed, selection, annotate (oracle), train (semi-supervised; the synthetic demo segments the neurons: the model learns their
 interiors, whose connected components are the cells), then per round
-predict, label, score, query, review (oracle), fine-tune, a final predict/label/score of the last
-model, the metrics per round and the report. ``lucchi=True`` gives the real-data variant
+predict, label, score, query, review (oracle), fine-tune (the ``rounds:`` section,
+:mod:`engine.pipeline.rounds`), a final predict/label/score of the last model, the metrics per round
+and the report. ``lucchi=True`` gives the real-data variant
 (``jobs/configs/demo_lucchi.yaml``: the Lucchi++ mitochondria volume from the shared data folder).
 :func:`run_demo` runs it with :func:`engine.pipeline.run.run_pipeline` (resumable: a second run skips
 finished stages) and returns a summary: the report, the neuroglancer link and the metrics per round.
@@ -30,26 +31,6 @@ DEFAULT_CHUNKS = (16, 128, 128)
 DEFAULT_ROUNDS = 2
 
 
-def _round_sections(
-    r: int, raw: str, truth: str, truth_binary: bool, last: bool, window: list[int], block: list[int], target: str, min_size: int = 50
-) -> dict[str, Any]:
-    model = "train.checkpoint" if r == 1 else f"finetune{r - 1}.checkpoint"
-    out: dict[str, Any] = {
-        f"predict{r}": {"raw": raw, "checkpoint": model, "window": window, "overlap": 0.25, "block": block},
-        f"label{r}": {"input": f"predict{r}.probability", "threshold": 0.5, "connectivity": 6, "min_size": min_size, "block": block},
-        f"score{r}": {"probability": f"predict{r}.probability", "labels": f"label{r}.labels", "table": f"label{r}.table", "truth": truth,
-                      "truth_binary": truth_binary, "target": target, "boundary": 2, "criterion": "iou"},
-    }
-    if not last:
-        out |= {
-            f"query{r}": {"labels": f"label{r}.labels", "table": f"label{r}.table", "image": raw, "probability": f"predict{r}.probability", "block": block},
-            f"review{r}": {"rois": f"query{r}.rois", "source": "oracle", "truth": truth, "truth_binary": truth_binary, "criterion": "iou"},
-            f"finetune{r}": {"checkpoint": model, "rois": f"query{r}.rois", "answers": f"review{r}.answers", "labels": "annotate.labels",
-                             "boxes": "annotate.boxes", "steps": 40, "lr": 0.001},
-        }
-    return out
-
-
 def demo_config(
     run_dir: str = "runs/demo",
     *,
@@ -61,10 +42,8 @@ def demo_config(
 ) -> dict[str, Any]:
     """The demo's pipeline config as a mapping (see the module docstring). ``lucchi``: the folder of
     the Lucchi++ data set (``.../lucchi_pp``) for the real-data variant."""
-    from engine.pipeline.stages._rounds import MAX_ROUNDS
-
-    if not 1 <= rounds < MAX_ROUNDS:
-        raise ConfigError(f"the demo runs 1 to {MAX_ROUNDS - 1} rounds, got {rounds}", f"use --rounds 1..{MAX_ROUNDS - 1}")
+    if rounds < 1:
+        raise ConfigError(f"the demo runs at least 1 round, got {rounds}", "use --rounds 1 or more")
     shape, chunks = [int(v) for v in shape], [int(v) for v in chunks]
     cfg: dict[str, Any] = {"run_dir": run_dir, "runtime": {"backend": "ray", "progress": True}}
     if lucchi is None:
@@ -89,13 +68,19 @@ def demo_config(
                  "validation_roi": {"start": [0, 0, 0], "stop": [16, 768, 1024]}}
     cfg["embed"] = embed
     cfg["selection"] = select
-    cfg["annotate"] = {"boxes": "selection.boxes", "truth": truth, "source": "oracle", "target": target, "boundary": 2}
+    cfg["annotate"] = {"boxes": "selection.boxes", "truth": truth, "source": "oracle", "target": target, "boundary": 2, "heldout": 0.25}
     cfg["train"] = {"raw": raw, "labels": "annotate.labels", "boxes": "annotate.boxes", "truth": "annotate.validation", **train,
                     "semi": {"box": [32, 32], "unlabelled": 0.2, "inter": 0.2, "labelled_mix": 1.0, "warmup_steps": 50, "rampup_steps": 50}}
-    for r in range(1, rounds + 2):
-        cfg |= _round_sections(r, raw, truth, binary, last=r == rounds + 1, window=window, block=block, target=target, min_size=min_size)
-    cfg["metrics"] = {f"round{r}": f"score{r}.metrics" for r in range(1, rounds + 2)} | {"train": "train.history"} | {
-        f"finetune{r}": f"finetune{r}.history" for r in range(1, rounds + 1)}
+    cfg["rounds"] = {
+        "count": rounds, "model": "train.checkpoint",
+        "predict": {"raw": raw, "window": window, "overlap": 0.25, "block": block},
+        "label": {"threshold": 0.5, "connectivity": 6, "min_size": min_size, "block": block},
+        "score": {"truth": truth, "truth_binary": binary, "target": target, "boundary": 2, "criterion": "iou"},
+        "query": {"block": block},
+        "review": {"source": "oracle", "truth": truth, "truth_binary": binary, "criterion": "iou"},
+        "finetune": {"steps": 40, "lr": 0.001},
+    }
+    cfg["metrics"] = {}
     cfg["report"] = {"title": "Connectile demo" if lucchi is None else "Connectile demo (Lucchi++)"}
     return cfg
 
@@ -132,13 +117,9 @@ def apply_tiny(cfg: dict[str, Any]) -> dict[str, Any]:
     for key in ("embed", "train"):
         out[key] = {**out[key], **t[key]}
     out["selection"]["params"] = t["selection"]["params"]
-    for name, sec in out.items():
-        if name.startswith("predict"):
-            sec["window"] = t["window"]
-        elif name.startswith("query"):
-            sec |= t["query"]
-        elif name.startswith("finetune"):
-            sec["steps"] = t["finetune_steps"]
+    out["rounds"]["predict"]["window"] = t["window"]
+    out["rounds"]["query"] |= t["query"]
+    out["rounds"]["finetune"]["steps"] = t["finetune_steps"]
     return out
 
 
@@ -189,6 +170,6 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     if summary["report"]:
         lines.append(f"report: {summary['report']}")
     if summary["link"]:
-        lines.append(f"neuroglancer: serve the run folder with `python jobs/serve.py {summary['run_dir']} --port {summary['serve_port']}`, then open:")
+        lines.append(f"neuroglancer: serve the run folder with `connectile view {summary['run_dir']} --port {summary['serve_port']}`, then open:")
         lines.append(summary["link"])
     return lines

@@ -1,20 +1,18 @@
-"""One round of active learning on an existing run folder (``connectile round RUN``).
+"""One more round of active learning on an existing run folder (``connectile round RUN``).
 
-RUN is the folder of a ``connectile run`` / ``connectile demo`` run: its ``config.yaml`` and
-``manifest.json``, a config with model rounds (``predict1``, ``label1`` ... as the demo makes them) and
-a finished model for the round (``train.checkpoint`` for round 1, ``finetune<r-1>.checkpoint`` after).
-
-Round ``n`` is the round stages of :mod:`engine.pipeline.stages` for ``n`` and the prediction of the
-model it makes: ``predict<n> -> label<n> -> score<n> -> query<n> -> review<n> -> finetune<n> ->
-predict<n+1> -> label<n+1> -> score<n+1>``. Sections the config lacks are copied from its last full
-round (renumbered; the model of ``predict<n>`` is ``finetune<n-1>.checkpoint``), the review's source is
-the oracle (``oracle``: a ground-truth volume or ``STAGE.OUTPUT``) or a person. The extended config is
-written back to ``RUN/config.yaml`` and run with :func:`engine.pipeline.run.run_pipeline` restricted to
-the round's stages, so the manifest skips finished steps and resumes an interrupted one.
+RUN is the folder of a ``connectile run`` / ``connectile demo`` run with a ``rounds:`` section
+(:mod:`engine.pipeline.rounds`). Round ``n`` is ``query[n] -> review[n] -> finetune[n] ->
+predict[n+1] -> label[n+1] (-> score[n+1])``; its prediction ``predict[n]`` is the previous round's.
+Without ``--round``, the round is the last one when it is unfinished (resume it), else
+``rounds.count + 1`` (one more round: the count is raised in ``RUN/config.yaml``). The review's source
+is the oracle (``oracle``: a ground-truth volume or ``STAGE.OUTPUT``) or, without it, a person; it is
+kept as the round's override (``rounds.overrides.N.review``). The config is written back to
+``RUN/config.yaml`` and run with :func:`engine.pipeline.run.run_pipeline` restricted to the round's
+stages, so the manifest skips finished steps and resumes an interrupted one.
 
 A person's round stops at the review (the queries are written): :func:`run_round` returns
 ``status="waiting"`` and the command to open the review page; once the answers are finished there, the
-same call goes on from them. ``RUN/rounds/round-NN.json`` records each round's state and files.
+same call goes on from them. ``RUN/round-NN/round.json`` records each round's state and files.
 """
 
 from __future__ import annotations
@@ -22,8 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +29,6 @@ from engine.config import read_yaml
 from engine.errors import ConfigError, StorageError
 
 log = logging.getLogger(__name__)
-
-#: the kinds of stages of a round, in order
-KINDS = ("predict", "label", "score", "query", "review", "finetune")
-_REF = re.compile(r"^(predict|label|score|query|review|finetune)(\d+)\.(\w+)$")
 
 
 @dataclass
@@ -50,30 +43,6 @@ class RoundResult:
     review_command: str | None = None
 
 
-def model_of(r: int) -> str:
-    """The checkpoint that round ``r`` predicts with."""
-    return "train.checkpoint" if r == 1 else f"finetune{r - 1}.checkpoint"
-
-
-def _renumber(value: Any, shift: int) -> Any:
-    """``label2.table`` -> ``label3.table`` for ``shift`` 1, inside nested sections."""
-    if isinstance(value, dict):
-        return {k: _renumber(v, shift) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_renumber(v, shift) for v in value]
-    if isinstance(value, str):
-        m = _REF.match(value)
-        if m:
-            return f"{m.group(1)}{int(m.group(2)) + shift}.{m.group(3)}"
-    return value
-
-
-def _rounds_in(data: dict[str, Any], kind: str) -> list[int]:
-    from engine.pipeline.stages._rounds import MAX_ROUNDS
-
-    return [r for r in range(1, MAX_ROUNDS + 1) if data.get(f"{kind}{r}") is not None]
-
-
 def _done(manifest: Any, name: str) -> bool:
     e = manifest.entry(name)
     return e is not None and e.get("status") == "done"
@@ -82,6 +51,7 @@ def _done(manifest: Any, name: str) -> bool:
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], Any]:
     """The config mapping and manifest of a run folder; one clear error when RUN is not one."""
     from engine.pipeline.manifest import Manifest
+    from engine.pipeline.rounds import check_not_old_layout
 
     run = Path(run_dir)
     fix = "give the folder of a `connectile run CONFIG` or `connectile demo` run (it holds config.yaml and manifest.json)"
@@ -91,92 +61,65 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], Any]:
     if missing:
         raise StorageError(f"{str(run)!r} is not a Connectile run folder (no {' or '.join(missing)})", fix)
     data = read_yaml(run / "config.yaml")
+    check_not_old_layout(data, f"run folder {str(run)!r}")
     return data, Manifest(run)
 
 
-def round_stages(n: int, data: dict[str, Any]) -> list[str]:
-    """The stages of round ``n`` that ``data`` enables, in order."""
-    names = [f"{k}{n}" for k in KINDS] + [f"{k}{n + 1}" for k in ("predict", "label", "score")]
-    return [s for s in names if data.get(s) is not None]
+def round_stages(n: int) -> list[str]:
+    """The stage keys of round ``n`` (those the config lacks are left out by the caller)."""
+    from engine.pipeline.rounds import round_key
+
+    return [round_key(k, n) for k in ("query", "review", "finetune")] + [round_key(k, n + 1) for k in ("predict", "label", "score")]
 
 
-def next_round(data: dict[str, Any], manifest: Any) -> int:
-    """The first round whose stages (query, review, fine-tune, next prediction) are not all done."""
-    from engine.pipeline.stages._rounds import MAX_ROUNDS
+def round_finished(manifest: Any, n: int) -> bool:
+    """Whether round ``n``'s review, fine-tuning and the next prediction are done."""
+    from engine.pipeline.rounds import round_key
 
-    for n in range(1, MAX_ROUNDS):
-        if not all(_done(manifest, f"{k}{n}") for k in ("query", "review", "finetune")) or not all(
-            _done(manifest, f"{k}{n + 1}") for k in ("predict", "label")
-        ):
-            return n
-    return MAX_ROUNDS
+    return all(_done(manifest, round_key(k, n)) for k in ("query", "review", "finetune")) and all(
+        _done(manifest, round_key(k, n + 1)) for k in ("predict", "label"))
 
 
 def round_config(data: dict[str, Any], n: int, oracle: str | None, oracle_binary: bool = False) -> dict[str, Any]:
-    """``data`` with the sections of round ``n`` (see the module docstring)."""
-    from engine.pipeline.stages._rounds import MAX_ROUNDS
-
+    """``data`` with round ``n`` in it: ``rounds.count`` raised to ``n`` when lower, and the review source
+    of round ``n`` (the oracle, or a person) as its override."""
+    rounds = data.get("rounds")
+    if not isinstance(rounds, dict):
+        raise ConfigError("the run's config has no `rounds:` section, so it has no model loop to add a round to",
+                          "make the run with `connectile demo`, or add a rounds section (see `connectile demo --print-config`)")
+    count = int(rounds.get("count", 0))
+    if n < 1 or n > count + 1:
+        raise ConfigError(f"round {n} is out of range: the run has rounds 1 to {count}, and the next one is {count + 1}", f"give --round 1..{count + 1}, or leave it out")
     out = copy.deepcopy(data)
-    if not _rounds_in(out, "predict") or not _rounds_in(out, "label"):
-        raise ConfigError("the run's config has no model rounds (no predict1/label1 sections)",
-                          "make the run with `connectile demo`, or a config with train, predict1 and label1 sections (see `connectile demo --print-config`)")
-    if n < 1 or n + 1 > MAX_ROUNDS:
-        raise ConfigError(f"round {n} is out of range: a run has rounds 1 to {MAX_ROUNDS - 1} (the last one predicts with the model of round {MAX_ROUNDS})",
-                          f"give --round 1..{MAX_ROUNDS - 1}")
-    full = [r for r in _rounds_in(out, "finetune") if out.get(f"query{r}") is not None and out.get(f"review{r}") is not None]
-    preds = _rounds_in(out, "predict")
-    for kind in ("predict", "label", "score"):
-        for r in (n, n + 1):
-            name = f"{kind}{r}"
-            if out.get(name) is None:
-                have = [k for k in _rounds_in(out, kind) if k < r]
-                if have:
-                    out[name] = _renumber(copy.deepcopy(out[f"{kind}{have[-1]}"]), r - have[-1])
-        if out.get(f"predict{n}") is None and preds:
-            raise ConfigError(f"round {n}: no predict section to copy", "check the run's config")
-    for r in (n, n + 1):
-        if out.get(f"predict{r}") is not None:
-            out[f"predict{r}"]["checkpoint"] = model_of(r)
-    for kind in ("query", "review", "finetune"):
-        name = f"{kind}{n}"
-        if out.get(name) is None:
-            if full:
-                t = full[-1]
-                out[name] = _renumber(copy.deepcopy(out[f"{kind}{t}"]), n - t)
-            else:
-                out[name] = _default_section(kind, n, out)
-    out[f"finetune{n}"]["checkpoint"] = model_of(n)
-    review = out[f"review{n}"]
+    r = out["rounds"]
+    r["count"] = max(count, n)
+    over = r.setdefault("overrides", {}) or {}
+    r["overrides"] = over
+    review = dict(over.get(n, over.get(str(n), {})).get("review", {}))
+    over.pop(str(n), None)
     if oracle is not None:
         review.update(source="oracle", truth=oracle, truth_binary=oracle_binary)
     else:
         review.update(source="person", truth=None, truth_binary=False)
-    if out.get(f"score{n + 1}") is None and oracle is not None:
-        out[f"score{n + 1}"] = {"probability": f"predict{n + 1}.probability", "labels": f"label{n + 1}.labels", "table": f"label{n + 1}.table",
-                                "truth": oracle, "truth_binary": oracle_binary}
+    over[n] = {**over.get(n, {}), "review": review}
     return out
 
 
-def _default_section(kind: str, n: int, data: dict[str, Any]) -> dict[str, Any]:
-    """A round section for a config that has prediction rounds but no full round to copy."""
-    raw = data[f"predict{n}"]["raw"]
-    if kind == "query":
-        return {"labels": f"label{n}.labels", "table": f"label{n}.table", "image": raw, "probability": f"predict{n}.probability"}
-    if kind == "review":
-        return {"rois": f"query{n}.rois"}
-    if data.get("annotate") is None:
-        raise ConfigError("fine-tuning needs the annotated boxes of the run (an annotate section) or a full round to copy",
-                          "make the run with `connectile demo`, or add annotate and query1/review1/finetune1 sections to its config")
-    return {"checkpoint": model_of(n), "rois": f"query{n}.rois", "answers": f"review{n}.answers", "labels": "annotate.labels", "boxes": "annotate.boxes"}
-
-
 def _write_state(run: Path, n: int, state: dict[str, Any]) -> Path:
-    path = run / "rounds" / f"round-{n:02d}.json"
+    path = run / f"round-{n:02d}" / "round.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(state, indent=1))
     tmp.replace(path)
     return path
+
+
+def _which_round(data: dict[str, Any], manifest: Any, round_number: int | None) -> int:
+    if round_number is not None:
+        return round_number
+    rounds = data.get("rounds") if isinstance(data.get("rounds"), dict) else {}
+    count = int((rounds or {}).get("count", 0))
+    return count if count >= 1 and not round_finished(manifest, count) else count + 1
 
 
 def run_round(
@@ -188,36 +131,41 @@ def run_round(
     overrides: Iterable[str] = (),
     on_stage: Callable[[str, int, int], None] | None = None,
 ) -> RoundResult:
-    """Run round ``round_number`` (default: the first unfinished one) of the run in ``run_dir``."""
-    from engine.pipeline.run import pipeline_config, run_pipeline
+    """Run round ``round_number`` (default: the unfinished last one, else one more) of the run in ``run_dir``."""
+    from engine.pipeline.rounds import model_of, round_key
+    from engine.pipeline.run import pipeline_config, plan, run_pipeline
     from engine.pipeline.stages.review import ReviewPending
 
     run = Path(run_dir)
     data, manifest = load_run(run)
-    n = round_number if round_number is not None else next_round(data, manifest)
+    n = _which_round(data, manifest, round_number)
     extended = round_config(data, n, oracle, oracle_binary)
     extended["run_dir"] = str(run)
     cfg = pipeline_config(extended, overrides, source=str(run / "config.yaml"))
-    stages: Sequence[str] = round_stages(n, cfg.model_dump(mode="json"))
-    first = stages[0]
-    model = model_of(n).partition(".")[0]
-    if not _done(manifest, model):
-        raise ConfigError(f"round {n} needs the model {model_of(n)}, which the run has not finished",
+    p = plan(cfg)
+    stages = [s for s in round_stages(n) if s in p.order]
+    assert cfg.rounds is not None  # type: ignore[attr-defined]
+    model = model_of(cfg.rounds, n).partition(".")[0]  # type: ignore[attr-defined]
+    if model in p.order and not _done(manifest, model):
+        raise ConfigError(f"round {n} needs the model {model_of(cfg.rounds, n)}, which the run has not finished",  # type: ignore[attr-defined]
                           f"run `connectile round {run} --round {n - 1}` first" if n > 1 else f"finish the run first (`connectile run {run / 'config.yaml'}`)")
+    missing = [d for d in (round_key("predict", n), round_key("label", n)) if not _done(manifest, d)]
+    if missing:
+        raise ConfigError(f"round {n} needs {', '.join(missing)}, which the run has not finished", f"run `connectile run {run / 'config.yaml'}` first")
     state: dict[str, Any] = {"round": n, "status": "running", "oracle": oracle, "stages": {}}
     state_path = _write_state(run, n, state)
-    log.info("round %d of %s: stages %s (from %s)", n, run, ", ".join(stages), first)
+    log.info("round %d of %s: stages %s", n, run, ", ".join(stages))
     results: list[Any] = []
     try:
-        results = run_pipeline(cfg, only=list(stages), on_stage=on_stage)
+        results = run_pipeline(cfg, only=stages, on_stage=on_stage)
     except ReviewPending:
         from engine.pipeline.manifest import Manifest
 
         m = Manifest(run)
-        query_dir = m.stages[f"query{n}"]["outputs"]["rois"]
+        query_dir = m.stages[round_key("query", n)]["outputs"]["rois"]
         cmd = f"connectile review {query_dir}"
         state.update(status="waiting", review=cmd, stages={s: (m.entry(s) or {}).get("status") for s in stages},
-                     queries=str(Path(query_dir) / "rounds" / "round-01" / "queries.parquet"))
+                     queries=str(Path(query_dir) / "rounds" / f"round-{n:02d}" / "queries.parquet"))
         _write_state(run, n, state)
         return RoundResult(n, "waiting", [], state, str(state_path), cmd)
     except BaseException:
@@ -228,13 +176,14 @@ def run_round(
 
     m = Manifest(run)
     outs = {s: dict((m.entry(s) or {}).get("outputs", {})) for s in stages}
-    query_dir = outs.get(f"query{n}", {}).get("rois")
+    query_dir = outs.get(round_key("query", n), {}).get("rois")
     state.update(
         status="done", stages={r.stage: r.action for r in results},
-        queries=str(Path(query_dir) / "rounds" / "round-01" / "queries.parquet") if query_dir else None,
-        answers=outs.get(f"review{n}", {}).get("answers"), checkpoint=outs.get(f"finetune{n}", {}).get("checkpoint"),
-        probability=outs.get(f"predict{n + 1}", {}).get("probability"), labels=outs.get(f"label{n + 1}", {}).get("labels"),
-        metrics_before=outs.get(f"score{n}", {}).get("metrics"), metrics=outs.get(f"score{n + 1}", {}).get("metrics"),
+        queries=str(Path(query_dir) / "rounds" / f"round-{n:02d}" / "queries.parquet") if query_dir else None,
+        answers=outs.get(round_key("review", n), {}).get("answers"), checkpoint=outs.get(round_key("finetune", n), {}).get("checkpoint"),
+        decision=outs.get(round_key("finetune", n), {}).get("decision"),
+        probability=outs.get(round_key("predict", n + 1), {}).get("probability"), labels=outs.get(round_key("label", n + 1), {}).get("labels"),
+        metrics_before=(m.entry(round_key("score", n)) or {}).get("outputs", {}).get("metrics"), metrics=outs.get(round_key("score", n + 1), {}).get("metrics"),
     )
     _write_state(run, n, state)
     return RoundResult(n, "done", results, state, str(state_path))
@@ -250,8 +199,11 @@ def summary_lines(res: RoundResult) -> list[str]:
     if s.get("answers"):
         a = json.loads(Path(s["answers"]).read_text())
         lines.append(f"review ({a['source']}): {a['accepted']} of {a['reviewed']} queried ROIs accepted")
+    if s.get("decision"):
+        d = json.loads(Path(s["decision"]).read_text())
+        lines.append(f"fine-tuning: {d['reason']}")
     if s.get("checkpoint"):
-        lines.append(f"fine-tuned model: {s['checkpoint']}")
+        lines.append(f"model after round {res.round}: {s['checkpoint']}")
     for key, r in (("metrics_before", res.round), ("metrics", res.round + 1)):
         if s.get(key):
             mt = json.loads(Path(s[key]).read_text())

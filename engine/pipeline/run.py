@@ -57,17 +57,24 @@ _MODELS: dict[tuple[str, ...], type[PipelineBase]] = {}
 
 
 def pipeline_model() -> type[PipelineBase]:
-    """The ``PipelineConfig`` model: :class:`PipelineBase` plus one optional section per registered stage."""
+    """The ``PipelineConfig`` model: :class:`PipelineBase` plus one optional section per registered stage
+    and the ``rounds:`` section of the model loop (:mod:`engine.pipeline.rounds`)."""
+    from engine.pipeline.rounds import ROUND_STAGES, rounds_model
+
     stages = discover()
-    key = tuple(sorted(stages))
+    key = (*sorted(stages), "|", *sorted(ROUND_STAGES))
     if key not in _MODELS:
         fields: dict[str, Any] = {name: (cls.config | None, None) for name, cls in sorted(stages.items())}
+        fields["rounds"] = (rounds_model() | None, None)
         _MODELS[key] = create_model("PipelineConfig", __base__=PipelineBase, **fields)
     return _MODELS[key]
 
 
 def pipeline_config(data: Mapping[str, Any], overrides: Iterable[str] = (), source: str = "config") -> PipelineBase:
     """Validate a mapping (with ``key=value`` overrides) into a pipeline config."""
+    from engine.pipeline.rounds import check_not_old_layout
+
+    check_not_old_layout(data, source)
     return parse_config(pipeline_model(), apply_overrides(data, overrides), source=source)
 
 
@@ -84,6 +91,7 @@ class Plan:
     depends: dict[str, list[str]]
     hashes: dict[str, str]
     sections: dict[str, Config] = field(default_factory=dict)
+    classes: dict[str, type[Stage]] = field(default_factory=dict)
 
     def downstream(self, stage: str) -> set[str]:
         """``stage`` and every stage that depends on it, directly or not."""
@@ -94,16 +102,29 @@ class Plan:
         return out
 
 
+def enabled_stages(cfg: PipelineBase) -> dict[str, tuple[type[Stage], Config]]:
+    """Every stage the config runs, by key (the round stages expanded: ``predict[2]``), with its section."""
+    from engine.pipeline.rounds import expand
+
+    enabled: dict[str, tuple[type[Stage], Config]] = {n: (c, getattr(cfg, n)) for n, c in STAGES.items() if getattr(cfg, n, None) is not None}
+    rounds = getattr(cfg, "rounds", None)
+    if rounds is not None:
+        enabled |= expand(rounds)
+    keys = list(enabled)
+    return {k: (c, c.wire(sec, keys)) for k, (c, sec) in enabled.items()}
+
+
 def plan(cfg: PipelineBase) -> Plan:
     """Order the enabled stages and hash them (see the module docstring)."""
-    enabled: dict[str, type[Stage]] = {n: c for n, c in STAGES.items() if getattr(cfg, n, None) is not None}
-    if not enabled:
-        raise ConfigError("the config enables no stage", f"add a section for at least one of: {', '.join(sorted(STAGES))}")
-    sections: dict[str, Config] = {n: getattr(cfg, n) for n in enabled}
+    both = enabled_stages(cfg)
+    if not both:
+        raise ConfigError("the config enables no stage", f"add a section for at least one of: {', '.join(sorted(STAGES))}, rounds")
+    enabled: dict[str, type[Stage]] = {n: c for n, (c, _) in both.items()}
+    sections: dict[str, Config] = {n: sec for n, (_, sec) in both.items()}
     depends: dict[str, list[str]] = {}
     for name, cls in enabled.items():
         deps: set[str] = set()
-        for value in cls.input_values(sections[name]).values():
+        for value in cls.input_values(sections[name]):
             ref = split_ref(value, enabled)
             if ref is not None:
                 if ref[0] == name:
@@ -118,14 +139,21 @@ def plan(cfg: PipelineBase) -> Plan:
         ready = [n for n, d in left.items() if all(x in order for x in d)]
         if not ready:
             raise ConfigError(f"the stages {', '.join(sorted(left))} depend on each other in a cycle", "make one of them read a path instead")
-        first = min(ready, key=lambda n: (enabled[n].last, enabled[n].order, n))
+        first = min(ready, key=lambda n: (enabled[n].last, _round_of(n), enabled[n].order, n))
         order.append(first)
         del left[first]
     hashes: dict[str, str] = {}
     for name in order:
         blob = {"stage": name, "section": sections[name].model_dump(mode="json"), "depends": {d: hashes[d] for d in depends[name]}}
         hashes[name] = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
-    return Plan(order, depends, hashes, sections)
+    return Plan(order, depends, hashes, sections, enabled)
+
+
+def _round_of(key: str) -> int:
+    from engine.pipeline.rounds import parse_key
+
+    parsed = parse_key(key)
+    return parsed[1] if parsed else 0
 
 
 @dataclass
@@ -164,7 +192,7 @@ def run_pipeline(
     for name in [*(only or ()), *([from_stage] if from_stage else [])]:
         if name not in p.order:
             known = ", ".join(p.order)
-            raise ConfigError(f"stage {name!r} is not in this run", f"the config enables: {known}" + ("" if name in STAGES else f"; known stages: {', '.join(sorted(STAGES))}"))
+            raise ConfigError(f"stage {name!r} is not in this run", f"the config enables: {known}" + ("" if name in STAGES or "[" in name else f"; known stages: {', '.join(sorted(STAGES))}"))
     run_dir = Path(cfg.run_dir).expanduser()
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"run_dir {str(run_dir)!r} is a file", "choose a folder")
@@ -208,11 +236,11 @@ def run_pipeline(
 
 
 def _run_stage(name: str, p: Plan, manifest: Manifest, cfg: PipelineBase, run_dir: Path, start_over: bool) -> StageResult:
-    cls = STAGES[name]
+    cls = p.classes[name]
     section = p.sections[name]
     digest = p.hashes[name]
     upstream = {d: dict(manifest.stages[d]["outputs"]) for d in p.depends[name]}
-    ctx = StageContext(run_dir=run_dir, stage=name, runtime=cfg.runtime, upstream=upstream, overwrite=start_over, pipeline=cfg)
+    ctx = StageContext(run_dir=run_dir, stage=name, runtime=cfg.runtime, upstream=upstream, overwrite=start_over, pipeline=cfg, round=_round_of(name) or None)
     manifest.start(name, digest, p.depends[name], section.model_dump(mode="json"))
     log.info("stage %s: running (hash %s%s)", name, digest, ", starting over" if start_over else "")
     t0 = time.perf_counter()

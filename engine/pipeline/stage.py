@@ -71,32 +71,52 @@ class Stage(ABC):
     order: ClassVar[int] = 500
     #: run after every other enabled stage and depend on all of them (e.g. the report)
     last: ClassVar[bool] = False
+    #: a stage of the model loop: its kind in ``rounds:`` (one stage ``kind[r]`` per round, see
+    #: :mod:`engine.pipeline.rounds`); empty for a stage that runs once
+    kind: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        from engine.pipeline.rounds import ROUND_STAGES
+
         super().__init_subclass__(**kwargs)
-        if not cls.name:
+        name = cls.name or cls.kind
+        if not name:
             return
-        other = STAGES.get(cls.name)
+        registry = ROUND_STAGES if cls.kind else STAGES
+        other = registry.get(name)
         if other is not None and other.__qualname__ != cls.__qualname__:
-            raise TypeError(f"stage {cls.name!r} is registered twice ({other.__qualname__}, {cls.__qualname__})")
+            raise TypeError(f"stage {name!r} is registered twice ({other.__qualname__}, {cls.__qualname__})")
         missing = [f for f in cls.inputs if f not in cls.config.model_fields]
         if missing:
-            raise TypeError(f"stage {cls.name!r}: input fields {missing} are not fields of {cls.config.__name__}")
-        STAGES[cls.name] = cls
+            raise TypeError(f"stage {name!r}: input fields {missing} are not fields of {cls.config.__name__}")
+        registry[name] = cls
 
     @abstractmethod
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         """Do the work (resumably) and return ``{output name: location}``."""
 
     @classmethod
-    def input_values(cls, cfg: Config) -> dict[str, str]:
-        """The section's inputs: ``{field: value}`` for every input field that is set."""
-        out = {}
-        for f in cls.inputs:
+    def input_values(cls, cfg: Config) -> list[str]:
+        """The section's input values (a field may hold one input or a list of them), in field order."""
+        out: list[str] = []
+        for f in cls.input_fields(cfg):
             value = getattr(cfg, f)
-            if value is not None:
-                out[f] = str(value)
+            if isinstance(value, (list, tuple)):
+                out += [str(v) for v in value]
+            elif value is not None:
+                out.append(str(value))
         return out
+
+    @classmethod
+    def input_fields(cls, cfg: Config) -> tuple[str, ...]:
+        """The fields of ``cfg`` that hold inputs (the declared ``inputs``; a stage may add fields it fills in)."""
+        return cls.inputs
+
+    @classmethod
+    def wire(cls, section: Config, plan_keys: list[str]) -> Config:
+        """The section with inputs that depend on which stages the run has (``plan_keys``) filled in;
+        the default changes nothing (the metrics stage gathers every round's scores here)."""
+        return section
 
 
 def discover() -> dict[str, type[Stage]]:
@@ -114,10 +134,15 @@ def split_ref(value: str, enabled: Mapping[str, type[Stage]]) -> tuple[str, str]
     """``("label", "labels")`` if ``value`` is ``label.labels`` and ``label`` is an enabled stage
     with that output; None if ``value`` is a path or URL. A known stage with an unknown output is an
     error naming the outputs it has."""
+    from engine.pipeline.rounds import ROUND_STAGES, parse_key
+
     if "/" in value or "." not in value:
         return None
     stage, _, out = value.partition(".")
     if stage not in enabled:
+        parsed = parse_key(stage)
+        if parsed is not None and parsed[0] in ROUND_STAGES:
+            raise ConfigError(f"input {value!r} refers to round stage {stage!r}, which this run does not have", "check rounds.count and the round's kinds")
         if stage in STAGES:
             raise ConfigError(f"input {value!r} refers to stage {stage!r}, which this run does not include", f"add a {stage!r} section or give a path")
         return None
@@ -138,17 +163,31 @@ class StageContext:
     overwrite: bool = False
     #: whole pipeline config (read-only), for stages that look at others (the report)
     pipeline: Any = None
+    #: the round of a round stage (``predict[3]``: 3); None for a stage that runs once
+    round: int | None = None
+
+    @property
+    def folder(self) -> str:
+        """This stage's folder relative to the run: ``<stage>``, or ``round-NN/<kind>`` for a round stage."""
+        from engine.pipeline.rounds import folder_of
+
+        return folder_of(self.stage)
 
     @property
     def dir(self) -> Path:
-        """This stage's own folder, ``RUN/<stage>``."""
-        path = self.run_dir / self.stage
+        """This stage's own folder, ``RUN/<folder>``."""
+        path = self.run_dir / self.folder
         path.mkdir(parents=True, exist_ok=True)
         return path
 
     def state_dir(self, *parts: str) -> Path:
-        """Where this stage's blockwise runs keep done-markers: ``RUN/.state/<stage>/...``."""
-        return self.run_dir / ".state" / self.stage / Path(*parts) if parts else self.run_dir / ".state" / self.stage
+        """Where this stage's blockwise runs keep done-markers: ``RUN/.state/<folder>/...``."""
+        base = self.run_dir / ".state" / self.folder
+        return base / Path(*parts) if parts else base
+
+    def inputs(self, values: list[str]) -> list[str]:
+        """:meth:`input` of each value of a list field."""
+        return [self.input(v) for v in values]
 
     def input(self, value: str) -> str:
         """Resolve an input value: another stage's output location, or the path/URL itself (which

@@ -7,6 +7,12 @@ lists the boxes (the training crops are drawn there). With ``source: oracle`` th
 labels come from ``truth`` -- a volume that people labelled inside the same boxes (e.g. imported with
 ``connectile ingest``) -- and are read the same way. Either way the training sees one format. ``RUN/annotate/truth.zarr/target`` is the same
 foreground over the whole volume: the validation target of the learning curves (never trained on).
+
+``heldout`` (a share, e.g. 0.25) keeps that share of each box out of training: the far end of the box
+along its longer in-plane axis. Its labels go to ``RUN/annotate/heldout.zarr/labels`` (same values; 255
+everywhere else) and the training labels leave it unknown; the fine-tuning rounds choose between the
+previous and the new model on it (:mod:`engine.pipeline.stages.finetune`). ``boxes.json`` lists the
+training part of each box under ``boxes`` and the held-out parts under ``heldout``.
 """
 
 from __future__ import annotations
@@ -34,6 +40,26 @@ class AnnotateSection(Config):
     target: Literal["mask", "interior"] = "mask"
     boundary: int = Field(default=1, ge=1, description="interior: in-plane width of the background on each side of a boundary")
     chunks: tuple[int, int, int] = (16, 128, 128)
+    heldout: float = Field(default=0.0, ge=0.0, lt=1.0, description="share of each box held out of training, to choose between models")
+
+
+def split_box(b: dict[str, list[int]], share: float) -> tuple[dict[str, list[int]], dict[str, list[int]] | None]:
+    """``(training part, held-out part)`` of a box: the last ``share`` of its longer in-plane axis held out
+    (None when ``share`` is 0 or the box is too thin to split).
+
+    >>> split_box({"start": [0, 0, 0], "stop": [4, 100, 40]}, 0.25)
+    ({'start': [0, 0, 0], 'stop': [4, 75, 40]}, {'start': [0, 75, 0], 'stop': [4, 100, 40]})
+    """
+    start, stop = list(b["start"]), list(b["stop"])
+    axis = 1 if stop[1] - start[1] >= stop[2] - start[2] else 2
+    n = stop[axis] - start[axis]
+    cut = round(n * share)
+    if share <= 0 or cut < 1 or cut >= n:
+        return {"start": start, "stop": stop}, None
+    mid = stop[axis] - cut
+    train_stop, held_start = list(stop), list(start)
+    train_stop[axis] = held_start[axis] = mid
+    return {"start": start, "stop": train_stop}, {"start": held_start, "stop": stop}
 
 
 def read_box_list(path: str) -> list[dict[str, list[int]]]:
@@ -121,16 +147,21 @@ class AnnotateStage(Stage):
     name = "annotate"
     config = AnnotateSection
     inputs = ("boxes", "truth")
-    outputs = ("labels", "boxes", "validation")
+    outputs = ("labels", "boxes", "validation", "heldout")
     order = 120
 
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
-        boxes = read_box_list(ctx.input(cfg.boxes))
+        parts = [split_box(b, cfg.heldout) for b in read_box_list(ctx.input(cfg.boxes))]
+        boxes = [t for t, _ in parts]
+        held = [h for _, h in parts if h is not None]
         out = str(ctx.dir / "labels.zarr" / "labels")
         info = write_box_labels(ctx.input(cfg.truth), boxes, out, cfg.chunks, cfg.target, cfg.boundary)
+        heldout = str(ctx.dir / "heldout.zarr" / "labels")
+        hinfo = write_box_labels(ctx.input(cfg.truth), held, heldout, cfg.chunks, cfg.target, cfg.boundary)
         path = ctx.dir / "boxes.json"
-        path.write_text(json.dumps({"boxes": boxes}, indent=1))
-        (ctx.dir / "annotate.json").write_text(json.dumps({**info, "source": cfg.source, "target": cfg.target}, indent=1))
+        path.write_text(json.dumps({"boxes": boxes, "heldout": held}, indent=1))
+        (ctx.dir / "annotate.json").write_text(json.dumps({**info, "heldout_voxels": hinfo["known_voxels"], "heldout_boxes": len(held),
+                                                           "source": cfg.source, "target": cfg.target}, indent=1))
         validation = str(ctx.dir / "truth.zarr" / "target")
         write_target(ctx.input(cfg.truth), validation, cfg.chunks, cfg.target, cfg.boundary)
-        return {"labels": out, "boxes": str(path), "validation": validation}
+        return {"labels": out, "boxes": str(path), "validation": validation, "heldout": heldout}

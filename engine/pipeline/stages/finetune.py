@@ -1,97 +1,67 @@
-"""``finetune1``, ``finetune2`` ...: the model of a round, trained on for a few steps with its review.
+"""``finetune[r]`` (``rounds.finetune``): the round's model, trained on for a few steps with every answer
+so far, and kept only if it is better on held-out annotated voxels.
 
-The training labels are the annotated boxes (``annotate.labels``: 1 / 0 inside, 255 unknown) plus the
-reviewed objects of the round: an accepted object keeps its predicted mask as foreground (1), a
-rejected one becomes background (0) (:mod:`engine.active.finetune`'s rule), and an accepted object's
-outline is right too: a band of ``ring`` pixels around it in each section becomes background (without
-it the known voxels near reviewed objects are all foreground and the model learns to drop the
-boundaries between cells). The rest of each reviewed object's box stays unknown. Crops are drawn from the annotated boxes and the reviewed objects' boxes
-(grown by ``margin``).
+Labels (:func:`engine.active.finetune.paint_answers`): the annotated boxes (``annotate.labels``: 1 / 0
+inside, 255 unknown), plus the reviewed objects of rounds ``1 .. r`` (all of them, not only this
+round's): an accepted object's predicted mask is foreground with a ``ring`` of background around it,
+a rejected object is background. With ``propagate``, an answer also reaches the unreviewed members of
+the reviewed object's cluster (the two-stream paper's label propagation); those voxels are marked as
+propagated and count ``propagated_weight`` in the loss. The held-out annotated voxels
+(``annotate.heldout``) are never painted nor trained on.
 
-Training continues the model's own run: its newest checkpoint (weights, optimizer state, step) is
-copied into ``RUN/finetune<r>/train/checkpoints/`` and training resumes from it with the same
-settings (``steps`` more steps, ``lr`` if given), so ``finetune<r>.checkpoint`` is the model of round
-``r + 1`` and its ``loss.png`` continues the learning curve.
+Crops: a share ``replay`` of them from the annotated boxes (the labels the model was trained on, so
+that fine-tuning does not forget them), the rest from the reviewed and propagated objects' boxes
+(grown by ``margin``; propagated ones at ``propagated_weight``).
+
+Training continues the model's own run: its checkpoint (weights, optimizer state, step) is copied into
+``RUN/round-NN/finetune/train/checkpoints/`` and training resumes from it with the same settings except
+``steps`` more steps at ``lr``. Then the gate: the previous and the new model are scored (IoU) on
+the held-out voxels; with ``keep_better`` the new model is the output only if it scores at least as
+well, else the previous checkpoint is (``decision.json`` records both scores and the choice, and the
+metrics table and report say so).
+
+The defaults are fine-tuning settings, not training ones: a small learning rate (1e-3, a third of the
+base training's 3e-3), few steps (40), and half of the crops replayed from the annotated boxes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from pydantic import Field
 
 from engine.config import Config
 from engine.pipeline.stage import Stage, StageContext
-from engine.pipeline.stages._rounds import per_round
-from engine.pipeline.stages.train import FOREGROUND, UNKNOWN
+
+log = logging.getLogger(__name__)
 
 Triple = tuple[int, int, int]
 
 
 class FinetuneSection(Config):
-    """``finetune<r>:`` -- ``checkpoint`` (the round's model), ``rois`` (``query<r>.rois``), ``answers``
-    (``review<r>.answers``), ``labels``/``boxes`` (``annotate.labels``/``annotate.boxes``)."""
+    """``rounds.finetune:`` -- ``labels``/``boxes``/``heldout`` (default: the annotate stage's), the
+    fine-tuning settings; ``checkpoint`` (the round's model), ``rois`` and ``answers`` (every round so far)
+    are wired."""
 
-    checkpoint: str
-    rois: str
-    answers: str
-    labels: str
-    boxes: str
-    steps: int = Field(default=50, ge=1)
-    lr: float | None = Field(default=None, gt=0)
+    checkpoint: str | None = None
+    rois: list[str] | None = None
+    answers: list[str] | None = None
+    labels: str = "annotate.labels"
+    boxes: str = "annotate.boxes"
+    heldout: str | None = Field(default="annotate.heldout", description="held-out labels (1/0, 255 unknown) that score old vs new model")
+    steps: int = Field(default=40, ge=1)
+    lr: float | None = Field(default=1e-3, gt=0, description="learning rate of the fine-tuning (None: the base training's)")
+    replay: float = Field(default=0.5, ge=0.0, le=1.0, description="share of crops drawn from the annotated boxes")
     margin: Triple = (0, 16, 16)
     ring: int = Field(default=2, ge=0, description="background band (pixels, in-plane) around an accepted object; 0: none")
-
-
-def review_labels(
-    base_labels: str, rois_dir: str, answers: dict[int, bool], out: str, margin: Triple, ring: int = 0
-) -> tuple[list[dict[str, list[int]]], dict[str, int]]:
-    """Write the fine-tuning labels (see the module docstring) to ``out``; return the reviewed objects'
-    boxes and counts."""
-    from engine.active.rois import read_index, read_meta
-    from engine.geometry import Box
-    from engine.storage import create_volume, open_volume
-
-    base = open_volume(base_labels)
-    labels = base.read(base.box)
-    boxes: list[dict[str, list[int]]] = []
-    counts = {"accepted": 0, "rejected": 0, "voxels_fg": 0, "voxels_bg": 0}
-    if answers:
-        index = read_index(rois_dir)
-        pred = open_volume(read_meta(rois_dir)["params"]["labels"])
-        with np.load(Path(rois_dir) / "rois" / "objects.npz") as z:
-            ids, bbox = z["id"], z["bbox"]
-        row_of = {int(i): k for k, i in enumerate(ids.tolist())}
-        for roi, ok in sorted(answers.items()):
-            obj = int(index["object_id"][roi])
-            b = bbox[row_of[obj]]
-            box = Box(tuple(int(v) for v in b[:3]), tuple(int(v) for v in b[3:]))
-            if ok and ring:
-                box = box.grow((0, ring, ring)).intersect(base.box)
-            sl = box.to_slices()
-            obj_mask = pred.read(box) == np.asarray(obj, pred.dtype)
-            free = labels[sl] == UNKNOWN  # annotated truth wins
-            mine = obj_mask & free
-            labels[sl][mine] = FOREGROUND if ok else 0
-            if ok and ring:
-                from scipy.ndimage import binary_dilation
-
-                cross = np.zeros((1, 3, 3), bool)
-                cross[0, 1, :] = cross[0, :, 1] = True
-                band = binary_dilation(obj_mask, cross, iterations=ring) & ~obj_mask & free
-                labels[sl][band] = 0
-                counts["voxels_bg"] += int(band.sum())
-            counts["accepted" if ok else "rejected"] += 1
-            counts["voxels_fg" if ok else "voxels_bg"] += int(mine.sum())
-            grown = box.grow(margin).intersect(base.box)
-            boxes.append({"start": list(grown.start), "stop": list(grown.stop)})
-    vol = create_volume(out, base.spatial_shape, "uint8", base.chunk_shape, voxel_size=base.voxel_size, fill_value=UNKNOWN, overwrite=True)
-    vol.write(base.box, labels)
-    return boxes, counts
+    propagate: bool = Field(default=True, description="answers reach the unreviewed members of the reviewed object's cluster")
+    propagated_weight: float = Field(default=0.5, ge=0.0, le=1.0, description="loss weight of propagated labels (reviewed: 1)")
+    keep_better: bool = Field(default=True, description="keep the previous model when the new one scores lower on the held-out voxels")
 
 
 def step_of(checkpoint: Path) -> int:
@@ -101,14 +71,84 @@ def step_of(checkpoint: Path) -> int:
     try:
         return int(checkpoint.name.removeprefix("step-"))
     except ValueError:
-        raise StorageError(f"{checkpoint} is not a training checkpoint (step-XXXXXX)", "give train.checkpoint or finetune<r>.checkpoint") from None
+        raise StorageError(f"{checkpoint} is not a training checkpoint (step-XXXXXX)", "give train.checkpoint or finetune[r].checkpoint") from None
+
+
+def read_answers(path: str) -> dict[int, bool]:
+    """``{roi_id: accepted}`` of a review stage's ``answers.json``."""
+    return {int(k): bool(v) for k, v in json.loads(Path(path).read_text())["answers"].items()}
+
+
+def write_labels(ctx: StageContext, cfg: Any) -> tuple[str, list[dict[str, Any]], dict[str, int]]:
+    """The fine-tuning labels (module docstring) in ``RUN/round-NN/finetune/labels.zarr``; the boxes of the
+    painted objects (grown by ``margin``, with their crop weight) and the counts."""
+    from engine.active.finetune import UNKNOWN, RoundAnswers, paint_answers
+    from engine.storage import create_volume, open_volume
+
+    base = open_volume(ctx.input(cfg.labels))
+    labels = base.read(base.box)
+    protect = None
+    if cfg.heldout:
+        held = open_volume(ctx.input(cfg.heldout))
+        protect = held.read(held.box) != UNKNOWN
+        labels[protect] = UNKNOWN
+    rounds = [RoundAnswers(ctx.input(rd), k, read_answers(ctx.input(a)))
+              for k, (rd, a) in enumerate(zip(cfg.rois or [], cfg.answers or [], strict=True), start=1)]
+    painted, counts = paint_answers(labels, rounds, ring=cfg.ring, propagate_answers=cfg.propagate, protect=protect)
+    out = str(ctx.dir / "labels.zarr" / "labels")
+    vol = create_volume(out, base.spatial_shape, "uint8", base.chunk_shape, voxel_size=base.voxel_size, fill_value=UNKNOWN, overwrite=True)
+    vol.write(base.box, labels)
+    from engine.geometry import Box
+
+    boxes = []
+    for b, reviewed in painted:
+        grown = Box(tuple(b[:3]), tuple(b[3:])).grow(cfg.margin).intersect(base.box)
+        boxes.append({"start": list(grown.start), "stop": list(grown.stop), "weight": 1.0 if reviewed else cfg.propagated_weight})
+    return out, boxes, counts
+
+
+def crop_boxes(annotated: list[dict[str, list[int]]], objects: list[dict[str, Any]], replay: float) -> list[dict[str, Any]]:
+    """Annotated boxes with ``replay`` of the crop weight (in proportion to their size), the objects' boxes
+    with the rest (by their own weights); all annotated when there is no object.
+
+    >>> b = crop_boxes([{"start": [0, 0, 0], "stop": [1, 4, 4]}], [{"start": [0, 0, 0], "stop": [1, 2, 2], "weight": 1.0}], 0.25)
+    >>> [x["weight"] for x in b]
+    [0.25, 0.75]
+    """
+    if not objects:
+        return [dict(b) for b in annotated]
+    sizes = np.array([float(np.prod(np.subtract(b["stop"], b["start"]))) for b in annotated])
+    ow = np.array([float(o["weight"]) for o in objects])
+    out = [{**b, "weight": float(replay * s / sizes.sum())} for b, s in zip(annotated, sizes, strict=True)]
+    out += [{**o, "weight": float((1 - replay) * w / ow.sum()) if ow.sum() > 0 else 0.0} for o, w in zip(objects, ow, strict=True)]
+    return out
+
+
+def heldout_score(checkpoint: str, raw: str, heldout: str, boxes: list[dict[str, list[int]]], tcfg: Any) -> tuple[float | None, int]:
+    """IoU of a checkpoint's prediction on the held-out labelled voxels (within their bounding box), and
+    how many voxels that is; ``(None, 0)`` without held-out voxels."""
+    from engine.learn.config import ValidationConfig
+    from engine.learn.validate import Validator
+    from engine.models import load_checkpoint
+
+    if not boxes:
+        return None, 0
+    lo = np.min([b["start"] for b in boxes], axis=0).tolist()
+    hi = np.max([b["stop"] for b in boxes], axis=0).tolist()
+    v = Validator(ValidationConfig.model_validate({"raw": raw, "labels": heldout, "roi": {"start": lo, "stop": hi}, "every": 1}), tcfg)
+    known = int((v.weight > 0).sum())
+    if known == 0:
+        return None, 0
+    model, _, _ = load_checkpoint(checkpoint)
+    return float(v(model)["iou"]), known
 
 
 class FinetuneStage(Stage):
+    kind = "finetune"
     config = FinetuneSection
-    inputs = ("checkpoint", "rois", "answers", "labels", "boxes")
-    outputs = ("checkpoint", "history")
-    round: ClassVar[int] = 0
+    inputs = ("checkpoint", "rois", "answers", "labels", "boxes", "heldout")
+    outputs = ("checkpoint", "history", "decision")
+    order = 150
 
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         from engine.learn.config import TrainConfig
@@ -119,10 +159,8 @@ class FinetuneStage(Stage):
         ck = Path(ctx.input(cfg.checkpoint))
         _, extras = read_checkpoint_config(ck)
         base = TrainConfig.model_validate(extras["train"])
-        answers = {int(k): bool(v) for k, v in json.loads(Path(ctx.input(cfg.answers)).read_text())["answers"].items()}
-        labels_url = str(ctx.dir / "labels.zarr" / "labels")
-        obj_boxes, counts = review_labels(ctx.input(cfg.labels), ctx.input(cfg.rois), answers, labels_url, cfg.margin, cfg.ring)
-        boxes = read_box_list(ctx.input(cfg.boxes)) + obj_boxes
+        labels_url, obj_boxes, counts = write_labels(ctx, cfg)
+        boxes = crop_boxes(read_box_list(ctx.input(cfg.boxes)), obj_boxes, cfg.replay)
         boxes_path = ctx.dir / "boxes.json"
         boxes_path.write_text(json.dumps({"boxes": boxes}, indent=1))
         (ctx.dir / "review_labels.json").write_text(json.dumps(counts, indent=1))
@@ -130,15 +168,7 @@ class FinetuneStage(Stage):
         out = ctx.dir / "train"
         if ctx.overwrite and out.exists():
             shutil.rmtree(out)
-        dump = base.model_dump(mode="json")
-        dump["data"] = {**dump["data"], "labels": labels_url, "boxes": str(boxes_path)}
-        dump["sampling"] = {**dump["sampling"], "min_known": min(float(dump["sampling"]["min_known"]), 0.05)}
-        if cfg.lr is not None:
-            dump["optimizer"] = {**dump["optimizer"], "lr": cfg.lr}
-        dump.update(output=str(out), steps=start + cfg.steps, checkpoint_every=start + cfg.steps, progress=ctx.runtime.progress)
-        if dump.get("validation"):
-            dump["validation"] = {**dump["validation"], "every": max(1, min(int(dump["validation"]["every"]), cfg.steps))}
-        tcfg = TrainConfig.model_validate(dump)
+        tcfg = self._train_config(base, cfg, labels_url, boxes_path, out, start + cfg.steps, ctx.runtime.progress)
         copy = out / "checkpoints" / ck.name
         if not copy.exists():
             from engine.learn import latest_checkpoint
@@ -147,7 +177,49 @@ class FinetuneStage(Stage):
                 copy.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copytree(ck, copy.with_name(copy.name + ".tmp"), dirs_exist_ok=True)
                 copy.with_name(copy.name + ".tmp").rename(copy)
-        return run_training(tcfg, resume=True)
+        result = run_training(tcfg, resume=True)
+        decision = self._gate(ctx, cfg, str(ck), result["checkpoint"], base, tcfg)
+        path = ctx.dir / "decision.json"
+        path.write_text(json.dumps({**decision, "labels": counts}, indent=1))
+        return {"checkpoint": decision["checkpoint"], "history": result["history"], "decision": str(path)}
 
+    @staticmethod
+    def _train_config(base: Any, cfg: Any, labels_url: str, boxes_path: Path, out: Path, steps: int, progress: bool) -> Any:
+        from engine.active.finetune import BACKGROUND, FOREGROUND, PROPAGATED_BG, PROPAGATED_FG, UNKNOWN
+        from engine.learn.config import TrainConfig
 
-FINETUNE = per_round(FinetuneStage, "finetune", 150)
+        dump = base.model_dump(mode="json")
+        dump["data"] = {**dump["data"], "labels": labels_url, "boxes": str(boxes_path)}
+        dump["target"] = {**dump["target"], "label_ids": [FOREGROUND, PROPAGATED_FG], "ignore_ids": [UNKNOWN],
+                          "weak_ids": [PROPAGATED_FG, PROPAGATED_BG], "weak_weight": cfg.propagated_weight}
+        assert BACKGROUND not in (FOREGROUND, PROPAGATED_FG)
+        dump["sampling"] = {**dump["sampling"], "min_known": min(float(dump["sampling"]["min_known"]), 0.05)}
+        if cfg.lr is not None:
+            dump["optimizer"] = {**dump["optimizer"], "lr": cfg.lr}
+        dump.update(output=str(out), steps=steps, checkpoint_every=steps, progress=progress)
+        if dump.get("validation"):
+            dump["validation"] = {**dump["validation"], "every": max(1, min(int(dump["validation"]["every"]), cfg.steps))}
+        return TrainConfig.model_validate(dump)
+
+    @staticmethod
+    def _gate(ctx: StageContext, cfg: Any, previous: str, candidate: str, base: Any, tcfg: Any) -> dict[str, Any]:
+        """Score both models on the held-out voxels and pick (module docstring)."""
+        doc: dict[str, Any] = {"round": ctx.round, "previous": previous, "candidate": candidate, "metric": "iou", "keep_better": cfg.keep_better}
+        held_boxes: list[dict[str, list[int]]] = []
+        if cfg.heldout:
+            held_boxes = json.loads(Path(ctx.input(cfg.boxes)).read_text()).get("heldout", [])
+        heldout = ctx.input(cfg.heldout) if cfg.heldout else None
+        if heldout is None or not held_boxes:
+            doc.update(previous_score=None, candidate_score=None, heldout_voxels=0, kept="candidate", checkpoint=candidate,
+                       reason="no held-out voxels to compare on (annotate.heldout is 0): the new model is used")
+            log.warning("%s: %s", ctx.stage, doc["reason"])
+            return doc
+        old, n = heldout_score(previous, base.data.raw, heldout, held_boxes, tcfg)
+        new, _ = heldout_score(candidate, base.data.raw, heldout, held_boxes, tcfg)
+        worse = old is not None and new is not None and new < old
+        kept = "previous" if worse and cfg.keep_better else "candidate"
+        reason = (f"the new model scores {new:.4f} < {old:.4f} on {n} held-out voxels: " + ("kept the previous model" if kept == "previous" else "used it anyway (keep_better: false)")
+                  if worse else f"the new model scores {new:.4f} >= {old:.4f} on {n} held-out voxels: used it")
+        doc.update(previous_score=old, candidate_score=new, heldout_voxels=n, kept=kept, checkpoint=previous if kept == "previous" else candidate, reason=reason)
+        log.info("%s: %s", ctx.stage, reason)
+        return doc

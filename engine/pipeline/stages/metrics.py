@@ -1,6 +1,12 @@
 """``metrics``: the rounds side by side -- ``RUN/metrics/metrics.json`` and ``metrics.md`` (a table per
-round: IoU, Dice, VOI, ROI accuracy, objects), ``metrics_per_round.png`` and ``learning_curves.png``
-(training loss and validation IoU over steps: the base training, then each fine-tuning, one curve)."""
+round: IoU, Dice, VOI, ROI accuracy, objects, labelling effort, and whether the round's fine-tuned model
+was kept), ``metrics_per_round.png`` (each metric per round), ``quality_vs_effort.png`` (IoU against the
+labelled voxels and the reviewed answers so far) and ``learning_curves.png`` (training loss and
+validation IoU over steps: the base training, then each fine-tuning, one curve).
+
+In a config with ``rounds:``, an empty ``metrics: {}`` gathers every round by itself: ``score[r].metrics``,
+``train.history``, ``finetune[r].history`` and ``finetune[r].decision`` (the wiring of :meth:`MetricsStage.wire`).
+"""
 
 from __future__ import annotations
 
@@ -13,19 +19,18 @@ from engine.pipeline.stage import Stage, StageContext
 
 
 class MetricsSection(Config):
-    """``metrics:`` -- ``round1`` .. ``round3``: ``score<r>.metrics``; ``train``: ``train.history``;
-    ``finetune1`` .. ``finetune3``: ``finetune<r>.history`` (all optional)."""
+    """``metrics:`` -- ``scores``: ``score[r].metrics`` per round; ``histories``: ``train.history`` then
+    ``finetune[r].history``; ``decisions``: ``finetune[r].decision``; ``effort``: ``annotate.boxes`` (the
+    labelled voxels). Each is filled in from the run's stages when not given."""
 
-    round1: str | None = None
-    round2: str | None = None
-    round3: str | None = None
-    train: str | None = None
-    finetune1: str | None = None
-    finetune2: str | None = None
-    finetune3: str | None = None
+    scores: list[str] | None = None
+    histories: list[str] | None = None
+    decisions: list[str] | None = None
+    effort: str | None = None
 
 
-COLUMNS = (("iou", "IoU"), ("dice", "Dice"), ("voi_split", "VOI split"), ("voi_merge", "VOI merge"), ("roi_accuracy", "ROI accuracy"), ("objects", "objects"))
+COLUMNS = (("iou", "IoU"), ("dice", "Dice"), ("voi_split", "VOI split"), ("voi_merge", "VOI merge"), ("roi_accuracy", "ROI accuracy"), ("objects", "objects"),
+           ("heldout_score", "held-out IoU"), ("labelled_voxels", "labelled voxels"), ("reviewed", "reviewed answers"))
 
 
 def table_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -36,7 +41,9 @@ def table_lines(rows: list[dict[str, Any]]) -> list[str]:
         for key, _ in COLUMNS:
             v = r.get(key)
             cells.append("" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v)))
-        model = "base (train)" if r["round"] == 1 else f"fine-tuned x{r['round'] - 1}"
+        model = "base (train)" if r["round"] == 1 else f"after {r['round'] - 1} round(s)"
+        if r.get("kept") == "previous":
+            model += ": new model worse on held-out, previous kept"
         lines.append(f"| {r['round']} | {model} | " + " | ".join(cells) + " |")
     return lines
 
@@ -88,28 +95,93 @@ def _plot_curves(parts: list[tuple[str, list[dict[str, Any]]]], path: Path) -> N
     plt.close(fig)
 
 
+def _plot_effort(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.get("labelled_voxels") is not None]
+    if not rows:
+        return
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.2))
+    ys = [float(r["iou"]) for r in rows]
+    a1.plot([r["labelled_voxels"] for r in rows], ys, "o-", color="tab:blue")
+    a2.plot([r.get("reviewed") or 0 for r in rows], ys, "o-", color="tab:green")
+    for r, y in zip(rows, ys, strict=True):
+        a1.annotate(f"r{r['round']}", (r["labelled_voxels"], y), fontsize=7)
+        a2.annotate(f"r{r['round']}", (r.get("reviewed") or 0, y), fontsize=7)
+    a1.set(xlabel="labelled voxels (annotated boxes + reviewed objects)", ylabel="IoU", title="quality vs labelled voxels")
+    a2.set(xlabel="reviewed answers so far", ylabel="IoU", title="quality vs reviewed answers")
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _effort(rows: list[dict[str, Any]], decisions: list[dict[str, Any]], annotated: int | None) -> None:
+    """Add to each round's row the labelling effort behind its model and the gate's decision: round r's
+    model saw the annotated voxels plus the answers of rounds 1 .. r-1."""
+    voxels, reviewed = annotated, 0
+    for r in rows:
+        k = int(r["round"])
+        if k >= 2 and k - 2 < len(decisions):
+            d = decisions[k - 2]
+            lab = d.get("labels", {})
+            # counts are cumulative (every round so far is painted), so the latest one is the total
+            reviewed = int(lab.get("accepted", 0)) + int(lab.get("rejected", 0))
+            voxels = None if annotated is None else annotated + int(lab.get("voxels_fg", 0)) + int(lab.get("voxels_bg", 0))
+            r.update(kept=d.get("kept"), heldout_score=d.get("candidate_score") if d.get("kept") == "candidate" else d.get("previous_score"))
+        r.update(labelled_voxels=voxels, reviewed=reviewed)
+
+
 class MetricsStage(Stage):
     name = "metrics"
     config = MetricsSection
-    inputs = ("round1", "round2", "round3", "train", "finetune1", "finetune2", "finetune3")
+    inputs = ("scores", "histories", "decisions", "effort")
     outputs = ("metrics", "table")
     order = 900
+
+    @classmethod
+    def wire(cls, section: Config, plan_keys: list[str]) -> Config:
+        from engine.pipeline.rounds import parse_key
+
+        def keys(kind: str) -> list[str]:
+            return sorted((k for k in plan_keys if (p := parse_key(k)) is not None and p[0] == kind), key=lambda k: parse_key(k)[1])  # type: ignore[index]
+
+        update: dict[str, Any] = {}
+        if getattr(section, "scores", None) is None and keys("score"):
+            update["scores"] = [f"{k}.metrics" for k in keys("score")]
+        if getattr(section, "histories", None) is None and (keys("finetune") or "train" in plan_keys):
+            update["histories"] = (["train.history"] if "train" in plan_keys else []) + [f"{k}.history" for k in keys("finetune")]
+        if getattr(section, "decisions", None) is None and keys("finetune"):
+            update["decisions"] = [f"{k}.decision" for k in keys("finetune")]
+        if getattr(section, "effort", None) is None and "annotate" in plan_keys:
+            update["effort"] = "annotate.boxes"
+        return section.model_copy(update=update) if update else section
 
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         from engine.learn.history import read_history
 
         rows = []
-        for r in (1, 2, 3):
-            value = getattr(cfg, f"round{r}")
-            if value is not None:
-                rows.append({**json.loads(Path(ctx.input(value)).read_text()), "round": r})
+        for r, value in enumerate(cfg.scores or [], start=1):
+            rows.append({**json.loads(Path(ctx.input(value)).read_text()), "round": r})
+        decisions = [json.loads(Path(ctx.input(v)).read_text()) for v in cfg.decisions or []]
+        annotated = None
+        if cfg.effort:
+            info = Path(ctx.input(cfg.effort)).with_name("annotate.json")
+            if info.exists():
+                a = json.loads(info.read_text())
+                annotated = int(a.get("known_voxels", 0)) + int(a.get("heldout_voxels", 0))
+        _effort(rows, decisions, annotated)
         parts = []
-        for name in ("train", "finetune1", "finetune2", "finetune3"):
-            value = getattr(cfg, name)
-            if value is not None and Path(ctx.input(value)).exists():
-                parts.append((name, read_history(ctx.input(value))))
+        for value in cfg.histories or []:
+            if Path(ctx.input(value)).exists():
+                parts.append((value.rpartition(".")[0], read_history(ctx.input(value))))
         if rows:
             _plot_rounds(rows, ctx.dir / "metrics_per_round.png")
+            _plot_effort(rows, ctx.dir / "quality_vs_effort.png")
         if parts:
             _plot_curves(parts, ctx.dir / "learning_curves.png")
         md = ["## Metrics per round", "", *table_lines(rows), ""]

@@ -1,28 +1,29 @@
-"""``predict1``, ``predict2`` ...: the model of a round over the whole volume (blockwise, resumable;
-:func:`engine.ops.predict.predict_volume`), as uint8 probabilities ``RUN/predict<r>/prob.zarr/probability``.
-Each round's stages read the model of the round before (``train.checkpoint``, then ``finetune<r-1>.checkpoint``).
+"""``predict[r]`` and ``label[r]`` (``rounds.predict``, ``rounds.label``): the model of a round over the
+whole volume (blockwise, resumable; :func:`engine.ops.predict.predict_volume`), as uint8 probabilities
+``RUN/round-NN/predict/prob.zarr/probability``, and its connected components with the object table.
+Round ``r`` predicts with ``rounds.model`` for ``r = 1`` and ``finetune[r-1].checkpoint`` after (the
+wiring of :mod:`engine.pipeline.rounds`).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from engine.config import Config
 from engine.pipeline.stage import Stage, StageContext
-from engine.pipeline.stages._rounds import per_round
 from engine.pipeline.stages.label import LabelSection, LabelStage
 
 Triple = tuple[int, int, int]
 
 
 class PredictSection(Config):
-    """``predict<r>:`` -- ``raw`` (e.g. ``synth.raw``), ``checkpoint`` (``train.checkpoint`` or
-    ``finetune<r-1>.checkpoint``), the sliding window and blocks."""
+    """``rounds.predict:`` -- ``raw`` (e.g. ``synth.raw``), the sliding window and blocks; ``checkpoint`` is
+    wired (the round's model)."""
 
     raw: str
-    checkpoint: str
+    checkpoint: str | None = None
     window: Triple = (1, 128, 128)
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     block: Triple = (32, 256, 256)
@@ -33,10 +34,11 @@ class PredictSection(Config):
 
 
 class PredictStage(Stage):
+    kind = "predict"
     config = PredictSection
     inputs = ("raw", "checkpoint")
     outputs = ("probability",)
-    round: ClassVar[int] = 0
+    order = 100
 
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         from engine.ops.predict import predict_volume
@@ -53,13 +55,16 @@ class PredictStage(Stage):
         return {"probability": r.output}
 
 
+class RoundLabelSection(LabelSection):
+    """``rounds.label:`` -- as ``label``; ``input`` is wired (the round's probabilities)."""
+
+    input: str | None = None  # type: ignore[assignment]
+
+
 class RoundLabelStage(LabelStage):
-    """``label<r>``: connected components of the round's probabilities (as ``label``), with the object table."""
+    """``label[r]``: connected components of the round's probabilities (as ``label``), with the object table."""
 
     name = ""
-    config = LabelSection
-    round: ClassVar[int] = 0
-
-
-PREDICT = per_round(PredictStage, "predict", 100)
-LABEL = per_round(RoundLabelStage, "label", 110)
+    kind = "label"
+    config = RoundLabelSection
+    order = 110

@@ -1,9 +1,9 @@
-"""``query1``, ``query2`` ...: active query suggestion on the objects of a round's prediction.
+"""``query[r]`` (``rounds.query``): active query suggestion on the objects of a round's prediction.
 
-The stage folder ``RUN/query<r>/`` is an active-learning run directory (the contract of
+The stage folder ``RUN/round-NN/query/`` is an active-learning run directory (the contract of
 :mod:`engine.active`: ``rois/rois.zarr``, ``rois/index.parquet``, ``features/``,
-``rounds/round-01/queries.parquet``), so ``connectile review RUN/query<r>`` opens its queries for a
-person. Steps: aligned ROI crops of every object (:func:`engine.ops.rois.extract_rois`), the two VAE
+``rounds/round-NN/queries.parquet``, numbered as the pipeline's round), so ``connectile review
+RUN/round-NN/query`` opens its queries for a person as round NN. Steps: aligned ROI crops of every object (:func:`engine.ops.rois.extract_rois`), the two VAE
 feature streams and the queries (:func:`engine.active.rounds.run_query`). A prediction with no object
 gives no queries (``summary.json`` says so) and the round's review and fine-tuning have nothing to add.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import Field
 
@@ -20,7 +20,6 @@ from engine.active.features import FeatureConfig, VaeConfig
 from engine.active.rounds import QueryConfig
 from engine.config import Config
 from engine.pipeline.stage import Stage, StageContext
-from engine.pipeline.stages._rounds import per_round
 
 Triple = tuple[int, int, int]
 
@@ -32,13 +31,13 @@ def _small_query() -> QueryConfig:
 
 
 class QuerySection(Config):
-    """``query<r>:`` -- ``labels``/``table`` (``label<r>.labels``, ``label<r>.table``), ``image`` (the raw
-    volume), ``probability`` (``predict<r>.probability``, for ROI scores); ``query``: a
-    :class:`~engine.active.rounds.QueryConfig` (method, clusters, VAE settings)."""
+    """``rounds.query:`` -- ``query``: a :class:`~engine.active.rounds.QueryConfig` (method, clusters, VAE
+    settings), the ROI size; ``labels``/``table``/``probability`` (the round's objects and prediction) and
+    ``image`` (``rounds.predict.raw``) are wired."""
 
-    labels: str
-    table: str
-    image: str
+    labels: str | None = None
+    table: str | None = None
+    image: str | None = None
     probability: str | None = None
     size: int = Field(default=64, ge=8)
     min_voxels: int = Field(default=0, ge=0)
@@ -53,10 +52,11 @@ def object_count(table: str) -> int:
 
 
 class QueryStage(Stage):
+    kind = "query"
     config = QuerySection
     inputs = ("labels", "table", "image", "probability")
     outputs = ("rois", "summary")
-    round: ClassVar[int] = 0
+    order = 130
 
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         from engine.active.rounds import run_query
@@ -68,7 +68,8 @@ class QueryStage(Stage):
                 shutil.rmtree(run_dir / name, ignore_errors=True)
         table = ctx.input(cfg.table)
         n = object_count(table)
-        summary: dict[str, Any] = {"round": self.round, "objects": n, "rois": 0, "queries": 0}
+        rnd = ctx.round or 1
+        summary: dict[str, Any] = {"round": rnd, "objects": n, "rois": 0, "queries": 0}
         if n > 0:
             rt = ctx.runtime
             res = extract_rois(
@@ -82,11 +83,9 @@ class QueryStage(Stage):
                 budget_cap = max(1, res.rois)
                 if q.n_clusters > budget_cap:  # fewer objects than clusters: one cluster per object at most
                     q = q.model_copy(update={"n_clusters": budget_cap, "n_sub": 1})
-                result = run_query(run_dir, q, round_number=1, progress=rt.progress)
+                result = run_query(run_dir, q, round_number=rnd, progress=rt.progress)
                 summary.update(queries=result.queries, method=result.method, candidates=result.candidates, queries_file=result.path)
         path = run_dir / "summary.json"
         path.write_text(json.dumps(summary, indent=1))
         return {"rois": str(run_dir), "summary": str(path)}
 
-
-QUERY = per_round(QueryStage, "query", 130)

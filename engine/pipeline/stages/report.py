@@ -2,7 +2,7 @@
 the selection (picks and coverage plots), the learning curves, what each stage ran with and produced
 and its time, every other PNG plot of the run (plus a chart of the stage times and a preview of the
 raw volume with the objects drawn on it), and at the end a neuroglancer link to the outputs (built with
-:mod:`engine.view`; ``python jobs/serve.py RUN`` serves them)."""
+:mod:`engine.view`; ``connectile view RUN --port PORT`` serves them, token-protected)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class ReportSection(Config):
-    """``report:`` -- ``title`` of the Markdown report; ``serve_url``: where ``python jobs/serve.py RUN``
+    """``report:`` -- ``title`` of the Markdown report; ``serve_url``: where ``connectile view RUN --port PORT``
     serves the run folder (for the neuroglancer link); ``neuroglancer``: the neuroglancer app's URL."""
 
     title: str = "Connectile run"
@@ -56,8 +56,10 @@ class ReportStage(Stage):
         metrics_dir = Path(table).parent if table else None
         if table and Path(table).is_file():
             body = [ln for ln in Path(table).read_text().splitlines() if ln.startswith("|")]
-            lines += ["## Metrics per round", "", "Round r scores the model after r-1 fine-tunings against the ground truth.", "", *body, ""]
+            lines += ["## Metrics per round", "", "Round r scores the model after r-1 rounds of review and fine-tuning against the ground truth. "
+                      "A round whose fine-tuned model scored lower on the held-out annotated voxels keeps the previous model (the table says so).", "", *body, ""]
             lines += plot(metrics_dir / "metrics_per_round.png", "metrics per round") if metrics_dir else []
+            lines += plot(metrics_dir / "quality_vs_effort.png", "quality against labelling effort (labelled voxels, reviewed answers)") if metrics_dir else []
         sel = ctx.upstream.get("selection", {}).get("boxes")
         if sel:
             sel_dir = Path(sel).parent
@@ -89,7 +91,7 @@ class ReportStage(Stage):
         if link:
             port = cfg.serve_url.rsplit(":", 1)[-1]
             lines += ["## Neuroglancer", "",
-                      f"Serve the run folder with `python jobs/serve.py {run_dir} --port {port}`, then open "
+                      f"Serve the run folder with `connectile view {run_dir} --port {port}` (the link holds the run's access token), then open "
                       f"[the outputs in neuroglancer]({link}) (raw, the last prediction and objects shown; the other rounds, the selected "
                       "sub-volumes and the last round's queried ROIs as further layers). `connectile view` builds the same view of any run folder.", ""]
         report = run_dir / "report.md"
@@ -102,18 +104,20 @@ _SEGMENTATIONS = ("labels", "segmentation", "neurons", "mito", "synapses")
 
 
 def _round(stage: str) -> int:
-    digits = stage[len(stage.rstrip("0123456789")):]
-    return int(digits) if digits else 0
+    from engine.pipeline.rounds import parse_key
+
+    parsed = parse_key(stage)
+    return parsed[1] if parsed else 0
 
 
 def neuroglancer_link(upstream: dict[str, dict[str, str]], run_dir: Path, serve_url: str, app: str) -> str | None:
     """A neuroglancer URL (built with :mod:`engine.view`) for the volume outputs inside the run folder that
-    lie on the raw volume's grid, read from ``serve_url`` (``python jobs/serve.py RUN``): the raw image,
+    lie on the raw volume's grid, read from ``serve_url`` (``connectile view RUN``, with the run's token): the raw image,
     then the last round's prediction and objects (visible), then the other volumes (hidden), the
     selected sub-volumes as boxes and the last query stage's ROIs as points (coloured by the review's
     answers). None when the run has no volume to show."""
     from engine.errors import StorageError
-    from engine.view import build_state, discover_run, volume_layer
+    from engine.view import build_state, discover_run, served_run_url, volume_layer
     from engine.view import neuroglancer_link as link_of
     from engine.view.state import Layer
 
@@ -142,9 +146,11 @@ def neuroglancer_link(upstream: dict[str, dict[str, str]], run_dir: Path, serve_
     order = {"image": 0, "prediction": 1, "segmentation": 2}
     layers = visible + sorted((x[2] for x in found if x[2] not in visible), key=lambda la: (order[la.kind], la.name))
 
+    served = served_run_url(serve_url, root)
+
     def url_of(layer: Layer) -> str:
         rel = Path(layer.source_path.removeprefix("file://")).resolve().relative_to(root).as_posix()
-        return f"{serve_url.rstrip('/')}/{rel}"
+        return f"{served}/{rel}"
 
     boxes: list[dict[str, Any]] = []
     points: list[dict[str, Any]] = []

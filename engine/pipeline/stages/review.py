@@ -1,22 +1,21 @@
-"""``review1``, ``review2`` ...: the answers to a round's queries.
+"""``review[r]`` (``rounds.review``): the answers to a round's queries.
 
 ``source: oracle`` answers at once from ground truth (:func:`engine.active.oracle.answer_round`: an
 object is correct when it covers more than half of a ground-truth object); ``source: person`` waits
 for a person: until the round's answers are marked finished, the stage fails with a message telling
-to run ``connectile review RUN/query<r>`` and then to run the pipeline again (the stage then reads the
-answers and the run goes on). Writes ``RUN/review<r>/answers.json`` (roi id -> accepted) and the share
+to run ``connectile review RUN/round-NN/query`` and then to run the pipeline again (the stage then reads the
+answers and the run goes on). Writes ``RUN/round-NN/review/answers.json`` (roi id -> accepted) and the share
 of queried objects that were right (the round's ROI accuracy on the queries).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from engine.config import Config
 from engine.errors import ConnectileError
 from engine.pipeline.stage import Stage, StageContext
-from engine.pipeline.stages._rounds import per_round
 
 
 class ReviewPending(ConnectileError):
@@ -26,10 +25,10 @@ class ReviewPending(ConnectileError):
 
 
 class ReviewSection(Config):
-    """``review<r>:`` -- ``rois``: ``query<r>.rois``; ``source``: oracle or person; ``truth``: the
-    ground truth of the oracle (an instance volume, or a binary one with ``truth_binary``)."""
+    """``rounds.review:`` -- ``source``: oracle or person; ``truth``: the ground truth of the oracle (an
+    instance volume, or a binary one with ``truth_binary``); ``rois`` (the round's queries) is wired."""
 
-    rois: str
+    rois: str | None = None
     source: Literal["oracle", "person"] = "oracle"
     truth: str | None = None
     truth_binary: bool = False
@@ -38,10 +37,11 @@ class ReviewSection(Config):
 
 
 class ReviewStage(Stage):
+    kind = "review"
     config = ReviewSection
     inputs = ("rois", "truth")
     outputs = ("answers",)
-    round: ClassVar[int] = 0
+    order = 140
 
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         from engine.active.answers import AnswerStore, answers_path, round_finished
@@ -50,23 +50,24 @@ class ReviewStage(Stage):
         from engine.errors import ConfigError
 
         active = ctx.input(cfg.rois)
-        rdir = round_dir(active, 1)
+        rnd = ctx.round or 1
+        rdir = round_dir(active, rnd)
         answers: dict[int, bool] = {}
         if (rdir / "queries.parquet").exists():
             if cfg.source == "oracle":
                 if cfg.truth is None:
-                    raise ConfigError(f"{self.name}: source 'oracle' needs truth (the ground-truth volume)", f"set {self.name}.truth, or source: person")
+                    raise ConfigError(f"{ctx.stage}: source 'oracle' needs truth (the ground-truth volume)", "set rounds.review.truth, or source: person")
                 if round_finished(rdir) and not ctx.overwrite:
                     with AnswerStore(answers_path(rdir)) as store:
                         answers = store.answers()
                 else:
                     if ctx.overwrite:
                         answers_path(rdir).unlink(missing_ok=True)
-                    answers = answer_round(active, 1, ctx.input(cfg.truth), criterion=cfg.criterion, threshold=cfg.threshold, gt_binary=cfg.truth_binary)
+                    answers = answer_round(active, rnd, ctx.input(cfg.truth), criterion=cfg.criterion, threshold=cfg.threshold, gt_binary=cfg.truth_binary)
             else:
                 if not round_finished(rdir):
                     raise ReviewPending(
-                        f"{self.name}: the queries of {active} wait for a person's review",
+                        f"{ctx.stage}: the queries of {active} (round {rnd}) wait for a person's review",
                         f"run `connectile review {active}`, finish the round, then run the pipeline again",
                     )
                 with AnswerStore(answers_path(rdir)) as store:
@@ -78,5 +79,3 @@ class ReviewStage(Stage):
         path.write_text(json.dumps(doc, indent=1))
         return {"answers": str(path)}
 
-
-REVIEW = per_round(ReviewStage, "review", 140)

@@ -1,4 +1,4 @@
-"""``score1``, ``score2`` ...: how good a round's prediction is, against ground truth.
+"""``score[r]`` (``rounds.score``): how good a round's prediction is, against ground truth.
 
 - voxel IoU (Jaccard) and Dice of ``probability > threshold`` against the ground truth's foreground
   (``target`` as in ``annotate``: ``truth != 0``, or the objects' interiors), exact, slab by slab;
@@ -8,30 +8,29 @@
 - ROI accuracy: the share of predicted objects that are correct by the oracle's rule
   (:func:`engine.active.oracle.objects_correct`), and the object counts.
 
-Writes ``RUN/score<r>/metrics.json``; the ``metrics`` stage puts the rounds side by side.
+Writes ``RUN/round-NN/score/metrics.json``; the ``metrics`` stage puts the rounds side by side.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
 from engine.config import Config
 from engine.pipeline.stage import Stage, StageContext
-from engine.pipeline.stages._rounds import per_round
 
 
 class ScoreSection(Config):
-    """``score<r>:`` -- ``probability`` (``predict<r>.probability``), ``labels``/``table`` (``label<r>``),
-    ``truth`` (instance ground truth; binary with ``truth_binary``: its connected components are the objects)."""
+    """``rounds.score:`` -- ``truth`` (instance ground truth; binary with ``truth_binary``: its connected
+    components are the objects); ``probability``, ``labels``, ``table`` are wired (the round's prediction)."""
 
-    probability: str
-    labels: str
-    table: str
     truth: str
+    probability: str | None = None
+    labels: str | None = None
+    table: str | None = None
     truth_binary: bool = False
     target: Literal["mask", "interior"] = "mask"
     boundary: int = Field(default=1, ge=1, description="interior: as annotate.boundary")
@@ -88,17 +87,16 @@ def score_round(prob_url: str, labels_url: str, table: str, truth_url: str, cfg:
 
 
 class ScoreStage(Stage):
+    kind = "score"
     config = ScoreSection
     inputs = ("probability", "labels", "table", "truth")
     outputs = ("metrics",)
-    round: ClassVar[int] = 0
+    order = 120
 
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         m = score_round(ctx.input(cfg.probability), ctx.input(cfg.labels), ctx.input(cfg.table), ctx.input(cfg.truth), cfg)
-        m["round"] = self.round
+        m["round"] = ctx.round
         path = ctx.dir / "metrics.json"
         path.write_text(json.dumps(m, indent=1))
         return {"metrics": str(path)}
 
-
-SCORE = per_round(ScoreStage, "score", 120)
