@@ -14,8 +14,6 @@ import json
 import logging
 import math
 import os
-import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -28,7 +26,7 @@ from engine.errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: Arguments for a quick run of the scripts that have no ``--quick`` option.
-QUICK_ARGS: dict[str, list[str]] = {"bench_select.py": ["--sizes", "2500,10000", "--no-exact-large"]}
+QUICK_ARGS: dict[str, list[str]] = {}
 
 
 @dataclass
@@ -40,8 +38,9 @@ class BenchScript:
     args: list[str] = field(default_factory=list)
 
 
-def discover_scripts(folder: Path, only: list[str] | None = None, quick: bool = True) -> list[BenchScript]:
-    """The ``bench_*.py`` scripts of ``folder`` (``only``: names such as ``runtime`` or ``cc``)."""
+def discover_scripts(folder: Path, only: list[str] | None = None, quick: bool = True, smoke: bool = False) -> list[BenchScript]:
+    """The ``bench_*.py`` scripts of ``folder`` (``only``: names such as ``runtime`` or ``cc``);
+    ``smoke``: each with ``--smoke`` (seconds, tiny sizes: checks that every script still runs)."""
     if not folder.is_dir():
         raise ConfigError(f"no benchmarks folder at {folder}", "run from a source checkout or give --benchmarks DIR")
     scripts = []
@@ -50,7 +49,12 @@ def discover_scripts(folder: Path, only: list[str] | None = None, quick: bool = 
         if only and name not in only:
             continue
         text = path.read_text(errors="replace")
-        args = (["--quick"] if '"--quick"' in text else QUICK_ARGS.get(path.name, [])) if quick else []
+        if smoke:
+            if '"--smoke"' not in text:
+                raise ConfigError(f"{path.name} has no --smoke mode", "add one (tiny sizes, seconds) or leave it out with --only")
+            args = ["--smoke"]
+        else:
+            args = (["--quick"] if '"--quick"' in text else QUICK_ARGS.get(path.name, [])) if quick else []
         scripts.append(BenchScript(name, path, args))
     if only:
         missing = sorted(set(only) - {s.name for s in scripts})
@@ -140,7 +144,7 @@ def _throughput(line: dict[str, Any]) -> tuple[float | None, float | None, str]:
         c, p = line.get("connectile_s"), line.get("peer_s")
         return (vox / c / 1e6 if c else None), (vox / p / 1e6 if p else None), "Mvoxel/s"
     if "N" in line and line.get("total_s"):  # items (patches, candidates) per second: bench_select.py's rows
-        ref = line.get("reference_s")
+        ref = line.get("reference_s", line.get("reference_s_extrapolated"))
         return line["N"] / line["total_s"], (line["N"] / ref if ref else None), "items/s"
     for key, value in line.items():
         if key.startswith("connectile_") and key.endswith("_per_s") and isinstance(value, int | float):
@@ -157,11 +161,13 @@ def bench_rows(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         c, p, unit = _throughput(line)
         name = str(line["bench"]) + "".join(f":{line[k]}" for k in ("variant", "knn") if k in line) + (f" N={line['N']}" if "N" in line else "")
+        extrapolated = "ratio" not in line and "ratio_extrapolated" in line
         ratio = line.get("ratio", line.get("ratio_extrapolated"))
         rows.append({
             "script": line.get("script", ""), "bench": name, "connectile": c, "peer": p, "unit": unit,
             "ratio": ratio if isinstance(ratio, int | float) else None, "peer_name": str(line.get("peer", "")),
             "agree": line.get("agree", line.get("identical_picks")), "meets_target": line.get("meets_target"),
+            "extrapolated": extrapolated,
         })
     return rows
 
@@ -173,13 +179,21 @@ def _num(v: float | None) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """The rows as a fixed-width text table (ratio: above 1 means Connectile did better)."""
+    """The rows as a fixed-width text table (ratio: above 1 means Connectile did better); a peer figure
+    extrapolated from smaller sizes (not measured) is marked ``*`` and explained under the table."""
+
+    def mark(r: dict[str, Any], text: str) -> str:
+        return text + ("*" if r.get("extrapolated") and text != "-" else "")
+
     head = ("benchmark", "connectile", "peer", "unit", "ratio", "peer is")
-    body = [(r["bench"], _num(r["connectile"]), _num(r["peer"]), r["unit"], "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", r["peer_name"][:48]) for r in rows]
+    body = [(r["bench"], _num(r["connectile"]), mark(r, _num(r["peer"])), r["unit"], mark(r, "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"),
+             r["peer_name"][:48]) for r in rows]
     widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
     fmt = "  ".join(f"{{:{'<' if i in (0, 3, 5) else '>'}{w}}}" for i, w in enumerate(widths))
     out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*r) for r in body]
+    if any(r.get("extrapolated") for r in rows):
+        out.append("* extrapolated, not measured: the peer's time at this size estimated from the largest size it ran")
     return "\n".join(out)
 
 
@@ -203,28 +217,10 @@ def stage_costs(lines: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def hardware_info(address: str | None = None) -> dict[str, Any]:
-    """This machine (CPU model, cores, memory, GPUs) and, with an address, the cluster's resources."""
-    import psutil
+    """This machine (CPU model, cores, memory, GPUs, load) and, with an address, the cluster's resources."""
+    from engine.bench.harness import machine_info
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpus: list[str] = []
-    if shutil.which("nvidia-smi"):
-        try:
-            res = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=False)
-            gpus = [g.strip() for g in res.stdout.splitlines() if g.strip()]
-        except (OSError, subprocess.TimeoutExpired):
-            gpus = []
-    info: dict[str, Any] = {
-        "cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1), "gpus": gpus,
-        "python": platform.python_version(), "os": platform.platform(), "load_avg_1m": round(os.getloadavg()[0], 2),
-    }
+    info = machine_info()
     if address:
         code = "import json, ray; ray.init(address=%r, logging_level='ERROR'); print(json.dumps({'resources': ray.cluster_resources(), 'nodes': sum(1 for n in ray.nodes() if n['Alive'])}))"
         try:

@@ -27,6 +27,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--address", default=None, help="Ray cluster to run on (default: a local cluster per script)")
     parser.add_argument("--only", action="append", default=None, metavar="NAME", help="only this benchmark (runtime, cc, ...; repeatable)")
     parser.add_argument("--full", action="store_true", help="full sizes instead of quick mode (minutes to hours)")
+    parser.add_argument("--smoke", action="store_true", help="every script's --smoke mode (seconds, tiny sizes: checks that each still runs; no meaningful numbers)")
     parser.add_argument("--out", default=None, help="JSON file to write (default: benchmarks/results/bench-<time>.json)")
     parser.add_argument("--benchmarks", default=None, help="folder of the bench_*.py scripts (default: ./benchmarks if present, else the source checkout's)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per script (default: %(default)s)")
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.errors import StorageError
 
     folder = Path(args.benchmarks) if args.benchmarks else next((p for p in (Path.cwd() / "benchmarks", REPO / "benchmarks") if p.is_dir()), REPO / "benchmarks")
-    scripts = discover_scripts(folder, args.only, quick=not args.full)
+    scripts = discover_scripts(folder, args.only, quick=not args.full, smoke=args.smoke)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     out = Path(args.out) if args.out else folder / "results" / f"bench-{stamp}.json"
     try:
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{s['script']}: exited {s['returncode']} after {s['seconds']} s (log: {out.with_suffix('.log')})")
     result = {
         "kind": "connectile-bench", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "address": args.address,
-        "quick": not args.full, "hardware": hardware, "scripts": status, "rows": rows,
+        "quick": not args.full, "smoke": args.smoke, "hardware": hardware, "scripts": status, "rows": rows,
         # quick sizes are dominated by worker start-up: their costs are kept apart, where projection.py does not look
         ("stage_costs_quick" if not args.full else "stage_costs"): stage_costs(lines), "lines": lines,
     }
