@@ -302,30 +302,43 @@ def test_affinities_objects_segment_and_report(tmp_path: Path) -> None:
     for link in ("report/stage_seconds.png", "report/preview.png"):
         assert f"]({link})" in text and (run / link).stat().st_size > 1000
 
-    # the neuroglancer link (engine.view's state): the zarr outputs on the raw grid, read from jobs/serve.py, which serves them with CORS
+    # the neuroglancer link (engine.view's state): the zarr outputs on the raw grid, read from `connectile view RUN --port PORT`,
+    # engine.view's token-protected file server, which serves the run folder under the run's kept token with CORS
     import socket
+    import urllib.error
     import urllib.parse
     import urllib.request
 
+    from engine.view import run_token
+
     found = re.search(r"\]\((https://neuroglancer-demo[^)]*)\)", text)
     assert found is not None, text
+    assert f"`connectile view {run} --port 9000`" in text
     url = found.group(1)
     state = json.loads(urllib.parse.unquote(url.split("#!", 1)[1]))
     layers = {la["name"]: la for la in state["layers"]}
     assert layers["segment.segmentation"]["type"] == "segmentation" and layers["synth.raw"]["type"] == "image"
     assert state["layers"][0]["name"] == "synth.raw" and "visible" not in state["layers"][0]
-    assert layers["synth.raw"]["source"]["url"] == "zarr2://http://127.0.0.1:9000/synth/synth.zarr/raw"
+    token = run_token(run)
+    assert layers["synth.raw"]["source"]["url"] == f"zarr2://http://127.0.0.1:9000/{token}/run/synth/synth.zarr/raw"
     assert state["dimensions"]["z"] == [40e-9, "m"] and state["dimensions"]["x"] == [8e-9, "m"]  # the synthetic volume's voxel size
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, str(REPO / "jobs" / "serve.py"), str(run), "--port", str(port)], stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "engine.cli", "view", str(run), "--port", str(port)], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        assert server.stdout is not None and "serving" in server.stdout.readline()
+        assert server.stdout is not None
+        for line in server.stdout:
+            if line.startswith("serving"):
+                break
         src = layers["segment.segmentation"]["source"]["url"].replace(":9000", f":{port}").removeprefix("zarr2://")
         with urllib.request.urlopen(f"{src}/.zarray", timeout=10) as resp:
             assert resp.headers["Access-Control-Allow-Origin"] == "*"
             assert json.loads(resp.read())["dtype"] == "<u8"
+        with pytest.raises(urllib.error.HTTPError, match="404"):  # without the token: nothing
+            urllib.request.urlopen(src.replace(f"/{token}/", "/") + "/.zarray", timeout=10)
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -297,6 +297,142 @@ def test_malformed_changes_are_refused(served: tuple[ReviewServer, Path]) -> Non
     assert _store_state(run) == before
 
 
+def _raw(port: int, data: bytes, host: str = "127.0.0.1", wait: float = 10.0) -> bytes:
+    """Send bytes on a fresh connection and read until the server closes it (or ``wait`` runs out)."""
+    import socket
+
+    with socket.create_connection((host, port), timeout=wait) as sock:
+        sock.sendall(data)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+        return got
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [["-1"], ["+5"], ["5.0"], ["0x10"], ["1e3"], ["\u00b2"], ["5", "5"], ["5", "7"], ["1234567890123"]],
+    ids=["negative", "plus", "float", "hex", "exp", "superscript-two", "twice", "conflicting", "13-digits"],
+)
+def test_content_length_is_parsed_strictly(served: tuple[ReviewServer, Path], lengths: list[str]) -> None:
+    """Anything but one plain decimal Content-Length is 400 (a superscript digit passes str.isdigit and
+    used to crash the handler); the connection is closed, nothing changes, the server keeps serving."""
+    server, run = served
+    body = json.dumps({"round": "round-01", "roi_id": 7, "accepted": True}).encode()
+    head = "".join(f"Content-Length: {v}\r\n" for v in lengths)
+    request = f"POST /api/answer HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nX-Connectile-Token: {server.token}\r\n{head}\r\n".encode("latin-1") + body
+    reply = _raw(server.port, request)
+    assert reply.startswith(b"HTTP/1.1 400 "), reply[:200]
+    assert b"Content-Length must be one decimal number" in reply
+    assert _store_state(run) == ({}, False, False)
+    assert _post(server, "/api/answer", {"round": "round-01", "roi_id": 7, "accepted": True})[0] == 200  # still serving
+
+
+def test_oversized_and_chunked_bodies_are_refused(served: tuple[ReviewServer, Path]) -> None:
+    server, run = served
+    t = server.token
+    for head, want in ((f"Content-Length: {64 * 1024 + 1}", b"413"), ("Content-Length: 999999999999", b"413"),
+                       ("Transfer-Encoding: chunked", b"400"), ("Transfer-Encoding: chunked\r\nContent-Length: 5", b"400")):
+        request = f"POST /api/answer HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Connectile-Token: {t}\r\n{head}\r\n\r\n".encode()
+        reply = _raw(server.port, request + b"5\r\n{}\r\n0\r\n\r\n")
+        assert reply.split(b" ")[1] == want, (head, reply[:200])
+    assert _store_state(run) == ({}, False, False)
+
+
+def test_silent_clients_are_dropped(tmp_path: Path) -> None:
+    """A client that stops half-way (in the headers, or in a body shorter than its Content-Length) is
+    disconnected after the socket timeout instead of holding a thread forever; nothing is recorded."""
+    import time
+
+    run = make_run(tmp_path)
+    with ReviewServer(run, timeout=0.5) as server:
+        server.start()
+        t = server.token
+        for partial in (b"GET /api/round HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+                        f"POST /api/answer HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Connectile-Token: {t}\r\nContent-Length: 60\r\n\r\n"
+                        '{{"round": "round-01", '.encode()):
+            start = time.monotonic()
+            reply = _raw(server.port, partial, wait=20.0)  # a server without a timeout never closes: recv times out
+            assert reply == b"" and time.monotonic() - start < 15, reply[:200]
+        assert _request(server, "GET", f"/api/round?token={t}")[0] == 200
+    assert _store_state(run) == ({}, False, False)
+
+
+def test_ipv6_loopback(tmp_path: Path) -> None:
+    """``--host ::1`` serves on the IPv6 loopback and counts as loopback (the Host check accepts
+    ``[::1]:port`` and still refuses other names)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    run = make_run(tmp_path)
+    with ReviewServer(run, host="::1") as server:
+        server.start()
+        assert server.url.startswith(f"http://[::1]:{server.port}/?token=")
+        conn = http.client.HTTPConnection("::1", server.port, timeout=10)
+        try:
+            conn.request("GET", f"/api/round?token={server.token}")  # Host: [::1]:port
+            resp = conn.getresponse()
+            assert resp.status == 200 and json.loads(resp.read())["total"] == 8
+            conn.request("GET", f"/api/round?token={server.token}", headers={"Host": f"evil.example:{server.port}"})
+            resp = conn.getresponse()
+            assert resp.status == 403
+            resp.read()
+        finally:
+            conn.close()
+        assert _raw(server.port, b"GET / HTTP/1.1\r\nHost: [::1]\r\nConnection: close\r\n\r\n", host="::1").startswith(b"HTTP/1.1 403")  # no token
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", server.port), timeout=2).close()  # not on IPv4
+
+
+def test_report_page_is_sanitised(tmp_path: Path) -> None:
+    """Markup in report.md (scripts, event handlers, javascript: links, also entity-encoded) is shown as
+    text or dropped; the Markdown itself (headings, tables, images, http links) still renders."""
+    from html.parser import HTMLParser
+
+    run = make_run(tmp_path)
+    (run / "plots").mkdir()
+    (run / "plots" / "curve.png").write_bytes(b"\x89PNG-curve")
+    (run / "report.md").write_text(
+        "# Report <script>alert('title')</script>\n\n"
+        "<img src=x onerror=alert(1)>\n\n"
+        "<iframe src=https://evil.example></iframe>\n\n"
+        "[js](javascript:alert(2)) [js2](&#106;avascript:alert(3)) [js3](JaVa\tScRiPt:alert(4)) ![img](javascript:alert(5))\n\n"
+        "[data](data:text/html;base64,PHNjcmlwdD4=) [ok](https://example.org/a?b=1&c=2) ![curve](plots/curve.png)\n\n"
+        "<a href=\"javascript:alert(6)\" onclick=\"alert(7)\">raw link</a>\n\n"
+        "| a | b |\n|:--|--:|\n| <b onmouseover=alert(8)>1</b> | 2 |\n"
+    )
+
+    class Tags(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tags: list[tuple[str, dict[str, str | None]]] = []
+            self.text = ""
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            self.tags.append((tag, dict(attrs)))
+
+        def handle_data(self, data: str) -> None:
+            self.text += data
+
+    with ReviewServer(run) as server:
+        server.start()
+        status, body, headers = _request(server, "GET", f"/report/?token={server.token}")
+    assert status == 200 and "script-src 'self'" in headers["content-security-policy"]
+    page = Tags()
+    page.feed(body.decode())
+    main = page.tags[[t for t, _ in page.tags].index("main"):]
+    assert not [t for t, _ in main if t in ("script", "iframe", "style", "object", "embed")], main
+    assert not [(t, a) for t, a in main if any(k.startswith("on") for k in a)], main
+    urls = [a[k] or "" for _, a in main for k in ("href", "src") if k in a]
+    assert urls == ["https://example.org/a?b=1&c=2", "plots/curve.png"], urls
+    assert "<script>alert('title')</script>" in page.text and "<img src=x onerror=alert(1)>" in page.text  # shown as text
+    assert ("th", {"style": "text-align: left;"}) in main and ("img", {"alt": "curve", "src": "plots/curve.png"}) in main
+
+
 def test_answer_undo_finish_over_http(served: tuple[ReviewServer, Path]) -> None:
     server, run = served
     status, state = _post(server, "/api/answer", {"round": "round-01", "roi_id": 2, "accepted": False})

@@ -161,6 +161,76 @@ def test_file_server_cors_and_ranges(run: Path, served: tuple[FileServer, dict[s
     assert _get(server, f"/{t}/m1/mito_prob/.zarray", method="PUT")[0] == 405
 
 
+def test_file_server_keeps_to_its_folder(tmp_path: Path) -> None:
+    """Symlinks are followed only while they stay inside the mounted folder; a symlink out of it (to a
+    file or a folder), a symlink loop, a folder (never listed) and the run's .state are 404."""
+    served, outside = tmp_path / "served", tmp_path / "outside"
+    (served / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (served / "a.bin").write_bytes(b"INSIDE")
+    (served / "sub" / "b.bin").write_bytes(b"B")
+    (served / ".state").mkdir()
+    (served / ".state" / "view-token").write_text("x" * 22)
+    (outside / "secret.txt").write_bytes(b"SECRET")
+    (served / "inside-link").symlink_to(served / "a.bin")
+    (served / "out-file").symlink_to(outside / "secret.txt")
+    (served / "out-dir").symlink_to(outside, target_is_directory=True)
+    (served / "sub" / "up").symlink_to("../../outside/secret.txt")
+    (served / "loop").symlink_to(served / "loop")
+    with FileServer({"m0": served}) as server:
+        t = server.token
+        assert _get(server, f"/{t}/m0/inside-link")[:2] == (200, b"INSIDE")  # the control
+        assert _get(server, f"/{t}/m0/sub/b.bin")[:2] == (200, b"B")
+        for path in ("out-file", "out-dir/secret.txt", "sub/up", "loop", "loop/x", "sub", "sub/", "", ".state/view-token", "sub/%2Estate"):
+            status, body, _ = _get(server, f"/{t}/m0/{path}")
+            assert status == 404 and b"SECRET" not in body and b"b.bin" not in body, (path, status, body)
+        assert _get(server, f"/{t}/m0/a.bin")[1] == b"INSIDE"  # still serving after the loop
+
+
+def test_file_server_drops_silent_clients_and_serves_ipv6(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    (tmp_path / "a.bin").write_bytes(b"A")
+    with FileServer({"m0": tmp_path}, timeout=0.5) as server, socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        start = time.monotonic()
+        sock.sendall(f"GET /{server.token}/m0/a.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode())  # never finished
+        assert sock.recv(100) == b"" and time.monotonic() - start < 15  # closed by the server, not our timeout
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    with FileServer({"m0": tmp_path}, host="::1") as server:
+        assert server.url("m0", "a.bin").startswith(f"http://[::1]:{server.port}/{server.token}/m0/")
+        conn = http.client.HTTPConnection("::1", server.port, timeout=10)
+        conn.request("GET", f"/{server.token}/m0/a.bin")
+        assert conn.getresponse().read() == b"A"
+        conn.close()
+
+
+def test_run_folder_is_served_with_its_kept_token(run: Path, served: tuple[FileServer, dict[str, Any]]) -> None:
+    """``connectile view RUN`` mounts the run folder as ``run`` behind the token kept in RUN/.state, so
+    the report's link (engine.view.served_run_url) reads from it; the token file itself is not served."""
+    import stat
+
+    from engine.view import run_token, served_run_url
+
+    server, _ = served
+    token_file = run / ".state" / "view-token"
+    assert server.token == run_token(run) == token_file.read_text().strip() and len(server.token) >= 16
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    base = served_run_url(f"http://127.0.0.1:{server.port}", run)
+    assert base == f"http://127.0.0.1:{server.port}/{server.token}/run"
+    zarray = (run / "pred.zarr" / "mito_prob" / ".zarray").read_bytes()
+    assert _get(server, base.split(str(server.port), 1)[1] + "/pred.zarr/mito_prob/.zarray")[:2] == (200, zarray)
+    assert _get(server, f"/{server.token}/run/.state/view-token")[0] == 404
+    assert _get(server, f"/{'A' * len(server.token)}/run/pred.zarr/mito_prob/.zarray")[0] == 404
+    other = run.parent / "other-run"
+    other.mkdir(exist_ok=True)
+    assert run_token(other) != server.token  # one token per run folder
+
+
 def test_served_stores_read_back_through_http(run: Path, served: tuple[FileServer, dict[str, Any]]) -> None:
     """A real zarr reader (TensorStore's http kvstore) reads every served layer back, equal to the disk."""
     server, _ = served

@@ -1,11 +1,15 @@
 """The review page's HTTP server: standard-library ``ThreadingHTTPServer``, one token, a small JSON API.
 
-Security model: the server binds 127.0.0.1 by default and every request must carry the access token
-(``?token=`` in the URL, the ``X-Connectile-Token`` header, or the cookie the page sets); changes
-(POST) need the token in the URL or header, not only the cookie. The token is compared in constant
-time. Static files come from a fixed list, report files only from inside the run directory; any
-``..`` segment, backslash or NUL is refused. Bad JSON, unknown ROIs or wrong types get a 4xx and change
-nothing.
+Security model: the server binds 127.0.0.1 by default (``::1`` when asked; both count as loopback, and
+on loopback a request must name a loopback Host, against DNS rebinding) and every request must carry
+the access token (``?token=`` in the URL, the ``X-Connectile-Token`` header, or the cookie the page
+sets); changes (POST) need the token in the URL or header, not only the cookie. The token is compared
+in constant time. Static files come from a fixed list, report files only from inside the run directory
+(symlinks that lead out of it are refused); any ``..`` segment, backslash or NUL is refused. A POST
+body needs one plain decimal Content-Length of at most ``MAX_BODY`` bytes (no sign, no spaces, no
+second header, no chunked encoding). A client that stops sending is dropped after ``TIMEOUT`` seconds.
+The report page is Markdown rendered without raw HTML and passed through an allow-list
+(:mod:`engine.review.sanitise`). Bad JSON, unknown ROIs or wrong types get a 4xx and change nothing.
 
 Routes (all behind the token)::
 
@@ -30,7 +34,7 @@ import secrets
 import threading
 from collections import OrderedDict
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
@@ -39,15 +43,17 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from engine.active.answers import AnswerError, round_dirs, round_finished
 from engine.review.rounds import ReviewError, ReviewRound, RoiStore, load_round
+from engine.review.sanitise import markdown_html
 from engine.review.tiles import render_tile
+from engine.view.files import http_server, is_loopback
 
 log = logging.getLogger(__name__)
 
 COOKIE = "connectile_token"
 HEADER = "X-Connectile-Token"
 MAX_BODY = 64 * 1024
+TIMEOUT = 30.0  # seconds a client may stay silent before its connection is dropped
 TILE_CACHE = 4096
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 REPORT_TYPES = {
     ".png": "image/png",
     ".jpg": "image/jpeg",
@@ -62,6 +68,7 @@ STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; ch
 CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'self'; form-action 'none'; frame-ancestors 'none'"
 _ROI_PNG = re.compile(r"^/api/rois/(\d{1,12})\.png$")
 _ROUND = re.compile(r"^round-\d{2,}$")
+_LENGTH = re.compile(r"^[0-9]{1,12}$")
 
 
 class HttpError(Exception):
@@ -196,9 +203,7 @@ class ReviewApp:
         if md is not None:
             text = md.read_text(encoding="utf-8", errors="replace")
             try:
-                import markdown
-
-                body = markdown.markdown(text, extensions=["tables", "fenced_code"])
+                body = markdown_html(text)
             except ImportError:
                 body = f"<pre>{html.escape(text)}</pre>"
         else:
@@ -259,6 +264,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     app: ReviewApp  # set on the subclass made per server
     loopback_only: bool = True
+    timeout = TIMEOUT  # socket timeout of each connection (StreamRequestHandler applies it)
 
     # -- plumbing --------------------------------------------------------------------------------
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
@@ -305,7 +311,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.loopback_only:
             host = (self.headers.get("Host") or "").strip()
             name = host[1:].split("]")[0] if host.startswith("[") else host.rsplit(":", 1)[0]
-            if name not in LOOPBACK:  # a page on another site reaching us by DNS rebinding
+            if not is_loopback(name):  # a page on another site reaching us by DNS rebinding
                 return False
         return self.app.token_ok(self._token(allow_cookie=allow_cookie))
 
@@ -313,10 +319,14 @@ class _Handler(BaseHTTPRequestHandler):
         return {"Set-Cookie": f"{COOKIE}={self.app.token}; Path=/; HttpOnly; SameSite=Strict"}
 
     def _body(self) -> dict[str, Any]:
-        length_text = self.headers.get("Content-Length")
-        if length_text is None or not length_text.isdigit():
-            raise HttpError(HTTPStatus.LENGTH_REQUIRED if length_text is None else HTTPStatus.BAD_REQUEST, "a JSON body with Content-Length is needed")
-        length = int(length_text)
+        if self.headers.get("Transfer-Encoding") is not None:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "send the JSON body with a Content-Length, not a Transfer-Encoding")
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
+            raise HttpError(HTTPStatus.LENGTH_REQUIRED, "a JSON body with Content-Length is needed")
+        if len(lengths) > 1 or not _LENGTH.match(lengths[0]):
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"Content-Length must be one decimal number of bytes, got {', '.join(map(repr, lengths))[:80]}")
+        length = int(lengths[0])
         if length > MAX_BODY:
             raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes is over {MAX_BODY}")
         raw = self.rfile.read(length)
@@ -423,16 +433,23 @@ class ReviewServer:
     """
 
     def __init__(
-        self, run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None, round_name: str | None = None
+        self,
+        run_dir: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        round_name: str | None = None,
+        timeout: float = TIMEOUT,
     ) -> None:
         self.app = ReviewApp(run_dir, token or secrets.token_urlsafe(24), round_name)
-        handler = type("ReviewHandler", (_Handler,), {"app": self.app, "loopback_only": host in LOOPBACK})
+        handler = type("ReviewHandler", (_Handler,), {"app": self.app, "loopback_only": is_loopback(host), "timeout": timeout})
         try:
-            self.httpd = ThreadingHTTPServer((host, port), handler)
+            self.httpd = http_server(host, port, handler)
         except OSError as err:
+            self.app.close()
             raise ReviewError(f"cannot listen on {host}:{port} ({err.strerror or err})", "choose another --port (0 picks a free one)") from err
-        self.httpd.daemon_threads = True
-        self.host = host
+        self.host = host.strip("[]")
         self.port = int(self.httpd.server_address[1])
         self._thread: threading.Thread | None = None
 

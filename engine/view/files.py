@@ -1,9 +1,15 @@
-"""A read-only HTTP file server for local zarr/n5 stores, with CORS and range requests, for neuroglancer.
+"""A read-only HTTP file server for local zarr/n5 stores and run folders, with CORS and range requests,
+for neuroglancer. It is the one file server of Connectile (``connectile view``).
 
-Folders are mounted under short names (``/TOKEN/m0/...`` -> ``/data/run/data.zarr/...``); the random
-token as the first path segment makes the URLs unguessable for other pages in the same browser (the
-server binds 127.0.0.1 by default). Only files inside a mount are served; ``..`` segments, backslashes
-and NUL are refused with 400, anything else missing is 404 (which neuroglancer reads as an empty chunk).
+Folders are mounted under short names (``/TOKEN/m0/...`` -> ``/data/run/data.zarr/...``; a run folder as
+``/TOKEN/run/...``); the random token as the first path segment makes the URLs unguessable for other
+pages in the same browser (the server binds 127.0.0.1 by default; ``::1`` works too). A run folder keeps
+its token in ``RUN/.state/view-token`` (mode 0600) so that the report's neuroglancer link stays valid
+across restarts of ``connectile view RUN``. Only regular files inside a mount are served: a symlink
+that leads out of the mounted folder is 404, folders are never listed (404), the run's ``.state``
+bookkeeping is not served; ``..`` segments, backslashes and NUL are refused with 400, anything else
+missing is 404 (which neuroglancer reads as an empty chunk). A client that stops sending is dropped
+after ``timeout`` seconds.
 
 >>> import tempfile, pathlib, urllib.request
 >>> d = pathlib.Path(tempfile.mkdtemp()); (d / "a.txt").write_bytes(b"hello")
@@ -15,10 +21,13 @@ b'hello'
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import mimetypes
+import os
 import re
 import secrets
+import socket
 import threading
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -34,10 +43,68 @@ log = logging.getLogger(__name__)
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+#: the mount name of a served run folder (the report's links read ``SERVE_URL/TOKEN/run/...``)
+RUN_MOUNT = "run"
+#: path segments never served (a run's bookkeeping: done-markers, locks, the token itself)
+PRIVATE = frozenset({".state"})
+#: seconds a client may stay silent before its connection is dropped
+TIMEOUT = 30.0
 
 
 class ViewError(ConnectileError):
     """A view that cannot be built or served."""
+
+
+class _V6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ``::1`` (with or without the brackets of a URL)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def http_server(host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """A threading HTTP server on ``host:port``: IPv6 for an IPv6 address (``::1``), else IPv4."""
+    cls = _V6Server if ":" in host else ThreadingHTTPServer
+    server = cls((host.strip("[]"), port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def run_token(run_dir: str | Path) -> str:
+    """The run folder's file-server token: read from ``RUN/.state/view-token``, made (mode 0600) when
+    missing. Where the run folder cannot be written, a fresh token that lasts as long as the server."""
+    path = Path(run_dir) / ".state" / "view-token"
+    try:
+        text = path.read_text().strip()
+        if _TOKEN.match(text):
+            return text
+        log.warning("ignoring a malformed token in %s", path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        log.warning("cannot read %s (%s); using a token for this server only", path, err)
+        return secrets.token_urlsafe(16)
+    token = secrets.token_urlsafe(16)
+    tmp = path.with_name(f".view-token.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        log.warning("cannot keep the view token in %s (%s); links made now work only while this server runs", path, err)
+    return token
 
 
 class _FileHandler(BaseHTTPRequestHandler):
@@ -45,6 +112,7 @@ class _FileHandler(BaseHTTPRequestHandler):
     sys_version = ""
     protocol_version = "HTTP/1.1"
     files: FileServer
+    timeout = TIMEOUT  # socket timeout of each connection (StreamRequestHandler applies it)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         log.debug("%s " + format, self.address_string(), *args)
@@ -132,7 +200,14 @@ class FileServer:
     """Serve folders read-only with CORS on ``host:port`` (default 127.0.0.1, a free port) from a thread."""
 
     def __init__(
-        self, mounts: Mapping[str, str | Path], *, host: str = "127.0.0.1", port: int = 0, token: str | None = None, allow_origin: str = "*"
+        self,
+        mounts: Mapping[str, str | Path],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        allow_origin: str = "*",
+        timeout: float = TIMEOUT,
     ) -> None:
         self.mounts: dict[str, Path] = {}
         for name, folder in mounts.items():
@@ -146,13 +221,12 @@ class FileServer:
         self.allow_origin = allow_origin
         self.requests: list[tuple[str, int]] = []  # (path inside the mounts, status): what the viewer asked for
         self._lock = threading.Lock()
-        handler = type("FileHandler", (_FileHandler,), {"files": self})
+        handler = type("FileHandler", (_FileHandler,), {"files": self, "timeout": timeout})
         try:
-            self.httpd = ThreadingHTTPServer((host, port), handler)
+            self.httpd = http_server(host, port, handler)
         except OSError as err:
             raise ViewError(f"cannot listen on {host}:{port} ({err.strerror or err})", "choose another --port (0 picks a free one)") from err
-        self.httpd.daemon_threads = True
-        self.host = host
+        self.host = host.strip("[]")
         self.port = int(self.httpd.server_address[1])
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="connectile-files", daemon=True)
         self._thread.start()
@@ -177,6 +251,8 @@ class FileServer:
         parts = path.split("/")
         if "\x00" in path or "\\" in path or any(p in ("..", ".") for p in parts):
             return HTTPStatus.BAD_REQUEST
+        if any(p in PRIVATE for p in parts):
+            return HTTPStatus.NOT_FOUND
         parts = [p for p in parts if p]
         if self.token:
             if not parts or not secrets.compare_digest(parts[0].encode(), self.token.encode()):
@@ -185,8 +261,11 @@ class FileServer:
         if len(parts) < 2 or parts[0] not in self.mounts:
             return HTTPStatus.NOT_FOUND
         root = self.mounts[parts[0]]
-        target = root.joinpath(*parts[1:]).resolve()
-        if not target.is_relative_to(root) or not target.is_file():
+        try:
+            target = root.joinpath(*parts[1:]).resolve()  # symlinks followed: where the bytes really are
+        except (OSError, RuntimeError):  # a symlink loop
+            return HTTPStatus.NOT_FOUND
+        if not target.is_relative_to(root) or not target.is_file():  # out of the mount, or a folder (never listed)
             return HTTPStatus.NOT_FOUND
         return target
 
