@@ -2,7 +2,8 @@
 :func:`engine.models.save_checkpoint`, the resolved TrainConfig in its extras) and ``optimizer.pt``
 (optimizer state, step, elapsed time: tensors and plain Python values only, so ``torch.load(...,
 weights_only=True)`` reads it). A checkpoint is written into a temporary directory and renamed, so a
-directory named ``step-*`` is always complete.
+directory named ``step-*`` is always complete, and an older checkpoint is deleted only once the new
+one is in place.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import logging
 import os
 import pickle
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,13 @@ from torch import nn
 from engine.errors import ConfigError, StorageError
 from engine.models import ModelConfig, save_checkpoint
 from engine.models.checkpoint import check_state
+from engine.storage.safety import remove
 
 log = logging.getLogger(__name__)
 
 OPTIMIZER = "optimizer.pt"
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
+_OLD_DIR = re.compile(r"^\.old-(step-\d{6,})-\d+$")
 
 
 def checkpoint_dir(output: str | os.PathLike[str], step: int) -> Path:
@@ -38,6 +40,7 @@ def list_checkpoints(output: str | os.PathLike[str]) -> list[tuple[int, Path]]:
     root = Path(output) / "checkpoints"
     if not root.is_dir():
         return []
+    _restore_set_aside(root)
     found = []
     for d in root.iterdir():
         m = _STEP_DIR.match(d.name)
@@ -61,20 +64,49 @@ def write_training_checkpoint(
     extra: dict[str, Any],
     keep: int = 3,
 ) -> Path:
-    """Write the checkpoint of ``step`` atomically and keep only the newest ``keep`` ones."""
+    """Write the checkpoint of ``step`` atomically and keep only the newest ``keep`` ones.
+
+    The new checkpoint is complete in a temporary folder before anything else moves. A checkpoint of
+    the same step already there is set aside (``.old-step-…``), the new one renamed into place, and
+    only then the old one deleted: at every instant a complete checkpoint of ``step`` exists on disk
+    (:func:`list_checkpoints` restores a set-aside one left by a crash between the two renames)."""
     final = checkpoint_dir(output, step)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
-        shutil.rmtree(tmp)
+        remove(tmp, "checkpoint")
     save_checkpoint(tmp, model, model_config, {"step": step, **extra})
     torch.save({"optimizer": optimizer.state_dict(), "step": step, "elapsed": float(extra.get("elapsed", 0.0))}, tmp / OPTIMIZER)
+    _fsync_tree(tmp)
+    old = final.parent / f".old-{final.name}-{os.getpid()}"
     if final.exists():
-        shutil.rmtree(final)
+        if old.exists():
+            remove(old, "checkpoint")
+        os.replace(final, old)
     os.replace(tmp, final)
-    for _, old in list_checkpoints(output)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    if old.exists():
+        remove(old, "checkpoint")
+    for _, stale in list_checkpoints(output)[:-keep]:
+        remove(stale, "checkpoint")
     log.info("checkpoint %s", final)
     return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush a checkpoint's files before it is renamed into place (a rename must not publish data
+    still in the page cache)."""
+    for p in folder.iterdir():
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def _restore_set_aside(root: Path) -> None:
+    """Put back a checkpoint that a crash left set aside (``.old-step-N-PID`` without ``step-N``)."""
+    for d in root.iterdir():
+        m = _OLD_DIR.match(d.name)
+        if m and not (root / m.group(1)).exists() and (d / "config.json").is_file() and (d / OPTIMIZER).is_file():
+            log.warning("restoring checkpoint %s set aside by an interrupted save", d)
+            os.replace(d, root / m.group(1))
 
 
 def read_training_state(

@@ -313,7 +313,7 @@ class DownsampleOp(BlockOp):
         vs = tuple(v * f for v, f in zip(src.voxel_size, self.factor, strict=True))
         off = tuple(o + (f - 1) / 2 * v for o, f, v in zip(src.offset, self.factor, src.voxel_size, strict=True))
         out = create_volume(
-            self.output, self.output_shape(src), src.dtype, self.chunks, format=fmt, voxel_size=vs, offset=off, overwrite=self.overwrite,
+            self.output, self.output_shape(src), src.dtype, self.chunks, format=fmt, voxel_size=vs, offset=off, overwrite=self.overwrite, inputs=(self.input,),
             attrs={"downsample": {"factor": list(self.factor), "method": self.method, "source": src.url}},
         )
         if out.spatial_shape != grid.total.shape:

@@ -81,6 +81,10 @@ class EmbedOp(BlockOp):
                     "pass --overwrite, or choose another output",
                 )
             return
+        if exists:  # --overwrite: replace one embedding array, nothing else (see engine.storage.safety)
+            from engine.storage.safety import check_removable
+
+            check_removable(self.output, "volume", inputs=(self.input, self.encoder))
         create_embeddings(
             self.output, pg, enc.out_dim, volume=vol.url, voxel_size=vol.voxel_size, dtype=self.dtype, chunks=grid.write_shape,
             extra={"encoder": str(Path(self.encoder).resolve())},

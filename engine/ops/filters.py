@@ -43,7 +43,8 @@ class GaussianFilter(BlockOp):
         if any(c < h for c, h in zip(grid.context, self.halo(), strict=True)):
             raise ConfigError(f"grid context {grid.context} is smaller than the filter radius {self.halo()}", f"use context >= {self.halo()}")
         out = create_volume(
-            self.output, src.spatial_shape, "float32", self.chunks, voxel_size=src.voxel_size, offset=src.offset, overwrite=self.overwrite
+            self.output, src.spatial_shape, "float32", self.chunks, voxel_size=src.voxel_size, offset=src.offset, overwrite=self.overwrite,
+            inputs=(self.input,),
         )
         check_write_alignment(out, grid.write_shape, grid.total.start)
 

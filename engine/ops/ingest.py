@@ -167,7 +167,8 @@ def ingest(
         out_dtype = wanted if wanted is not None else np.dtype(np.uint8) if binarize else source.numpy_dtype
         chunk_shape = tuple(min(c, s) for c, s in zip(chunks_t, source.shape, strict=True))
         volume = create_volume(
-            dst_s, source.shape, out_dtype, chunk_shape, format=format, voxel_size=vs, attrs={"ingested_from": src_s}, overwrite=overwrite
+            dst_s, source.shape, out_dtype, chunk_shape, format=format, voxel_size=vs, attrs={"ingested_from": src_s}, overwrite=overwrite,
+            inputs=(src_s.split(".h5:")[0] if ".h5:" in src_s else src_s,),
         )
         if vs is not None and volume.voxel_size != vs:
             raise StorageError(

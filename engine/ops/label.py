@@ -38,10 +38,12 @@ from engine.errors import ConfigError, ResumeMismatch, StorageError
 from engine.geometry import Block, BlockGrid, Box
 from engine.ops.scratch import Scratch
 from engine.runtime import Backend, BackendName, BlockOp, RunSummary, default_state_dir, run_blockwise
+from engine.runtime.ownership import outputs_intact
 from engine.segment.kernels import Device, check_connectivity, foreground, label_block
 from engine.segment.objects import ObjectStats, block_stats
 from engine.segment.stitch import Faces, block_faces, block_lut, face_pairs, owned_mask
 from engine.storage import Volume, check_write_alignment, create_volume, open_volume
+from engine.storage.safety import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ class LocalLabelOp(BlockOp):
     def prepare(self, grid: BlockGrid) -> None:
         src = open_volume(self.input)
         if self.write_local:
-            tmp = create_volume(self.local_url, src.spatial_shape, "uint32", self.chunks, overwrite=self.overwrite)
+            tmp = create_volume(self.local_url, src.spatial_shape, "uint32", self.chunks, overwrite=self.overwrite, inputs=(self.input,))
             check_write_alignment(tmp, grid.write_shape, grid.total.start)
 
     def setup(self) -> None:
@@ -218,7 +220,7 @@ class RelabelOp(BlockOp):
         src = open_volume(self.like)  # shape, voxel size and offset of the input
         out = create_volume(
             self.output, src.spatial_shape, self.dtype, self.chunks, voxel_size=src.voxel_size, offset=src.offset,
-            overwrite=self.overwrite, layer_type="segmentation",
+            overwrite=self.overwrite, layer_type="segmentation", inputs=(self.like,),
         )
         check_write_alignment(out, grid.write_shape, grid.total.start)
 
@@ -442,9 +444,12 @@ def label_volume(
     if finished.exists() and not overwrite:
         saved = json.loads(finished.read_text())
         if saved.get("params") == json.loads(json.dumps(params)):
-            log.info("label: %s is complete already (%s)", out_url, finished)
-            return LabelResult(**saved["result"])
-        raise ResumeMismatch(f"{out_url} was labelled with other parameters ({finished})", "pass --overwrite (--overwrite) to label it again")
+            if outputs_intact(saved):
+                log.info("label: %s is complete already (%s)", out_url, finished)
+                return LabelResult(**saved["result"])
+            log.warning("label: %s was deleted or recreated since %s was written: labelling it again", out_url, finished)
+        else:
+            raise ResumeMismatch(f"{out_url} was labelled with other parameters ({finished})", "pass --overwrite (--overwrite) to label it again")
     if overwrite:
         scratch.remove()
         finished.unlink(missing_ok=True)
@@ -507,7 +512,6 @@ def label_volume(
     )
     if not keep_scratch:
         scratch.remove()
-        finished.parent.mkdir(parents=True, exist_ok=True)
-        finished.write_text(json.dumps({"params": params, "result": result.to_dict()}, indent=1))
+        write_json_atomic(finished, {"params": params, "result": result.to_dict(), "outputs": {out_url: run_c.run_id}})
     log.info("label: %d objects (%d removed as smaller than %d voxels) in %s, %.1f s", res.objects, res.removed, min_size, out_url, times["total"])
     return result

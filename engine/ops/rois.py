@@ -41,6 +41,7 @@ from engine.geometry import Block, BlockGrid, Box
 from engine.ops.scratch import Scratch
 from engine.runtime import Backend, BackendName, BlockOp, run_blockwise
 from engine.storage import Volume, create_volume, open_volume
+from engine.storage.safety import write_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -323,11 +324,13 @@ def extract_rois(
         meta_path.unlink(missing_ok=True)
         index_path(run_dir).unlink(missing_ok=True)
         Scratch(str(out / ".scratch")).remove()
+    buf = _io()
     savez: Any = np.savez
-    savez(out / "objects.npz", **objects)
+    savez(buf, **objects)
+    write_atomic(out / "objects.npz", buf.getvalue())
     store = rois_store(run_dir)
     for name in ("image", "mask"):
-        create_volume(f"{store}/{name}", (n, size, size), "uint8", (1, size, size), overwrite=overwrite,
+        create_volume(f"{store}/{name}", (n, size, size), "uint8", (1, size, size), overwrite=overwrite, inputs=(lab.url, img.url),
                       attrs={"description": f"aligned ROI {name} crops; row i is roi_id i"})
     grid = BlockGrid(Box.from_shape(lab.spatial_shape), write_shape=tuple(min(int(b), s) for b, s in zip(block, lab.spatial_shape, strict=True)))
     op = RoiOp(labels=lab.url, image=img.url, out=str(out), objects_digest=digest, prob=prob, pre=pre, pre_value=pre_value,
@@ -349,7 +352,7 @@ def extract_rois(
         raise StorageError(f"the ROI index of {out} is incomplete ({merged['roi_id'].size} of {n} rows)", "run again with --overwrite")
     _write_index(index_path(run_dir), merged)
     result = RoiResult(rois=n, index=str(index_path(run_dir)), store=store, size=size, blocks=grid.num_blocks, seconds=time.perf_counter() - t0)
-    meta_path.write_text(json.dumps({"params": params, "result": result.to_dict()}, indent=1))
+    write_json_atomic(meta_path, {"params": params, "result": result.to_dict()})
     scratch.remove()
     log.info("rois: %d ROIs of %d x %d pixels in %s, %.1f s", n, size, size, out, result.seconds)
     return result
@@ -368,6 +371,6 @@ def _write_index(path: Path, cols: dict[str, np.ndarray]) -> None:
     types = {"roi_id": pa.int64(), "object_id": pa.uint64(), "z": pa.int64(), "y": pa.int64(), "x": pa.int64(), "area": pa.int64(),
              "angle": pa.float64(), "score": pa.float64(), "voxels": pa.int64(), "flipped": pa.bool_()}
     table = pa.table({c: pa.array(cols[c], type=types[c]) for c in INDEX_COLUMNS})
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table, str(tmp))
-    os.replace(tmp, path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_atomic(path, sink.getvalue().to_pybytes())

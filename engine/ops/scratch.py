@@ -11,7 +11,6 @@ block that runs twice simply writes its file again.
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import tensorstore as ts
@@ -89,13 +88,10 @@ class Scratch:
         return data
 
     def remove(self) -> None:
-        """Delete everything under the scratch folder."""
-        if self.loc.is_local_file:
-            shutil.rmtree(self.loc.path, ignore_errors=True)
-            self._kv = None
-            return
-        try:
-            self.kv.delete_range(ts.KvStore.KeyRange()).result()
-        except Exception as err:
-            raise StorageError(f"cannot remove {self.url}: {err}", "remove it by hand") from err
+        """Delete everything under the scratch folder (only a run's own: inside ``.connectile`` or
+        ``.scratch``, see :func:`engine.storage.safety.remove`)."""
+        from engine.storage.safety import remove
+
+        remove(self.loc, "scratch")
+        self._kv = None
 

@@ -40,11 +40,13 @@ from engine.geometry import Block, BlockGrid, Box
 from engine.ops.label import DEFAULT_BLOCK, DEFAULT_CHUNKS, LabelResult, RelabelOp, label_grid
 from engine.ops.scratch import Scratch
 from engine.runtime import Backend, BackendName, BlockOp, default_state_dir, run_blockwise
+from engine.runtime.ownership import outputs_intact
 from engine.segment.agglomerate import edge_sums, mean_agglomeration
 from engine.segment.objects import ObjectStats
 from engine.segment.stitch import block_faces
 from engine.segment.watershed import Scoring, as_float, block_contacts, edge_scores, fragments
 from engine.storage import Volume, check_write_alignment, create_volume, open_volume
+from engine.storage.safety import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ class FragmentsOp(BlockOp):
 
     def prepare(self, grid: BlockGrid) -> None:
         src = open_volume(self.input)
-        tmp = create_volume(Scratch(self.scratch).volume_url("local"), src.spatial_shape, "uint32", self.chunks, overwrite=self.overwrite)
+        tmp = create_volume(Scratch(self.scratch).volume_url("local"), src.spatial_shape, "uint32", self.chunks, overwrite=self.overwrite, inputs=(self.input,))
         check_write_alignment(tmp, grid.write_shape, grid.total.start)
 
     def setup(self) -> None:
@@ -252,8 +254,11 @@ def segment_volume(
     if finished.exists() and not overwrite:
         saved = json.loads(finished.read_text())
         if saved.get("params") == json.loads(json.dumps(params)):
-            return LabelResult(**saved["result"])
-        raise ResumeMismatch(f"{out_url} was segmented with other parameters ({finished})", "pass --overwrite to segment it again")
+            if outputs_intact(saved):
+                return LabelResult(**saved["result"])
+            log.warning("segment: %s was deleted or recreated since %s was written: segmenting it again", out_url, finished)
+        else:
+            raise ResumeMismatch(f"{out_url} was segmented with other parameters ({finished})", "pass --overwrite to segment it again")
     if overwrite:
         scratch.remove()
         finished.unlink(missing_ok=True)
@@ -286,7 +291,6 @@ def segment_volume(
     )
     if not keep_scratch:
         scratch.remove()
-        finished.parent.mkdir(parents=True, exist_ok=True)
-        finished.write_text(json.dumps({"params": params, "result": result.to_dict()}, indent=1))
+        write_json_atomic(finished, {"params": params, "result": result.to_dict(), "outputs": {out_url: run_c.run_id}})
     log.info("segment: %d neurons from %d fragments in %s", res.objects, int(offsets[-1]), out_url)
     return result

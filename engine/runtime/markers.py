@@ -7,6 +7,10 @@ is not on disk. In WAL mode with ``synchronous=NORMAL`` a committed marker survi
 killed (SIGKILL); at most the markers of the last flush interval are lost, and those blocks are simply
 recomputed (block writes are idempotent).
 
+Markers belong to the outputs they describe: a run id kept in the markers and in each output's
+attributes (:mod:`engine.runtime.ownership`); markers whose output was deleted or recreated since are
+forgotten, and the blocks computed again.
+
 The hash covers the grid layout and the operation's parameters. Opening markers made under another hash
 raises :class:`~engine.errors.ResumeMismatch` showing what changed, unless ``overwrite`` is given.
 """
@@ -104,9 +108,25 @@ class DoneStore:
         if row is None or row[0] != self.digest or overwrite:
             c.execute("BEGIN")
             c.execute("DELETE FROM blocks")
+            c.execute("DELETE FROM meta WHERE key='run_id'")  # a new run: its outputs get a new id
             c.execute("INSERT OR REPLACE INTO meta VALUES ('hash', ?)", (self.digest,))
             c.execute("INSERT OR REPLACE INTO meta VALUES ('description', ?)", (json.dumps(self.description, default=str),))
             c.execute("COMMIT")
+
+    # -- the run id: which outputs these markers belong to (see engine.runtime.ownership) ------
+    @property
+    def run_id(self) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key='run_id'").fetchone()
+        return None if row is None else str(row[0])
+
+    def start_over(self, run_id: str) -> None:
+        """Forget every block and belong to a new run ``run_id`` (one transaction)."""
+        self._pending.clear()
+        c = self._conn
+        c.execute("BEGIN")
+        c.execute("DELETE FROM blocks")
+        c.execute("INSERT OR REPLACE INTO meta VALUES ('run_id', ?)", (run_id,))
+        c.execute("COMMIT")
 
     # -- queries --------------------------------------------------------------------------------
     def ids_with(self, status: int) -> np.ndarray:
@@ -120,6 +140,11 @@ class DoneStore:
     def count(self, status: int) -> int:
         self.flush(force=True)
         return int(self._conn.execute("SELECT COUNT(*) FROM blocks WHERE status=?", (status,)).fetchone()[0])
+
+    def count_any(self) -> int:
+        """Blocks with any marker (done, skipped or failed)."""
+        self.flush(force=True)
+        return int(self._conn.execute("SELECT COUNT(*) FROM blocks").fetchone()[0])
 
     def failures(self) -> list[dict[str, Any]]:
         self.flush(force=True)

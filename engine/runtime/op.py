@@ -55,6 +55,21 @@ class BlockOp(BaseModel):
         """The parameters that decide the output (hashed into done-markers)."""
         return {"kind": self.kind, **self.model_dump(mode="json")}
 
+    def outputs(self) -> list[str]:
+        """URLs of what this op writes (volumes, or folders of files): its done-markers belong to
+        them (see :mod:`engine.runtime.ownership`), and are forgotten if one is deleted or recreated.
+        Default: the ``output`` field, else ``scratch``, else ``out``; plus the outputs of nested ops."""
+        found: list[str] = []
+        for name in ("output", "scratch", "out"):
+            value = getattr(self, name, None)
+            if isinstance(value, str) and value:
+                found.append(value)
+                break
+        for value in self.__dict__.values():
+            if isinstance(value, BlockOp):
+                found += [u for u in value.outputs() if u not in found]
+        return found
+
     def prepare(self, grid: BlockGrid) -> None:
         """Driver side, once before any block: create outputs, validate inputs. Must be idempotent."""
 

@@ -7,7 +7,6 @@ printed and saved as JSON beside the output.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -45,6 +44,8 @@ class RunSummary:
     workers: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     state_dir: str = ""
+    #: the run id its done-markers share with its outputs (see engine.runtime.ownership)
+    run_id: str = ""
 
     @property
     def ok(self) -> bool:
@@ -54,7 +55,9 @@ class RunSummary:
         return {**asdict(self), "ok": self.ok}
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1, default=str))
+        from engine.storage.safety import write_json_atomic
+
+        write_json_atomic(path, self.to_dict())
 
     def lines(self) -> list[str]:
         """A human summary, a few lines."""

@@ -45,6 +45,7 @@ from engine.runtime.backends import Backend, Completion, RayBackend, SerialBacke
 from engine.runtime.markers import FAILED, SKIPPED, DoneStore
 from engine.runtime.mask import BlockMask
 from engine.runtime.op import BlockOp
+from engine.runtime.ownership import claim_outputs
 from engine.runtime.progress import RunObserver, RunSummary
 
 log = logging.getLogger(__name__)
@@ -110,11 +111,12 @@ def run_blockwise(
     markers = DoneStore.open(state_dir, description, overwrite=overwrite)
     try:
         op.prepare(grid)
+        run_id = claim_outputs(markers, op.outputs())
         done = markers.done_ids()
         todo_mask = np.ones(grid.num_blocks, dtype=bool)
         todo_mask[done[done < grid.num_blocks]] = False
         todo = np.flatnonzero(todo_mask)
-        summary = RunSummary(name, be.name, grid.num_blocks, already_done=int(grid.num_blocks - todo.size), state_dir=str(state_dir))
+        summary = RunSummary(name, be.name, grid.num_blocks, already_done=int(grid.num_blocks - todo.size), state_dir=str(state_dir), run_id=run_id)
         log.info("%s: %d blocks, %d already done, %d to run", name, grid.num_blocks, summary.already_done, todo.size)
         observer = RunObserver(summary, int(todo.size), progress=progress)
         if todo.size:

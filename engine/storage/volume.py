@@ -465,11 +465,15 @@ def create_volume(
     attrs: dict[str, Any] | None = None,
     overwrite: bool = False,
     layer_type: Literal["image", "segmentation"] | None = None,
+    inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> Volume:
     """Create a volume (or open an existing one with the same layout; ``overwrite`` replaces it).
 
     ``shape`` is (channels…, z, y, x); ``chunks`` and ``shards`` may give the spatial axes only.
     ``shards`` (zarr3 only) groups chunks into shards: the shard becomes the unit of writing.
+    ``overwrite`` deletes only an existing array (see :func:`engine.storage.safety.check_removable`):
+    a group, a folder of other files, a root or home folder, or a path equal to or holding one of
+    ``inputs`` (the run's inputs) is refused with one line.
     """
     loc = parse_url(url)
     fmt: Format = format
@@ -513,7 +517,7 @@ def create_volume(
     meta_attrs = {"voxel_size": list(vs), "offset": list(off), "axis_names": ["z", "y", "x"], "units": ["nm", "nm", "nm"], **(attrs or {})}
     _check_writable(loc)
 
-    existing = detect_format(url)
+    existing = _check_replaceable(loc, overwrite, inputs)
     if existing is not None and not overwrite:
         vol = Volume(url, existing, "r+")
         same = existing == fmt and vol.shape == shape_t and vol.dtype == dt and vol.write_chunk_shape == (shards_t or chunks_t)[-3:]
@@ -548,6 +552,22 @@ def create_volume(
         _register_in_group(loc, fmt, len(lead), vs, off)
     log.info("created %s volume %s shape=%s dtype=%s chunks=%s shards=%s", fmt, loc.url(), shape_t, dt, chunks_t, shards_t)
     return Volume(url, fmt, "r+")
+
+
+def _check_replaceable(loc: Location, overwrite: bool, inputs: Sequence[str | os.PathLike[str]]) -> Format | None:
+    """The format of the array at ``loc`` (None: none); refuse to create over, or to delete, anything
+    that is not one array of its own."""
+    from engine.storage.safety import _volume_problem, check_removable
+
+    if overwrite:
+        check_removable(loc, "volume", inputs=inputs)
+        return detect_format(loc.url())
+    existing = detect_format(loc.url())
+    if existing is None:
+        why = _volume_problem(loc)
+        if why is not None:
+            raise StorageError(f"cannot create a volume at {loc.url()}: {why}", f"name an array inside it, e.g. {loc.url().rstrip('/')}/out")
+    return existing
 
 
 def _create_precomputed(
