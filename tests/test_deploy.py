@@ -1,16 +1,23 @@
 """The deployment files parse and validate: KubeRay manifests against the KubeRay v1 fields and the
-Kubernetes pod-template schema (deploy/schemas), the cluster-launcher config against Ray's own schema
-and checks, the Dockerfile against the pins. Sizes are checked against each other (the object store
-fits in /dev/shm, which fits in the pod's memory)."""
+Kubernetes pod-template schema (deploy/schemas), the NetworkPolicy against the Kubernetes schema, the
+cluster-launcher config against Ray's own schema and checks, the Dockerfile against the pins. Sizes are
+checked against each other (the object store fits in /dev/shm, which fits in the pod's memory). The
+protection is checked too: Ray token authentication on everywhere with the token from a Secret (or the
+launcher's token file), the dashboard and job API off public addresses, a non-root image and pods, a
+NetworkPolicy that admits only the cluster's own pods and the operator; each check is also shown to
+fail on a manifest that breaks it, and the documented way of submitting a job with the token is run
+against a real token-protected Ray head of the pinned version."""
 
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import os
 import re
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +205,361 @@ def test_dockerfile_builds_on_cuda_torch_with_the_pins() -> None:
             assert (REPO / part).exists(), f"COPY {part}: no such path"
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert ".venv" in ignore and ".git" in ignore
+
+
+# -- protection: token auth, private dashboard, non-root, NetworkPolicy ---------------------------
+TOKEN_SECRET = "connectile-ray-token"
+TOKEN_KEY = "auth_token"  # the key KubeRay's authOptions.secretName expects
+
+
+def _image_uid() -> int:
+    """The uid the image runs as: its last USER line (numeric, so runAsNonRoot can check it)."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users, "the Dockerfile has no USER line: the image runs as root"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit(), f"USER {users[-1]}: give a numeric uid (Kubernetes cannot check a name against runAsNonRoot)"
+    last_install = max(m.start() for m in re.finditer(r"^RUN .*(pip install|apt-get install)", text, re.M))
+    assert text.rindex("USER ") > last_install, "USER comes before an install step"
+    return int(uid)
+
+
+def _walk(o: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(o, dict):
+        yield o
+        for v in o.values():
+            yield from _walk(v)
+    elif isinstance(o, list):
+        for v in o:
+            yield from _walk(v)
+
+
+def _token_env_problems(env: list[dict[str, Any]], what: str) -> list[str]:
+    by = {e["name"]: e for e in env}
+    out = []
+    if by.get("RAY_AUTH_MODE", {}).get("value") != "token":
+        out.append(f"{what}: RAY_AUTH_MODE is not set to token")
+    ref = by.get("RAY_AUTH_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef")
+    if ref != {"name": TOKEN_SECRET, "key": TOKEN_KEY}:  # exactly: `optional: true` would start pods without a token
+        out.append(f"{what}: RAY_AUTH_TOKEN does not come from Secret {TOKEN_SECRET}/{TOKEN_KEY} (got {ref})")
+    return out
+
+
+def _pod_problems(template: dict[str, Any], what: str, uid: int) -> list[str]:
+    spec = template["spec"]
+    out = []
+    pod = spec.get("securityContext", {})
+    if pod.get("runAsNonRoot") is not True or pod.get("runAsUser") != uid:
+        out.append(f"{what}: the pod does not run as the image's non-root uid {uid} ({pod})")
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            out.append(f"{what}: {key}")
+    for c in spec["containers"]:
+        sc = c.get("securityContext", {})
+        if sc.get("allowPrivilegeEscalation") is not False or sc.get("privileged") or "ALL" not in sc.get("capabilities", {}).get("drop", []):
+            out.append(f"{what}/{c['name']}: privilege escalation or capabilities left on ({sc})")
+        if sc.get("runAsUser", uid) == 0 or sc.get("runAsNonRoot") is False:
+            out.append(f"{what}/{c['name']}: runs as root")
+        if any("hostPort" in port for port in c.get("ports", [])):
+            out.append(f"{what}/{c['name']}: a hostPort publishes a port on the node's address")
+        out += _token_env_problems(c.get("env", []), f"{what}/{c['name']}")
+    return out
+
+
+def cluster_problems(spec: dict[str, Any], what: str) -> list[str]:
+    """Why a RayCluster spec is not protected (empty: it is)."""
+    uid = _image_uid()
+    out = []
+    if spec.get("authOptions") != {"mode": "token", "secretName": TOKEN_SECRET}:
+        out.append(f"{what}: authOptions must be mode token with secretName {TOKEN_SECRET} (got {spec.get('authOptions')})")
+    head = spec["headGroupSpec"]
+    if head.get("serviceType", "ClusterIP") != "ClusterIP" or head.get("enableIngress"):
+        out.append(f"{what}: the head service is exposed outside the cluster ({head.get('serviceType')}, ingress {head.get('enableIngress')})")
+    if head.get("headService", {}).get("spec", {}).get("type", "ClusterIP") != "ClusterIP":
+        out.append(f"{what}: headService overrides the service type")
+    host = head["rayStartParams"].get("dashboard-host", "localhost")
+    if host not in ("0.0.0.0", "localhost") and not ipaddress.ip_address(host).is_loopback:  # the pod's own addresses only
+        out.append(f"{what}: dashboard-host {host}")
+    auto = spec.get("autoscalerOptions", {})
+    out += _token_env_problems(auto.get("env", []), f"{what} autoscaler")
+    sc = auto.get("securityContext", {})
+    if sc.get("runAsNonRoot") is not True or sc.get("allowPrivilegeEscalation") is not False:
+        out.append(f"{what} autoscaler: not locked down ({sc})")
+    for group in [head, *spec["workerGroupSpecs"]]:
+        out += _pod_problems(group["template"], f"{what} {group.get('groupName', 'head')}", uid)
+    return out
+
+
+def _manifest_problems(doc: dict[str, Any], what: str) -> list[str]:
+    """Problems anywhere in a manifest: a literal token, token auth switched off."""
+    out = []
+    for node in _walk(doc):
+        if node.get("name") == "RAY_AUTH_TOKEN" and "value" in node:
+            out.append(f"{what}: a literal RAY_AUTH_TOKEN (the token belongs in a Secret)")
+        if node.get("name") == "RAY_AUTH_MODE" and node.get("value") != "token":
+            out.append(f"{what}: RAY_AUTH_MODE={node.get('value')}")
+    return out
+
+
+def test_kuberay_clusters_are_token_protected_private_and_non_root() -> None:
+    cluster = _load(DEPLOY / "kuberay" / "raycluster.yaml")
+    job = _load(DEPLOY / "kuberay" / "rayjob.yaml")
+    assert cluster_problems(cluster["spec"], "raycluster.yaml") == []
+    assert _manifest_problems(cluster, "raycluster.yaml") == [] and _manifest_problems(job, "rayjob.yaml") == []
+    submitter = job["spec"]["submitterPodTemplate"]
+    assert _pod_problems(submitter, "rayjob.yaml submitter", _image_uid()) == []
+    assert submitter["spec"]["restartPolicy"] == "Never"
+    assert submitter["spec"]["containers"][0]["image"] == cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+    assert job["spec"]["submissionMode"] == "K8sJobMode"  # SidecarMode cannot take a submitter template
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    ["no authOptions", "optional secret", "literal token", "auth disabled", "LoadBalancer", "ingress", "hostNetwork", "hostPort", "root pod",
+     "root container", "privileged", "autoscaler without token", "public dashboard"],
+)
+def test_the_protection_checks_can_fail(breakage: str) -> None:
+    doc = _load(DEPLOY / "kuberay" / "raycluster.yaml")
+    spec = doc["spec"]
+    head = spec["headGroupSpec"]
+    head_pod = head["template"]["spec"]
+    worker = spec["workerGroupSpecs"][0]["template"]["spec"]
+    env = worker["containers"][0]["env"]
+    if breakage == "no authOptions":
+        del spec["authOptions"]
+    elif breakage == "optional secret":
+        next(e for e in env if e["name"] == "RAY_AUTH_TOKEN")["valueFrom"]["secretKeyRef"]["optional"] = True
+    elif breakage == "literal token":
+        next(e for e in env if e["name"] == "RAY_AUTH_TOKEN").update(value="hunter2")
+    elif breakage == "auth disabled":
+        next(e for e in env if e["name"] == "RAY_AUTH_MODE")["value"] = "disabled"
+    elif breakage == "LoadBalancer":
+        head["serviceType"] = "LoadBalancer"
+    elif breakage == "ingress":
+        head["enableIngress"] = True
+    elif breakage == "hostNetwork":
+        worker["hostNetwork"] = True
+    elif breakage == "hostPort":
+        head_pod["containers"][0]["ports"][1]["hostPort"] = 8265
+    elif breakage == "root pod":
+        head_pod["securityContext"]["runAsUser"] = 0
+    elif breakage == "root container":
+        worker["containers"][0]["securityContext"]["runAsUser"] = 0
+    elif breakage == "privileged":
+        worker["containers"][0]["securityContext"]["privileged"] = True
+    elif breakage == "autoscaler without token":
+        spec["autoscalerOptions"]["env"] = []
+    elif breakage == "public dashboard":
+        head["rayStartParams"]["dashboard-host"] = "203.0.113.7"
+    assert cluster_problems(spec, "broken") + _manifest_problems(doc, "broken")
+
+
+def networkpolicy_problems(policy: dict[str, Any], pod_labels: list[dict[str, str]]) -> list[str]:
+    """Why a NetworkPolicy does not fence the Ray pods in (empty: it does): it must select every Ray pod,
+    restrict ingress, and admit only pods carrying the cluster's own label (any port) or the KubeRay
+    operator (the dashboard port only) -- no ipBlock, no empty selector, no rule open to all."""
+    spec = policy["spec"]
+    out = []
+    want = spec.get("podSelector", {}).get("matchLabels") or {}
+    if not want or spec["podSelector"].get("matchExpressions"):
+        out.append("the policy must select the Ray pods by matchLabels")
+    for labels in pod_labels:
+        if not want.items() <= labels.items():
+            out.append(f"pods labelled {labels} are not covered")
+    if "Ingress" not in spec.get("policyTypes", []):
+        out.append("ingress is not restricted")
+    for i, rule in enumerate(spec.get("ingress", [])):
+        peers = rule.get("from") or []
+        if not peers:
+            out.append(f"rule {i} admits every source")
+        for peer in peers:
+            sel = peer.get("podSelector", {}).get("matchLabels") or {}
+            if "ipBlock" in peer or not sel or peer.get("podSelector", {}).get("matchExpressions"):
+                out.append(f"rule {i}: peer {peer} is not a labelled set of pods")
+            elif sel == want and "namespaceSelector" not in peer:
+                continue  # the cluster's own pods, this namespace: any port
+            elif sel == {"app.kubernetes.io/name": "kuberay-operator"}:
+                ports = rule.get("ports") or []
+                if [(p.get("protocol", "TCP"), p.get("port")) for p in ports] != [("TCP", 8265)]:
+                    out.append(f"rule {i}: the operator may reach more than the dashboard ({ports})")
+            else:
+                out.append(f"rule {i}: admits other pods ({peer})")
+    return out
+
+
+def test_networkpolicy_fences_the_ray_pods_in() -> None:
+    schema = json.loads((SCHEMAS / "k8s-v1.37-networkpolicy.json").read_text())
+    policy = _load(DEPLOY / "kuberay" / "networkpolicy.yaml")
+    jsonschema.validators.validator_for(schema)(schema).validate(policy)
+    assert policy["apiVersion"] == "networking.k8s.io/v1" and policy["kind"] == "NetworkPolicy"
+    cluster = _load(DEPLOY / "kuberay" / "raycluster.yaml")
+    job = _load(DEPLOY / "kuberay" / "rayjob.yaml")
+    templates = [cluster["spec"]["headGroupSpec"]["template"], *(g["template"] for g in cluster["spec"]["workerGroupSpecs"]),
+                 job["spec"]["submitterPodTemplate"]]
+    labels = [t["metadata"]["labels"] for t in templates]
+    assert networkpolicy_problems(policy, labels) == []
+    # the dashboard port is one the head really opens
+    assert 8265 in [p["containerPort"] for p in cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]]
+    # the check can fail
+    for mutate in (
+        lambda p: p["spec"].update(policyTypes=["Egress"]),
+        lambda p: p["spec"]["ingress"].append({}),
+        lambda p: p["spec"]["ingress"].append({"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}),
+        lambda p: p["spec"]["ingress"].append({"from": [{"namespaceSelector": {}}]}),
+        lambda p: p["spec"]["ingress"].append({"from": [{"podSelector": {}}]}),
+        lambda p: p["spec"]["ingress"][1].pop("ports"),
+        lambda p: p["spec"]["podSelector"]["matchLabels"].update(tier="other"),
+    ):
+        bad = copy.deepcopy(policy)
+        mutate(bad)
+        assert networkpolicy_problems(bad, labels), bad
+
+
+def launcher_problems(config: dict[str, Any]) -> list[str]:
+    """Why a cluster-launcher config is not protected (empty: it is)."""
+    out = []
+    opts = shlex.split(" ".join(config["docker"].get("run_options", [])))
+    envs = [opts[i + 1] for i, o in enumerate(opts[:-1]) if o in ("--env", "-e")] + [o.split("=", 1)[1] for o in opts if o.startswith("--env=")]
+    if "RAY_AUTH_MODE=token" not in envs:
+        out.append("the containers do not get RAY_AUTH_MODE=token")
+    if any(e.startswith("RAY_AUTH_TOKEN=") for e in envs):
+        out.append("a literal token in run_options")
+    for i, o in enumerate(opts):
+        if o in ("--privileged", "--cap-add") or o.startswith(("--privileged=", "--cap-add=", "--net=container", "--pid=host")):
+            out.append(f"docker run {o}")
+        user = opts[i + 1] if o in ("-u", "--user") and i + 1 < len(opts) else o.split("=", 1)[1] if o.startswith("--user=") else None
+        if user is not None and user.split(":")[0] in ("0", "root"):
+            out.append("the container runs as root")
+    if config.get("file_mounts", {}).get("~/.ray/auth_token") != "~/.ray/auth_token":
+        out.append("the token file is not copied to the nodes")
+    heads = [c for c in config["head_start_ray_commands"] if "ray start" in c]
+    for cmd in heads + [c for c in config["worker_start_ray_commands"] if "ray start" in c]:
+        if "RAY_AUTH_MODE=" in cmd and "RAY_AUTH_MODE=token" not in cmd:
+            out.append(f"token auth switched off in {cmd!r}")
+    for cmd in heads:
+        args = shlex.split(cmd.split(";")[-1])
+        host = next((a.split("=", 1)[1] for a in args if a.startswith("--dashboard-host=")), None)
+        if host is None and "--dashboard-host" in args:
+            host = args[args.index("--dashboard-host") + 1]
+        if host not in (None, "localhost") and not ipaddress.ip_address(host).is_loopback:
+            out.append(f"the dashboard and job API listen on {host}")
+    return out
+
+
+def test_cluster_launcher_is_token_protected_with_a_loopback_dashboard() -> None:
+    config = _load(DEPLOY / "cluster-launcher.yaml")
+    assert launcher_problems(config) == []
+    _image_uid()  # the image it runs is non-root
+    for mutate in (
+        lambda c: c["docker"]["run_options"].remove("--env RAY_AUTH_MODE=token"),
+        lambda c: c["docker"]["run_options"].append("--user root"),
+        lambda c: c["docker"]["run_options"].append("--privileged"),
+        lambda c: c["docker"]["run_options"].append("-e RAY_AUTH_TOKEN=hunter2"),
+        lambda c: c.update(file_mounts={}),
+        lambda c: c["head_start_ray_commands"].__setitem__(1, c["head_start_ray_commands"][1].replace("127.0.0.1", "0.0.0.0")),
+        lambda c: c["worker_start_ray_commands"].__setitem__(1, "RAY_AUTH_MODE=disabled " + c["worker_start_ray_commands"][1]),
+    ):
+        bad = copy.deepcopy(config)
+        mutate(bad)
+        assert launcher_problems(bad), bad
+
+
+def test_dockerfile_runs_as_a_non_root_user() -> None:
+    uid = _image_uid()
+    assert uid != 0
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(rf"useradd --uid {uid} ", text), "the image does not create the user it runs as"
+    for name in ("raycluster.yaml", "rayjob.yaml"):  # the pods run as the image's user
+        doc = _load(DEPLOY / "kuberay" / name)
+        assert {n["runAsUser"] for n in _walk(doc) if "runAsUser" in n} == {uid}, name
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_jobs_are_submitted_with_the_token_and_refused_without(tmp_path: Path) -> None:
+    """A real Ray head of the pinned version, started with the head container's environment from
+    raycluster.yaml (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN from the Secret, here a random token) and the
+    dashboard on 127.0.0.1: `ray job submit` as deploy/README.md shows it (RAY_AUTH_MODE=token and
+    RAY_AUTH_TOKEN in the submitting shell) runs the job; without the token (401) or with a wrong one
+    (403) nothing is submitted, and the job API refuses a plain HTTP request."""
+    import secrets
+    import signal
+    import subprocess
+    import tempfile
+    import time
+    import urllib.error
+    import urllib.request
+
+    token = secrets.token_urlsafe(32)
+    head = _load(DEPLOY / "kuberay" / "raycluster.yaml")["spec"]["headGroupSpec"]
+    manifest_env = {}
+    for e in head["template"]["spec"]["containers"][0]["env"]:
+        ref = e.get("valueFrom", {}).get("secretKeyRef", {})
+        if e["name"].startswith("RAY_AUTH_"):
+            manifest_env[e["name"]] = token if ref.get("name") == TOKEN_SECRET else e["value"]
+    assert manifest_env == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    home = tmp_path / "home"
+    home.mkdir()  # no ~/.ray/auth_token of this machine is read or written
+    venv_bin = Path(sys.executable).parent
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    base.update(HOME=str(home), PATH=f"{venv_bin}{os.pathsep}{base.get('PATH', '')}", PYTHONWARNINGS="ignore::DeprecationWarning")
+    temp = Path(tempfile.mkdtemp(prefix="cntok", dir="/tmp"))  # Ray's socket paths must stay short
+    ports = _free_ports(8)
+    dashboard = f"http://127.0.0.1:{ports[1]}"
+    args = ["ray", "start", "--head", "--port", str(ports[0]), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+            "--dashboard-port", str(ports[1]), "--ray-client-server-port", str(ports[2]), "--dashboard-agent-listen-port", str(ports[3]),
+            "--dashboard-agent-grpc-port", str(ports[4]), "--metrics-export-port", str(ports[5]), "--runtime-env-agent-port", str(ports[6]),
+            "--node-manager-port", str(ports[7]), "--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
+            "--object-store-memory", str(100 * 2**20), "--temp-dir", str(temp)]
+    proc = subprocess.Popen(args, env={**base, **manifest_env}, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out[-3000:]
+        work = tmp_path / "work"
+        work.mkdir()
+        (work / "hello.py").write_text("print('connectile-job-ran')\n")
+
+        def submit(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+            cmd = ["ray", "job", "submit", "--address", dashboard, "--working-dir", str(work), "--", "python", "hello.py"]
+            return subprocess.run(cmd, env={**base, **env}, capture_output=True, text=True, timeout=180)
+
+        refused = submit({"RAY_AUTH_MODE": "disabled"})
+        assert refused.returncode != 0 and "connectile-job-ran" not in refused.stdout
+        assert "Unauthorized" in refused.stdout + refused.stderr, (refused.stdout + refused.stderr)[-2000:]
+        wrong = submit({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token[::-1]})
+        assert wrong.returncode != 0 and "Forbidden" in wrong.stdout + wrong.stderr, (wrong.stdout + wrong.stderr)[-2000:]
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{dashboard}/api/jobs/", timeout=30)
+        assert err.value.code == 401
+        deadline = time.monotonic() + 120
+        while True:  # the job agent may still be starting
+            ok = submit({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+            if ok.returncode == 0 or "agent" not in ok.stdout + ok.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert ok.returncode == 0 and "connectile-job-ran" in ok.stdout, (ok.stdout + ok.stderr)[-3000:]
+        request = urllib.request.Request(f"{dashboard}/api/jobs/", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            assert len(json.loads(resp.read())) == 1  # the one job that got through
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            time.sleep(3)
+        subprocess.run(["rm", "-rf", str(temp)], check=False)
 
 
 # -- scale on paper: benchmarks/projection.py -----------------------------------------------------
