@@ -2,7 +2,8 @@
 """Connected-components benchmark: Connectile's blockwise labelling vs cc3d on the whole volume.
 
     .venv/bin/python benchmarks/bench_cc.py            # 512^3, blocks of 128^3, 2 Ray workers, 3 repeats
-    .venv/bin/python benchmarks/bench_cc.py --quick    # 256^3, blocks of 64^3, 1 repeat: a smoke run
+    .venv/bin/python benchmarks/bench_cc.py --quick    # 256^3, blocks of 64^3, 3 repeats
+    .venv/bin/python benchmarks/bench_cc.py --smoke    # 64^3, blocks of 32^3, 1 repeat: checks that the script runs
     .venv/bin/python benchmarks/bench_cc.py --size 768 --repeats 1 --variants uint64
 
 Input: blobby uint8 probabilities (Gaussian-smoothed noise, sigma 3 voxels, mapped so that
@@ -16,12 +17,14 @@ connectile  ``label_volume(..., backend="ray", workers=2)``: pass A (label each 
             write final ids); variant ``uint64_keep_local`` stores pass A's local ids in a uint32
             scratch volume instead of labelling again. One set of Ray workers serves every pass; their
             start is included; Ray's cluster start (``ray.init``) is reported apart.
-cc3d        one process: TensorStore read of the whole array, ``cc3d.connected_components`` (out_dtype
-            uint64 or uint32), TensorStore write of the whole array.
+cc3d        one process: TensorStore read of the whole array, ``cc3d.connected_components`` at its
+            fastest documented setting (``out_dtype=uint32``; for the uint64 variants the labels are then
+            cast to uint64, the cast timed as part of labelling), TensorStore write of the whole array.
 gpu         the same as connectile with ``device="gpu"``, only where CuPy sees a GPU.
 
-Each side runs in a fresh child process (this script with ``--child``); the sides alternate over the
-repeats and medians are reported. Memory, sampled every 50 ms with the same code on both sides: RSS
+Each side runs in a fresh child process (this script with ``--child``); the order of the sides is
+rotated every repeat (``engine.bench.harness.side_orders``: Connectile first, then cc3d first, ...) and
+medians of the repeats (3 by default) are reported with every run. Memory, sampled every 50 ms with the same code on both sides: RSS
 (each process's resident pages; shared library pages count once per process) and PSS (shared pages
 split between the processes sharing them). For cc3d also its VmHWM (exact peak RSS). For Connectile
 the sum over the driver and its Ray actor processes (cmdline ``ray::_Actor...``); idle Ray workers
@@ -33,17 +36,12 @@ the same partition. One JSON line per measurement on stdout; ``ratio`` is cc3d's
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -51,130 +49,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-RESULT_PREFIX = "@@bench-result "
-MIB = 1024 * 1024
+from engine.bench import harness  # noqa: E402 - benchmarks are scripts, not a package
+from engine.bench.harness import MIB, RssSampler, emit, machine_info, side_orders  # noqa: E402 - RssSampler: bench_infer imported it from here
+from engine.bench.harness import median as _median  # noqa: E402
+from engine.bench.harness import version as _version  # noqa: E402
+
 TARGET_RATIO = 1.0  # Connectile throughput / cc3d throughput
 TARGET_MEMORY = 0.25  # Connectile peak / cc3d peak
-SIZES = {"full": {"size": 512, "block": 128, "chunk": 64}, "quick": {"size": 256, "block": 64, "chunk": 64}}
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def machine_info() -> dict[str, Any]:
-    import psutil
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "ram_gib": round(psutil.virtual_memory().total / 1024**3, 1),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(),
-        "versions": {d: _version(d) for d in ("connectile", "ray", "tensorstore", "numpy", "connected-components-3d", "fastremap")},
-    }
-
-
-def emit(line: dict[str, Any]) -> None:
-    print(json.dumps(line), flush=True)
+SIZES = {"full": {"size": 512, "block": 128, "chunk": 64}, "quick": {"size": 256, "block": 64, "chunk": 64}, "smoke": {"size": 64, "block": 32, "chunk": 32}}
 
 
 def run_child(name: str, params: dict[str, Any], ray_tmp: Path | None = None, timeout: float = 1800) -> dict[str, Any]:
-    env = dict(os.environ)
-    env.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    if ray_tmp is not None:
-        ray_tmp.mkdir(parents=True, exist_ok=True)
-        env["RAY_TMPDIR"] = str(ray_tmp)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--params", json.dumps(params)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, timeout=timeout, check=False)
-    result = None
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            result = json.loads(line[len(RESULT_PREFIX) :])
-        elif line.strip():
-            print(line, file=sys.stderr)
-    if proc.returncode != 0 or result is None:
-        raise RuntimeError(f"benchmark child {name!r} failed (exit {proc.returncode}); see its output above")
-    return result
-
-
-def _pss(pid: int) -> int:
-    """Proportional set size (shared pages divided among the processes that map them), in bytes."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-class RssSampler(threading.Thread):
-    """Peaks, sampled every ``interval`` s, of the summed memory of this process plus its Ray worker
-    processes (cmdline ``ray::_Actor...``, the actors running the blocks), and separately of idle Ray
-    workers (``ray::IDLE``) and of Ray's daemons (every other descendant). Both RSS (each process's
-    resident pages, shared library pages counted once per process) and PSS (shared pages split
-    among the processes that share them: the sum is what the processes together occupy)."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        super().__init__(daemon=True)
-        import psutil
-
-        self.me = psutil.Process()
-        self.interval = interval
-        self.peak: dict[str, int] = {"work_rss": 0, "work_pss": 0, "driver_rss": 0, "workers_rss": 0, "idle_rss": 0, "daemons_rss": 0}
-        self.samples = 0
-        self._halt = threading.Event()
-
-    def sample(self) -> None:
-        import psutil
-
-        own = int(self.me.memory_info().rss)
-        now = {"work_rss": own, "work_pss": _pss(self.me.pid), "driver_rss": own, "workers_rss": 0, "idle_rss": 0, "daemons_rss": 0}
-        try:
-            children = self.me.children(recursive=True)
-        except psutil.Error:
-            children = []
-        for c in children:
-            try:
-                rss = int(c.memory_info().rss)
-                cmd = (c.cmdline() or [""])[0]
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-            if cmd.startswith("ray::IDLE"):
-                now["idle_rss"] += rss
-            elif cmd.startswith("ray::"):
-                now["work_rss"] += rss
-                now["workers_rss"] += rss
-                now["work_pss"] += _pss(c.pid)
-            else:
-                now["daemons_rss"] += rss
-        for k, v in now.items():
-            self.peak[k] = max(self.peak[k], v)
-        self.samples += 1
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            self.sample()
-            self._halt.wait(self.interval)
-
-    def stop(self) -> dict[str, int]:
-        self._halt.set()
-        self.join()
-        self.sample()
-        return dict(self.peak)
+    return harness.run_child(__file__, name, params, ray_tmp=ray_tmp, timeout=timeout, cwd=ROOT)
 
 
 # -- children ----------------------------------------------------------------------------------
@@ -222,8 +108,12 @@ def child_cc3d(p: dict[str, Any]) -> dict[str, Any]:
     src = ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": p["input"]}}, read=True).result()
     data = src.read().result()
     t1 = time.perf_counter()
-    labels, n = cc3d.connected_components(data > 127, connectivity=26, return_N=True, out_dtype=np.dtype(p["dtype"]))
+    # cc3d's fastest path: uint32 labels (uint64 output is its slow path), cast afterwards if uint64 is wanted
+    labels, n = cc3d.connected_components(data > 127, connectivity=26, return_N=True, out_dtype=np.uint32)
     del data
+    t_cast = time.perf_counter()
+    if p["dtype"] != "uint32":
+        labels = labels.astype(np.dtype(p["dtype"]))
     t2 = time.perf_counter()
     spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": p["output"]}, "metadata": _zarr_metadata(list(labels.shape), p["chunk"], p["dtype"])}
     dst = ts.open(spec, create=True, delete_existing=True).result()
@@ -231,7 +121,7 @@ def child_cc3d(p: dict[str, Any]) -> dict[str, Any]:
     t3 = time.perf_counter()
     peak = sampler.stop()
     peak["vmhwm"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"read_s": t1 - t0, "label_s": t2 - t1, "write_s": t3 - t2, "run_s": t3 - t0, "objects": int(n), "peak": peak}
+    return {"read_s": t1 - t0, "label_s": t2 - t1, "cast_s": t2 - t_cast, "write_s": t3 - t2, "run_s": t3 - t0, "objects": int(n), "peak": peak}
 
 
 CHILDREN = {"connectile": child_connectile, "cc3d": child_cc3d}
@@ -290,11 +180,6 @@ def same_partition(a_url: str, b_path: str, size: int) -> bool:
     return len(allp) == len(np.unique(allp[:, 0])) == len(np.unique(allp[:, 1]))
 
 
-def _median(values: list[float]) -> float:
-    v = sorted(values)
-    return v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
-
-
 VARIANTS = {
     # name: (connectile params, peer output dtype)
     "uint64": ({"dtype": "uint64"}, "uint64"),
@@ -314,19 +199,23 @@ def bench(cfg: dict[str, Any], wd: Path, m: dict[str, Any], gpu: bool) -> list[d
     base = {"input": inp, "block": block, "chunk": chunk, "workers": workers}
     variants = [v for v in cfg["variants"] if v in VARIANTS]
     runs: dict[str, list[dict[str, Any]]] = {}
-    for rep in range(cfg["repeats"]):  # alternate the sides, so a slow moment of the shared VM hits all
-        for name in variants:
-            params, peer_dtype = VARIANTS[name]
-            out_c = str(root / f"cc_connectile_{name}")
+    # the jobs of one repeat: each Connectile variant and each cc3d output type once; their order is
+    # rotated every repeat, so a slow moment of the shared VM does not always hit the same side
+    jobs = variants + sorted({f"cc3d_{VARIANTS[v][1]}" for v in variants})
+    for rep, order in enumerate(side_orders(jobs, cfg["repeats"])):
+        print(f"[bench] repeat {rep + 1}: {', '.join(order)}", file=sys.stderr, flush=True)
+        for job in order:
             try:  # a child killed from outside (the shared VM short of memory) costs one run, not the benchmark
-                runs.setdefault(name, []).append(run_child("connectile", {**base, **params, "output": out_c, "state_dir": str(wd / f"state-{name}")}, ray_tmp))
-                if f"cc3d_{peer_dtype}" not in runs or len(runs[f"cc3d_{peer_dtype}"]) <= rep:
-                    out_p = str(root / f"cc_cc3d_{peer_dtype}")
-                    runs.setdefault(f"cc3d_{peer_dtype}", []).append(run_child("cc3d", {**base, "dtype": peer_dtype, "output": out_p}))
+                if job.startswith("cc3d_"):
+                    dtype = job.removeprefix("cc3d_")
+                    runs.setdefault(job, []).append(run_child("cc3d", {**base, "dtype": dtype, "output": str(root / job)}))
+                else:
+                    params = VARIANTS[job][0]
+                    out_c = str(root / f"cc_connectile_{job}")
+                    runs.setdefault(job, []).append(run_child("connectile", {**base, **params, "output": out_c, "state_dir": str(wd / f"state-{job}")}, ray_tmp))
             except RuntimeError as err:
-                print(f"[bench] {name}, repeat {rep + 1}: {err}", file=sys.stderr, flush=True)
-                emit({"bench": "connected_components", "variant": name, "repeat": rep + 1, "failed": str(err)})
-        print(f"[bench] repeat {rep + 1} of {cfg['repeats']} done", file=sys.stderr, flush=True)
+                print(f"[bench] {job}, repeat {rep + 1}: {err}", file=sys.stderr, flush=True)
+                emit({"bench": "connected_components", "variant": job, "repeat": rep + 1, "failed": str(err)})
     lines = []
     for name in variants:
         params, peer_dtype = VARIANTS[name]
@@ -339,7 +228,7 @@ def bench(cfg: dict[str, Any], wd: Path, m: dict[str, Any], gpu: bool) -> list[d
         p_rss = max(r["peak"]["work_rss"] for r in ps)
         p_pss = max(r["peak"]["work_pss"] for r in ps)
         p_hwm = max(r["peak"]["vmhwm"] for r in ps)
-        agree = same_partition(str(root / f"cc_connectile_{name}"), str(root / f"cc_cc3d_{peer_dtype}"), size) and cs[-1]["objects"] == ps[-1]["objects"]
+        agree = same_partition(str(root / f"cc_connectile_{name}"), str(root / f"cc3d_{peer_dtype}"), size) and cs[-1]["objects"] == ps[-1]["objects"]
         ratio = p_s / c_s
         mem = c_rss / p_hwm
         c0 = cs[len(cs) // 2]
@@ -357,6 +246,7 @@ def bench(cfg: dict[str, Any], wd: Path, m: dict[str, Any], gpu: bool) -> list[d
             "local_objects": c0["local_objects"],
             "boundary_labels": c0["boundary_labels"],
             "repeats": len(cs),
+            "order": "rotated every repeat",
             "connectile_s": round(c_s, 2),
             "connectile_runs_s": [round(r["run_s"], 2) for r in cs],
             "connectile_pass_s": {k: round(v, 2) for k, v in c0["seconds"].items()},
@@ -367,11 +257,12 @@ def bench(cfg: dict[str, Any], wd: Path, m: dict[str, Any], gpu: bool) -> list[d
             "connectile_workers_peak_rss_mib": round(max(r["peak"]["workers_rss"] for r in cs) / MIB),
             "ray_idle_workers_peak_rss_mib": round(max(r["peak"]["idle_rss"] for r in cs) / MIB),
             "ray_daemons_peak_rss_mib": round(max(r["peak"]["daemons_rss"] for r in cs) / MIB),
-            "peer": f"cc3d {_version('connected-components-3d')} on the whole array, one process (TensorStore {_version('tensorstore')} read/write)",
+            "peer": f"cc3d {_version('connected-components-3d')} uint32 (its fastest){', cast to ' + peer_dtype if peer_dtype != 'uint32' else ''}, whole array, one process",
             "peer_s": round(p_s, 2),
             "peer_runs_s": [round(r["run_s"], 2) for r in ps],
             "peer_read_s": round(_median([r["read_s"] for r in ps]), 2),
             "peer_label_s": round(_median([r["label_s"] for r in ps]), 2),
+            "peer_cast_s": round(_median([r["cast_s"] for r in ps]), 2),
             "peer_write_s": round(_median([r["write_s"] for r in ps]), 2),
             "peer_peak_rss_mib": round(p_hwm / MIB),
             "peer_peak_rss_sampled_mib": round(p_rss / MIB),
@@ -384,7 +275,7 @@ def bench(cfg: dict[str, Any], wd: Path, m: dict[str, Any], gpu: bool) -> list[d
             "meets_target": ratio >= TARGET_RATIO and mem <= TARGET_MEMORY,
             "target": f"ratio >= {TARGET_RATIO} and memory_fraction <= {TARGET_MEMORY}",
             "agree": agree,
-            "machine": f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB",
+            "machine": harness.machine_short(m),
             "load_avg_1m_before": m["load_avg_1m"],
             "load_avg_1m_after": round(os.getloadavg()[0], 2),
         }
@@ -392,10 +283,12 @@ def bench(cfg: dict[str, Any], wd: Path, m: dict[str, Any], gpu: bool) -> list[d
         lines.append(line)
     if gpu:
         g = run_child("connectile", {**base, "dtype": "uint64", "output": str(root / "cc_gpu"), "state_dir": str(wd / "state-gpu"), "device": "gpu"}, ray_tmp)
+        if "cc3d_uint64" not in runs:
+            runs["cc3d_uint64"] = [run_child("cc3d", {**base, "dtype": "uint64", "output": str(root / "cc3d_uint64")})]
         p_s = _median([r["run_s"] for r in runs["cc3d_uint64"]])
         gline = {
             "bench": "connected_components_gpu", "shape": [size] * 3, "connectile_gpu_s": round(g["run_s"], 2), "peer_s": round(p_s, 2),
-            "ratio": round(p_s / g["run_s"], 2), "objects": g["objects"], "agree": same_partition(str(root / "cc_gpu"), str(root / "cc_cc3d_uint64"), size),
+            "ratio": round(p_s / g["run_s"], 2), "objects": g["objects"], "agree": same_partition(str(root / "cc_gpu"), str(root / "cc3d_uint64"), size),
             "connectile_peak_rss_mib": round(g["peak"]["work_rss"] / MIB),
         }
         emit(gline)
@@ -409,34 +302,34 @@ def bench(cfg: dict[str, Any], wd: Path, m: dict[str, Any], gpu: bool) -> list[d
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="256^3 with blocks of 64^3 (smoke run)")
+    ap.add_argument("--quick", action="store_true", help="256^3 with blocks of 64^3, 3 repeats")
+    ap.add_argument("--smoke", action="store_true", help="seconds: 64^3, blocks of 32^3, variant uint64, 1 repeat (tests run this; no meaningful numbers)")
     ap.add_argument("--size", type=int, help="edge of the cubic volume (default 512; 256 with --quick)")
     ap.add_argument("--block", type=int, help="edge of a write block (default 128; 64 with --quick)")
     ap.add_argument("--workers", type=int, default=2, help="Ray workers (default 2)")
     ap.add_argument("--foreground", type=float, default=0.2, help="fraction of voxels above 0.5 in the input (default 0.2)")
-    ap.add_argument("--repeats", type=int, help="runs per side, alternating; medians reported (default 3; 1 with --quick)")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)} (default: all)")
+    ap.add_argument("--repeats", type=int, help="runs per side, order alternating; medians reported (default 3; 1 with --smoke)")
+    ap.add_argument("--variants", default=None, help=f"comma-separated, of {', '.join(VARIANTS)} (default: all; uint64 with --smoke)")
     ap.add_argument("--workdir", help="make the temporary folder inside this one")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--params", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(RESULT_PREFIX + json.dumps(CHILDREN[args.child](json.loads(args.params))), flush=True)
-        return 0
-    cfg: dict[str, Any] = dict(SIZES["quick" if args.quick else "full"])
+        return harness.child_main(CHILDREN, args.child, args.params)
+    cfg: dict[str, Any] = dict(SIZES["smoke" if args.smoke else "quick" if args.quick else "full"])
     if args.size:
         cfg["size"] = args.size
     if args.block:
         cfg["block"] = args.block
     cfg["workers"] = args.workers
     cfg["foreground"] = args.foreground
-    cfg["repeats"] = args.repeats or (1 if args.quick else 3)
-    cfg["variants"] = [v.strip() for v in args.variants.split(",") if v.strip()]
+    cfg["repeats"] = args.repeats or (1 if args.smoke else 3)
+    cfg["variants"] = [v.strip() for v in (args.variants or ("uint64" if args.smoke else ",".join(VARIANTS))).split(",") if v.strip()]
     from engine.segment import gpu_available
 
     m = machine_info()
-    emit({"bench": "machine", **m, "quick": args.quick, "config": cfg})
+    emit({"bench": "machine", **m, "quick": args.quick, "smoke": args.smoke, "config": cfg})
     wd = Path(tempfile.mkdtemp(prefix="cc-", dir=args.workdir))
     try:
         lines = bench(cfg, wd, m, gpu_available())

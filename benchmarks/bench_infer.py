@@ -3,7 +3,8 @@
 
     .venv/bin/python benchmarks/bench_infer.py            # 32 x 384 x 384, window 16 x 128 x 128, 2 Ray workers
     .venv/bin/python benchmarks/bench_infer.py --shape 64,512,512   # bigger
-    .venv/bin/python benchmarks/bench_infer.py --quick    # 32 x 256 x 256: a smoke run
+    .venv/bin/python benchmarks/bench_infer.py --quick    # 32 x 256 x 256
+    .venv/bin/python benchmarks/bench_infer.py --smoke    # 16 x 192 x 192: checks that the script runs (seconds)
 
 Same model (the papers' base residual SE U-Net of ``engine.models``, default ``ModelConfig``, random
 weights, eval mode, sigmoid output), same window, overlap 0.5 and Gaussian blending on both sides:
@@ -40,9 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,29 +53,15 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from bench_cc import RssSampler, machine_info  # noqa: E402 - benchmarks are scripts, not a package
+from engine.bench import harness  # noqa: E402 - benchmarks are scripts, not a package
+from engine.bench.harness import MIB, RssSampler, machine_info  # noqa: E402
 
-RESULT_PREFIX = "@@bench-result "
-MIB = 1024 * 1024
-SIZES = {"full": (32, 384, 384), "quick": (32, 256, 256)}
+SIZES = {"full": (32, 384, 384), "quick": (32, 256, 256), "smoke": (16, 192, 192)}
 WINDOW = (16, 128, 128)
 
 
 def run_child(name: str, params: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
-    env = dict(os.environ)
-    env.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--params", json.dumps(params)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, timeout=timeout, check=False)
-    result = None
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            result = json.loads(line[len(RESULT_PREFIX) :])
-        elif line.strip():
-            print(line, file=sys.stderr)
-    if proc.returncode != 0 or result is None:
-        raise RuntimeError(f"benchmark child {name!r} failed (exit {proc.returncode}); see its output above")
-    return result
+    return harness.run_child(__file__, name, params, timeout=timeout, cwd=ROOT)
 
 
 def _load_model(ckpt: str) -> Any:
@@ -187,7 +172,7 @@ CHILDREN = {"limit": child_limit, "monai": child_monai, "connectile": child_conn
 
 
 # -- driver side -------------------------------------------------------------------------------
-def make_inputs(d: Path, shape: tuple[int, int, int]) -> tuple[str, str]:
+def make_inputs(d: Path, shape: tuple[int, int, int], smoke: bool = False) -> tuple[str, str]:
     import numpy as np
     import torch
 
@@ -195,7 +180,7 @@ def make_inputs(d: Path, shape: tuple[int, int, int]) -> tuple[str, str]:
     from engine.storage import create_volume
 
     torch.manual_seed(0)
-    cfg = ModelConfig()
+    cfg = ModelConfig(filters=[4, 4, 4, 4, 4]) if smoke else ModelConfig()  # smoke: the same architecture, narrow
     ckpt = str(d / "checkpoint")
     save_checkpoint(ckpt, build_model(cfg), cfg, {"note": "bench_infer random weights"})
     v = create_volume(f"{d}/bench.zarr/raw", shape, "uint8", (16, 128, 128))
@@ -205,7 +190,8 @@ def make_inputs(d: Path, shape: tuple[int, int, int]) -> tuple[str, str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small volume: a smoke run")
+    ap.add_argument("--quick", action="store_true", help="small volume: 32 x 256 x 256")
+    ap.add_argument("--smoke", action="store_true", help="seconds: 16 x 192 x 192 (4 windows), 1 window for the limit, 4 filters per stage; checks that the script runs")
     ap.add_argument("--shape", default=None, help="volume z,y,x (default: 32,384,384; quick: 32,256,256)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--limit-windows", type=int, default=8, help="windows timed for the raw forward limit")
@@ -213,9 +199,9 @@ def main() -> int:
     ap.add_argument("--params", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        result = CHILDREN[args.child](json.loads(args.params))
-        print(RESULT_PREFIX + json.dumps(result), flush=True)
-        return 0
+        return harness.child_main(CHILDREN, args.child, args.params)
+    if args.smoke:
+        args.limit_windows = 1
 
     import numpy as np
 
@@ -223,14 +209,14 @@ def main() -> int:
     from engine.infer import WindowGrid
     from engine.storage import open_volume
 
-    shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else SIZES["quick" if args.quick else "full"]
+    shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else SIZES["smoke" if args.smoke else "quick" if args.quick else "full"]
     assert len(shape) == 3
     # cut y and x once, on the stride grid (4 blocks: see the docstring)
     block = (shape[0], -(-shape[1] // 2 // 64) * 64, -(-shape[2] // 2 // 64) * 64)
     print(json.dumps({"machine": machine_info(), "shape": shape, "window": WINDOW, "overlap": 0.5, "block": block}), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_infer_") as tmp:
         d = Path(tmp)
-        ckpt, url = make_inputs(d, shape)  # type: ignore[arg-type]
+        ckpt, url = make_inputs(d, shape, args.smoke)  # type: ignore[arg-type]
         common = {"checkpoint": ckpt, "input": url, "window": WINDOW}
         limit = run_child("limit", {**common, "limit_windows": args.limit_windows})
         print(json.dumps({"side": "limit", **limit}), flush=True)

@@ -28,6 +28,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -150,3 +151,70 @@ def child_main(children: dict[str, Callable[[dict[str, Any]], dict[str, Any]]], 
     """The child side of :func:`run_child`: run ``children[name]`` and print its result."""
     print(RESULT_PREFIX + json.dumps(children[name](json.loads(params))), flush=True)
     return 0
+
+
+def _pss(pid: int) -> int:
+    """Proportional set size (shared pages divided among the processes that map them), in bytes."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class RssSampler(threading.Thread):
+    """Peaks, sampled every ``interval`` s, of the summed memory of this process plus its Ray worker
+    processes (cmdline ``ray::_Actor...``, the actors running the blocks), and separately of idle Ray
+    workers (``ray::IDLE``) and of Ray's daemons (every other descendant). Both RSS (each process's
+    resident pages, shared library pages counted once per process) and PSS (shared pages split
+    among the processes that share them: the sum is what the processes together occupy)."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        import psutil
+
+        self.me = psutil.Process()
+        self.interval = interval
+        self.peak: dict[str, int] = {"work_rss": 0, "work_pss": 0, "driver_rss": 0, "workers_rss": 0, "idle_rss": 0, "daemons_rss": 0}
+        self.samples = 0
+        self._halt = threading.Event()
+
+    def sample(self) -> None:
+        import psutil
+
+        own = int(self.me.memory_info().rss)
+        now = {"work_rss": own, "work_pss": _pss(self.me.pid), "driver_rss": own, "workers_rss": 0, "idle_rss": 0, "daemons_rss": 0}
+        try:
+            children = self.me.children(recursive=True)
+        except psutil.Error:
+            children = []
+        for c in children:
+            try:
+                rss = int(c.memory_info().rss)
+                cmd = (c.cmdline() or [""])[0]
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            if cmd.startswith("ray::IDLE"):
+                now["idle_rss"] += rss
+            elif cmd.startswith("ray::"):
+                now["work_rss"] += rss
+                now["workers_rss"] += rss
+                now["work_pss"] += _pss(c.pid)
+            else:
+                now["daemons_rss"] += rss
+        for k, v in now.items():
+            self.peak[k] = max(self.peak[k], v)
+        self.samples += 1
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.sample()
+            self._halt.wait(self.interval)
+
+    def stop(self) -> dict[str, int]:
+        self._halt.set()
+        self.join()
+        self.sample()
+        return dict(self.peak)
