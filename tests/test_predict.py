@@ -488,3 +488,103 @@ def test_cli(tmp_path: Path, setup_data: tuple[str, str, np.ndarray], capsys: py
     assert main(["predict", ckpt, str(tmp_path / "missing.zarr/x"), out, "--backend", "serial"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error" in err[0]
+
+
+# -- 2.5D context sections; every kind of checkpoint `connectile train` writes -------------------------
+def _bn_stats(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial batch-norm statistics (the folded path must carry them)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            assert m.running_mean is not None and m.running_var is not None
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize(("context", "roi", "overlap"), [(1, (1, 32, 40), 0.0), (1, (3, 32, 40), 0.5), (2, (2, 32, 40), 0.25), (1, (9, 32, 40), 0.5)])
+def test_context_sections_are_training_and_validations(context: int, roi: tuple[int, int, int], overlap: float) -> None:
+    """A 2.5D model's windows read their neighbour sections from the volume, the edge section repeated
+    beyond it: with whole sections as windows this is the model's own forward pass over the volume
+    (``fold_sections``, what training's validation ran), for any window depth, overlap or volume edge."""
+    from engine.infer.blend import model_window
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(dims=2, context_slices=context, filters=[4, 8, 8], head="polarity")
+    model = _bn_stats(build_model(cfg))
+    vol = np.random.default_rng(1).random((7, 32, 40), dtype=np.float32)
+    with torch.inference_mode():
+        want = torch.sigmoid(model(torch.from_numpy(vol)[None, None]))[0].numpy()
+    sw = model_window(model, roi, overlap, batch_size=2)
+    assert sw.halo == (context, 0, 0) and sw.replicate == (True, False, False)
+    got = sw(vol)
+    assert got.shape == (3, 7, 32, 40)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def _training_data(root: Path) -> tuple[str, str]:
+    """uint8 raw and labels 0 / 1 / 2 (blobs), with a z size no window or block divides."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    shape = (9, 36, 44)
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), (1, 3, 3))
+    labels = np.where(field > 0.2, 1, np.where(field < -0.2, 2, 0)).astype(np.uint8)
+    raw = (np.clip(0.3 + 0.2 * labels + 0.1 * rng.standard_normal(shape), 0, 1) * 255).astype(np.uint8)
+    urls = []
+    for name, arr in (("raw", raw), ("labels", labels)):
+        v = create_volume(f"{root}/data.zarr/{name}", arr.shape, "uint8", (4, 16, 16))
+        v.write(v.box, arr)
+        urls.append(v.url)
+    return urls[0], urls[1]
+
+
+_OFFSETS = [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+_KINDS = {
+    "2d-mask": ({"dims": 2, "filters": [4, 8]}, [2, 16, 16], "mask", (2, 16, 16)),
+    "2.5d-mask": ({"dims": 2, "context_slices": 1, "filters": [4, 8, 8]}, [3, 16, 16], "mask", (1, 16, 16)),
+    "2.5d-polarity": ({"dims": 2, "context_slices": 2, "filters": [4, 8]}, [5, 16, 20], "polarity", (1, 16, 20)),
+    "2d-affinity": ({"dims": 2, "filters": [4, 8], "head": "affinity", "affinity_offsets": _OFFSETS}, [2, 16, 16], "affinity", (2, 16, 16)),
+    "3d-mask": ({"filters": [4, 8], "anisotropic_stages": 1}, [4, 16, 16], "mask", (4, 16, 16)),
+    "3d-polarity": ({"filters": [4, 8], "anisotropic_stages": 0, "head": "polarity"}, [5, 16, 16], "polarity", (4, 16, 16)),
+    "3d-affinity": ({"filters": [4, 8], "anisotropic_stages": 1, "head": "affinity", "affinity_offsets": _OFFSETS}, [4, 16, 16], "affinity", (4, 16, 16)),
+}
+
+
+@pytest.mark.parametrize("kind", list(_KINDS))
+def test_every_trained_checkpoint_predicts_with_its_own_window(tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`connectile train` (a few steps) then `connectile predict` without --window: the window comes from
+    the checkpoint's training crop (less a 2.5D model's context sections), and the blockwise output (cuts
+    on every axis) equals whole-volume inference in this process."""
+    import yaml
+
+    from engine.infer.blend import model_window
+    from engine.infer.merge import scale_input
+    from engine.infer.model_input import checkpoint_window
+    from engine.learn import list_checkpoints
+    from engine.models import read_checkpoint_config
+
+    model, crop, head, window = _KINDS[kind]
+    raw_url, labels_url = _training_data(tmp_path)
+    model = {"head": head, **model}
+    target: dict[str, object] = {"kind": head}
+    cfg = {"model": model, "target": target, "data": {"raw": raw_url, "labels": labels_url}, "crop": crop, "batch_size": 1, "steps": 2,
+           "checkpoint_every": 2, "log_every": 1, "output": str(tmp_path / "run"), "augment": {"elastic": 0, "misalign": 0}, "sampling": {"reject_empty": 0}}
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "train.yaml"), "--no-progress"]) == 0
+    ckpt = str(list_checkpoints(tmp_path / "run")[-1][1])
+    mcfg, meta = read_checkpoint_config(ckpt)
+    assert checkpoint_window(mcfg, meta) == window
+    out = f"{tmp_path}/pred.zarr/prob"
+    capsys.readouterr()
+    tta = "flips" if head == "polarity" else "none"  # flips of z turn a 2.5D model's halo too
+    code = main(["predict", ckpt, raw_url, out, "--overlap", "0.5", "--block", "4,16,16", "--chunks", "2,8,8", "--dtype", "float32",
+                 "--tta", tta, "--backend", "serial", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    got = open_volume(out)
+    assert got.attrs["connectile"]["predict"]["window"] == list(window)
+    raw = open_volume(raw_url).read(open_volume(raw_url).box)
+    net, _, _ = load_checkpoint(ckpt)
+    whole = model_window(net, window, 0.5, tta=tta)(scale_input(raw).numpy())
+    k = whole.shape[0]
+    assert k == {"mask": 1, "polarity": 3, "affinity": 3}[head]
+    np.testing.assert_allclose(got.read(got.box), whole[0] if k == 1 else whole, rtol=0, atol=1e-5)

@@ -313,14 +313,68 @@ def test_cli_bad_config_is_one_line_and_nonzero(tmp_path: Path, capsys: pytest.C
     assert not (tmp_path / "o" / "checkpoints").exists()
 
 
-def test_sliding_window_validation_prediction_is_exact_for_a_pointwise_model() -> None:
-    from engine.learn.validate import _sliding_window
-
-    torch.manual_seed(0)
-    conv = torch.nn.Conv3d(1, 2, 1)
-    x = torch.rand(7, 30, 41)
+def _old_validation_prediction(model: torch.nn.Module, raw: np.ndarray, window: tuple[int, int, int], overlap: float) -> np.ndarray:
+    """What validation predicted with its own sliding window before it went through engine/infer (kept
+    here as the reference): whole sections for a 2D / 2.5D model (the model's own folding, edge sections
+    repeated), else Gaussian-blended windows (sigma window / 8, weights floored at 1e-4), the last
+    window flush with the end."""
+    x = torch.from_numpy(raw)[None, None]
     with torch.no_grad():
-        got = _sliding_window(conv, x, (4, 16, 16), 0.25)
-        want = torch.sigmoid(conv(x[None, None]))[0].numpy()
-    assert got.shape == (2, 7, 30, 41)
+        if model.config.dims == 2:  # type: ignore[union-attr]
+            return torch.sigmoid(model(x))[0].numpy()
+        win = tuple(min(w, n) for w, n in zip(window, raw.shape, strict=True))
+        axes = [torch.exp(-0.5 * ((torch.arange(n, dtype=torch.float32) - (n - 1) / 2) / (n / 8)) ** 2) for n in win]
+        weight = (axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]).clamp_min(1e-4)
+
+        def starts(size: int, w: int) -> list[int]:
+            s = list(range(0, max(1, size - w + 1), max(1, int(w * (1 - overlap)))))
+            return [*s, size - w] if s[-1] + w < size else s
+
+        acc, norm = None, torch.zeros(raw.shape)
+        for z in starts(raw.shape[0], win[0]):
+            for y in starts(raw.shape[1], win[1]):
+                for xx in starts(raw.shape[2], win[2]):
+                    sl = (slice(z, z + win[0]), slice(y, y + win[1]), slice(xx, xx + win[2]))
+                    prob = torch.sigmoid(model(x[(0, 0, *sl)][None, None]))[0]
+                    acc = torch.zeros((prob.shape[0], *raw.shape)) if acc is None else acc
+                    acc[(slice(None), *sl)] += prob * weight
+                    norm[sl] += weight
+        assert acc is not None
+        return (acc / norm).numpy()
+
+
+@pytest.mark.parametrize(
+    ("model", "shape", "window", "overlap"),
+    [
+        ({"dims": 2, "filters": [4, 8, 8]}, (5, 32, 48), (1, 32, 32), 0.25),
+        ({"dims": 2, "filters": [4, 8, 8], "input_stride": 2}, (5, 32, 64), (1, 32, 32), 0.25),
+        ({"dims": 2, "context_slices": 1, "filters": [4, 8, 8]}, (6, 32, 48), (3, 32, 32), 0.25),
+        ({"dims": 2, "context_slices": 2, "filters": [4, 8], "head": "polarity"}, (7, 30, 38), (5, 16, 16), 0.5),
+        ({"filters": [4, 8, 8], "anisotropic_stages": 1}, (12, 40, 44), (4, 16, 16), 0.25),
+        ({"filters": [4, 8, 8], "anisotropic_stages": 1}, (12, 40, 44), (4, 16, 16), 0.5),
+        ({"filters": [4, 8], "anisotropic_stages": 1, "head": "affinity", "affinity_offsets": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}, (9, 33, 35), (4, 16, 16), 0.25),
+        ({"filters": [4, 8], "anisotropic_stages": 1}, (6, 20, 20), (8, 32, 32), 0.25),  # window larger than the volume
+    ],
+)
+def test_validation_prediction_through_engine_infer_equals_the_old_sliding_window(
+    model: dict[str, Any], shape: tuple[int, int, int], window: tuple[int, int, int], overlap: float
+) -> None:
+    """Validation predicts through engine/infer (the code `connectile predict` runs); its probabilities
+    are those of the sliding window it had before, to float rounding, for 2D, 2.5D and 3D models."""
+    from engine.learn.validate import predict_volume
+    from engine.models import ModelConfig, build_model
+
+    torch.manual_seed(1)
+    net = build_model(ModelConfig(**model))
+    for m in net.modules():  # non-trivial batch-norm statistics (the infer path folds them)
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            assert m.running_mean is not None and m.running_var is not None
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    net.train()
+    raw = np.random.default_rng(2).random(shape, dtype=np.float32)
+    got = predict_volume(net, raw, window=window, overlap=overlap)
+    assert net.training  # left as it was
+    want = _old_validation_prediction(net.eval(), raw, window, overlap)
+    assert got.shape == want.shape == (net.config.out_channels, *shape)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)

@@ -2,7 +2,7 @@
 
 Examples::
 
-    connectile predict runs/r1/checkpoint data.zarr/raw data.zarr/mito_prob
+    connectile predict runs/r1/checkpoints/step-001000 data.zarr/raw data.zarr/mito_prob   # window: the training crop
     connectile predict ckpt data.zarr/raw data.zarr/prob --window 16,128,128 --overlap 0.5 --tta flips --dtype float16
     connectile predict ckpt data.zarr/raw data.zarr/prob --backend serial --block 64,512,512
 """
@@ -33,7 +33,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint directory (config.json + model.safetensors)")
     parser.add_argument("input", metavar="IN", help="input volume (uint8 read as value/255), e.g. data.zarr/raw")
     parser.add_argument("output", metavar="OUT", help="output volume, e.g. data.zarr/mito_prob")
-    parser.add_argument("--window", metavar="Z,Y,X", default=_WINDOW, help="window (model input) size (default: %(default)s)")
+    parser.add_argument(
+        "--window", metavar="Z,Y,X", default=None,
+        help="window (model input) size; a 2.5D model also reads its context sections around it "
+        f"(default: the checkpoint's training crop, less a 2.5D model's context sections; {_WINDOW} without one)",
+    )
     parser.add_argument("--overlap", type=float, default=0.5, help="overlap of neighbouring windows, in [0, 1) (default: %(default)s)")
     parser.add_argument("--blend", choices=("gaussian", "bump", "constant"), default="gaussian", help="window weights (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default: 1 on CPU, 8 on GPU)")
@@ -57,14 +61,14 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Predict ``args.input`` into ``args.output`` and print a summary line."""
-    from engine.ops.predict import DEFAULT_BLOCK, DEFAULT_WINDOW, predict_volume
+    from engine.ops.predict import DEFAULT_BLOCK, predict_volume
 
     result = predict_volume(
         args.checkpoint,
         args.input,
         args.output,
         block=triple(args.block, "--block", int, _BLOCK) or DEFAULT_BLOCK,
-        window=triple(args.window, "--window", int, _WINDOW) or DEFAULT_WINDOW,
+        window=triple(args.window, "--window", int, _WINDOW),
         chunks=triple(args.chunks, "--chunks", int, "16,128,128"),
         overlap=args.overlap,
         blend=args.blend,

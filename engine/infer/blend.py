@@ -26,6 +26,7 @@ import torch
 from engine.errors import ConfigError
 from engine.geometry import Box
 from engine.infer.importance import BlendMode, importance_map
+from engine.infer.merge import pad_source
 from engine.infer.tta import TtaMode, TtaReduce, augmented, transforms
 from engine.infer.windows import WindowGrid
 
@@ -34,17 +35,11 @@ log = logging.getLogger(__name__)
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
-def read_padded(read: Callable[[Box], np.ndarray], box: Box, volume: Box) -> np.ndarray:
-    """``read(box.intersect(volume))`` placed in a zero array of ``box`` (leading channel axes kept)."""
+def read_padded(read: Callable[[Box], np.ndarray], box: Box, volume: Box, replicate: Sequence[bool] | None = None) -> np.ndarray:
+    """``read(box.intersect(volume))`` placed in an array of ``box`` (leading channel axes kept): zero
+    outside the volume, the edge planes repeated along the ``replicate`` axes (:func:`pad_source`)."""
     inside = box.intersect(volume)
-    data = read(inside)
-    if inside == box:
-        return data
-    out = np.zeros(data.shape[: data.ndim - 3] + box.shape, dtype=data.dtype)
-    if not inside.empty:
-        where: tuple[Any, ...] = (Ellipsis, *inside.to_slices(box))
-        out[where] = data
-    return out
+    return pad_source(read(inside), inside, box, replicate)
 
 
 class SlidingWindow:
@@ -53,7 +48,13 @@ class SlidingWindow:
 
     ``mode`` is the blend weight (``gaussian`` as MONAI with ``sigma_scale``, ``bump``, ``constant``);
     ``batch_size`` windows go through the predictor at once; ``tta`` and ``tta_reduce`` select the
-    test-time augmentation; ``device`` is where windows, outputs and accumulators live.
+    test-time augmentation; ``device`` is where windows, outputs and accumulators live; ``weight_floor``
+    the least weight (:func:`importance_map`).
+
+    ``halo`` (z, y, x): voxels the predictor reads around each window on each side (a 2.5D model's
+    context sections, :mod:`engine.infer.model_input`): it gets ``window + 2 halo`` and returns the
+    window. Outside the volume the source is zero, except along the ``replicate`` axes, where the
+    volume's edge planes repeat.
     """
 
     def __init__(
@@ -68,6 +69,9 @@ class SlidingWindow:
         tta: TtaMode = "none",
         tta_reduce: TtaReduce = "mean",
         device: str | torch.device = "cpu",
+        halo: Sequence[int] = (0, 0, 0),
+        replicate: Sequence[bool] = (False, False, False),
+        weight_floor: float = 1e-3,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
@@ -77,9 +81,13 @@ class SlidingWindow:
         self.mode: BlendMode = mode
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
-        self.weights = importance_map(self.roi, mode, sigma_scale, device=self.device)
+        self.weights = importance_map(self.roi, mode, sigma_scale, device=self.device, floor=weight_floor)
         self.tfs = transforms(tta, self.roi)
         self.tta_reduce: TtaReduce = tta_reduce
+        self.halo = tuple(int(h) for h in halo)
+        self.replicate = tuple(bool(r) for r in replicate)
+        if len(self.halo) != len(self.roi) or any(h < 0 for h in self.halo) or self.halo[1] != self.halo[2]:
+            raise ConfigError(f"the halo must be {len(self.roi)} sizes >= 0, the same in y and x, got {self.halo}")
         #: windows evaluated so far (for statistics and tests)
         self.windows_run = 0
         #: elements of the arrays the last :meth:`infer_block` held (source, accumulators, one batch)
@@ -88,6 +96,15 @@ class SlidingWindow:
     def windows(self, shape: Sequence[int]) -> WindowGrid:
         """The global windows over a volume of ``shape`` (z, y, x)."""
         return WindowGrid(tuple(shape), self.roi, self.overlap)
+
+    def source_box(self, windows: Box) -> Box:
+        """What must be read for windows whose union is ``windows``: that box grown by the halo."""
+        return windows.grow(self.halo)
+
+    def read_source(self, read: Callable[[Box], np.ndarray], windows: Box, volume: Box) -> tuple[np.ndarray, Box]:
+        """The source of windows whose union is ``windows`` (the volume is ``volume``): ``(array, its box)``."""
+        box = self.source_box(windows)
+        return read_padded(read, box, volume, self.replicate), box
 
     def _predict(self, x: torch.Tensor) -> torch.Tensor:
         y = augmented(self.predictor, x, self.tfs, self.tta_reduce)
@@ -102,7 +119,7 @@ class SlidingWindow:
         """Blend the windows of ``grid`` that overlap ``write``; ``source`` (C, Z, Y, X), float, covers
         ``source_box`` which must hold :meth:`WindowGrid.read_box` of ``write``. Returns (K, *write.shape)
         float32 on :attr:`device`."""
-        need = grid.read_box(write)
+        need = self.source_box(grid.read_box(write))
         if not source_box.contains(need):
             raise ValueError(f"the source {source_box} does not hold the windows of {write} ({need})")
         acc, wsum = self.accumulate(source, source_box, grid.window_boxes(write), write)
@@ -115,7 +132,7 @@ class SlidingWindow:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The unnormalised sums of the windows ``boxes`` (in this order) over ``target``: ``sum(w * f)``
         (K, *target.shape) and ``sum(w)`` (1, *target.shape), float32 on :attr:`device`. ``source`` (C, Z,
-        Y, X), float, covers ``source_box``, which must hold every window; each window's output is cropped
+        Y, X), float, covers ``source_box``, which must hold every window and its halo; each window's output is cropped
         to ``target`` before it is added, so the accumulators are the size of ``target``."""
         if not boxes:
             raise ValueError(f"no windows to accumulate over {target}")
@@ -129,7 +146,7 @@ class SlidingWindow:
         with torch.inference_mode():
             for first in range(0, len(boxes), self.batch_size):
                 batch = boxes[first : first + self.batch_size]
-                x = torch.stack([src[(slice(None), *b.to_slices(source_box))] for b in batch])
+                x = torch.stack([src[(slice(None), *b.grow(self.halo).to_slices(source_box))] for b in batch])
                 y = self._predict(x)
                 if acc is None:
                     acc = torch.zeros((y.shape[1], *target.shape), dtype=torch.float32, device=self.device)
@@ -154,6 +171,33 @@ class SlidingWindow:
         shape = tuple(int(s) for s in vol.shape[1:])
         grid = self.windows(shape)
         whole = Box.from_shape(shape)
-        read = grid.read_box(whole)
-        src = read_padded(lambda b: np.asarray(vol[(slice(None), *b.to_slices())]), read, whole)
+        src, read = self.read_source(lambda b: np.asarray(vol[(slice(None), *b.to_slices())]), grid.read_box(whole), whole)
         return self.infer_block(src, read, whole, grid).cpu().numpy()
+
+
+def model_window(
+    model: torch.nn.Module,
+    roi: Sequence[int],
+    overlap: float | Sequence[float] = 0.5,
+    *,
+    device: str | torch.device = "cpu",
+    predictor: dict[str, Any] | None = None,
+    **settings: Any,
+) -> SlidingWindow:
+    """A :class:`SlidingWindow` over a Connectile model (``model.config``, a ``ModelConfig``): its output
+    activation, and the halo and edge handling of a 2.5D model's context sections.
+
+    ``predictor`` holds :class:`TorchPredictor` options (amp, channels_last, fold_norms, compile);
+    ``settings`` the :class:`SlidingWindow` ones (mode, sigma_scale, batch_size, tta, tta_reduce).
+    """
+    from engine.infer.model_input import halo, replicate_axes, section_context
+    from engine.infer.options import ACTIVATIONS
+    from engine.infer.predictor import TorchPredictor
+
+    cfg: Any = model.config
+    activation: Any = getattr(model, "output_activation", "sigmoid")
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"the model's output activation {activation!r} is not supported", f"use one of {', '.join(ACTIVATIONS)}")
+    dev = torch.device(device)
+    net = TorchPredictor(model, activation=activation, device=dev, context_slices=section_context(cfg), **(predictor or {}))
+    return SlidingWindow(net, roi, overlap, device=dev, halo=halo(cfg), replicate=replicate_axes(cfg), **settings)

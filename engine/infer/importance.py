@@ -24,8 +24,12 @@ def _outer(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def importance_map(roi: Sequence[int], mode: BlendMode = "gaussian", sigma_scale: float | Sequence[float] = 0.125, device: str | torch.device = "cpu") -> torch.Tensor:
-    """The weight map of a window of shape ``roi`` (float32, all values > 0).
+def importance_map(
+    roi: Sequence[int], mode: BlendMode = "gaussian", sigma_scale: float | Sequence[float] = 0.125, device: str | torch.device = "cpu",
+    floor: float = 1e-3,
+) -> torch.Tensor:
+    """The weight map of a window of shape ``roi`` (float32, all values > 0). Weights below ``floor``
+    are raised to it (MONAI: 1e-3; training's validation has used 1e-4).
 
     >>> w = importance_map((4, 8, 8))
     >>> tuple(w.shape), bool(w.min() > 0), float(w.max()) < 1.0
@@ -55,5 +59,5 @@ def importance_map(roi: Sequence[int], mode: BlendMode = "gaussian", sigma_scale
             vectors.append(torch.exp(1.0 - 1.0 / (1.0 - d)).to(torch.float))
         w = _outer(vectors)
     # MONAI: non-positive (and tiny) weights are raised to max(min, 1e-3)
-    floor = max(float(torch.min(w).item()), 1e-3)
-    return torch.clamp_(w.to(torch.float), min=floor)
+    lowest = max(float(torch.min(w).item()), float(floor))
+    return torch.clamp_(w.to(torch.float), min=lowest)

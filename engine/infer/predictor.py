@@ -125,8 +125,28 @@ def pointwise_as_matmul(model: nn.Module) -> tuple[nn.Module, int]:
     return model, replaced
 
 
+def stack_sections(x: torch.Tensor, context: int) -> torch.Tensor:
+    """``(B, C, Z + 2 context, Y, X)`` -> ``(B*Z, C*(2 context + 1), Y, X)``: the inner ``Z`` sections,
+    each with its ``context`` neighbours on each side as channels (in :func:`fold_sections`' order, the
+    neighbours taken from the halo, as training's forward pass keeps only the sections with all their
+    neighbours in the crop).
+
+    >>> stack_sections(torch.arange(5.0).reshape(1, 1, 5, 1, 1), 1).flatten(1).tolist()
+    [[0.0, 1.0, 2.0], [1.0, 2.0, 3.0], [2.0, 3.0, 4.0]]
+    """
+    from engine.models.unet import fold_sections
+
+    b, z = x.shape[0], x.shape[2]
+    keep = torch.tensor([i * z + j for i in range(b) for j in range(context, z - context)], device=x.device)
+    return fold_sections(x, context)[keep]
+
+
 class TorchPredictor:
     """Call ``model`` on a batch of windows and return float32 probabilities (after ``activation``).
+
+    ``context_slices`` > 0 (a 2.5D model): a window of ``Z`` sections comes with ``context_slices``
+    more on each side (:meth:`SlidingWindow` ``halo``); the model runs on the ``Z`` inner sections, each
+    stacked with its neighbours (:func:`stack_sections`), and the output has ``Z`` sections.
 
     >>> p = TorchPredictor(torch.nn.Identity(), activation="none")
     >>> p(torch.ones(1, 1, 2, 2, 2)).sum().item()
@@ -143,6 +163,7 @@ class TorchPredictor:
         channels_last: bool = False,
         fold_norms: bool = True,
         compile: bool = False,  # noqa: A002 - mirrors torch.compile
+        context_slices: int = 0,
     ) -> None:
         if activation not in ACTIVATIONS:
             raise ConfigError(f"unknown output activation {activation!r}", f"use one of {', '.join(ACTIVATIONS)}")
@@ -151,6 +172,7 @@ class TorchPredictor:
         self.device = torch.device(device)
         self.activation: Activation = activation
         self.amp: Amp = amp
+        self.context_slices = int(context_slices)
         # channels-last 3D (NDHWC) only applies to 3D convolutions: a 2D or 2.5D model keeps its layout
         self.channels_last = channels_last and any(isinstance(m, torch.nn.Conv3d) for m in model.modules())
         model = model.to(self.device).eval()
@@ -173,15 +195,28 @@ class TorchPredictor:
         if self.channels_last and x.dim() == 5:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.inference_mode():
-            if self.amp != "none":
-                dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
-                with torch.autocast(self.device.type, dtype=dtype):
-                    y = self.model(x)
-            else:
-                y = self.model(x)
-            y = y.float()
+            y = self._forward(x)
             if self.activation == "sigmoid":
                 y = torch.sigmoid(y)
             elif self.activation == "softmax":
                 y = torch.softmax(y, dim=1)
         return y.contiguous()
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits (float32) of a batch; a 2.5D model's inner sections only."""
+        k = self.context_slices
+        batch = x.shape[0]
+        if k:
+            x = stack_sections(x, k)
+        if self.amp != "none":
+            dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
+            with torch.autocast(self.device.type, dtype=dtype):
+                y = self.model(x)
+        else:
+            y = self.model(x)
+        y = y.float()
+        if k:
+            from engine.models.unet import unfold_sections
+
+            y = unfold_sections(y, batch)
+        return y

@@ -49,11 +49,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, model_validator
 
 from engine.errors import ConfigError, StorageError
 from engine.geometry import Block, BlockGrid, Box
-from engine.infer.options import ACTIVATIONS, Activation, Amp, BlendMode, TtaMode, TtaReduce
+from engine.infer.merge import add_pieces, normalise, pack_pieces, pad_source, piece_key, scale_input, to_output
+from engine.infer.model_input import DEFAULT_WINDOW, checkpoint_window, halo, replicate_axes
+from engine.infer.options import Amp, BlendMode, TtaMode, TtaReduce
 from engine.infer.windows import WindowGrid, WindowOwnership, aligned_write_shape
 from engine.ops.scratch import Scratch
 from engine.runtime.backends import Backend, RayBackend
@@ -64,13 +66,11 @@ from engine.storage import Volume, check_write_alignment, create_volume, open_vo
 log = logging.getLogger(__name__)
 
 OutputDtype = Literal["uint8", "float16", "float32"]
-#: Default window (z, y, x): 16 sections of 128 x 128 pixels.
-DEFAULT_WINDOW: tuple[int, int, int] = (16, 128, 128)
 #: Default write block target (rounded to the stride grid and the chunks).
 DEFAULT_BLOCK: tuple[int, int, int] = (64, 256, 256)
 #: Default output chunks (capped at the volume).
 DEFAULT_CHUNKS: tuple[int, int, int] = (16, 128, 128)
-_SCALE = {"uint8": 1.0 / 255.0, "uint16": 1.0 / 65535.0}
+__all__ = ["DEFAULT_BLOCK", "DEFAULT_CHUNKS", "DEFAULT_WINDOW", "PredictOp", "PredictResult", "piece_key", "predict_volume", "to_output"]
 
 
 def checkpoint_digest(directory: str | os.PathLike[str]) -> str:
@@ -92,7 +92,9 @@ class PredictOp(BlockOp):
     ``checkpoint`` is a directory written by :func:`engine.models.save_checkpoint`. The input is read as
     uint8 / 255 (uint16 / 65535; floats as they are). A model with one output channel writes a (z, y, x)
     volume, else (channels, z, y, x). Needs a grid context of at least :meth:`context` (the windows of a
-    write box reach that far).
+    write box reach that far). ``window`` None (the default): the checkpoint's own
+    (:func:`~engine.infer.model_input.checkpoint_window`: its training crop). A 2.5D model's windows
+    are read with their context sections (the edge section repeated beyond the volume).
     """
 
     kind: ClassVar[str] = "predict"
@@ -101,7 +103,7 @@ class PredictOp(BlockOp):
     checkpoint: str
     input: str
     output: str
-    window: tuple[int, int, int] = DEFAULT_WINDOW
+    window: tuple[int, int, int] | None = None
     overlap: float = 0.5
     blend: BlendMode = "gaussian"
     sigma_scale: float = 0.125
@@ -137,10 +139,29 @@ class PredictOp(BlockOp):
     _hits: int = PrivateAttr(default=0)
     _plan: WindowOwnership | None = PrivateAttr(default=None)
     _scratch: Scratch | None = PrivateAttr(default=None)
+    _halo: tuple[int, int, int] = PrivateAttr(default=(0, 0, 0))
+    _replicate: tuple[bool, bool, bool] = PrivateAttr(default=(False, False, False))
+
+    @model_validator(mode="after")
+    def _model_input(self) -> PredictOp:
+        """The checkpoint's window where none is given, and its halo (2.5D context sections)."""
+        from engine.models import read_checkpoint_config
+
+        cfg, meta = read_checkpoint_config(self.checkpoint)
+        if self.window is None:
+            self.window = checkpoint_window(cfg, meta)
+            log.info("predict: window %s from the checkpoint", self.window)
+        self._halo, self._replicate = halo(cfg), replicate_axes(cfg)
+        return self
 
     # -- driver side -------------------------------------------------------------------------------
+    @property
+    def roi(self) -> tuple[int, int, int]:
+        assert self.window is not None  # set from the checkpoint at construction
+        return self.window
+
     def windows(self, shape: tuple[int, ...]) -> WindowGrid:
-        return WindowGrid(tuple(shape), self.window, (self.overlap,))
+        return WindowGrid(tuple(shape), self.roi, (self.overlap,))
 
     def _check(self) -> tuple[Volume, Any]:
         from engine.models import read_checkpoint_config
@@ -152,17 +173,17 @@ class PredictOp(BlockOp):
         channels = src.shape[0] if len(src.shape) == 4 else 1
         if len(src.shape) not in (3, 4):
             raise StorageError(f"input {src.url} has {len(src.shape)} axes {src.shape}", "give a (z, y, x) or (channels, z, y, x) volume")
-        if channels != cfg.network_in_channels:
+        if channels != cfg.in_channels:
             raise ConfigError(
-                f"checkpoint {self.checkpoint} does not match the input: its model takes {cfg.network_in_channels} input channel(s) but {src.url} has {channels}",
-                f"give a checkpoint trained on {channels}-channel data (connectile train), or an input with {cfg.network_in_channels} channel(s)",
+                f"checkpoint {self.checkpoint} does not match the input: its model takes {cfg.in_channels} input channel(s) but {src.url} has {channels}",
+                f"give a checkpoint trained on {channels}-channel data (connectile train), or an input with {cfg.in_channels} channel(s)",
             )
         if src.dtype.kind not in "uif" or src.dtype.kind == "i":
             raise StorageError(f"input {src.url} has dtype {src.dtype}", "give uint8, uint16 or float volumes (scaled to [0, 1])")
         div = cfg.divisor()
-        if any(w % d for w, d in zip(self.window, div, strict=True)):
-            fixed = tuple(max(d, w // d * d) for w, d in zip(self.window, div, strict=True))
-            raise ConfigError(f"the window {self.window} is not divisible by the model's downsampling {div}", f"use e.g. --window {','.join(map(str, fixed))}")
+        if any(w % d for w, d in zip(self.roi, div, strict=True)):
+            fixed = tuple(max(d, w // d * d) for w, d in zip(self.roi, div, strict=True))
+            raise ConfigError(f"the window {self.roi} is not divisible by the model's downsampling {div}", f"use e.g. --window {','.join(map(str, fixed))}")
         if self.tta != "none" and cfg.head == "affinity":
             raise ConfigError(
                 "test-time augmentation flips and transposes change what affinity channels mean",
@@ -175,8 +196,9 @@ class PredictOp(BlockOp):
         return Scratch.beside(self.output, "predict-scratch")
 
     def context(self, grid: BlockGrid) -> tuple[int, ...]:
-        """The grid context the windows of every block need."""
-        return self.windows(grid.volume.shape).context_for(grid)
+        """The grid context the windows of every block (and their halo) need."""
+        need = self.windows(grid.volume.shape).context_for(grid)
+        return tuple(n + h for n, h in zip(need, self._halo, strict=True))
 
     def prepare(self, grid: BlockGrid) -> None:
         src, cfg = self._check()
@@ -189,7 +211,7 @@ class PredictOp(BlockOp):
         shape = src.spatial_shape if k == 1 else (k, *src.spatial_shape)
         out = create_volume(
             self.output, shape, self.dtype, self.chunks, voxel_size=src.voxel_size, offset=src.offset, overwrite=self.overwrite,
-            attrs={"connectile": {"predict": {"checkpoint": str(self.checkpoint), "window": list(self.window), "overlap": self.overlap,
+            attrs={"connectile": {"predict": {"checkpoint": str(self.checkpoint), "window": list(self.roi), "overlap": self.overlap,
                                               "blend": self.blend, "tta": self.tta, "scale": 1 / 255 if self.dtype == "uint8" else 1.0}}},
         )
         check_write_alignment(out, grid.write_shape, grid.total.start)
@@ -199,8 +221,8 @@ class PredictOp(BlockOp):
     def setup(self) -> None:
         import torch
 
-        from engine.infer.blend import SlidingWindow
-        from engine.infer.predictor import TorchPredictor, pick_device
+        from engine.infer.blend import model_window
+        from engine.infer.predictor import pick_device
         from engine.models import load_checkpoint
 
         if self.threads:
@@ -208,11 +230,7 @@ class PredictOp(BlockOp):
         dev = pick_device(self.device)
         model, cfg, _ = load_checkpoint(self.checkpoint, device="cpu")
         self._channels = int(cfg.out_channels or 1)
-        activation: Activation = getattr(model, "output_activation", "sigmoid")
-        if activation not in ACTIVATIONS:
-            raise ConfigError(f"the model's output activation {activation!r} is not supported", f"use one of {', '.join(ACTIVATIONS)}")
         channels_last = True if self.channels_last is None else self.channels_last
-        predictor = TorchPredictor(model, activation=activation, device=dev, amp=self.amp, channels_last=channels_last, fold_norms=self.fold_norms)
         self._in = open_volume(self.input)
         self._out = open_volume(self.output, mode="r+")
         self._windows = self.windows(self._in.spatial_shape)
@@ -220,9 +238,9 @@ class PredictOp(BlockOp):
             self._plan = WindowOwnership(self._windows, self._grid)
             self._scratch = self.scratch()
         batch = self.batch_size or (8 if dev.type == "cuda" else 1)
-        self._sw = SlidingWindow(
-            predictor, self.window, self.overlap, mode=self.blend, sigma_scale=self.sigma_scale, batch_size=batch,
-            tta=self.tta, tta_reduce=self.tta_reduce, device=dev,
+        self._sw = model_window(
+            model, self.roi, self.overlap, device=dev, predictor={"amp": self.amp, "channels_last": channels_last, "fold_norms": self.fold_norms},
+            mode=self.blend, sigma_scale=self.sigma_scale, batch_size=batch, tta=self.tta, tta_reduce=self.tta_reduce,
         )
         log.info("predict worker: %s on %s, %d thread(s), batch %d", type(model).__name__, dev, torch.get_num_threads(), batch)
 
@@ -241,13 +259,7 @@ class PredictOp(BlockOp):
         self._hits = int(hit)
         future = pending[1] if pending is not None and hit else self._start_read(box)
         data = np.asarray(future.result())
-        inside = box.intersect(self._in.box)
-        if inside == box:
-            return data
-        out = np.zeros(data.shape[: data.ndim - 3] + box.shape, dtype=data.dtype)
-        where: tuple[Any, ...] = (Ellipsis, *inside.to_slices(box))
-        out[where] = data
-        return out
+        return pad_source(data, box.intersect(self._in.box), box, self._replicate)
 
     def _prefetch_after(self, block: Block) -> None:
         if not self.prefetch or self._grid is None:
@@ -262,18 +274,8 @@ class PredictOp(BlockOp):
             if box is not None:
                 break
         if box is not None:
+            box = box.grow(self._halo)
             self._pending = (box, self._start_read(box))
-
-    def _scaled(self, raw: np.ndarray, box: Box) -> Any:
-        import torch
-
-        scale = _SCALE.get(raw.dtype.name, 1.0)
-        x = torch.from_numpy(np.ascontiguousarray(raw)).to(torch.float32)
-        if scale != 1.0:
-            x *= scale
-        if not torch.isfinite(x).all():
-            raise StorageError(f"the input holds NaN or infinite values in {box}", "clean the input volume")
-        return x
 
     def process(self, block: Block) -> dict[str, float] | None:
         if self._plan is not None:
@@ -291,7 +293,8 @@ class PredictOp(BlockOp):
         if read is None:  # owns no window: its write box is all border, finished in pass 2
             self._hits = 0
             return {"windows": 0.0, "prefetched": 0.0, "read_s": 0.0, "compute_s": 0.0, "write_s": 0.0, "scratch_bytes": 0.0}
-        x = self._scaled(self._input(read), read)
+        read = read.grow(self._halo)
+        x = scale_input(self._input(read), read)
         self._prefetch_after(block)
         t1 = time.perf_counter()
         target = plan.accumulator_box(index)
@@ -303,12 +306,11 @@ class PredictOp(BlockOp):
             final = plan.final_part(index)
             if not final.empty:
                 sl = (slice(None), *final.to_slices(target))
-                prob = (acc[sl] / wsum[sl]).cpu().numpy()
+                prob = normalise(acc[sl], wsum[sl]).cpu().numpy()
                 self._out.write(final, to_output(prob, self.dtype, self._channels))
             futures = []
             for k, boxes in plan.targets(index):
-                parts = [torch.cat([acc[(slice(None), *b.to_slices(target))], wsum[(slice(None), *b.to_slices(target))]]).cpu().numpy().ravel() for b in boxes]
-                data = np.concatenate(parts).astype(np.float32, copy=False).tobytes()
+                data = pack_pieces(acc, wsum, boxes, target)
                 nbytes += len(data)
                 futures.append((piece_key(self._grid.id_of(k), block.id), self._scratch.kv.write(piece_key(self._grid.id_of(k), block.id), data)))
             for key, f in futures:
@@ -324,44 +326,22 @@ class PredictOp(BlockOp):
 
     def _process_overlapping(self, block: Block) -> dict[str, float]:
         """``share_borders=False``: every window over the write box; the whole write box to the output."""
-        import torch
-
         assert self._in is not None and self._out is not None and self._windows is not None and self._sw is not None
         t0 = time.perf_counter()
-        read = self._windows.read_box(block.write)
+        read = self._windows.read_box(block.write).grow(self._halo)
         raw = self._input(read)
         self._prefetch_after(block)
-        x = self._scaled(raw, read)
+        x = scale_input(raw, read)
         t1 = time.perf_counter()
         before = self._sw.windows_run
         prob = self._sw.infer_block(x, read, block.write, self._windows)
         t2 = time.perf_counter()
-        with torch.inference_mode():
-            if self.dtype == "uint8":
-                out = torch.round(prob.clamp_(0.0, 1.0) * 255.0).to(torch.uint8)
-            else:
-                out = prob.to(torch.float16 if self.dtype == "float16" else torch.float32)
-            arr = out.cpu().numpy()
-        self._out.write(block.write, arr[0] if self._channels == 1 else arr)
+        self._out.write(block.write, to_output(prob.cpu().numpy(), self.dtype, self._channels))
         t3 = time.perf_counter()
         return {
             "windows": float(self._sw.windows_run - before), "prefetched": float(self._hits),
             "read_s": t1 - t0, "compute_s": t2 - t1, "write_s": t3 - t2,
         }
-
-
-def piece_key(target: int, source: int) -> str:
-    """The scratch file of the partial sums block ``source`` hands to block ``target``."""
-    return f"pieces/{target}/{source}"
-
-
-def to_output(prob: np.ndarray, dtype: str, channels: int) -> np.ndarray:
-    """(K, z, y, x) float32 probabilities as written: uint8 ``round(255 p)`` or floats; (z, y, x) for K = 1."""
-    if dtype == "uint8":
-        out = np.round(np.clip(prob, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
-    else:
-        out = prob.astype(np.float16 if dtype == "float16" else np.float32, copy=False)
-    return out[0] if channels == 1 else out
 
 
 class PredictBordersOp(BlockOp):
@@ -405,21 +385,11 @@ class PredictBordersOp(BlockOp):
         sources = plan.sources(index)
         blobs = self._scratch.get_many([piece_key(block.id, self._grid.id_of(j)) for j, _ in sources])
         for (j, boxes), blob in zip(sources, blobs, strict=True):
-            data = np.frombuffer(blob, dtype=np.float32)
-            if data.size != sum((k + 1) * b.size for b in boxes):
-                raise StorageError(
-                    f"{self._scratch.url}/{piece_key(block.id, self._grid.id_of(j))} holds {data.size} values, not the {sum((k + 1) * b.size for b in boxes)} expected",
-                    "run predict again with --overwrite",
-                )
-            at = 0
-            for b in boxes:
-                n = (k + 1) * b.size
-                acc[(slice(None), *b.to_slices(write))] += data[at : at + n].reshape((k + 1, *b.shape))
-                at += n
+            add_pieces(acc, blob, boxes, write, k, name=f"{self._scratch.url}/{piece_key(block.id, self._grid.id_of(j))}")
         voxels = 0
         for part in parts:
             sl = part.to_slices(write)
-            prob = acc[(slice(0, k), *sl)] / acc[(slice(k, k + 1), *sl)]
+            prob = normalise(acc[(slice(0, k), *sl)], acc[(slice(k, k + 1), *sl)])
             self._out.write(part, to_output(prob, self.predict.dtype, k))
             voxels += part.size
         return {"border_voxels": float(voxels), "border_s": time.perf_counter() - t0}
@@ -457,7 +427,7 @@ def predict_grid(op: PredictOp, shape: tuple[int, ...], block: tuple[int, ...] =
     chunks = tuple(min(c, s) for c, s in zip(op.chunks, shape, strict=True))
     write = aligned_write_shape(windows, block, chunks)
     grid = BlockGrid(Box.from_shape(shape), write)
-    return BlockGrid(Box.from_shape(shape), write, context=windows.context_for(grid))
+    return BlockGrid(Box.from_shape(shape), write, context=op.context(grid))
 
 
 def predict_volume(
