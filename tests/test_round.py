@@ -2,8 +2,9 @@
 
 The base run is the tiny demo with one round (made once per module, about 15 s on 2 loaded cores; its
 ``run_dir`` is relative, so each test copies the folder into its own cwd); round 2 then runs the pipeline's
-round stages query2 -> review2 -> finetune2 -> predict3 -> label3 -> score3 with the real oracle,
-a person's answers through the review page's store, a real failure after the query step, and bad RUNs.
+round stages query[2] -> review[2] -> finetune[2] -> predict[3] -> label[3] -> score[3] with the real
+oracle, a person's answers through the review page's store, a deliberately harmful round (every answer
+flipped: the model is kept), a real failure after the query step, and bad RUNs.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from engine.pipeline.demo import apply_tiny, demo_config
 from engine.pipeline.manifest import Manifest
 from engine.pipeline.run import pipeline_config, run_pipeline
 
-ROUND2 = ["predict2", "label2", "score2", "query2", "review2", "finetune2", "predict3", "label3", "score3"]
+ROUND2 = ["predict[2]", "label[2]", "score[2]", "query[2]", "review[2]", "finetune[2]", "predict[3]", "label[3]", "score[3]"]
 NEW = ROUND2[3:]
 
 
@@ -61,7 +62,8 @@ def _started(run: str) -> dict[str, float]:
 def _queries(run: str, r: int) -> list[int]:
     from engine.active.query import read_queries
 
-    return [int(i) for i in read_queries(Path(run) / f"query{r}" / "rounds" / "round-01" / "queries.parquet")["roi_id"].tolist()]
+    # pipeline round r's queries are round r of its active-learning folder
+    return [int(i) for i in read_queries(Path(run) / f"round-{r:02d}" / "query" / "rounds" / f"round-{r:02d}" / "queries.parquet")["roi_id"].tolist()]
 
 
 def test_oracle_round_writes_queries_answers_checkpoint_metrics_then_skips(run: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -72,39 +74,46 @@ def test_oracle_round_writes_queries_answers_checkpoint_metrics_then_skips(run: 
     assert all(m.stages[s]["status"] == "done" for s in ROUND2)
     # round 1's stages (and the base) were not run again
     assert {n: t for n, t in _started(run).items() if n in before} == before
-    state = json.loads((Path(run) / "rounds" / "round-02.json").read_text())
+    state = json.loads((Path(run) / "round-02" / "round.json").read_text())
     assert state["round"] == 2 and state["status"] == "done" and all(state["stages"][s] == "ran" for s in NEW)
     queries = _queries(run, 2)
     assert len(queries) >= 1 and len(set(queries)) == len(queries)
     answers = json.loads(Path(state["answers"]).read_text())
     assert answers["source"] == "oracle" and sorted(int(k) for k in answers["answers"]) == sorted(queries)
-    # the fine-tuning labels: every reviewed ROI became foreground (accepted) or background (rejected)
-    counts = json.loads((Path(run) / "finetune2" / "review_labels.json").read_text())
-    assert counts["accepted"] == answers["accepted"] and counts["accepted"] + counts["rejected"] == len(queries)
-    base_step = int(m.stages["finetune1"]["outputs"]["checkpoint"].rsplit("-", 1)[1])
-    assert state["checkpoint"].endswith(f"step-{base_step + 4:06d}") and Path(state["checkpoint"]).is_dir()
-    assert m.stages["predict3"]["config"]["checkpoint"] == "finetune2.checkpoint"
+    # the fine-tuning labels: every reviewed ROI of rounds 1 and 2 became foreground (accepted) or background (rejected)
+    first = json.loads(Path(m.stages["review[1]"]["outputs"]["answers"]).read_text())
+    counts = json.loads((Path(run) / "round-02" / "finetune" / "review_labels.json").read_text())
+    assert counts["accepted"] == answers["accepted"] + first["accepted"]
+    assert counts["accepted"] + counts["rejected"] == len(queries) + first["reviewed"]
+    base_step = int(m.stages["finetune[1]"]["outputs"]["checkpoint"].rsplit("-", 1)[1])
+    decision = json.loads(Path(state["decision"]).read_text())
+    assert decision["candidate"].endswith(f"step-{base_step + 4:06d}") and Path(state["checkpoint"]).is_dir()
+    assert state["checkpoint"] == (decision["candidate"] if decision["kept"] == "candidate" else decision["previous"])
+    assert m.stages["predict[3]"]["config"]["checkpoint"] == "finetune[2].checkpoint"
     metrics = json.loads(Path(state["metrics"]).read_text())
     assert metrics["round"] == 3 and 0.0 <= metrics["iou"] <= 1.0 and metrics["objects"] >= 0
     assert "round 2: done" in out and "round 3 model: IoU" in out
     # the extended config stays in the run folder: round 2 is part of it now
-    assert "finetune2" in (Path(run) / "config.yaml").read_text()
+    import yaml
+
+    assert yaml.safe_load((Path(run) / "config.yaml").read_text())["rounds"]["count"] == 2
 
     # the same round again: nothing runs
     done = _started(run)
     assert main(["round", run, "--round", "2", "--oracle", "synth.neurons", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert out.count("done already (skipped)") == len(ROUND2) and "ran in" not in out
+    assert out.count("done already (skipped)") == len(NEW) and "ran in" not in out
     assert _started(run) == done
 
-    # without --round: the next round (3), whose sections are copied from round 2, renumbered
+    # without --round: one more round (3), the count raised to 3
     assert main(["round", run, "--oracle", "synth.neurons", "--no-progress"]) == 0
     m = Manifest(run)
-    assert all(m.stages[s]["status"] == "done" for s in ("query3", "review3", "finetune3", "predict4", "label4", "score4"))
+    assert all(m.stages[s]["status"] == "done" for s in ("query[3]", "review[3]", "finetune[3]", "predict[4]", "label[4]", "score[4]"))
     assert {n: t for n, t in _started(run).items() if n in done} == done
-    assert m.stages["predict4"]["config"]["checkpoint"] == "finetune3.checkpoint" and m.stages["query3"]["config"]["labels"] == "label3.labels"
-    assert m.stages["finetune3"]["outputs"]["checkpoint"].endswith(f"step-{base_step + 8:06d}")
-    assert json.loads((Path(run) / "score4" / "metrics.json").read_text())["round"] == 4
+    assert m.stages["predict[4]"]["config"]["checkpoint"] == "finetune[3].checkpoint" and m.stages["query[3]"]["config"]["labels"] == "label[3].labels"
+    assert m.stages["finetune[3]"]["config"]["answers"] == ["review[1].answers", "review[2].answers", "review[3].answers"]
+    assert json.loads((Path(run) / "round-04" / "score" / "metrics.json").read_text())["round"] == 4
+    assert yaml.safe_load((Path(run) / "config.yaml").read_text())["rounds"]["count"] == 3
 
 
 def test_failure_after_the_query_step_resumes_without_redoing_it(run: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -113,29 +122,29 @@ def test_failure_after_the_query_step_resumes_without_redoing_it(run: str, capsy
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "missing.zarr" in err
     m = Manifest(run)
-    assert m.stages["query2"]["status"] == "done" and m.stages["review2"]["status"] == "failed" and "finetune2" not in m.stages
-    assert json.loads((Path(run) / "rounds" / "round-02.json").read_text())["status"] == "failed"
-    query = dict(m.stages["query2"])
+    assert m.stages["query[2]"]["status"] == "done" and m.stages["review[2]"]["status"] == "failed" and "finetune[2]" not in m.stages
+    assert json.loads((Path(run) / "round-02" / "round.json").read_text())["status"] == "failed"
+    query = dict(m.stages["query[2]"])
     queries = _queries(run, 2)
 
     assert main(["round", run, "--oracle", "synth.neurons", "--no-progress"]) == 0
     m = Manifest(run)
-    assert m.stages["query2"] == query  # not run again
-    assert m.stages["review2"]["attempts"] == 2 and all(m.stages[s]["status"] == "done" for s in NEW)
+    assert m.stages["query[2]"] == query  # not run again
+    assert m.stages["review[2]"]["attempts"] == 2 and all(m.stages[s]["status"] == "done" for s in NEW)
     assert _queries(run, 2) == queries
-    assert json.loads((Path(run) / "rounds" / "round-02.json").read_text())["status"] == "done"
+    assert json.loads((Path(run) / "round-02" / "round.json").read_text())["status"] == "done"
 
 
 def test_round_killed_in_finetuning_resumes_without_redoing_query_and_review(run: str) -> None:
     """A real crash: the round's process is SIGKILLed while it fine-tunes (a long run of steps)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "engine.cli", "round", run, "--oracle", "synth.neurons", "--no-progress", "--set", "finetune2.steps=100000"]
+    cmd = [sys.executable, "-m", "engine.cli", "round", run, "--oracle", "synth.neurons", "--no-progress", "--set", "rounds.overrides.2.finetune.steps=100000"]
     log = open("round.log", "w")  # noqa: SIM115 (closed below; a pipe could fill up and block the child)
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            e = Manifest(run).entry("finetune2") if (Path(run) / "manifest.json").exists() else None
+            e = Manifest(run).entry("finetune[2]") if (Path(run) / "manifest.json").exists() else None
             if e is not None and e["status"] == "running":
                 break
             time.sleep(0.1)
@@ -148,18 +157,20 @@ def test_round_killed_in_finetuning_resumes_without_redoing_query_and_review(run
             proc.kill()
         log.close()
     m = Manifest(run)
-    assert m.stages["finetune2"]["status"] == "running" and "predict3" not in m.stages
-    assert json.loads((Path(run) / "rounds" / "round-02.json").read_text())["status"] == "running"
-    query, review = dict(m.stages["query2"]), dict(m.stages["review2"])
+    assert m.stages["finetune[2]"]["status"] == "running" and "predict[3]" not in m.stages
+    assert json.loads((Path(run) / "round-02" / "round.json").read_text())["status"] == "running"
+    query, review = dict(m.stages["query[2]"]), dict(m.stages["review[2]"])
     assert query["status"] == review["status"] == "done"
 
     # the round's config (with its --set) is in RUN/config.yaml now: the usual steps need --set again
     assert "100000" in (Path(run) / "config.yaml").read_text()
-    assert main(["round", run, "--oracle", "synth.neurons", "--no-progress", "--set", "finetune2.steps=4"]) == 0
+    # without --round, the unfinished last round is resumed (not one more round)
+    assert main(["round", run, "--oracle", "synth.neurons", "--no-progress", "--set", "rounds.overrides.2.finetune.steps=4"]) == 0
     m = Manifest(run)
-    assert m.stages["query2"] == query and m.stages["review2"] == review  # finished steps: not run again
-    assert m.stages["finetune2"]["attempts"] == 2 and all(m.stages[s]["status"] == "done" for s in NEW)
-    assert json.loads((Path(run) / "rounds" / "round-02.json").read_text())["status"] == "done"
+    assert m.stages["query[2]"] == query and m.stages["review[2]"] == review  # finished steps: not run again
+    assert m.stages["finetune[2]"]["attempts"] == 2 and all(m.stages[s]["status"] == "done" for s in NEW)
+    assert json.loads((Path(run) / "round-02" / "round.json").read_text())["status"] == "done"
+    assert "query[3]" not in m.stages
 
 
 def test_person_round_waits_for_answers_then_goes_on(run: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -167,20 +178,20 @@ def test_person_round_waits_for_answers_then_goes_on(run: str, capsys: pytest.Ca
 
     assert main(["round", run, "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "connectile review run/query2" in out
-    state = json.loads((Path(run) / "rounds" / "round-02.json").read_text())
-    assert state["status"] == "waiting" and state["review"] == "connectile review run/query2"
+    assert "connectile review run/round-02/query" in out
+    state = json.loads((Path(run) / "round-02" / "round.json").read_text())
+    assert state["status"] == "waiting" and state["review"] == "connectile review run/round-02/query"
     m = Manifest(run)
-    assert m.stages["query2"]["status"] == "done" and "finetune2" not in m.stages
-    query = dict(m.stages["query2"])
+    assert m.stages["query[2]"]["status"] == "done" and "finetune[2]" not in m.stages
+    query = dict(m.stages["query[2]"])
 
     # not finished yet: still waiting
     assert main(["round", run, "--no-progress"]) == 0
-    assert "connectile review run/query2" in capsys.readouterr().out
+    assert "connectile review run/round-02/query" in capsys.readouterr().out
 
     # a person answers on the review page (its store): reject the first query, accept the others
     queries = _queries(run, 2)
-    rdir = Path(run) / "query2" / "rounds" / "round-01"
+    rdir = Path(run) / "round-02" / "query" / "rounds" / "round-02"
     with AnswerStore(answers_path(rdir)) as store:
         for k, roi in enumerate(queries):
             store.set(roi, k != 0, source="person")
@@ -188,23 +199,28 @@ def test_person_round_waits_for_answers_then_goes_on(run: str, capsys: pytest.Ca
     assert main(["round", run, "--no-progress"]) == 0
     out = capsys.readouterr().out
     m = Manifest(run)
-    assert m.stages["query2"] == query and all(m.stages[s]["status"] == "done" for s in NEW)
-    answers = json.loads((Path(run) / "review2" / "answers.json").read_text())
+    assert m.stages["query[2]"] == query and all(m.stages[s]["status"] == "done" for s in NEW)
+    answers = json.loads((Path(run) / "round-02" / "review" / "answers.json").read_text())
     assert answers["source"] == "person" and answers["reviewed"] == len(queries) and answers["accepted"] == len(queries) - 1
-    counts = json.loads((Path(run) / "finetune2" / "review_labels.json").read_text())
-    assert counts["rejected"] == 1 and counts["accepted"] == len(queries) - 1
+    first = json.loads(Path(m.stages["review[1]"]["outputs"]["answers"]).read_text())
+    counts = json.loads((Path(run) / "round-02" / "finetune" / "review_labels.json").read_text())
+    assert counts["rejected"] == 1 + first["reviewed"] - first["accepted"] and counts["accepted"] == len(queries) - 1 + first["accepted"]
     # the rejected object is background in the fine-tuning labels
     from engine.active.rois import read_index
     from engine.storage import open_volume
 
-    obj = int(read_index(Path(run) / "query2")["object_id"][queries[0]])
-    pred = open_volume(m.stages["label2"]["outputs"]["labels"])
-    lab = open_volume(str(Path(run) / "finetune2" / "labels.zarr" / "labels"))
+    obj = int(read_index(Path(run) / "round-02" / "query")["object_id"][queries[0]])
+    pred = open_volume(m.stages["label[2]"]["outputs"]["labels"])
+    lab = open_volume(str(Path(run) / "round-02" / "finetune" / "labels.zarr" / "labels"))
     p, t = pred.read(pred.box), lab.read(lab.box)
     base = open_volume(m.stages["annotate"]["outputs"]["labels"])
-    free = (p == obj) & (base.read(base.box) == 255)
+    held = open_volume(m.stages["annotate"]["outputs"]["heldout"])
+    free = (p == obj) & (base.read(base.box) == 255) & (held.read(held.box) == 255)
+    # background: the newest answer wins, also over round 1's answer on the same object
     assert free.any() and np.all(t[free] == 0)
-    assert json.loads((Path(run) / "rounds" / "round-02.json").read_text())["status"] == "done" and "round 2: done" in out
+    assert json.loads((Path(run) / "round-02" / "round.json").read_text())["status"] == "done" and "round 2: done" in out
+    # the held-out annotated voxels are never trained on
+    assert np.all(t[held.read(held.box) != 255] == 255)
 
 
 def test_bad_run_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -219,4 +235,59 @@ def test_bad_run_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixtur
     run_pipeline(pipeline_config({"run_dir": str(tmp_path / "synth"), "synth": {"shape": [8, 32, 32], "chunks": [8, 32, 32]}, "runtime": {"progress": False}}))
     assert main(["round", str(tmp_path / "synth"), "--oracle", "synth.neurons"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "no model rounds" in err
+    assert len(err.splitlines()) == 1 and "no `rounds:` section" in err
+
+
+def test_a_harmful_round_keeps_the_previous_model(run: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every answer of round 2 flipped (what the oracle accepts is rejected and the other way round), and a
+    fine-tuning that follows them hard (no replay of the annotated boxes, high learning rate): the new
+    model scores lower on the held-out annotated voxels, so the round keeps the model it started from;
+    with ``keep_better: false`` the same round uses the worse model (the gate is what kept it)."""
+    from engine.active.answers import AnswerStore, answers_path
+    from engine.active.oracle import oracle_answers
+
+    hard = ["--set", "rounds.overrides.2.finetune.steps=40", "--set", "rounds.overrides.2.finetune.lr=0.03",
+            "--set", "rounds.overrides.2.finetune.replay=0.0", "--set", "rounds.overrides.2.finetune.propagate=false"]
+    assert main(["round", run, "--no-progress", *hard]) == 0  # a person's round: waits at the review
+    m = Manifest(run)
+    qdir = Path(run) / "round-02" / "query"
+    truth = m.stages["synth"]["outputs"]["neurons"]
+    right = oracle_answers(qdir, truth, np.asarray(_queries(run, 2)), criterion="iou")
+    with AnswerStore(answers_path(qdir / "rounds" / "round-02")) as store:
+        for roi, ok in right.items():
+            store.set(roi, not ok, source="person")
+        store.finish()
+    assert main(["round", run, "--no-progress", *hard]) == 0
+    out = capsys.readouterr().out
+    m = Manifest(run)
+    d = json.loads(Path(m.stages["finetune[2]"]["outputs"]["decision"]).read_text())
+    assert d["candidate_score"] < d["previous_score"] and d["kept"] == "previous"
+    assert m.stages["finetune[2]"]["outputs"]["checkpoint"] == m.stages["finetune[1]"]["outputs"]["checkpoint"] == d["previous"]
+    assert "kept the previous model" in out
+
+    assert main(["round", run, "--round", "2", "--no-progress", *hard, "--set", "rounds.overrides.2.finetune.keep_better=false"]) == 0
+    m = Manifest(run)
+    d2 = json.loads(Path(m.stages["finetune[2]"]["outputs"]["decision"]).read_text())
+    assert d2["kept"] == "candidate" and m.stages["finetune[2]"]["outputs"]["checkpoint"] == d2["candidate"] != d2["previous"]
+
+
+def test_round_layout_errors_are_one_line_and_delete_nothing(run: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from engine.errors import ConfigError
+
+    cfg = yaml.safe_load((Path(run) / "config.yaml").read_text())
+    files = sorted(str(p) for p in Path(run).rglob("*"))
+    # a run folder of the old layout (per-round sections predict1, finetune1 ...)
+    old = {k: v for k, v in cfg.items() if k != "rounds"} | {"predict1": {"raw": "synth.raw", "checkpoint": "train.checkpoint"}, "finetune1": {}}
+    (Path(run) / "config.yaml").write_text(yaml.safe_dump(old))
+    assert main(["round", run, "--oracle", "synth.neurons"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "old layout" in err and "predict1" in err and "nothing of the old run was changed or deleted" in err
+    assert sorted(str(p) for p in Path(run).rglob("*")) == files
+    # rounds.count below 1, and an override for a round beyond the count
+    for bad, pattern in (({"count": 0}, r"rounds\.count"), ({"overrides": {5: {"finetune": {"steps": 3}}}}, "overrides has round 5, but rounds.count is 1")):
+        data = {**cfg, "rounds": {**cfg["rounds"], **bad}}
+        with pytest.raises(ConfigError, match=pattern) as e:
+            pipeline_config(data)
+        assert "\n" not in str(e.value)

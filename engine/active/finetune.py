@@ -103,8 +103,8 @@ def paint_answers(
     An accepted object's predicted voxels become foreground and a band of ``ring`` in-plane pixels
     around it background; a rejected object's voxels become background. Answers propagated through the
     clusters paint :data:`PROPAGATED_FG` / :data:`PROPAGATED_BG`. Only unknown voxels are painted
-    (annotated truth wins), reviewed answers before propagated ones, accepted before rejected, newer rounds
-    before older ones; ``protect`` (held-out voxels) stays unknown. Returns the painted objects'
+    (annotated truth wins), reviewed answers before propagated ones, newer rounds before older ones (a
+    person's latest answer on an object wins); ``protect`` (held-out voxels) stays unknown. Returns the painted objects'
     ``(bbox, reviewed)`` and counts.
     """
     from scipy.ndimage import binary_dilation
@@ -119,10 +119,10 @@ def paint_answers(
     counts = {"accepted": 0, "rejected": 0, "propagated_accepted": 0, "propagated_rejected": 0, "voxels_fg": 0, "voxels_bg": 0, "voxels_propagated": 0}
     jobs: list[tuple[int, RoundAnswers, int, tuple[int, ...], bool]] = []  # (priority, round, object, bbox, ok)
     for ra in sorted(rounds, key=lambda x: -x.round):
-        jobs += [(0 if ok else 1, ra, obj, b, ok) for obj, b, ok in _objects(ra, ra.answers)]
+        jobs += [(0, ra, obj, b, ok) for obj, b, ok in _objects(ra, ra.answers)]
         if propagate_answers:
-            jobs += [(2 if ok else 3, ra, obj, b, ok) for obj, b, ok in _objects(ra, propagated_answers(ra))]
-    jobs.sort(key=lambda j: j[0])  # stable: newer rounds first within a priority
+            jobs += [(2, ra, obj, b, ok) for obj, b, ok in _objects(ra, propagated_answers(ra))]
+    jobs.sort(key=lambda j: j[0])  # stable: newer rounds first within reviewed, then within propagated
     cross = np.zeros((1, 3, 3), bool)
     cross[0, 1, :] = cross[0, :, 1] = True
     painted: list[tuple[tuple[int, ...], bool]] = []
@@ -130,7 +130,7 @@ def paint_answers(
     for prio, ra, obj, b, ok in jobs:
         url = read_meta(ra.rois_dir)["params"]["labels"]
         pred = volumes.setdefault(url, open_volume(url))
-        reviewed = prio < 2
+        reviewed = prio == 0
         g = ring if ok and ring else 0
         start = [b[0], max(0, b[1] - g), max(0, b[2] - g)]
         stop = [b[3], min(labels.shape[1], b[4] + g), min(labels.shape[2], b[5] + g)]

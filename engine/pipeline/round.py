@@ -93,15 +93,15 @@ def round_config(data: dict[str, Any], n: int, oracle: str | None, oracle_binary
     out = copy.deepcopy(data)
     r = out["rounds"]
     r["count"] = max(count, n)
-    over = r.setdefault("overrides", {}) or {}
+    # keys as strings, as `--set rounds.overrides.N.KIND.KEY=V` writes them (the model reads them as ints)
+    over = {str(k): v for k, v in (r.get("overrides") or {}).items()}
     r["overrides"] = over
-    review = dict(over.get(n, over.get(str(n), {})).get("review", {}))
-    over.pop(str(n), None)
+    review = dict(over.get(str(n), {}).get("review", {}))
     if oracle is not None:
         review.update(source="oracle", truth=oracle, truth_binary=oracle_binary)
     else:
         review.update(source="person", truth=None, truth_binary=False)
-    over[n] = {**over.get(n, {}), "review": review}
+    over[str(n)] = {**over.get(str(n), {}), "review": review}
     return out
 
 
