@@ -2,7 +2,8 @@
 """Pyramid benchmark: ``connectile downsample`` (blockwise, resumable) vs TensorStore's downsample driver.
 
     .venv/bin/python benchmarks/bench_downsample.py            # 128x512x512, image (mean) and labels (mode)
-    .venv/bin/python benchmarks/bench_downsample.py --quick    # 64x256x256: a smoke run
+    .venv/bin/python benchmarks/bench_downsample.py --quick    # 64x256x256
+    .venv/bin/python benchmarks/bench_downsample.py --smoke    # 32x128x128, one repeat: checks that the script runs
     .venv/bin/python benchmarks/bench_downsample.py --backend ray --workers 2
 
 Input: a zarr v2 array (chunks 64^3, blosc-zstd) of smooth uint8 noise (``image``, mean) or of uint64
@@ -17,7 +18,8 @@ tensorstore  the same chain of levels, each written in one call from ``ts.downsa
              method)`` into a zarr of the same chunks and compression (TensorStore's own thread pool);
              s0 copied the same way. No done-markers, no resume.
 
-Both run in this process, alternating over the repeats; medians are reported. The outputs are checked
+Both run in this process, who goes first alternating over the repeats (3 by default); medians are
+reported with every run. The outputs are checked
 to be identical level by level. One JSON line per measurement; ``ratio`` is TensorStore's time /
 Connectile's (above 1: Connectile is faster).
 """
@@ -25,11 +27,7 @@ Connectile's (above 1: Connectile is faster).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -43,6 +41,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import tensorstore as ts  # noqa: E402
 
+from engine.bench.harness import emit, machine_info, median, side_orders, version  # noqa: E402
 from engine.geometry import Box  # noqa: E402
 from engine.ops.downsample import build_pyramid, default_method, level_factors  # noqa: E402
 from engine.storage import create_volume, open_volume  # noqa: E402
@@ -96,17 +95,19 @@ def compare(a: Path, b: Path, levels: int) -> bool:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--quick", action="store_true", help="64x256x256")
+    ap.add_argument("--smoke", action="store_true", help="seconds: 32x128x128, 1 repeat (tests run this)")
+    ap.add_argument("--repeats", type=int, default=None, help="runs per side, who goes first alternating (default 3; 1 with --smoke)")
     ap.add_argument("--kinds", default="image,labels")
     ap.add_argument("--backend", choices=("serial", "ray"), default="serial")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--kernel", choices=("tensorstore", "numpy"), default="tensorstore")
     args = ap.parse_args()
-    shape = (64, 256, 256) if args.quick else (128, 512, 512)
-    repeats = args.repeats or (1 if args.quick else 3)
+    shape = (32, 128, 128) if args.smoke else (64, 256, 256) if args.quick else (128, 512, 512)
+    repeats = args.repeats or (1 if args.smoke else 3)
     workdir = Path(tempfile.mkdtemp(prefix="bench-downsample-"))
-    info = {"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(), "python": platform.python_version()}
+    info = machine_info()
+    emit({"bench": "machine", **info, "quick": args.quick, "smoke": args.smoke})
     address = None
     if args.backend == "ray":
         from engine.runtime import connect
@@ -119,24 +120,29 @@ def main() -> int:
             method = default_method(vol.dtype)
             steps = level_factors(vol.voxel_size, vol.spatial_shape, 64)
             times: dict[str, list[float]] = {"connectile": [], "tensorstore": []}
-            for r in range(repeats):
-                shutil.rmtree(workdir / "in.zarr" / f"{kind}_pyramid", ignore_errors=True)
-                shutil.rmtree(workdir / "ts", ignore_errors=True)
-                t0 = time.perf_counter()
-                build_pyramid(src, kernel=args.kernel, backend=args.backend, workers=args.workers if args.backend == "ray" else None, address=address, progress=False)
-                times["connectile"].append(time.perf_counter() - t0)
-                times["tensorstore"].append(run_tensorstore(src, workdir / "ts", method, steps))
+            for r, order in enumerate(side_orders(["connectile", "tensorstore"], repeats)):
+                for side in order:
+                    if side == "connectile":
+                        shutil.rmtree(workdir / "in.zarr" / f"{kind}_pyramid", ignore_errors=True)
+                        t0 = time.perf_counter()
+                        build_pyramid(src, kernel=args.kernel, backend=args.backend, workers=args.workers if args.backend == "ray" else None, address=address, progress=False)
+                        times["connectile"].append(time.perf_counter() - t0)
+                    else:
+                        shutil.rmtree(workdir / "ts", ignore_errors=True)
+                        times["tensorstore"].append(run_tensorstore(src, workdir / "ts", method, steps))
                 print(f"# {kind} repeat {r + 1}: connectile {times['connectile'][-1]:.2f} s, tensorstore {times['tensorstore'][-1]:.2f} s", file=sys.stderr)
             same = compare(workdir / "in.zarr" / f"{kind}_pyramid", workdir / "ts", len(steps) + 1)
-            c, t = statistics.median(times["connectile"]), statistics.median(times["tensorstore"])
+            c, t = median(times["connectile"]), median(times["tensorstore"])
             voxels = int(np.prod(shape))
             result: dict[str, Any] = {
                 "bench": "downsample", "kind": kind, "method": method, "shape": list(shape), "levels": len(steps) + 1,
-                "backend": args.backend, "kernel": args.kernel, "repeats": repeats, "connectile_s": round(c, 3), "tensorstore_s": round(t, 3),
+                "backend": args.backend, "kernel": args.kernel, "repeats": repeats, "order": "alternating", "connectile_s": round(c, 3), "tensorstore_s": round(t, 3),
+                "connectile_runs_s": [round(v, 3) for v in times["connectile"]], "peer_runs_s": [round(v, 3) for v in times["tensorstore"]],
+                "peer": f"tensorstore {version('tensorstore')} downsample driver", "peer_s": round(t, 3),
                 "connectile_mvox_s": round(voxels / c / 1e6, 2), "tensorstore_mvox_s": round(voxels / t / 1e6, 2),
-                "ratio": round(t / c, 3), "identical": same, "host": info,
+                "ratio": round(t / c, 3), "identical": same, "agree": same, "load_avg_1m_before": info["load_avg_1m"],
             }
-            print(json.dumps(result), flush=True)
+            emit(result)
             if not same:
                 print(f"# {kind}: the pyramids differ", file=sys.stderr)
                 return 1

@@ -3,7 +3,8 @@
 
     .venv/bin/pip install -r benchmarks/requirements.txt
     .venv/bin/python benchmarks/bench_runtime.py            # full run (about 3 minutes on 2 cores)
-    .venv/bin/python benchmarks/bench_runtime.py --quick    # smoke run, smaller sizes
+    .venv/bin/python benchmarks/bench_runtime.py --quick    # smaller sizes
+    .venv/bin/python benchmarks/bench_runtime.py --smoke    # tiny sizes, one run: checks that the script runs
     .venv/bin/python benchmarks/bench_runtime.py --only dispatch --blocks 20000
 
 Prints one JSON line per measurement on stdout (the first line describes the machine); everything
@@ -25,17 +26,13 @@ temporary folder (or one inside ``--workdir``), removed at the end unless ``--ke
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -43,56 +40,25 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-RESULT_PREFIX = "@@bench-result "
-MIB = 1024 * 1024
+from engine.bench import harness  # noqa: E402 - benchmarks are scripts, not a package
+from engine.bench.harness import MIB, emit, machine_short, side_orders  # noqa: E402
+from engine.bench.harness import median as _median  # noqa: E402
+from engine.bench.harness import version as _version  # noqa: E402
+
 DISPATCH_TARGET = 2000.0  # blocks/s the issue asks of the Ray backend on a 2-core machine
 STORAGE_TARGET = 0.9  # Connectile / TensorStore throughput
 AGREE_TOL = 1e-4
 
 SIZES: dict[str, dict[str, Any]] = {
     "full": {"blocks": 100_000, "gauss_size": 512, "gauss_block": 128, "storage_shape": (256, 512, 512), "reps": 9, "runs": 3},
-    "quick": {"blocks": 10_000, "gauss_size": 128, "gauss_block": 64, "storage_shape": (128, 256, 256), "reps": 3, "runs": 1},
+    "quick": {"blocks": 10_000, "gauss_size": 128, "gauss_block": 64, "storage_shape": (128, 256, 256), "reps": 3, "runs": 3},
+    "smoke": {"blocks": 500, "gauss_size": 32, "gauss_block": 16, "storage_shape": (32, 64, 64), "storage_box": 32, "reps": 1, "runs": 1},
 }
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def machine_info() -> dict[str, Any]:
-    import psutil
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {d: _version(d) for d in ("connectile", "ray", "tensorstore", "numpy", "scipy", "daisy", "psutil")}
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "ram_gib": round(psutil.virtual_memory().total / 1024**3, 1),
-        "python": platform.python_version(),
-        "os": platform.platform(),
-        "load_avg_1m_at_start": round(os.getloadavg()[0], 2),  # others' work on the machine skews timings
-        "versions": versions,
-    }
-
-
-def machine_short(m: dict[str, Any]) -> str:
-    return f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB, python {m['python']}"
-
-
-def emit(line: dict[str, Any]) -> None:
-    print(json.dumps(line), flush=True)
+    return harness.machine_info((*harness.VERSIONS, "daisy", "psutil"))
 
 
 def _grid_shape(n: int) -> tuple[int, int, int]:
@@ -126,23 +92,7 @@ def _ray_tmpdir(wd: Path) -> Path:
 
 def run_child(name: str, params: dict[str, Any], ray_tmp: Path | None = None, timeout: float = 1200) -> dict[str, Any]:
     """Run one side of a benchmark in a fresh interpreter; return the dict it reported."""
-    env = dict(os.environ)
-    env.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    if ray_tmp is not None:
-        ray_tmp.mkdir(parents=True, exist_ok=True)
-        env["RAY_TMPDIR"] = str(ray_tmp)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--params", json.dumps(params)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, timeout=timeout, check=False)
-    result = None
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            result = json.loads(line[len(RESULT_PREFIX) :])
-        elif line.strip():
-            print(line, file=sys.stderr)  # keep stdout for our JSON lines only
-    if proc.returncode != 0 or result is None:
-        raise RuntimeError(f"benchmark child {name!r} failed (exit {proc.returncode}); see its output above")
-    return result
+    return harness.run_child(__file__, name, params, ray_tmp=ray_tmp, timeout=timeout, cwd=ROOT)
 
 
 # -- child side: each function runs in its own process and returns a dict ------------------------
@@ -497,21 +447,30 @@ CHILDREN = {
 
 
 # -- driver side: one function per benchmark -----------------------------------------------------
-def _median(values: list[float]) -> float:
-    import statistics
-
-    return float(statistics.median(values))
-
-
 def bench_dispatch(cfg: dict[str, Any], wd: Path, m: dict[str, Any]) -> list[dict[str, Any]]:
     n, workers, runs = cfg["blocks"], cfg["workers"], cfg["runs"]
     grid = _grid_shape(n)
     base = {"grid": list(grid), "block_shape": 64, "workers": workers}
     cs: list[dict[str, Any]] = []
     ds: list[dict[str, Any]] = []
-    for k in range(runs):  # interleaved: a slow spell of the machine hits both sides
-        cs.append(run_child("dispatch-connectile", {**base, "state_dir": str(wd / f"dispatch{k}" / "connectile")}, _ray_tmpdir(wd)))
-        ds.append(run_child("dispatch-daisy", {**base, "state_dir": str(wd / f"dispatch{k}" / "daisy")}))
+    import importlib.util
+
+    if importlib.util.find_spec("daisy") is None:  # the peer is not installed: Connectile's side alone, the peer marked skipped
+        emit({"bench": "dispatch_daisy", "skipped": "daisy is not installed (pip install -r benchmarks/requirements.txt)"})
+        for k in range(runs):
+            cs.append(run_child("dispatch-connectile", {**base, "state_dir": str(wd / f"dispatch{k}" / "connectile")}, _ray_tmpdir(wd)))
+        ok = all(r["done"] == n and r["markers_on_disk"] == n and r["resume_already_done"] == n for r in cs)
+        line = {"bench": "dispatch", "blocks": n, "workers": workers, "runs": runs, "connectile_blocks_per_s": round(_median([r["blocks"] / r["run_s"] for r in cs]), 1),
+                "connectile_resume_s": round(_median([r["resume_s"] for r in cs]), 3), "peer": "daisy (not installed)", "all_done_and_resumable": ok,
+                "machine": machine_short(m)}
+        emit(line)
+        return [line]
+    for k, order in enumerate(side_orders(["connectile", "daisy"], runs)):  # who goes first alternates
+        for side in order:
+            if side == "connectile":
+                cs.append(run_child("dispatch-connectile", {**base, "state_dir": str(wd / f"dispatch{k}" / "connectile")}, _ray_tmpdir(wd)))
+            else:
+                ds.append(run_child("dispatch-daisy", {**base, "state_dir": str(wd / f"dispatch{k}" / "daisy")}))
 
     def med(rs: list[dict[str, Any]], f: Any, nd: int = 3) -> float:
         return round(_median([f(r) for r in rs]), nd)
@@ -551,7 +510,7 @@ def bench_dispatch(cfg: dict[str, Any], wd: Path, m: dict[str, Any]) -> list[dic
         "ratio": round(c_rate / d_rate, 2),
         "steady_ratio": round(c_steady / d_steady, 2),
         "ratio_def": (
-            f"connectile_blocks_per_s / peer_blocks_per_s, medians of {runs} interleaved runs, each in a fresh process "
+            f"connectile_blocks_per_s / peer_blocks_per_s, medians of {runs} runs (who goes first alternates), each in a fresh process "
             "(worker start-up included on both sides; Ray's cluster start reported apart); steady = blocks after the "
             "first result / time from first to last result"
         ),
@@ -607,10 +566,13 @@ def bench_gaussian(cfg: dict[str, Any], wd: Path, m: dict[str, Any]) -> list[dic
     common = {"input": inp, "sigma": sigma, "chunks": [chunk] * 3, "size": size}
     cs: list[dict[str, Any]] = []
     ss: list[dict[str, Any]] = []
-    for k in range(runs):  # interleaved; each run rewrites its output from scratch
-        params = {**common, "output": out_c, "block": block, "workers": workers, "state_dir": str(wd / f"gauss-state{k}")}
-        cs.append(run_child("gaussian-connectile", params, _ray_tmpdir(wd)))
-        ss.append(run_child("gaussian-scipy", {**common, "output": out_s}))
+    for k, order in enumerate(side_orders(["connectile", "scipy"], runs)):  # who goes first alternates; each run rewrites its output
+        for side in order:
+            if side == "connectile":
+                params = {**common, "output": out_c, "block": block, "workers": workers, "state_dir": str(wd / f"gauss-state{k}")}
+                cs.append(run_child("gaussian-connectile", params, _ray_tmpdir(wd)))
+            else:
+                ss.append(run_child("gaussian-scipy", {**common, "output": out_s}))
     diff = _max_abs_diff(out_c, out_s, size)
 
     def med(rs: list[dict[str, Any]], key: str, nd: int = 2) -> float:
@@ -649,7 +611,7 @@ def bench_gaussian(cfg: dict[str, Any], wd: Path, m: dict[str, Any]) -> list[dic
         "peer_peak_rss_mib": round(s_peak / MIB),
         "ratio": round(s_s / c_s, 2),
         "ratio_def": (
-            f"peer_s / connectile_s (speed-up), medians of {runs} interleaved runs; connectile_s includes starting its "
+            f"peer_s / connectile_s (speed-up), medians of {runs} runs (who goes first alternates); connectile_s includes starting its "
             "workers, not Ray's cluster start (reported apart); both include reading and writing the zarrs"
         ),
         "memory_ratio": round(s_peak / c_peak, 2),
@@ -666,13 +628,12 @@ def bench_gaussian(cfg: dict[str, Any], wd: Path, m: dict[str, Any]) -> list[dic
 
 
 def _stats(times: list[float], nbytes: int) -> dict[str, float]:
-    import statistics
-
-    return {"median": nbytes / statistics.median(times) / MIB, "best": nbytes / min(times) / MIB}
+    return {"median": nbytes / _median(times) / MIB, "best": nbytes / min(times) / MIB}
 
 
 def bench_storage(cfg: dict[str, Any], wd: Path, m: dict[str, Any]) -> list[dict[str, Any]]:
-    shape, box, chunk, reps = cfg["storage_shape"], 128, 64, cfg["reps"]
+    shape, box, reps = cfg["storage_shape"], cfg.get("storage_box", 128), cfg["reps"]
+    chunk = min(64, box)
     r = run_child("storage", {"path": str(wd / "storage.zarr" / "raw"), "shape": list(shape), "box": box, "chunk": chunk, "reps": reps})
     lines = []
     for op in ("read", "write"):
@@ -709,7 +670,8 @@ BENCHES = {"dispatch": bench_dispatch, "gaussian": bench_gaussian, "storage": be
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smaller sizes for a smoke run (10,000 blocks, 128^3, ...)")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (10,000 blocks, 128^3, ...), 3 runs")
+    ap.add_argument("--smoke", action="store_true", help="seconds: tiny sizes (500 blocks, 32^3, ...), 1 run; checks that the script runs")
     ap.add_argument("--only", action="append", choices=sorted(BENCHES), help="run only this benchmark (repeatable)")
     ap.add_argument("--workdir", help="make the temporary folder inside this one (default: the system temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -718,8 +680,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--gaussian-size", type=int, help="edge of the cubic gaussian volume (default 512; 128 with --quick)")
     ap.add_argument("--gaussian-block", type=int, help="edge of a gaussian write block (default 128; 64 with --quick)")
     ap.add_argument("--sigma", type=float, default=2.0, help="gaussian sigma in voxels (default 2)")
-    ap.add_argument("--reps", type=int, help="storage repetitions (default 9; 3 with --quick)")
-    ap.add_argument("--runs", type=int, help="runs of each side of dispatch and gaussian, medians reported (default 3; 1 with --quick)")
+    ap.add_argument("--reps", type=int, help="storage repetitions (default 9; 3 with --quick, 1 with --smoke)")
+    ap.add_argument("--runs", type=int, help="runs of each side of dispatch and gaussian, medians reported (default 3; 1 with --smoke)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--params", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -728,10 +690,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
-        result = CHILDREN[args.child](json.loads(args.params))
-        print(RESULT_PREFIX + json.dumps(result), flush=True)
-        return 0
-    cfg = dict(SIZES["quick" if args.quick else "full"])
+        return harness.child_main(CHILDREN, args.child, args.params)
+    cfg = dict(SIZES["smoke" if args.smoke else "quick" if args.quick else "full"])
     for key, value in (("blocks", args.blocks), ("gauss_size", args.gaussian_size), ("gauss_block", args.gaussian_block), ("reps", args.reps), ("runs", args.runs)):
         if value is not None:
             cfg[key] = value
@@ -740,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
     wd = Path(tempfile.mkdtemp(prefix="cb-", dir=args.workdir))
     m = machine_info()
-    emit({"bench": "machine", **m, "quick": args.quick, "config": cfg, "command": " ".join([Path(sys.executable).name, *sys.argv])})
+    emit({"bench": "machine", **m, "quick": args.quick, "smoke": args.smoke, "config": cfg, "command": " ".join([Path(sys.executable).name, *sys.argv])})
     lines: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     try:
