@@ -194,8 +194,10 @@ CASES = [
     Case("train: resume onto a checkpoint of another model", lambda t: ["train", _trained(t), "--set", "steps=4", "--set", "model.filters=[4,16]"],
          "cannot resume from", after=_only_the_first_checkpoint),
     Case("run: predict stage with a checkpoint of another channel count",
-         lambda t: ["run", _config(t, _run_cfg(t, predict1={"raw": _mask(t), "checkpoint": _checkpoint(t, "ck", {"dims": 2, "filters": [4, 8], "in_channels": 2}),
-                                                             "window": [1, 32, 32], "block": [8, 32, 32], "chunks": [8, 32, 32]}))],
+         lambda t: ["run", _config(t, _run_cfg(t, rounds={
+             "count": 1, "model": _checkpoint(t, "ck", {"dims": 2, "filters": [4, 8], "in_channels": 2}),
+             "predict": {"raw": _mask(t), "window": [1, 32, 32], "block": [8, 32, 32], "chunks": [8, 32, 32]}, "label": {}, "query": {},
+             "review": {"source": "person"}, "finetune": {"labels": _mask(t), "boxes": str(t / "boxes.json"), "heldout": None}}))],
          "its model takes 2 input channel(s) but"),
     # run
     Case("run: missing config file", lambda t: ["run", str(t / "none.yaml")], "none.yaml"),
