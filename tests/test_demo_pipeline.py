@@ -69,6 +69,16 @@ def test_tiny_pipeline_end_to_end_skip_rerun_and_person_review(tmp_path: Path) -
         assert d["kept"] == ("previous" if d["candidate_score"] < d["previous_score"] else "candidate")
         prev = manifest.stages[f"finetune[{r}]"]["outputs"]["checkpoint"]
         assert prev == (d["previous"] if d["kept"] == "previous" else d["candidate"])
+    # validation never drops across rounds: the held-out score of each round's model, computed again here
+    from engine.learn.config import TrainConfig
+    from engine.models import read_checkpoint_config
+    from engine.pipeline.stages.finetune import heldout_score
+
+    models = [manifest.stages[s]["outputs"]["checkpoint"] for s in ("train", "finetune[1]", "finetune[2]")]
+    tcfg = TrainConfig.model_validate(read_checkpoint_config(models[0])[1]["train"])
+    held = manifest.stages["annotate"]["outputs"]["heldout"]
+    scores = [heldout_score(m, tcfg.data.raw, held, split["heldout"], tcfg)[0] for m in models]
+    assert all(s is not None for s in scores) and scores == sorted(scores), scores
     metrics = json.loads((run_dir / "metrics" / "metrics.json").read_text())["rounds"]
     assert [m["round"] for m in metrics] == [1, 2, 3]
     for m in metrics:
