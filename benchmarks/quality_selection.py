@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/quality_selection.py --minutes 1 --seeds 0,1,2          # both data sets
     .venv/bin/python benchmarks/quality_selection.py --datasets lucchi --minutes 0.2 --seeds 0 --out /tmp/qsel
+    .venv/bin/python benchmarks/quality_selection.py --smoke --out /tmp/qsel-smoke     # seconds: checks that the script runs
 
 For every data set and seed:
 
@@ -65,6 +66,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
+#: --smoke: the part of the training region that is embedded and selected from (FlyEM 5 x 7 x 7 patches,
+#: Lucchi++ 4 x 5 x 5 patches)
+SMOKE_REGION = {"flyem": np.s_[:72, :128, :128], "lucchi": np.s_[:20, :192, :192]}
+
+
 def embed_and_select(name: str, raw_url: str, seed: int, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     """SimSiam on the training region, blockwise embedding, then the three selections."""
     from engine.learn.simsiam import SimSiamConfig, train_simsiam
@@ -121,10 +127,14 @@ def run_dataset(name: str, args: argparse.Namespace, tmp: Path) -> list[dict[str
     from engine.storage import open_volume
 
     data = qs.setup(name, tmp, args)  # volumes on disk, base trainer config, test arrays
+    if args.smoke:
+        data = qs.smoke_cut(name, data)
     s = SETTINGS[name]
     # the training region only, as its own volume: patches and windows never reach the test part
     full = open_volume(data["cfg"]["data"]["raw"])
     region = np.asarray(full.read(full.box))[: s["train_z"]]
+    if args.smoke:  # a corner that still holds the budget's non-overlapping windows: embedding in seconds
+        region = region[SMOKE_REGION[name]]
     raw_url = qs.write(str(tmp / f"{name}-train.zarr" / "raw"), region)
     labels = open_volume(data["cfg"]["data"]["labels"])
     rows = []
@@ -139,7 +149,7 @@ def run_dataset(name: str, args: argparse.Namespace, tmp: Path) -> list[dict[str
             base["data"]["boxes"] = str(bpath)
             cfg = qs.make_cfg(base, "supervised", seed, tmp / f"{name}-{method}-{seed}", args)
             t0 = time.perf_counter()
-            model, fit = qs.timed_fit(cfg, args.minutes * 60.0)
+            model, fit = qs.timed_fit(cfg, args.minutes * 60.0, qs.make_clock("wall"))
             train_s = time.perf_counter() - t0
             t1 = time.perf_counter()
             score = evaluate(name, model, data, cfg)
@@ -175,7 +185,10 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/quality_selection")
+    p.add_argument("--smoke", action="store_true", help="seconds: seed 0, 2 SimSiam steps, embedding and selection on a corner of the training region, 0.6 s of training per method, a corner of each test volume")
     args = p.parse_args()
+    if args.smoke:
+        args.seeds, args.minutes, args.simsiam_steps = "0", 0.01, 2
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.flyem_boxes, args.simclr = 3, False  # what quality_semi.setup / make_cfg read
     import torch

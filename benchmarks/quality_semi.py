@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/quality_semi.py --minutes 1 --seeds 0,1,2          # both data sets
     .venv/bin/python benchmarks/quality_semi.py --datasets lucchi --minutes 4 --out /tmp/qs
     .venv/bin/python benchmarks/quality_semi.py --merge /tmp/qs /tmp/qs2 --out DIR  # summary + plot of several runs
+    .venv/bin/python benchmarks/quality_semi.py --smoke --out /tmp/qs-smoke          # seconds: checks that the script runs
 
 Same labels and the same training time for the three methods (per data set and seed). The time is
 ``--clock cpu`` by default: the CPU time of this process (``time.process_time()``; torch runs
@@ -163,6 +164,16 @@ def setup(name: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         "contrastive": {"labels": "target", "stride": [1, 4, 4], "block": [1, 32, 32], "temperature": 0.1},
     }
     return {"cfg": cfg, "test_raw": raw[test_z::2].astype(np.float32) / 255.0, "test_gt": lab[test_z::2] > 0, "window": None, "labelled_slices": zs, "train_slices": train_z}
+
+
+def smoke_cut(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    """``--smoke``: a corner of the test volume (FlyEM 16 x 64 x 64 with windows of that size, Lucchi++ 2
+    slices of 128 x 128), so that scoring takes a second; everything else is the real run's."""
+    if name == "flyem":
+        data["test_raw"], data["test_gt"], data["window"] = data["test_raw"][:16, :64, :64], data["test_gt"][:16, :64, :64], [16, 64, 64]
+    else:
+        data["test_raw"], data["test_gt"] = data["test_raw"][:2, :128, :128], data["test_gt"][:2, :128, :128]
+    return data
 
 
 def positive_share(base: dict[str, Any]) -> float:
@@ -326,6 +337,8 @@ def balanced_accuracy(prob: np.ndarray, gt: np.ndarray) -> float:
 
 def run_dataset(name: str, args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     data = setup(name, tmp, args)
+    if getattr(args, "smoke", False):
+        data = smoke_cut(name, data)
     budget = (args.flyem_minutes if name == "flyem" and args.flyem_minutes is not None else args.minutes) * 60.0
     if name == "lucchi" and args.lucchi_minutes is not None:
         budget = args.lucchi_minutes * 60.0
@@ -411,7 +424,10 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/quality_semi")
+    p.add_argument("--smoke", action="store_true", help="seconds: seed 0, 1.8 CPU-s per method, a corner of each test volume (checks that the script runs)")
     args = p.parse_args()
+    if args.smoke:
+        args.seeds, args.minutes, args.flyem_minutes, args.lucchi_minutes = "0", 0.03, None, None
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.methods = [m for m in args.methods.split(",") if m]
     if not set(args.methods) <= set(METHODS):
