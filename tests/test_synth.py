@@ -79,8 +79,9 @@ def test_other_seed_gives_another_volume(rich: dict[str, np.ndarray]) -> None:
 
 @pytest.mark.parametrize(
     "params",
-    [RICH, RICH.model_copy(update={"misalign": 0.4, "misalign_mode": "step", "misalign_labels": True, "missing": 0.2})],
-    ids=["plain", "defects"],
+    [RICH, RICH.model_copy(update={"misalign": 0.4, "misalign_mode": "step", "misalign_labels": True, "missing": 0.2}),
+     RICH.model_copy(update={"er": 1.0, "dark_cells": 0.3, "illumination": 0.4, "illumination_scale": 400.0, "misalign": 0.4})],
+    ids=["plain", "defects", "realism"],
 )
 def test_any_block_layout_gives_the_same_volume(params: SynthParams) -> None:
     # uneven pieces, one of them a single voxel wide
@@ -143,6 +144,64 @@ def test_membranes_are_darker_than_cytoplasm(rich: dict[str, np.ndarray]) -> Non
     near = ndimage.binary_dilation(edge, structure=np.ones((1, 9, 9), bool))
     inside = ~near & (rich["mito"] == 0) & (rich["synapses"] == 0)
     assert raw[edge].mean() + 40 < raw[inside].mean()
+
+
+# -- realism: intracellular membranes, dark cells, uneven illumination ---------------------------
+def test_realism_options_change_the_raw_image_only() -> None:
+    box = Box((0, 0, 0), (6, 96, 96))
+    plain = synth_box(RICH, box)
+    for option in ({"er": 1.0}, {"dark_cells": 0.3}, {"illumination": 0.4}):
+        out = synth_box(RICH.model_copy(update=option), box)
+        for name in ("neurons", "mito", "synapses"):
+            assert np.array_equal(out[name], plain[name]), (option, name)
+        assert (out["raw"] != plain["raw"]).mean() > 0.02, option
+
+
+def test_er_tubules_lie_inside_cells_away_from_membranes() -> None:
+    p = RICH.model_copy(update={"noise": 0.0})
+    box = Box((0, 0, 0), (6, 128, 128))
+    plain, er = synth_box(p, box), synth_box(p.model_copy(update={"er": 1.0}), box)
+    darker = plain["raw"].astype(int) - er["raw"].astype(int)
+    tubule = darker > 25
+    assert tubule.mean() > 0.01  # there is ER ...
+    assert (darker >= 0).all()  # ... it only darkens ...
+    edge = _boundary(plain["neurons"], axes=(1, 2))
+    near_edge = ndimage.binary_dilation(edge, structure=np.ones((1, 5, 5), bool))
+    assert not (tubule & near_edge).any()  # ... and never reaches the membrane band of its cell
+    mito_core = ndimage.binary_erosion(plain["mito"] != 0, structure=np.ones((1, 5, 5), bool))  # blur may reach the rim
+    assert mito_core.any() and not (tubule & mito_core).any()
+
+
+def test_dark_cells_are_darker_throughout() -> None:
+    p = RICH.model_copy(update={"noise": 0.0, "texture": 0.0})
+    box = Box((0, 0, 0), (4, 128, 128))
+    plain, dark = synth_box(p, box), synth_box(p.model_copy(update={"dark_cells": 0.4, "dark_cell_level": 0.5}), box)
+    inside = ~ndimage.binary_dilation(_boundary(plain["neurons"], axes=(1, 2)), structure=np.ones((1, 7, 7), bool)) & (plain["mito"] == 0)
+    ratios = []
+    for nid in np.unique(plain["neurons"][inside]):
+        m = inside & (plain["neurons"] == nid)
+        if m.sum() >= 50:
+            ratios.append(dark["raw"][m].mean() / plain["raw"][m].mean())
+    ratios_a = np.array(ratios)
+    assert len(ratios_a) >= 10
+    dark_share = float((ratios_a < 0.6).mean())
+    assert 0.15 < dark_share < 0.7  # about dark_cells of the cells ...
+    assert ((ratios_a < 0.6) | (ratios_a > 0.98)).all()  # ... each dark (about dark_cell_level) or untouched
+
+
+def test_illumination_is_slow_and_bounded() -> None:
+    from engine.synth.render import illumination_gain
+
+    p = SynthParams(illumination=0.3, illumination_scale=800.0)
+    gain = illumination_gain(p, Box((0, 0, 0), (8, 256, 256)))
+    assert float(gain.min()) >= 0.7 - 1e-6 and float(gain.max()) <= 1.3 + 1e-6
+    assert float(gain.max() - gain.min()) > 0.2  # it varies across the volume ...
+    assert float(np.abs(np.diff(gain, axis=2)).max()) < 0.02  # ... slowly from pixel to pixel
+    raw_lo = synth_box(p.model_copy(update={"illumination": 0.0}), Box((0, 0, 0), (2, 256, 256)))["raw"].astype(float)
+    raw = synth_box(p, Box((0, 0, 0), (2, 256, 256)))["raw"].astype(float)
+    g = gain[:2]
+    assert raw[g < 0.85].mean() < raw_lo[g < 0.85].mean() - 10
+    assert raw[g > 1.1].mean() > raw_lo[g > 1.1].mean() + 5
 
 
 # -- section defects ---------------------------------------------------------------------------

@@ -172,6 +172,13 @@ def neuron_field(p: SynthParams, box: Box) -> NeuronField:
     return NeuronField(sites, warp, first, dist, tilt)
 
 
+def crop_field(field: NeuronField, sl: tuple[slice, ...]) -> NeuronField:
+    """The part ``sl`` (slices of the field's box, steps of 1) of a neuron field."""
+    w = field.warp
+    warp = Warp(w.pz[sl[0]], w.py[sl[1]], w.px[sl[2]], w.fy[sl[0], :, sl[2]], w.fx[sl[0], sl[1], :])
+    return NeuronField(field.sites, warp, field.first[sl], field.dist[sl], field.tilt[sl])
+
+
 def membrane_darkness(field: NeuronField, p: SynthParams) -> np.ndarray:
     """How much of each voxel's section column is membrane (0..1).
 

@@ -24,9 +24,14 @@ and their defaults::
     mito_length            250,800
     synapse_probability    0.6
     synapse_radius         110,200
+    er                     0
+    dark_cells             0
+    dark_cell_level        0.55
     noise                  0.06
     blur                   7
     texture                1
+    illumination           0
+    illumination_scale     1500
     misalign               0
     misalign_shift         12
     misalign_mode          slip
@@ -36,7 +41,8 @@ and their defaults::
 
 Neurons: ``neuron_*`` shape the many small neurites (axons), ``dendrite_*`` the few thick ones,
 ``boundary_wobble``/``meander`` bend them, ``membrane_thickness`` draws their boundaries. Organelles:
-``mito_*`` and ``synapse_*``. Imaging: ``noise``, ``blur``, ``texture``; section defects:
+``mito_*``, ``synapse_*`` and ``er`` (intracellular membranes); ``dark_cells``. Imaging: ``noise``,
+``blur``, ``texture``, ``illumination``; section defects:
 ``misalign*`` (the raw image of a section is shifted; labels too only with ``misalign_labels``) and
 ``missing*`` (the raw section is uniform; labels are kept).
 
@@ -104,11 +110,24 @@ class SynthParams(BaseModel):
         default=0.6, ge=0.0, le=1.0, description="Chance that an axon tries a synapse onto a neighbour (dendrites preferred); it is kept where a synapse fits."
     )
     synapse_radius: Range = Field(default=(110.0, 200.0), description="Range of synapse (postsynaptic density) radii in nm (min, max).")
+    er: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="Share of the cytoplasm with endoplasmic reticulum: thin dark tubules that look like cell membranes but lie inside a cell (0: none).",
+    )
+    dark_cells: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Chance that a neuron is a dark cell (dense, dark cytoplasm, as EM staining gives some cells)."
+    )
+    dark_cell_level: float = Field(default=0.55, gt=0.0, le=1.0, description="Brightness of a dark cell's cytoplasm, as a fraction of a normal cell's.")
 
     # -- imaging -------------------------------------------------------------------------------
     noise: float = Field(default=0.06, ge=0.0, le=1.0, description="Standard deviation of the pixel noise, as a fraction of the full intensity range.")
     blur: float = Field(default=7.0, ge=0.0, description="Sigma in nm of the in-plane Gaussian blur (point spread of the microscope).")
     texture: float = Field(default=1.0, ge=0.0, le=3.0, description="Strength of the cytoplasm texture and section-to-section brightness changes (0: none).")
+    illumination: float = Field(
+        default=0.0, ge=0.0, le=0.9,
+        description="Amplitude of slow, uneven brightness and contrast across the volume (staining and beam inhomogeneity), as a fraction (0: none).",
+    )
+    illumination_scale: float = Field(default=1500.0, gt=0, description="Length scale in nm of the uneven illumination (in-plane; four times longer along z).")
     misalign: float = Field(default=0.0, ge=0.0, le=1.0, description="Chance per section of an xy misalignment of the raw image (see misalign_mode).")
     misalign_shift: int = Field(default=12, ge=0, le=10000, description="Largest misalignment shift in voxels, per axis.")
     misalign_mode: Literal["slip", "step"] = Field(

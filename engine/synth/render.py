@@ -21,13 +21,18 @@ import numpy as np
 from engine.geometry import Box
 from engine.synth.fields import normal_like, uniform, value_noise
 from engine.synth.mito import Mitos, mitos_near, render_mitos
-from engine.synth.neurons import NeuronField, membrane_darkness, neuron_field, warp_amplitude
+from engine.synth.neurons import NeuronField, crop_field, membrane_darkness, neuron_field, warp_amplitude
 from engine.synth.params import SynthParams
 from engine.synth.synapses import Synapses, render_synapses, synapses_near
 
 S_TEXTURE, S_SECTION, S_NOISE, S_SHIFT, S_MISSING, S_SHADE = 70, 80, 90, 100, 110, 120
+S_DARK, S_ER, S_ILLUM = 130, 140, 150
 OUTPUTS: dict[str, str] = {"raw": "uint8", "neurons": "uint64", "mito": "uint64", "synapses": "uint8"}
 MEMBRANE_DARK = 0.74
+#: endoplasmic reticulum: darkness of a tubule, its lattice (nm: along z, in-plane), the half-width of
+#: a tubule in noise units, the lattice of the patches that hold ER, the gap (nm) it keeps from the membrane
+#: band and the width (nm) over which it fades in beyond that gap
+ER_DARK, ER_SCALE, ER_WIDTH, ER_PATCH, ER_GAP, ER_FADE = 0.6, (240.0, 80.0), 0.12, (900.0, 450.0), 20.0, 15.0
 
 
 def blur_radius(p: SynthParams) -> tuple[int, int]:
@@ -87,6 +92,8 @@ def _cytoplasm(p: SynthParams, field: NeuronField, box: Box) -> np.ndarray:
     sites = field.sites
     u = uniform(p.seed, S_SHADE, sites.ids)
     level = np.where(sites.dendrite, 0.82, 0.76) + 0.05 * p.texture * (u - 0.5)
+    if p.dark_cells > 0:
+        level = np.where(uniform(p.seed, S_DARK, sites.ids) < p.dark_cells, level * p.dark_cell_level, level)
     base = level.astype(np.float32)[field.first]
     if p.texture > 0:
         vz = p.voxel_size[0]
@@ -99,12 +106,72 @@ def _cytoplasm(p: SynthParams, field: NeuronField, box: Box) -> np.ndarray:
     return base
 
 
+def er_halo(p: SynthParams) -> tuple[int, int]:
+    """The extra in-plane halo (y, x voxels) that the ER's distance to the membranes needs."""
+    if p.er <= 0:
+        return (0, 0)
+    reach = 0.5 * p.membrane_thickness + ER_GAP + ER_FADE
+    return (math.ceil(reach / p.voxel_size[1]) + 1, math.ceil(reach / p.voxel_size[2]) + 1)
+
+
+def edge_distance(p: SynthParams, labels: np.ndarray) -> np.ndarray:
+    """In-plane distance (nm) of every voxel to the nearest voxel that has a 4-neighbour of another
+    neuron (exact up to the halo of :func:`er_halo` away from the array's border)."""
+    from scipy.ndimage import distance_transform_edt
+
+    edge = np.zeros(labels.shape, bool)
+    dy = labels[:, 1:] != labels[:, :-1]
+    dx = labels[:, :, 1:] != labels[:, :, :-1]
+    edge[:, 1:] |= dy
+    edge[:, :-1] |= dy
+    edge[:, :, 1:] |= dx
+    edge[:, :, :-1] |= dx
+    out = np.empty(labels.shape, np.float32)
+    for z in range(labels.shape[0]):
+        out[z] = distance_transform_edt(~edge[z], sampling=p.voxel_size[1:]) if edge[z].any() else np.float32(1e9)
+    return out
+
+
+def er_darkness(p: SynthParams, field: NeuronField, dist: np.ndarray) -> np.ndarray:
+    """Darkness (0..1) of the endoplasmic reticulum over the field's box: the zero lines of a value
+    noise (thin tubules running along z over a few sections), in patches that cover about ``p.er`` of
+    the cytoplasm, faded out from ``ER_GAP`` nm off the membrane band inwards (``dist``: the in-plane
+    distance to the cell boundary, :func:`edge_distance`), so a tubule never touches the cell's
+    boundary (the labels: it belongs to the cell)."""
+    w = field.warp
+    n = value_noise(p.seed, S_ER, [w.pz / ER_SCALE[0], w.py / ER_SCALE[1], w.px / ER_SCALE[1]])
+    line = np.clip(np.float32(1.0) - np.abs(n) * np.float32(1.0 / ER_WIDTH), 0.0, 1.0)
+    patch = value_noise(p.seed, S_ER + 1, [w.pz / ER_PATCH[0], w.py / ER_PATCH[1], w.px / ER_PATCH[1]])
+    # value noise is roughly symmetric around 0 with most values within +-0.6: the threshold that keeps a share er
+    keep = np.clip((patch - np.float32(0.6 - 1.2 * p.er)) * np.float32(1.0 / 0.15), 0.0, 1.0)
+    edge = np.float32(0.5 * p.membrane_thickness + ER_GAP)
+    away = np.clip((dist - edge) * np.float32(1.0 / ER_FADE), 0.0, 1.0)
+    return np.asarray(np.float32(ER_DARK) * line * keep * away, np.float32)
+
+
+def illumination_gain(p: SynthParams, box: Box) -> np.ndarray:
+    """The slow multiplicative brightness of uneven staining and illumination over ``box`` (around 1,
+    within ``1 +- p.illumination``)."""
+    vz, vy, vx = p.voxel_size
+    s = p.illumination_scale
+    coords = [np.arange(a, b) * v / d for a, b, v, d in zip(box.start, box.stop, (vz, vy, vx), (4.0 * s, s, s), strict=True)]
+    return np.float32(1.0) + np.float32(p.illumination) * np.clip(np.float32(1.6) * value_noise(p.seed, S_ILLUM, coords), -1.0, 1.0)
+
+
 def render_core(p: SynthParams, box: Box, found: tuple[Mitos, Synapses] | None = None) -> dict[str, np.ndarray]:
     """All outputs of ``box`` without section defects (misalignment, missing sections); ``found``:
     the organelles, if already placed for a box that covers this one."""
     ry, rx = blur_radius(p)
     grown = box.grow((0, ry, rx))
-    field = neuron_field(p, grown)
+    ey, ex = er_halo(p)
+    if ey or ex:  # the ER keeps off the membranes: the neurons a little farther out are needed
+        wide = grown.grow((0, ey, ex))
+        big = neuron_field(p, wide)
+        inner = grown.to_slices(wide)
+        dist = edge_distance(p, big.labels)[inner]
+        field = crop_field(big, inner)
+    else:
+        field = neuron_field(p, grown)
     intensity = _cytoplasm(p, field, grown)
     intensity *= np.float32(1.0) - np.float32(MEMBRANE_DARK) * membrane_darkness(field, p)
 
@@ -112,6 +179,10 @@ def render_core(p: SynthParams, box: Box, found: tuple[Mitos, Synapses] | None =
     mito_ids, mito_dark = render_mitos(p, mitos, field, grown)
     syn_labels, syn_dark = render_synapses(p, synapses, field, grown)
     syn_dark[mito_ids != 0] = 0.0
+    if p.er > 0:
+        er = er_darkness(p, field, dist)
+        er[(mito_ids != 0) | (syn_labels != 0)] = 0.0
+        intensity *= np.float32(1.0) - er
     intensity *= np.float32(1.0) - mito_dark
     intensity *= np.float32(1.0) - syn_dark
 
@@ -120,6 +191,8 @@ def render_core(p: SynthParams, box: Box, found: tuple[Mitos, Synapses] | None =
         intensity = _blur_axis(intensity, p.blur / p.voxel_size[2], rx, 2)
     crop = box.to_slices(grown)
     zs = np.arange(box.start[0], box.stop[0])[:, None, None]
+    if p.illumination > 0:
+        intensity = intensity * illumination_gain(p, box)
     if p.texture > 0:
         gain = 1.0 + 0.05 * p.texture * (2.0 * uniform(p.seed, S_SECTION, zs) - 1.0)
         offset = 0.025 * p.texture * (2.0 * uniform(p.seed, S_SECTION + 1, zs) - 1.0)
