@@ -53,8 +53,8 @@ class SlidingWindow:
 
     ``halo`` (z, y, x): voxels the predictor reads around each window on each side (a 2.5D model's
     context sections, :mod:`engine.infer.model_input`): it gets ``window + 2 halo`` and returns the
-    window. Outside the volume the source is zero, except along the ``replicate`` axes, where the
-    volume's edge planes repeat.
+    window. Outside the volume the source is zero, except along the axes with a halo, where the
+    volume's edge planes repeat (as training's ``fold_sections`` repeats the edge sections).
     """
 
     def __init__(
@@ -70,7 +70,6 @@ class SlidingWindow:
         tta_reduce: TtaReduce = "mean",
         device: str | torch.device = "cpu",
         halo: Sequence[int] = (0, 0, 0),
-        replicate: Sequence[bool] = (False, False, False),
         weight_floor: float = 1e-3,
     ) -> None:
         if batch_size < 1:
@@ -85,7 +84,7 @@ class SlidingWindow:
         self.tfs = transforms(tta, self.roi)
         self.tta_reduce: TtaReduce = tta_reduce
         self.halo = tuple(int(h) for h in halo)
-        self.replicate = tuple(bool(r) for r in replicate)
+        self.replicate = tuple(h > 0 for h in self.halo)
         if len(self.halo) != len(self.roi) or any(h < 0 for h in self.halo) or self.halo[1] != self.halo[2]:
             raise ConfigError(f"the halo must be {len(self.roi)} sizes >= 0, the same in y and x, got {self.halo}")
         #: windows evaluated so far (for statistics and tests)
@@ -190,7 +189,7 @@ def model_window(
     ``predictor`` holds :class:`TorchPredictor` options (amp, channels_last, fold_norms, compile);
     ``settings`` the :class:`SlidingWindow` ones (mode, sigma_scale, batch_size, tta, tta_reduce).
     """
-    from engine.infer.model_input import halo, replicate_axes, section_context
+    from engine.infer.model_input import halo, section_context
     from engine.infer.options import ACTIVATIONS
     from engine.infer.predictor import TorchPredictor
 
@@ -200,4 +199,4 @@ def model_window(
         raise ConfigError(f"the model's output activation {activation!r} is not supported", f"use one of {', '.join(ACTIVATIONS)}")
     dev = torch.device(device)
     net = TorchPredictor(model, activation=activation, device=dev, context_slices=section_context(cfg), **(predictor or {}))
-    return SlidingWindow(net, roi, overlap, device=dev, halo=halo(cfg), replicate=replicate_axes(cfg), **settings)
+    return SlidingWindow(net, roi, overlap, device=dev, halo=halo(cfg), **settings)

@@ -43,8 +43,10 @@ def halo(cfg: ModelConfig) -> tuple[int, int, int]:
 
 
 def replicate_axes(cfg: ModelConfig) -> tuple[bool, bool, bool]:
-    """Axes along which the halo repeats the volume's edge planes beyond the volume (zero elsewhere)."""
-    return (section_context(cfg) > 0, False, False)
+    """Axes along which the halo repeats the volume's edge planes beyond the volume (zero elsewhere):
+    those with a halo."""
+    z, y, x = halo(cfg)
+    return (z > 0, y > 0, x > 0)
 
 
 def checkpoint_window(cfg: ModelConfig, meta: dict[str, Any]) -> tuple[int, int, int]:
