@@ -2,7 +2,8 @@
 """Lucchi++ mitochondria: Connectile's training vs a plain MONAI UNet training loop, at equal time.
 
     .venv/bin/python benchmarks/quality_lucchi.py --minutes 5            # 5 CPU-minutes of training per side
-    .venv/bin/python benchmarks/quality_lucchi.py --minutes 0.5 --evals 1 # a smoke run
+    .venv/bin/python benchmarks/quality_lucchi.py --minutes 0.5 --evals 1 # a short run
+    .venv/bin/python benchmarks/quality_lucchi.py --smoke --work /tmp/ql   # seconds: checks that the script runs
     .venv/bin/python benchmarks/quality_lucchi.py --variant 2d            # Connectile 2D instead of 2.5D
 
 Data: ``../shared/data/lucchi_pp`` (165 x 768 x 1024, FIB-SEM ~5 nm; ``Train_In/mask*.png`` are the
@@ -35,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -204,7 +204,8 @@ def _loop(args: argparse.Namespace, side: str, params: int, step: Any, evaluate:
 
 def child(args: argparse.Namespace) -> None:
     raw_url, mito_url = prepare(Path(args.work))
-    val_raw, gt = load(raw_url, VAL), load(mito_url, VAL) > 0
+    val = (VAL[0], VAL[0] + 2) if args.smoke else VAL
+    val_raw, gt = load(raw_url, val), load(mito_url, val) > 0
     if args.child == "connectile":
         out = connectile_side(args, raw_url, mito_url, val_raw, gt)
     else:
@@ -248,9 +249,14 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/connectile-lucchi", help="scratch folder for the ingested zarr and runs")
     ap.add_argument("--plot", default=str(REPO / "benchmarks" / "quality_lucchi.png"))
     ap.add_argument("--sides", default="connectile,monai")
+    ap.add_argument("--smoke", action="store_true", help="seconds: 1.2 CPU-s per side, one score on 2 sections, the plot into --work (checks that the script runs)")
     ap.add_argument("--child", choices=("connectile", "monai"), help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.smoke:
+        args.minutes, args.evals = 0.02, 1
+        if args.plot == ap.get_default("plot"):
+            args.plot = str(Path(args.work) / "quality_lucchi_smoke.png")
     if args.child:
         child(args)
         return
@@ -260,11 +266,14 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     prepare(work)
-    print(json.dumps({"ingest_s": round(time.perf_counter() - t0, 1), "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "load_1min": os.getloadavg()[0]}), flush=True)
+    sys.path.insert(0, str(REPO))
+    from engine.bench.harness import machine_info
+
+    print(json.dumps({"ingest_s": round(time.perf_counter() - t0, 1), "machine": machine_info(), "load_1min": os.getloadavg()[0]}), flush=True)
     procs = {}
     for side in args.sides.split(","):
         cmd = [sys.executable, __file__, "--child", side, "--json", str(work / f"{side}.json"), "--minutes", str(args.minutes), "--evals", str(args.evals),
-               "--variant", args.variant, "--lr", str(args.lr), "--seed", str(args.seed), "--work", str(work)]
+               "--variant", args.variant, "--lr", str(args.lr), "--seed", str(args.seed), "--work", str(work), *(["--smoke"] if args.smoke else [])]
         procs[side] = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
     for side, p in procs.items():
         if p.wait() != 0:
