@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
@@ -289,3 +290,99 @@ def test_pickle_round_trips(tmp_path: Path) -> None:
     result = runner.run([0, 1])
     back = pickle.loads(pickle.dumps(result))
     assert back.status.tolist() == [1, 3] and 1 in back.errors and back.worker == result.worker
+
+
+# -- one driver per output (issue 16 point 4) ---------------------------------------------------
+
+HANGING_DRIVER = textwrap.dedent(
+    """
+    import sys
+    from engine.errors import ConnectileError
+    from engine.geometry import BlockGrid, Box
+    from engine.ops import FaultyGaussian
+    from engine.runtime import run_blockwise
+    url, out, state, armed = sys.argv[1:5]
+    op = FaultyGaussian(input=url, output=out, chunks=(4, 8, 8), fail_blocks=[5], how="hang", armed_file=armed)
+    grid = BlockGrid(Box((0, 0, 0), (8, 16, 24)), (4, 8, 8), context=4)
+    try:
+        run_blockwise(op, grid, state_dir=state, backend="serial", progress=False)
+    except ConnectileError as err:
+        print(err)
+        sys.exit(2)
+    """
+)
+
+
+def test_a_second_driver_refuses_and_a_dead_drivers_lock_is_taken_over(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    url, data = make_input(tmp_path, shape=(8, 16, 24))
+    grid = BlockGrid(Box.from_shape(data.shape), (4, 8, 8), context=4)  # 12 blocks; block 5 hangs while armed
+    out, state, armed = str(tmp_path / "o.zarr/g"), tmp_path / "s", tmp_path / "armed"
+    armed.touch()
+    args = [sys.executable, "-c", HANGING_DRIVER, url, out, str(state), str(armed)]
+    first = subprocess.Popen(args)
+    try:
+        deadline = time.monotonic() + 120
+        lock = state / "driver.lock"
+        while not (lock.exists() and f'"pid": {first.pid}' in lock.read_text()):  # the first driver holds the lock (and hangs in block 5)
+            assert first.poll() is None, "the first driver ended early"
+            assert time.monotonic() < deadline, "the first driver never took the lock"
+            time.sleep(0.1)
+        second = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stdout + second.stderr
+        line = second.stdout.strip()
+        assert "another driver is running" in line and f"pid {first.pid}" in line and socket.gethostname() in line, line
+        assert len(line.splitlines()) == 1
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    done_before = {k for k, v in states(state).items() if v == 1}
+    assert 5 not in done_before
+    armed.unlink()  # "fix the bug"; the dead driver's lock file is still there, naming it
+    assert f'"pid": {first.pid}' in (state / "driver.lock").read_text()
+    op = FaultyGaussian(input=url, output=out, chunks=(4, 8, 8), fail_blocks=[5], how="hang", armed_file=str(armed))
+    with caplog.at_level("WARNING", logger="engine.runtime.lock"):
+        s = run_blockwise(op, grid, state_dir=state, backend="serial", progress=False)
+    assert any("taking over the lock" in r.getMessage() and f"pid {first.pid}" in r.getMessage() for r in caplog.records)
+    assert s.ok and s.already_done == len(done_before) and s.done == grid.num_blocks - len(done_before)
+    assert np.array_equal(open_volume(out).read(grid.total), _reference(tmp_path, url, grid))
+    assert (state / "driver.lock").read_text() == ""  # released
+
+
+def test_lock_is_reentrant_below_the_folder_a_driver_holds(tmp_path: Path) -> None:
+    from engine.runtime.lock import DriverBusy, driver_lock
+
+    with driver_lock(tmp_path / "run"):
+        s = run_blockwise(NoOp(), BlockGrid(Box.from_shape((4, 4, 4)), (2, 2, 2)), state_dir=tmp_path / "run" / "pass", backend="serial", progress=False)
+        assert s.ok
+    code = f"from engine.runtime.lock import driver_lock\nwith driver_lock({str(tmp_path / 'run')!r}):\n    print('held')"
+    with driver_lock(tmp_path / "run"):
+        other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert other.returncode != 0 and "DriverBusy" in other.stderr and f"pid {os.getpid()}" in other.stderr
+    assert DriverBusy.__name__ == "DriverBusy"
+
+
+# -- a block that hangs does not hang the run (issue 16 point 6) ------------------------------------
+
+
+def test_block_that_hangs_is_killed_retried_then_failed(tmp_path: Path, ray_cluster: str) -> None:
+    from engine.runtime.deadline import Deadline
+
+    url, data = make_input(tmp_path, shape=(16, 32, 32))
+    grid = BlockGrid(Box.from_shape(data.shape), (4, 8, 16), context=4)  # 4x4x2 = 32 blocks
+    hang = grid.num_blocks - 1  # last: the deadline is derived from the blocks seen before it
+    op = FaultyGaussian(input=url, output=str(tmp_path / "o.zarr/g"), chunks=(4, 8, 8), fail_blocks=[hang], how="hang")
+    t0 = time.monotonic()
+    with pytest.raises(BlocksFailed, match=rf"block {hang}: timed out 2 times: it ran past its deadline of [0-9.]+ s"):
+        run_blockwise(op, grid, state_dir=tmp_path / "s", backend="ray", workers=2, max_retries=1, progress=False, deadline=Deadline(floor=2.0, first=120.0))
+    assert time.monotonic() - t0 < 100
+    marks = states(tmp_path / "s")
+    assert marks[hang] == 3 and sum(1 for v in marks.values() if v == 1) == grid.num_blocks - 1
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["workers_replaced"] >= 2  # each attempt killed its worker and a new one took its place
+    want = _reference(tmp_path, url, grid)
+    got = open_volume(op.output).read(grid.total)
+    hung = grid.block(hang).write.to_slices()
+    want[hung] = got[hung] = 0
+    assert np.array_equal(got, want)  # every other block is right

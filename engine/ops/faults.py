@@ -4,7 +4,7 @@ Faults are steered by files, not by parameters, so a test can change them betwee
 *same* operation (same hash, so the second run resumes the first):
 
 - ``fail_blocks``: block ids that fault;
-- ``how``: ``raise`` an exception, or ``kill`` the worker process with SIGKILL;
+- ``how``: ``raise`` an exception, ``kill`` the worker process with SIGKILL, or ``hang`` (sleep forever);
 - ``armed_file``: faults fire only while this file exists (delete it to "fix the bug");
 - ``once_dir``: each block faults only once (a file per block remembers it), like a transient error;
 - ``sleep``: seconds per block, so a test can interrupt a run midway.
@@ -27,7 +27,7 @@ class FaultyGaussian(GaussianFilter):
 
     kind: ClassVar[str] = "faulty-gaussian"
     fail_blocks: list[int] = []
-    how: Literal["raise", "kill"] = "raise"
+    how: Literal["raise", "kill", "hang"] = "raise"
     armed_file: str | None = None
     once_dir: str | None = None
     sleep: float = 0.0
@@ -57,5 +57,7 @@ class FaultyGaussian(GaussianFilter):
         if self._fault_fires(block):
             if self.how == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            while self.how == "hang":
+                time.sleep(3600)
             raise RuntimeError(f"injected fault in block {block.id}")
         return super().process(block)

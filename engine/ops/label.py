@@ -38,6 +38,7 @@ from engine.errors import ConfigError, ResumeMismatch, StorageError
 from engine.geometry import Block, BlockGrid, Box
 from engine.ops.scratch import Scratch
 from engine.runtime import Backend, BackendName, BlockOp, RunSummary, default_state_dir, run_blockwise
+from engine.runtime.lock import one_driver
 from engine.runtime.ownership import outputs_intact
 from engine.segment.kernels import Device, check_connectivity, foreground, label_block
 from engine.segment.objects import ObjectStats, block_stats
@@ -360,6 +361,7 @@ def label_grid(shape: Sequence[int], block: Sequence[int], chunks: Sequence[int]
     return BlockGrid(Box.from_shape(shape_t), write_shape=block_t), (chunks_t[0], chunks_t[1], chunks_t[2])
 
 
+@one_driver("label")  # its three passes, scratch and result.json belong to one driver
 def label_volume(
     input: str | os.PathLike[str],  # noqa: A002 - the natural name for users
     output: str | os.PathLike[str],

@@ -40,6 +40,7 @@ from engine.geometry import Block, BlockGrid, Box
 from engine.ops.label import DEFAULT_BLOCK, DEFAULT_CHUNKS, LabelResult, RelabelOp, label_grid
 from engine.ops.scratch import Scratch
 from engine.runtime import Backend, BackendName, BlockOp, default_state_dir, run_blockwise
+from engine.runtime.lock import one_driver
 from engine.runtime.ownership import outputs_intact
 from engine.segment.agglomerate import edge_sums, mean_agglomeration
 from engine.segment.objects import ObjectStats
@@ -195,6 +196,7 @@ class SegmentEdgesOp(BlockOp):
         return {"cross_edges": float(n_cross), "inner_edges": float(ea.size)}
 
 
+@one_driver("segment")  # its passes, scratch and result.json belong to one driver
 def segment_volume(
     affinities: str | os.PathLike[str],
     output: str | os.PathLike[str],

@@ -38,6 +38,8 @@ class Completion:
     #: For a lost worker: True for the batch it was running (its blocks may have caused the death),
     #: False for batches that were only queued behind it.
     culprit: bool = True
+    #: The worker was killed because this batch ran past its deadline (see engine.runtime.deadline).
+    timed_out: bool = False
 
 
 class Backend(ABC):
@@ -58,6 +60,11 @@ class Backend(ABC):
 
     def replace(self, worker: int) -> None:
         raise NotImplementedError
+
+    def abort(self, worker: int, why: str) -> list[Completion] | None:
+        """Kill ``worker`` (its running batch is past its deadline) and return its outstanding
+        batches as lost (the running one ``timed_out``); None where the backend cannot stop a block."""
+        return None
 
     def stop(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release workers."""
@@ -267,6 +274,15 @@ class RayBackend(Backend):
         for worker in dict.fromkeys(lost_workers):
             out += self._collect_dead(worker)
         return out
+
+    def abort(self, worker: int, why: str) -> list[Completion]:
+        import ray
+
+        ray.kill(self._actors[worker], no_restart=True)
+        return [
+            Completion(c.worker, c.ids, lost=why, culprit=True, timed_out=True) if c.culprit and c.result is None else c
+            for c in self._collect_dead(worker)
+        ]
 
     def _collect_dead(self, worker: int) -> list[Completion]:
         """All outstanding batches of a dead worker, in submission order. Actor calls run in that

@@ -42,6 +42,8 @@ import numpy as np
 from engine.errors import BlocksFailed, ConfigError
 from engine.geometry import BlockGrid
 from engine.runtime.backends import Backend, Completion, RayBackend, SerialBackend
+from engine.runtime.deadline import BatchClock, Deadline
+from engine.runtime.lock import driver_lock
 from engine.runtime.markers import FAILED, SKIPPED, DoneStore
 from engine.runtime.mask import BlockMask
 from engine.runtime.op import BlockOp
@@ -93,14 +95,18 @@ def run_blockwise(
     target_call_seconds: float = 0.05,
     max_batch: int = 4096,
     raise_on_failure: bool = True,
+    deadline: Deadline | None = None,
 ) -> RunSummary:
     """Run ``op`` over every block of ``grid`` not yet done, and return the run summary.
 
-    ``state_dir`` holds the done-markers and ``summary.json`` of this run.
+    ``state_dir`` holds the done-markers, ``summary.json`` and the driver lock of this run.
+    ``deadline`` bounds how long a batch may run on a Ray worker (default: :meth:`Deadline.from_env`,
+    derived from the observed block times, see :mod:`engine.runtime.deadline`).
     """
     if max_retries < 0:
         raise ConfigError(f"max_retries must be >= 0, got {max_retries}")
     name = name or op.kind or type(op).__name__
+    deadline = deadline or Deadline.from_env()
     be = make_backend(backend, workers, address)
     if be.name == "ray" and (op.process_local or _uses_memory(op)):
         raise ConfigError(
@@ -108,32 +114,36 @@ def run_blockwise(
             "use backend='serial' or file/cloud volumes",
         )
     description = {"layout": grid.layout(), "op": op.params()}
-    markers = DoneStore.open(state_dir, description, overwrite=overwrite)
-    try:
-        op.prepare(grid)
-        run_id = claim_outputs(markers, op.outputs())
-        done = markers.done_ids()
-        todo_mask = np.ones(grid.num_blocks, dtype=bool)
-        todo_mask[done[done < grid.num_blocks]] = False
-        todo = np.flatnonzero(todo_mask)
-        summary = RunSummary(name, be.name, grid.num_blocks, already_done=int(grid.num_blocks - todo.size), state_dir=str(state_dir), run_id=run_id)
-        log.info("%s: %d blocks, %d already done, %d to run", name, grid.num_blocks, summary.already_done, todo.size)
-        observer = RunObserver(summary, int(todo.size), progress=progress)
-        if todo.size:
-            be.start(op, grid, mask)
-            try:
-                restarts = max_worker_restarts if max_worker_restarts is not None else 2 * be.num_workers + 2
-                _Dispatcher(be, markers, observer, todo, grid, max_retries, restarts, window, target_call_seconds, max_batch).run()
-                summary.workers = _worker_counts(be, markers)
-            finally:
-                be.stop()
-        markers.flush(force=True)
-        summary = observer.finish()
-        summary.failures = markers.failures()
-        summary.failed = len(summary.failures)
-    finally:
-        markers.close()
-    summary.save(Path(state_dir) / "summary.json")
+    with driver_lock(state_dir):  # one driver per output: a second one refuses, naming this one
+        markers = DoneStore.open(state_dir, description, overwrite=overwrite)
+        try:
+            op.prepare(grid)
+            run_id = claim_outputs(markers, op.outputs())
+            done = markers.done_ids()
+            todo_mask = np.ones(grid.num_blocks, dtype=bool)
+            todo_mask[done[done < grid.num_blocks]] = False
+            todo = np.flatnonzero(todo_mask)
+            summary = RunSummary(name, be.name, grid.num_blocks, already_done=int(grid.num_blocks - todo.size), state_dir=str(state_dir), run_id=run_id)
+            log.info("%s: %d blocks, %d already done, %d to run", name, grid.num_blocks, summary.already_done, todo.size)
+            observer = RunObserver(summary, int(todo.size), progress=progress)
+            if todo.size:
+                be.start(op, grid, mask)
+                try:
+                    restarts = max_worker_restarts if max_worker_restarts is not None else 2 * be.num_workers + 2
+                    _Dispatcher(
+                        be, markers, observer, todo, grid, max_retries, restarts, window, target_call_seconds, max_batch,
+                        deadline=deadline,
+                    ).run()
+                    summary.workers = _worker_counts(be, markers)
+                finally:
+                    be.stop()
+            markers.flush(force=True)
+            summary = observer.finish()
+            summary.failures = markers.failures()
+            summary.failed = len(summary.failures)
+        finally:
+            markers.close()
+        summary.save(Path(state_dir) / "summary.json")
     for line in summary.lines():
         log.info("%s", line)
     if raise_on_failure and not summary.ok:
@@ -171,8 +181,11 @@ class _Dispatcher:
         window: int,
         target_call_seconds: float,
         max_batch: int,
+        *,
+        deadline: Deadline | None = None,
     ) -> None:
         self.be = be
+        self.clock = BatchClock(deadline or Deadline(), be.num_workers)
         self.markers = markers
         self.observer = observer
         self.pending: deque[int] = deque(int(i) for i in todo)
@@ -224,6 +237,7 @@ class _Dispatcher:
                     break  # a suspect waits for a worker with nothing in flight
                 ids = self.next_batch()
                 self.be.submit(w, ids)
+                self.clock.submitted(w, ids)
                 self.in_flight[w] += 1
                 self.running_blocks += len(ids)
                 if ids[0] in self.suspects:
@@ -232,18 +246,32 @@ class _Dispatcher:
     def run(self) -> None:
         self.fill()
         while any(self.in_flight):
-            for c in self.be.wait(timeout=0.5):
-                self.in_flight[c.worker] -= 1
-                self.running_blocks -= len(c.ids)
-                if self.in_flight[c.worker] == 0:
-                    self.isolated.discard(c.worker)
-                if c.result is None:
-                    self.worker_lost(c)
-                else:
-                    self.completed(c)
+            self.handle(self.be.wait(timeout=0.5))
+            for w, limit in self.clock.overdue():
+                why = f"it ran past its deadline of {limit:.1f} s, so its worker was killed"
+                lost = self.be.abort(w, why)
+                if lost is None:  # this backend cannot stop a block: wait for it
+                    self.clock.forget(w)
+                    continue
+                log.error("worker %d: a batch of %d block(s) ran past its deadline of %.1f s: killing the worker", w, len(lost[0].ids) if lost else 0, limit)
+                self.handle(lost)
             self.markers.flush()
             self.observer.running(self.running_blocks)
             self.fill()
+
+    def handle(self, completions: list[Completion]) -> None:
+        for c in completions:
+            self.in_flight[c.worker] -= 1
+            self.running_blocks -= len(c.ids)
+            if self.in_flight[c.worker] == 0:
+                self.isolated.discard(c.worker)
+            if c.result is None:
+                self.clock.returned(c.worker, c.ids)
+                self.worker_lost(c)
+            else:
+                secs = c.result.seconds
+                self.clock.returned(c.worker, c.ids, float(secs.max()) if secs.size else None)
+                self.completed(c)
 
     def completed(self, c: Completion) -> None:
         r = c.result
@@ -291,7 +319,8 @@ class _Dispatcher:
                 self.pending.appendleft(bid)
             else:
                 self.observer.failed()
-                self.markers.record([(bid, FAILED, 0.0, attempts, "", f"block {bid}: its worker died {attempts} times: {c.lost}")])
+                what = f"timed out {attempts} times" if c.timed_out else f"its worker died {attempts} times"
+                self.markers.record([(bid, FAILED, 0.0, attempts, "", f"block {bid}: {what}: {c.lost}")])
         if self.restarts_left <= 0:
             log.error("worker %d died and no replacements are left; %d worker(s) remain", c.worker, len(self.alive()) - 1)
             self.dead.add(c.worker)
@@ -301,6 +330,7 @@ class _Dispatcher:
         self.restarts_left -= 1
         self.observer.summary.workers_replaced += 1
         self.be.replace(c.worker)
+        self.clock.forget(c.worker)
 
     def _fail_pending(self, why: str) -> None:
         rows = [(bid, FAILED, 0.0, self.attempts.get(bid, 0), "", f"block {bid}: {why}") for bid in self.pending]
