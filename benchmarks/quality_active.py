@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Quality of active query suggestion: the two protocols of Lin et al. (ECCV 2020) for every method.
 
-    .venv/bin/python benchmarks/quality_active.py --quick                  # a smoke run (minutes)
+    .venv/bin/python benchmarks/quality_active.py --quick                  # a short run (minutes)
+    .venv/bin/python benchmarks/quality_active.py --smoke --out /tmp/qa    # seconds: checks that the script runs
     .venv/bin/python benchmarks/quality_active.py --shape 16,1536,1536     # synthetic, ~400 ROIs
     .venv/bin/python benchmarks/quality_active.py --data lucchi --lucchi-slices 165 --smooth 4 --threshold 0.8 --seeds 0,1,2
     .venv/bin/python benchmarks/quality_active.py --data cardona-mito --smooth 2 --threshold 0.7 --seeds 0,1,2
@@ -478,6 +479,7 @@ def main() -> int:
     ap.add_argument("--max-samples", type=int, default=300_000, help="voxels the pixel classifier is fit on (random subset)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
     ap.add_argument("--quick", action="store_true", help="small volume, few epochs")
+    ap.add_argument("--smoke", action="store_true", help="seconds: a tiny synthetic volume, one epoch, one ratio, 2 random repeats (checks that the script runs)")
     ap.add_argument("--out", default="/tmp/connectile-quality-active")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -486,6 +488,9 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     if args.quick:
         args.shape, args.epochs, args.patches, args.roi_size, args.triplet_steps = "16,512,512", 3, 300, 32, 20
+    if args.smoke:
+        args.data, args.shape, args.epochs, args.patches, args.roi_size, args.triplet_steps = "synthetic", "8,384,384", 1, 64, 32, 3
+        args.ratios, args.repeats, args.seeds, args.max_samples = "0.1", 2, "0", 50_000
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     emit(machine=platform.node(), cpus=os.cpu_count(), gpu=torch.cuda.is_available(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/quality_segment.py                 # FlyEM medulla sample 2 + both gala volumes
     .venv/bin/python benchmarks/quality_segment.py --volumes gala_train,gala_test --out /tmp/q
+    .venv/bin/python benchmarks/quality_segment.py --smoke --out /tmp/q-smoke      # seconds: checks that the script runs
 
 There is no trained affinity model yet, so the affinities scored here are made, two ways:
 
@@ -229,13 +230,15 @@ def peer(affs: np.ndarray, threshold: float) -> np.ndarray:
     return watershed(1.0 - mean, seeds).astype(np.uint64)
 
 
-def run_volume(name: str, conditions: list[str], block: int, tmp: Path, emit: Any) -> list[dict[str, Any]]:
+def run_volume(name: str, conditions: list[str], block: int, tmp: Path, emit: Any, crop: Any = None) -> list[dict[str, Any]]:
     from engine.metrics import contingency
     from engine.segment.agglomerate import edge_sums
     from engine.segment.watershed import as_float, block_contacts
     from engine.storage import create_volume
 
     raw, gt = load_volume(name, tmp)
+    if crop is not None:  # --smoke: a corner of the volume
+        raw, gt = raw[crop], gt[crop]
     rows: list[dict[str, Any]] = []
     print(f"[quality] {name}: {raw.shape}, {np.unique(gt[gt > 0]).size} gt bodies", file=sys.stderr, flush=True)
     for cond in conditions:
@@ -307,7 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conditions", default=",".join(CONDITIONS), help=f"comma-separated, of {', '.join(CONDITIONS)} (default: all)")
     ap.add_argument("--block", type=int, default=64, help="edge of a block of the blockwise run (default 64)")
     ap.add_argument("--out", help="folder for results.json and the plot (default: a new temporary folder)")
+    ap.add_argument("--smoke", action="store_true", help="seconds: a 48 x 80 x 80 corner of FlyEM and gala_train, two conditions, blocks of 32 (checks that the script runs)")
     args = ap.parse_args(argv)
+    crop = None
+    if args.smoke:
+        args.volumes, args.conditions, args.block, crop = "flyem,gala_train", "gt_noise0.2,raw_intensity", 32, np.s_[:48, :80, :80]
     if not DATA.is_dir():
         print(f"[quality] {DATA} is missing: this benchmark needs the shared EM data sets", file=sys.stderr)
         return 2
@@ -321,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         for name in [v.strip() for v in args.volumes.split(",") if v.strip()]:
-            rows += run_volume(name, [c.strip() for c in args.conditions.split(",") if c.strip()], args.block, tmp, emit)
+            rows += run_volume(name, [c.strip() for c in args.conditions.split(",") if c.strip()], args.block, tmp, emit, crop)
             (out / "results.json").write_text(json.dumps(rows, indent=1))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
