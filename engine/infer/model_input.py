@@ -16,6 +16,8 @@ repeated, as :func:`engine.models.unet.fold_sections` does in training and valid
 (18, 160, 160)
 >>> checkpoint_window(ModelConfig(filters=[4, 8, 8], anisotropic_stages=0), {"train": {"crop": [18, 150, 160]}})
 (16, 148, 160)
+>>> checkpoint_window(ModelConfig(filters=[4, 8, 8], anisotropic_stages=1), {"step": 3})  # no training crop recorded
+(16, 128, 128)
 """
 
 from __future__ import annotations
