@@ -269,3 +269,43 @@ def test_a_checkpoint_is_not_deleted_before_its_replacement_is_in_place(tmp_path
     write_training_checkpoint(tmp_path, 3, model, cfg, opt, {"elapsed": 2.0})
     assert (found[0][1] / "model.safetensors").read_bytes() != first
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000003"]
+
+
+# -- point 2 (library part): a start-over sets a person's answers aside ------------------------------
+
+
+def test_rounds_with_a_persons_answers_are_set_aside_before_a_start_over(tmp_path: Path) -> None:
+    from engine.active.answers import AnswerStore, all_answers, answers_path, set_aside_answers
+
+    run = tmp_path / "run"
+    rounds = run / "rounds"
+    with AnswerStore(answers_path(rounds / "round-01")) as a:
+        a.set(3, True)
+        a.set(7, False, source="oracle")
+        a.finish()
+    with AnswerStore(answers_path(rounds / "round-02")) as b:
+        b.set(4, True, source="oracle")  # ground truth only: a rerun gives it again
+    (rounds / "round-03").mkdir()
+    (rounds / "round-01" / "queries.parquet").write_bytes(b"q")
+    kept = set_aside_answers(run)
+    assert kept is not None and kept.parent == tmp_path and kept.name.startswith("run.answers-")
+    assert all_answers(kept) == {3: True, 7: False}  # the moved round reads as before
+    assert (kept / "rounds" / "round-01" / "queries.parquet").read_bytes() == b"q"
+    assert not (rounds / "round-01").exists() and (rounds / "round-02").exists() and (rounds / "round-03").exists()
+    shutil.rmtree(run)  # the start-over the caller does next
+    assert all_answers(kept) == {3: True, 7: False}
+    assert set_aside_answers(run) is None  # nothing left to keep
+
+
+def test_a_round_folder_itself_is_set_aside_whole(tmp_path: Path) -> None:
+    from engine.active.answers import AnswerStore, answers_path, set_aside_answers
+
+    round_dir = tmp_path / "q" / "rounds" / "round-01"
+    with AnswerStore(answers_path(round_dir)) as a:
+        a.set(1, True)
+    assert set_aside_answers(tmp_path / "q" / "rounds" / "round-02") is None  # absent
+    kept = set_aside_answers(round_dir)
+    assert kept is not None and not round_dir.exists() and kept.parent == round_dir.parent
+    with AnswerStore(answers_path(kept)) as again:
+        assert again.answers() == {1: True}
+    assert (tmp_path / "q" / "rounds").is_dir()  # nothing above the round was touched

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import os
 import re
 import sqlite3
 import threading
@@ -297,3 +298,46 @@ def all_answers(run_dir: str | Path) -> dict[int, bool]:
             with AnswerStore(path) as store:
                 out.update(store.answers())
     return out
+
+
+# -- a start-over never deletes a person's answers ---------------------------------------------------
+def _holds_person_answers(path: Path) -> bool:
+    """Whether an answer file holds at least one answer a person gave (an unreadable one counts: it
+    may, and only a person can tell)."""
+    try:
+        with AnswerStore(path) as store:
+            return "person" in store.sources().values()
+    except AnswerError as err:
+        log.warning("%s cannot be read (%s): kept as if it held a person's answers", path, err)
+        return True
+
+
+def set_aside_answers(folder: str | Path) -> Path | None:
+    """Before ``folder`` (a run directory, its ``rounds`` folder, one ``round-NN``, or any folder
+    holding review rounds) is deleted to start over, move every round in it whose ``answers.sqlite``
+    holds a person's answers to ``<folder>.answers-<UTC time>``, at the same path inside it.
+
+    Rounds answered only by an oracle (ground truth, which a rerun gives again) stay, to be deleted
+    with the folder. Returns the folder the answers were moved to, or None when no person answered.
+    A rename within the same parent folder: nothing is copied, and nothing is lost if it is cut short.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return None
+    rounds = sorted({p.parent for p in root.rglob("answers.sqlite") if p.is_file() and _holds_person_answers(p)})
+    rounds = [r for r in rounds if not any(o != r and o in r.parents for o in rounds)]  # outermost only
+    if not rounds:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = root.with_name(f"{root.name}.answers-{stamp}")
+    n = 1
+    while dest.exists():
+        dest = root.with_name(f"{root.name}.answers-{stamp}-{n}")
+        n += 1
+    for r in rounds:
+        target = dest / r.relative_to(root)  # the folder itself a round: it moves whole, to dest
+        if r != root:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(r, target)
+        log.warning("set aside the answers of %s in %s (a start-over keeps what a person answered)", r, target)
+    return dest
