@@ -478,8 +478,9 @@ def bench_dispatch(cfg: dict[str, Any], wd: Path, m: dict[str, Any]) -> list[dic
     c_rates = [r["blocks"] / r["run_s"] for r in cs]
     d_rates = [r["blocks"] / r["run_s"] for r in ds]
     c_rate, d_rate = _median(c_rates), _median(d_rates)
-    c_steady = _median([r["steady_blocks"] / r["steady_s"] for r in cs])
-    d_steady = _median([r["steady_blocks"] / r["steady_s"] for r in ds])
+    # steady: blocks after the first result / time from the first to the last (0 where all came at once: tiny runs)
+    c_steady = _median([r["steady_blocks"] / r["steady_s"] if r["steady_s"] > 0 else 0.0 for r in cs])
+    d_steady = _median([r["steady_blocks"] / r["steady_s"] if r["steady_s"] > 0 else 0.0 for r in ds])
     ok = all(r["done"] == n and r["markers_on_disk"] == n and r["resume_already_done"] == n for r in cs) and all(
         r["done"] == n and r["resume_already_done"] == n for r in ds
     )
@@ -508,7 +509,7 @@ def bench_dispatch(cfg: dict[str, Any], wd: Path, m: dict[str, Any]) -> list[dic
         "peer_time_to_first_result_s": med(ds, lambda r: r["time_to_first_result_s"]),
         "peer_resume_s": med(ds, lambda r: r["resume_s"]),
         "ratio": round(c_rate / d_rate, 2),
-        "steady_ratio": round(c_steady / d_steady, 2),
+        "steady_ratio": round(c_steady / d_steady, 2) if d_steady > 0 else None,
         "ratio_def": (
             f"connectile_blocks_per_s / peer_blocks_per_s, medians of {runs} runs (who goes first alternates), each in a fresh process "
             "(worker start-up included on both sides; Ray's cluster start reported apart); steady = blocks after the "

@@ -1,0 +1,139 @@
+"""Benchmarks never break silently (issue 17 points 7 and 8): every ``benchmarks/bench_*.py`` runs in its
+``--smoke`` mode through ``connectile bench --smoke`` (as a user runs the suite), every
+``benchmarks/quality_*.py`` runs its ``--smoke`` mode as a subprocess, and ``benchmarks/gpu_check.sh``
+exits 0 with "skipped: no GPU" lines where there is no GPU. Smoke modes run the scripts' real code
+paths on tiny inputs, so a script that crashes, or whose sides disagree, fails here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+
+#: quality scripts: (needs ../shared/data, extra arguments besides --smoke; {tmp} is the test's folder)
+QUALITY: dict[str, tuple[bool, list[str]]] = {
+    "quality_active.py": (False, ["--out", "{tmp}"]),
+    "quality_flyem.py": (True, ["--out", "{tmp}"]),
+    "quality_lucchi.py": (True, ["--work", "{tmp}"]),
+    "quality_segment.py": (True, ["--out", "{tmp}"]),
+    "quality_selection.py": (True, ["--out", "{tmp}"]),
+    "quality_semi.py": (True, ["--out", "{tmp}"]),
+}
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # each script starts its own local cluster
+    env.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return env
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def test_every_benchmark_has_a_smoke_mode_and_a_test() -> None:
+    """A new bench_*.py or quality_*.py without --smoke, or without a place in this file, fails here."""
+    scripts = sorted(p.name for p in BENCH.glob("bench_*.py")) + sorted(p.name for p in BENCH.glob("quality_*.py"))
+    assert len(scripts) >= 10
+    for name in scripts:
+        assert '"--smoke"' in (BENCH / name).read_text(), f"{name} has no --smoke mode"
+    assert sorted(p.name for p in BENCH.glob("quality_*.py")) == sorted(QUALITY)
+
+
+def test_connectile_bench_smoke(tmp_path: Path) -> None:
+    """``connectile bench --smoke``: every bench_*.py script, exit 0, its JSON lines tabulated; where both
+    sides are exact they agree; an extrapolated peer figure is marked as such in the table."""
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-c", "from engine.cli import main; raise SystemExit(main())", "bench", "--smoke", "--no-progress", "--out", str(out), "--timeout", "600"]
+    res = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900, check=False)
+    log = out.with_suffix(".log").read_text() if out.with_suffix(".log").exists() else ""
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + log[-6000:]
+    data = json.loads(out.read_text())
+    assert data["smoke"] is True
+    ran = {s["script"]: s for s in data["scripts"]}
+    assert sorted(ran) == sorted(p.stem.removeprefix("bench_") for p in BENCH.glob("bench_*.py"))
+    for name, s in ran.items():
+        assert s["returncode"] == 0 and s["command"].endswith("--smoke"), s
+        assert s["lines"] >= 2, f"{name} printed no measurement"
+    lines = data["lines"]
+    machine = [ln for ln in lines if ln.get("bench") == "machine" and ln.get("script") == "select"]
+    assert machine and machine[0]["cpu"] and "load_avg_1m" in machine[0]
+    # selection: exact picks identical to the hoisted reference; the larger size extrapolated and marked
+    sel = [ln for ln in lines if ln.get("bench") == "selection"]
+    assert any(ln["knn"] == "exact" and ln["identical_picks"] is True for ln in sel)
+    assert any(ln.get("extrapolated") is True and "ratio_extrapolated" in ln and "ratio" not in ln for ln in sel)
+    assert "* extrapolated, not measured" in res.stdout
+    assert any(r["extrapolated"] and r["ratio"] is not None for r in data["rows"])
+    # the other comparisons agree with their peers
+    cc = [ln for ln in lines if ln.get("bench") == "connected_components"]
+    assert cc and all(ln["agree"] is True for ln in cc) and all("uint32 (its fastest)" in ln["peer"] for ln in cc)
+    assert all(ln["identical"] is True for ln in lines if ln.get("bench") == "downsample")
+    assert all(ln["all_done_and_resumable"] is True for ln in lines if ln.get("bench") == "dispatch")
+    assert any(ln.get("bench") == "gaussian" and ln["agree"] is True for ln in lines)
+    assert any("summary" in ln and ln["summary"]["max_abs_diff_uint8_vs_monai"] < 0.01 for ln in lines if ln.get("script") == "infer")
+
+
+@pytest.mark.parametrize("script", sorted(QUALITY))
+def test_quality_script_smoke(script: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Each quality_*.py end to end on tiny inputs: exit 0 and at least one result line."""
+    needs_data, extra = QUALITY[script]
+    if needs_data:
+        request.getfixturevalue("shared_data")  # skipped where ../shared/data is absent (a failure in CI)
+    args = [a.replace("{tmp}", str(tmp_path / "out")) for a in extra]
+    res = subprocess.run([sys.executable, str(BENCH / script), "--smoke", *args], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    rows = _json_lines(res.stdout)
+    assert rows, res.stdout[-2000:]
+    if script == "quality_selection.py":  # it called the trainer with the wrong signature at HEAD~: every method trained
+        trained = [r for r in rows if "method" in r]
+        assert {r["method"] for r in trained} == {"coverage", "random", "kcenter"} and all(r["steps"] >= 1 for r in trained)
+
+
+def _load_gpu_check() -> Any:
+    spec = importlib.util.spec_from_file_location("gpu_check", BENCH / "gpu_check.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU machine runs the whole check (minutes), not this quick no-GPU run")
+def test_gpu_check_without_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """gpu_check.sh on a machine without a GPU: exit 0, a 'skipped: no GPU' line per GPU path, the
+    same lines in $OUT/gpu_check.jsonl; each Python check skips by itself too."""
+    res = subprocess.run(["bash", str(BENCH / "gpu_check.sh")], cwd=tmp_path, env={**_env(), "OUT": str(tmp_path / "out")},
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = _json_lines(res.stdout)
+    assert lines == _json_lines((tmp_path / "out" / "gpu_check.jsonl").read_text())
+    by = {ln["check"]: ln for ln in lines}
+    assert by["machine"]["cores"] == os.cpu_count() and by["machine"]["torch_cuda"] is False
+    for name in ("cupy_cc", "faiss_gpu", "predict_amp", "ray_train_gpu", "bench_cc_gpu", "bench_knn"):
+        assert by[name]["skipped"].startswith("no GPU"), by[name]
+    assert by["done"]["gpu"] is False and by["done"]["failed"] == 0
+    mod = _load_gpu_check()
+    for name, check in mod.CHECKS.items():
+        if name == "machine":
+            continue
+        capsys.readouterr()
+        assert check() is True
+        (line,) = _json_lines(capsys.readouterr().out)
+        assert line["skipped"].startswith("no GPU"), line
