@@ -98,6 +98,27 @@ def test_oracle_round_writes_queries_answers_checkpoint_metrics_then_skips(run: 
 
     assert yaml.safe_load((Path(run) / "config.yaml").read_text())["rounds"]["count"] == 2
 
+    # objects reviewed in round 1 are not asked again in round 2: the ROIs matching them (IoU > 0.5, brute force
+    # over the whole volumes here) are excluded from round 2's candidates
+    from engine.active.rois import read_index
+    from engine.pipeline.stages.query import answered_before
+    from engine.storage import open_volume
+
+    q1, q2 = Path(m.stages["query[1]"]["outputs"]["rois"]), Path(m.stages["query[2]"]["outputs"]["rois"])
+    lab1, lab2 = (open_volume(m.stages[f"label[{k}]"]["outputs"]["labels"]) for k in (1, 2))
+    v1, v2 = lab1.read(lab1.box), lab2.read(lab2.box)
+    i1, i2 = read_index(q1), read_index(q2)
+    expect = set()
+    for roi in first["answers"]:
+        a = v1 == i1["object_id"][int(roi)]
+        for r2, o2 in zip(i2["roi_id"].tolist(), i2["object_id"].tolist(), strict=True):
+            b = v2 == o2
+            if (a & b).sum() / (a | b).sum() > 0.5:
+                expect.add(int(r2))
+    got = answered_before(q2, [(str(q1), m.stages["review[1]"]["outputs"]["answers"])], 0.5)
+    assert got == expect and not set(queries) & got
+    assert json.loads((q2 / "summary.json").read_text())["answered_before"] == len(expect)
+
     # the same round again: nothing runs
     done = _started(run)
     assert main(["round", run, "--round", "2", "--oracle", "synth.neurons", "--no-progress"]) == 0
@@ -238,37 +259,44 @@ def test_bad_run_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert len(err.splitlines()) == 1 and "no `rounds:` section" in err
 
 
-def test_a_harmful_round_keeps_the_previous_model(run: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """Every answer of round 2 flipped (what the oracle accepts is rejected and the other way round), and a
+def test_a_harmful_round_keeps_the_previous_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every answer of a round flipped (what the oracle accepts is rejected and the other way round), and a
     fine-tuning that follows them hard (no replay of the annotated boxes, high learning rate): the new
     model scores lower on the held-out annotated voxels, so the round keeps the model it started from;
     with ``keep_better: false`` the same round uses the worse model (the gate is what kept it)."""
     from engine.active.answers import AnswerStore, answers_path
     from engine.active.oracle import oracle_answers
+    from engine.pipeline.stages.review import ReviewPending
 
-    hard = ["--set", "rounds.overrides.2.finetune.steps=40", "--set", "rounds.overrides.2.finetune.lr=0.03",
-            "--set", "rounds.overrides.2.finetune.replay=0.0", "--set", "rounds.overrides.2.finetune.propagate=false"]
-    assert main(["round", run, "--no-progress", *hard]) == 0  # a person's round: waits at the review
-    m = Manifest(run)
-    qdir = Path(run) / "round-02" / "query"
-    truth = m.stages["synth"]["outputs"]["neurons"]
-    right = oracle_answers(qdir, truth, np.asarray(_queries(run, 2)), criterion="iou")
-    with AnswerStore(answers_path(qdir / "rounds" / "round-02")) as store:
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)
+    cfg = apply_tiny(demo_config("run", shape=(16, 64, 96), chunks=(8, 64, 64), seed=3, rounds=1))
+    del cfg["metrics"], cfg["report"]
+    cfg["rounds"]["review"] = {"source": "person"}
+    hard = ["rounds.finetune.steps=40", "rounds.finetune.lr=0.03", "rounds.finetune.replay=0.0", "rounds.finetune.propagate=false"]
+    with pytest.raises(ReviewPending):
+        run_pipeline(pipeline_config(cfg, hard))
+    m = Manifest("run")
+    qdir = Path(m.stages["query[1]"]["outputs"]["rois"])
+    from engine.active.query import read_queries
+
+    ids = np.asarray(read_queries(qdir / "rounds" / "round-01" / "queries.parquet")["roi_id"])
+    right = oracle_answers(qdir, m.stages["synth"]["outputs"]["neurons"], ids, criterion="iou")
+    with AnswerStore(answers_path(qdir / "rounds" / "round-01")) as store:
         for roi, ok in right.items():
             store.set(roi, not ok, source="person")
         store.finish()
-    assert main(["round", run, "--no-progress", *hard]) == 0
-    out = capsys.readouterr().out
-    m = Manifest(run)
-    d = json.loads(Path(m.stages["finetune[2]"]["outputs"]["decision"]).read_text())
-    assert d["candidate_score"] < d["previous_score"] and d["kept"] == "previous"
-    assert m.stages["finetune[2]"]["outputs"]["checkpoint"] == m.stages["finetune[1]"]["outputs"]["checkpoint"] == d["previous"]
-    assert "kept the previous model" in out
+    run_pipeline(pipeline_config(cfg, hard))
+    m = Manifest("run")
+    d = json.loads(Path(m.stages["finetune[1]"]["outputs"]["decision"]).read_text())
+    assert d["candidate_score"] < d["previous_score"] and d["kept"] == "previous", d
+    assert m.stages["finetune[1]"]["outputs"]["checkpoint"] == m.stages["train"]["outputs"]["checkpoint"] == d["previous"]
+    assert "kept the previous model" in d["reason"]
 
-    assert main(["round", run, "--round", "2", "--no-progress", *hard, "--set", "rounds.overrides.2.finetune.keep_better=false"]) == 0
-    m = Manifest(run)
-    d2 = json.loads(Path(m.stages["finetune[2]"]["outputs"]["decision"]).read_text())
-    assert d2["kept"] == "candidate" and m.stages["finetune[2]"]["outputs"]["checkpoint"] == d2["candidate"] != d2["previous"]
+    run_pipeline(pipeline_config(cfg, [*hard, "rounds.finetune.keep_better=false"]))
+    m = Manifest("run")
+    d2 = json.loads(Path(m.stages["finetune[1]"]["outputs"]["decision"]).read_text())
+    assert d2["kept"] == "candidate" and m.stages["finetune[1]"]["outputs"]["checkpoint"] == d2["candidate"] != d2["previous"]
 
 
 def test_round_layout_errors_are_one_line_and_delete_nothing(run: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -89,6 +89,7 @@ def run_query(
     round_number: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    exclude: set[int] | frozenset[int] = frozenset(),
 ) -> QueryResult:
     """Suggest the queries of a round (see the module docstring) and return what was done."""
     from engine.active.answers import answers_path, reviewed_roi_ids
@@ -117,7 +118,7 @@ def run_query(
     if cfg.method == "hierarchical" and cfg.active and k > 1:
         active_finetune(run_dir, k, cfg.triplet, cfg.features.device)
     feats = load_features(run_dir, before_round=k + 1)
-    reviewed = reviewed_roi_ids(Path(run_dir))
+    reviewed = reviewed_roi_ids(Path(run_dir)) | set(exclude)  # ``exclude``: answered elsewhere (an earlier round's same objects)
     s = suggest(cfg.method, feats["mask"], feats["image"], n_clusters=cfg.n_clusters, n_sub=cfg.n_sub, per_cluster=cfg.per_cluster,
                 budget=cfg.budget, reviewed=reviewed, scores=index["score"], seed=cfg.seed, n_init=cfg.n_init)
     if len(s) == 0:

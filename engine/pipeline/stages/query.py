@@ -11,6 +11,7 @@ gives no queries (``summary.json`` says so) and the round's review and fine-tuni
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from typing import Any
 
@@ -20,6 +21,8 @@ from engine.active.features import FeatureConfig, VaeConfig
 from engine.active.rounds import QueryConfig
 from engine.config import Config
 from engine.pipeline.stage import Stage, StageContext
+
+log = logging.getLogger(__name__)
 
 Triple = tuple[int, int, int]
 
@@ -41,6 +44,9 @@ class QuerySection(Config):
     probability: str | None = None
     size: int = Field(default=64, ge=8)
     min_voxels: int = Field(default=0, ge=0)
+    earlier: list[str] | None = Field(default=None, description="wired: the earlier rounds' answers; their objects are not asked again")
+    earlier_rois: list[str] | None = Field(default=None, description="wired: the earlier rounds' query folders (their objects)")
+    overlap: float = Field(default=0.5, gt=0.0, le=1.0, description="IoU above which an object counts as one reviewed in an earlier round")
     block: Triple = (32, 256, 256)
     query: QueryConfig = Field(default_factory=_small_query)
 
@@ -51,10 +57,49 @@ def object_count(table: str) -> int:
     return int(read_object_table(table)["id"].size)
 
 
+def answered_before(run_dir: Any, earlier: list[tuple[str, str]], overlap: float) -> set[int]:
+    """The ROIs of ``run_dir`` whose object matches (IoU > ``overlap``) an object reviewed in an earlier round
+    (``earlier``: that round's query folder and ``answers.json``), so that a person is not asked about it
+    again (a round that kept its model predicts the same objects)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from engine.active.rois import read_index, read_meta
+    from engine.geometry import Box
+    from engine.storage import open_volume
+
+    if not earlier:
+        return set()
+    index = read_index(run_dir)
+    roi_of = {int(o): int(r) for r, o in zip(index["roi_id"].tolist(), index["object_id"].tolist(), strict=True)}
+    size_of = {int(o): int(v) for o, v in zip(index["object_id"].tolist(), index["voxels"].tolist(), strict=True)}
+    mine = open_volume(read_meta(run_dir)["params"]["labels"])
+    out: set[int] = set()
+    for folder, path in earlier:
+        answers = json.loads(Path(path).read_text())["answers"]
+        if not answers:
+            continue
+        old_index = read_index(folder)
+        old = open_volume(read_meta(folder)["params"]["labels"])
+        with np.load(Path(folder) / "rois" / "objects.npz") as z:
+            bbox = {int(i): b for i, b in zip(z["id"].tolist(), z["bbox"], strict=True)}
+        for roi in answers:
+            obj = int(old_index["object_id"][int(roi)])
+            b = bbox[obj]
+            box = Box(tuple(int(v) for v in b[:3]), tuple(int(v) for v in b[3:]))
+            a = old.read(box) == np.asarray(obj, old.dtype)
+            ids, counts = np.unique(mine.read(box)[a], return_counts=True)
+            for i, c in zip(ids.tolist(), counts.tolist(), strict=True):
+                if i in roi_of and c / (int(a.sum()) + size_of[i] - c) > overlap:
+                    out.add(roi_of[i])
+    return out
+
+
 class QueryStage(Stage):
     kind = "query"
     config = QuerySection
-    inputs = ("labels", "table", "image", "probability")
+    inputs = ("labels", "table", "image", "probability", "earlier", "earlier_rois")
     outputs = ("rois", "summary")
     order = 130
 
@@ -83,8 +128,14 @@ class QueryStage(Stage):
                 budget_cap = max(1, res.rois)
                 if q.n_clusters > budget_cap:  # fewer objects than clusters: one cluster per object at most
                     q = q.model_copy(update={"n_clusters": budget_cap, "n_sub": 1})
-                result = run_query(run_dir, q, round_number=rnd, progress=rt.progress)
-                summary.update(queries=result.queries, method=result.method, candidates=result.candidates, queries_file=result.path)
+                earlier = list(zip(ctx.inputs(cfg.earlier_rois or []), ctx.inputs(cfg.earlier or []), strict=True))
+                exclude = answered_before(run_dir, earlier, cfg.overlap)
+                summary["answered_before"] = len(exclude)
+                if len(exclude) >= res.rois:  # every object was answered in an earlier round: nothing to ask this round
+                    log.info("%s: every object of the prediction was reviewed in an earlier round; no queries", ctx.stage)
+                else:
+                    result = run_query(run_dir, q, round_number=rnd, progress=rt.progress, exclude=exclude)
+                    summary.update(queries=result.queries, method=result.method, candidates=result.candidates, queries_file=result.path)
         path = run_dir / "summary.json"
         path.write_text(json.dumps(summary, indent=1))
         return {"rois": str(run_dir), "summary": str(path)}
