@@ -38,7 +38,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
                 "predict[2]", "label[2]", "score[2]", "metrics", "report"]
     assert sorted(manifest) == sorted(expected) and all(e["status"] == "done" for e in manifest.values())
     assert f"{len(expected)} stage(s) ran, 0 done already" in first.stdout
-    assert "| 1 | base (train) |" in first.stdout and "| 2 | fine-tuned x1 |" in first.stdout
+    assert "| 1 | base (train) |" in first.stdout and "| 2 | after 1 round(s)" in first.stdout
     assert f"report: {out / 'report.md'}" in first.stdout and "neuroglancer-demo.appspot.com/#!" in first.stdout
     assert (out / "selection" / "picks.png").stat().st_size > 1000
 

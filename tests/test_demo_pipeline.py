@@ -28,7 +28,7 @@ STAGES = [
 
 
 def tiny(run_dir: Path) -> dict[str, Any]:
-    return apply_tiny(demo_config(str(run_dir), shape=(16, 64, 96), chunks=(8, 64, 64), seed=3))
+    return {**apply_tiny(demo_config(str(run_dir), shape=(16, 64, 96), chunks=(8, 64, 64), seed=3)), "test_from_z": 12}
 
 
 def test_shipped_configs_are_the_demo_config() -> None:
@@ -69,6 +69,27 @@ def test_tiny_pipeline_end_to_end_skip_rerun_and_person_review(tmp_path: Path) -
         assert d["kept"] == ("previous" if d["candidate_score"] < d["previous_score"] else "candidate")
         prev = manifest.stages[f"finetune[{r}]"]["outputs"]["checkpoint"]
         assert prev == (d["previous"] if d["kept"] == "previous" else d["candidate"])
+    # the test region (z >= test_from_z) is never selected, annotated, queried or trained on, and the scores are of it only
+    zt = cfg["test_from_z"]
+    assert all(b["stop"][0] <= zt for b in sel["boxes"])
+    from engine.storage import open_volume
+
+    for r in (1, 2):
+        lab = open_volume(str(run_dir / f"round-{r:02d}" / "finetune" / "labels.zarr" / "labels"))
+        assert np.all(lab.read(lab.box)[zt:] == 255)
+        qdir = run_dir / f"round-{r:02d}" / "query"
+        with np.load(qdir / "rois" / "objects.npz") as z:
+            z1 = {int(i): int(b[3]) for i, b in zip(z["id"].tolist(), z["bbox"], strict=True)}
+        from engine.active.query import read_queries
+        from engine.active.rois import read_index
+
+        index = read_index(qdir)
+        obj = dict(zip(index["roi_id"].tolist(), index["object_id"].tolist(), strict=True))
+        qpath = qdir / "rounds" / f"round-{r:02d}" / "queries.parquet"
+        asked = read_queries(qpath)["roi_id"].tolist() if qpath.exists() else []
+        assert all(z1[int(obj[int(q)])] <= zt for q in asked)
+    for m in json.loads((run_dir / "metrics" / "metrics.json").read_text())["rounds"]:
+        assert m["scored_from_z"] == zt and m["voi_box"]["start"][0] >= zt
     # validation never drops across rounds: the held-out score of each round's model, computed again here
     from engine.learn.config import TrainConfig
     from engine.models import read_checkpoint_config
@@ -159,8 +180,9 @@ def _check_report(run_dir: Path, metrics: list[dict[str, Any]], boxes: list[dict
     assert got == [([float(v) for v in b["start"]], [float(v) for v in b["stop"]]) for b in boxes]
     from engine.active.query import read_queries
 
-    # pipeline round 2's queries are stored as round 2 of its active-learning folder
-    queried = read_queries(run_dir / "round-02" / "query" / "rounds" / "round-02" / "queries.parquet")["roi_id"].tolist()
+    # pipeline round r's queries are stored as round r of its active-learning folder; the view shows the last round that asked something
+    last = max(r for r in (1, 2) if (run_dir / f"round-{r:02d}" / "query" / "rounds" / f"round-{r:02d}" / "queries.parquet").exists())
+    queried = read_queries(run_dir / f"round-{last:02d}" / "query" / "rounds" / f"round-{last:02d}" / "queries.parquet")["roi_id"].tolist()
     assert sorted(a["props"][0] for a in layers["queried ROIs"]["annotations"]) == sorted(int(i) for i in queried)
     assert all(a["props"][2] in (0, 1) for a in layers["queried ROIs"]["annotations"])  # the oracle answered every one
 

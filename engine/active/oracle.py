@@ -99,9 +99,10 @@ def oracle_answers(
 
 
 def objects_correct(labels: str, table: str | os.PathLike[str], gt: str, *, criterion: Criterion = "cover", threshold: float = 0.5,
-                    gt_binary: bool = False, margin: tuple[int, int, int] = (2, 16, 16), min_voxels: int = 0) -> np.ndarray:
+                    gt_binary: bool = False, margin: tuple[int, int, int] = (2, 16, 16), min_voxels: int = 0, z_from: int = 0) -> np.ndarray:
     """Whether each object of an object table (rows in table order, objects smaller than
-    ``min_voxels`` left out) is correct: the ROI accuracy of a prediction is the mean of this."""
+    ``min_voxels`` or not wholly in sections ``z >= z_from`` left out) is correct: the ROI accuracy of a
+    prediction is the mean of this."""
     from engine.geometry import Box
     from engine.ops.objects import read_object_table
     from engine.storage import open_volume
@@ -111,7 +112,7 @@ def objects_correct(labels: str, table: str | os.PathLike[str], gt: str, *, crit
     if truth.spatial_shape != lab.spatial_shape:
         raise StorageError(f"the ground truth {truth.url} has shape {truth.spatial_shape}, the labels {lab.spatial_shape}",
                            "give the ground truth of the predicted volume")
-    keep = np.flatnonzero(cols["voxels"] >= max(1, min_voxels))
+    keep = np.flatnonzero((cols["voxels"] >= max(1, min_voxels)) & (cols["z0"] >= z_from))
     out = np.zeros(keep.size, bool)
     for j, i in enumerate(keep.tolist()):
         box = Box(tuple(int(cols[c][i]) for c in ("z0", "y0", "x0")), tuple(int(cols[c][i]) for c in ("z1", "y1", "x1")))

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import create_model
+from pydantic import Field, create_model
 
 from engine.config import Config, apply_overrides, parse_config, read_yaml
 from engine.errors import ConfigError, ConnectileError, StorageError
@@ -51,6 +51,10 @@ class PipelineBase(Config):
 
     run_dir: str = "runs/pipeline"
     runtime: RuntimeSection = RuntimeSection()
+    test_from_z: int | None = Field(
+        default=None, ge=1,
+        description="sections z >= this are the test region: never embedded for training, selected, annotated, queried, reviewed or trained "
+                    "on; the score stages score only there (None: no test region, scores over the whole volume)")
 
 
 _MODELS: dict[tuple[str, ...], type[PipelineBase]] = {}
@@ -144,7 +148,9 @@ def plan(cfg: PipelineBase) -> Plan:
         del left[first]
     hashes: dict[str, str] = {}
     for name in order:
-        blob = {"stage": name, "section": sections[name].model_dump(mode="json"), "depends": {d: hashes[d] for d in depends[name]}}
+        blob: dict[str, Any] = {"stage": name, "section": sections[name].model_dump(mode="json"), "depends": {d: hashes[d] for d in depends[name]}}
+        if getattr(cfg, "test_from_z", None) is not None:  # a test region changes what every stage may use
+            blob["test_from_z"] = cfg.test_from_z
         hashes[name] = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
     return Plan(order, depends, hashes, sections, enabled)
 

@@ -167,6 +167,11 @@ class StageContext:
     round: int | None = None
 
     @property
+    def test_from_z(self) -> int | None:
+        """The first section of the run's test region (``test_from_z``), or None."""
+        return getattr(self.pipeline, "test_from_z", None)
+
+    @property
     def folder(self) -> str:
         """This stage's folder relative to the run: ``<stage>``, or ``round-NN/<kind>`` for a round stage."""
         from engine.pipeline.rounds import folder_of

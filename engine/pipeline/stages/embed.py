@@ -54,8 +54,10 @@ def _to_unit(data: np.ndarray) -> np.ndarray:
     return data.astype(np.float32)
 
 
-def embed_volume(raw_url: str, out: str, cfg: EmbedSection, *, progress: bool = False, loss_png: str | None = None) -> dict[str, Any]:
-    """Train the encoder on ``raw_url`` and write the patch embeddings to ``out``; returns a summary."""
+def embed_volume(raw_url: str, out: str, cfg: EmbedSection, *, progress: bool = False, loss_png: str | None = None, z_stop: int | None = None) -> dict[str, Any]:
+    """Train the encoder on ``raw_url`` and write the patch embeddings to ``out``; returns a summary.
+    ``z_stop``: only sections below it (the rest is the run's test region): the patch grid covers
+    ``z < z_stop`` (same coordinates as the volume's), so nothing beyond can be selected."""
     import torch
     from tqdm import tqdm
 
@@ -70,10 +72,18 @@ def embed_volume(raw_url: str, out: str, cfg: EmbedSection, *, progress: bool = 
     torch.set_num_threads(cfg.threads)
     vol = open_volume(raw_url)
     shape = vol.spatial_shape
-    if any(c > s for c, s in zip(cfg.crop, shape, strict=True)):
-        raise ConfigError(f"embed.crop {cfg.crop} is larger than the volume {shape}", "use a smaller embed.crop")
+    region = vol.box
+    if z_stop is not None:
+        if not 0 < z_stop <= shape[0]:
+            raise ConfigError(f"test_from_z {z_stop} is outside the volume's {shape[0]} sections", "give a section inside the volume")
+        shape = (z_stop, *shape[1:])
+        from engine.geometry import Box
+
+        region = Box((0, 0, 0), shape)
+    if any(c > s for c, s in zip(cfg.crop, shape, strict=True)) or any(p > s for p, s in zip(cfg.patch, shape, strict=True)):
+        raise ConfigError(f"embed.crop {cfg.crop} or embed.patch {cfg.patch} is larger than the volume {shape} (before test_from_z)", "use a smaller embed.crop / embed.patch")
     grid = PatchGrid(shape, cfg.patch, cfg.stride)
-    data = _to_unit(vol.read(vol.box))  # the demo's volumes are small; real ones: a future blockwise op
+    data = _to_unit(vol.read(region))  # the demo's volumes are small; real ones: a future blockwise op
     torch.manual_seed(cfg.seed)
     unet = build_model(cfg.model)
     losses: list[float] = []
@@ -131,6 +141,6 @@ class EmbedStage(Stage):
 
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         out = ctx.dir / "emb.zarr"
-        info = embed_volume(ctx.input(cfg.input), str(out), cfg, progress=ctx.runtime.progress, loss_png=str(ctx.dir / "embed_loss.png"))
+        info = embed_volume(ctx.input(cfg.input), str(out), cfg, progress=ctx.runtime.progress, loss_png=str(ctx.dir / "embed_loss.png"), z_stop=ctx.test_from_z)
         (ctx.dir / "embed.json").write_text(json.dumps(info, indent=1))
         return {"embeddings": str(out)}

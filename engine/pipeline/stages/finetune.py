@@ -87,11 +87,14 @@ def write_labels(ctx: StageContext, cfg: Any) -> tuple[str, list[dict[str, Any]]
 
     base = open_volume(ctx.input(cfg.labels))
     labels = base.read(base.box)
-    protect = None
+    protect = np.zeros(labels.shape, bool)
     if cfg.heldout:
         held = open_volume(ctx.input(cfg.heldout))
         protect = held.read(held.box) != UNKNOWN
         labels[protect] = UNKNOWN
+    if ctx.test_from_z is not None:  # the test region: never trained on (propagated answers could reach it)
+        protect[ctx.test_from_z:] = True
+        labels[ctx.test_from_z:] = UNKNOWN
     rounds = [RoundAnswers(ctx.input(rd), k, read_answers(ctx.input(a)))
               for k, (rd, a) in enumerate(zip(cfg.rois or [], cfg.answers or [], strict=True), start=1)]
     painted, counts = paint_answers(labels, rounds, ring=cfg.ring, propagate_answers=cfg.propagate, protect=protect)

@@ -24,7 +24,7 @@ class PredictSection(Config):
 
     raw: str
     checkpoint: str | None = None
-    window: Triple = (1, 128, 128)
+    window: Triple | None = Field(default=None, description="sliding window; default: the checkpoint's training crop (see engine.infer)")
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     block: Triple = (32, 256, 256)
     chunks: Triple = (16, 128, 128)

@@ -96,6 +96,20 @@ def answered_before(run_dir: Any, earlier: list[tuple[str, str]], overlap: float
     return out
 
 
+def in_test_region(run_dir: Any, z_from: int) -> set[int]:
+    """The ROIs of ``run_dir`` whose object reaches sections ``z >= z_from`` (the run's test region)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from engine.active.rois import read_index
+
+    index = read_index(run_dir)
+    with np.load(Path(run_dir) / "rois" / "objects.npz") as z:
+        z1 = {int(i): int(b[3]) for i, b in zip(z["id"].tolist(), z["bbox"], strict=True)}
+    return {int(r) for r, o in zip(index["roi_id"].tolist(), index["object_id"].tolist(), strict=True) if z1[int(o)] > z_from}
+
+
 class QueryStage(Stage):
     kind = "query"
     config = QuerySection
@@ -131,6 +145,10 @@ class QueryStage(Stage):
                 earlier = list(zip(ctx.inputs(cfg.earlier_rois or []), ctx.inputs(cfg.earlier or []), strict=True))
                 exclude = answered_before(run_dir, earlier, cfg.overlap)
                 summary["answered_before"] = len(exclude)
+                if ctx.test_from_z is not None:  # objects reaching into the test region are never asked
+                    test = in_test_region(run_dir, ctx.test_from_z)
+                    summary["in_test_region"] = len(test)
+                    exclude |= test
                 if len(exclude) >= res.rois:  # every object was answered in an earlier round: nothing to ask this round
                     log.info("%s: every object of the prediction was reviewed in an earlier round; no queries", ctx.stage)
                 else:

@@ -155,7 +155,9 @@ def neuroglancer_link(upstream: dict[str, dict[str, str]], run_dir: Path, serve_
     boxes: list[dict[str, Any]] = []
     points: list[dict[str, Any]] = []
     sel = upstream.get("selection", {}).get("boxes")
-    queries = sorted((s for s, o in upstream.items() if "rois" in o and Path(o["rois"]).is_dir()), key=lambda s: (_round(s), s))
+    # the last query stage that asked something (a round may have had nothing new to ask)
+    queries = sorted((s for s, o in upstream.items() if "rois" in o and any(Path(o["rois"]).glob("rounds/round-*/queries.parquet"))),
+                     key=lambda s: (_round(s), s))
     if sel or queries:
         view = discover_run(upstream[queries[-1]]["rois"] if queries else run_dir, raw=raw[2].url, selection=sel)
         boxes, points = view.boxes, (view.points if queries else [])

@@ -39,8 +39,9 @@ class ScoreSection(Config):
     voi_max_voxels: int = Field(default=1 << 25, ge=1)
 
 
-def score_round(prob_url: str, labels_url: str, table: str, truth_url: str, cfg: ScoreSection) -> dict[str, Any]:
-    """The metrics of the module docstring."""
+def score_round(prob_url: str, labels_url: str, table: str, truth_url: str, cfg: ScoreSection, z_from: int = 0) -> dict[str, Any]:
+    """The metrics of the module docstring, over sections ``z >= z_from`` (the run's test region; objects
+    counted for the ROI accuracy when they lie wholly there)."""
     import cc3d
 
     from engine.active.oracle import objects_correct
@@ -51,11 +52,16 @@ def score_round(prob_url: str, labels_url: str, table: str, truth_url: str, cfg:
     from engine.storage import open_volume
 
     prob, lab, truth = open_volume(prob_url), open_volume(labels_url), open_volume(truth_url)
-    shape = truth.spatial_shape
+    full = truth.spatial_shape
+    if not 0 <= z_from < full[0]:
+        from engine.errors import ConfigError
+
+        raise ConfigError(f"test_from_z {z_from} is outside the volume's {full[0]} sections", "give a section inside the volume")
+    shape = (full[0] - z_from, *full[1:])  # the scored region, from z_from
     inter = union = p_sum = t_sum = 0
     depth = max(1, prob.chunk_shape[0])
-    for z in range(0, shape[0], depth):
-        box = Box((z, 0, 0), (min(z + depth, shape[0]), *shape[1:]))
+    for z in range(z_from, full[0], depth):
+        box = Box((z, 0, 0), (min(z + depth, full[0]), *full[1:]))
         p = foreground(prob.read(box), cfg.threshold)
         t = read_foreground(truth, box, cfg.target, cfg.boundary)
         inter += int((p & t).sum())
@@ -71,7 +77,7 @@ def score_round(prob_url: str, labels_url: str, table: str, truth_url: str, cfg:
     while int(np.prod(sub)) > cfg.voi_max_voxels:
         ax = int(np.argmax(sub))
         sub[ax] = max(1, sub[ax] // 2)
-    start = tuple((s - c) // 2 for s, c in zip(shape, sub, strict=True))
+    start = tuple(o + (s - c) // 2 for o, s, c in zip((z_from, 0, 0), shape, sub, strict=True))
     vbox = Box(start, tuple(a + c for a, c in zip(start, sub, strict=True)))
     seg = lab.read(vbox)
     gt = truth.read(vbox)
@@ -80,7 +86,7 @@ def score_round(prob_url: str, labels_url: str, table: str, truth_url: str, cfg:
     split, merge = voi(seg, gt, ignore_seg=(0,))
     out.update(voi_split=split, voi_merge=merge, voi=split + merge, voi_box={"start": list(vbox.start), "stop": list(vbox.stop)})
     gt_objects = int(np.unique(gt[gt != 0]).size)
-    correct = objects_correct(labels_url, table, truth_url, criterion=cfg.criterion, gt_binary=cfg.truth_binary)
+    correct = objects_correct(labels_url, table, truth_url, criterion=cfg.criterion, gt_binary=cfg.truth_binary, z_from=z_from)
     out.update(objects=int(correct.size), objects_correct=int(correct.sum()), roi_accuracy=float(correct.mean()) if correct.size else None,
                truth_objects_in_voi_box=gt_objects)
     return out
@@ -94,8 +100,9 @@ class ScoreStage(Stage):
     order = 120
 
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
-        m = score_round(ctx.input(cfg.probability), ctx.input(cfg.labels), ctx.input(cfg.table), ctx.input(cfg.truth), cfg)
+        m = score_round(ctx.input(cfg.probability), ctx.input(cfg.labels), ctx.input(cfg.table), ctx.input(cfg.truth), cfg, ctx.test_from_z or 0)
         m["round"] = ctx.round
+        m["scored_from_z"] = ctx.test_from_z or 0
         path = ctx.dir / "metrics.json"
         path.write_text(json.dumps(m, indent=1))
         return {"metrics": str(path)}

@@ -51,14 +51,26 @@ class TrainSection(Config):
     threads: int = Field(default=1, ge=1)
 
 
-def build_train_config(cfg: TrainSection, raw: str, labels: str, boxes: str | None, truth: str | None, output: str, progress: bool) -> TrainConfig:
-    """The :class:`TrainConfig` of a ``train`` section with resolved inputs."""
+def build_train_config(
+    cfg: TrainSection, raw: str, labels: str, boxes: str | None, truth: str | None, output: str, progress: bool, z_stop: int | None = None,
+) -> TrainConfig:
+    """The :class:`TrainConfig` of a ``train`` section with resolved inputs. ``z_stop``: the run's test region
+    starts there; the unlabelled data of semi-supervised training stays below it, and the learning curve
+    (display only, never used to choose anything) is scored in it unless ``validation_roi`` says otherwise."""
     data: dict[str, Any] = {"raw": raw, "labels": labels, "boxes": boxes}
+    shape = None
+    if z_stop is not None:
+        from engine.storage import open_volume
+
+        shape = open_volume(raw).spatial_shape
     if cfg.semi is not None and (cfg.semi.unlabelled or cfg.semi.inter):
-        data["unlabelled"] = [{"raw": raw}]
+        data["unlabelled"] = [{"raw": raw} if shape is None else {"raw": raw, "roi": {"start": [0, 0, 0], "stop": [z_stop, *shape[1:]]}}]
     validation = None
     if truth is not None:
-        validation = {"raw": raw, "labels": truth, "every": cfg.validate_every, "roi": cfg.validation_roi.model_dump() if cfg.validation_roi else None}
+        roi = cfg.validation_roi.model_dump() if cfg.validation_roi else None
+        if roi is None and shape is not None:
+            roi = {"start": [z_stop, 0, 0], "stop": list(shape)}
+        validation = {"raw": raw, "labels": truth, "every": cfg.validate_every, "roi": roi}
     return TrainConfig.model_validate({
         "model": cfg.model.model_dump(), "data": data, "target": {"kind": cfg.model.head, "label_ids": [FOREGROUND], "ignore_ids": [UNKNOWN]},
         "crop": cfg.crop, "batch_size": cfg.batch_size, "sampling": cfg.sampling.model_dump(), "augment": cfg.augment.model_dump(),
@@ -93,5 +105,5 @@ class TrainStage(Stage):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         boxes = ctx.input(cfg.boxes) if cfg.boxes else None
         truth = ctx.input(cfg.truth) if cfg.truth else None
-        tcfg = build_train_config(cfg, ctx.input(cfg.raw), ctx.input(cfg.labels), boxes, truth, str(ctx.dir), ctx.runtime.progress)
+        tcfg = build_train_config(cfg, ctx.input(cfg.raw), ctx.input(cfg.labels), boxes, truth, str(ctx.dir), ctx.runtime.progress, ctx.test_from_z)
         return run_training(tcfg, resume=not ctx.overwrite)
