@@ -243,6 +243,13 @@ def test_person_round_waits_for_answers_then_goes_on(run: str, capsys: pytest.Ca
     # the held-out annotated voxels are never trained on
     assert np.all(t[held.read(held.box) != 255] == 255)
 
+    # a start-over of the round's query (a new prediction) moves the person's answers aside, never deletes them
+    assert main(["run", str(Path(run) / "config.yaml"), "--from", "query[2]", "--no-progress"]) == 3  # waits for a person again
+    aside = list(Path(run, "round-02").glob("query/rounds.answers-*/round-02/answers.sqlite"))
+    assert len(aside) == 1
+    with AnswerStore(aside[0]) as store:
+        assert store.answers() == {roi: k != 0 for k, roi in enumerate(queries)}
+
 
 def test_bad_run_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["round", str(tmp_path / "nope")]) == 2

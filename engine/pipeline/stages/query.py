@@ -122,7 +122,12 @@ class QueryStage(Stage):
         from engine.ops.rois import extract_rois
 
         run_dir = ctx.dir
-        if ctx.overwrite:  # a new prediction: ROIs, features and rounds of the old one go
+        if ctx.overwrite:  # a new prediction: ROIs, features and rounds of the old one go; a person's answers are moved aside first
+            from engine.active.answers import set_aside_answers
+
+            kept = set_aside_answers(run_dir / "rounds")
+            if kept is not None:
+                log.warning("%s: starting over; a person's answers were moved to %s", ctx.stage, kept)
             for name in ("rois", "features", "rounds"):
                 shutil.rmtree(run_dir / name, ignore_errors=True)
         table = ctx.input(cfg.table)

@@ -36,6 +36,20 @@ class ReviewSection(Config):
     threshold: float = 0.5
 
 
+def _set_aside_store(path: Any) -> None:
+    """Remove an answer store before the oracle answers again; one that holds a person's answers is
+    renamed beside it (``answers.person-<UTC time>.sqlite``), never deleted."""
+    import time
+
+    from engine.active.answers import _holds_person_answers
+
+    if _holds_person_answers(path):
+        dest = path.with_name(f"answers.person-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.sqlite")
+        path.rename(dest)
+    else:
+        path.unlink(missing_ok=True)
+
+
 class ReviewStage(Stage):
     kind = "review"
     config = ReviewSection
@@ -61,8 +75,8 @@ class ReviewStage(Stage):
                     with AnswerStore(answers_path(rdir)) as store:
                         answers = store.answers()
                 else:
-                    if ctx.overwrite:
-                        answers_path(rdir).unlink(missing_ok=True)
+                    if ctx.overwrite and answers_path(rdir).exists():
+                        _set_aside_store(answers_path(rdir))
                     answers = answer_round(active, rnd, ctx.input(cfg.truth), criterion=cfg.criterion, threshold=cfg.threshold, gt_binary=cfg.truth_binary)
             else:
                 if not round_finished(rdir):
