@@ -91,6 +91,21 @@ def test_connectile_bench_smoke(tmp_path: Path) -> None:
     assert any("summary" in ln and ln["summary"]["max_abs_diff_uint8_vs_monai"] < 0.01 for ln in lines if ln.get("script") == "infer")
 
 
+def test_quick_and_smoke_arguments_are_accepted() -> None:
+    """What ``connectile bench`` passes to each script (quick and smoke) is among the script's options
+    (``--no-exact-large`` was passed to bench_select.py, which did not know it)."""
+    from engine.bench import discover_scripts
+
+    for smoke in (False, True):
+        for s in discover_scripts(BENCH, quick=True, smoke=smoke):
+            res = subprocess.run([sys.executable, str(s.path), "--help"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120, check=False)
+            assert res.returncode == 0, res.stderr[-2000:]
+            for arg in s.args:
+                if arg.startswith("--"):
+                    assert arg in res.stdout, f"{s.path.name} has no {arg}"
+
+
+@pytest.mark.slow  # 20-30 CPU-seconds each (real data loaded, models trained and scored): `make test` runs them, `make test-fast` not
 @pytest.mark.parametrize("script", sorted(QUALITY))
 def test_quality_script_smoke(script: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Each quality_*.py end to end on tiny inputs: exit 0 and at least one result line."""
