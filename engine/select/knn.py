@@ -134,8 +134,9 @@ class IVFIndex:
     """Inverted-file index (faiss ``IndexIVFFlat``): points grouped by their nearest k-means centroid.
 
     A query is compared exactly (float32) with the points of its ``nprobe`` nearest lists. The coarse
-    quantiser is faiss's k-means on a seeded sample (at most ``train_size`` points, 39 per list);
-    ``nlist`` defaults to about ``2 sqrt(N)``. Pickles through ``faiss.serialize_index`` (Ray actors
+    quantiser is faiss's k-means (10 iterations) on a seeded sample of ``max(train_size, 39 nlist)``
+    points (all where fewer); ``nlist`` defaults to about ``2 sqrt(N)``. The pickle holds the points
+    twice (``x`` for the queries and the lists), as does memory. Pickles through ``faiss.serialize_index`` (Ray actors
     get it through the object store). Where faiss has GPU support and sees a GPU (``faiss-gpu``),
     :meth:`search` runs there; ``faiss-cpu`` runs on the CPU threads of the process.
     """
@@ -164,7 +165,8 @@ class IVFIndex:
         index.cp.max_points_per_centroid = max(39, -(-train // nlist))
         index.train(sample)
         index.add(x)
-        sizes = np.array([index.invlists.list_size(i) for i in range(nlist)])
+        lists = index.invlists
+        sizes = np.array([lists.list_size(i) for i in range(nlist)]) if lists is not None else np.zeros(1)
         log.info("IVF index (faiss): %d points in %d lists (largest %d)", n, nlist, int(sizes.max()))
         return cls(x, index)
 
