@@ -2,7 +2,8 @@
 (``ray.train.torch.TorchTrainer``, one worker per GPU or CPU slot, gradients averaged by DDP).
 
 Every worker draws its own crops (``rank`` enters the batch seed), so the global batch is
-``batch_size * num_workers``; rank 0 writes checkpoints, logs and validation. All workers start from
+``batch_size * num_workers``; rank 0 writes checkpoints, logs and validation. The loop is the training
+core's (:mod:`engine.learn.core`); a time budget (``budget``) stops all workers at the same step. All workers start from
 the same initial weights (seeded) and resume from the same checkpoint (the output directory must be
 shared by the workers, as it is on one node or a shared file system).
 """
@@ -10,10 +11,10 @@ shared by the workers, as it is on one node or a shared file system).
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
+from engine.learn.budget import BudgetSpent, start
 from engine.learn.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -43,20 +44,25 @@ def train(cfg: TrainConfig, *, resume: bool = True) -> dict[str, Any]:
     """
     out = Path(cfg.output)
     if not resume:
+        from engine.storage.safety import remove
+
         for name in ("checkpoints", "tensorboard", "history.jsonl", "loss.png", "ray", "pretrain"):
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+            remove(out / name, "run-files")  # guarded: never a root, a home or the current folder
+    clock = start(cfg.budget)  # one budget for pretraining and training
     if cfg.contrastive is not None:  # stage(s) before training for segmentation: in this process
         from engine.learn.contrastive import pretrain
 
-        pretrain(cfg)
+        try:
+            pretrain(cfg, clock=clock)
+        except BudgetSpent as err:
+            log.warning("%s", err)
+            return {"step": 0, "elapsed": 0.0, "last": {}, "output": str(out), "stopped": "budget"}
     if cfg.ray.num_workers == 0:
         from engine.learn.semi import build_trainer
 
-        return build_trainer(cfg).fit(resume=resume)
+        return build_trainer(cfg).fit(resume=resume, clock=clock)
+    if clock is not None and cfg.budget is not None:  # each worker gets what pretraining left
+        cfg = cfg.model_copy(update={"budget": cfg.budget.model_copy(update={"seconds": max(1e-3, cfg.budget.seconds - clock.used())})})
 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -77,4 +83,5 @@ def train(cfg: TrainConfig, *, resume: bool = True) -> dict[str, Any]:
 
     losses = [r for r in read_history(out / "history.jsonl") if "loss" in r]
     last = {k: v for k, v in losses[-1].items() if k not in ("step", "time", "lr")} if losses else {}
-    return {"step": int(losses[-1]["step"]) if losses else 0, "elapsed": float(losses[-1]["time"]) if losses else 0.0, "last": last, "output": str(out)}
+    step = int(losses[-1]["step"]) if losses else 0
+    return {"step": step, "elapsed": float(losses[-1]["time"]) if losses else 0.0, "last": last, "output": str(out), "stopped": None if step >= cfg.steps else "budget"}

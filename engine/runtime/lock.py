@@ -69,7 +69,9 @@ def _acquire(folder: Path) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
-        raise StorageError(f"cannot create the lock {folder / LOCK_FILE}: {err.strerror or err}", "choose a writable output location") from err
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker is not None else (err.strerror or str(err))
+        raise StorageError(f"cannot create the run state folder {folder}: {why}", "choose an output path inside a writable folder") from err
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
