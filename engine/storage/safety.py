@@ -94,7 +94,7 @@ def _general_problem(loc: Location, inputs: Iterable[Url]) -> str | None:
     return None
 
 
-def _children(loc: Location) -> dict[str, bool]:
+def _children(loc: Location, keys: list[str] | None = None) -> dict[str, bool]:
     """Direct children of a folder: name -> whether it is a folder (for stores: has keys below it)."""
     if loc.is_local_file:
         if not os.path.isdir(loc.path):
@@ -102,7 +102,7 @@ def _children(loc: Location) -> dict[str, bool]:
         with os.scandir(loc.path) as it:
             return {e.name: e.is_dir(follow_symlinks=False) for e in it}
     out: dict[str, bool] = {}
-    for key in _store_keys(loc):
+    for key in _store_keys(loc) if keys is None else keys:
         head, sep, _ = key.partition("/")
         out[head] = out.get(head, False) or bool(sep)
     return out
@@ -118,7 +118,7 @@ def _store_keys(loc: Location) -> list[str]:
         raise StorageError(f"cannot list {loc.url()}: {_ts_message(err)}", "check the path and your credentials") from err
 
 
-def _nested_arrays(loc: Location, children: dict[str, bool]) -> list[str]:
+def _nested_arrays(loc: Location, children: dict[str, bool], keys: list[str] | None = None) -> list[str]:
     """Children of an array folder that hold array or group metadata of their own."""
     found: list[str] = []
     if loc.is_local_file:
@@ -126,7 +126,7 @@ def _nested_arrays(loc: Location, children: dict[str, bool]) -> list[str]:
             if is_dir and any(os.path.exists(os.path.join(loc.path, name, m)) for m in _NESTED_META):
                 found.append(name)
         return found
-    for key in _store_keys(loc):
+    for key in _store_keys(loc) if keys is None else keys:
         parts = key.split("/")
         if len(parts) > 1 and parts[-1] in _NESTED_META and parts[0] not in found:
             found.append(parts[0])
@@ -142,7 +142,8 @@ def _volume_problem(loc: Location) -> str | None:
     """None if ``loc`` holds nothing or exactly one array; else what it holds instead."""
     from engine.storage.volume import _group_kind, detect_format
 
-    children = _children(loc)
+    keys = None if loc.is_local_file else _store_keys(loc)  # a store is listed once
+    children = _children(loc, keys)
     if not children:
         return None
     if loc.is_local_file and not os.path.isdir(loc.path):
@@ -153,11 +154,11 @@ def _volume_problem(loc: Location) -> str | None:
         inside = sorted(n for n in children if n not in _ARRAY_META)
         if group is not None:
             return f"it is {group} group holding {_listing(inside) or 'no arrays yet'}, not one array"
-        if all(_CHUNK.match(n) for n in children) and not _nested_arrays(loc, children):
+        if all(_CHUNK.match(n) for n in children) and not _nested_arrays(loc, children, keys):
             return None  # chunks of an array whose metadata is gone (a delete cut short): replaceable
         return f"it holds {len(children)} file(s) or folder(s) that are not a volume ({_listing(list(children))})"
     strangers = [n for n in children if n not in _ARRAY_META and not _CHUNK.match(n)]
-    nested = _nested_arrays(loc, children)
+    nested = _nested_arrays(loc, children, keys)
     if strangers or nested:
         return f"it is a {fmt} array but also holds {_listing(strangers + nested)}"
     return None
