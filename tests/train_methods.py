@@ -42,9 +42,17 @@ def _history_losses(folder: Path) -> list[float]:
 
 
 def _safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint ({} where a run stopped before its first checkpoint)."""
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    return load_file(str(path)) if path.is_file() else {}
+
+
+def _newest(out: Path) -> Path:
+    from engine.learn.checkpoints import latest_checkpoint
+
+    found = latest_checkpoint(out)
+    return found if found is not None else out / "none"
 
 
 def seg_cfg(root: Path, **over: Any) -> Any:
@@ -79,7 +87,7 @@ def run_segmentation(root: Path, **over: Any) -> dict[str, Any]:
     cfg = seg_cfg(root, **over)
     train(cfg)
     out = Path(cfg.output)
-    return {"losses": _history_losses(out), "weights": summary(_safetensors(out / "checkpoints/step-000004/model.safetensors"))}
+    return {"losses": _history_losses(out), "weights": summary(_safetensors(_newest(out) / "model.safetensors"))}
 
 
 def run_semi(root: Path, **over: Any) -> dict[str, Any]:
@@ -88,7 +96,7 @@ def run_semi(root: Path, **over: Any) -> dict[str, Any]:
     cfg = semi_cfg(root, **over)
     train(cfg)
     out = Path(cfg.output)
-    return {"losses": _history_losses(out), "weights": summary(_safetensors(out / "checkpoints/step-000004/model.safetensors"))}
+    return {"losses": _history_losses(out), "weights": summary(_safetensors(_newest(out) / "model.safetensors"))}
 
 
 def embed_volume(root: Path) -> str:
@@ -121,7 +129,7 @@ def run_simsiam(root: Path, **over: Any) -> dict[str, Any]:
     cfg = simsiam_cfg(root, **over)
     train_simsiam(cfg, progress=False)
     out = Path(cfg.out)
-    losses = json.loads((out / "loss.json").read_text())["loss"]
+    losses = json.loads((out / "loss.json").read_text())["loss"] if (out / "loss.json").is_file() else []
     return {"losses": losses, "weights": summary(_safetensors(out / "encoder" / "model.safetensors"))}
 
 
@@ -139,10 +147,16 @@ def simclr_parts(seed: int = 0) -> tuple[Any, Any, Any, Any]:
 
 
 def run_simclr(root: Path, **kw: Any) -> dict[str, Any]:
+    """``kw``: the training core's LoopOptions (output, checkpoint_every, clock...), if any."""
     from engine.learn.simclr import pretrain_simclr
 
     unet, draw, cfg, aug = simclr_parts()
-    losses = pretrain_simclr(unet, draw, cfg, aug, seed=3, progress=False, **kw)
+    extra: dict[str, Any] = {}
+    if kw:
+        from engine.learn.core import LoopOptions
+
+        extra["loop"] = LoopOptions(steps=cfg.steps, **kw)
+    losses = pretrain_simclr(unet, draw, cfg, aug, seed=3, progress=False, **extra)
     return {"losses": losses, "weights": summary(unet.state_dict())}
 
 
@@ -162,11 +176,17 @@ def vae_parts() -> tuple[np.ndarray, Any]:
     return crops, VaeConfig(latent_dim=4, hidden_dims=(8, 16), input_size=16, epochs=2, batch_size=8, seed=2)
 
 
-def run_vae(root: Path, **kw: Any) -> dict[str, Any]:
-    """The VAE's losses are taken from vae_loss itself (train_vae returns only the model)."""
+def run_vae(root: Path, output: Path | None = None, **over: Any) -> dict[str, Any]:
+    """The VAE's losses are taken from vae_loss itself (train_vae returns only the model); with
+    ``output``, :func:`~engine.active.features.fit_vae` (checkpoints, resume) and the core's records."""
     import engine.models.vae as vae_module
-    from engine.active.features import train_vae
+    from engine.active.features import fit_vae, train_vae
 
+    crops, cfg = vae_parts()
+    cfg = cfg.model_copy(update=over)
+    if output is not None:
+        model, result = fit_vae(crops, cfg, "cpu", False, output)
+        return {"losses": result.losses(), "weights": summary(model.state_dict()), "stopped": result.stopped}
     losses: list[float] = []
     orig = vae_module.vae_loss
 
@@ -177,8 +197,7 @@ def run_vae(root: Path, **kw: Any) -> dict[str, Any]:
 
     vae_module.vae_loss = recording  # type: ignore[assignment]
     try:
-        crops, cfg = vae_parts()
-        model = train_vae(crops, cfg, device="cpu", **kw)
+        model = train_vae(crops, cfg, device="cpu")
     finally:
         vae_module.vae_loss = orig  # type: ignore[assignment]
     return {"losses": losses, "weights": summary(model.state_dict())}
@@ -195,18 +214,19 @@ def triplet_parts() -> tuple[Any, np.ndarray, np.ndarray, Any]:
     return model, crops, accepted, TripletConfig(steps=5, batch_size=6, lr=1e-3, seed=7)
 
 
-def run_triplet(root: Path, **kw: Any) -> dict[str, Any]:
+def run_triplet(root: Path, output: Path | None = None, **over: Any) -> dict[str, Any]:
     from engine.active.triplet import triplet_finetune
 
     model, crops, accepted, cfg = triplet_parts()
-    losses = triplet_finetune(model, crops, accepted, cfg, **kw)
+    losses = triplet_finetune(model, crops, accepted, cfg.model_copy(update=over), **({"output": output} if output else {}))
     return {"losses": losses, "weights": summary(model.state_dict())}
 
 
-def run(method: str, root: Path) -> dict[str, Any]:
+def run(method: str, root: Path, **kw: Any) -> dict[str, Any]:
+    """``kw`` go to ``run_<method>`` (config overrides; ``output`` for VAE and triplet)."""
     torch.set_num_threads(1)
     root.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = globals()[f"run_{method}"](root)
+    result: dict[str, Any] = globals()[f"run_{method}"](root, **kw)
     return result
 
 

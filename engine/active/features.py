@@ -14,6 +14,7 @@ After a reviewed round, :mod:`engine.active.triplet` fine-tunes E_u and writes a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +28,8 @@ from pydantic import Field
 from engine.active.rois import existing_rounds, read_crops, read_index, read_meta, round_dir
 from engine.config import Config
 from engine.errors import ConfigError, StorageError
+from engine.learn.budget import BudgetSpent, TimeBudget
+from engine.storage.safety import remove
 
 if TYPE_CHECKING:
     import torch
@@ -49,6 +52,7 @@ class VaeConfig(Config):
     lr: float = Field(default=1e-3, gt=0)
     kld_weight: float = Field(default=1e-4, ge=0)
     seed: int = 0
+    budget: TimeBudget | None = Field(default=None, description="stop training (with a checkpoint where it keeps one) once this much time is used")
 
 
 class FeatureConfig(Config):
@@ -86,43 +90,29 @@ def to_tensor(crops: np.ndarray, size: int) -> torch.Tensor:
 
 
 def train_vae(crops: np.ndarray, cfg: VaeConfig, device: str = "auto", progress: bool = False) -> VAE:
-    """Train a VAE on ``crops`` ((n, S, S) uint8, read as value / 255) and return it (eval mode)."""
-    import torch
+    """Train a VAE on ``crops`` ((n, S, S) uint8, read as value / 255) and return it (eval mode).
 
-    from engine.models.vae import VAE, vae_loss
+    In memory only; ``cfg.budget`` stops it early (see :func:`fit_vae` for checkpoints and resume)."""
+    return fit_vae(crops, cfg, device, progress)[0]
+
+
+def fit_vae(crops: np.ndarray, cfg: VaeConfig, device: str = "auto", progress: bool = False, output: Path | None = None) -> tuple[VAE, Any]:
+    """:func:`train_vae` on the training core (:mod:`engine.learn.core`), with checkpoints (each epoch)
+    and resume in ``output`` where given; returns the model and the core's :class:`~engine.learn.core.LoopResult`."""
+    from engine.active.training import VaeMethod
+    from engine.learn.budget import start
+    from engine.learn.core import LoopOptions, fit
 
     if crops.ndim != 3 or crops.shape[0] == 0:
         raise ConfigError(f"a VAE needs a stack of 2D crops, got shape {crops.shape}")
-    dev = pick_device(device)
-    torch.manual_seed(cfg.seed)
-    model = VAE(size=cfg.input_size, latent_dim=cfg.latent_dim, hidden_dims=cfg.hidden_dims).to(dev)
-    x = to_tensor(crops, cfg.input_size)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    bs = min(cfg.batch_size, x.shape[0])
-    epochs = range(cfg.epochs)
-    if progress:
-        from tqdm import tqdm
-
-        epochs = tqdm(epochs, desc=f"VAE latent {cfg.latent_dim}", unit="epoch")
-    model.train()
-    last = float("nan")
-    for _ in epochs:
-        perm = torch.randperm(x.shape[0], generator=gen)
-        total, count = 0.0, 0
-        for i in range(0, x.shape[0] - bs + 1, bs):  # drop the last partial batch (batch norm)
-            batch = x[perm[i : i + bs]].to(dev)
-            recon, mu, logvar = model(batch)
-            loss, _, _ = vae_loss(recon, batch, mu, logvar, cfg.kld_weight)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * batch.shape[0]
-            count += batch.shape[0]
-        last = total / max(count, 1)
-    log.info("VAE latent %d trained on %d crops for %d epochs, last loss %.4f", cfg.latent_dim, x.shape[0], cfg.epochs, last)
-    model.eval()
-    return model
+    method = VaeMethod(to_tensor(crops, cfg.input_size), cfg, pick_device(device))
+    opts = LoopOptions(steps=cfg.epochs * method.per_epoch, output=output, checkpoint_every=method.per_epoch, keep=1, progress=progress, clock=start(cfg.budget))
+    result = fit(method, opts)
+    losses = result.losses()[-method.per_epoch :]
+    last = float(np.mean(losses)) if losses else float("nan")
+    log.info("VAE latent %d trained on %d crops for %d epochs, last loss %.4f", cfg.latent_dim, crops.shape[0], result.step // method.per_epoch, last)
+    method.model.eval()
+    return method.model, result
 
 
 def encode(model: VAE, crops: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -217,18 +207,31 @@ def compute_features(run_dir: str | os.PathLike[str], cfg: FeatureConfig | None 
     images = read_crops(run_dir, "image")
     if masks.shape[0] != index["roi_id"].size:
         raise StorageError(f"{run_dir} holds {masks.shape[0]} crops but {index['roi_id'].size} index rows", "extract the ROIs again with --overwrite")
-    e_s = train_vae(masks, cfg.mask, cfg.device, progress)
+    key = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    training = {k: out / f"train-{k}-{key}" for k in ("mask", "image")}  # checkpoints of these parameters only
+    e_s = _train_stream(masks, cfg.mask, cfg.device, progress, training["mask"])
     f_mask = encode(e_s, masks)
     patches = sample_patches(meta["params"]["image"], cfg.image_patches, masks.shape[-1], seed=cfg.image.seed)
-    e_u = train_vae(patches, cfg.image, cfg.device, progress)
+    e_u = _train_stream(patches, cfg.image, cfg.device, progress, training["image"])
     f_image = encode(e_u, images)
     save_vae(e_s, out / "mask_vae.pt")
     save_vae(e_u, out / "image_vae.pt")
     np.save(out / "mask.npy", f_mask)
     np.save(out / "image.npy", f_image)
     done.write_text(json.dumps({"params": params, "seconds": time.perf_counter() - t0}, indent=1))
+    for folder in training.values():
+        remove(folder, "checkpoint")
     log.info("features of %d ROIs: mask %s, image %s in %.1f s", f_mask.shape[0], f_mask.shape[1], f_image.shape[1], time.perf_counter() - t0)
     return {"mask": f_mask, "image": f_image}
+
+
+def _train_stream(crops: np.ndarray, cfg: VaeConfig, device: str, progress: bool, output: Path) -> VAE:
+    """One VAE of :func:`compute_features`, resumable in ``output``; a time budget that stops it raises."""
+    model, result = fit_vae(crops, cfg, device, progress, output)
+    if result.stopped:
+        raise BudgetSpent(f"VAE training (latent {cfg.latent_dim}) stopped at its time budget after {result.step} steps; checkpoint in {output}",
+                          "run again to continue from it, or raise the budget's seconds")
+    return model
 
 
 def latest_image_stream(run_dir: str | os.PathLike[str], before_round: int | None = None) -> tuple[Path, int]:

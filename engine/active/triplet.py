@@ -16,6 +16,7 @@ its running statistics (eval mode), the decoder is untouched.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +28,8 @@ import numpy as np
 from pydantic import Field
 
 from engine.config import Config
+from engine.learn.budget import BudgetSpent, TimeBudget
+from engine.storage.safety import remove
 
 if TYPE_CHECKING:
     import torch
@@ -34,6 +37,8 @@ if TYPE_CHECKING:
     from engine.models.vae import VAE
 
 log = logging.getLogger(__name__)
+
+CHECKPOINT_EVERY = 50
 
 
 class TripletConfig(Config):
@@ -43,6 +48,7 @@ class TripletConfig(Config):
     batch_size: int = Field(default=32, ge=1)
     lr: float = Field(default=1e-4, gt=0)
     seed: int = 0
+    budget: TimeBudget | None = Field(default=None, description="stop tuning (with a checkpoint) once this much time is used; the next run continues")
 
 
 def triplet_loss(d_p: torch.Tensor, d_n: torch.Tensor) -> torch.Tensor:
@@ -74,36 +80,29 @@ def sample_triplets(labels: np.ndarray, n: int, rng: np.random.Generator) -> tup
     return x, a_p, a_n
 
 
-def triplet_finetune(model: VAE, crops: np.ndarray, accepted: np.ndarray, cfg: TripletConfig | None = None) -> list[float]:
+def triplet_finetune(model: VAE, crops: np.ndarray, accepted: np.ndarray, cfg: TripletConfig | None = None, *, output: Path | None = None) -> list[float]:
     """Fine-tune ``model``'s encoder in place on ``crops`` ((n, S, S) uint8) with answers ``accepted``
-    (n bools). Returns the loss of every step. Does nothing (with a log line) without both answers."""
-    import torch
+    (n bools). Returns the loss of every step. Does nothing (with a log line) without both answers.
 
+    Runs on the training core (:mod:`engine.learn.core`): with ``output``, checkpoints there (every 50
+    steps and at the end) and a second call resumes; ``cfg.budget`` stops it early (fewer losses)."""
+    return _finetune(model, crops, accepted, cfg or TripletConfig(), output)[0]
+
+
+def _finetune(model: VAE, crops: np.ndarray, accepted: np.ndarray, cfg: TripletConfig, output: Path | None) -> tuple[list[float], str | None]:
+    """:func:`triplet_finetune`; also says whether the time budget stopped it (``"budget"``)."""
     from engine.active.features import to_tensor
+    from engine.active.training import TripletMethod
+    from engine.learn.budget import start
+    from engine.learn.core import LoopOptions, fit
 
-    cfg = cfg or TripletConfig()
     labels = np.asarray(accepted, bool)
     if labels.all() or not labels.any():
         log.info("triplet tuning skipped: the answers hold only %s", "accepted" if labels.any() else "rejected")
-        return []
-    dev = next(model.parameters()).device
-    x_all = to_tensor(crops, model.size).to(dev)
-    params = [*model.encoder.parameters(), *model.fc_mu.parameters()]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    rng = np.random.default_rng(cfg.seed)
-    model.eval()
-    losses: list[float] = []
-    for _ in range(cfg.steps):
-        xi, pi, ni = sample_triplets(labels, cfg.batch_size, rng)
-        idx = torch.from_numpy(np.concatenate([xi, pi, ni]))
-        f = model.features(x_all[idx.to(dev)])
-        fx, fp, fn = f.split(len(xi))
-        loss = triplet_loss(torch.linalg.vector_norm(fx - fp, dim=1), torch.linalg.vector_norm(fx - fn, dim=1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
+        return [], None
+    method = TripletMethod(model, to_tensor(crops, model.size).to(next(model.parameters()).device), labels, cfg)
+    result = fit(method, LoopOptions(steps=cfg.steps, output=output, checkpoint_every=CHECKPOINT_EVERY, keep=1, clock=start(cfg.budget)))
+    return result.losses(), result.stopped
 
 
 def active_finetune(run_dir: str | os.PathLike[str], round_number: int, cfg: TripletConfig | None = None, device: str = "auto") -> dict[str, Any]:
@@ -130,7 +129,12 @@ def active_finetune(run_dir: str | os.PathLike[str], round_number: int, cfg: Tri
         return summary
     t0 = time.perf_counter()
     model = load_vae(src / "image_vae.pt", device)
-    losses = triplet_finetune(model, read_crops(run_dir, "image", ids), acc, cfg)
+    key = json.dumps({"from": str(src), "ids": ids.tolist(), "accepted": acc.tolist(), "config": cfg.model_dump(mode="json", exclude={"budget"})})
+    training = out / f"triplet-{hashlib.sha1(key.encode()).hexdigest()[:12]}"  # checkpoints of these answers only
+    losses, stopped = _finetune(model, read_crops(run_dir, "image", ids), acc, cfg, training)
+    if stopped:
+        raise BudgetSpent(f"round {round_number}: triplet tuning stopped at its time budget after {len(losses)} of {cfg.steps} steps",
+                          "run the round again to continue from its checkpoint, or raise triplet.budget.seconds")
     feats = encode(model, read_crops(run_dir, "image"))
     out.mkdir(parents=True, exist_ok=True)
     save_vae(model, out / "image_vae.pt")
@@ -138,6 +142,7 @@ def active_finetune(run_dir: str | os.PathLike[str], round_number: int, cfg: Tri
     summary.update(steps=len(losses), loss_first=losses[0] if losses else None, loss_last=float(np.mean(losses[-10:])) if losses else None,
                    seconds=time.perf_counter() - t0, config=cfg.model_dump(mode="json"))
     done.write_text(json.dumps(summary, indent=1))
+    remove(training, "checkpoint")
     log.info("round %d: E_u tuned on %d answers (%d accepted), triplet loss %.3f -> %.3f", round_number, ids.size, int(acc.sum()),
              summary["loss_first"] or 0.0, summary["loss_last"] or 0.0)
     return summary

@@ -1,20 +1,72 @@
-"""Training: config, crops from labelled volumes, EM augmentation, targets, losses, the loop with
-checkpoints and resume, data-parallel training on Ray Train, semi-supervised training (spatial mixing,
-Siamese/EMA consistency) and supervised local contrastive pretraining."""
+"""Training: config, crops from labelled volumes, EM augmentation, targets, losses, the training core
+(:mod:`engine.learn.core`: one loop with checkpoints, resume, progress, TensorBoard, time budgets and
+data-parallel training that every method plugs into), the segmentation trainer, data-parallel training on
+Ray Train, semi-supervised training (spatial mixing, Siamese/EMA consistency), supervised local contrastive
+pretraining, SimCLR and SimSiam.
 
-from engine.learn.augment import augment
-from engine.learn.checkpoints import latest_checkpoint, list_checkpoints
-from engine.learn.config import ContrastiveConfig, SemiConfig, TrainConfig
-from engine.learn.contrastive import local_contrastive_loss, pretrain
-from engine.learn.distributed import train
-from engine.learn.losses import LossTerm, StepContext, SupervisedLoss, masked_bce, masked_dice
-from engine.learn.sampler import CropSampler, read_boxes
-from engine.learn.semi import SemiBatch, build_trainer
-from engine.learn.targets import affinity_target, make_target, mask_target, polarity_target
-from engine.learn.trainer import Trainer
-from engine.learn.validate import Validator, predict_volume
+Names are imported on first use, so that the torch-free parts (:mod:`engine.learn.budget`, used by the
+configs of :mod:`engine.active`) load without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.learn.augment import augment
+    from engine.learn.budget import BudgetSpent, TimeBudget
+    from engine.learn.checkpoints import latest_checkpoint, list_checkpoints
+    from engine.learn.config import ContrastiveConfig, SemiConfig, TrainConfig
+    from engine.learn.contrastive import local_contrastive_loss, pretrain
+    from engine.learn.distributed import train
+    from engine.learn.losses import LossTerm, StepContext, SupervisedLoss, masked_bce, masked_dice
+    from engine.learn.sampler import CropSampler, read_boxes
+    from engine.learn.semi import SemiBatch, build_trainer
+    from engine.learn.targets import affinity_target, make_target, mask_target, polarity_target
+    from engine.learn.trainer import Trainer
+    from engine.learn.validate import Validator, predict_volume
+
+_LAZY = {
+    "augment": "augment",
+    "BudgetSpent": "budget",
+    "TimeBudget": "budget",
+    "latest_checkpoint": "checkpoints",
+    "list_checkpoints": "checkpoints",
+    "ContrastiveConfig": "config",
+    "SemiConfig": "config",
+    "TrainConfig": "config",
+    "local_contrastive_loss": "contrastive",
+    "pretrain": "contrastive",
+    "train": "distributed",
+    "LossTerm": "losses",
+    "StepContext": "losses",
+    "SupervisedLoss": "losses",
+    "masked_bce": "losses",
+    "masked_dice": "losses",
+    "CropSampler": "sampler",
+    "read_boxes": "sampler",
+    "SemiBatch": "semi",
+    "build_trainer": "semi",
+    "affinity_target": "targets",
+    "make_target": "targets",
+    "mask_target": "targets",
+    "polarity_target": "targets",
+    "Trainer": "trainer",
+    "Validator": "validate",
+    "predict_volume": "validate",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine.learn' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"engine.learn.{module}"), name)
+
 
 __all__ = [
+    "BudgetSpent",
     "ContrastiveConfig",
     "CropSampler",
     "LossTerm",
@@ -22,6 +74,7 @@ __all__ = [
     "SemiConfig",
     "StepContext",
     "SupervisedLoss",
+    "TimeBudget",
     "TrainConfig",
     "Trainer",
     "Validator",

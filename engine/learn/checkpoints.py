@@ -12,6 +12,7 @@ import logging
 import os
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,18 @@ def write_training_checkpoint(
     extra: dict[str, Any],
     keep: int = 3,
 ) -> Path:
-    """Write the checkpoint of ``step`` atomically and keep only the newest ``keep`` ones.
+    """Write the checkpoint of a segmentation model at ``step`` atomically (see :func:`write_checkpoint`)."""
+
+    def write(tmp: Path) -> None:
+        save_checkpoint(tmp, model, model_config, {"step": step, **extra})
+        torch.save({"optimizer": optimizer.state_dict(), "step": step, "elapsed": float(extra.get("elapsed", 0.0))}, tmp / OPTIMIZER)
+
+    return write_checkpoint(output, step, write, keep)
+
+
+def write_checkpoint(output: str | os.PathLike[str], step: int, write: Callable[[Path], None], keep: int = 3) -> Path:
+    """Write the checkpoint of ``step`` atomically (``write(folder)`` fills a temporary folder; it must
+    write ``config.json`` and ``optimizer.pt``) and keep only the newest ``keep`` ones.
 
     The new checkpoint is complete in a temporary folder before anything else moves. A checkpoint of
     the same step already there is set aside (``.old-step-…``), the new one renamed into place, and
@@ -74,8 +86,8 @@ def write_training_checkpoint(
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         remove(tmp, "checkpoint")
-    save_checkpoint(tmp, model, model_config, {"step": step, **extra})
-    torch.save({"optimizer": optimizer.state_dict(), "step": step, "elapsed": float(extra.get("elapsed", 0.0))}, tmp / OPTIMIZER)
+    tmp.mkdir(parents=True)
+    write(tmp)
     _fsync_tree(tmp)
     old = final.parent / f".old-{final.name}-{os.getpid()}"
     if final.exists():
@@ -112,7 +124,25 @@ def _restore_set_aside(root: Path) -> None:
 def read_training_state(
     directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, model_config: ModelConfig | None = None
 ) -> dict[str, Any]:
-    """Load weights and optimizer state of a training checkpoint into ``model`` and ``optimizer``.
+    """Load weights and optimizer state of a training checkpoint into ``model`` and ``optimizer``
+    (see :func:`load_weights`); returns ``{"step", "elapsed"}``."""
+    load_weights(directory, model, device, model_config)
+    opt = read_optimizer_file(directory, device)
+    optimizer.load_state_dict(opt["optimizer"])
+    return {"step": int(opt["step"]), "elapsed": float(opt.get("elapsed", 0.0))}
+
+
+def read_optimizer_file(directory: Path, device: torch.device) -> dict[str, Any]:
+    """The contents of a checkpoint's ``optimizer.pt`` (optimizer state, step, elapsed time, ...)."""
+    try:
+        opt: dict[str, Any] = torch.load(directory / OPTIMIZER, map_location=device, weights_only=True)
+    except _UNREADABLE as err:
+        raise _unreadable(directory, err) from err
+    return opt
+
+
+def load_weights(directory: Path, model: nn.Module, device: torch.device, model_config: ModelConfig | None = None) -> None:
+    """Load the weights of a segmentation checkpoint into ``model`` (or the module DDP wraps).
 
     With ``model_config`` (the model the run asks for), a checkpoint of another model is refused with
     one line that names the settings that differ and the way out (restore them, or start over).
@@ -132,11 +162,17 @@ def read_training_state(
             )
     try:
         state = load_file(str(directory / "model.safetensors"), device=str(device))
-        opt = torch.load(directory / OPTIMIZER, map_location=device, weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as err:  # any unreadable file is one message
-        raise StorageError(f"checkpoint {directory} cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})", "delete it to resume from the one before, or use --no-resume") from err
+    except (SafetensorError, *_UNREADABLE) as err:  # any unreadable file is one message
+        raise _unreadable(directory, err) from err
     module = getattr(model, "module", model)
-    check_state(module, state, str(directory), fix="start over (connectile train --no-resume, or another output folder)")
+    check_state(module, state, str(directory), fix=RESTART)
     module.load_state_dict(state, strict=True)
-    optimizer.load_state_dict(opt["optimizer"])
-    return {"step": int(opt["step"]), "elapsed": float(opt.get("elapsed", 0.0))}
+
+
+RESTART = "start over (connectile train --no-resume, or another output folder)"
+_UNREADABLE = (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError)
+
+
+def _unreadable(directory: Path, err: BaseException) -> StorageError:
+    first = str(err).splitlines()[0] if str(err) else ""
+    return StorageError(f"checkpoint {directory} cannot be read ({type(err).__name__}: {first})", "delete it to resume from the one before, or use --no-resume")

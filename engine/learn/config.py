@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from engine.config import Config
+from engine.learn.budget import TimeBudget
 from engine.models.config import ModelConfig
 
 
@@ -280,6 +281,7 @@ class TrainConfig(Config):
     progress: bool = True
     semi: SemiConfig | None = None
     contrastive: ContrastiveConfig | None = None
+    budget: TimeBudget | None = Field(default=None, description="stop (with a checkpoint) once this much time is used; the next run continues")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

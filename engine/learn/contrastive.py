@@ -15,8 +15,9 @@ Memory: voxels are subsampled every ``stride`` (z, y, x) and the loss is taken i
 without anchors are skipped; the loss is the mean over (sample, tile) pairs of the mean over the tile's
 anchors. One tile covering the crop is the full loss.
 
-:func:`pretrain` runs the optional SimCLR stage (:mod:`engine.learn.simclr`) then this one, and writes
-the U-Net weights to ``OUT/pretrain/``; :func:`load_pretrained` puts them into the model that is then
+:func:`pretrain` runs the optional SimCLR stage (:mod:`engine.learn.simclr`) then this one, both on the
+training core (:mod:`engine.learn.core`: checkpoints and resume in ``OUT/pretrain/<stage>/``, time budget),
+and writes the U-Net weights to ``OUT/pretrain/``; :func:`load_pretrained` puts them into the model that is then
 fine-tuned for segmentation (``connectile train`` does both when the config has ``contrastive``).
 """
 
@@ -25,7 +26,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +37,9 @@ from torch import nn
 
 from engine.errors import ConfigError
 from engine.learn.augment import flips
+from engine.learn.budget import BudgetSpent, Clock, start
 from engine.learn.config import AugmentConfig, SemiConfig, TrainConfig
+from engine.learn.core import LoopOptions, Method, fit, rank, wrap_ddp
 from engine.models.unet import UNet, fold_sections, unfold_sections
 
 log = logging.getLogger(__name__)
@@ -172,9 +177,45 @@ def pretrain_dir(cfg: TrainConfig) -> Path:
     return Path(cfg.output) / PRETRAIN_DIR
 
 
-def pretrain(cfg: TrainConfig, *, device: torch.device | None = None) -> Path:
+class ContrastiveMethod(Method):
+    """Local contrastive training on the training core: step ``s`` draws its crops from
+    ``default_rng([seed, s, 0xC0])``."""
+
+    name = "contrastive"
+
+    def __init__(self, unet: UNet, sampler: object, cfg: TrainConfig, device: torch.device) -> None:
+        c = cfg.contrastive
+        assert c is not None
+        self.sampler, self.cfg, self.c, self.device = sampler, cfg, c, device
+        self.size = c.batch_size or cfg.batch_size
+        self.model = EmbeddingNet(unet, c.dim).to(device)
+        self.net = wrap_ddp(self.model, device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr or cfg.optimizer.lr)
+        self.model.train()
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return contrastive_batch(self.sampler, self.cfg, np.random.default_rng([self.cfg.seed, step, 0xC0]), self.size)
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        x1, x2, lab = batch
+        emb = self.net(torch.cat([x1, x2]).to(self.device))
+        c = self.c
+        return local_contrastive_loss([emb[: self.size], emb[self.size :]], lab.to(self.device), c.temperature, c.stride, c.block, c.background_anchors), {}
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"contrastive": self.model}
+
+    def describe(self) -> dict[str, Any]:
+        return {"contrastive": self.c.model_dump(mode="json", exclude={"steps"}), "model": self.cfg.model.model_dump(mode="json"), "seed": self.cfg.seed}
+
+
+def pretrain(cfg: TrainConfig, *, device: torch.device | None = None, clock: Clock | None = None) -> Path:
     """Contrastive pretraining of the U-Net of ``cfg`` (SimCLR first if ``contrastive.simclr``); writes
-    ``OUT/pretrain/`` (weights, config, ``loss.json``, ``loss.png``) and returns it. Done already: nothing."""
+    ``OUT/pretrain/`` (weights, config, ``loss.json``, ``loss.png``) and returns it. Done already: nothing.
+
+    Each stage runs on the training core with its checkpoints in ``OUT/pretrain/<stage>/`` (a second
+    call resumes); a stage stopped by the time budget (``clock``, else ``cfg.budget``) raises
+    :class:`~engine.learn.budget.BudgetSpent` after its checkpoint."""
     from engine.learn.sampler import CropSampler
     from engine.models import build_model, save_checkpoint
 
@@ -190,51 +231,44 @@ def pretrain(cfg: TrainConfig, *, device: torch.device | None = None) -> Path:
     torch.manual_seed(cfg.seed)
     unet = build_model(cfg.model).to(device)
     sampler = CropSampler(cfg)
+    clock = clock or start(cfg.budget)
+    loop = LoopOptions(steps=c.steps, checkpoint_every=cfg.checkpoint_every, keep=cfg.keep_checkpoints, progress=cfg.progress, clock=clock, is_main=rank() == 0)
     record: dict[str, list[float]] = {}
     if c.simclr is not None:
-        from engine.learn.semi import UnlabelledSource
-        from engine.learn.simclr import pretrain_simclr
-
-        unlabelled = UnlabelledSource(cfg)
-
-        def draw(rng: np.random.Generator) -> np.ndarray:
-            if len(unlabelled) and rng.random() < 0.5:
-                return unlabelled.draw(rng)
-            return sampler.draw(rng)[0]
-
-        record["simclr"] = pretrain_simclr(unet, draw, c.simclr, cfg.augment, seed=cfg.seed, device=device, progress=cfg.progress)
-    net = EmbeddingNet(unet, c.dim).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=c.lr or cfg.optimizer.lr)
-    size = c.batch_size or cfg.batch_size
-    losses: list[float] = []
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=c.steps, desc="contrastive", unit="step")
-    net.train()
-    try:
-        for step in range(c.steps):
-            x1, x2, lab = contrastive_batch(sampler, cfg, np.random.default_rng([cfg.seed, step, 0xC0]), size)
-            x = torch.cat([x1, x2]).to(device)
-            emb = net(x)
-            loss = local_contrastive_loss([emb[:size], emb[size:]], lab.to(device), c.temperature, c.stride, c.block, c.background_anchors)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    finally:
-        if bar is not None:
-            bar.close()
-    record["contrastive"] = losses
-    save_checkpoint(out, unet, cfg.model, {"stage": "contrastive pretraining", "steps": c.steps})
-    (out / "loss.json").write_text(json.dumps(record))
-    _plot(record, out / "loss.png")
-    log.info("contrastive pretraining: %d steps, last loss %.4f; weights in %s", c.steps, losses[-1], out)
+        record["simclr"] = _simclr_stage(cfg, unet, sampler, device, replace(loop, output=out / "simclr"))
+        _check_finished("SimCLR", len(record["simclr"]), c.simclr.steps, out)
+    result = fit(ContrastiveMethod(unet, sampler, cfg, device), replace(loop, output=out / "contrastive"))
+    record["contrastive"] = result.losses()
+    _check_finished("contrastive", result.step, c.steps, out)
+    if rank() == 0:
+        save_checkpoint(out, unet, cfg.model, {"stage": "contrastive pretraining", "steps": c.steps})
+        (out / "loss.json").write_text(json.dumps(record))
+        _plot(record, out / "loss.png")
+    log.info("contrastive pretraining: %d steps, last loss %.4f; weights in %s", c.steps, record["contrastive"][-1], out)
     return out
+
+
+def _simclr_stage(cfg: TrainConfig, unet: UNet, sampler: object, device: torch.device, loop: LoopOptions) -> list[float]:
+    """SimCLR on labelled and unlabelled crops (half each where there are unlabelled volumes)."""
+    from engine.learn.semi import UnlabelledSource
+    from engine.learn.simclr import pretrain_simclr
+
+    assert cfg.contrastive is not None and cfg.contrastive.simclr is not None
+    unlabelled = UnlabelledSource(cfg)
+
+    def draw(rng: np.random.Generator) -> np.ndarray:
+        if len(unlabelled) and rng.random() < 0.5:
+            return unlabelled.draw(rng)
+        image: np.ndarray = sampler.draw(rng)[0]  # type: ignore[attr-defined]
+        return image
+
+    return pretrain_simclr(unet, draw, cfg.contrastive.simclr, cfg.augment, seed=cfg.seed, device=device, progress=cfg.progress, loop=loop)
+
+
+def _check_finished(stage: str, done: int, steps: int, out: Path) -> None:
+    if done < steps:
+        raise BudgetSpent(f"{stage} pretraining stopped at its time budget after {done} of {steps} steps (checkpoint in {out})",
+                          "run the training again to continue from there, or raise budget.seconds")
 
 
 def _plot(record: dict[str, list[float]], path: Path) -> None:

@@ -26,7 +26,6 @@ import torch
 from engine.errors import ConfigError, StorageError
 from engine.geometry import Box
 from engine.learn.augment import blur, flips, intensity, noise
-from engine.learn.checkpoints import latest_checkpoint
 from engine.learn.config import AugmentConfig, SemiConfig, TrainConfig
 from engine.learn.consistency import InterMixLoss, LabelledMixLoss, SampleSupervisedLoss, Teacher, UnlabelledMixLoss
 from engine.learn.losses import LossTerm
@@ -201,26 +200,26 @@ class SemiTrainer(Trainer):
         super().__init__(cfg, **kw)
         self.teacher = teacher
 
-    def save(self) -> Path:
-        path = super().save()
+    def write(self, folder: Path) -> None:
+        super().write(folder)
         state = self.teacher.state_dict()
         if state:
-            torch.save(state, path / self.TEACHER)
-        return path
+            torch.save(state, folder / self.TEACHER)
 
-    def resume(self) -> bool:
-        if not super().resume():
-            return False
-        ck = latest_checkpoint(self.output)
-        if ck is not None and (ck / self.TEACHER).is_file():
-            self.teacher.load_state_dict(torch.load(ck / self.TEACHER, map_location=self.device, weights_only=True), self.model)
-        elif self.teacher.kind == "ema" and self.step_count > self.semi_start:
-            log.warning("checkpoint %s has no EMA teacher state: the teacher restarts from the student's weights", ck)
-        return True
+    def read(self, folder: Path) -> None:
+        super().read(folder)
+        if (folder / self.TEACHER).is_file():
+            self.teacher.load_state_dict(torch.load(folder / self.TEACHER, map_location=self.device, weights_only=True), self.model)
+        elif self.teacher.kind == "ema" and _step_of(folder) > self.semi_start:
+            log.warning("checkpoint %s has no EMA teacher state: the teacher restarts from the student's weights", folder)
 
     @property
     def semi_start(self) -> int:
         return self.cfg.semi.warmup_steps if self.cfg.semi is not None else 0
+
+
+def _step_of(folder: Path) -> int:
+    return int(folder.name.split("-")[-1])
 
 
 def build_trainer(cfg: TrainConfig, *, rank: int = 0, world_size: int = 1, device: torch.device | None = None) -> Trainer:

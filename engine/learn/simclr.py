@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ from torch import nn
 
 from engine.learn.augment import augment
 from engine.learn.config import AugmentConfig, SimCLRConfig
+from engine.learn.core import LoopOptions, Method, fit, wrap_ddp
 from engine.models.unet import UNet, fold_sections
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,33 @@ def two_views(image: np.ndarray, augment_cfg: AugmentConfig, rng: np.random.Gene
     return a[None], b[None]
 
 
+class SimCLRMethod(Method):
+    """SimCLR on the training core: step ``s`` draws its crops from ``default_rng([seed, s, 0x5c1])``."""
+
+    name = "simclr"
+
+    def __init__(self, unet: UNet, draw: Callable[[np.random.Generator], np.ndarray], cfg: SimCLRConfig, augment_cfg: AugmentConfig, seed: int, device: torch.device) -> None:
+        self.draw, self.cfg, self.augment_cfg, self.seed, self.device = draw, cfg, augment_cfg, seed, device
+        self.model = SimCLRNet(unet, cfg.hidden, cfg.dim).to(device)
+        self.net = wrap_ddp(self.model, device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.model.train()
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, step, 0x5C1])
+        views = [two_views(self.draw(rng), self.augment_cfg, rng) for _ in range(self.cfg.batch_size)]
+        return torch.from_numpy(np.stack([v[0] for v in views])), torch.from_numpy(np.stack([v[1] for v in views]))
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        return nt_xent(self.net(batch[0].to(self.device)), self.net(batch[1].to(self.device)), self.cfg.temperature), {}
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"simclr": self.model}
+
+    def describe(self) -> dict[str, Any]:
+        return {"simclr": self.cfg.model_dump(mode="json", exclude={"steps"}), "augment": self.augment_cfg.model_dump(mode="json"), "seed": self.seed}
+
+
 def pretrain_simclr(
     unet: UNet,
     draw: Callable[[np.random.Generator], np.ndarray],
@@ -77,35 +107,16 @@ def pretrain_simclr(
     seed: int = 0,
     device: torch.device | None = None,
     progress: bool = True,
+    loop: LoopOptions | None = None,
 ) -> list[float]:
     """Train ``unet.encoder`` in place with NT-Xent for ``cfg.steps`` steps on crops from ``draw(rng)``;
-    returns the loss of every step. Step ``s`` draws its crops from ``default_rng([seed, s, 0x5c1])``."""
-    device = device or torch.device("cpu")
-    net = SimCLRNet(unet, cfg.hidden, cfg.dim).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    losses: list[float] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    returns the loss of every step. Step ``s`` draws its crops from ``default_rng([seed, s, 0x5c1])``.
 
-        bar = tqdm(total=cfg.steps, desc="simclr", unit="step")
-    net.train()
-    try:
-        for step in range(cfg.steps):
-            rng = np.random.default_rng([seed, step, 0x5C1])
-            views = [two_views(draw(rng), augment_cfg, rng) for _ in range(cfg.batch_size)]
-            x1 = torch.from_numpy(np.stack([v[0] for v in views])).to(device)
-            x2 = torch.from_numpy(np.stack([v[1] for v in views])).to(device)
-            loss = nt_xent(net(x1), net(x2), cfg.temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    finally:
-        if bar is not None:
-            bar.close()
-    log.info("SimCLR: %d steps, last loss %.4f", cfg.steps, losses[-1] if losses else float("nan"))
+    ``loop`` (its ``steps`` and ``progress`` are set here) gives the training core an output folder
+    for checkpoints and resume, and a time budget; without it the run keeps nothing on disk."""
+    method = SimCLRMethod(unet, draw, cfg, augment_cfg, seed, device or torch.device("cpu"))
+    opts = replace(loop or LoopOptions(steps=cfg.steps), steps=cfg.steps, progress=progress, log_every=1)
+    result = fit(method, opts)
+    losses = result.losses()
+    log.info("SimCLR: %d steps, last loss %.4f", result.step, losses[-1] if losses else float("nan"))
     return losses

@@ -14,7 +14,9 @@ uniformly from intensity, noise, blur, cutout, misalignment/slip, elastic warp a
 (the functions of :mod:`engine.learn.augment`). Patches are sampled uniformly from the whole volume.
 
 Outputs in the run folder: ``encoder/`` (a checkpoint of the PatchEncoder, loadable by
-:func:`load_encoder`), ``loss.json`` and ``loss.png`` (the loss curve), ``config.yaml``.
+:func:`load_encoder`), ``loss.json`` and ``loss.png`` (the loss curve), ``config.yaml``, and the training
+core's ``checkpoints/``, ``history.jsonl`` and ``tensorboard/`` (:mod:`engine.learn.core`: resume, time
+budget, data-parallel under Ray Train).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from torch import nn
 from engine.config import Config
 from engine.errors import ConfigError, StorageError
 from engine.geometry import Box
+from engine.learn.budget import TimeBudget, start
+from engine.learn.core import LoopOptions, Method, fit, rank, wrap_ddp
 from engine.models.config import ModelConfig
 from engine.models.encoder import PatchEncoder
 
@@ -63,6 +67,7 @@ class SimSiamConfig(Config):
     predictor_hidden: int = 512
     perturbations: list[str] = list(PERTURBATIONS)
     model: ModelConfig = ModelConfig(norm="batch")
+    budget: TimeBudget | None = None
 
 
 class SimSiam(nn.Module):
@@ -154,9 +159,71 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class SimSiamMethod(Method):
+    """SimSiam on the training core: two perturbed views of ``batch`` patches per step, drawn from one
+    numpy generator seeded with ``seed`` (its state goes into the checkpoints)."""
+
+    name = "simsiam"
+
+    def __init__(self, cfg: SimSiamConfig, volume: Any, patch: tuple[int, int, int]) -> None:
+        torch.manual_seed(cfg.seed)
+        torch.set_num_threads(max(1, cfg.threads))
+        self.cfg, self.volume, self.patch = cfg, volume, patch
+        self.rng = np.random.default_rng(cfg.seed)
+        self.device = _device(cfg.device)
+        self.model = SimSiam(PatchEncoder(cfg.model), cfg.projector_hidden, cfg.projector_out, cfg.predictor_hidden).to(self.device)
+        self.net = wrap_ddp(self.model, self.device)
+        lr = cfg.lr * cfg.batch / 256 if cfg.optimizer == "sgd" else cfg.lr
+        if cfg.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+        else:
+            raise ConfigError(f"optimizer must be sgd or adam, got {cfg.optimizer!r}")
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.steps)
+        self.model.train()
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        crops = sample_patches(self.volume, self.patch, self.cfg.batch, self.rng)
+        v1 = np.stack([perturb(c, self.rng, self.cfg.perturbations) for c in crops])[:, None]
+        v2 = np.stack([perturb(c, self.rng, self.cfg.perturbations) for c in crops])[:, None]
+        return torch.from_numpy(v1), torch.from_numpy(v2)
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        return self.net(batch[0].to(self.device), batch[1].to(self.device)), {}
+
+    def after_step(self, step: int) -> None:
+        self.sched.step()
+
+    def learning_rate(self, step: int) -> float:
+        return float(self.sched.get_last_lr()[0])
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"simsiam": self.model}
+
+    def describe(self) -> dict[str, Any]:
+        return self.cfg.model_dump(mode="json", exclude={"out", "steps", "checkpoint_every", "budget", "threads", "device"})
+
+    def state(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "sched": self.sched.state_dict()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.sched.load_state_dict(state["sched"])
+
+    def on_checkpoint(self, step: int, records: list[dict[str, Any]]) -> None:
+        from engine.models.checkpoint import save_checkpoint
+
+        out = Path(self.cfg.out)
+        save_checkpoint(out / "encoder", self.model.encoder, self.cfg.model, {"kind": "patch_encoder", "step": step, "patch": list(self.patch)})
+        _write_curve(out, [float(r["loss"]) for r in records if "loss" in r])
+
+
 def train_simsiam(cfg: SimSiamConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Train the patch encoder; write ``encoder/``, ``loss.json``, ``loss.png``; return a summary."""
-    from engine.models.checkpoint import save_checkpoint
+    """Train the patch encoder; write ``encoder/``, ``loss.json``, ``loss.png``; return a summary.
+
+    Checkpoints go to ``OUT/checkpoints`` (every ``checkpoint_every`` steps); a second call continues
+    from the newest one (``cfg.budget`` stops a run early, with a checkpoint: ``stopped: "budget"``)."""
     from engine.storage import open_volume
 
     bad = [p for p in cfg.perturbations if p not in PERTURBATIONS]
@@ -175,49 +242,18 @@ def train_simsiam(cfg: SimSiamConfig, *, progress: bool = True) -> dict[str, Any
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"anisotropic_stages": 0})})
         log.info("isotropic voxels %s: encoder with 3x3x3 convolutions and 2x2x2 pooling", vol.voxel_size)
     patch = cfg.patch or default_patch
-    torch.manual_seed(cfg.seed)
-    torch.set_num_threads(max(1, cfg.threads))
-    rng = np.random.default_rng(cfg.seed)
-    device = _device(cfg.device)
-    model = SimSiam(PatchEncoder(cfg.model), cfg.projector_hidden, cfg.projector_out, cfg.predictor_hidden).to(device)
-    lr = cfg.lr * cfg.batch / 256 if cfg.optimizer == "sgd" else cfg.lr
-    opt: torch.optim.Optimizer
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    elif cfg.optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-    else:
-        raise ConfigError(f"optimizer must be sgd or adam, got {cfg.optimizer!r}")
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
+    method = SimSiamMethod(cfg, vol, (int(patch[0]), int(patch[1]), int(patch[2])))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(cfg.to_yaml())
-    losses: list[float] = []
-    steps = range(cfg.steps)
-    if progress:
-        from tqdm import tqdm
-
-        steps = tqdm(steps, desc="SimSiam", unit="step")
     t0 = time.perf_counter()
-    model.train()
-    for step in steps:
-        crops = sample_patches(vol, patch, cfg.batch, rng)
-        v1 = np.stack([perturb(c, rng, cfg.perturbations) for c in crops])[:, None]
-        v2 = np.stack([perturb(c, rng, cfg.perturbations) for c in crops])[:, None]
-        loss = model(torch.from_numpy(v1).to(device), torch.from_numpy(v2).to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        if progress:
-            steps.set_postfix(loss=f"{losses[-1]:.3f}")  # type: ignore[attr-defined]
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(out / "encoder", model.encoder, cfg.model, {"kind": "patch_encoder", "step": step + 1, "patch": list(patch)})
-            _write_curve(out, losses)
+    opts = LoopOptions(steps=cfg.steps, output=out, checkpoint_every=cfg.checkpoint_every, keep=1, progress=progress, clock=start(cfg.budget), is_main=rank() == 0)
+    result = fit(method, opts)
+    losses = result.losses()
     seconds = time.perf_counter() - t0
-    log.info("SimSiam: %d steps in %.1f s, loss %.3f -> %.3f", cfg.steps, seconds, losses[0], losses[-1])
-    return {"steps": cfg.steps, "seconds": seconds, "first_loss": losses[0], "last_loss": losses[-1], "encoder": str(out / "encoder")}
+    first, last = (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
+    log.info("SimSiam: %d steps in %.1f s, loss %.3f -> %.3f", result.step, seconds, first, last)
+    return {"steps": result.step, "seconds": seconds, "first_loss": first, "last_loss": last, "encoder": str(out / "encoder"), "stopped": result.stopped}
 
 
 def _write_curve(out: Path, losses: list[float]) -> None:

@@ -1,6 +1,6 @@
-"""The training loop: :class:`Trainer` owns the model, optimizer, sampler and loss terms; :meth:`Trainer.step`
-does one optimisation step on one batch; :meth:`Trainer.fit` runs the loop with logging, validation,
-checkpoints and resume.
+"""Segmentation training: :class:`Trainer` owns the model, optimizer, sampler and loss terms and plugs into
+the training core (:mod:`engine.learn.core`); :meth:`Trainer.step` does one optimisation step on one batch;
+:meth:`Trainer.fit` runs the core's loop (logging, validation, checkpoints, resume, time budget).
 
 Semi-supervised training adds loss terms (see :mod:`engine.learn.losses`) and, where it needs more data
 per step, a ``batch_fn`` that adds entries (unlabelled crops...) to the batch; the loop stays as it is.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.learn.checkpoints import latest_checkpoint, read_training_state, write_training_checkpoint
+from engine.learn import core
+from engine.learn.budget import Clock, start
+from engine.learn.checkpoints import load_weights
 from engine.learn.config import TrainConfig
-from engine.learn.history import append_history, plot_history, truncate_history
+from engine.learn.history import plot_history
 from engine.learn.losses import LossTerm, StepContext, SupervisedLoss
 from engine.learn.sampler import CropSampler
 from engine.models import build_model
@@ -65,9 +66,11 @@ def pick_device(cfg: TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
-class Trainer:
+class Trainer(core.Method):
     """One worker's training state. Under an initialised process group (Ray Train sets one up, also for
     one worker) the model is wrapped in DistributedDataParallel; ``self.model`` is always the bare model."""
+
+    name = "train"
 
     def __init__(
         self,
@@ -86,12 +89,7 @@ class Trainer:
         torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed)  # the initial weights: the same on every worker
         self.model: nn.Module = build_model(cfg.model).to(self.device)
-        self.net: nn.Module = self.model
-        if world_size > 1 or (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        self.net: nn.Module = core.wrap_ddp(self.model, self.device)
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.sampler = sampler if sampler is not None else CropSampler(cfg)
         self.batch_fn: BatchFn = batch_fn or (lambda step, rank: self.sampler.batch(cfg.seed, step, rank))
@@ -102,26 +100,54 @@ class Trainer:
         self.elapsed = 0.0
         self.output = Path(cfg.output)
         self.is_main = rank == 0
-        self._writer: Any = None
         self._validator: Any = None
+
+    # -- the plug-in of the training core -------------------------------------------------------------
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        return self.batch_fn(step, self.rank)
+
+    def before_step(self, step: int) -> None:
+        torch.manual_seed(step_seed(self.cfg.seed, step, self.rank))
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.cfg, step)
+        self.net.train()
+
+    def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        logits, batch = self.forward(batch)
+        ctx = StepContext(model=self.net, batch=batch, logits=logits, step=step)
+        parts = {t.name: t(ctx) for t in self.terms}
+        total = sum((t.weight * parts[t.name] for t in self.terms), logits.new_zeros(()))
+        return total, parts
+
+    def learning_rate(self, step: int) -> float:
+        return learning_rate(self.cfg, step)
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        v = self.cfg.validation
+        if v is None or not (step % v.every == 0 or step == self.cfg.steps):
+            return {}
+        return self.validate()
+
+    def write(self, folder: Path) -> None:
+        from engine.models import save_checkpoint
+
+        extra = {"step": self.step_count, "train": self.cfg.model_dump(mode="json"), "elapsed": self.elapsed}
+        save_checkpoint(folder, self.model, self.cfg.model, extra)
+
+    def read(self, folder: Path) -> None:
+        load_weights(folder, self.model, self.device, self.cfg.model)
+
+    def on_checkpoint(self, step: int, records: list[dict[str, Any]]) -> None:
+        vcfg = self.cfg.validation
+        plot_history(records, self.output / "loss.png", metric=vcfg.metric if vcfg else "iou", title=self.output.name)
 
     # -- one step -------------------------------------------------------------------------------------
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One optimisation step on ``batch``; returns the loss and each term (floats)."""
-        torch.manual_seed(step_seed(self.cfg.seed, self.step_count, self.rank))
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.cfg, self.step_count)
-        self.net.train()
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        logits, batch = self.forward(batch)
-        ctx = StepContext(model=self.net, batch=batch, logits=logits, step=self.step_count)
-        parts = {t.name: t(ctx) for t in self.terms}
-        total = sum((t.weight * parts[t.name] for t in self.terms), logits.new_zeros(()))
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
+        out = core.run_step(self, batch, self.step_count)
         self.step_count += 1
-        return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
+        return out
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The logits of ``batch["raw"]`` (and the batch they line up with).
@@ -142,24 +168,10 @@ class Trainer:
     # -- resume and checkpoints -------------------------------------------------------------------------
     def resume(self) -> bool:
         """Load the newest checkpoint of the output directory, if any; True if one was loaded."""
-        ck = latest_checkpoint(self.output)
-        if ck is None:
-            return False
-        state = read_training_state(ck, self.model, self.optimizer, self.device, self.cfg.model)
-        self.step_count, self.elapsed = state["step"], state["elapsed"]
-        log.info("resumed from %s (step %d)", ck, self.step_count)
-        return True
+        return core.resume(self, self.output)
 
     def save(self) -> Path:
-        return write_training_checkpoint(
-            self.output,
-            self.step_count,
-            self.model,
-            self.cfg.model,
-            self.optimizer,
-            {"train": self.cfg.model_dump(mode="json"), "elapsed": self.elapsed},
-            keep=self.cfg.keep_checkpoints,
-        )
+        return core.save(self, self.output, self.cfg.keep_checkpoints)
 
     def validate(self) -> dict[str, float]:
         """Score the model on the validation volume (empty without one)."""
@@ -172,57 +184,14 @@ class Trainer:
         return dict(self._validator(self.model, self.device))
 
     # -- the loop -----------------------------------------------------------------------------------------
-    def fit(self, resume: bool = True) -> dict[str, Any]:
-        """Train to ``cfg.steps``, resuming from the newest checkpoint if asked; returns a summary."""
+    def fit(self, resume: bool = True, clock: Clock | None = None) -> dict[str, Any]:
+        """Train to ``cfg.steps``, resuming from the newest checkpoint if asked; returns a summary
+        (``stopped: "budget"`` where the time budget, ``cfg.budget`` or ``clock``, ended it early)."""
         cfg = self.cfg
-        history_path = self.output / "history.jsonl"
         if self.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
             (self.output / "train.yaml").write_text(cfg.to_yaml())
-        if resume:
-            self.resume()
-        records = truncate_history(history_path, self.step_count) if self.is_main else []
-        if self.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(str(self.output / "tensorboard"), purge_step=self.step_count or None)
-        bar = None
-        if self.is_main and cfg.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=cfg.steps, initial=self.step_count, desc="train", unit="step")
-        last: dict[str, float] = {}
-        vcfg = cfg.validation
-        try:
-            while self.step_count < cfg.steps:
-                t0 = time.perf_counter()
-                batch = self.batch_fn(self.step_count, self.rank)
-                last = self.step(batch)
-                self.elapsed += time.perf_counter() - t0
-                step = self.step_count
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{last['loss']:.4f}")
-                if self.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
-                    rec = {"step": step, "time": round(self.elapsed, 3), "lr": learning_rate(cfg, step - 1), **last}
-                    records.append(rec)
-                    append_history(history_path, rec)
-                    for k, v in last.items():
-                        self._writer.add_scalar(f"train/{k}", v, step)
-                if self.is_main and vcfg is not None and (step % vcfg.every == 0 or step == cfg.steps):
-                    scores = self.validate()
-                    rec = {"step": step, "time": round(self.elapsed, 3), **scores}
-                    records.append(rec)
-                    append_history(history_path, rec)
-                    for k, v in scores.items():
-                        self._writer.add_scalar(f"val/{k}", v, step)
-                    log.info("step %d: validation %s", step, scores)
-                if self.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-                    self.save()
-                    plot_history(records, self.output / "loss.png", metric=vcfg.metric if vcfg else "iou", title=self.output.name)
-        finally:
-            if bar is not None:
-                bar.close()
-            if self._writer is not None:
-                self._writer.close()
-        return {"step": self.step_count, "elapsed": self.elapsed, "last": last, "output": str(self.output)}
+        opts = core.LoopOptions(steps=cfg.steps, output=self.output, resume=resume, checkpoint_every=cfg.checkpoint_every, keep=cfg.keep_checkpoints,
+                                log_every=cfg.log_every, progress=cfg.progress, clock=clock or start(cfg.budget), is_main=self.is_main)
+        result = core.fit(self, opts)
+        return {"step": result.step, "elapsed": result.elapsed, "last": result.last, "output": str(self.output), "stopped": result.stopped}

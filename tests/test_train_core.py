@@ -1,0 +1,154 @@
+"""The training core (engine/learn/core.py) under every method: the same numbers as the hand-written loops
+it replaced (losses and weights of a few steps, recorded in tests/data/train_core_reference.json before
+they were deleted), a run interrupted and resumed == an uninterrupted one, and a time budget stops each
+method with a checkpoint that the next run continues from."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import train_methods as tm
+
+REFERENCE = json.loads(tm.REFERENCE.read_text())
+
+
+def _close(new: dict[str, Any], old: dict[str, Any], rtol: float = 1e-5) -> None:
+    np.testing.assert_allclose(new["losses"], old["losses"], rtol=rtol, atol=1e-7)
+    assert new["weights"].keys() == old["weights"].keys()
+    for k, v in old["weights"].items():
+        np.testing.assert_allclose(new["weights"][k], v, rtol=rtol, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("method", tm.METHODS)
+def test_same_numbers_as_the_old_loop(method: str, tmp_path: Path) -> None:
+    _close(tm.run(method, tmp_path), REFERENCE[method])
+
+
+# -- resume after an interruption ------------------------------------------------------------------------
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_at(monkeypatch: pytest.MonkeyPatch, name: str, at: int) -> None:
+    """Make the training core die in step ``at`` (0-based) of the method called ``name``."""
+    from engine.learn import core
+
+    real = core.run_step
+
+    def dying(method: core.Method, batch: Any, step: int) -> dict[str, float]:
+        if method.name == name and step == at:
+            raise _Crash
+        return real(method, batch, step)
+
+    monkeypatch.setattr(core, "run_step", dying)
+
+
+# method -> (name of the core method that crashes, step it dies in, run_<method> arguments)
+INTERRUPTIONS: dict[str, tuple[str, int, dict[str, Any]]] = {
+    "segmentation": ("train", 3, {}),
+    "semi": ("train", 3, {}),
+    "simsiam": ("simsiam", 3, {}),
+    "simclr": ("simclr", 3, {"checkpoint_every": 2}),
+    "contrastive": ("contrastive", 2, {"checkpoint_every": 2}),
+    "vae": ("vae", 7, {}),
+    "triplet": ("triplet", 3, {}),
+}
+
+
+def _kw(method: str, root: Path, extra: dict[str, Any]) -> dict[str, Any]:
+    if method == "simclr":
+        return {"output": root / "simclr-run", **extra}
+    if method in ("vae", "triplet"):
+        return {"output": root / f"{method}-run", **extra}
+    return extra
+
+
+@pytest.mark.parametrize("method", tm.METHODS)
+def test_resumed_run_equals_uninterrupted_run(method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.active.triplet as triplet
+
+    monkeypatch.setattr(triplet, "CHECKPOINT_EVERY", 2)
+    name, at, extra = INTERRUPTIONS[method]
+    kw = _kw(method, tmp_path, extra)
+    with monkeypatch.context() as m:
+        _crash_at(m, name, at)
+        with pytest.raises(_Crash):
+            tm.run(method, tmp_path, **kw)
+    from engine.learn.checkpoints import list_checkpoints
+
+    folders = [p.parent for p in tmp_path.rglob("checkpoints")]
+    assert folders and all(list_checkpoints(f) for f in folders)  # it died after a checkpoint
+    result = tm.run(method, tmp_path, **kw)  # the same call again: resumes and finishes
+    _close(result, REFERENCE[method])
+
+
+# -- time budgets ---------------------------------------------------------------------------------------------
+
+def _budget_kw(method: str, root: Path, budget: Any) -> dict[str, Any]:
+    if method == "simclr":
+        return {"output": root / "simclr-run", "checkpoint_every": 2, "clock": budget.start()}
+    if method == "contrastive":
+        return {"budget": budget, "checkpoint_every": 2}
+    if method in ("vae", "triplet"):
+        return {"output": root / f"{method}-run", "budget": budget}
+    return {"budget": budget}
+
+
+def _run_to_budget(method: str, root: Path, budget: Any) -> dict[str, Any] | None:
+    """Run ``method`` with ``budget``; its result (None for contrastive pretraining, which raises)."""
+    from engine.learn.budget import BudgetSpent
+
+    kw = _budget_kw(method, root, budget)
+    if method == "contrastive":
+        with pytest.raises(BudgetSpent, match="stopped at its time budget"):
+            tm.run(method, root, **kw)
+        return None
+    return tm.run(method, root, **kw)
+
+
+class _CountingTime:
+    """A CPU clock that advances one second each time it is read (one read at start, one per step)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def process_time(self) -> float:
+        self.now += 1.0
+        return self.now
+
+    def perf_counter(self) -> float:
+        return self.process_time()
+
+
+@pytest.mark.parametrize("method", tm.METHODS)
+def test_time_budget_stops_with_a_checkpoint_the_next_run_continues(method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.active.triplet as triplet
+    from engine.learn import budget as budget_module
+    from engine.learn.budget import TimeBudget
+    from engine.learn.checkpoints import list_checkpoints
+
+    monkeypatch.setattr(triplet, "CHECKPOINT_EVERY", 100)
+    with monkeypatch.context() as m:
+        m.setattr(budget_module, "time", _CountingTime())
+        _run_to_budget(method, tmp_path, TimeBudget(seconds=2.5))  # spent before the third step of its (last) stage
+    steps = sorted({s for f in tmp_path.rglob("checkpoints") for s, _ in list_checkpoints(f.parent)})
+    assert 2 in steps and 4 not in steps and 5 not in steps, steps  # stopped at step 2, with a checkpoint of it
+    _close(tm.run(method, tmp_path, **_kw(method, tmp_path, INTERRUPTIONS[method][2])), REFERENCE[method])
+
+
+@pytest.mark.parametrize("method", tm.METHODS)
+def test_a_real_cpu_budget_stops_before_any_step(method: str, tmp_path: Path) -> None:
+    from engine.learn.budget import TimeBudget
+
+    result = _run_to_budget(method, tmp_path, TimeBudget(seconds=1e-9, clock="cpu"))
+    assert result is None or result["losses"] == []
+    assert not list(tmp_path.rglob("step-*"))  # nothing trained, nothing to checkpoint
