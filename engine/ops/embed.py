@@ -50,6 +50,7 @@ class EmbedOp(BlockOp):
     patch: tuple[int, int, int]
     stride: tuple[int, int, int]
     origin: tuple[int, int, int] = (0, 0, 0)
+    limit: tuple[int, int, int] | None = Field(default=None, description="embed only patches inside the first `limit` voxels (e.g. below a test region)")
     batch: int = 32
     dtype: str = "float32"
     threads: int = 1
@@ -61,7 +62,10 @@ class EmbedOp(BlockOp):
     _device: Any = PrivateAttr(default=None)
 
     def patch_grid(self, volume_shape: tuple[int, ...]) -> PatchGrid:
-        return PatchGrid(tuple(volume_shape[-3:]), self.patch, self.stride, self.origin)
+        shape = tuple(volume_shape[-3:])
+        if self.limit is not None:
+            shape = tuple(min(s, m) for s, m in zip(shape, self.limit, strict=True))
+        return PatchGrid(shape, self.patch, self.stride, self.origin)
 
     def prepare(self, grid: BlockGrid) -> None:
         from engine.learn.simsiam import load_encoder
@@ -144,15 +148,17 @@ def embed_volume(
     progress: bool = True,
     overwrite: bool = False,
     threads: int = 1,
+    limit: tuple[int, int, int] | None = None,
 ) -> RunSummary:
-    """Embed every patch of ``volume`` into the embedding zarr ``output`` (resumable)."""
+    """Embed every patch of ``volume`` (inside its first ``limit`` voxels) into the embedding zarr ``output`` (resumable)."""
     from engine.storage import open_volume
 
     vol = open_volume(volume)
     dp, ds = default_patch_and_stride(vol.voxel_size)
     p = tuple(patch or dp)
     st = tuple(stride or ds)
-    op = EmbedOp(input=volume, output=output, encoder=encoder, patch=(p[0], p[1], p[2]), stride=(st[0], st[1], st[2]), batch=batch, dtype=dtype, overwrite=overwrite, threads=threads)
+    op = EmbedOp(input=volume, output=output, encoder=encoder, patch=(p[0], p[1], p[2]), stride=(st[0], st[1], st[2]), batch=batch, dtype=dtype, overwrite=overwrite,
+                 threads=threads, limit=limit)
     pg = op.patch_grid(vol.spatial_shape)
     write = tuple(min(b, g) for b, g in zip(block, pg.shape, strict=True))
     grid = BlockGrid(Box.from_shape(pg.shape), write)

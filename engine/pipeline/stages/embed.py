@@ -1,9 +1,10 @@
 """``embed``: self-supervised patch embeddings of the raw volume, for coverage selection.
 
 Trains the encoder half of a small U-Net without labels (SimCLR / NT-Xent on two augmented views of
-random crops, :func:`engine.learn.simclr.pretrain_simclr`), then embeds every patch of a
-:class:`~engine.select.patches.PatchGrid` with it (:class:`~engine.models.PatchEncoder`: encoder +
-global average pooling) into the embedding array that ``select`` reads (``RUN/embed/emb.zarr``).
+random crops, :func:`engine.learn.simclr.pretrain_simclr`), saves it (``RUN/embed/encoder``), then
+embeds every patch of the patch grid with the blockwise op (:func:`engine.ops.embed.embed_volume`, on
+the run's backend: the one implementation of patch embedding) into the embedding array that
+``select`` reads (``RUN/embed/emb.zarr``).
 Also writes ``RUN/embed/embed_loss.png`` (the contrastive loss per step).
 
 The encoder is trained from a fixed seed in one process, so the same section gives the same
@@ -46,73 +47,43 @@ class EmbedSection(Config):
     batch: int = Field(default=32, ge=1, description="patches per forward pass when embedding")
 
 
-def _to_unit(data: np.ndarray) -> np.ndarray:
-    if data.dtype == np.uint8:
-        return data.astype(np.float32) / 255.0
-    if data.dtype == np.uint16:
-        return data.astype(np.float32) / 65535.0
-    return data.astype(np.float32)
-
-
-def embed_volume(raw_url: str, out: str, cfg: EmbedSection, *, progress: bool = False, loss_png: str | None = None, z_stop: int | None = None) -> dict[str, Any]:
-    """Train the encoder on ``raw_url`` and write the patch embeddings to ``out``; returns a summary.
-    ``z_stop``: only sections below it (the rest is the run's test region): the patch grid covers
-    ``z < z_stop`` (same coordinates as the volume's), so nothing beyond can be selected."""
+def train_encoder(raw_url: str, out: str, cfg: EmbedSection, *, progress: bool = False, z_stop: int | None = None) -> list[float]:
+    """Train the encoder on crops of ``raw_url`` (below ``z_stop``: the rest is the run's test region) and
+    save the U-Net it belongs to as a checkpoint in ``out`` (what :class:`~engine.ops.embed.EmbedOp`
+    loads); returns the losses."""
     import torch
-    from tqdm import tqdm
 
     from engine.errors import ConfigError
     from engine.learn.config import AugmentConfig, SimCLRConfig
+    from engine.learn.sampler import to_unit
     from engine.learn.simclr import pretrain_simclr
-    from engine.models import PatchEncoder, build_model
-    from engine.select.embeddings import create_embeddings
-    from engine.select.patches import PatchGrid
+    from engine.models import build_model
+    from engine.models.checkpoint import save_checkpoint
     from engine.storage import open_volume
 
     torch.set_num_threads(cfg.threads)
     vol = open_volume(raw_url)
     shape = vol.spatial_shape
-    region = vol.box
     if z_stop is not None:
         if not 0 < z_stop <= shape[0]:
             raise ConfigError(f"test_from_z {z_stop} is outside the volume's {shape[0]} sections", "give a section inside the volume")
         shape = (z_stop, *shape[1:])
-        from engine.geometry import Box
-
-        region = Box((0, 0, 0), shape)
     if any(c > s for c, s in zip(cfg.crop, shape, strict=True)) or any(p > s for p, s in zip(cfg.patch, shape, strict=True)):
         raise ConfigError(f"embed.crop {cfg.crop} or embed.patch {cfg.patch} is larger than the volume {shape} (before test_from_z)", "use a smaller embed.crop / embed.patch")
-    grid = PatchGrid(shape, cfg.patch, cfg.stride)
-    data = _to_unit(vol.read(region))  # the demo's volumes are small; real ones: a future blockwise op
     torch.manual_seed(cfg.seed)
     unet = build_model(cfg.model)
     losses: list[float] = []
     if cfg.steps:
         def draw(rng: np.random.Generator) -> np.ndarray:
-            start = [int(rng.integers(0, s - c + 1)) for s, c in zip(shape, cfg.crop, strict=True)]
-            sl = tuple(slice(a, a + c) for a, c in zip(start, cfg.crop, strict=True))
-            return np.ascontiguousarray(data[sl])
+            from engine.geometry import Box
 
+            start = [int(rng.integers(0, s - c + 1)) for s, c in zip(shape, cfg.crop, strict=True)]
+            return np.ascontiguousarray(to_unit(vol.read(Box(tuple(start), tuple(a + c for a, c in zip(start, cfg.crop, strict=True))))))
         aug = AugmentConfig(elastic=0.0, misalign=0.0, missing_section=0.0)
         sim = SimCLRConfig(steps=cfg.steps, batch_size=cfg.batch_size, temperature=cfg.temperature, dim=32, hidden=64, lr=cfg.lr)
         losses = pretrain_simclr(unet, draw, sim, aug, seed=cfg.seed, progress=progress)
-    enc = PatchEncoder(cfg.model)
-    enc.encoder.load_state_dict(unet.encoder.state_dict())
-    enc.eval()
-    arr = create_embeddings(out, grid, enc.out_dim, volume=raw_url, voxel_size=vol.voxel_size,
-                            extra={"encoder": "simclr", "steps": cfg.steps, "seed": cfg.seed})
-    ids = np.arange(grid.size)
-    starts = grid.patch_starts(ids)
-    feats = np.zeros((grid.size, enc.out_dim), np.float32)
-    with torch.no_grad():
-        for i in tqdm(range(0, grid.size, cfg.batch), desc="embed", unit="batch", disable=not progress):
-            chunk = starts[i : i + cfg.batch]
-            x = np.stack([data[z : z + cfg.patch[0], y : y + cfg.patch[1], xx : xx + cfg.patch[2]] for z, y, xx in chunk])
-            feats[i : i + len(chunk)] = enc(torch.from_numpy(x[:, None])).numpy()
-    arr[:] = feats.reshape(*grid.shape, enc.out_dim)
-    if loss_png and losses:
-        _plot_loss(losses, loss_png)
-    return {"patches": grid.size, "grid": list(grid.shape), "dim": enc.out_dim, "last_loss": losses[-1] if losses else None}
+    save_checkpoint(out, unet, cfg.model, {"encoder": "simclr", "steps": cfg.steps, "seed": cfg.seed, "losses": losses[-5:]})
+    return losses
 
 
 def _plot_loss(losses: list[float], path: str) -> None:
@@ -140,7 +111,23 @@ class EmbedStage(Stage):
     order = 100
 
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
+        from engine.models.checkpoint import WEIGHTS
+        from engine.ops.embed import embed_volume
+        from engine.storage import open_volume
+
+        raw = ctx.input(cfg.input)
+        encoder = ctx.dir / "encoder"
+        losses: list[float] = []
+        if ctx.overwrite or not (encoder / WEIGHTS).is_file():  # a resumed stage keeps its encoder (and its finished blocks)
+            losses = train_encoder(raw, str(encoder), cfg, progress=ctx.runtime.progress, z_stop=ctx.test_from_z)
+            if losses:
+                _plot_loss(losses, str(ctx.dir / "embed_loss.png"))
+        shape = open_volume(raw).spatial_shape
+        limit = (ctx.test_from_z, *shape[1:]) if ctx.test_from_z is not None else None
         out = ctx.dir / "emb.zarr"
-        info = embed_volume(ctx.input(cfg.input), str(out), cfg, progress=ctx.runtime.progress, loss_png=str(ctx.dir / "embed_loss.png"), z_stop=ctx.test_from_z)
-        (ctx.dir / "embed.json").write_text(json.dumps(info, indent=1))
+        rt = ctx.runtime
+        res = embed_volume(raw, str(out), str(encoder), patch=cfg.patch, stride=cfg.stride, batch=cfg.batch, state_dir=ctx.state_dir(), threads=cfg.threads,
+                           overwrite=ctx.overwrite, limit=limit, max_retries=rt.max_retries, **rt.kwargs())
+        info = {"blocks": res.total_blocks, "seconds": res.wall_seconds, "last_loss": losses[-1] if losses else None, "steps": cfg.steps}
+        (ctx.dir / "embed.json").write_text(json.dumps(info, indent=1, default=str))
         return {"embeddings": str(out)}
