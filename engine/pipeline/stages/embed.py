@@ -123,7 +123,7 @@ class EmbedStage(Stage):
             if losses:
                 _plot_loss(losses, str(ctx.dir / "embed_loss.png"))
         shape = open_volume(raw).spatial_shape
-        limit = (ctx.test_from_z, *shape[1:]) if ctx.test_from_z is not None else None
+        limit = (ctx.test_from_z, shape[1], shape[2]) if ctx.test_from_z is not None else None
         out = ctx.dir / "emb.zarr"
         rt = ctx.runtime
         res = embed_volume(raw, str(out), str(encoder), patch=cfg.patch, stride=cfg.stride, batch=cfg.batch, state_dir=ctx.state_dir(), threads=cfg.threads,
