@@ -309,3 +309,28 @@ def test_a_round_folder_itself_is_set_aside_whole(tmp_path: Path) -> None:
     with AnswerStore(answers_path(kept)) as again:
         assert again.answers() == {1: True}
     assert (tmp_path / "q" / "rounds").is_dir()  # nothing above the round was touched
+
+
+def test_rois_are_extracted_again_once_their_crops_are_gone(tmp_path: Path) -> None:
+    from engine.active.rois import read_crops
+    from engine.ops.label import label_volume
+    from engine.ops.rois import extract_rois
+
+    mask = np.zeros((8, 48, 48), np.uint8)
+    mask[2:6, 5:15, 5:12] = 1
+    mask[1:7, 25:40, 28:36] = 1
+    raw = create_volume(str(tmp_path / "d.zarr/raw"), mask.shape, "uint8", (8, 16, 16))
+    raw.write(raw.box, (np.random.default_rng(1).random(mask.shape) * 255).astype(np.uint8))
+    src = create_volume(str(tmp_path / "d.zarr/mask"), mask.shape, "uint8", (8, 16, 16))
+    src.write(src.box, mask)
+    labels = str(tmp_path / "d.zarr/cc")
+    label_volume(src.url, labels, table=tmp_path / "t.parquet", block=(8, 16, 16), chunks=(8, 16, 16), progress=False)
+    run = tmp_path / "run"
+    kw = {"size": 16, "block": (8, 16, 16), "progress": False}
+    first = extract_rois(run, labels, raw.url, tmp_path / "t.parquet", **kw)  # type: ignore[arg-type]
+    assert first.rois == 2
+    want = read_crops(run, "image")
+    shutil.rmtree(run / "rois" / "rois.zarr" / "image")
+    again = extract_rois(run, labels, raw.url, tmp_path / "t.parquet", **kw)  # type: ignore[arg-type]
+    assert again.rois == 2
+    np.testing.assert_array_equal(read_crops(run, "image"), want)

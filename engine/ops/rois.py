@@ -40,6 +40,7 @@ from engine.errors import ConfigError, ResumeMismatch, StorageError
 from engine.geometry import Block, BlockGrid, Box
 from engine.ops.scratch import Scratch
 from engine.runtime import Backend, BackendName, BlockOp, run_blockwise
+from engine.runtime.ownership import outputs_intact
 from engine.storage import Volume, create_volume, open_volume
 from engine.storage.safety import write_atomic, write_json_atomic
 
@@ -87,6 +88,11 @@ class RoiOp(BlockOp):
     @property
     def objects_file(self) -> Path:
         return Path(self.out) / "objects.npz"
+
+    def outputs(self) -> list[str]:
+        """The crops it writes and its scratch index files (their done-markers belong to them)."""
+        store = rois_store(Path(self.out).parent)
+        return [f"{store}/image", f"{store}/mask", str(Path(self.out) / ".scratch")]
 
     def setup(self) -> None:
         self._labels = open_volume(self.labels)
@@ -315,10 +321,13 @@ def extract_rois(
     meta_path = out / "rois.json"
     if meta_path.exists() and index_path(run_dir).exists() and not overwrite:
         saved = json.loads(meta_path.read_text())
-        if saved.get("params") == json.loads(json.dumps(params)):
+        if saved.get("params") == json.loads(json.dumps(params)) and outputs_intact(saved):
             log.info("rois: %s is complete already", out)
             return RoiResult(**saved["result"])
-        raise ResumeMismatch(f"{out} holds ROIs made with other parameters ({meta_path})", "pass --overwrite to extract them again, or use another run directory")
+        if saved.get("params") == json.loads(json.dumps(params)):
+            log.warning("rois: the crops of %s were deleted or recreated since %s was written: extracting them again", out, meta_path)
+        else:
+            raise ResumeMismatch(f"{out} holds ROIs made with other parameters ({meta_path})", "pass --overwrite to extract them again, or use another run directory")
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
         meta_path.unlink(missing_ok=True)
@@ -335,7 +344,7 @@ def extract_rois(
     grid = BlockGrid(Box.from_shape(lab.spatial_shape), write_shape=tuple(min(int(b), s) for b, s in zip(block, lab.spatial_shape, strict=True)))
     op = RoiOp(labels=lab.url, image=img.url, out=str(out), objects_digest=digest, prob=prob, pre=pre, pre_value=pre_value,
                size=size, shape=lab.spatial_shape, block=grid.write_shape)  # type: ignore[arg-type]
-    run_blockwise(op, grid, state_dir=out / ".state", backend=backend, workers=workers, address=address, max_retries=max_retries,
+    run = run_blockwise(op, grid, state_dir=out / ".state", backend=backend, workers=workers, address=address, max_retries=max_retries,
                   overwrite=overwrite, progress=progress, name="rois")
     owners = np.unique(owner_blocks(objects["centroid"], grid))
     scratch = Scratch(str(out / ".scratch"))
@@ -352,7 +361,8 @@ def extract_rois(
         raise StorageError(f"the ROI index of {out} is incomplete ({merged['roi_id'].size} of {n} rows)", "run again with --overwrite")
     _write_index(index_path(run_dir), merged)
     result = RoiResult(rois=n, index=str(index_path(run_dir)), store=store, size=size, blocks=grid.num_blocks, seconds=time.perf_counter() - t0)
-    write_json_atomic(meta_path, {"params": params, "result": result.to_dict()})
+    crops = {u: run.run_id for u in op.outputs()[:2]}  # the scratch goes below; the crops must stay
+    write_json_atomic(meta_path, {"params": params, "result": result.to_dict(), "outputs": crops})
     scratch.remove()
     log.info("rois: %d ROIs of %d x %d pixels in %s, %.1f s", n, size, size, out, result.seconds)
     return result
