@@ -20,6 +20,7 @@ one, so a reader (or a run restarted after a crash) sees the old file or the new
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -63,11 +64,16 @@ def _within(inner: str, outer: str) -> bool:
     return inner == outer or inner.startswith(outer + "/") or outer == ""
 
 
+@functools.lru_cache(maxsize=1)
+def _user_homes() -> frozenset[str]:
+    """Home folders of the users this machine knows (read once: a directory service may be slow)."""
+    with contextlib.suppress(OSError, KeyError):  # no passwd database: the current user's home is enough
+        return frozenset(_real(p.pw_dir) for p in pwd.getpwall() if p.pw_dir and p.pw_dir != "/")
+    return frozenset()
+
+
 def _homes() -> set[str]:
-    homes = {os.path.expanduser("~")}
-    with contextlib.suppress(OSError):  # no passwd database: the current user's home is enough
-        homes.update(p.pw_dir for p in pwd.getpwall() if p.pw_dir and p.pw_dir != "/")
-    return {_real(h) for h in homes if h}
+    return {_real(os.path.expanduser("~")), *_user_homes()}
 
 
 def _general_problem(loc: Location, inputs: Iterable[Url]) -> str | None:
