@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 Kind = Literal["volume", "scratch", "checkpoint", "run-files"]
 SCRATCH_FOLDERS = (".connectile", ".scratch")
-_ARRAY_META = {".zarray", ".zattrs", ".zgroup", "zarr.json", "attributes.json", "info", "provenance"}
+# the files of one array (a precomputed layer's meshes, skeletons and properties are parts of it)
+_ARRAY_META = {".zarray", ".zattrs", ".zgroup", "zarr.json", "attributes.json", "info", "provenance", "mesh", "skeletons", "segment_properties"}
 _NESTED_META = (".zarray", ".zgroup", "zarr.json", "attributes.json", "info")
 _CHUNK = re.compile(r"^c?[0-9._-]*$")  # chunk keys/folders: 0, 0.1.2, c (zarr3), 8_8_40 / 0-64_0-64_0-64 (precomputed)
 _CHECKPOINT = re.compile(r"^(\.tmp-|\.old-)?step-\d{6,}(-\d+)?$")
@@ -85,7 +86,11 @@ def _general_problem(loc: Location, inputs: Iterable[Url]) -> str | None:
         for home in _homes():
             if _within(home, path):
                 return "it is a home folder" if home == path else f"it holds the home folder {home}"
-        if _within(_real(os.getcwd()), path):
+        try:
+            cwd = _real(os.getcwd())
+        except OSError:  # the current folder was deleted: nothing to protect there
+            cwd = ""
+        if cwd and _within(cwd, path):
             return "it holds the current folder"
     elif not loc.path.strip("/"):
         return "it is the root of the bucket" if loc.bucket else "it is the root of the memory store"
