@@ -6,7 +6,8 @@ table of throughputs and ratios against the peers (a ratio above 1 means Connect
 saves it, with every JSON line the scripts printed and the hardware it ran on, as JSON
 (default ``benchmarks/results/bench-<time>.json``; ``benchmarks/projection.py`` reads the
 ``stage_costs`` of a ``--full`` run; a quick run's are saved as ``stage_costs_quick``, upper bounds
-dominated by worker start-up).
+dominated by worker start-up). ``--smoke`` runs every script's ``--smoke`` mode instead (seconds, tiny
+sizes, no meaningful numbers): the check that each script still runs (tests/test_benchmarks.py).
 """
 
 from __future__ import annotations
