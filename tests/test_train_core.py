@@ -152,3 +152,14 @@ def test_a_real_cpu_budget_stops_before_any_step(method: str, tmp_path: Path) ->
     result = _run_to_budget(method, tmp_path, TimeBudget(seconds=1e-9, clock="cpu"))
     assert result is None or result["losses"] == []
     assert not list(tmp_path.rglob("step-*"))  # nothing trained, nothing to checkpoint
+
+
+# -- data-parallel on Ray Train ---------------------------------------------------------------------------
+
+def test_simsiam_on_ray_train_one_worker_equals_in_process(tmp_path: Path, ray_cluster: str) -> None:
+    """SimSiam through the generic Ray Train runner (engine.learn.distributed.run_workers): one worker
+    (a process group, DDP) gives the in-process numbers; the segmentation trainer's own test is in
+    tests/test_train.py."""
+    result = tm.run("simsiam", tmp_path, ray={"num_workers": 1, "address": ray_cluster})
+    _close(result, REFERENCE["simsiam"])
+    assert (tmp_path / "simsiam" / "ray").is_dir()

@@ -13,8 +13,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from engine.learn.augment import augment  # eager: the function must shadow its submodule's name
+
 if TYPE_CHECKING:
-    from engine.learn.augment import augment
     from engine.learn.budget import BudgetSpent, TimeBudget
     from engine.learn.checkpoints import latest_checkpoint, list_checkpoints
     from engine.learn.config import ContrastiveConfig, SemiConfig, TrainConfig
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from engine.learn.validate import Validator, predict_volume
 
 _LAZY = {
-    "augment": "augment",
     "BudgetSpent": "budget",
     "TimeBudget": "budget",
     "latest_checkpoint": "checkpoints",

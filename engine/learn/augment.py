@@ -5,6 +5,7 @@ Geometric augmentations (flips, yx transpose, rot90, elastic warp, misalignment)
 labels and the known mask alike; photometric ones (intensity, noise, blur, missing sections) touch only the image. Targets are computed *after* augmentation, so direction-dependent targets
 (affinities) stay right. All randomness comes from the ``numpy.random.Generator`` passed in.
 
+>>> from engine.learn.config import AugmentConfig
 >>> rng = np.random.default_rng(0)
 >>> img = np.random.default_rng(1).random((4, 8, 8), dtype=np.float32)
 >>> lab = (img > 0.5).astype(np.uint8); known = np.ones(img.shape, bool)
@@ -16,11 +17,13 @@ labels and the known mask alike; photometric ones (intensity, noise, blur, missi
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 
-from engine.learn.config import AugmentConfig
+if TYPE_CHECKING:
+    from engine.learn.config import AugmentConfig  # annotations only: this module loads without torch
 
 Crops = tuple[np.ndarray, np.ndarray, np.ndarray]
 

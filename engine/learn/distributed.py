@@ -10,31 +10,61 @@ shared by the workers, as it is on one node or a shared file system).
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 from typing import Any
 
 from engine.learn.budget import BudgetSpent, start
-from engine.learn.config import TrainConfig
+from engine.learn.config import RayConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
-    """Ray Train's per-worker function."""
+    """Ray Train's per-worker function: ``config["entry"]`` (``"module:function"``) is called with the
+    payload, this worker's rank and its device; what it returns is reported."""
     import ray.train
     import ray.train.torch
 
-    cfg = TrainConfig.model_validate(config["cfg"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    module, name = config["entry"].split(":")
+    function = getattr(importlib.import_module(module), name)
+    result = function(config["payload"], ray.train.get_context().get_world_rank(), ray.train.torch.get_device())
+    ray.train.report(dict(result or {}))
+
+
+def run_workers(entry: str, payload: dict[str, Any], ray_cfg: RayConfig, storage: Path) -> None:
+    """Run a training method data-parallel on Ray Train: ``ray_cfg.num_workers`` workers (one process
+    group, DDP) each call ``entry(payload, rank, device)``, a function that runs the method on the
+    training core (:mod:`engine.learn.core`). Ray's own files go to ``storage``."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from engine.runtime import connect
+
+    connect(ray_cfg.address, dashboard=False)
+    storage.mkdir(parents=True, exist_ok=True)
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"entry": entry, "payload": payload},
+        scaling_config=ScalingConfig(num_workers=ray_cfg.num_workers, use_gpu=ray_cfg.use_gpu),
+        run_config=RunConfig(name="train", storage_path=str(storage.resolve())),
+    )
+    trainer.fit()
+
+
+def _train_worker(payload: dict[str, Any], rank: int, device: Any) -> dict[str, float]:
+    """One worker of :func:`train`."""
+    import torch
+
     from engine.learn.semi import build_trainer
 
+    cfg = TrainConfig.model_validate(payload["cfg"])
     if rank != 0:
         cfg = cfg.model_copy(update={"progress": False})
-    summary = build_trainer(cfg, rank=rank, world_size=world, device=device).fit(resume=config["resume"])
-    ray.train.report({"step": summary["step"], "elapsed": summary["elapsed"], **summary["last"]})
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    summary = build_trainer(cfg, rank=rank, world_size=world, device=device).fit(resume=payload["resume"])
+    return {"step": summary["step"], "elapsed": summary["elapsed"], **summary["last"]}
 
 
 def train(cfg: TrainConfig, *, resume: bool = True) -> dict[str, Any]:
@@ -64,20 +94,7 @@ def train(cfg: TrainConfig, *, resume: bool = True) -> dict[str, Any]:
     if clock is not None and cfg.budget is not None:  # each worker gets what pretraining left
         cfg = cfg.model_copy(update={"budget": cfg.budget.model_copy(update={"seconds": max(1e-3, cfg.budget.seconds - clock.used())})})
 
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from engine.runtime import connect
-
-    connect(cfg.ray.address, dashboard=False)
-    out.mkdir(parents=True, exist_ok=True)
-    trainer = TorchTrainer(
-        _worker_loop,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "resume": resume},
-        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu),
-        run_config=RunConfig(name="train", storage_path=str((out / "ray").resolve())),
-    )
-    trainer.fit()
+    run_workers("engine.learn.distributed:_train_worker", {"cfg": cfg.model_dump(mode="json"), "resume": resume}, cfg.ray, out / "ray")
     # the workers' reports are not always kept in the result (Ray Train v2); the run's own record is
     from engine.learn.history import read_history
 

@@ -37,7 +37,8 @@ from engine.config import Config
 from engine.errors import ConfigError, StorageError
 from engine.geometry import Box
 from engine.learn.budget import TimeBudget, start
-from engine.learn.core import LoopOptions, Method, fit, rank, wrap_ddp
+from engine.learn.config import RayConfig
+from engine.learn.core import LoopOptions, LoopResult, Method, fit, rank, wrap_ddp
 from engine.models.config import ModelConfig
 from engine.models.encoder import PatchEncoder
 
@@ -68,6 +69,7 @@ class SimSiamConfig(Config):
     perturbations: list[str] = list(PERTURBATIONS)
     model: ModelConfig = ModelConfig(norm="batch")
     budget: TimeBudget | None = None
+    ray: RayConfig = RayConfig()
 
 
 class SimSiam(nn.Module):
@@ -165,12 +167,12 @@ class SimSiamMethod(Method):
 
     name = "simsiam"
 
-    def __init__(self, cfg: SimSiamConfig, volume: Any, patch: tuple[int, int, int]) -> None:
-        torch.manual_seed(cfg.seed)
+    def __init__(self, cfg: SimSiamConfig, volume: Any, patch: tuple[int, int, int], device: torch.device | None = None, rank: int = 0) -> None:
+        torch.manual_seed(cfg.seed)  # the initial weights: the same on every worker
         torch.set_num_threads(max(1, cfg.threads))
         self.cfg, self.volume, self.patch = cfg, volume, patch
-        self.rng = np.random.default_rng(cfg.seed)
-        self.device = _device(cfg.device)
+        self.rng = np.random.default_rng(cfg.seed if rank == 0 else [cfg.seed, rank])  # other patches on each worker
+        self.device = device or _device(cfg.device)
         self.model = SimSiam(PatchEncoder(cfg.model), cfg.projector_hidden, cfg.projector_out, cfg.predictor_hidden).to(self.device)
         self.net = wrap_ddp(self.model, self.device)
         lr = cfg.lr * cfg.batch / 256 if cfg.optimizer == "sgd" else cfg.lr
@@ -202,7 +204,7 @@ class SimSiamMethod(Method):
         return {"simsiam": self.model}
 
     def describe(self) -> dict[str, Any]:
-        return self.cfg.model_dump(mode="json", exclude={"out", "steps", "checkpoint_every", "budget", "threads", "device"})
+        return self.cfg.model_dump(mode="json", exclude={"out", "steps", "checkpoint_every", "budget", "threads", "device", "ray"})
 
     def state(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state, "sched": self.sched.state_dict()}
@@ -223,7 +225,31 @@ def train_simsiam(cfg: SimSiamConfig, *, progress: bool = True) -> dict[str, Any
     """Train the patch encoder; write ``encoder/``, ``loss.json``, ``loss.png``; return a summary.
 
     Checkpoints go to ``OUT/checkpoints`` (every ``checkpoint_every`` steps); a second call continues
-    from the newest one (``cfg.budget`` stops a run early, with a checkpoint: ``stopped: "budget"``)."""
+    from the newest one (``cfg.budget`` stops a run early, with a checkpoint: ``stopped: "budget"``).
+    ``ray.num_workers > 0`` trains data-parallel on Ray Train (each worker draws its own patches)."""
+    cfg, vol, patch = _prepare(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(cfg.to_yaml())
+    t0 = time.perf_counter()
+    if cfg.ray.num_workers:
+        from engine.learn.distributed import run_workers
+        from engine.learn.history import read_history
+
+        run_workers("engine.learn.simsiam:_simsiam_worker", {"cfg": cfg.model_dump(mode="json"), "progress": progress}, cfg.ray, out / "ray")
+        losses = [float(r["loss"]) for r in read_history(out / "history.jsonl") if "loss" in r]
+        steps, stopped = len(losses), (None if len(losses) >= cfg.steps else "budget")
+    else:
+        result = _fit(cfg, vol, patch, progress)
+        losses, steps, stopped = result.losses(), result.step, result.stopped
+    seconds = time.perf_counter() - t0
+    first, last = (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
+    log.info("SimSiam: %d steps in %.1f s, loss %.3f -> %.3f", steps, seconds, first, last)
+    return {"steps": steps, "seconds": seconds, "first_loss": first, "last_loss": last, "encoder": str(out / "encoder"), "stopped": stopped}
+
+
+def _prepare(cfg: SimSiamConfig) -> tuple[SimSiamConfig, Any, tuple[int, int, int]]:
+    """The checked config (patch and encoder resolved for the volume's voxel size), the volume, the patch."""
     from engine.storage import open_volume
 
     bad = [p for p in cfg.perturbations if p not in PERTURBATIONS]
@@ -242,18 +268,22 @@ def train_simsiam(cfg: SimSiamConfig, *, progress: bool = True) -> dict[str, Any
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"anisotropic_stages": 0})})
         log.info("isotropic voxels %s: encoder with 3x3x3 convolutions and 2x2x2 pooling", vol.voxel_size)
     patch = cfg.patch or default_patch
-    method = SimSiamMethod(cfg, vol, (int(patch[0]), int(patch[1]), int(patch[2])))
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(cfg.to_yaml())
-    t0 = time.perf_counter()
-    opts = LoopOptions(steps=cfg.steps, output=out, checkpoint_every=cfg.checkpoint_every, keep=1, progress=progress, clock=start(cfg.budget), is_main=rank() == 0)
-    result = fit(method, opts)
-    losses = result.losses()
-    seconds = time.perf_counter() - t0
-    first, last = (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
-    log.info("SimSiam: %d steps in %.1f s, loss %.3f -> %.3f", result.step, seconds, first, last)
-    return {"steps": result.step, "seconds": seconds, "first_loss": first, "last_loss": last, "encoder": str(out / "encoder"), "stopped": result.stopped}
+    return cfg, vol, (int(patch[0]), int(patch[1]), int(patch[2]))
+
+
+def _fit(cfg: SimSiamConfig, vol: Any, patch: tuple[int, int, int], progress: bool, device: torch.device | None = None) -> LoopResult:
+    """SimSiam on the training core in this process (one worker of a process group under Ray Train)."""
+    method = SimSiamMethod(cfg, vol, patch, device, rank())
+    opts = LoopOptions(steps=cfg.steps, output=Path(cfg.out), checkpoint_every=cfg.checkpoint_every, keep=1, progress=progress and rank() == 0,
+                       clock=start(cfg.budget), is_main=rank() == 0)
+    return fit(method, opts)
+
+
+def _simsiam_worker(payload: dict[str, Any], rank: int, device: torch.device) -> dict[str, float]:
+    """One worker of :func:`train_simsiam` on Ray Train."""
+    cfg, vol, patch = _prepare(SimSiamConfig.model_validate(payload["cfg"]))
+    result = _fit(cfg, vol, patch, bool(payload["progress"]), device)
+    return {"step": result.step, **result.last}
 
 
 def _write_curve(out: Path, losses: list[float]) -> None:
