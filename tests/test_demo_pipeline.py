@@ -201,8 +201,10 @@ def test_real_data_missing_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -
 def test_real_data_demo_on_a_lucchi_crop(shared_data: Path, tmp_path: Path) -> None:
     """The ``--real lucchi`` config, shrunk to a test (:func:`apply_tiny`, one round) on a real crop of
     Lucchi++ (16 x 256 x 384 voxels of the PNG slices, the labels' numeric file order as the data set
-    needs): every stage runs, the ingested volumes are the slices in order, the metrics are scored
-    against real mitochondria and the report ends with the neuroglancer link (about 20 s)."""
+    needs): every stage runs, the ingested volumes are the slices in order, the selection picks whole
+    sections below the test region (as the real config does: one-section patches, a window of the whole
+    patch plane), the metrics are scored against real mitochondria in the test region only and the
+    report ends with the neuroglancer link (about 20 s)."""
     import re
     import urllib.parse
 
@@ -229,6 +231,11 @@ def test_real_data_demo_on_a_lucchi_crop(shared_data: Path, tmp_path: Path) -> N
     cfg = apply_tiny(demo_config(str(tmp_path / "run"), lucchi=str(tmp_path / "lucchi"), rounds=1))
     cfg["ingest"]["chunks"] = [16, 128, 128]
     cfg["train"]["validation_roi"] = None  # the demo's ROI is of the whole volume
+    real = demo_config(lucchi=str(tmp_path / "lucchi"))
+    assert real["selection"]["params"]["window"] == [1, 768 // 128, 1024 // 128] and real["embed"]["patch"][0] == 1  # whole sections
+    cfg["test_from_z"] = 12  # the demo's 125 is beyond the crop
+    cfg["embed"] |= {"patch": [1, 64, 64], "stride": [2, 64, 64]}
+    cfg["selection"]["params"]["window"] = [1, 256 // 64, 384 // 64]
     summary = run_demo(cfg)
     assert all(r.action == "ran" for r in summary["results"]) and len(summary["results"]) == 16
 
@@ -238,9 +245,12 @@ def test_real_data_demo_on_a_lucchi_crop(shared_data: Path, tmp_path: Path) -> N
     truth = labels.read(labels.box)
     assert set(np.unique(truth)) <= {0, 1} and raw.voxel_size == (5.0, 5.0, 5.0)
     np.testing.assert_array_equal(truth, (crops["Train_Out"] > 0).astype(truth.dtype))  # slice i of the labels is 'i.png'
+    boxes = json.loads((tmp_path / "run" / "selection" / "selection.json").read_text())["boxes"]
+    assert len(boxes) == 2 and all(b["start"][1:] == [0, 0] and b["stop"][1:] == [256, 384] and b["stop"][0] - b["start"][0] == 1 for b in boxes)
+    assert all(b["stop"][0] <= 12 for b in boxes)
     assert [m["round"] for m in summary["metrics"]] == [1, 2]
     for m in summary["metrics"]:
-        assert m["truth_voxels"] == int(truth.sum()) > 0 and 0.0 <= m["iou"] <= 1.0
+        assert m["truth_voxels"] == int(truth[12:].sum()) > 0 and 0.0 <= m["iou"] <= 1.0
 
     report = Path(summary["report"]).read_text()
     assert report.startswith("# Connectile demo (Lucchi++)") and "## Metrics per round" in report and "## The selection" in report
