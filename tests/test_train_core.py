@@ -163,3 +163,20 @@ def test_simsiam_on_ray_train_one_worker_equals_in_process(tmp_path: Path, ray_c
     result = tm.run("simsiam", tmp_path, ray={"num_workers": 1, "address": ray_cluster})
     _close(result, REFERENCE["simsiam"])
     assert (tmp_path / "simsiam" / "ray").is_dir()
+
+
+def test_cli_train_stops_at_its_budget_then_continues(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``connectile train`` with a CPU budget: a real, tiny budget stops it before its first step (exit 0,
+    says how to continue); the same command without the budget trains all steps to the same weights."""
+    from engine.cli import main
+
+    cfg = tm.seg_cfg(tmp_path)
+    path = tmp_path / "train.yaml"
+    path.write_text(cfg.to_yaml())
+    assert main(["train", str(path), "--no-progress", "--set", "budget={seconds: 1.0e-9, clock: cpu}"]) == 0
+    out = capsys.readouterr().out
+    assert "trained 0 steps" in out and "stopped at its time budget before step 4" in out, out
+    assert main(["train", str(path), "--no-progress"]) == 0
+    assert "trained 4 steps" in capsys.readouterr().out
+    weights = tm.summary(tm._safetensors(Path(cfg.output) / "checkpoints/step-000004/model.safetensors"))
+    _close({"losses": tm._history_losses(Path(cfg.output)), "weights": weights}, REFERENCE["segmentation"])

@@ -52,4 +52,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(SimSiamConfig, args.config, [*overrides, *args.set])
     result = train_simsiam(cfg, progress=args.progress)
     print(f"trained {result['steps']} steps in {result['seconds']:.1f} s, loss {result['first_loss']:.3f} -> {result['last_loss']:.3f}; encoder -> {result['encoder']}")
+    if result.get("stopped") == "budget":
+        print(f"stopped at its time budget before step {cfg.steps}; the same command continues from the newest checkpoint")
     return 0

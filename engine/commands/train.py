@@ -47,4 +47,6 @@ def run(args: argparse.Namespace) -> int:
     last = summary.get("last") or {}
     loss = f", last loss {last['loss']:.4f}" if "loss" in last else ""
     print(f"trained {summary['step']} steps in {summary['elapsed']:.1f} s{loss}; checkpoints in {cfg.output}/checkpoints")
+    if summary.get("stopped") == "budget":
+        print(f"stopped at its time budget before step {cfg.steps}; the same command continues from the newest checkpoint")
     return 0
