@@ -164,7 +164,7 @@ def test_label_stage_job_runs_on_both_nodes_and_equals_single_node(two_nodes: Tw
         "runtime": {"backend": "ray", "progress": False},
         "label": {"input": src, "block": [16, 32, 32], "chunks": [16, 32, 32], "table": False},
     }))
-    status, logs = two_nodes.submit(f"python jobs/label.py --config {config}")
+    status, logs = two_nodes.submit(f"python jobs/stage.py --config {config} --stage label")
     assert status == "SUCCEEDED", logs[-4000:]
 
     manifest = json.loads((run_dir / "manifest.json").read_text())

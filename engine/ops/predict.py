@@ -59,6 +59,7 @@ from engine.infer.options import Amp, BlendMode, TtaMode, TtaReduce
 from engine.infer.windows import WindowGrid, WindowOwnership, aligned_write_shape
 from engine.ops.scratch import Scratch
 from engine.runtime.backends import Backend, RayBackend
+from engine.runtime.lock import one_driver
 from engine.runtime.op import BlockOp
 from engine.runtime.scheduler import BackendName, default_state_dir, run_blockwise
 from engine.storage import Volume, check_write_alignment, create_volume, open_volume
@@ -430,6 +431,7 @@ def predict_grid(op: PredictOp, shape: tuple[int, ...], block: tuple[int, ...] =
     return BlockGrid(Box.from_shape(shape), write, context=op.context(grid))
 
 
+@one_driver("predict")  # its passes (owned windows, border sums) and scratch belong to one driver
 def predict_volume(
     checkpoint: str | os.PathLike[str],
     input: str | os.PathLike[str],  # noqa: A002 - the natural name for users

@@ -170,7 +170,9 @@ class FinetuneStage(Stage):
         start = step_of(ck)
         out = ctx.dir / "train"
         if ctx.overwrite and out.exists():
-            shutil.rmtree(out)
+            from engine.storage.safety import remove
+
+            remove(out, "run-files", inputs=[str(ck)])
         tcfg = self._train_config(base, cfg, labels_url, boxes_path, out, start + cfg.steps, ctx.runtime.progress)
         copy = out / "checkpoints" / ck.name
         if not copy.exists():

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from typing import Any
 
 from pydantic import Field
@@ -128,8 +127,10 @@ class QueryStage(Stage):
             kept = set_aside_answers(run_dir / "rounds")
             if kept is not None:
                 log.warning("%s: starting over; a person's answers were moved to %s", ctx.stage, kept)
+            from engine.storage.safety import remove
+
             for name in ("rois", "features", "rounds"):
-                shutil.rmtree(run_dir / name, ignore_errors=True)
+                remove(run_dir / name, "run-files", inputs=[ctx.input(v) for v in (cfg.labels, cfg.table, cfg.image)])
         table = ctx.input(cfg.table)
         n = object_count(table)
         rnd = ctx.round or 1
