@@ -156,6 +156,7 @@ def test_a_real_cpu_budget_stops_before_any_step(method: str, tmp_path: Path) ->
 
 # -- data-parallel on Ray Train ---------------------------------------------------------------------------
 
+@pytest.mark.slow  # Ray Train's start (about 25 s)
 def test_simsiam_on_ray_train_one_worker_equals_in_process(tmp_path: Path, ray_cluster: str) -> None:
     """SimSiam through the generic Ray Train runner (engine.learn.distributed.run_workers): one worker
     (a process group, DDP) gives the in-process numbers; the segmentation trainer's own test is in
@@ -180,3 +181,51 @@ def test_cli_train_stops_at_its_budget_then_continues(tmp_path: Path, capsys: py
     assert "trained 4 steps" in capsys.readouterr().out
     weights = tm.summary(tm._safetensors(Path(cfg.output) / "checkpoints/step-000004/model.safetensors"))
     _close({"losses": tm._history_losses(Path(cfg.output)), "weights": weights}, REFERENCE["segmentation"])
+
+
+# -- the entry points of active learning: a budget stop marks nothing done, the next call resumes ------------
+
+def _roi_run(root: Path) -> Path:
+    from engine.ops.label import label_volume
+    from engine.ops.rois import extract_rois
+    from engine.synth import synthesize
+
+    synthesize(root / "s.zarr", (8, 256, 256), seed=4, chunks=(8, 128, 128), progress=False, mito_probability=1.0)
+    label_volume(f"{root}/s.zarr/mito", f"{root}/s.zarr/cc", table=root / "t.parquet", block=(8, 256, 256), chunks=(8, 128, 128), progress=False)
+    run = root / "run"
+    extract_rois(run, f"{root}/s.zarr/cc", f"{root}/s.zarr/raw", root / "t.parquet", size=32, progress=False)
+    return run
+
+
+def test_features_stop_at_their_budget_then_resume_to_the_uninterrupted_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from engine.active.features import FeatureConfig, VaeConfig, compute_features
+    from engine.learn import budget as budget_module
+    from engine.learn.budget import BudgetSpent, TimeBudget
+
+    torch_threads(1)
+    run = _roi_run(tmp_path)
+    other = tmp_path / "copy"
+    shutil.copytree(run, other)
+    tiny = VaeConfig(latent_dim=4, hidden_dims=(8, 16), input_size=32, epochs=2, batch_size=8)
+    cfg = FeatureConfig(image_patches=64, mask=tiny, image=tiny.model_copy(update={"latent_dim": 8}), device="cpu")
+    ref = compute_features(run, cfg, progress=False)
+    limited = cfg.model_copy(update={"image": cfg.image.model_copy(update={"budget": TimeBudget(seconds=2.5)})})
+    with monkeypatch.context() as m:
+        m.setattr(budget_module, "time", _CountingTime())
+        with pytest.raises(BudgetSpent, match="stopped at its time budget after 2 steps"):
+            compute_features(other, limited, progress=False)
+    assert not (other / "features" / "features.json").exists()  # nothing marked done
+    [training] = (other / "features").glob("train-image-*")
+    assert [p.name for p in (training / "checkpoints").iterdir()] == ["step-000002"]
+    again = compute_features(other, cfg, progress=False)  # without the budget: the same training folder, resumed
+    for k in ("mask", "image"):
+        np.testing.assert_allclose(again[k], ref[k], rtol=1e-5, atol=1e-6)
+    assert not (training / "checkpoints").exists() and (training / "history.jsonl").is_file()  # checkpoints go once done
+
+
+def torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)

@@ -194,7 +194,7 @@ def compute_features(run_dir: str | os.PathLike[str], cfg: FeatureConfig | None 
     out = features_dir(run_dir)
     meta = read_meta(run_dir)
     index = read_index(run_dir)
-    params = {"config": cfg.model_dump(mode="json"), "rois": meta["params"]}
+    params = {"config": cfg.model_dump(mode="json", exclude={"mask": {"budget"}, "image": {"budget"}}), "rois": meta["params"]}  # a budget changes no result
     done = out / "features.json"
     if done.exists() and not overwrite:
         saved = json.loads(done.read_text())
@@ -220,7 +220,7 @@ def compute_features(run_dir: str | os.PathLike[str], cfg: FeatureConfig | None 
     np.save(out / "image.npy", f_image)
     done.write_text(json.dumps({"params": params, "seconds": time.perf_counter() - t0}, indent=1))
     for folder in training.values():
-        remove(folder, "checkpoint")
+        remove(folder / "checkpoints", "run-files")  # history and TensorBoard stay
     log.info("features of %d ROIs: mask %s, image %s in %.1f s", f_mask.shape[0], f_mask.shape[1], f_image.shape[1], time.perf_counter() - t0)
     return {"mask": f_mask, "image": f_image}
 

@@ -142,7 +142,7 @@ def active_finetune(run_dir: str | os.PathLike[str], round_number: int, cfg: Tri
     summary.update(steps=len(losses), loss_first=losses[0] if losses else None, loss_last=float(np.mean(losses[-10:])) if losses else None,
                    seconds=time.perf_counter() - t0, config=cfg.model_dump(mode="json"))
     done.write_text(json.dumps(summary, indent=1))
-    remove(training, "checkpoint")
+    remove(training / "checkpoints", "run-files")  # history and TensorBoard stay
     log.info("round %d: E_u tuned on %d answers (%d accepted), triplet loss %.3f -> %.3f", round_number, ids.size, int(acc.sum()),
              summary["loss_first"] or 0.0, summary["loss_last"] or 0.0)
     return summary

@@ -28,43 +28,6 @@ if TYPE_CHECKING:
     from engine.learn.trainer import Trainer
     from engine.learn.validate import Validator, predict_volume
 
-_LAZY = {
-    "BudgetSpent": "budget",
-    "TimeBudget": "budget",
-    "latest_checkpoint": "checkpoints",
-    "list_checkpoints": "checkpoints",
-    "ContrastiveConfig": "config",
-    "SemiConfig": "config",
-    "TrainConfig": "config",
-    "local_contrastive_loss": "contrastive",
-    "pretrain": "contrastive",
-    "train": "distributed",
-    "LossTerm": "losses",
-    "StepContext": "losses",
-    "SupervisedLoss": "losses",
-    "masked_bce": "losses",
-    "masked_dice": "losses",
-    "CropSampler": "sampler",
-    "read_boxes": "sampler",
-    "SemiBatch": "semi",
-    "build_trainer": "semi",
-    "affinity_target": "targets",
-    "make_target": "targets",
-    "mask_target": "targets",
-    "polarity_target": "targets",
-    "Trainer": "trainer",
-    "Validator": "validate",
-    "predict_volume": "validate",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'engine.learn' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"engine.learn.{module}"), name)
-
-
 __all__ = [
     "BudgetSpent",
     "ContrastiveConfig",
@@ -94,3 +57,25 @@ __all__ = [
     "read_boxes",
     "train",
 ]
+
+_MODULES: dict[str, tuple[str, ...]] = {  # submodule: the names it gives the package
+    "budget": ("BudgetSpent", "TimeBudget"),
+    "checkpoints": ("latest_checkpoint", "list_checkpoints"),
+    "config": ("ContrastiveConfig", "SemiConfig", "TrainConfig"),
+    "contrastive": ("local_contrastive_loss", "pretrain"),
+    "distributed": ("train",),
+    "losses": ("LossTerm", "StepContext", "SupervisedLoss", "masked_bce", "masked_dice"),
+    "sampler": ("CropSampler", "read_boxes"),
+    "semi": ("SemiBatch", "build_trainer"),
+    "targets": ("affinity_target", "make_target", "mask_target", "polarity_target"),
+    "trainer": ("Trainer",),
+    "validate": ("Validator", "predict_volume"),
+}
+_LAZY = {name: module for module, names in _MODULES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, imported from its submodule on first use."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'engine.learn' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"engine.learn.{_LAZY[name]}"), name)

@@ -257,7 +257,7 @@ def fit(method: Method, opts: LoopOptions) -> LoopResult:
         while method.step_count < opts.steps:
             if opts.clock is not None and _spent(opts.clock, method.device):
                 stopped = "budget"
-                log.warning("%s: time budget of %.0f %s seconds spent at step %d of %d", method.name, opts.clock.budget.seconds, opts.clock.budget.clock, method.step_count, opts.steps)
+                log.warning("%s: time budget of %g %s seconds spent at step %d of %d", method.name, opts.clock.budget.seconds, opts.clock.budget.clock, method.step_count, opts.steps)
                 break
             t0 = time.perf_counter()
             step = method.step_count

@@ -183,6 +183,7 @@ class SimSiamMethod(Method):
         else:
             raise ConfigError(f"optimizer must be sgd or adam, got {cfg.optimizer!r}")
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.steps)
+        self._lr = lr
         self.model.train()
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,11 +195,14 @@ class SimSiamMethod(Method):
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         return self.net(batch[0].to(self.device), batch[1].to(self.device)), {}
 
+    def before_step(self, step: int) -> None:
+        self._lr = float(self.optimizer.param_groups[0]["lr"])  # the learning rate of this step, logged
+
     def after_step(self, step: int) -> None:
         self.sched.step()
 
     def learning_rate(self, step: int) -> float:
-        return float(self.sched.get_last_lr()[0])
+        return self._lr
 
     def modules(self) -> dict[str, nn.Module]:
         return {"simsiam": self.model}
