@@ -1,0 +1,310 @@
+#!/usr/bin/env python
+"""Label-efficiency curves of the whole loop on real EM (issue 14 point 4): quality on held-out sections
+against the voxels a person labelled, for the ways a lab could spend those labels.
+
+    .venv/bin/python benchmarks/quality_loop.py --data lucchi --budgets 0.005 --methods a,b,d --seeds 0 --out /tmp/ql
+    .venv/bin/python benchmarks/quality_loop.py --merge /tmp/ql /tmp/ql2 --out DIR        # table + plot of several runs
+    .venv/bin/python benchmarks/quality_loop.py --smoke --out /tmp/ql-smoke               # seconds: the script runs end to end
+
+Every point is a run of the Connectile pipeline (``engine.pipeline``, serial backend, in a child process
+whose CPU time is measured) on the same data with a test region (``test_from_z``: the last sections,
+never embedded for training, selected, annotated, queried or trained on; the score stages score only
+there):
+
+* ``a``  random boxes: the selection's ``random`` baseline picks the labelled boxes;
+* ``a2`` one contiguous region of the same voxel count (whole sections where the budget allows): what a
+  person labels without any tool;
+* ``b``  coverage-selected boxes (``coverage``), supervised training;
+* ``c``  ``b`` + semi-supervised training (spatial mixing);
+* ``d``  ``c`` + ``--rounds`` active rounds (query, oracle review, fine-tune with the keep-or-revert gate);
+* ``full`` the ceiling: every training section labelled.
+
+Budgets are shares of the training region's voxels (``--budgets 0.001,0.0025,0.005,0.01,0.02``). Boxes
+are ``--box`` voxels (z, y, x); the number of boxes is the budget divided by the box size (at least 1).
+
+Equal compute: every final model gets ``--steps`` optimiser steps in all (``d``: the base training gets
+``--steps`` minus the rounds' fine-tuning steps); each row records the run's CPU time (the child
+process: the pipeline runs serially in it), so the CPU time per final model is reported beside.
+
+Labelling effort: the annotated voxels (the held-out share of the boxes included: a person labels it
+too), plus, for ``d``, each reviewed object counted as the voxels a person would otherwise paint for it
+(its predicted voxels, accepted or rejected): ``labelled_voxels`` in the pipeline's metrics. The
+x-axis of the plot is that effort.
+
+Output: one JSON line per run on stdout, ``results.jsonl``, ``summary.json``, ``quality_loop.md`` and
+``quality_loop.png`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+METHODS = ("a", "a2", "b", "c", "d", "full")
+LABEL = {"a": "(a) random boxes", "a2": "(a') one contiguous region", "b": "(b) coverage", "c": "(c) coverage + semi",
+         "d": "(d) (c) + active rounds", "full": "100% (ceiling)"}
+
+
+# -- data ------------------------------------------------------------------------------------------------
+def write_volume(url: str, arr: np.ndarray, chunks: tuple[int, int, int]) -> str:
+    from engine.storage import create_volume
+
+    vol = create_volume(url, arr.shape, str(arr.dtype), tuple(min(c, s) for c, s in zip(chunks, arr.shape, strict=True)), overwrite=True)
+    vol.write(vol.box, arr)
+    return url
+
+
+def prepare(name: str, work: Path, smoke: bool) -> dict[str, Any]:
+    """The data set as zarr volumes in ``work`` (made once), its test region and its target."""
+    done = work / f"{name}.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    work.mkdir(parents=True, exist_ok=True)
+    if name == "lucchi":
+        from quality_semi import load_lucchi
+
+        raw, lab = load_lucchi()  # 2x downsampled in-plane, as quality_semi
+        target, test_from = "mask", 125
+    elif name == "flyem":
+        import tempfile
+
+        from quality_semi import load_flyem
+
+        with tempfile.TemporaryDirectory() as tmp:
+            raw, lab = load_flyem(Path(tmp))
+        target, test_from = "interior", 200
+    else:
+        raise SystemExit(f"unknown data set {name!r}; use lucchi or flyem")
+    if smoke:
+        raw, lab = raw[: 24, :128, :128], lab[: 24, :128, :128]
+        test_from = 18
+    info = {"name": name, "raw": write_volume(str(work / f"{name}.zarr" / "raw"), np.ascontiguousarray(raw), (16, 128, 128)),
+            "truth": write_volume(str(work / f"{name}.zarr" / "truth"), np.ascontiguousarray(lab), (16, 128, 128)),
+            "shape": list(raw.shape), "target": target, "test_from_z": test_from, "binary": name == "lucchi"}
+    done.write_text(json.dumps(info))
+    return info
+
+
+# -- configs ---------------------------------------------------------------------------------------------
+def n_boxes(data: dict[str, Any], budget: float, box: list[int]) -> int:
+    train_voxels = data["test_from_z"] * data["shape"][1] * data["shape"][2]
+    return max(1, round(budget * train_voxels / float(np.prod(box))))
+
+
+def contiguous_box(data: dict[str, Any], budget: float, seed: int) -> dict[str, list[int]]:
+    """One region of ``budget`` of the training voxels: whole sections (a slab) where that is at least one
+    section, else a centred in-plane rectangle of one section; its place drawn by ``seed``."""
+    zt, ny, nx = data["test_from_z"], data["shape"][1], data["shape"][2]
+    voxels = budget * zt * ny * nx
+    rng = np.random.default_rng(seed)
+    if voxels >= ny * nx:
+        depth = min(zt, max(1, round(voxels / (ny * nx))))
+        z = int(rng.integers(0, zt - depth + 1))
+        return {"start": [z, 0, 0], "stop": [z + depth, ny, nx]}
+    side = max(8, int(np.sqrt(voxels)))
+    h, w = min(ny, side), min(nx, max(8, int(voxels / min(ny, side))))
+    z = int(rng.integers(0, zt))
+    y, x = int(rng.integers(0, ny - h + 1)), int(rng.integers(0, nx - w + 1))
+    return {"start": [z, y, x], "stop": [z + 1, y + h, x + w]}
+
+
+def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir: Path, args: argparse.Namespace) -> tuple[dict[str, Any], list[str] | None]:
+    """The pipeline config of one point, and the stages to run (None: all)."""
+    box = [int(v) for v in args.box.split(",")]
+    shape, zt = data["shape"], data["test_from_z"]
+    patch = [box[0], box[1] // 2, box[2] // 2]
+    cfg: dict[str, Any] = {"run_dir": str(run_dir), "runtime": {"backend": "serial", "progress": False}, "test_from_z": zt}
+    cfg["embed"] = {"input": data["raw"], "patch": patch, "stride": patch, "steps": args.embed_steps, "crop": [1, 64, 64], "seed": seed}
+    order = {"a": "random", "b": "coverage", "c": "coverage", "d": "coverage"}.get(method, "coverage")
+    methods = [order] + [m for m in ("coverage", "random") if m != order]
+    cfg["selection"] = {"input": "embed.embeddings", "params": {"budget": n_boxes(data, budget, box), "k": 10, "window": [1, 2, 2], "methods": methods, "seed": seed}}
+    boxes: str = "selection.boxes"
+    if method in ("a2", "full"):
+        region = contiguous_box(data, budget, seed) if method == "a2" else {"start": [0, 0, 0], "stop": [zt, shape[1], shape[2]]}
+        path = run_dir.parent / f"{run_dir.name}-boxes.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"boxes": [region]}))
+        boxes = str(path)
+        del cfg["embed"], cfg["selection"]
+    cfg["annotate"] = {"boxes": boxes, "truth": data["truth"], "target": data["target"], "boundary": 2, "heldout": 0.25, "chunks": [16, 128, 128]}
+    rounds = args.rounds if method == "d" else 1
+    steps = args.steps - (rounds * args.finetune_steps if method == "d" else 0)
+    model = {"dims": 2, "context_slices": 1, "filters": [16, 32, 64, 128], "input_kernel_xy": 3, "input_stride": 2}
+    cfg["train"] = {"raw": data["raw"], "labels": "annotate.labels", "boxes": "annotate.boxes", "truth": "annotate.validation", "steps": steps,
+                    "validate_every": max(1, steps), "crop": [3, 128, 128] if not args.smoke else [3, 64, 64], "batch_size": 4, "model": model,
+                    "seed": seed, "threads": args.threads}
+    if method in ("c", "d"):
+        cfg["train"]["semi"] = {"box": [32, 32], "unlabelled": 0.2, "inter": 0.2, "labelled_mix": 1.0, "warmup_steps": steps // 4, "rampup_steps": steps // 4}
+    binary = data["binary"]
+    cfg["rounds"] = {
+        "count": rounds, "model": "train.checkpoint",
+        "predict": {"raw": data["raw"], "block": [64, 256, 256], "overlap": 0.25},
+        "label": {"threshold": 0.5, "connectivity": 6, "min_size": args.min_size, "block": [64, 256, 256]},
+        "score": {"truth": data["truth"], "truth_binary": binary, "target": data["target"], "boundary": 2, "criterion": "iou"},
+        "query": {"block": [64, 256, 256]},
+        "review": {"source": "oracle", "truth": data["truth"], "truth_binary": binary, "criterion": "iou"},
+        "finetune": {"steps": args.finetune_steps, "lr": 0.001},
+    }
+    cfg["metrics"] = {}
+    if method == "d":
+        return cfg, None
+    # no rounds: the base model's prediction and score only
+    cfg["metrics"] = {"scores": ["score[1].metrics"], "histories": ["train.history"], "decisions": [], "effort": "annotate.boxes"}
+    only = [s for s in ("embed", "selection", "annotate", "train") if s in cfg] + ["predict[1]", "label[1]", "score[1]", "metrics"]
+    return cfg, only
+
+
+# -- one point, in a child process -------------------------------------------------------------------------
+def run_point(cfg: dict[str, Any], only: list[str] | None, threads: int) -> dict[str, Any]:
+    """Run the config in a child process (serial backend: all the work is in it); its CPU and wall time."""
+    import yaml
+
+    path = Path(cfg["run_dir"]).with_suffix(".yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "engine.cli", "run", str(path), "--no-progress", *[a for s in only or [] for a in ("--only", s)]]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    t0, c0 = time.perf_counter(), os.times()
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    c1 = os.times()
+    if res.returncode != 0:
+        raise RuntimeError(f"pipeline failed ({res.returncode}): {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.stdout[-500:]}")
+    rows = json.loads((Path(cfg["run_dir"]) / "metrics" / "metrics.json").read_text())["rounds"]
+    return {"rows": rows, "cpu_s": (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system), "wall_s": time.perf_counter() - t0}
+
+
+def point_row(data: dict[str, Any], method: str, budget: float, seed: int, out: dict[str, Any]) -> dict[str, Any]:
+    last, first = out["rows"][-1], out["rows"][0]
+    effort = last.get("labelled_voxels")
+    train_voxels = data["test_from_z"] * data["shape"][1] * data["shape"][2]
+    return {"data": data["name"], "method": method, "budget": budget, "seed": seed, "iou": last["iou"], "voi": last["voi"],
+            "base_iou": first["iou"], "rounds_iou": [r["iou"] for r in out["rows"]], "kept": [r.get("kept") for r in out["rows"][1:]],
+            "labelled_voxels": effort, "effort_share": (effort / train_voxels) if effort else None, "reviewed": last.get("reviewed"),
+            "cpu_s": out["cpu_s"], "wall_s": out["wall_s"], "load": os.getloadavg()[0]}
+
+
+# -- summary -----------------------------------------------------------------------------------------------
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["data"], r["method"], r["budget"]), []).append(r)
+    out = []
+    for (d, m, b), rs in sorted(groups.items()):
+        iou = np.array([r["iou"] for r in rs])
+        voi = np.array([r["voi"] for r in rs])
+        eff = [r["effort_share"] for r in rs if r["effort_share"] is not None]
+        out.append({"data": d, "method": m, "budget": b, "n": len(rs), "iou_mean": float(iou.mean()), "iou_std": float(iou.std()),
+                    "voi_mean": float(voi.mean()), "voi_std": float(voi.std()), "effort_share": float(np.mean(eff)) if eff else None,
+                    "cpu_s": float(np.mean([r["cpu_s"] for r in rs]))})
+    return {"groups": out}
+
+
+def table(summary: dict[str, Any]) -> list[str]:
+    lines = ["| data | method | budget | effort (share of training voxels) | IoU (mean ± std) | VOI | seeds | CPU s / model |", "| --- " * 8 + "|"]
+    for g in summary["groups"]:
+        eff = f"{g['effort_share'] * 100:.2f}%" if g["effort_share"] is not None else ""
+        lines.append(f"| {g['data']} | {LABEL[g['method']]} | {g['budget'] * 100:g}% | {eff} | {g['iou_mean']:.3f} ± {g['iou_std']:.3f} | "
+                     f"{g['voi_mean']:.2f} ± {g['voi_std']:.2f} | {g['n']} | {g['cpu_s']:.0f} |")
+    return lines
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datas = sorted({g["data"] for g in summary["groups"]})
+    fig, axes = plt.subplots(1, len(datas), figsize=(5.5 * len(datas), 4), squeeze=False)
+    for ax, d in zip(axes[0], datas, strict=True):
+        for m in METHODS:
+            gs = sorted((g for g in summary["groups"] if g["data"] == d and g["method"] == m), key=lambda g: g["effort_share"] or g["budget"])
+            if not gs:
+                continue
+            xs = [100 * (g["effort_share"] or g["budget"]) for g in gs]
+            ys, es = [g["iou_mean"] for g in gs], [g["iou_std"] for g in gs]
+            if m == "full":
+                ax.axhline(ys[0], color="k", ls="--", lw=1, label=LABEL[m])
+            else:
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=LABEL[m])
+        ax.set(xscale="log", xlabel="labelled voxels (% of the training region; answers at their painting cost)", ylabel="IoU on held-out sections", title=d)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def report(rows: list[dict[str, Any]], out: Path) -> None:
+    summary = summarise(rows)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "quality_loop.md").write_text("\n".join(table(summary)) + "\n")
+    plot(summary, out / "quality_loop.png")
+    print("\n".join(table(summary)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="lucchi", help="lucchi, flyem (comma-separated)")
+    p.add_argument("--budgets", default="0.001,0.0025,0.005,0.01,0.02")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--steps", type=int, default=2000, help="optimiser steps per final model, rounds included")
+    p.add_argument("--finetune-steps", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--embed-steps", type=int, default=40)
+    p.add_argument("--box", default="3,128,128", help="labelled box (z, y, x voxels)")
+    p.add_argument("--min-size", type=int, default=200)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", required=True)
+    p.add_argument("--work", default=None, help="data and run folders (default: OUT/work)")
+    p.add_argument("--merge", nargs="*", default=None, help="summarise the results.jsonl of these folders into --out")
+    p.add_argument("--smoke", action="store_true", help="a corner of the data, a few steps: seconds to a minute")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.merge is not None:
+        rows = [json.loads(ln) for d in args.merge for ln in (Path(d) / "results.jsonl").read_text().splitlines() if ln.strip()]
+        report(rows, out)
+        return 0
+    if args.smoke:
+        args.steps, args.finetune_steps, args.rounds, args.embed_steps, args.box, args.min_size = 6, 2, 1, 2, "2,32,32", 10
+        args.methods, args.budgets, args.seeds = args.methods if args.methods != ",".join(METHODS) else "a2,d", "0.02", "0"
+    from engine.bench.harness import machine_info
+
+    work = Path(args.work) if args.work else out / "work"
+    rows: list[dict[str, Any]] = []
+    results = out / "results.jsonl"
+    for name in args.data.split(","):
+        data = prepare(name, work / "data", args.smoke)
+        for budget in [float(b) for b in args.budgets.split(",")]:
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                for method in args.methods.split(","):
+                    if method == "full" and budget != float(args.budgets.split(",")[0]):
+                        continue  # the ceiling does not depend on the budget: once per data set and seed
+                    run_dir = work / "runs" / f"{name}-{method}-{budget:g}-{seed}"
+                    cfg, only = config(data, method, budget, seed, run_dir, args)
+                    row = point_row(data, method, budget, seed, run_point(cfg, only, args.threads))
+                    row["machine"] = machine_info()
+                    print(json.dumps(row), flush=True)
+                    with results.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    rows.append(row)
+    report(rows, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
