@@ -46,23 +46,65 @@ class Config(BaseModel):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+#: the most values (mapping entries, list items and scalars, each alias counted again where it is used)
+#: a config may expand to: a config is at most thousands; YAML aliases can blow a short file up past memory
+MAX_YAML_NODES = 200_000
+
+
+def _expanded_size(data: Any, limit: int, path: str) -> int:
+    """Values in ``data`` with every shared (aliased) node counted where it is used; a ConfigError
+    past ``limit`` or for a node that contains itself (a recursive alias)."""
+    sizes: dict[int, int] = {}
+    open_ids: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_ids:
+            raise ConfigError(f"config file {path!r} has a YAML alias that contains itself", "replace the recursive alias (*name inside &name) by the values")
+        open_ids.add(key)
+        total = 1 + sum(size(v) for v in (node.values() if isinstance(node, dict) else node))
+        open_ids.discard(key)
+        if total > limit:
+            raise ConfigError(
+                f"config file {path!r} expands to more than {limit} values (YAML aliases repeated inside each other)",
+                "write the values out instead of nesting aliases (&name / *name)",
+            )
+        sizes[key] = total
+        return total
+
+    return size(data)
+
+
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML mapping; a missing, unreadable or non-mapping file is a :class:`ConfigError`."""
+    """Read a YAML mapping; a missing, unreadable, non-UTF-8, non-mapping or alias-bomb file is a :class:`ConfigError`."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist", "check the path")
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text (byte {err.start} is not valid UTF-8)", "save it as UTF-8") from err
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {str(p)!r}: {err.strerror}", "check its permissions") from err
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
         raise ConfigError(f"config file {str(p)!r} is not valid YAML{line}", "fix the syntax") from err
-    except OSError as err:
-        raise ConfigError(f"cannot read config file {str(p)!r}: {err.strerror}", "check its permissions") from err
+    except RecursionError as err:
+        raise ConfigError(f"config file {str(p)!r} is nested too deeply", "flatten it") from err
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(p)!r} must hold a mapping of keys to values, not a {type(data).__name__}")
+        raise ConfigError(
+            f"config file {str(p)!r} must hold a mapping of keys to values, not a {type(data).__name__}", "write it as key: value lines, e.g. steps: 100"
+        )
+    _expanded_size(data, MAX_YAML_NODES, str(p))
     return data
 
 

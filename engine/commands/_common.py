@@ -36,3 +36,35 @@ def triple(text: str | None, what: str, kind: type, example: str) -> tuple[Any, 
     if len(out) != 3:
         raise ConfigError(f"{what} must be three comma-separated numbers z,y,x, got {text!r}", f"e.g. {what} {example}")
     return out
+
+
+def _where(url: str) -> tuple[str, str, str]:
+    """(scheme, bucket, path) of a path or URL, local paths resolved (symlinks, ``..``)."""
+    import os
+
+    from engine.storage.urls import parse_url
+
+    loc = parse_url(url)
+    path = os.path.realpath(loc.path) if loc.is_local_file else loc.path
+    return loc.scheme, loc.bucket, path.rstrip("/") or "/"
+
+
+def check_output(output: str, inputs: dict[str, str | None], *, option: str = "the output", holds: bool = True, inside: bool = True) -> None:
+    """Refuse an output that is one of ``inputs`` (name -> path), lies inside one (``inside``) or contains one (``holds``).
+
+    Writing there would overwrite or mix files into the data the command reads; the message names the
+    output, the input and what to do.
+    """
+    out = _where(output)
+    for name, value in inputs.items():
+        if not value:
+            continue
+        src = _where(value)
+        if src[:2] != out[:2]:
+            continue
+        if src[2] == out[2]:
+            raise ConfigError(f"{option} {output} is the input {name} {value}", "choose another output, e.g. a new array or folder beside it")
+        if inside and out[2].startswith(src[2] + "/"):
+            raise ConfigError(f"{option} {output} lies inside the input {name} {value}", "choose an output outside the input")
+        if holds and src[2].startswith(out[2] + "/"):
+            raise ConfigError(f"{option} {output} holds the input {name} {value}", "name a new array for the output, e.g. one beside the input")

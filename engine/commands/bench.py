@@ -41,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
     from engine.bench import bench_rows, discover_scripts, hardware_info, run_suite, stage_costs, table
     from engine.errors import StorageError
 
+    if args.address:
+        from engine.runtime.cluster import check_reachable
+
+        check_reachable(args.address, "--address")
     folder = Path(args.benchmarks) if args.benchmarks else next((p for p in (Path.cwd() / "benchmarks", REPO / "benchmarks") if p.is_dir()), REPO / "benchmarks")
     scripts = discover_scripts(folder, args.only, quick=not args.full, smoke=args.smoke)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())

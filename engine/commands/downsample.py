@@ -43,8 +43,11 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the pyramid and print one line per level."""
+    from engine.commands._common import check_output
     from engine.ops.downsample import build_pyramid
 
+    if args.out is not None:  # IN_pyramid by default; IN named s0 may sit inside its own group
+        check_output(args.out, {"IN": args.input}, option="--out", holds=False)
     factor = triple(args.factor, "--factor", int, "1,2,2")
     result = build_pyramid(
         args.input,

@@ -39,8 +39,15 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from engine.commands._common import check_output
+    from engine.errors import ConfigError
     from engine.ops.embed import embed_volume
 
+    check_output(args.out, {"VOLUME": args.volume, "--encoder": args.encoder})
+    if "://" not in args.encoder and not os.path.isdir(args.encoder):
+        raise ConfigError(f"no encoder checkpoint at --encoder {args.encoder}", "give the encoder folder of connectile embed-train (OUT/encoder) or a U-Net checkpoint")
     block = triple(args.block, "--block", int, "2,8,8") or (2, 8, 8)
     summary = embed_volume(
         args.volume, args.out, args.encoder, patch=triple(args.patch, "--patch", int, "18,160,160"),

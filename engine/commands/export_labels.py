@@ -31,8 +31,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.commands._common import check_output
     from engine.select.export import export_crops
 
+    check_output(args.out, {"VOLUME": args.volume, "SELECTION": args.selection}, option="the output folder OUT")
     path = export_crops(args.volume, args.selection, args.out, tiff=args.tiff, zarr=args.zarr)
     print(f"exported crops of {args.volume} -> {path}")
     return 0

@@ -46,6 +46,12 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Ingest ``args.src`` into ``args.dst`` and print a one-line summary."""
+    import os
+
+    from engine.commands._common import check_output
+
+    src = args.src.split(".h5:")[0] + ".h5" if ".h5:" in args.src else args.src
+    check_output(args.dst, {"SRC": os.path.dirname(src) if any(c in src for c in "*?[") else src}, option="the output DST", inside=False)
     chunks = triple(args.chunks, "--chunks", int, "64,256,256") or DEFAULT_CHUNKS
     volume = ingest(
         args.src,

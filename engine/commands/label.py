@@ -45,8 +45,10 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Label ``args.input`` into ``args.output`` and print a summary line."""
+    from engine.commands._common import check_output
     from engine.ops.label import label_volume
 
+    check_output(args.output, {"IN": args.input})
     result = label_volume(
         args.input,
         args.output,

@@ -61,8 +61,10 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Predict ``args.input`` into ``args.output`` and print a summary line."""
+    from engine.commands._common import check_output
     from engine.ops.predict import DEFAULT_BLOCK, predict_volume
 
+    check_output(args.output, {"IN": args.input, "CHECKPOINT": args.checkpoint})
     result = predict_volume(
         args.checkpoint,
         args.input,

@@ -37,8 +37,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.commands._common import check_output
     from engine.ops.segment import segment_volume
 
+    check_output(args.output, {"AFFS": args.affs})
     r = segment_volume(
         args.affs, args.output, threshold=args.threshold, scoring=args.scoring, quantile=args.quantile, agglomeration=args.agglomeration, per_section=args.per_section,
         seed_threshold=args.seed_threshold, block=triple(args.block, "--block", int, "128,128,128") or DEFAULT_BLOCK,

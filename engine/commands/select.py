@@ -65,10 +65,12 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Select sub-volumes and print where the results went."""
+    from engine.commands._common import check_output
     from engine.config import load_config
     from engine.select.embeddings import load_embeddings
     from engine.select.run import SelectConfig, select, write_outputs
 
+    check_output(args.out, {"EMB": args.embeddings}, option="the output folder OUT")
     cfg = load_config(SelectConfig, args.config, _overrides(args))
     grid, emb, attrs = load_embeddings(args.embeddings)
     if cfg.backend == "ray":

@@ -37,10 +37,12 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, train, print a summary line."""
+    from engine.commands._common import check_output
     from engine.config import load_config
     from engine.learn import TrainConfig, train
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
+    check_output(cfg.output, {"data.raw": cfg.data.raw, "data.labels": cfg.data.labels}, option="output", holds=False)
     if not args.progress:
         cfg = cfg.model_copy(update={"progress": False})
     summary = train(cfg, resume=args.resume)

@@ -124,6 +124,11 @@ class CropSampler:
                 f"raw {cfg.data.raw} {self.raw.shape} and labels {cfg.data.labels} {self.labels.shape} must be single-channel volumes of one shape",
                 "check data.raw and data.labels",
             )
+        if not np.allclose(self.raw.voxel_size, self.labels.voxel_size):
+            raise StorageError(
+                f"raw {cfg.data.raw} has voxels of {tuple(self.raw.voxel_size)} nm but labels {cfg.data.labels} of {tuple(self.labels.voxel_size)} nm",
+                "give data.raw and data.labels of the same voxel size (resample one, or fix the voxel size attribute)",
+            )
         whole = self.raw.box
         if cfg.data.roi is not None:
             roi = Box(tuple(cfg.data.roi.start), tuple(cfg.data.roi.stop))
@@ -142,6 +147,9 @@ class CropSampler:
             for r in self.regions:
                 r.raw = self.raw.read(r.extent)
                 r.labels = self.labels.read(r.extent)
+            if not any(r.labels is not None and r.labels.any() for r in self.regions):
+                where = f"the boxes of {cfg.data.boxes}" if cfg.data.boxes else "the data" if cfg.data.roi is None else "data.roi"
+                raise ConfigError(f"data.labels {cfg.data.labels} is all zero in {where}: no foreground to learn", "give labels with some objects (check data.labels and data.boxes)")
         weights = np.array([r.positions for r in self.regions], np.float64)
         given = read_box_weights(cfg.data.boxes) if cfg.data.boxes else None
         if given is not None:  # the share of crops of each box, as given

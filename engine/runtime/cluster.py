@@ -31,7 +31,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
 
     started = False
     if not ray.is_initialized():
+        source = "--address (runtime.address)" if address else "RAY_ADDRESS"
         address = address or os.environ.get("RAY_ADDRESS") or None
+        if address:
+            check_reachable(address, source)
         # Quiet workers' DeprecationWarnings; but inside a Ray job (``ray job submit``) the job's own
         # runtime env applies, and Ray refuses to merge a second one that sets the same keys.
         in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
@@ -54,6 +57,36 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
     ctx = ray.get_runtime_context()
     addr = getattr(ctx, "gcs_address", "") or ""
     return ClusterInfo(addr, float(res.get("CPU", 0)), float(res.get("GPU", 0)), nodes, started)
+
+
+def check_reachable(address: str, source: str, timeout: float = 5.0) -> None:
+    """A :class:`ConfigError` naming ``address`` and where it came from when nothing answers there.
+
+    ``ray.init`` waits minutes for an address where no cluster runs (a typo, a cluster since stopped,
+    a ``RAY_ADDRESS`` left in the shell); one TCP connection tells at once. ``auto`` / ``local`` are
+    left to Ray.
+    """
+    import socket
+
+    from engine.errors import ConfigError
+
+    text = address.strip()
+    if text in ("auto", "local"):
+        return
+    hostport = text.split("://", 1)[-1].rstrip("/")
+    host, sep, port_text = hostport.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ConfigError(f"the Ray address {address!r} from {source} is not HOST:PORT", "e.g. --address 10.0.0.5:6379 (or ray://HOST:10001)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port_text)), timeout=timeout):
+            pass
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+        unset = "; or unset RAY_ADDRESS to start a local cluster" if source == "RAY_ADDRESS" else ""
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address} from {source} ({why})",
+            f"start the cluster (ray start --head) or fix the address{unset}",
+        ) from err
 
 
 def shutdown() -> None:

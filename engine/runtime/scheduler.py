@@ -292,7 +292,11 @@ class _Dispatcher:
                     self.observer.retried()
                     self.pending.append(bid)
                 else:
-                    log.error("block %d failed after %d attempts: %s", bid, attempts, error)
+                    if bid in r.permanent:  # bad input or parameters: the run's one-line error names it; the traceback is for -vv
+                        log.info("block %d failed: %s", bid, error.splitlines()[0] if error else "")
+                        log.debug("block %d: %s", bid, error)
+                    else:
+                        log.error("block %d failed after %d attempts: %s", bid, attempts, error)
                     self.observer.failed()
                     rows.append((bid, FAILED, sec, attempts, r.worker, error))
             else:

@@ -380,6 +380,8 @@ def open_volume(
         )
     vol = Volume(url, fmt, mode)
     _ = vol.store  # open now, so a corrupt store fails here with a clear message
+    if 0 in vol.shape:
+        raise StorageError(f"the volume {loc.url()} has shape {vol.shape}: an axis of size 0 holds no voxels", "write the volume again (connectile ingest / synth) with every axis at least 1")
     return vol.expect(dtype=dtype, spatial_shape=spatial_shape)
 
 
