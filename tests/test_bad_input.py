@@ -236,6 +236,15 @@ def _bomb(levels: int = 7, width: int = 9) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _empty_table(tmp: Path) -> tuple[str, str]:
+    """(labels, object table) of an all-zero mask, made by ``connectile label`` in a folder beside ``tmp``
+    (its own done-markers are not this case's)."""
+    prep = tmp.with_name(tmp.name + "-prep")
+    zero = _vol(prep, "zero", np.zeros((8, 32, 32), np.uint8))
+    assert main(["label", zero, str(prep / "o.zarr/cc"), "--table", str(prep / "t.parquet"), *SERIAL]) == 0
+    return str(prep / "o.zarr/cc"), str(prep / "t.parquet")
+
+
 _UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1
 _NO_RAY = {"RAY_ADDRESS": _UNREACHABLE}
 
@@ -357,6 +366,10 @@ CASES = [
          "has shape (8, 16, 16)"),
     # empty volumes
     Case("train: all-zero labels", lambda t: _train_cfg(t, data={"labels": _vol(t, "zero", np.zeros((8, 32, 32), np.uint8))}), "no foreground"),
+    Case("embed-train: all-zero volume", lambda t: ["embed-train", _vol(t, "zero", np.zeros((8, 32, 32), np.uint8)), str(t / "et"), "--patch", "1,16,16", "--steps", "1"],
+         "looks empty"),
+    Case("rois: labels without objects (all zero)", lambda t: ["rois", str(t / "run"), "--labels", (lt := _empty_table(t))[0], "--image", _raw(t), "--table", lt[1], *SERIAL],
+         "holds no objects"),
     Case("label: zero-sized axis", lambda t: ["label", _zero_axis(t), str(t / "o.zarr/cc"), *SERIAL], "an axis of size 0"),
     Case("downsample: zero-sized axis", lambda t: ["downsample", _zero_axis(t), *SERIAL], "an axis of size 0"),
     Case("ingest: HDF5 dataset with a zero-sized axis", lambda t: ["ingest", _zero_h5(t), str(t / "o.zarr/raw")], "shape (0, 8, 8)"),
@@ -462,6 +475,91 @@ def test_catalogue_covers_every_command_with_60_kinds() -> None:
     covered = {c.name.split(":")[0] for c in KINDS}  # test_bad_input checks that this is the command each case runs
     assert all(c.name.split(":")[0] in commands for c in KINDS), [c.name for c in KINDS if c.name.split(":")[0] not in commands]
     assert sorted(set(commands) - covered) == []
+
+
+# -- what is not an error ---------------------------------------------------------------------------
+def _whole(url: str) -> np.ndarray:
+    from engine.storage import open_volume
+
+    v = open_volume(url)
+    return v.read(v.box)
+
+
+def test_an_all_zero_volume_is_a_valid_empty_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty (all-zero) volume is data, not a mistake, for the commands that measure or transform it:
+    ``label`` finds 0 objects (an empty mask is a valid answer: nothing was predicted there), ``segment``
+    of all-zero affinities (no voxel joined to its neighbour) and ``downsample`` write all-zero outputs. It is an
+    error only where it makes the work meaningless, and there the catalogue has it: training on labels
+    without foreground, an encoder trained on a constant image, ROIs of labels without objects."""
+    zero = _vol(tmp_path, "zero", np.zeros((8, 32, 32), np.uint8))
+    assert main(["label", zero, str(tmp_path / "o.zarr/cc"), "--table", str(tmp_path / "t.parquet"), *SERIAL]) == 0
+    assert ": 0 objects" in capsys.readouterr().out
+    assert not _whole(str(tmp_path / "o.zarr/cc")).any()
+    affs = _vol(tmp_path, "affs", np.zeros((3, 8, 32, 32), np.float32))
+    assert main(["segment", affs, str(tmp_path / "o.zarr/seg"), *SERIAL]) == 0, capsys.readouterr().err
+    assert not _whole(str(tmp_path / "o.zarr/seg")).any()
+    assert main(["downsample", zero, "--min-size", "8", *SERIAL]) == 0, capsys.readouterr().err
+    assert not _whole(str(tmp_path / "in.zarr/zero_pyramid/s1")).any()
+
+
+def test_a_volume_smaller_than_the_prediction_window_is_padded(tmp_path: Path) -> None:
+    """``predict`` with a window larger than the volume pads it as MONAI's sliding-window inference does (a
+    small volume is still predicted, and each voxel equals the same window over the padded volume);
+    where a window must fit (training crops, SimSiam and embedding patches) the catalogue has the error."""
+    ck = _checkpoint(tmp_path, "ck", {"dims": 2, "filters": [4, 8]})
+    small = _vol(tmp_path, "small", np.random.default_rng(1).integers(0, 255, (2, 24, 20), np.uint8))
+    assert main(["predict", ck, small, str(tmp_path / "o.zarr/p"), "--window", "1,32,32", "--dtype", "float32", *SERIAL]) == 0
+    got = _whole(str(tmp_path / "o.zarr/p"))
+    assert got.shape == (2, 24, 20) and np.isfinite(got).all()
+    padded = np.zeros((2, 32, 32), np.uint8)
+    padded[:, 4:28, 6:26] = _whole(small)  # MONAI pads symmetrically
+    big = _vol(tmp_path, "padded", padded)
+    assert main(["predict", ck, big, str(tmp_path / "o.zarr/q"), "--window", "1,32,32", "--dtype", "float32", *SERIAL]) == 0
+    np.testing.assert_allclose(got, _whole(str(tmp_path / "o.zarr/q"))[:, 4:28, 6:26], atol=1e-5)
+
+
+def test_paths_with_spaces_and_non_ascii_characters_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Folders and files named with spaces, accents and CJK characters go through ingest, label (with its
+    object table), downsample, predict, export-labels / import-labels, train and a pipeline run."""
+    from engine.storage import open_volume
+
+    home = tmp_path / "Daten mit Leerzeichen" / "mitochondrien ß é 漢字"
+    home.mkdir(parents=True)
+    slices = home / "Schnitte ü"
+    slices.mkdir()
+    masks = np.zeros((4, 32, 32), np.uint8)
+    masks[1:3, 4:12, 4:12] = 1
+    masks[:, 20:28, 20:30] = 1
+    from PIL import Image
+
+    for i, m in enumerate(masks):
+        Image.fromarray(m * 255).save(slices / f"schnitt {i} é.png")
+    vol = str(home / "ausgabe ö.zarr" / "maske ä")
+    assert main(["ingest", str(slices), vol, "--binarize", "--chunks", "4,16,16"]) == 0, capsys.readouterr().err
+    np.testing.assert_array_equal(_whole(vol), masks)
+    cc = str(home / "ausgabe ö.zarr" / "objekte 対象")
+    assert main(["label", vol, cc, "--table", str(home / "tabelle é.parquet"), *SERIAL]) == 0
+    assert ": 2 objects" in capsys.readouterr().out
+    assert main(["downsample", vol, "--min-size", "8", *SERIAL]) == 0
+    assert open_volume(vol + "_pyramid/s1").spatial_shape == (2, 16, 16)
+    ck = _checkpoint(home, "modell ü", {"dims": 2, "filters": [4, 8]})
+    assert main(["predict", ck, vol, str(home / "vorhersage.zarr" / "wahrscheinlichkeit ß"), "--window", "1,32,32", *SERIAL]) == 0
+    sel = _write(home / "auswahl é.json", json.dumps({"boxes": [{"start": [0, 0, 0], "stop": [2, 16, 16]}]}))
+    crops = home / "ausschnitte 漢"
+    assert main(["export-labels", vol, sel, str(crops), "--no-tiff"]) == 0
+    crop = open_volume(str(crops / "crop_000.zarr" / "raw"))
+    labels = create_volume(str(crops / "crop_000.zarr" / "labels"), crop.spatial_shape, np.uint8, crop.spatial_shape)
+    labels.write(labels.box, crop.read(crop.box))
+    assert main(["import-labels", str(crops), str(home / "etiketten ä.zarr" / "labels")]) == 0
+    np.testing.assert_array_equal(_whole(str(home / "etiketten ä.zarr" / "labels"))[:2, :16, :16], masks[:2, :16, :16])
+    cfg = {"model": {"dims": 2, "filters": [4, 8]}, "data": {"raw": vol, "labels": vol}, "crop": [1, 16, 16], "batch_size": 1, "steps": 2,
+           "checkpoint_every": 2, "output": str(home / "training ü"), "progress": False}
+    assert main(["train", _write(home / "konfiguration é.yaml", yaml.safe_dump(cfg, allow_unicode=True))]) == 0
+    assert (home / "training ü" / "checkpoints" / "step-000002").is_dir()
+    run = {"run_dir": str(home / "lauf ö"), "runtime": {"backend": "serial", "progress": False}, "label": {"input": vol}}
+    assert main(["run", _write(home / "lauf é.yaml", yaml.safe_dump(run, allow_unicode=True))]) == 0, capsys.readouterr().err
+    manifest = json.loads((home / "lauf ö" / "manifest.json").read_text())
+    assert manifest["stages"]["label"]["status"] == "done"
 
 
 def _done_blocks(db: Path) -> int:

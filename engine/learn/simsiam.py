@@ -272,7 +272,14 @@ def _prepare(cfg: SimSiamConfig) -> tuple[SimSiamConfig, Any, tuple[int, int, in
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"anisotropic_stages": 0})})
         log.info("isotropic voxels %s: encoder with 3x3x3 convolutions and 2x2x2 pooling", vol.voxel_size)
     patch = cfg.patch or default_patch
-    return cfg, vol, (int(patch[0]), int(patch[1]), int(patch[2]))
+    p3 = (int(patch[0]), int(patch[1]), int(patch[2]))
+    probe = sample_patches(vol, p3, 16, np.random.default_rng(0))
+    if all(float(p.min()) == float(p.max()) for p in probe):
+        raise ConfigError(
+            f"volume {cfg.volume} looks empty: 16 patches at random places each hold one constant value ({float(probe[0].flat[0]):g})",
+            "give the raw EM volume (check the path); an encoder learns nothing from a constant image",
+        )
+    return cfg, vol, p3
 
 
 def _fit(cfg: SimSiamConfig, vol: Any, patch: tuple[int, int, int], progress: bool, device: torch.device | None = None) -> LoopResult:
