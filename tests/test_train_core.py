@@ -229,3 +229,23 @@ def torch_threads(n: int) -> None:
     import torch
 
     torch.set_num_threads(n)
+
+
+@pytest.mark.slow  # two Ray Train runs (pretraining, then training)
+def test_contrastive_pretraining_and_training_on_ray_train_one_worker_equal_in_process(tmp_path: Path, ray_cluster: str) -> None:
+    """``connectile train`` with a contrastive section and ``ray.num_workers: 1``: SimCLR, local contrastive
+    pretraining and segmentation training all run on the Ray Train workers and give the in-process
+    numbers (the recorded reference of the pretraining, and an in-process training run)."""
+    from engine.learn import train
+
+    in_process = tm.contrastive_cfg(tmp_path / "a")
+    train(in_process)
+    on_ray = tm.contrastive_cfg(tmp_path / "b", ray={"num_workers": 1, "address": ray_cluster})
+    summary = train(on_ray)
+    assert summary["step"] == 4 and (Path(on_ray.output) / "pretrain" / "ray").is_dir()
+    record = json.loads((Path(on_ray.output) / "pretrain" / "loss.json").read_text())
+    pre = tm.summary(tm._safetensors(Path(on_ray.output) / "pretrain" / "model.safetensors"))
+    _close({"losses": record["simclr"] + record["contrastive"], "weights": pre}, REFERENCE["contrastive"])
+    final = {"losses": tm._history_losses(Path(on_ray.output)), "weights": tm.summary(tm._safetensors(tm._newest(Path(on_ray.output)) / "model.safetensors"))}
+    ref = {"losses": tm._history_losses(Path(in_process.output)), "weights": tm.summary(tm._safetensors(tm._newest(Path(in_process.output)) / "model.safetensors"))}
+    _close(final, ref)

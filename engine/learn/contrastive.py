@@ -179,7 +179,7 @@ def pretrain_dir(cfg: TrainConfig) -> Path:
 
 class ContrastiveMethod(Method):
     """Local contrastive training on the training core: step ``s`` draws its crops from
-    ``default_rng([seed, s, 0xC0])``."""
+    ``default_rng([seed, s, 0xC0])`` (worker ``r > 0`` of a process group from ``[seed, s, 0xC0, r]``)."""
 
     name = "contrastive"
 
@@ -189,12 +189,14 @@ class ContrastiveMethod(Method):
         self.sampler, self.cfg, self.c, self.device = sampler, cfg, c, device
         self.size = c.batch_size or cfg.batch_size
         self.model = EmbeddingNet(unet, c.dim).to(device)
-        self.net = wrap_ddp(self.model, device)
+        self.net = wrap_ddp(self.model, device, unused=True)  # the segmentation head takes no part
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr or cfg.optimizer.lr)
+        self.rank = rank()
         self.model.train()
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return contrastive_batch(self.sampler, self.cfg, np.random.default_rng([self.cfg.seed, step, 0xC0]), self.size)
+        rng = np.random.default_rng([self.cfg.seed, step, 0xC0, *([self.rank] if self.rank else [])])
+        return contrastive_batch(self.sampler, self.cfg, rng, self.size)
 
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         x1, x2, lab = batch
@@ -223,7 +225,7 @@ def pretrain(cfg: TrainConfig, *, device: torch.device | None = None, clock: Clo
     if c is None:
         raise ConfigError("contrastive pretraining needs a 'contrastive' section in the training config")
     out = pretrain_dir(cfg)
-    if (out / "model.safetensors").is_file() and (out / "loss.json").is_file():
+    if pretrain_done(cfg):
         log.info("contrastive pretraining already done in %s", out)
         return out
     device = device or torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
@@ -263,6 +265,23 @@ def _simclr_stage(cfg: TrainConfig, unet: UNet, sampler: object, device: torch.d
         return image
 
     return pretrain_simclr(unet, draw, cfg.contrastive.simclr, cfg.augment, seed=cfg.seed, device=device, progress=cfg.progress, loop=loop)
+
+
+def pretrain_done(cfg: TrainConfig) -> bool:
+    """Whether the contrastive pretraining of ``cfg`` has written its weights."""
+    out = pretrain_dir(cfg)
+    return (out / "model.safetensors").is_file() and (out / "loss.json").is_file()
+
+
+def _pretrain_worker(payload: dict[str, Any], rank: int, device: torch.device) -> dict[str, float]:
+    """One worker of :func:`pretrain` on Ray Train (:func:`engine.learn.distributed.run_workers`)."""
+    cfg = TrainConfig.model_validate(payload["cfg"])
+    try:
+        pretrain(cfg if rank == 0 else cfg.model_copy(update={"progress": False}), device=device)
+    except BudgetSpent as err:
+        log.warning("%s", err)
+        return {"stopped": 1.0}
+    return {}
 
 
 def _check_finished(stage: str, done: int, steps: int, out: Path) -> None:

@@ -127,13 +127,14 @@ def rank() -> int:
     return int(torch.distributed.get_rank()) if distributed() else 0
 
 
-def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
-    """``model`` wrapped in DistributedDataParallel under an initialised process group, else itself."""
+def wrap_ddp(model: nn.Module, device: torch.device, unused: bool = False) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel under an initialised process group, else itself.
+    ``unused``: some parameters take no part in the loss (a U-Net whose encoder alone is trained)."""
     if not distributed():
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused)
 
 
 @dataclass

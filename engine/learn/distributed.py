@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from engine.learn.budget import BudgetSpent, start
+from engine.learn.budget import BudgetSpent, Clock, start
 from engine.learn.config import RayConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,22 @@ def _train_worker(payload: dict[str, Any], rank: int, device: Any) -> dict[str, 
     return {"step": summary["step"], "elapsed": summary["elapsed"], **summary["last"]}
 
 
+def _pretrained(cfg: TrainConfig, clock: Clock | None) -> bool:
+    """Run the contrastive pretraining (in this process, or on the Ray Train workers of ``cfg.ray``);
+    False where the time budget stopped it."""
+    from engine.learn.contrastive import pretrain, pretrain_done
+
+    if cfg.ray.num_workers == 0:
+        try:
+            pretrain(cfg, clock=clock)
+        except BudgetSpent as err:
+            log.warning("%s", err)
+            return False
+        return True
+    run_workers("engine.learn.contrastive:_pretrain_worker", {"cfg": cfg.model_dump(mode="json")}, cfg.ray, Path(cfg.output) / "pretrain" / "ray")
+    return pretrain_done(cfg)
+
+
 def train(cfg: TrainConfig, *, resume: bool = True) -> dict[str, Any]:
     """Run the training that ``cfg`` describes; returns ``{"step", "elapsed", "last", "output"}``.
 
@@ -79,14 +95,8 @@ def train(cfg: TrainConfig, *, resume: bool = True) -> dict[str, Any]:
         for name in ("checkpoints", "tensorboard", "history.jsonl", "loss.png", "ray", "pretrain"):
             remove(out / name, "run-files")  # guarded: never a root, a home or the current folder
     clock = start(cfg.budget)  # one budget for pretraining and training
-    if cfg.contrastive is not None:  # stage(s) before training for segmentation: in this process
-        from engine.learn.contrastive import pretrain
-
-        try:
-            pretrain(cfg, clock=clock)
-        except BudgetSpent as err:
-            log.warning("%s", err)
-            return {"step": 0, "elapsed": 0.0, "last": {}, "output": str(out), "stopped": "budget"}
+    if cfg.contrastive is not None and not _pretrained(cfg, clock):  # stage(s) before training for segmentation
+        return {"step": 0, "elapsed": 0.0, "last": {}, "output": str(out), "stopped": "budget"}
     if cfg.ray.num_workers == 0:
         from engine.learn.semi import build_trainer
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from engine.learn.augment import augment
 from engine.learn.config import AugmentConfig, SimCLRConfig
-from engine.learn.core import LoopOptions, Method, fit, wrap_ddp
+from engine.learn.core import LoopOptions, Method, fit, rank, wrap_ddp
 from engine.models.unet import UNet, fold_sections
 
 log = logging.getLogger(__name__)
@@ -72,19 +72,21 @@ def two_views(image: np.ndarray, augment_cfg: AugmentConfig, rng: np.random.Gene
 
 
 class SimCLRMethod(Method):
-    """SimCLR on the training core: step ``s`` draws its crops from ``default_rng([seed, s, 0x5c1])``."""
+    """SimCLR on the training core: step ``s`` draws its crops from ``default_rng([seed, s, 0x5c1])`` (worker
+    ``r > 0`` of a process group from ``[seed, s, 0x5c1, r]``)."""
 
     name = "simclr"
 
     def __init__(self, unet: UNet, draw: Callable[[np.random.Generator], np.ndarray], cfg: SimCLRConfig, augment_cfg: AugmentConfig, seed: int, device: torch.device) -> None:
         self.draw, self.cfg, self.augment_cfg, self.seed, self.device = draw, cfg, augment_cfg, seed, device
         self.model = SimCLRNet(unet, cfg.hidden, cfg.dim).to(device)
-        self.net = wrap_ddp(self.model, device)
+        self.net = wrap_ddp(self.model, device, unused=True)  # the decoder takes no part
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.rank = rank()
         self.model.train()
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, step, 0x5C1])
+        rng = np.random.default_rng([self.seed, step, 0x5C1, *([self.rank] if self.rank else [])])
         views = [two_views(self.draw(rng), self.augment_cfg, rng) for _ in range(self.cfg.batch_size)]
         return torch.from_numpy(np.stack([v[0] for v in views])), torch.from_numpy(np.stack([v[1] for v in views]))
 
