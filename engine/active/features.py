@@ -7,6 +7,8 @@ of its aligned mask (E_s) and of its aligned image crop (E_u).
     RUN/features/mask.npy, image.npy      (N, latent) float32, row i is roi_id i
     RUN/features/mask_vae.pt, image_vae.pt
     RUN/features/features.json            the config and what it was computed from (for resume)
+    RUN/features/train-<stream>-<key>/    the training core's run of each VAE (history, TensorBoard;
+                                          checkpoints until the features are done: a stopped run resumes)
 
 After a reviewed round, :mod:`engine.active.triplet` fine-tunes E_u and writes a new ``image.npy`` and
 ``image_vae.pt`` into that round's folder; :func:`load_features` picks the latest.

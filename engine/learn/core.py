@@ -20,6 +20,18 @@ and what a checkpoint holds (:meth:`Method.write` / :meth:`Method.read`, :meth:`
   model with :func:`wrap_ddp`, rank 0 alone writes; see :mod:`engine.learn.distributed`.
 
 Without an output folder the loop keeps its records in memory only (no checkpoints, files or TensorBoard).
+
+The methods, their entry points and where their runs live:
+
+- segmentation and semi-supervised training: :func:`engine.learn.train` (:class:`~engine.learn.Trainer`),
+  in ``OUT``; Ray Train with ``ray.num_workers``;
+- SimSiam: :func:`engine.learn.simsiam.train_simsiam`, in ``OUT``; Ray Train with ``ray.num_workers``;
+- SimCLR and local contrastive pretraining: :func:`engine.learn.contrastive.pretrain`, in
+  ``OUT/pretrain/<stage>``, on the Ray Train workers of the training run; SimCLR alone
+  (:func:`engine.learn.simclr.pretrain_simclr`) in ``loop.output`` where given;
+- the VAEs: :func:`engine.active.features.fit_vae`, in ``RUN/features/train-<stream>-<key>``;
+- triplet tuning: :func:`engine.active.triplet.triplet_finetune`, in ``RUN/rounds/round-NN/triplet-<key>``.
+  These two are small and run in the process of ``connectile query`` (no Ray entry point).
 """
 
 from __future__ import annotations
