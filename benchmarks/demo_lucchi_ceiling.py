@@ -95,11 +95,27 @@ def iou_on_test(checkpoint: str, raw: str, target: str, z_from: int, tcfg: Any) 
     return float(v(model)["iou"])
 
 
+def continue_base(checkpoint: str, section: Any, raw: str, annotate: dict[str, str], out: Path, steps: int) -> str:
+    """The run's base model trained on to ``steps`` steps in ``out`` (its checkpoint copied there first; the
+    per-step batches are a function of the step, so this equals a run of ``steps`` from the start)."""
+    import shutil
+
+    from engine.pipeline.stages.train import build_train_config, run_training
+
+    tcfg = build_train_config(section.model_copy(update={"steps": steps}), raw, annotate["labels"], annotate["boxes"], None, str(out), False)
+    copy = out / "checkpoints" / Path(checkpoint).name
+    if not copy.exists() and not (out / "checkpoints").exists():
+        shutil.copytree(checkpoint, copy)
+    return run_training(tcfg, resume=True)["checkpoint"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default=None, help="a connectile demo --real lucchi run folder (train done)")
     ap.add_argument("--out", default=None, help="work folder (default RUN/ceiling)")
     ap.add_argument("--steps", type=int, default=None, help="training steps of the ceiling (default: the demo's train.steps)")
+    ap.add_argument("--base-steps", type=int, default=None,
+                    help="also train the run's base model on to this many steps (same labels, crops drawn as an uninterrupted run would) and score that")
     ap.add_argument("--smoke", action="store_true", help="a tiny demo run on a real crop and a few steps (seconds)")
     args = ap.parse_args(argv)
     import torch
@@ -140,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     tcfg = build_train_config(section, raw, lab_url, str(boxes), None, str(out / "train"), False)
     t0, c0 = time.perf_counter(), cpu_seconds()
     ceiling_ck = run_training(tcfg, resume=True)["checkpoint"]  # a finished ceiling is reused (run again once the demo's train is done)
+    if base_ck and args.base_steps:
+        base_ck = continue_base(base_ck, section, raw, stages["annotate"]["outputs"], out / "base", args.base_steps)
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     torch.set_num_threads(section.threads)
     base = iou_on_test(base_ck, raw, target, z_from, tcfg) if base_ck else None
@@ -151,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if s1 and os.path.exists(s1):
         demo_score = json.loads(Path(s1).read_text())["iou"]
     row = {"run": str(run), "test_from_z": z_from, "base_iou": base, "ceiling_iou": ceiling, "ratio": base / ceiling if ceiling and base is not None else None,
-           "demo_score1_iou": demo_score, "base_labelled_share": (ann["known_voxels"] + ann.get("heldout_voxels", 0)) / total,
+           "demo_score1_iou": demo_score if not args.base_steps else None, "base_checkpoint": base_ck, "base_labelled_share": (ann["known_voxels"] + ann.get("heldout_voxels", 0)) / total,
            "base_trained_share": ann["known_voxels"] / total, "ceiling_labelled_share": z_from * float(np.prod(shape[1:])) / total,
            "ceiling_train_wall_s": wall, "ceiling_train_cpu_s": cpu, "train": train, "load_avg": os.getloadavg()}
     print(json.dumps(row), flush=True)

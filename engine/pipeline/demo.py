@@ -63,7 +63,7 @@ def demo_config(
         cfg["ingest"] = {"raw": f"{lucchi}/Train_In", "labels": f"{lucchi}/Train_Out", "voxel_size": [5.0, 5.0, 5.0],
                          "chunks": [64, 256, 256], "labels_binarize": True}
         raw, truth, binary, target = "ingest.raw", "ingest.labels", True, "mask"
-        window, block = [3, 256, 256], [64, 512, 512]  # the training crop (predict's default window: the checkpoint's crop)
+        window, block = [8, 768, 1024], [64, 512, 512]  # predict: windows of 8 whole sections (below)
         # whole sections: one-section patches on a 6 x 8 grid of 128^2 tiles; a window of 1 x 6 x 8 patches is one whole
         # 768 x 1024 section, so the selection picks 3 whole sections (1.8% of the volume) a person labels as they are
         embed = {"input": raw, "patch": [1, 128, 128], "stride": [2, 128, 128], "steps": 40, "crop": [1, 128, 128]}
@@ -94,6 +94,9 @@ def demo_config(
     if lucchi is not None:  # supervised only (semi-supervised mixing lost 0.12 IoU on Lucchi++, RESULTS.md); fine-tuning at a tenth of its rate
         del cfg["train"]["semi"]
         cfg["rounds"]["finetune"] = {"steps": 200, "lr": 0.0001, "replay": 0.5}
+        # whole-section windows without overlap and blocks of whole sections: each section computed once, no in-plane
+        # halo (256^2 windows at 0.25 overlap in 512^2 blocks cost about 4x as much CPU); one window per forward pass
+        cfg["rounds"]["predict"] |= {"overlap": 0.0, "block": [48, 768, 1024], "batch_size": 1}
     cfg["metrics"] = {}
     cfg["report"] = {"title": "Connectile demo" if lucchi is None else "Connectile demo (Lucchi++)"}
     return cfg
