@@ -22,6 +22,7 @@ from engine.geometry import Block, BlockGrid
 from engine.runtime.markers import DONE, FAILED, SKIPPED
 from engine.runtime.mask import BlockMask
 from engine.runtime.op import BlockOp
+from engine.storage.errors import retry_count
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class BlockRunner:
         permanent: set[int] = set()
         stats: dict[str, float] = {}
         voxels = 0
+        retries_before = retry_count()
         for k, bid in enumerate(ids):
             t0 = time.perf_counter()
             block: Block | None = None
@@ -89,9 +91,15 @@ class BlockRunner:
             except Exception as err:  # noqa: BLE001 - a failing block is reported, not raised
                 status[k] = FAILED
                 where = f"block {bid}" + (f" {block.index} {block.write}" if block is not None else "")
-                errors[int(bid)] = f"{where}: {type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}"
-                if isinstance(err, ConnectileError):
-                    permanent.add(int(bid))
+                if isinstance(err, ConnectileError):  # one line; retried later only if transient
+                    errors[int(bid)] = f"{where}: {type(err).__name__}: {err}"
+                    if not getattr(err, "transient", False):
+                        permanent.add(int(bid))
+                else:
+                    errors[int(bid)] = f"{where}: {type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}"
                 log.debug("%s failed: %s", where, err)
             seconds[k] = time.perf_counter() - t0
+        retried = retry_count() - retries_before
+        if retried:  # transient storage errors retried in this batch (here and inside TensorStore)
+            stats["storage_retries"] = stats.get("storage_retries", 0.0) + retried
         return BatchResult(out_ids, status, seconds, voxels, errors, permanent, stats, self.name)

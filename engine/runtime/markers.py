@@ -11,25 +11,31 @@ Markers belong to the outputs they describe: a run id kept in the markers and in
 attributes (:mod:`engine.runtime.ownership`); markers whose output was deleted or recreated since are
 forgotten, and the blocks computed again.
 
+Storage errors of the markers database are classified (:mod:`engine.storage.errors`): a busy or
+flaky database is retried with bounded backoff, a full disk is named (its mount point), a corrupt
+database says which file to delete.
+
 The hash covers the grid layout and the operation's parameters. Opening markers made under another hash
 raises :class:`~engine.errors.ResumeMismatch` showing what changed, unless ``overwrite`` is given.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engine.errors import ResumeMismatch, StorageError
+from engine.storage.errors import as_storage_error, classify, retrying
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,9 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     return []
 
 
+_CORRUPT_FIX = "delete that file to recompute every block, or pass --overwrite"
+
+
 class DoneStore:
     """Markers of one run. Use :meth:`open`; call :meth:`flush` often and :meth:`close` at the end."""
 
@@ -76,15 +85,33 @@ class DoneStore:
         except OSError as err:
             raise StorageError(f"cannot create the run state folder {folder}: {err.strerror}", "choose a writable output location") from err
         digest = run_hash(description)
+        path = folder / "markers.sqlite"
         try:
-            store = cls(folder / "markers.sqlite", digest, description)
+            store = cls(path, digest, description)
             store._init_schema(overwrite)
-        except sqlite3.DatabaseError as err:
-            raise StorageError(
-                f"the done-markers {folder / 'markers.sqlite'} are unreadable ({err})",
-                "delete that file to recompute every block, or pass --overwrite",
-            ) from err
+        except sqlite3.Error as err:
+            if classify(err) in ("corrupt", "other"):
+                raise StorageError(f"the done-markers {path} are unreadable ({err})", _CORRUPT_FIX) from err
+            raise as_storage_error(err, str(path), "opening the done-markers") from err
         return store
+
+    def _transaction(self, doing: str, statements: Callable[[sqlite3.Connection], object]) -> None:
+        """Run ``statements`` in one transaction; a busy or flaky database is retried (bounded), a
+        full disk or a corrupt file fails at once with one line (:mod:`engine.storage.errors`)."""
+
+        def once() -> None:
+            c = self._conn
+            try:
+                c.execute("BEGIN")
+                statements(c)
+                c.execute("COMMIT")
+            except sqlite3.Error:
+                if c.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        c.execute("ROLLBACK")
+                raise
+
+        retrying(once, str(self.path), doing, errors=(sqlite3.Error,), fix=_CORRUPT_FIX)
 
     def _init_schema(self, overwrite: bool) -> None:
         c = self._conn
@@ -122,11 +149,12 @@ class DoneStore:
     def start_over(self, run_id: str) -> None:
         """Forget every block and belong to a new run ``run_id`` (one transaction)."""
         self._pending.clear()
-        c = self._conn
-        c.execute("BEGIN")
-        c.execute("DELETE FROM blocks")
-        c.execute("INSERT OR REPLACE INTO meta VALUES ('run_id', ?)", (run_id,))
-        c.execute("COMMIT")
+
+        def statements(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM blocks")
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('run_id', ?)", (run_id,))
+
+        self._transaction("starting over in", statements)
 
     # -- queries --------------------------------------------------------------------------------
     def ids_with(self, status: int) -> np.ndarray:
@@ -169,17 +197,12 @@ class DoneStore:
         if not force and now - self._last_flush < interval:
             return
         rows, self._pending = self._pending, []
-        c = self._conn
-        c.execute("BEGIN")
-        c.executemany("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?, ?)", rows)
-        c.execute("COMMIT")
+        self._transaction("committing done-markers to", lambda c: c.executemany("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?, ?)", rows))
         self._last_flush = now
 
     def clear(self, ids: Iterable[int]) -> None:
-        c = self._conn
-        c.execute("BEGIN")
-        c.executemany("DELETE FROM blocks WHERE id=?", ((int(i),) for i in ids))
-        c.execute("COMMIT")
+        keys = [(int(i),) for i in ids]
+        self._transaction("clearing done-markers in", lambda c: c.executemany("DELETE FROM blocks WHERE id=?", keys))
 
     def close(self) -> None:
         self.flush(force=True)

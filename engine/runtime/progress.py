@@ -73,6 +73,8 @@ class RunSummary:
             )
         if self.retried or self.workers_replaced:
             out.append(f"  {self.retried} block retries, {self.workers_replaced} worker(s) replaced")
+        if self.stats.get("storage_retries"):
+            out.append(f"  {int(self.stats['storage_retries'])} storage request(s) retried after transient errors (unavailable, timeouts)")
         for f in self.failures[:10]:
             first = (f.get("error") or "").splitlines()[0] if f.get("error") else ""
             out.append(f"  FAILED block {f['id']} after {f['attempts']} attempt(s): {first}")

@@ -6,7 +6,9 @@ Accepted forms::
     file:///abs/data.zarr/raw    local file
     memory://name/raw            in-process memory (shared by every open in this process)
     gs://bucket/data.zarr/raw    Google Cloud Storage (TensorStore's gcs kvstore)
-    s3://bucket/data.zarr/raw    Amazon S3 and compatibles (TensorStore's s3 kvstore)
+    s3://bucket/data.zarr/raw    Amazon S3 and compatibles (TensorStore's s3 kvstore; for MinIO, Ceph
+                                 or another S3-compatible server set CONNECTILE_S3_ENDPOINT, see
+                                 :func:`engine.storage.errors.s3_options`)
 
 A path names an array; ``data.zarr/raw`` is the array ``raw`` in the zarr group ``data.zarr``.
 """
@@ -57,7 +59,9 @@ class Location:
             return {"driver": "memory", "path": path}
         if self.scheme == "gs":
             return {"driver": "gcs", "bucket": self.bucket, "path": path}
-        return {"driver": "s3", "bucket": self.bucket, "path": path}
+        from engine.storage.errors import s3_options
+
+        return {"driver": "s3", "bucket": self.bucket, "path": path, **s3_options()}
 
     def parent(self) -> Location:
         head = self.path.rstrip("/").rsplit("/", 1)[0] if "/" in self.path.strip("/") else ""

@@ -26,6 +26,7 @@ import tensorstore as ts
 
 from engine.errors import StorageError
 from engine.geometry import Box, Coord
+from engine.storage.errors import retrying
 from engine.storage.urls import Location, parse_url
 
 log = logging.getLogger(__name__)
@@ -52,21 +53,18 @@ def _kv(loc: Location) -> ts.KvStore:
         raise StorageError(f"cannot open the store at {loc.url()}: {_ts_message(err)}", "check the path and your credentials") from err
 
 
+def _read_key(loc: Location, key: str) -> Any:
+    """A kvstore read of ``key``, transient errors retried, others one classified line."""
+    kv = _kv(loc)
+    return retrying(lambda: kv.read(key).result(), f"{loc.url()}/{key}", "reading")
+
+
 def _key_exists(loc: Location, key: str) -> bool:
-    try:
-        return bool(_kv(loc).read(key).result().state == "value")
-    except StorageError:
-        raise
-    except Exception as err:
-        raise StorageError(f"cannot read {loc.url()}/{key}: {_ts_message(err)}", "check the path and your credentials") from err
+    return bool(_read_key(loc, key).state == "value")
 
 
 def _read_json(loc: Location, key: str) -> dict[str, Any] | None:
-    kv = _kv(loc)
-    try:
-        res = kv.read(key).result()
-    except Exception as err:
-        raise StorageError(f"cannot read {loc.url()}/{key}: {_ts_message(err)}", "check the path and your credentials") from err
+    res = _read_key(loc, key)
     if res.state != "value":
         return None
     try:
@@ -82,10 +80,8 @@ def _read_json(loc: Location, key: str) -> dict[str, Any] | None:
 
 def _write_json(loc: Location, key: str, obj: dict[str, Any]) -> None:
     kv = _kv(loc)
-    try:
-        kv.write(key, json.dumps(obj, indent=1).encode()).result()
-    except Exception as err:
-        raise StorageError(f"cannot write {loc.url()}/{key}: {_ts_message(err)}", "check that the output is writable") from err
+    data = json.dumps(obj, indent=1).encode()
+    retrying(lambda: kv.write(key, data).result(), f"{loc.url()}/{key}", "writing")
 
 
 def detect_format(url: str | os.PathLike[str]) -> Format | None:
@@ -233,8 +229,10 @@ class Volume:
         return lead + box.to_slices()
 
     def read(self, box: Box) -> np.ndarray:
-        """Read ``box`` (all channels) into a numpy array."""
-        return np.asarray(self.store[self._index(box)].read().result())
+        """Read ``box`` (all channels) into a numpy array. Transient storage errors are retried; a
+        corrupt chunk fails at once naming its key (:mod:`engine.storage.errors`)."""
+        index = self._index(box)
+        return np.asarray(retrying(lambda: self.store[index].read().result(), self.url, f"reading {box} of"))
 
     def read_async(self, box: Box) -> ts.Future:
         """Start reading ``box``; ``.result()`` gives the array. Lets a worker overlap I/O and compute."""
@@ -257,10 +255,8 @@ class Volume:
                     f"convert it first (e.g. data.astype({str(self.dtype)!r}) after scaling or clipping)",
                 )
             data = data.astype(self.dtype)
-        try:
-            self.store[self._index(box)].write(data).result()
-        except ValueError as err:
-            raise StorageError(f"writing {box} of {self.url} failed: {_ts_message(err)}", "check that the output is writable") from err
+        index = self._index(box)
+        retrying(lambda: self.store[index].write(data).result(), self.url, f"writing {box} of")
 
     def expect(self, *, dtype: Any = None, spatial_shape: Sequence[int] | None = None, ndim: int | None = None) -> Volume:
         """Check dtype and shape against what a step needs; raise a one-line error if they differ."""
