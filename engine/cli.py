@@ -8,6 +8,7 @@ never touches a hand-kept list here.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -49,6 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConnectileError as err:
         print(f"connectile {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:
+        if not isinstance(err, PermissionError) and err.errno != errno.EROFS:
+            raise
+        # not a bug but the machine's rights: the one line names the path (an output folder, mostly)
+        print(f"connectile {args.command}: error: {err.strerror}: {err.filename}; choose a path you may write to, or fix its permissions", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"connectile {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -49,11 +49,12 @@ def _where(url: str) -> tuple[str, str, str]:
     return loc.scheme, loc.bucket, path.rstrip("/") or "/"
 
 
-def check_output(output: str, inputs: dict[str, str | None], *, option: str = "the output", holds: bool = True, inside: bool = True) -> None:
-    """Refuse an output that is one of ``inputs`` (name -> path), lies inside one (``inside``) or contains one (``holds``).
+def check_output(output: str, inputs: dict[str, str | None], *, option: str = "the output", inside: bool = True) -> None:
+    """Refuse an output that is one of ``inputs`` (name -> path) or (``inside``) lies inside one.
 
-    Writing there would overwrite or mix files into the data the command reads; the message names the
-    output, the input and what to do.
+    Writing there would overwrite the data the command reads or mix files into it; the message names the
+    output, the input and what to do. (An output that holds an input, such as its group, is refused by
+    :func:`engine.storage.create_volume`, which names what the group holds.)
     """
     out = _where(output)
     for name, value in inputs.items():
@@ -66,5 +67,3 @@ def check_output(output: str, inputs: dict[str, str | None], *, option: str = "t
             raise ConfigError(f"{option} {output} is the input {name} {value}", "choose another output, e.g. a new array or folder beside it")
         if inside and out[2].startswith(src[2] + "/"):
             raise ConfigError(f"{option} {output} lies inside the input {name} {value}", "choose an output outside the input")
-        if holds and src[2].startswith(out[2] + "/"):
-            raise ConfigError(f"{option} {output} holds the input {name} {value}", "name a new array for the output, e.g. one beside the input")

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.ops.downsample import build_pyramid
 
     if args.out is not None:  # IN_pyramid by default; IN named s0 may sit inside its own group
-        check_output(args.out, {"IN": args.input}, option="--out", holds=False)
+        check_output(args.out, {"IN": args.input}, option="--out")
     factor = triple(args.factor, "--factor", int, "1,2,2")
     result = build_pyramid(
         args.input,

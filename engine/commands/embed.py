@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_output(args.out, {"VOLUME": args.volume, "--encoder": args.encoder})
     if "://" not in args.encoder and not os.path.isdir(args.encoder):
-        raise ConfigError(f"no encoder checkpoint at --encoder {args.encoder}", "give the encoder folder of connectile embed-train (OUT/encoder) or a U-Net checkpoint")
+        raise ConfigError(f"no checkpoint at --encoder {args.encoder}", "give the encoder folder of connectile embed-train (OUT/encoder) or a U-Net checkpoint")
     block = triple(args.block, "--block", int, "2,8,8") or (2, 8, 8)
     summary = embed_volume(
         args.volume, args.out, args.encoder, patch=triple(args.patch, "--patch", int, "18,160,160"),

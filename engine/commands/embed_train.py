@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.config import load_config
     from engine.learn.simsiam import SimSiamConfig, train_simsiam
 
-    check_output(args.out, {"VOLUME": args.volume}, option="the run folder OUT", holds=False)
+    check_output(args.out, {"VOLUME": args.volume}, option="the run folder OUT")
     overrides = [f"volume={args.volume}", f"out={args.out}"]
     for name in ("steps", "batch", "lr", "seed", "device"):
         if getattr(args, name) is not None:

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.commands._common import check_output
     from engine.select.export import import_labels
 
-    check_output(args.labels, {"CROPS": args.crops}, option="the labels volume LABELS", holds=False)
+    check_output(args.labels, {"CROPS": args.crops}, option="the labels volume LABELS")
     n = import_labels(args.crops, args.labels)
     print(f"imported labels of {n} crops -> {args.labels}")
     return 0

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.commands._common import check_output
     from engine.ops.rois import extract_rois
 
-    check_output(args.run_dir, {"--labels": args.labels, "--image": args.image, "--prob": args.prob, "--pre": args.pre}, option="the run folder RUN", holds=False)
+    check_output(args.run_dir, {"--labels": args.labels, "--image": args.image, "--prob": args.prob, "--pre": args.pre}, option="the run folder RUN")
     result = extract_rois(
         args.run_dir, args.labels, args.image, args.table, prob=args.prob, pre=args.pre, pre_value=args.pre_value, size=args.size,
         min_voxels=args.min_voxels, block=triple(args.block, "--block", int, "64,512,512") or (64, 512, 512), overwrite=args.overwrite,

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.learn import TrainConfig, train
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
-    check_output(cfg.output, {"data.raw": cfg.data.raw, "data.labels": cfg.data.labels}, option="output", holds=False)
+    check_output(cfg.output, {"data.raw": cfg.data.raw, "data.labels": cfg.data.labels}, option="output")
     if not args.progress:
         cfg = cfg.model_copy(update={"progress": False})
     summary = train(cfg, resume=args.resume)

@@ -306,6 +306,11 @@ def extract_rois(
     img = open_volume(image)
     if img.spatial_shape != lab.spatial_shape:
         raise StorageError(f"the image {img.url} has shape {img.spatial_shape}, the labels {lab.url} {lab.spatial_shape}", "give the image the labels were predicted from")
+    if not np.allclose(img.voxel_size, lab.voxel_size):
+        raise StorageError(
+            f"the image {img.url} has voxels of {tuple(img.voxel_size)} nm, the labels {lab.url} of {tuple(lab.voxel_size)} nm",
+            "give the image the labels were predicted from (or fix the voxel size attribute of one)",
+        )
     for name, url in (("prob", prob), ("pre", pre)):
         if url is not None and open_volume(url).spatial_shape != lab.spatial_shape:
             raise StorageError(f"--{name} {url} does not have the shape {lab.spatial_shape} of the labels", f"give the {name} volume of this prediction")

@@ -38,6 +38,8 @@ class IngestStage(Stage):
             "voxel_size": cfg.voxel_size, "chunks": cfg.chunks, "format": cfg.format, "overwrite": ctx.overwrite,
             "progress": rt.progress, "backend": rt.backend, "workers": rt.workers,
         }
+        if cfg.labels is not None:
+            _check_same_shape(ctx, cfg)
         group = ctx.dir / "ingest.zarr"
         out = {"raw": ingest(_source(ctx, cfg.raw), group / "raw", state_dir=ctx.state_dir("raw"), **common).url}
         if cfg.labels is not None:
@@ -47,6 +49,20 @@ class IngestStage(Stage):
             )
             out["labels"] = vol.url
         return out
+
+
+def _check_same_shape(ctx: StageContext, cfg: Any) -> None:
+    """Raw and labels of other shapes would be ingested, then refused by training: say so before either."""
+    from engine.errors import ConfigError
+    from engine.storage.sources import open_source
+
+    raw = open_source(_source(ctx, cfg.raw)).shape
+    labels = open_source(_source(ctx, cfg.labels), lut=cfg.labels_lut).shape
+    if raw != labels:
+        raise ConfigError(
+            f"ingest.raw {cfg.raw} is {raw} (z, y, x) but ingest.labels {cfg.labels} is {labels}",
+            "give the labels of these raw images (as many slices, each of the same size)",
+        )
 
 
 def _source(ctx: StageContext, value: str) -> str:
