@@ -79,12 +79,10 @@ class MotoServer:
 
 class FaultyProxy:
     """Forwards HTTP requests to ``target_port``; answers 503 to every ``every``-th request that
-    ``which(method, path)`` selects (all by default). ``failed`` counts the 503s, ``forwarded`` the rest.
-    ``private`` answers 403 AccessDenied to unsigned requests (moto's server accepts anyone)."""
+    ``which(method, path)`` selects (all by default). ``failed`` counts the 503s, ``forwarded`` the rest."""
 
-    def __init__(self, target_port: int, every: int = 5, which: Callable[[str, str], bool] | None = None, *, private: bool = False) -> None:
+    def __init__(self, target_port: int, every: int = 5, which: Callable[[str, str], bool] | None = None) -> None:
         self.target_port = target_port
-        self.private = private  # refuse unsigned (anonymous) requests with 403, as a private S3 bucket does
         self.every = every
         self.which = which or (lambda method, path: True)
         self.seen = 0
@@ -102,15 +100,6 @@ class FaultyProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                if proxy.private and "Authorization" not in self.headers and "X-Amz-Signature" not in self.path:
-                    msg = b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
-                    self.send_response(403)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(msg)))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(msg)
-                    return
                 if proxy.decide(self.command, self.path):
                     msg = b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ServiceUnavailable</Code><Message>Please reduce your request rate.</Message></Error>"
                     self.send_response(503)

@@ -295,17 +295,3 @@ def s3_options() -> dict[str, object]:
     if retries:
         out["s3_request_retries"] = retries
     return out
-
-
-#: environment variables that tell a worker where the stores are (no secrets: credentials stay where
-#: each node finds them, its environment, ~/.aws, or the instance's role)
-STORAGE_ENV = (
-    "CONNECTILE_S3_ENDPOINT", "CONNECTILE_S3_REGION", "CONNECTILE_S3_RETRIES", "CONNECTILE_S3_RETRY_DELAY",
-    "CONNECTILE_STORAGE_RETRIES", "CONNECTILE_STORAGE_RETRY_DELAY", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
-    "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
-)  # fmt: skip
-
-
-def storage_env() -> dict[str, str]:
-    """The :data:`STORAGE_ENV` variables set here, to hand to workers."""
-    return {k: os.environ[k] for k in STORAGE_ENV if os.environ.get(k)}
