@@ -17,6 +17,7 @@ there):
 * ``b``  coverage-selected boxes (``coverage``), supervised training;
 * ``c``  ``b`` + semi-supervised training (spatial mixing);
 * ``d``  ``c`` + ``--rounds`` active rounds (query, oracle review, fine-tune with the keep-or-revert gate);
+* ``e``  ``b`` + the same rounds (no semi-supervised training: it did not help at CPU budgets, RESULTS);
 * ``full`` the ceiling: every training section labelled.
 
 Budgets are shares of the training region's voxels (``--budgets 0.001,0.0025,0.005,0.01,0.02``). Boxes
@@ -52,9 +53,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-METHODS = ("a", "a2", "b", "c", "d", "full")
+METHODS = ("a", "a2", "b", "c", "d", "e", "full")
 LABEL = {"a": "(a) random boxes", "a2": "(a') one contiguous region", "b": "(b) coverage", "c": "(c) coverage + semi",
-         "d": "(d) (c) + active rounds", "full": "100% (ceiling)"}
+         "d": "(d) (c) + active rounds", "e": "(e) (b) + active rounds (no semi)", "full": "100% (ceiling)"}
 
 
 # -- data ------------------------------------------------------------------------------------------------
@@ -127,7 +128,7 @@ def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir:
     patch = [box[0], box[1] // 2, box[2] // 2]
     cfg: dict[str, Any] = {"run_dir": str(run_dir), "runtime": {"backend": "serial", "progress": False}, "test_from_z": zt}
     cfg["embed"] = {"input": data["raw"], "patch": patch, "stride": patch, "steps": args.embed_steps, "crop": [1, 64, 64], "seed": seed}
-    order = {"a": "random", "b": "coverage", "c": "coverage", "d": "coverage"}.get(method, "coverage")
+    order = "random" if method == "a" else "coverage"
     methods = [order] + [m for m in ("coverage", "random") if m != order]
     cfg["selection"] = {"input": "embed.embeddings", "params": {"budget": n_boxes(data, budget, box), "k": 10, "window": [1, 2, 2], "methods": methods, "seed": seed}}
     boxes: str = "selection.boxes"
@@ -139,8 +140,9 @@ def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir:
         boxes = str(path)
         del cfg["embed"], cfg["selection"]
     cfg["annotate"] = {"boxes": boxes, "truth": data["truth"], "target": data["target"], "boundary": 2, "heldout": 0.25, "chunks": [16, 128, 128]}
-    rounds = args.rounds if method == "d" else 1
-    steps = args.steps - (rounds * args.finetune_steps if method == "d" else 0)
+    active = method in ("d", "e")
+    rounds = args.rounds if active else 1
+    steps = args.steps - (rounds * args.finetune_steps if active else 0)
     model = {"dims": 2, "context_slices": 1, "filters": [16, 32, 64, 128], "input_kernel_xy": 3, "input_stride": 2}
     cfg["train"] = {"raw": data["raw"], "labels": "annotate.labels", "boxes": "annotate.boxes", "truth": "annotate.validation", "steps": steps,
                     "validate_every": max(1, steps), "crop": [3, 128, 128] if not args.smoke else [3, 64, 64], "batch_size": 4, "model": model,
@@ -158,7 +160,7 @@ def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir:
         "finetune": {"steps": args.finetune_steps, "lr": 0.001},
     }
     cfg["metrics"] = {}
-    if method == "d":
+    if active:
         return cfg, None
     # no rounds: the base model's prediction and score only
     cfg["metrics"] = {"scores": ["score[1].metrics"], "histories": ["train.history"], "decisions": [], "effort": "annotate.boxes"}
