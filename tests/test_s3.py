@@ -256,3 +256,19 @@ def test_missing_credentials_give_one_line(moto: MotoServer, tmp_path: Path) -> 
     assert len(lines) == 1, lines
     assert "access denied" in lines[0] and f"s3://{BUCKET}/private/in.zarr/mask" in lines[0] and "AWS_ACCESS_KEY_ID" in lines[0]
     assert not any(k.startswith("private/out.zarr") for k in moto.objects(BUCKET, "private/"))
+
+
+@pytest.mark.slow  # starts its own local Ray cluster (20-40 s)
+def test_label_with_ray_workers_on_s3_equals_the_local_run(moto: MotoServer, local_label: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    """`connectile label --backend ray` in a fresh process: the Ray workers it starts read and write
+    the bucket with the endpoint and credentials of the environment, as a user's would."""
+    env = {**os.environ, "CONNECTILE_S3_ENDPOINT": moto.endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    env.pop("RAY_ADDRESS", None)
+    inp, out = f"s3://{BUCKET}/ray/in.zarr/mask", f"s3://{BUCKET}/ray/out.zarr/cc"
+    code = f"import sys; sys.path.insert(0, 'tests'); from test_s3 import _put, _mask; _put({inp!r}, _mask())"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True, timeout=120)
+    argv = ["label", inp, out, "--backend", "ray", "--workers", "2", "--block", "8,32,32", "--chunks", "8,32,32", "--no-progress"]
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stored = _s3_chunks(moto, "ray/out.zarr/cc")
+    assert stored == _local_chunks(local_label[0]) and len(stored) == 8  # byte for byte, every chunk
