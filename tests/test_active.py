@@ -315,7 +315,7 @@ def test_an_oracle_round_raises_roi_accuracy(synth_mito: dict[str, str], tmp_pat
 
     def predict(idx: np.ndarray, y: np.ndarray, tag: str) -> tuple[float, int]:
         p = PixelClassifier().fit(feats, idx, y).predict(feats, gt.shape)
-        pv = create_volume(f"{tmp_path}/p.zarr/prob{tag}", gt.shape, "uint8", (16, 128, 128))
+        pv = create_volume(f"{tmp_path}/p.zarr/prob{tag}", gt.shape, "uint8", (16, 128, 128), voxel_size=open_volume(s["raw"]).voxel_size)
         pv.write(pv.box, np.rint(p * 255).astype(np.uint8))
         label_volume(pv.url, f"{tmp_path}/p.zarr/cc{tag}", threshold=0.5, min_size=20, table=tmp_path / f"t{tag}.parquet", block=(16, 256, 256),
                      chunks=(16, 128, 128), progress=False)
