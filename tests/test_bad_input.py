@@ -2,8 +2,15 @@
 non-zero exit, exactly one line on stderr that names the problem, and no output marked done.
 
 Most cases run :func:`engine.cli.main` in this process (starting Python for each would cost about two
-seconds a case); the interrupted run is a real subprocess that gets SIGINT. The blockwise commands run
+seconds a case); cases marked ``own_process`` run as a ``connectile`` process of their own, where its log
+is on stderr as a user sees it (a failing block) or where root's right to write anywhere must be dropped
+(permissions); the interrupted run is a real subprocess that gets SIGINT. The blockwise commands run
 with ``--backend serial`` where a block would run at all (most cases fail before any block).
+
+A case is named ``"COMMAND: what is wrong"``; :func:`test_catalogue_covers_every_command_with_60_kinds`
+reads the commands from the real argument parser and counts the distinct names. What looks like bad
+input but is not (an all-zero volume where an empty result is an answer, a volume smaller than the
+prediction window, paths with spaces and non-ASCII characters) is tested to work at the end.
 """
 
 from __future__ import annotations
@@ -48,16 +55,16 @@ class Case:
 
 
 # -- inputs --------------------------------------------------------------------------------------
-def _vol(tmp: Path, name: str, data: np.ndarray, chunks: tuple[int, ...] | None = None) -> str:
-    v = create_volume(str(tmp / "in.zarr" / name), data.shape, data.dtype, chunks or tuple(min(16, s) for s in data.shape))
+def _vol(tmp: Path, name: str, data: np.ndarray, chunks: tuple[int, ...] | None = None, voxel_size: tuple[float, ...] | None = None) -> str:
+    v = create_volume(str(tmp / "in.zarr" / name), data.shape, data.dtype, chunks or tuple(min(16, s) for s in data.shape), voxel_size=voxel_size)
     v.write(v.box, data)
     return v.url
 
 
-def _mask(tmp: Path) -> str:
+def _mask(tmp: Path, voxel_size: tuple[float, ...] | None = None) -> str:
     m = np.zeros((8, 32, 32), np.uint8)
     m[2:6, 4:20, 4:20] = 1
-    return _vol(tmp, "mask", m)
+    return _vol(tmp, "mask", m, voxel_size=voxel_size)
 
 
 def _png(path: Path, shape: tuple[int, int], value: int = 7) -> None:
@@ -245,15 +252,15 @@ def _empty_table(tmp: Path) -> tuple[str, str]:
     return str(prep / "o.zarr/cc"), str(prep / "t.parquet")
 
 
-def _labelled(tmp: Path) -> tuple[str, str]:
+def _labelled(tmp: Path, voxel_size: tuple[float, ...] | None = None) -> tuple[str, str]:
     """(labels, object table) of the mask, made by ``connectile label`` in a folder beside ``tmp``."""
     prep = tmp.with_name(tmp.name + "-prep")
-    assert main(["label", _mask(prep), str(prep / "o.zarr/cc"), "--table", str(prep / "t.parquet"), *SERIAL]) == 0
+    assert main(["label", _mask(prep, voxel_size), str(prep / "o.zarr/cc"), "--table", str(prep / "t.parquet"), *SERIAL]) == 0
     return str(prep / "o.zarr/cc"), str(prep / "t.parquet")
 
 
-def _rois(tmp: Path, *extra: str, image: str | None = None) -> list[str]:
-    labels, table = _labelled(tmp)
+def _rois(tmp: Path, *extra: str, image: str | None = None, voxel_size: tuple[float, ...] | None = None) -> list[str]:
+    labels, table = _labelled(tmp, voxel_size)
     return ["rois", str(tmp / "run"), "--labels", labels, "--image", image or _raw(tmp), "--table", table, "--size", "16", *extra, *SERIAL]
 
 
@@ -379,6 +386,11 @@ CASES = [
     Case("rois: run folder inside the labels volume", lambda t: ["rois", (u := _mask(t)) + "/run", "--labels", u, "--image", _raw(t), "--table", str(t / "t.parquet"), *SERIAL],
          "lies inside the input --labels"),
     Case("ingest: output is the source folder", lambda t: ["ingest", (u := _slices(t, [(16, 16), (16, 16)])), u], "is the input SRC"),
+    Case("run: run_dir is an input volume", lambda t: ["run", _config(t, {**_run_cfg(t, label={"input": (u := _mask(t))}), "run_dir": u + "/run"})],
+         "lies inside the input label.input"),
+    Case("demo: --out is a volume", lambda t: ["demo", "--out", _mask(t), "--tiny", *SERIAL], "is a volume, not a folder for a run"),
+    Case("view: --state-out inside the raw volume", lambda t: ["view", str(t), "--raw", (u := _mask(t)), "--state-out", u + "/.zarray", "--once"],
+         "lies inside the input"),
     Case("train: output is data.raw", lambda t: _train_cfg(t, output=str(t / "in.zarr" / "raw")), "is the input data.raw"),
     # boxes, crops, windows and the volume
     Case("export-labels: box outside the volume", lambda t: ["export-labels", _raw(t), _boxes(t, [4, 64, 64]), str(t / "crops")], "lies outside the volume"),
@@ -391,10 +403,12 @@ CASES = [
          "larger than the volume"),
     # raw, labels and masks that do not belong together
     Case("train: raw and labels of different shapes", lambda t: _train_cfg(t, data={"raw": _raw(t, (8, 16, 16), "r")}), "of one shape"),
-    Case("train: raw and labels of different voxel sizes", lambda t: _train_cfg(t, data={"raw": _raw(t, name="r", voxel_size=(40, 4, 4))}), "same voxel size"),
+    Case("train: raw and labels of different voxel sizes",
+         lambda t: _train_cfg(t, data={"raw": _raw(t, name="r", voxel_size=(40, 4, 4)), "labels": _vol(t, "l", np.ones((8, 32, 32), np.uint8), voxel_size=(40, 8, 8))}),
+         "same voxel size"),
     Case("rois: image and labels of different shapes", lambda t: ["rois", str(t / "run"), "--labels", _mask(t), "--image", _raw(t, (8, 16, 16)), "--table", str(t / "t.parquet"), *SERIAL],
          "has shape (8, 16, 16)"),
-    Case("rois: image and labels of different voxel sizes", lambda t: _rois(t, image=_raw(t, voxel_size=(40, 4, 4))), "voxels of (40.0, 4.0, 4.0) nm"),
+    Case("rois: image and labels of different voxel sizes", lambda t: _rois(t, image=_raw(t, voxel_size=(40, 4, 4)), voxel_size=(40, 8, 8)), "voxels of (40.0, 4.0, 4.0) nm"),
     Case("rois: probabilities of another shape", lambda t: _rois(t, "--prob", _raw(t, (8, 16, 16), "prob")), "--prob"),
     Case("run: ingest raw and labels of different shapes", _ingest_pair, "ingest.labels"),
     # empty volumes

@@ -43,6 +43,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.commands._common import runtime_kwargs
+    from engine.commands.run import check_run_dir
     from engine.errors import ConfigError
     from engine.pipeline.demo import apply_tiny, demo_config, demo_yaml, find_shared_data, run_demo, summary_lines
 
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = demo_config(out, shape=shape, chunks=chunks, seed=args.seed, rounds=args.rounds, lucchi=lucchi)
     if args.tiny:
         cfg = apply_tiny(cfg)
+    check_run_dir(out, cfg, "--out")
     cfg["runtime"] = {**cfg["runtime"], "backend": rt["backend"], "max_retries": rt["max_retries"], "progress": rt["progress"]}
     cfg["runtime"] |= {k: rt[k] for k in ("workers", "address") if rt[k] is not None}
     if args.print_config:

@@ -48,11 +48,36 @@ def overrides_from(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _strings(node: Any, key: str = "") -> list[tuple[str, str]]:
+    """Every (dotted key, string value) of a config dump."""
+    if isinstance(node, dict):
+        return [kv for k, v in node.items() for kv in _strings(v, f"{key}.{k}" if key else str(k))]
+    if isinstance(node, list):
+        return [kv for i, v in enumerate(node) for kv in _strings(v, f"{key}[{i}]")]
+    return [(key, node)] if isinstance(node, str) else []
+
+
+def check_run_dir(run_dir: str, config: dict[str, Any], option: str = "run_dir") -> None:
+    """Refuse a run folder that is a volume, or is or lies inside an input volume of the config (its files would go into the array)."""
+    import os
+
+    from engine.commands._common import check_output
+    from engine.errors import ConfigError
+    from engine.storage import detect_format
+
+    if os.path.isdir(run_dir) and detect_format(run_dir) is not None:
+        raise ConfigError(f"{option} {run_dir} is a volume, not a folder for a run", "give a new folder for the run's files, e.g. beside the volume")
+    for key, value in _strings(config):
+        if key != "run_dir" and "://" not in value and os.path.isdir(value) and detect_format(value) is not None:
+            check_output(run_dir, {key: value}, option=option)
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the config, run the pipeline and print one line per stage."""
     from engine.pipeline.run import load_pipeline_config, run_pipeline
 
     cfg = load_pipeline_config(args.config, overrides_from(args))
+    check_run_dir(str(cfg.run_dir), cfg.model_dump(mode="json"))
     def starting(name: str, i: int, n: int) -> None:
         print(f"[{i}/{n}] {name} ...", flush=True)
 

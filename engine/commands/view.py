@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the link and serve until interrupted."""
     from pathlib import Path
 
+    from engine.commands._common import check_output
     from engine.errors import ConfigError
     from engine.view import discover_run, neuroglancer_link, serve_view
     from engine.view.state import DEFAULT_NEUROGLANCER
@@ -55,9 +56,11 @@ def run(args: argparse.Namespace) -> int:
     view = discover_run(args.run_dir, raw=args.raw, predictions=args.pred, segmentations=args.seg, selection=args.selection)
     if not view.layers:
         raise ConfigError(f"found no zarr, zarr3 or n5 volume in {args.run_dir}", "name them with --raw, --pred and --seg")
+    out = Path(args.state_out) if args.state_out else Path(args.run_dir) / "view" / "state.json"
+    layers = {f"{layer.kind} {layer.name}": layer.url for layer in view.layers}
+    check_output(str(out), {**layers, "--selection": args.selection}, option="--state-out")
     server, state = serve_view(view, host=args.host, port=args.port)
     try:
-        out = Path(args.state_out) if args.state_out else Path(args.run_dir) / "view" / "state.json"
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(state, indent=1))

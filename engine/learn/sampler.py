@@ -124,7 +124,8 @@ class CropSampler:
                 f"raw {cfg.data.raw} {self.raw.shape} and labels {cfg.data.labels} {self.labels.shape} must be single-channel volumes of one shape",
                 "check data.raw and data.labels",
             )
-        if not np.allclose(self.raw.voxel_size, self.labels.voxel_size):
+        unset = (1.0, 1.0, 1.0)  # what a volume written without a voxel size records: it matches any
+        if unset not in (tuple(self.raw.voxel_size), tuple(self.labels.voxel_size)) and not np.allclose(self.raw.voxel_size, self.labels.voxel_size):
             raise StorageError(
                 f"raw {cfg.data.raw} has voxels of {tuple(self.raw.voxel_size)} nm but labels {cfg.data.labels} of {tuple(self.labels.voxel_size)} nm",
                 "give data.raw and data.labels of the same voxel size (resample one, or fix the voxel size attribute)",

@@ -306,7 +306,8 @@ def extract_rois(
     img = open_volume(image)
     if img.spatial_shape != lab.spatial_shape:
         raise StorageError(f"the image {img.url} has shape {img.spatial_shape}, the labels {lab.url} {lab.spatial_shape}", "give the image the labels were predicted from")
-    if not np.allclose(img.voxel_size, lab.voxel_size):
+    unset = (1.0, 1.0, 1.0)  # what a volume written without a voxel size records: it matches any
+    if unset not in (tuple(img.voxel_size), tuple(lab.voxel_size)) and not np.allclose(img.voxel_size, lab.voxel_size):
         raise StorageError(
             f"the image {img.url} has voxels of {tuple(img.voxel_size)} nm, the labels {lab.url} of {tuple(lab.voxel_size)} nm",
             "give the image the labels were predicted from (or fix the voxel size attribute of one)",
