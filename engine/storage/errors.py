@@ -240,13 +240,20 @@ def _setting(name: str, default: float) -> float:
         raise StorageError(f"{name}={value!r} is not a number", f"set {name} to a number or unset it") from None
 
 
+def note_retry(err: BaseException, url: str, what: str) -> None:
+    """Count one retry of a transient error and log it (``what``: where and what happens next)."""
+    global _retries
+    with _lock:
+        _retries += 1
+    log.warning("%s: %s", what, _short(err))
+
+
 def retrying(
     call: Callable[[], T], url: str, doing: str, *, errors: tuple[type[BaseException], ...] = (ValueError, OSError), fix: str | None = None
 ) -> T:
     """``call()``, retrying transient storage errors with exponential backoff (bounded; see the module
     docstring); any other storage error, or one still failing after the retries, is raised as a
     one-line :class:`~engine.errors.StorageError` naming ``url`` (and the chunk or disk)."""
-    global _retries
     attempts = max(1, int(_setting("CONNECTILE_STORAGE_RETRIES", 4)) + 1)
     delay = _setting("CONNECTILE_STORAGE_RETRY_DELAY", 0.5)
     for attempt in range(1, attempts + 1):
@@ -258,10 +265,8 @@ def retrying(
             kind = classify(err)
             if kind != "transient" or attempt == attempts:
                 raise as_storage_error(err, url, doing, kind, fix) from err
-            with _lock:
-                _retries += 1
             wait = min(30.0, delay * 2 ** (attempt - 1))
-            log.warning("%s %s: transient storage error (attempt %d of %d), retrying in %.2f s: %s", doing, url, attempt, attempts, wait, _short(err))
+            note_retry(err, url, f"{doing} {url}: transient storage error (attempt {attempt} of {attempts}), retrying in {wait:.2f} s")
             time.sleep(wait)
     raise AssertionError("unreachable")
 

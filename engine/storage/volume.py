@@ -26,7 +26,7 @@ import tensorstore as ts
 
 from engine.errors import StorageError
 from engine.geometry import Box, Coord
-from engine.storage.errors import retrying
+from engine.storage.errors import as_storage_error, classify, note_retry, retrying
 from engine.storage.urls import Location, parse_url
 
 log = logging.getLogger(__name__)
@@ -234,9 +234,10 @@ class Volume:
         index = self._index(box)
         return np.asarray(retrying(lambda: self.store[index].read().result(), self.url, f"reading {box} of"))
 
-    def read_async(self, box: Box) -> ts.Future:
-        """Start reading ``box``; ``.result()`` gives the array. Lets a worker overlap I/O and compute."""
-        return self.store[self._index(box)].read()
+    def read_async(self, box: Box) -> _Read:
+        """Start reading ``box``; ``.result()`` gives the array (storage errors classified as by
+        :meth:`read`, a transient one retried). Lets a worker overlap I/O and compute."""
+        return _Read(self, box, self.store[self._index(box)].read())
 
     def write(self, box: Box, data: np.ndarray) -> None:
         """Write ``data`` into ``box`` and wait until it is stored."""
@@ -276,6 +277,22 @@ class Volume:
                 "give a volume with (channels, z, y, x) axes" if ndim == 4 else "give a (z, y, x) volume" if ndim == 3 else "pick the right volume",
             )
         return self
+
+
+class _Read:
+    """A started read of a box: ``result()`` waits, classifying storage errors (see :meth:`Volume.read`)."""
+
+    def __init__(self, volume: Volume, box: Box, future: ts.Future) -> None:
+        self.volume, self.box, self.future = volume, box, future
+
+    def result(self) -> Any:
+        try:
+            return self.future.result()
+        except ValueError as err:
+            if classify(err) == "transient":
+                note_retry(err, self.volume.url, f"reading {self.box} of {self.volume.url}: transient storage error, reading again")
+                return self.volume.read(self.box)  # again, with the bounded retries
+            raise as_storage_error(err, self.volume.url, f"reading {self.box} of") from err
 
 
 def _spatial(shape: Sequence[int | None] | None) -> Coord:
