@@ -276,7 +276,12 @@ def s3_options() -> dict[str, object]:
     ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``) for S3-compatible servers (MinIO, Ceph, moto…),
     ``CONNECTILE_S3_REGION`` (else ``AWS_REGION`` / ``AWS_DEFAULT_REGION``; needed with an endpoint,
     default us-east-1 there), and TensorStore's own request retries (``CONNECTILE_S3_RETRIES``,
-    ``CONNECTILE_S3_RETRY_DELAY``).
+    ``CONNECTILE_S3_RETRY_DELAY``). Credentials: TensorStore's AWS chain (``AWS_ACCESS_KEY_ID`` and
+    ``AWS_SECRET_ACCESS_KEY``, ``~/.aws``, the instance's role); without any it asks anonymously (public
+    buckets), and a private bucket's 403 becomes one line naming what to set.
+
+    Workers read these from their own environment: a local Ray cluster started by the command inherits
+    them; on a running cluster set them on every node or in the job's ``runtime_env`` ``env_vars``.
 
     >>> s3_options() if not any(k.startswith(("CONNECTILE_S3", "AWS_")) for k in os.environ) else {}
     {}
