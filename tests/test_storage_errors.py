@@ -158,3 +158,57 @@ def test_classify_real_errors(tmp_path: Path) -> None:
     with pytest.raises(StorageError) as corrupt_markers:
         DoneStore.open(tmp_path / "s", {}) if (tmp_path / "s").mkdir() or (tmp_path / "s" / "markers.sqlite").write_bytes(b"x" * 4096) else None
     assert "delete that file" in str(corrupt_markers.value)
+
+
+_READ_ONLY = textwrap.dedent(
+    """
+    import os, sys
+    import numpy as np
+    from engine.errors import StorageError
+    from engine.runtime.markers import DONE, DoneStore
+    from engine.storage import create_volume
+    root = sys.argv[1]
+    vol = create_volume(root + "/out.zarr/x", (8, 16, 16), "uint8", (8, 16, 16))
+    os.chmod(root + "/out.zarr/x", 0o555)
+    try:
+        vol.write(vol.box, np.ones((8, 16, 16), np.uint8))
+        print("WRITE ok")
+    except StorageError as err:
+        print("WRITE", type(err).__name__, err)
+    DoneStore.open(root + "/state", {"x": 1}).close()
+    os.chmod(root + "/state", 0o555)
+    for name in os.listdir(root + "/state"):
+        os.chmod(root + "/state/" + name, 0o444)
+    try:
+        markers = DoneStore.open(root + "/state", {"x": 1})
+        markers.record([(1, DONE, 0.1, 1, "w", "")])
+        markers.flush(force=True)
+        print("MARKERS ok")
+    except StorageError as err:
+        print("MARKERS", type(err).__name__, err)
+    """
+)
+
+
+def test_a_read_only_output_is_access_denied_at_once(tmp_path: Path) -> None:
+    """Real permission errors (a process without the right to write anywhere: as root, util-linux
+    setpriv drops CAP_DAC_OVERRIDE): a block write and a markers commit say access denied, one line."""
+    import os
+
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root and setpriv (util-linux) is missing: cannot drop the right to write anywhere")
+        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
+    script = tmp_path / "ro.py"
+    script.write_text(_READ_ONLY)
+    root = tmp_path / "out"
+    root.mkdir()
+    proc = subprocess.run([*prefix, sys.executable, str(script), str(root)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    for p in [root, *root.rglob("*")]:  # let pytest clean up
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = {ln.split(" ", 1)[0]: ln for ln in proc.stdout.splitlines()}
+    assert lines["WRITE"].startswith("WRITE StorageError access denied writing") and "fix the permissions" in lines["WRITE"], lines
+    assert lines["MARKERS"].startswith("MARKERS StorageError access denied "), lines
