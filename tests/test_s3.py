@@ -199,6 +199,28 @@ def test_a_store_down_past_the_retries_is_one_line(s3: MotoServer, monkeypatch: 
     assert getattr(err.value, "transient", False)
 
 
+
+def test_a_block_whose_store_stays_down_past_the_retries_is_run_again(
+    s3: MotoServer, local_label: tuple[Path, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first block's input chunk fails past every retry once: the block fails as transient, the
+    scheduler runs it again later (not a permanent failure), and the output is the local run's."""
+    inp = _put(f"s3://{BUCKET}/later/in.zarr/mask", _mask())
+    gets = iter(range(1, 1000))
+    proxy = FaultyProxy(s3.port, every=1, which=lambda method, path: path.endswith("/later/in.zarr/mask/0/0/0") and next(gets) <= 2)
+    try:
+        monkeypatch.setenv("CONNECTILE_S3_ENDPOINT", proxy.endpoint)
+        monkeypatch.setenv("CONNECTILE_S3_RETRIES", "1")
+        monkeypatch.setenv("CONNECTILE_S3_RETRY_DELAY", "10ms")
+        monkeypatch.setenv("CONNECTILE_STORAGE_RETRIES", "0")  # no retry here: the block fails
+        _label(inp, f"s3://{BUCKET}/later/out.zarr/cc", tmp_path / "state")
+    finally:
+        proxy.stop()
+    assert proxy.failed == 2
+    local = json.loads((tmp_path / "state" / "local" / "summary.json").read_text())
+    assert local["retried"] == 1 and local["ok"] and local["done"] == 8
+    assert _s3_chunks(s3, "later/out.zarr/cc") == _local_chunks(local_label[0])
+
 def _pipeline(run_dir: Path, mito: str, neurons: str) -> dict[str, Any]:
     return {
         "run_dir": str(run_dir),
