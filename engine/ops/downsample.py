@@ -40,6 +40,7 @@ from pydantic import Field, PrivateAttr
 from engine.errors import ConfigError, StorageError
 from engine.geometry import Block, BlockGrid, Box
 from engine.runtime import Backend, BackendName, RayBackend, default_state_dir, run_blockwise
+from engine.runtime.faults import kill_point
 from engine.runtime.op import BlockOp
 from engine.storage import Volume, check_write_alignment, create_volume, detect_format, open_volume, parse_url
 from engine.storage.volume import _read_json, _write_json
@@ -520,6 +521,7 @@ def build_pyramid(
         state = Path(state_dir) / name if state_dir is not None else default_state_dir(dst_url, "downsample")
         summary = run_blockwise(op, grid, state_dir=state, name=f"downsample-{name}", **common)
         runs.append(summary.to_dict())
+        kill_point(f"downsample:after-level-{name}")  # tests: a driver killed between levels
 
     base = group.rstrip("/")
     prev = src.url

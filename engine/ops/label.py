@@ -38,6 +38,7 @@ from engine.errors import ConfigError, ResumeMismatch, StorageError
 from engine.geometry import Block, BlockGrid, Box
 from engine.ops.scratch import Scratch
 from engine.runtime import Backend, BackendName, BlockOp, RunSummary, default_state_dir, run_blockwise
+from engine.runtime.faults import kill_point
 from engine.runtime.lock import one_driver
 from engine.runtime.ownership import outputs_intact
 from engine.segment.kernels import Device, check_connectivity, foreground, label_block
@@ -471,6 +472,7 @@ def label_volume(
         t = time.perf_counter()
         run_a = run_blockwise(op_a, grid, state_dir=state / "local", name="label-local", **common)
         times["local"] = time.perf_counter() - t
+        kill_point("label:after-local")
         t = time.perf_counter()
         offsets = load_offsets(scratch, grid.num_blocks)
         times["offsets"] = time.perf_counter() - t
@@ -481,6 +483,7 @@ def label_volume(
             in_driver = pairs_in_driver
         run_b = run_blockwise(op_b, grid, state_dir=state / "pairs", name="label-pairs", **{**common, **({"backend": "serial"} if in_driver else {})})
         times["pairs"] = time.perf_counter() - t
+        kill_point("label:after-pairs")
         t = time.perf_counter()
         meta = {"input": src.url, "output": out_url, "threshold": str(threshold), "connectivity": str(connectivity), "min_size": str(min_size),
                 "voxel_size": json.dumps(list(src.voxel_size))}
@@ -513,7 +516,9 @@ def label_volume(
         ],
     )
     if not keep_scratch:
+        kill_point("label:before-scratch-removal")
         scratch.remove()
+        kill_point("label:after-scratch-removal")
         write_json_atomic(finished, {"params": params, "result": result.to_dict(), "outputs": {out_url: run_c.run_id}})
     log.info("label: %d objects (%d removed as smaller than %d voxels) in %s, %.1f s", res.objects, res.removed, min_size, out_url, times["total"])
     return result

@@ -59,6 +59,7 @@ from engine.infer.options import Amp, BlendMode, TtaMode, TtaReduce
 from engine.infer.windows import WindowGrid, WindowOwnership, aligned_write_shape
 from engine.ops.scratch import Scratch
 from engine.runtime.backends import Backend, RayBackend
+from engine.runtime.faults import kill_point
 from engine.runtime.lock import one_driver
 from engine.runtime.op import BlockOp
 from engine.runtime.scheduler import BackendName, default_state_dir, run_blockwise
@@ -491,6 +492,7 @@ def predict_volume(
             first = run_blockwise(op, grid, state_dir=state / "windows", backend=be, name="predict", **common)
             seconds["windows"] = time.perf_counter() - t
             stats = dict(first.stats)
+            kill_point("predict:after-windows")
             if two_pass:
                 t = time.perf_counter()
                 second = run_blockwise(PredictBordersOp(predict=op), grid, state_dir=state / "borders", backend=be, name="predict-borders", **common)
@@ -500,7 +502,9 @@ def predict_volume(
             if own is not None:
                 own.shutdown()
         if two_pass:
+            kill_point("predict:before-scratch-removal")
             scratch.remove()
+            kill_point("predict:after-scratch-removal")
     return PredictResult(
         output=op.output, blocks=grid.num_blocks, block_shape=grid.write_shape, windows=windows.num_windows, windows_computed=computed,
         seconds=time.perf_counter() - t0, voxels=int(np.prod(src.spatial_shape)), stats=stats, pass_seconds=seconds,

@@ -40,6 +40,7 @@ from engine.geometry import Block, BlockGrid, Box
 from engine.ops.label import DEFAULT_BLOCK, DEFAULT_CHUNKS, LabelResult, RelabelOp, label_grid
 from engine.ops.scratch import Scratch
 from engine.runtime import Backend, BackendName, BlockOp, default_state_dir, run_blockwise
+from engine.runtime.faults import kill_point
 from engine.runtime.lock import one_driver
 from engine.runtime.ownership import outputs_intact
 from engine.segment.agglomerate import edge_sums, mean_agglomeration
@@ -273,8 +274,10 @@ def segment_volume(
     common: dict[str, Any] = {"backend": be, "workers": workers, "address": address, "max_retries": max_retries, "overwrite": overwrite, "progress": progress}
     try:
         run_a = run_blockwise(op_a, grid, state_dir=state / "fragments", name="segment-fragments", **common)
+        kill_point("segment:after-fragments")
         offsets = load_offsets(scratch, grid.num_blocks)
         run_b = run_blockwise(op_b, grid, state_dir=state / "edges", name="segment-edges", **common)
+        kill_point("segment:after-edges")
         merges = None
         if agglomeration == "mean":
             with_labels = np.flatnonzero(np.diff(offsets))
@@ -292,7 +295,9 @@ def segment_volume(
         runs=[{"name": r.name, "done": r.done, "already_done": r.already_done, "skipped": r.skipped, "wall_seconds": r.wall_seconds} for r in (run_a, run_b, run_c)],
     )
     if not keep_scratch:
+        kill_point("segment:before-scratch-removal")
         scratch.remove()
+        kill_point("segment:after-scratch-removal")
         write_json_atomic(finished, {"params": params, "result": result.to_dict(), "outputs": {out_url: run_c.run_id}})
     log.info("segment: %d neurons from %d fragments in %s", res.objects, int(offsets[-1]), out_url)
     return result

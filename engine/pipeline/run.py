@@ -41,6 +41,7 @@ from engine.config import Config, apply_overrides, parse_config, read_yaml
 from engine.errors import ConfigError, ConnectileError, StorageError
 from engine.pipeline.manifest import Manifest
 from engine.pipeline.stage import STAGES, RuntimeSection, Stage, StageContext, discover, split_ref
+from engine.runtime.faults import kill_point
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +239,7 @@ def run_pipeline(
             on_stage(name, selected.index(name) + 1, len(selected))
         results.append(_run_stage(name, p, manifest, cfg, run_dir, start_over))
         ran_now.add(name)
+        kill_point(f"pipeline:after-{name}")  # tests: a driver killed between stages (engine.runtime.faults)
     return results
 
 

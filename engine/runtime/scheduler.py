@@ -43,6 +43,7 @@ from engine.errors import BlocksFailed, ConfigError
 from engine.geometry import BlockGrid
 from engine.runtime.backends import Backend, Completion, RayBackend, SerialBackend
 from engine.runtime.deadline import BatchClock, Deadline
+from engine.runtime.faults import kill_point
 from engine.runtime.lock import driver_lock
 from engine.runtime.markers import FAILED, SKIPPED, DoneStore
 from engine.runtime.mask import BlockMask
@@ -302,6 +303,7 @@ class _Dispatcher:
             else:
                 rows.append((bid, int(status), sec, attempts, r.worker, ""))
         self.markers.record(rows)
+        kill_point(f"{self.observer.summary.name}:batch")  # tests: a driver killed inside a pass
 
     def worker_lost(self, c: Completion) -> None:
         log.warning("worker %d died with block(s) %s %s: %s", c.worker, c.ids[:8], "running" if c.culprit else "queued", c.lost)
