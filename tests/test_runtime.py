@@ -386,3 +386,18 @@ def test_block_that_hangs_is_killed_retried_then_failed(tmp_path: Path, ray_clus
     hung = grid.block(hang).write.to_slices()
     want[hung] = got[hung] = 0
     assert np.array_equal(got, want)  # every other block is right
+
+
+def test_an_address_of_another_cluster_is_not_ignored_once_connected(ray_cluster: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process already connected to Ray (here: the tests' cluster) given another address, or a stale
+    RAY_ADDRESS, fails in one line naming it; the connected cluster's own address, or none, reuses it."""
+    from engine.errors import ConfigError
+    from engine.runtime import connect
+
+    with pytest.raises(ConfigError, match=r"127\.0\.0\.1:1\b"):
+        connect("127.0.0.1:1")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:2")
+    with pytest.raises(ConfigError, match=r"127\.0\.0\.1:2\b.*RAY_ADDRESS"):
+        connect()
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert connect(ray_cluster).address and connect().address

@@ -30,7 +30,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
     import ray
 
     started = False
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        _check_same_cluster(address)
+    else:
         source = "--address (runtime.address)" if address else "RAY_ADDRESS"
         address = address or os.environ.get("RAY_ADDRESS") or None
         if address:
@@ -57,6 +59,30 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
     ctx = ray.get_runtime_context()
     addr = getattr(ctx, "gcs_address", "") or ""
     return ClusterInfo(addr, float(res.get("CPU", 0)), float(res.get("GPU", 0)), nodes, started)
+
+
+def _host_port(address: str) -> str:
+    return address.strip().split("://", 1)[-1].rstrip("/")
+
+
+def _check_same_cluster(address: str | None) -> None:
+    """In a process already connected to Ray, an address (given, or in RAY_ADDRESS) of another cluster is
+    an error rather than silently ignored: unreachable ones as :func:`check_reachable` says, others as
+    "connected to another cluster"."""
+    import ray
+
+    from engine.errors import ConfigError
+
+    source = "--address (runtime.address)" if address else "RAY_ADDRESS"
+    wanted = address or os.environ.get("RAY_ADDRESS")
+    if not wanted or wanted.strip() in ("auto", "local"):
+        return
+    current = getattr(ray.get_runtime_context(), "gcs_address", "") or ""
+    if not current or _host_port(wanted) == _host_port(current):
+        return
+    check_reachable(wanted, source)
+    raise ConfigError(f"this process is connected to the Ray cluster at {current}, not {wanted} (from {source})",
+                      "use one process per cluster: run the command in a new shell, or leave the address out to use the connected cluster")
 
 
 def check_reachable(address: str, source: str, timeout: float = 5.0) -> None:
