@@ -401,3 +401,17 @@ def test_an_address_of_another_cluster_is_not_ignored_once_connected(ray_cluster
         connect()
     monkeypatch.delenv("RAY_ADDRESS")
     assert connect(ray_cluster).address and connect().address
+
+
+def test_local_cluster_workers_run_at_the_drivers_priority() -> None:
+    """Ray's default starts workers 15 levels nicer than the driver; a local cluster of ``connect`` does not."""
+    import subprocess
+    import sys
+
+    code = ("import os, ray\nfrom engine.runtime import connect\nconnect(num_cpus=1, dashboard=False)\n"
+            "@ray.remote\ndef f():\n    return os.nice(0)\nprint(os.nice(0), ray.get(f.remote()))\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run(["nice", "-n", "3", sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    driver, worker = (int(v) for v in out.stdout.split()[-2:])
+    assert worker == driver and driver >= 3
