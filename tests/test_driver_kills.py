@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -194,3 +196,83 @@ def test_pipeline_survives_driver_kills(serial_pipeline: Path, tmp_path: Path) -
     run_dir, args = run_config(tmp_path, "run")
     killed_then_finished(args, ["label-local:batch", "pipeline:after-label", "segment-edges:batch", "pipeline:after-segment"])
     assert_same_pipeline(run_dir, serial_pipeline)
+
+
+def ray_workers_of(pid: int) -> list[int]:
+    """The Ray worker processes started under the driver ``pid`` (its own local cluster, no one else's)."""
+    import psutil
+
+    found = []
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    for p in children:
+        try:
+            cmd = p.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        # workers are titled ray::IDLE, ray::_Actor, ray::_Actor.run...; ray::DashboardAgent and
+        # ray::RuntimeEnvAgent are the node's own services (killing them ends the node, not a worker)
+        if cmd and cmd[0].startswith("ray::") and not cmd[0].endswith("Agent"):
+            found.append(p.pid)
+    return found
+
+
+@pytest.mark.slow
+def test_pipeline_on_ray_survives_random_worker_kills(serial_pipeline: Path, tmp_path: Path) -> None:
+    """A thread SIGKILLs a random Ray worker of the run every 2-3 s; the run finishes with the serial run's outputs."""
+    run_dir, args = run_config(tmp_path, "chaos", backend="ray", workers=2)
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", *args], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed: list[str] = []
+    stop = threading.Event()
+    rng = random.Random(16)
+
+    def chaos() -> None:
+        while not stop.wait(rng.uniform(2.0, 3.0)):
+            workers = ray_workers_of(proc.pid)
+            if workers:
+                victim = rng.choice(workers)
+                try:
+                    import psutil
+
+                    name = psutil.Process(victim).cmdline()[0]
+                    os.kill(victim, signal.SIGKILL)
+                    killed.append(name)
+                except (ProcessLookupError, psutil.NoSuchProcess):
+                    pass
+
+    thread = threading.Thread(target=chaos, daemon=True)
+    thread.start()
+    try:
+        _, err = proc.communicate(timeout=420)
+    finally:
+        stop.set()
+        thread.join()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, f"the run failed after killing {killed}:\n{err[-3000:]}"
+    assert any(k != "ray::IDLE" for k in killed), f"no busy worker was killed ({killed}): the test proved nothing"
+    assert_same_pipeline(run_dir, serial_pipeline)
+    print(f"killed {len(killed)} workers: {killed}")
+
+
+def test_a_ray_worker_killed_while_starting_is_started_again(ray_cluster: str, tmp_path: Path) -> None:
+    """A worker process that dies while setting the op up (SIGKILL, not an error of the op) is started
+    again instead of failing the run as a setup error; the output equals the serial run's."""
+    from engine.geometry import BlockGrid
+    from engine.ops.faults import FaultyGaussian
+    from engine.ops.filters import GaussianFilter
+    from engine.runtime import run_blockwise
+
+    raw = np.random.default_rng(7).integers(0, 256, (8, 32, 32), dtype=np.uint8)
+    v = create_volume(str(tmp_path / "in.zarr" / "raw"), raw.shape, "uint8", (4, 8, 8))
+    v.write(v.box, raw)
+    grid = BlockGrid(Box.from_shape(raw.shape), (8, 16, 16), context=4)
+    ref = GaussianFilter(input=v.url, output=str(tmp_path / "ref.zarr/g"), chunks=(4, 8, 8))
+    run_blockwise(ref, grid, state_dir=tmp_path / "ref-state", backend="serial", progress=False)
+    flag = tmp_path / "killed-in-setup"
+    op = FaultyGaussian(input=v.url, output=str(tmp_path / "o.zarr/g"), chunks=(4, 8, 8), kill_setup_once=str(flag))
+    summary = run_blockwise(op, grid, state_dir=tmp_path / "s", backend="ray", workers=2, address=ray_cluster, progress=False)
+    assert flag.exists() and summary.ok and summary.done == grid.num_blocks
+    assert_same_array(op.output, ref.output)

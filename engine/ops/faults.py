@@ -7,7 +7,9 @@ Faults are steered by files, not by parameters, so a test can change them betwee
 - ``how``: ``raise`` an exception, ``kill`` the worker process with SIGKILL, or ``hang`` (sleep forever);
 - ``armed_file``: faults fire only while this file exists (delete it to "fix the bug");
 - ``once_dir``: each block faults only once (a file per block remembers it), like a transient error;
-- ``sleep``: seconds per block, so a test can interrupt a run midway.
+- ``sleep``: seconds per block, so a test can interrupt a run midway;
+- ``kill_setup_once``: a flag file; the first worker to set the op up (while the file is absent)
+  creates it and SIGKILLs itself, as a worker killed while starting.
 """
 
 from __future__ import annotations
@@ -32,10 +34,14 @@ class FaultyGaussian(GaussianFilter):
     once_dir: str | None = None
     sleep: float = 0.0
     fail_setup: bool = False
+    kill_setup_once: str | None = None
 
     def setup(self) -> None:
         if self.fail_setup:
             raise RuntimeError("injected setup failure")
+        if self.kill_setup_once is not None and not os.path.exists(self.kill_setup_once):
+            Path(self.kill_setup_once).touch()
+            os.kill(os.getpid(), signal.SIGKILL)
         super().setup()
 
     def _fault_fires(self, block: Block) -> bool:

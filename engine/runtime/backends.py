@@ -216,15 +216,24 @@ class RayBackend(Backend):
     def _new_actor(self) -> Any:
         return self._remote.options(**self._options).remote(self._payload)
 
-    def _check_ready(self, workers: list[int]) -> list[dict[str, Any]]:
+    def _check_ready(self, workers: list[int], starts: int = 3) -> list[dict[str, Any]]:
+        """Wait until ``workers`` have set the op up. A worker whose process died while starting (killed,
+        out of memory: not an error of the op's setup) is started again, up to ``starts`` times in all."""
         import ray
 
-        refs = [self._actors[w].info.remote() for w in workers]
-        try:
-            return list(ray.get(refs))
-        except ray.exceptions.RayActorError as err:
-            self.stop()
-            raise WorkerSetupError(f"a worker failed to set up the operation: {_cause(err)}", "fix the input or parameters named above and run again") from err
+        for attempt in range(1, starts + 1):
+            refs = [self._actors[w].info.remote() for w in workers]
+            try:
+                return list(ray.get(refs))
+            except ray.exceptions.RayActorError as err:
+                if err.actor_init_failed or attempt == starts:
+                    self.stop()
+                    raise WorkerSetupError(f"a worker failed to set up the operation: {_cause(err)}", "fix the input or parameters named above and run again") from err
+                dead = [w for w, ref in zip(workers, refs, strict=True) if _died(ref)]
+                log.warning("worker(s) %s died while starting (%s); starting them again", dead, _cause(err))
+                for w in dead:
+                    self._actors[w] = self._new_actor()
+        raise AssertionError("unreachable")
 
     def _reload(self) -> list[dict[str, Any]] | None:
         """Hand the new payload to the kept workers; None if one of them has died meanwhile."""
@@ -347,6 +356,19 @@ class RayBackend(Backend):
     def __exit__(self, *exc: object) -> None:
         if self._actors:
             self.shutdown()
+
+
+def _died(ref: Any) -> bool:
+    """Whether the call behind ``ref`` failed because its actor died (waits for the call to end)."""
+    import ray
+
+    try:
+        ray.get(ref)
+    except ray.exceptions.RayActorError:
+        return True
+    except Exception:  # noqa: BLE001 - any other outcome: the actor is alive
+        return False
+    return False
 
 
 def _cause(err: BaseException) -> str:
