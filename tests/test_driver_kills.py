@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -276,3 +277,29 @@ def test_a_ray_worker_killed_while_starting_is_started_again(ray_cluster: str, t
     summary = run_blockwise(op, grid, state_dir=tmp_path / "s", backend="ray", workers=2, address=ray_cluster, progress=False)
     assert flag.exists() and summary.ok and summary.done == grid.num_blocks
     assert_same_array(op.output, ref.output)
+
+
+@pytest.mark.slow
+def test_label_on_ray_survives_driver_kills(data: Path, tmp_path: Path) -> None:
+    """The driver of a Ray run (its own local cluster) killed inside a pass and between passes; the
+    rerun on Ray equals the serial run, and no process of the killed runs' clusters is left behind."""
+    import psutil
+
+    def args(out: Path, backend: str) -> list[str]:
+        return ["label", str(data / "in.zarr" / "mito"), str(out / "cc"), "--min-size", "5", "--block", BLOCK, "--chunks", BLOCK,
+                "--backend", backend, "--workers", "2", "--no-progress"]
+
+    before = {p.pid for p in psutil.process_iter()}
+    ref = tmp_path / "ref.zarr"
+    assert cli(args(ref, "serial")).returncode == 0
+    out = tmp_path / "out.zarr"
+    killed_then_finished(args(out, "ray"), ["label-local:batch", "label:after-pairs"])
+    assert_same_array(str(out / "cc"), str(ref / "cc"))
+    time.sleep(2)  # the killed drivers' gcs_server and raylet end with them (Ray's fate sharing)
+    left = []
+    for p in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if p.info["pid"] not in before and p.info["ppid"] == 1 and ("raylet" in cmd or "gcs_server" in cmd):
+            left.append(cmd[:120])
+    # (their ray::DashboardAgent and ray::RuntimeEnvAgent notice the raylet is gone and exit within a minute)
+    assert not left, f"a killed driver's Ray cluster outlived it: {left}"
