@@ -77,6 +77,16 @@ def assert_same_table(got: Path, want: Path, paths: dict[str, str]) -> None:
     assert meta_a == {k: v.decode() for k, v in (b.schema.metadata or {}).items()}
 
 
+def test_kill_point_fires_only_where_and_when_it_is_named() -> None:
+    code = "from engine.runtime.faults import kill_point\nfor i in range(3):\n    kill_point('b')\n    kill_point('a', lambda: print('before', flush=True))\n    print(i, flush=True)\n"
+    run = lambda env: subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)  # noqa: E731
+    unset = run(_env())
+    assert unset.returncode == 0 and unset.stdout.split() == ["0", "1", "2"]
+    second = run(_env("a@2"))
+    assert second.returncode == -signal.SIGKILL and second.stdout.split() == ["0", "before"]
+    assert run(_env("c")).returncode == 0
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny synthetic volume (raw, mito, neurons) and the ground-truth affinities of its neurons."""

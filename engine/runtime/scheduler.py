@@ -303,7 +303,7 @@ class _Dispatcher:
             else:
                 rows.append((bid, int(status), sec, attempts, r.worker, ""))
         self.markers.record(rows)
-        kill_point(f"{self.observer.summary.name}:batch")  # tests: a driver killed inside a pass
+        kill_point(f"{self.observer.summary.name}:batch", lambda: self.markers.flush(force=True))  # tests: a driver killed inside a pass
 
     def worker_lost(self, c: Completion) -> None:
         log.warning("worker %d died with block(s) %s %s: %s", c.worker, c.ids[:8], "running" if c.culprit else "queued", c.lost)
