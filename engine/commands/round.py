@@ -1,19 +1,21 @@
-"""``connectile round RUN``: one round of active learning on a run folder, resumably.
+"""``connectile round RUN``: one more round of active learning on a run folder, resumably.
 
-predict -> label -> ROIs -> features -> query -> review -> fine-tune the model on the reviewed ROIs (a
-rejected ROI becomes background) -> predict again, with the round stages of the pipeline
-(``predict<n>`` ... ``finetune<n>``, ``predict<n+1>``). RUN is the folder of a ``connectile run`` or
-``connectile demo`` run whose config has model rounds (``predict1``, ``label1`` ...) and a finished
-model. Each round's state (queries, answers, checkpoint, metrics) stays in RUN (``manifest.json``,
-``RUN/rounds/round-NN.json``); an interrupted round resumes, finished steps are skipped.
+query -> review -> fine-tune on every answer so far (kept only if it does not lower the held-out
+annotated score) -> predict, label and score the round's model, with the round stages of the pipeline
+(``query[n]`` ... ``finetune[n]``, ``predict[n+1]``; :mod:`engine.pipeline.rounds`). RUN is the folder of a
+``connectile run`` or ``connectile demo`` run whose config has a ``rounds:`` section and a finished
+model. Without ``--round`` an unfinished last round is resumed, else one more is added
+(``rounds.count + 1``, no limit). Each round's state (queries, answers, checkpoint, metrics) stays in RUN
+(``manifest.json``, ``RUN/round-NN/round.json``); finished steps are skipped.
 
 Examples::
 
     connectile round runs/demo --oracle synth.neurons       # answers from the ground truth
     connectile round runs/demo                              # stops at the queries: review them, then
-    connectile review runs/demo/query3                      #   (the command it prints)
+    connectile review runs/demo/round-03/query              #   (the command it prints)
     connectile round runs/demo                              #   goes on from the answers
     connectile round runs/demo --round 2 --oracle GT        # a given round (done already: skipped)
+    connectile round runs/demo --set rounds.overrides.3.finetune.steps=80   # settings of this round only
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--oracle", metavar="GT", default=None,
                         help="answer the queries from this ground truth (a volume, or STAGE.OUTPUT such as synth.neurons); default: a person, on the review page")
     parser.add_argument("--oracle-binary", action="store_true", help="the ground truth is a binary mask (its connected components are the objects)")
-    parser.add_argument("--round", type=int, default=None, help="round number (default: the first unfinished one)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key of the round's config, e.g. finetune3.steps=100 (kept in RUN/config.yaml: a rerun keeps it unless set again)")
+    parser.add_argument("--round", type=int, default=None, help="round number (default: the unfinished last round, else one more)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key of the run's config, e.g. rounds.overrides.3.finetune.steps=100 (kept in RUN/config.yaml: a rerun keeps it unless set again)")
     parser.add_argument("--backend", choices=("ray", "serial"), default=None, help="override runtime.backend")
     parser.add_argument("--workers", type=int, default=None, help="override runtime.workers")
     parser.add_argument("--address", default=None, help="override runtime.address (Ray cluster)")
