@@ -232,26 +232,43 @@ def ray_workers_of(pid: int) -> list[int]:
 
 @pytest.mark.slow
 def test_pipeline_on_ray_survives_random_worker_kills(serial_pipeline: Path, tmp_path: Path) -> None:
-    """A thread SIGKILLs a random Ray worker of the run every 2-3 s; the run finishes with the serial run's outputs."""
+    """A thread SIGKILLs a random busy Ray worker of the run (the first as soon as one is busy, then every
+    2-3 s); the run finishes with the serial run's outputs."""
     run_dir, args = run_config(tmp_path, "chaos", backend="ray", workers=2)
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", *args], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     killed: list[str] = []
     stop = threading.Event()
     rng = random.Random(16)
 
-    def chaos() -> None:
-        while not stop.wait(rng.uniform(2.0, 3.0)):
-            workers = ray_workers_of(proc.pid)
-            if workers:
-                victim = rng.choice(workers)
-                try:
-                    import psutil
+    def busy_workers() -> list[tuple[int, str]]:
+        import psutil
 
-                    name = psutil.Process(victim).cmdline()[0]
-                    os.kill(victim, signal.SIGKILL)
-                    killed.append(name)
-                except (ProcessLookupError, psutil.NoSuchProcess):
-                    pass
+        out = []
+        for pid in ray_workers_of(proc.pid):
+            try:
+                name = psutil.Process(pid).cmdline()[0]
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, IndexError):
+                continue
+            if name != "ray::IDLE":
+                out.append((pid, name))
+        return out
+
+    def chaos() -> None:
+        # the first kill as soon as a worker is busy (a quiet machine finishes the run in seconds), then
+        # a random busy worker every 2-3 s
+        delay = 0.0
+        while not stop.wait(delay):
+            busy = busy_workers()
+            if not busy:
+                delay = 0.05
+                continue
+            victim, name = rng.choice(busy)
+            try:
+                os.kill(victim, signal.SIGKILL)
+                killed.append(name)
+            except ProcessLookupError:
+                pass
+            delay = rng.uniform(2.0, 3.0)
 
     thread = threading.Thread(target=chaos, daemon=True)
     thread.start()
