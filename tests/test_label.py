@@ -15,10 +15,10 @@ from engine.cli import main
 from engine.errors import BlocksFailed, ConfigError, ConnectileError, ResumeMismatch, StorageError
 from engine.geometry import BlockGrid, Box
 from engine.ops.label import FacePairsOp, LocalLabelOp, RelabelOp, label_volume
-from engine.ops.objects import read_object_table
 from engine.segment import gpu_available
 from engine.segment.stitch import block_faces, face_pairs
 from engine.storage import create_volume, open_volume
+from engine.storage.object_table import read_object_table
 
 SHAPE = (20, 40, 40)
 

@@ -272,8 +272,8 @@ def test_resume_after_the_driver_is_killed_mid_stage(tmp_path: Path) -> None:
 
 
 def test_affinities_objects_segment_and_report(tmp_path: Path) -> None:
-    from engine.ops.objects import read_object_table
     from engine.pipeline.stages.affinities import label_affinities
+    from engine.storage.object_table import read_object_table
 
     run = tmp_path / "run"
     cfg = pipeline_config(tiny(run, label=None, affinities={"input": "synth.neurons", "chunks": [8, 16, 16]},

@@ -104,8 +104,8 @@ def objects_correct(labels: str, table: str | os.PathLike[str], gt: str, *, crit
     ``min_voxels`` or not wholly in sections ``z >= z_from`` left out) is correct: the ROI accuracy of a
     prediction is the mean of this."""
     from engine.geometry import Box
-    from engine.ops.objects import read_object_table
     from engine.storage import open_volume
+    from engine.storage.object_table import read_object_table
 
     cols = read_object_table(table)
     lab, truth = open_volume(labels), open_volume(gt)

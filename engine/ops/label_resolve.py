@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.geometry import BlockGrid
-from engine.ops.objects import ObjectTableWriter
 from engine.ops.scratch import Scratch
 from engine.segment.objects import ObjectStats
 from engine.segment.stitch import owned_mask, resolve
+from engine.storage.object_table import ObjectTableWriter
 
 log = logging.getLogger(__name__)
 

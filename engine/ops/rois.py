@@ -222,7 +222,7 @@ class RoiResult:
 
 
 def _objects_from_table(table: str | os.PathLike[str], min_voxels: int) -> dict[str, np.ndarray]:
-    from engine.ops.objects import read_object_table
+    from engine.storage.object_table import read_object_table
 
     cols = read_object_table(table)
     need = ("id", "voxels", "z0", "y0", "x0", "z1", "y1", "x1", "cz", "cy", "cx")

@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 
-#: the columns of an object table, in order
-COLUMNS = ("id", "voxels", "z0", "y0", "x0", "z1", "y1", "x1", "cz", "cy", "cx", "mean_probability")
 _BIG = np.iinfo(np.int64).max
 
 
@@ -105,7 +103,7 @@ class ObjectStats:
             return int(z["counts"].size)
 
     def table_columns(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """The object-table columns (see :data:`COLUMNS`) of all rows, with ``ids``."""
+        """The object-table columns (see :data:`engine.storage.object_table.COLUMNS`) of all rows, with ``ids``."""
         assert self.bbox is not None
         c = self.centroid()
         cols: dict[str, np.ndarray] = {"id": ids.astype(np.uint64), "voxels": self.counts.astype(np.int64)}
