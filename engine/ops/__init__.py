@@ -3,7 +3,8 @@ importing this package registers them all in :data:`engine.runtime.OPS` by their
 
 from engine.ops.faults import FaultyGaussian
 from engine.ops.filters import GaussianFilter
-from engine.ops.label import FacePairsOp, GpuLocalLabelOp, LocalLabelOp, RelabelOp, label_volume
+from engine.ops.label import label_volume
+from engine.ops.label_passes import FacePairsOp, GpuLocalLabelOp, LocalLabelOp, RelabelOp
 from engine.ops.noop import NoOp
 from engine.ops.segment import FragmentsOp, SegmentEdgesOp, segment_volume
 

@@ -37,7 +37,8 @@ from pydantic import Field, PrivateAttr
 
 from engine.errors import ConfigError, ResumeMismatch, StorageError
 from engine.geometry import Block, BlockGrid, Box
-from engine.ops.label import DEFAULT_BLOCK, DEFAULT_CHUNKS, LabelResult, RelabelOp, label_grid
+from engine.ops.label import DEFAULT_BLOCK, DEFAULT_CHUNKS, LabelResult, label_grid
+from engine.ops.label_passes import RelabelOp
 from engine.ops.scratch import Scratch
 from engine.runtime import Backend, BackendName, BlockOp, default_state_dir, run_blockwise
 from engine.runtime.faults import kill_point

@@ -1,0 +1,271 @@
+"""The blockwise passes of :func:`engine.ops.label.label_volume` (see there for how they fit):
+A labels each block on its own, B pairs the ids that touch across block faces, C writes the final ids
+(also pass C of :func:`engine.ops.segment.segment_volume`).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field, PrivateAttr
+
+from engine.errors import StorageError
+from engine.geometry import Block, BlockGrid, Box
+from engine.ops.scratch import Scratch
+from engine.runtime import BlockOp
+from engine.segment.kernels import Device, foreground, label_block
+from engine.segment.objects import ObjectStats, block_stats
+from engine.segment.stitch import Faces, block_faces, block_lut, face_pairs, owned_mask
+from engine.storage import Volume, check_write_alignment, create_volume, open_volume
+
+Connectivity = Literal[6, 18, 26]
+OutDtype = Literal["uint64", "uint32"]
+DEFAULT_CHUNKS: tuple[int, int, int] = (64, 64, 64)
+
+
+# -- pass A --------------------------------------------------------------------------------------
+class LocalLabelOp(BlockOp):
+    """Pass A: label one block on its own; write local ids, the count, faces and statistics."""
+
+    kind: ClassVar[str] = "cc-local"
+    input: str
+    scratch: str
+    threshold: float | None = None
+    connectivity: Connectivity = 26
+    table: bool = False
+    #: measure each label's voxel count (needed for ``min_size`` and the table); without it the
+    #: statistics hold only the number of labels (counts of -1)
+    sizes: bool = True
+    #: keep the local ids in a uint32 scratch volume (pass C can instead label the block again:
+    #: cheaper than compressing, writing and reading back four bytes per voxel)
+    write_local: bool = False
+    device: Device = "cpu"
+    chunks: tuple[int, int, int] = DEFAULT_CHUNKS
+    overwrite: bool = Field(default=False, exclude=True)
+
+    _in: Volume | None = PrivateAttr(default=None)
+    _tmp: Volume | None = PrivateAttr(default=None)
+    _scratch: Scratch | None = PrivateAttr(default=None)
+
+    @property
+    def local_url(self) -> str:
+        return Scratch(self.scratch).volume_url("local")
+
+    def prepare(self, grid: BlockGrid) -> None:
+        src = open_volume(self.input)
+        if self.write_local:
+            tmp = create_volume(self.local_url, src.spatial_shape, "uint32", self.chunks, overwrite=self.overwrite, inputs=(self.input,))
+            check_write_alignment(tmp, grid.write_shape, grid.total.start)
+
+    def setup(self) -> None:
+        self._in = open_volume(self.input)
+        if self.write_local:
+            self._tmp = open_volume(self.local_url, "r+")
+        self._scratch = Scratch(self.scratch)
+
+    def process(self, block: Block) -> dict[str, float]:
+        assert self._in is not None and self._scratch is not None
+        data = self._in.read(block.write)
+        labels, n = local_labels(data, self.threshold, self.connectivity, self.device, f"the input {self._in.url}", block)
+        if n:
+            if self._tmp is not None:
+                self._tmp.write(block.write, labels)
+            values = data if self.threshold is None and data.dtype != bool else None
+            self._scratch.put(f"faces/{block.id}", block_faces(labels, values).to_bytes())
+        prob = None
+        if self.table and self.threshold is not None:
+            prob = data.astype(np.float32) / 255.0 if data.dtype == np.uint8 else data
+        if self.sizes or self.table:
+            stats = block_stats(labels, n, block.write.start, prob, full=self.table)
+        else:
+            stats = ObjectStats(np.full(n + 1, -1, np.int64))
+        self._scratch.put(f"stats/{block.id}", stats.to_bytes())  # its length gives the count
+        out = {"local_objects": float(n)}
+        if self.sizes or self.table:
+            out["foreground_voxels"] = float(stats.counts[1:].sum())
+        return out
+
+
+def local_labels(data: np.ndarray, threshold: float | None, connectivity: int, device: Device, what: str, block: Block) -> tuple[np.ndarray, int]:
+    """The local ids of one block (passes A and C compute the same, deterministically)."""
+    if data.dtype.kind == "f" and np.isnan(data).any():
+        raise StorageError(f"{what} holds NaN values in {block.write}", "fill or mask them before labelling")
+    return label_block(foreground(data, threshold), connectivity, device)
+
+
+class GpuLocalLabelOp(LocalLabelOp):
+    """Pass A with one GPU per worker (``device='gpu'``). UNTESTED here: no GPU on the dev machines."""
+
+    kind: ClassVar[str] = "cc-local-gpu"
+    wants_gpu: ClassVar[bool] = True
+
+
+# -- pass B --------------------------------------------------------------------------------------
+class FacePairsOp(BlockOp):
+    """Pass B: the pairs of provisional ids that touch across a block's contacts with its forward
+    neighbours (higher ids), written to ``pairs/<id>``."""
+
+    kind: ClassVar[str] = "cc-pairs"
+    scratch: str
+    shape: tuple[int, int, int]
+    block: tuple[int, int, int]
+    connectivity: Connectivity = 26
+    cache_blocks: int = Field(default=32, exclude=True)
+
+    _scratch: Scratch | None = PrivateAttr(default=None)
+    _offsets: np.ndarray | None = PrivateAttr(default=None)
+    _counts: np.ndarray | None = PrivateAttr(default=None)
+    _grid: BlockGrid | None = PrivateAttr(default=None)
+    _cache: OrderedDict[int, Faces] = PrivateAttr(default_factory=OrderedDict)
+
+    def setup(self) -> None:
+        self._scratch = Scratch(self.scratch)
+        offsets = np.load(_io(self._scratch.need("offsets.npy")))
+        self._offsets, self._counts = offsets[:-1], np.diff(offsets)
+
+    def is_empty(self, block: Block) -> bool:
+        assert self._counts is not None
+        return bool(self._counts[block.id] == 0)
+
+    def _faces(self, bid: int) -> Faces:
+        assert self._scratch is not None
+        got = self._cache.get(bid)
+        if got is None:
+            got = Faces.from_bytes(self._scratch.need(f"faces/{bid}"))
+            self._cache[bid] = got
+            while len(self._cache) > self.cache_blocks:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(bid)
+        return got
+
+    def process(self, block: Block) -> dict[str, float]:
+        assert self._scratch is not None and self._offsets is not None and self._counts is not None
+        grid = self._grid_of(block)
+        a = block.id
+        out = []
+        for b in grid.neighbours(a, self.connectivity):
+            if b < a or self._counts[b] == 0:
+                continue
+            local = face_pairs(grid, a, self._faces(a), b, self._faces(b), self.connectivity)
+            if local.size:
+                local[:, 0] += np.uint64(self._offsets[a])
+                local[:, 1] += np.uint64(self._offsets[b])
+                out.append(local)
+        pairs = np.concatenate(out) if out else np.zeros((0, 2), np.uint64)
+        buf = _io()
+        np.save(buf, pairs)
+        self._scratch.put(f"pairs/{a}", buf.getvalue())
+        return {"pairs": float(len(pairs))}
+
+    def _grid_of(self, block: Block) -> BlockGrid:
+        if self._grid is None:
+            self._grid = BlockGrid(Box.from_shape(self.shape), write_shape=self.block)
+        return self._grid
+
+
+# -- pass C --------------------------------------------------------------------------------------
+class RelabelOp(BlockOp):
+    """Pass C: write final ids (``dtype``, uint64 by default) for one block through its lookup
+    table, from the local ids kept in the scratch volume ``local``."""
+
+    kind: ClassVar[str] = "cc-relabel"
+    scratch: str
+    output: str
+    like: str
+    min_size: int = 0
+    dtype: OutDtype = "uint64"
+    chunks: tuple[int, int, int] = DEFAULT_CHUNKS
+    overwrite: bool = Field(default=False, exclude=True)
+
+    _scratch: Scratch | None = PrivateAttr(default=None)
+    _map: dict[str, np.ndarray] = PrivateAttr(default_factory=dict)
+    _tmp: Volume | None = PrivateAttr(default=None)
+    _out: Volume | None = PrivateAttr(default=None)
+
+    def prepare(self, grid: BlockGrid) -> None:
+        src = open_volume(self.like)  # shape, voxel size and offset of the input
+        out = create_volume(
+            self.output, src.spatial_shape, self.dtype, self.chunks, voxel_size=src.voxel_size, offset=src.offset,
+            overwrite=self.overwrite, layer_type="segmentation", inputs=(self.like,),
+        )
+        check_write_alignment(out, grid.write_shape, grid.total.start)
+
+    def setup(self) -> None:
+        self._scratch = Scratch(self.scratch)
+        with np.load(_io(self._scratch.need("mapping.npz"))) as z:
+            self._map = {k: z[k] for k in z.files}
+        self._open_local()
+        self._out = open_volume(self.output, "r+")
+
+    def _open_local(self) -> None:
+        assert self._scratch is not None
+        self._tmp = open_volume(self._scratch.volume_url("local"))
+
+    def _local(self, block: Block) -> np.ndarray:
+        """The block's local ids (as pass A numbered them)."""
+        assert self._tmp is not None
+        return self._tmp.read(block.write)
+
+    def process(self, block: Block) -> dict[str, float]:
+        assert self._scratch is not None and self._out is not None
+        m = self._map
+        b = block.id
+        n = int(m["offsets"][b + 1] - m["offsets"][b])
+        if n == 0:  # nothing here: write zeros (cheap: chunks equal to the fill value are not stored)
+            self._out.write(block.write, np.zeros(block.write.shape, self.dtype))
+            return {"objects_owned": 0.0}
+        lo, hi = np.searchsorted(m["keys"], [m["offsets"][b] + 1, m["offsets"][b] + n + 1])
+        local_bnd = (m["keys"][lo:hi] - np.uint64(m["offsets"][b])).astype(np.int64)
+        counts = None
+        if self.min_size > 1:
+            from engine.segment.objects import ObjectStats
+
+            counts = ObjectStats.from_bytes(self._scratch.need(f"stats/{b}")).counts
+        mask = owned_mask(n, local_bnd, m["owned"][lo:hi], counts, self.min_size)
+        lut = block_lut(n, mask, int(m["kept_offsets"][b]), local_bnd, m["final"][lo:hi]).astype(self.dtype, copy=False)
+        local = self._local(block)
+        self._out.write(block.write, lut[local])
+        return {"objects_owned": float(mask.sum())}
+
+
+class RelabelFromInputOp(RelabelOp):
+    """Pass C of :func:`label_volume`: labels each block again from the input (the same kernel on the
+    same data gives the same local ids as pass A) instead of reading them from a scratch volume."""
+
+    kind: ClassVar[str] = "cc-relabel-input"
+    input: str
+    threshold: float | None = None
+    connectivity: Connectivity = 26
+    device: Device = "cpu"
+
+    _in: Volume | None = PrivateAttr(default=None)
+
+    def _open_local(self) -> None:
+        self._in = open_volume(self.input)
+
+    def _local(self, block: Block) -> np.ndarray:
+        assert self._in is not None
+        labels, n = local_labels(self._in.read(block.write), self.threshold, self.connectivity, self.device, f"the input {self._in.url}", block)
+        expected = int(self._map["offsets"][block.id + 1] - self._map["offsets"][block.id])
+        if n != expected:
+            raise StorageError(
+                f"block {block.id} of {self._in.url} now has {n} objects, {expected} when it was first labelled: the input changed during the run",
+                "label it again with --overwrite",
+            )
+        return labels
+
+
+class GpuRelabelFromInputOp(RelabelFromInputOp):
+    """Pass C with one GPU per worker (``device='gpu'``). UNTESTED here: no GPU on the dev machines."""
+
+    kind: ClassVar[str] = "cc-relabel-input-gpu"
+    wants_gpu: ClassVar[bool] = True
+
+
+def _io(data: bytes = b"") -> Any:
+    import io
+
+    return io.BytesIO(data)
