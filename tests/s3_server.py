@@ -150,3 +150,47 @@ class FaultyProxy:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class DeniedGcs:
+    """A stand-in for Google Cloud Storage's JSON API (``TENSORSTORE_GCS_HTTP_URL``) whose buckets are all
+    private: every request without an ``Authorization`` header gets the 401 that GCS gives an anonymous
+    caller. ``requests`` lists (method, path, authorized) of what it was asked."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, bool]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                fake.requests.append((self.command, self.path, "Authorization" in self.headers))
+                msg = b'{"error": {"code": 401, "message": "Anonymous caller does not have storage.objects.get access to the Google Cloud Storage object."}}'
+                self.send_response(401)
+                self.send_header("Content-Type", "application/json; charset=UTF-8")
+                self.send_header("Content-Length", str(len(msg)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(msg)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

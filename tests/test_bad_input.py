@@ -309,6 +309,38 @@ def _s3_without_credentials(tmp: Path) -> dict[str, str | None]:
     return {**env, "CONNECTILE_S3_ENDPOINT": _moto().endpoint, "CONNECTILE_S3_RETRY_DELAY": "10ms", "HOME": str(tmp)}
 
 
+_GCS_ENV = ("GOOGLE_", "GCE_METADATA", "CLOUDSDK_CONFIG", "TENSORSTORE_GCS", "CONNECTILE_GCS", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+@functools.cache
+def _denied_gcs() -> Any:
+    from s3_server import DeniedGcs
+
+    server = DeniedGcs()
+    atexit.register(server.stop)
+    return server
+
+
+def _gcs_env(tmp: Path, endpoint: str) -> dict[str, str | None]:
+    """No Google credentials anywhere (no key file, no gcloud login, not on GCE) and GCS at ``endpoint``."""
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith(_GCS_ENV)}
+    return {**env, "TENSORSTORE_GCS_HTTP_URL": endpoint, "GCE_METADATA_ROOT": _UNREACHABLE, "HOME": str(tmp), "CONNECTILE_GCS_RETRY_DELAY": "10ms"}
+
+
+def _gcs_without_credentials(tmp: Path) -> dict[str, str | None]:
+    """GCS reachable (a stand-in whose buckets are private, as a real one's are to an anonymous caller)."""
+    return _gcs_env(tmp, _denied_gcs().endpoint)
+
+
+def _gcs_offline(tmp: Path) -> dict[str, str | None]:
+    """Nothing answers where GCS should be (this machine offline): TensorStore would retry for many minutes."""
+    return _gcs_env(tmp, f"http://{_UNREACHABLE}")
+
+
+def _gcs_missing_key_file(tmp: Path) -> dict[str, str | None]:
+    return {**_gcs_env(tmp, _denied_gcs().endpoint), "GOOGLE_APPLICATION_CREDENTIALS": str(tmp / "key.json")}
+
+
 _UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1
 _NO_RAY = {"RAY_ADDRESS": _UNREACHABLE}
 
@@ -397,6 +429,12 @@ CASES = [
     # the cloud
     Case("label: s3:// path without credentials", lambda t: ["label", "s3://connectile-bad-input/private/in.zarr/mask", str(t / "o.zarr/cc"), *SERIAL],
          "AWS_ACCESS_KEY_ID", env=_s3_without_credentials, own_process=True),
+    Case("label: gs:// path without credentials", lambda t: ["label", "gs://connectile-bad-input/in.zarr/mask", str(t / "o.zarr/cc"), *SERIAL],
+         "GOOGLE_APPLICATION_CREDENTIALS", env=_gcs_without_credentials, own_process=True),
+    Case("downsample: gs:// store unreachable (offline)", lambda t: ["downsample", "gs://connectile-bad-input/in.zarr/raw", *SERIAL],
+         "cannot reach Google Cloud Storage at 127.0.0.1:1", env=_gcs_offline),
+    Case("predict: GOOGLE_APPLICATION_CREDENTIALS names no file", lambda t: ["predict", _checkpoint(t, "ck", {"dims": 2, "filters": [4, 8]}),
+         "gs://connectile-bad-input/in.zarr/raw", str(t / "o.zarr/p"), *SERIAL], "key.json, which is not a readable file", env=_gcs_missing_key_file),
     # permissions (root writes anywhere: these run as an unprivileged user then)
     Case("label: output folder not writable", lambda t: ["label", _mask(t), str(_readonly(t) / "o.zarr/cc"), *SERIAL], "Permission denied", own_process=True),
     Case("train: output folder not writable", lambda t: _train_cfg(t, output=str(_readonly(t) / "train")), "Permission denied", own_process=True),

@@ -21,7 +21,7 @@ time).
 
 TensorStore retries S3 and GCS requests itself (``s3_request_retries``: by default 32 attempts from 1 s);
 ``CONNECTILE_S3_RETRIES`` (attempts) and ``CONNECTILE_S3_RETRY_DELAY`` (first delay, e.g. ``100ms``) tune
-that; :func:`retrying` adds ``CONNECTILE_STORAGE_RETRIES`` (default 4) attempts of its own around
+that (``CONNECTILE_GCS_RETRIES`` and ``CONNECTILE_GCS_RETRY_DELAY`` for ``gs://``); :func:`retrying` adds ``CONNECTILE_STORAGE_RETRIES`` (default 4) attempts of its own around
 block reads and writes and marker commits, from ``CONNECTILE_STORAGE_RETRY_DELAY`` seconds (default
 0.5, doubling, at most 30 s).
 """
@@ -197,7 +197,7 @@ def _disk(path: str) -> str:
 
 _CLOUD_CREDENTIALS = {
     "s3": "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with ~/.aws/credentials) to credentials that may use this bucket",
-    "gs": "set GOOGLE_APPLICATION_CREDENTIALS to a service-account key (or run `gcloud auth application-default login`)",
+    "gs": "set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file (or run `gcloud auth application-default login`)",
 }
 
 
@@ -297,11 +297,83 @@ def s3_options() -> dict[str, object]:
         region = region or "us-east-1"
     if region:
         out["aws_region"] = region
-    retries: dict[str, object] = {}
-    if env.get("CONNECTILE_S3_RETRIES"):
-        retries["max_retries"] = max(1, int(_setting("CONNECTILE_S3_RETRIES", 32)))
-    if env.get("CONNECTILE_S3_RETRY_DELAY"):
-        retries["initial_delay"] = env["CONNECTILE_S3_RETRY_DELAY"]
+    retries = _retry_spec("S3")
     if retries:
         out["s3_request_retries"] = retries
     return out
+
+
+def _retry_spec(prefix: str) -> dict[str, object]:
+    """TensorStore's ``*_request_retries`` from ``CONNECTILE_<prefix>_RETRIES`` / ``_RETRY_DELAY`` (empty: its defaults)."""
+    retries: dict[str, object] = {}
+    if os.environ.get(f"CONNECTILE_{prefix}_RETRIES"):
+        retries["max_retries"] = max(1, int(_setting(f"CONNECTILE_{prefix}_RETRIES", 32)))
+    if os.environ.get(f"CONNECTILE_{prefix}_RETRY_DELAY"):
+        retries["initial_delay"] = os.environ[f"CONNECTILE_{prefix}_RETRY_DELAY"]
+    return retries
+
+
+_GCS_FIX = "set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run `gcloud auth application-default login`"
+_reached: set[tuple[str, int]] = set()
+
+
+def _gcs_credentials() -> str | None:
+    """Where TensorStore will find Google credentials (its order), or None (it then asks anonymously)."""
+    env = os.environ
+    if env.get("GOOGLE_AUTH_TOKEN_FOR_TESTING"):
+        return "GOOGLE_AUTH_TOKEN_FOR_TESTING"
+    named = env.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if named:
+        if not os.access(named, os.R_OK) or not os.path.isfile(named):
+            raise StorageError(f"GOOGLE_APPLICATION_CREDENTIALS names {named}, which is not a readable file", _GCS_FIX)
+        return named
+    folder = env.get("CLOUDSDK_CONFIG") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".config", "gcloud")
+    well_known = os.path.join(folder, "application_default_credentials.json")
+    return well_known if os.path.isfile(well_known) else None
+
+
+def _probe(host: str, port: int, timeout: float) -> str | None:
+    """Why nothing answers a TCP connection to ``host:port`` within ``timeout`` s (name look-up included), or None."""
+    import socket
+
+    why: list[str] = [f"no answer within {timeout:.0f} s"]
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            why.clear()
+        except OSError as err:
+            why[0] = err.strerror or str(err) or type(err).__name__
+
+    thread = threading.Thread(target=connect, daemon=True)  # a name look-up has no timeout of its own
+    thread.start()
+    thread.join(timeout + 1)
+    return why[0] if why else None
+
+
+def gcs_options(url: str) -> dict[str, object]:
+    """Settings of TensorStore's gcs kvstore (``CONNECTILE_GCS_RETRIES``, ``CONNECTILE_GCS_RETRY_DELAY``),
+    after checking, once per process, that Google Cloud Storage can be reached (``TENSORSTORE_GCS_HTTP_URL``,
+    else storage.googleapis.com; not behind an ``HTTPS_PROXY``): offline, TensorStore retries its requests
+    for many minutes before failing. A ``GOOGLE_APPLICATION_CREDENTIALS`` naming no readable file fails
+    at once. Credentials: that file, ``gcloud auth application-default login``'s file, or the instance's
+    account on Google Compute Engine; without any TensorStore asks anonymously (public buckets), and a
+    private bucket's 401/403 becomes one line naming what to set."""
+    from urllib.parse import urlsplit
+
+    creds = _gcs_credentials()
+    endpoint = os.environ.get("TENSORSTORE_GCS_HTTP_URL") or "https://storage.googleapis.com"
+    parts = urlsplit(endpoint)
+    host, port = parts.hostname or "", parts.port or (80 if parts.scheme == "http" else 443)
+    proxied = any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy"))
+    if host and not proxied and (host, port) not in _reached:
+        why = _probe(host, port, _setting("CONNECTILE_GCS_CONNECT_TIMEOUT", 5.0))
+        if why is not None:
+            none = "" if creds else ", and no Google Cloud credentials are set"
+            raise StorageError(
+                f"cannot reach Google Cloud Storage at {host}:{port} to open {url} ({why}){none}",
+                f"check the network connection (or set HTTPS_PROXY); for a private bucket {_GCS_FIX}",
+            )
+        _reached.add((host, port))
+    retries = _retry_spec("GCS")
+    return {"gcs_request_retries": retries} if retries else {}

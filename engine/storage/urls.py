@@ -5,7 +5,9 @@ Accepted forms::
     path/to/data.zarr/raw        local file (relative or absolute)
     file:///abs/data.zarr/raw    local file
     memory://name/raw            in-process memory (shared by every open in this process)
-    gs://bucket/data.zarr/raw    Google Cloud Storage (TensorStore's gcs kvstore)
+    gs://bucket/data.zarr/raw    Google Cloud Storage (TensorStore's gcs kvstore; credentials and an
+                                 emulator's TENSORSTORE_GCS_HTTP_URL: see
+                                 :func:`engine.storage.errors.gcs_options`)
     s3://bucket/data.zarr/raw    Amazon S3 and compatibles (TensorStore's s3 kvstore; for MinIO, Ceph
                                  or another S3-compatible server set CONNECTILE_S3_ENDPOINT, see
                                  :func:`engine.storage.errors.s3_options`)
@@ -57,9 +59,10 @@ class Location:
             return {"driver": "file", "path": path}
         if self.scheme == "memory":
             return {"driver": "memory", "path": path}
+        from engine.storage.errors import gcs_options, s3_options
+
         if self.scheme == "gs":
-            return {"driver": "gcs", "bucket": self.bucket, "path": path}
-        from engine.storage.errors import s3_options
+            return {"driver": "gcs", "bucket": self.bucket, "path": path, **gcs_options(self.url())}
 
         return {"driver": "s3", "bucket": self.bucket, "path": path, **s3_options()}
 

@@ -47,8 +47,9 @@ def _ts_message(err: BaseException) -> str:
 
 
 def _kv(loc: Location) -> ts.KvStore:
+    spec = loc.kvstore()  # (its own one-line errors: a cloud store that cannot be reached)
     try:
-        return ts.KvStore.open(loc.kvstore(), context=_CONTEXT).result()
+        return ts.KvStore.open(spec, context=_CONTEXT).result()
     except Exception as err:
         raise StorageError(f"cannot open the store at {loc.url()}: {_ts_message(err)}", "check the path and your credentials") from err
 
