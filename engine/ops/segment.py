@@ -24,7 +24,6 @@ fragments are seeded per block, so they differ from the whole volume's near bloc
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import time
@@ -34,22 +33,23 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, PrivateAttr
+from typing_extensions import Unpack
 
-from engine.errors import ConfigError, ResumeMismatch, StorageError
+from engine.errors import ConfigError, StorageError
 from engine.geometry import Block, BlockGrid, Box
-from engine.ops.label import DEFAULT_BLOCK, DEFAULT_CHUNKS, LabelResult, label_grid
+from engine.ops.label import DEFAULT_BLOCK, DEFAULT_CHUNKS, LabelResult, label_grid, run_record
 from engine.ops.label_passes import RelabelOp
+from engine.ops.label_resolve import Resolved, load_offsets, resolve_labels
 from engine.ops.scratch import Scratch
-from engine.runtime import Backend, BackendName, BlockOp, default_state_dir, run_blockwise
+from engine.runtime import BlockOp
 from engine.runtime.faults import kill_point
 from engine.runtime.lock import one_driver
-from engine.runtime.ownership import outputs_intact
+from engine.runtime.session import CompletionRecord, RuntimeOptions, Session
 from engine.segment.agglomerate import edge_sums, mean_agglomeration
 from engine.segment.objects import ObjectStats
 from engine.segment.stitch import block_faces
 from engine.segment.watershed import Scoring, as_float, block_contacts, edge_scores, fragments
 from engine.storage import Volume, check_write_alignment, create_volume, open_volume
-from engine.storage.safety import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,21 @@ class SegmentEdgesOp(BlockOp):
         return {"cross_edges": float(n_cross), "inner_edges": float(ea.size)}
 
 
+class SegmentRun(RuntimeOptions, total=False):
+    """The fragments' watershed (pass A) and how a segmentation runs: the runtime options, and
+
+    ``per_section``: 2D fragments per z section; ``seed_threshold``/``fg_threshold``/``seed_sigma``:
+    see :func:`engine.segment.watershed.fragments`; ``keep_scratch``: leave the scratch (and no
+    ``result.json``).
+    """
+
+    per_section: bool
+    seed_threshold: float
+    fg_threshold: float
+    seed_sigma: float
+    keep_scratch: bool
+
+
 @one_driver("segment")  # its passes, scratch and result.json belong to one driver
 def segment_volume(
     affinities: str | os.PathLike[str],
@@ -207,30 +222,59 @@ def segment_volume(
     scoring: Scoring = "mean",
     quantile: float = 0.5,
     agglomeration: Agglomeration = "threshold",
-    per_section: bool = False,
-    seed_threshold: float = 0.5,
-    fg_threshold: float = 0.0,
-    seed_sigma: float = 1.0,
     block: Sequence[int] = DEFAULT_BLOCK,
     chunks: Sequence[int] = DEFAULT_CHUNKS,
-    backend: BackendName | Backend = "serial",
-    workers: int | None = None,
-    address: str | None = None,
-    max_retries: int = 2,
-    overwrite: bool = False,
-    keep_scratch: bool = False,
-    progress: bool = True,
-    state_dir: str | os.PathLike[str] | None = None,
+    **run: Unpack[SegmentRun],
 ) -> LabelResult:
     """Segment neurons from ``(3, z, y, x)`` affinities into ``output`` (uint64, ids ``1..objects``):
     blockwise watershed fragments, region-adjacency edges scored by the ``scoring`` of the affinities
     across them, agglomeration down to ``threshold``, relabel. ``agglomeration='threshold'`` merges
     every edge scoring at least ``threshold``; ``'mean'`` (with ``scoring='mean'``) is hierarchical
     mean-affinity agglomeration on the driver over the whole graph (see
-    :mod:`engine.segment.agglomerate`)."""
+    :mod:`engine.segment.agglomerate`). ``run``: the fragments' settings and the runtime
+    (:class:`SegmentRun`)."""
     t0 = time.perf_counter()
-    in_url, out_url = os.fspath(affinities), os.fspath(output)
-    src = open_volume(in_url)
+    out_url = os.fspath(output)
+    src = _check_segment_input(os.fspath(affinities), scoring, quantile, agglomeration)
+    overwrite = run.get("overwrite", False)
+    grid, chunks_t = label_grid(src.spatial_shape, block, chunks)
+    scratch = Scratch.beside(out_url, "segment-scratch")
+    op_a = FragmentsOp(
+        input=src.url, scratch=scratch.url, per_section=run.get("per_section", False), seed_threshold=run.get("seed_threshold", 0.5),
+        fg_threshold=run.get("fg_threshold", 0.0), seed_sigma=run.get("seed_sigma", 1.0), scoring=scoring, quantile=quantile, chunks=chunks_t,
+        overwrite=overwrite,
+    )
+    op_b = SegmentEdgesOp(
+        scratch=scratch.url, shape=src.spatial_shape, block=grid.write_shape, threshold=threshold, scoring=scoring, quantile=quantile,  # type: ignore[arg-type]
+        agglomeration=agglomeration,
+    )
+    op_c = RelabelOp(scratch=scratch.url, output=out_url, like=src.url, chunks=chunks_t, overwrite=overwrite)
+    session = Session(run, backend="serial")
+    state = session.state(out_url, "segment")
+    record = CompletionRecord(state / "result.json", {"grid": grid.layout(), "a": op_a.params(), "b": op_b.params(), "c": op_c.params()})
+    saved = record.finished(overwrite, f"segment: {out_url}", f"{out_url} was segmented", "pass --overwrite to segment it again")
+    if saved is not None:
+        return LabelResult(**saved)
+    if overwrite:
+        scratch.remove()
+    op_c.prepare(grid)
+    with session:
+        res, offsets = _segment_passes(session, grid, state, scratch, op_a, op_b, op_c)
+    result = LabelResult(
+        output=open_volume(out_url).url, objects=res.objects, local_objects=int(offsets[-1]), boundary_labels=res.boundary_labels,
+        pairs=res.pairs, blocks=grid.num_blocks, seconds={"total": time.perf_counter() - t0}, runs=[run_record(r) for r in session.runs],
+    )
+    if not run.get("keep_scratch", False):
+        kill_point("segment:before-scratch-removal")
+        scratch.remove()
+        kill_point("segment:after-scratch-removal")
+        record.save(result.to_dict(), {out_url: session.runs[-1].run_id})
+    log.info("segment: %d neurons from %d fragments in %s", res.objects, int(offsets[-1]), out_url)
+    return result
+
+
+def _check_segment_input(url: str, scoring: Scoring, quantile: float, agglomeration: Agglomeration) -> Volume:
+    src = open_volume(url)
     if len(src.shape) != 4 or src.shape[0] != 3:
         raise StorageError(f"{src.url} has shape {src.shape}; affinities are (3, z, y, x)", "give the z, y, x nearest-neighbour affinities")
     if src.dtype != np.uint8 and src.dtype.kind != "f":
@@ -241,64 +285,23 @@ def segment_volume(
         raise ConfigError(f"agglomeration must be threshold or mean, got {agglomeration!r}")
     if agglomeration == "mean" and scoring != "mean":
         raise ConfigError("hierarchical mean agglomeration re-scores merged edges by their mean affinity", "use --scoring mean with --agglomeration mean")
-    grid, chunks_t = label_grid(src.spatial_shape, block, chunks)
-    state = Path(state_dir) if state_dir is not None else default_state_dir(out_url, "segment")
-    scratch = Scratch.beside(out_url, "segment-scratch")
-    op_a = FragmentsOp(
-        input=src.url, scratch=scratch.url, per_section=per_section, seed_threshold=seed_threshold, fg_threshold=fg_threshold,
-        seed_sigma=seed_sigma, scoring=scoring, quantile=quantile, chunks=chunks_t, overwrite=overwrite,
-    )
-    op_b = SegmentEdgesOp(
-        scratch=scratch.url, shape=src.spatial_shape, block=grid.write_shape, threshold=threshold, scoring=scoring, quantile=quantile,  # type: ignore[arg-type]
-        agglomeration=agglomeration,
-    )
-    op_c = RelabelOp(scratch=scratch.url, output=out_url, like=src.url, chunks=chunks_t, overwrite=overwrite)
-    params = {"grid": grid.layout(), "a": op_a.params(), "b": op_b.params(), "c": op_c.params()}
-    finished = state / "result.json"
-    if finished.exists() and not overwrite:
-        saved = json.loads(finished.read_text())
-        if saved.get("params") == json.loads(json.dumps(params)):
-            if outputs_intact(saved):
-                return LabelResult(**saved["result"])
-            log.warning("segment: %s was deleted or recreated since %s was written: segmenting it again", out_url, finished)
-        else:
-            raise ResumeMismatch(f"{out_url} was segmented with other parameters ({finished})", "pass --overwrite to segment it again")
-    if overwrite:
-        scratch.remove()
-        finished.unlink(missing_ok=True)
-    op_c.prepare(grid)
-    from engine.ops.label_resolve import load_offsets, resolve_labels
-    from engine.runtime import RayBackend
+    return src
 
-    own = RayBackend(workers, address=address, keep_workers=True) if backend == "ray" else None  # one set of workers for all passes
-    be: BackendName | Backend = own if own is not None else backend
-    common: dict[str, Any] = {"backend": be, "workers": workers, "address": address, "max_retries": max_retries, "overwrite": overwrite, "progress": progress}
-    try:
-        run_a = run_blockwise(op_a, grid, state_dir=state / "fragments", name="segment-fragments", **common)
-        kill_point("segment:after-fragments")
-        offsets = load_offsets(scratch, grid.num_blocks)
-        run_b = run_blockwise(op_b, grid, state_dir=state / "edges", name="segment-edges", **common)
-        kill_point("segment:after-edges")
-        merges = None
-        if agglomeration == "mean":
-            with_labels = np.flatnonzero(np.diff(offsets))
-            graphs = [np.load(io.BytesIO(d)) for d in scratch.get_many([f"graph/{b}" for b in with_labels])]
-            cat = {k: np.concatenate([g[k] for g in graphs]) if graphs else np.zeros(0) for k in ("a", "b", "sum", "count")}
-            merges = mean_agglomeration(cat["a"], cat["b"], cat["sum"], cat["count"], threshold)
-        res = resolve_labels(scratch, grid, offsets, pairs=merges)
-        run_c = run_blockwise(op_c, grid, state_dir=state / "relabel", name="segment-relabel", **common)
-    finally:
-        if own is not None:
-            own.shutdown()
-    result = LabelResult(
-        output=open_volume(out_url).url, objects=res.objects, local_objects=int(offsets[-1]), boundary_labels=res.boundary_labels,
-        pairs=res.pairs, blocks=grid.num_blocks, seconds={"total": time.perf_counter() - t0},
-        runs=[{"name": r.name, "done": r.done, "already_done": r.already_done, "skipped": r.skipped, "wall_seconds": r.wall_seconds} for r in (run_a, run_b, run_c)],
-    )
-    if not keep_scratch:
-        kill_point("segment:before-scratch-removal")
-        scratch.remove()
-        kill_point("segment:after-scratch-removal")
-        write_json_atomic(finished, {"params": params, "result": result.to_dict(), "outputs": {out_url: run_c.run_id}})
-    log.info("segment: %d neurons from %d fragments in %s", res.objects, int(offsets[-1]), out_url)
-    return result
+
+def _segment_passes(session: Session, grid: BlockGrid, state: Path, scratch: Scratch, op_a: FragmentsOp, op_b: SegmentEdgesOp,
+                    op_c: RelabelOp) -> tuple[Resolved, np.ndarray]:
+    """Fragments, edges, the agglomeration on the driver, relabel."""
+    session.run(op_a, grid, "segment-fragments", state_dir=state / "fragments")
+    kill_point("segment:after-fragments")
+    offsets = load_offsets(scratch, grid.num_blocks)
+    session.run(op_b, grid, "segment-edges", state_dir=state / "edges")
+    kill_point("segment:after-edges")
+    merges = None
+    if op_b.agglomeration == "mean":
+        with_labels = np.flatnonzero(np.diff(offsets))
+        graphs = [np.load(io.BytesIO(d)) for d in scratch.get_many([f"graph/{b}" for b in with_labels])]
+        cat = {k: np.concatenate([g[k] for g in graphs]) if graphs else np.zeros(0) for k in ("a", "b", "sum", "count")}
+        merges = mean_agglomeration(cat["a"], cat["b"], cat["sum"], cat["count"], op_b.threshold)
+    res = resolve_labels(scratch, grid, offsets, pairs=merges)
+    session.run(op_c, grid, "segment-relabel", state_dir=state / "relabel")
+    return res, offsets
