@@ -431,6 +431,8 @@ CASES = [
          "AWS_ACCESS_KEY_ID", env=_s3_without_credentials, own_process=True),
     Case("label: gs:// path without credentials", lambda t: ["label", "gs://connectile-bad-input/in.zarr/mask", str(t / "o.zarr/cc"), *SERIAL],
          "GOOGLE_APPLICATION_CREDENTIALS", env=_gcs_without_credentials, own_process=True),
+    Case("segment: s3:// store unreachable (offline)", lambda t: ["segment", "s3://connectile-bad-input/in.zarr/affs", str(t / "o.zarr/seg"), *SERIAL],
+         "cannot reach S3 at 127.0.0.1:1", env={"CONNECTILE_S3_ENDPOINT": f"http://{_UNREACHABLE}", "HTTPS_PROXY": None, "https_proxy": None}),
     Case("downsample: gs:// store unreachable (offline)", lambda t: ["downsample", "gs://connectile-bad-input/in.zarr/raw", *SERIAL],
          "cannot reach Google Cloud Storage at 127.0.0.1:1", env=_gcs_offline),
     Case("predict: GOOGLE_APPLICATION_CREDENTIALS names no file", lambda t: ["predict", _checkpoint(t, "ck", {"dims": 2, "filters": [4, 8]}),

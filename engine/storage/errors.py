@@ -351,29 +351,48 @@ def _probe(host: str, port: int, timeout: float) -> str | None:
     return why[0] if why else None
 
 
-def gcs_options(url: str) -> dict[str, object]:
-    """Settings of TensorStore's gcs kvstore (``CONNECTILE_GCS_RETRIES``, ``CONNECTILE_GCS_RETRY_DELAY``),
-    after checking, once per process, that Google Cloud Storage can be reached (``TENSORSTORE_GCS_HTTP_URL``,
-    else storage.googleapis.com; not behind an ``HTTPS_PROXY``): offline, TensorStore retries its requests
-    for many minutes before failing. A ``GOOGLE_APPLICATION_CREDENTIALS`` naming no readable file fails
-    at once. Credentials: that file, ``gcloud auth application-default login``'s file, or the instance's
-    account on Google Compute Engine; without any TensorStore asks anonymously (public buckets), and a
-    private bucket's 401/403 becomes one line naming what to set."""
+def _check_reachable(service: str, endpoint: str, url: str, missing: str, fix: str) -> None:
+    """A one-line :class:`StorageError` when nothing answers at ``endpoint`` (checked once per process
+    and host; not behind a proxy, which makes the connections itself): offline, TensorStore retries its
+    requests for many minutes before failing. ``missing`` adds the credentials that are not set either."""
     from urllib.parse import urlsplit
 
-    creds = _gcs_credentials()
-    endpoint = os.environ.get("TENSORSTORE_GCS_HTTP_URL") or "https://storage.googleapis.com"
     parts = urlsplit(endpoint)
     host, port = parts.hostname or "", parts.port or (80 if parts.scheme == "http" else 443)
     proxied = any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy"))
-    if host and not proxied and (host, port) not in _reached:
-        why = _probe(host, port, _setting("CONNECTILE_GCS_CONNECT_TIMEOUT", 5.0))
-        if why is not None:
-            none = "" if creds else ", and no Google Cloud credentials are set"
-            raise StorageError(
-                f"cannot reach Google Cloud Storage at {host}:{port} to open {url} ({why}){none}",
-                f"check the network connection (or set HTTPS_PROXY); for a private bucket {_GCS_FIX}",
-            )
-        _reached.add((host, port))
+    if not host or proxied or (host, port) in _reached:
+        return
+    why = _probe(host, port, _setting("CONNECTILE_CONNECT_TIMEOUT", 5.0))
+    if why is not None:
+        raise StorageError(f"cannot reach {service} at {host}:{port} to open {url} ({why}){missing}", fix)
+    _reached.add((host, port))
+
+
+def gcs_options(url: str) -> dict[str, object]:
+    """Settings of TensorStore's gcs kvstore (``CONNECTILE_GCS_RETRIES``, ``CONNECTILE_GCS_RETRY_DELAY``),
+    after checking that Google Cloud Storage answers (``TENSORSTORE_GCS_HTTP_URL``, else
+    storage.googleapis.com; see :func:`_check_reachable`). A ``GOOGLE_APPLICATION_CREDENTIALS`` naming no
+    readable file fails at once. Credentials: that file, ``gcloud auth application-default login``'s file,
+    or the instance's account on Google Compute Engine; without any TensorStore asks anonymously (public
+    buckets), and a private bucket's 401/403 becomes one line naming what to set."""
+    creds = _gcs_credentials()
+    _check_reachable(
+        "Google Cloud Storage", os.environ.get("TENSORSTORE_GCS_HTTP_URL") or "https://storage.googleapis.com", url,
+        "" if creds else ", and no Google Cloud credentials are set",
+        f"check the network connection (or set HTTPS_PROXY); for a private bucket {_GCS_FIX}",
+    )
     retries = _retry_spec("GCS")
     return {"gcs_request_retries": retries} if retries else {}
+
+
+def check_s3_reachable(url: str, options: dict[str, object]) -> None:
+    """That the S3 endpoint of ``options`` (:func:`s3_options`; else AWS's) answers, see :func:`_check_reachable`."""
+    region = options.get("aws_region")
+    endpoint = str(options.get("endpoint") or f"https://s3{f'.{region}' if region else ''}.amazonaws.com")
+    home = os.environ.get("HOME") or os.path.expanduser("~")
+    creds = any(os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI"))
+    creds = creds or os.path.isfile(os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials"))
+    _check_reachable(
+        "S3", endpoint, url, "" if creds else ", and no AWS credentials are set",
+        f"check the network connection and CONNECTILE_S3_ENDPOINT (or set HTTPS_PROXY); for a private bucket {_CLOUD_CREDENTIALS['s3']}",
+    )

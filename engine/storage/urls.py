@@ -46,8 +46,8 @@ class Location:
     def kvstore(self, subpath: str = "") -> dict[str, Any]:
         """The TensorStore kvstore spec of this folder (or of ``subpath`` inside it).
 
-        >>> Location("s3", "a.zarr/raw", "bucket").kvstore()
-        {'driver': 's3', 'bucket': 'bucket', 'path': 'a.zarr/raw/'}
+        >>> Location("memory", "a.zarr/raw").kvstore()
+        {'driver': 'memory', 'path': 'a.zarr/raw/'}
         """
         # A folder path ends in "/"; the root of a bucket or of memory is "" (a leading "/" would
         # be part of every key there), the root of the file system "/".
@@ -59,12 +59,14 @@ class Location:
             return {"driver": "file", "path": path}
         if self.scheme == "memory":
             return {"driver": "memory", "path": path}
-        from engine.storage.errors import gcs_options, s3_options
+        from engine.storage.errors import check_s3_reachable, gcs_options, s3_options
 
         if self.scheme == "gs":
             return {"driver": "gcs", "bucket": self.bucket, "path": path, **gcs_options(self.url())}
 
-        return {"driver": "s3", "bucket": self.bucket, "path": path, **s3_options()}
+        options = s3_options()
+        check_s3_reachable(self.url(), options)
+        return {"driver": "s3", "bucket": self.bucket, "path": path, **options}
 
     def parent(self) -> Location:
         head = self.path.rstrip("/").rsplit("/", 1)[0] if "/" in self.path.strip("/") else ""
