@@ -13,7 +13,6 @@ The driver gathers those into ``RUN/rois/index.parquet``.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -24,6 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import PrivateAttr
+from typing_extensions import Unpack
 
 from engine.active.rois import (
     DEFAULT_SIZE,
@@ -36,13 +36,13 @@ from engine.active.rois import (
     to_uint8,
     window_radius,
 )
-from engine.errors import ConfigError, ResumeMismatch, StorageError
+from engine.errors import ConfigError, StorageError
 from engine.geometry import Block, BlockGrid, Box
 from engine.ops.scratch import Scratch
-from engine.runtime import Backend, BackendName, BlockOp, run_blockwise
-from engine.runtime.ownership import outputs_intact
+from engine.runtime import BlockOp
+from engine.runtime.session import CompletionRecord, RuntimeOptions, Session
 from engine.storage import Volume, create_volume, open_volume
-from engine.storage.safety import write_atomic, write_json_atomic
+from engine.storage.safety import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +270,14 @@ def _digest(objects: dict[str, np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
+class RoiRun(RuntimeOptions, total=False):
+    """How an extraction runs (the ROIs are the same whatever these say): the runtime options and
+    ``block``, the blocks of the grid over the label volume (default :data:`DEFAULT_BLOCK`); the
+    done-markers go to ``RUN/rois/.state`` unless ``state_dir`` says otherwise."""
+
+    block: Sequence[int]
+
+
 def extract_rois(
     run_dir: str | os.PathLike[str],
     labels: str,
@@ -281,13 +289,7 @@ def extract_rois(
     pre_value: int = 1,
     size: int = DEFAULT_SIZE,
     min_voxels: int = 0,
-    block: Sequence[int] = DEFAULT_BLOCK,
-    backend: BackendName | Backend = "serial",
-    workers: int | None = None,
-    address: str | None = None,
-    max_retries: int = 2,
-    overwrite: bool = False,
-    progress: bool = True,
+    **run: Unpack[RoiRun],
 ) -> RoiResult:
     """Extract the aligned ROIs of every object of ``table`` (an object table of ``labels``) into
     ``run_dir/rois`` (see :mod:`engine.active.rois` for the layout).
@@ -295,11 +297,47 @@ def extract_rois(
     ``image`` is the EM volume, ``prob`` the predicted probabilities (for ``score`` where the table
     has none), ``pre`` a volume whose value ``pre_value`` marks pre-synaptic voxels (synapses: the
     pre-synaptic side is then put on the left). Objects smaller than ``min_voxels`` are left out.
-    Runs blockwise and resumes like every blockwise command.
+    Runs blockwise and resumes like every blockwise command (``run``: :class:`RoiRun`).
     """
     t0 = time.perf_counter()
     if size < 8:
         raise ConfigError(f"--size must be at least 8 pixels, got {size}", "e.g. --size 128")
+    lab, img = _check_roi_inputs(labels, image, prob, pre)
+    objects = _objects_from_table(table, min_voxels)
+    n = int(objects["id"].size)
+    if n == 0:
+        raise StorageError(f"the object table {table} holds no objects of at least {max(1, min_voxels)} voxels", "check the threshold and --min-voxels")
+    _check_table_fits(lab, objects, table)
+    out, overwrite = rois_dir(run_dir), run.get("overwrite", False)
+    digest = _digest(objects)
+    record = CompletionRecord(out / "rois.json", {"labels": lab.url, "image": img.url, "table": os.fspath(table), "prob": prob, "pre": pre,
+                                                  "pre_value": pre_value, "size": size, "min_voxels": min_voxels, "objects": digest, "rois": n})
+    if index_path(run_dir).exists() or overwrite:
+        saved = record.finished(overwrite, f"rois: {out}", f"{out} holds ROIs made with other parameters",
+                                "pass --overwrite to extract them again, or use another run directory")
+        if saved is not None:
+            return RoiResult(**saved)
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        index_path(run_dir).unlink(missing_ok=True)
+        Scratch(str(out / ".scratch")).remove()
+    store = _create_roi_store(run_dir, objects, size, (lab.url, img.url), overwrite)
+    block = run.get("block", DEFAULT_BLOCK)
+    grid = BlockGrid(Box.from_shape(lab.spatial_shape), write_shape=tuple(min(int(b), s) for b, s in zip(block, lab.spatial_shape, strict=True)))
+    op = RoiOp(labels=lab.url, image=img.url, out=str(out), objects_digest=digest, prob=prob, pre=pre, pre_value=pre_value,
+               size=size, shape=lab.spatial_shape, block=grid.write_shape)  # type: ignore[arg-type]
+    with Session(run) as session:
+        summary = session.run(op, grid, "rois", state_dir=run.get("state_dir") or out / ".state")
+    _write_index(index_path(run_dir), _gather_index(out, objects, grid, n))
+    result = RoiResult(rois=n, index=str(index_path(run_dir)), store=store, size=size, blocks=grid.num_blocks, seconds=time.perf_counter() - t0)
+    record.save(result.to_dict(), {u: summary.run_id for u in op.outputs()[:2]})  # the scratch goes below; the crops must stay
+    Scratch(str(out / ".scratch")).remove()
+    log.info("rois: %d ROIs of %d x %d pixels in %s, %.1f s", n, size, size, out, result.seconds)
+    return result
+
+
+def _check_roi_inputs(labels: str, image: str, prob: str | None, pre: str | None) -> tuple[Volume, Volume]:
+    """The label and image volumes, checked against each other and against ``prob`` and ``pre``."""
     lab = open_volume(labels)
     if len(lab.shape) != 3 or lab.dtype.kind not in "iu":
         raise StorageError(f"{lab.url} is {lab.dtype} of shape {lab.shape}, not a (z, y, x) label volume", "give the output of connectile label")
@@ -315,46 +353,27 @@ def extract_rois(
     for name, url in (("prob", prob), ("pre", pre)):
         if url is not None and open_volume(url).spatial_shape != lab.spatial_shape:
             raise StorageError(f"--{name} {url} does not have the shape {lab.spatial_shape} of the labels", f"give the {name} volume of this prediction")
-    objects = _objects_from_table(table, min_voxels)
-    n = int(objects["id"].size)
-    if n == 0:
-        raise StorageError(f"the object table {table} holds no objects of at least {max(1, min_voxels)} voxels", "check the threshold and --min-voxels")
-    _check_table_fits(lab, objects, table)
-    out = rois_dir(run_dir)
-    digest = _digest(objects)
-    params: dict[str, Any] = {"labels": lab.url, "image": img.url, "table": os.fspath(table), "prob": prob, "pre": pre, "pre_value": pre_value,
-              "size": size, "min_voxels": min_voxels, "objects": digest, "rois": n}
-    meta_path = out / "rois.json"
-    if meta_path.exists() and index_path(run_dir).exists() and not overwrite:
-        saved = json.loads(meta_path.read_text())
-        if saved.get("params") == json.loads(json.dumps(params)) and outputs_intact(saved):
-            log.info("rois: %s is complete already", out)
-            return RoiResult(**saved["result"])
-        if saved.get("params") == json.loads(json.dumps(params)):
-            log.warning("rois: the crops of %s were deleted or recreated since %s was written: extracting them again", out, meta_path)
-        else:
-            raise ResumeMismatch(f"{out} holds ROIs made with other parameters ({meta_path})", "pass --overwrite to extract them again, or use another run directory")
-    out.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        meta_path.unlink(missing_ok=True)
-        index_path(run_dir).unlink(missing_ok=True)
-        Scratch(str(out / ".scratch")).remove()
+    return lab, img
+
+
+def _create_roi_store(run_dir: str | os.PathLike[str], objects: dict[str, np.ndarray], size: int, inputs: tuple[str, str], overwrite: bool) -> str:
+    """Write the numbered objects and create the crop arrays (one chunk per row); return the store."""
     buf = _io()
     savez: Any = np.savez
     savez(buf, **objects)
-    write_atomic(out / "objects.npz", buf.getvalue())
+    write_atomic(rois_dir(run_dir) / "objects.npz", buf.getvalue())
     store = rois_store(run_dir)
+    n = int(objects["id"].size)
     for name in ("image", "mask"):
-        create_volume(f"{store}/{name}", (n, size, size), "uint8", (1, size, size), overwrite=overwrite, inputs=(lab.url, img.url),
+        create_volume(f"{store}/{name}", (n, size, size), "uint8", (1, size, size), overwrite=overwrite, inputs=inputs,
                       attrs={"description": f"aligned ROI {name} crops; row i is roi_id i"})
-    grid = BlockGrid(Box.from_shape(lab.spatial_shape), write_shape=tuple(min(int(b), s) for b, s in zip(block, lab.spatial_shape, strict=True)))
-    op = RoiOp(labels=lab.url, image=img.url, out=str(out), objects_digest=digest, prob=prob, pre=pre, pre_value=pre_value,
-               size=size, shape=lab.spatial_shape, block=grid.write_shape)  # type: ignore[arg-type]
-    run = run_blockwise(op, grid, state_dir=out / ".state", backend=backend, workers=workers, address=address, max_retries=max_retries,
-                  overwrite=overwrite, progress=progress, name="rois")
+    return store
+
+
+def _gather_index(out: Path, objects: dict[str, np.ndarray], grid: BlockGrid, n: int) -> dict[str, np.ndarray]:
+    """The index rows the blocks left in the scratch, in ``roi_id`` order (all ``n`` of them)."""
     owners = np.unique(owner_blocks(objects["centroid"], grid))
-    scratch = Scratch(str(out / ".scratch"))
-    parts = scratch.get_many([f"index/{b}" for b in owners.tolist()])
+    parts = Scratch(str(out / ".scratch")).get_many([f"index/{b}" for b in owners.tolist()])
     cols: dict[str, list[np.ndarray]] = {c: [] for c in INDEX_COLUMNS}
     for data in parts:
         with np.load(_bytes_io(data)) as z:
@@ -365,13 +384,7 @@ def extract_rois(
     merged = {c: v[order] for c, v in merged.items()}
     if not np.array_equal(merged["roi_id"], np.arange(n)):
         raise StorageError(f"the ROI index of {out} is incomplete ({merged['roi_id'].size} of {n} rows)", "run again with --overwrite")
-    _write_index(index_path(run_dir), merged)
-    result = RoiResult(rois=n, index=str(index_path(run_dir)), store=store, size=size, blocks=grid.num_blocks, seconds=time.perf_counter() - t0)
-    crops = {u: run.run_id for u in op.outputs()[:2]}  # the scratch goes below; the crops must stay
-    write_json_atomic(meta_path, {"params": params, "result": result.to_dict(), "outputs": crops})
-    scratch.remove()
-    log.info("rois: %d ROIs of %d x %d pixels in %s, %.1f s", n, size, size, out, result.seconds)
-    return result
+    return merged
 
 
 def _bytes_io(data: bytes) -> Any:
