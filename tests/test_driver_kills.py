@@ -2,8 +2,8 @@
 
 Each command runs as a real ``python -m engine.cli`` child process. ``CONNECTILE_TEST_KILL_AT`` (see
 :mod:`engine.runtime.faults`) makes it SIGKILL itself at a named point: inside a pass (after the
-scheduler recorded a batch of blocks), between passes, just before and just after its scratch
-clean-up, between pyramid levels and between pipeline stages. The points of one command are hit one
+scheduler recorded a batch of blocks), between passes, just before, inside (the folder half deleted)
+and just after its scratch clean-up, between pyramid levels and between pipeline stages. The points of one command are hit one
 after the other on the same output (each rerun resumes what the last kill left, then dies at the next
 point); a last rerun without a kill point must finish, and its outputs must equal, array for array and
 dtype for dtype, those of an uninterrupted run into another folder.
@@ -14,6 +14,7 @@ Ray worker of that run every 2-3 s; its outputs must equal the serial run's.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +50,14 @@ def cli(args: Sequence[str], kill_at: str | None = None, timeout: float = 180) -
     return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=REPO, env=_env(kill_at), capture_output=True, text=True, timeout=timeout)
 
 
-def killed_then_finished(args_for: Sequence[str], points: Sequence[str]) -> None:
-    """Run the command, SIGKILLed at each point in turn (every rerun resumes), then once to the end."""
+def killed_then_finished(args_for: Sequence[str], points: Sequence[str], after: Callable[[str], None] | None = None) -> None:
+    """Run the command, SIGKILLed at each point in turn (every rerun resumes), then once to the end;
+    ``after(point)`` checks what each kill left."""
     for point in points:
         res = cli(args_for, kill_at=point)
         assert res.returncode == -signal.SIGKILL, f"kill point {point!r} was not reached (rc {res.returncode}):\n{res.stderr[-3000:]}"
+        if after is not None:
+            after(point)
     res = cli(args_for)
     assert res.returncode == 0, f"the rerun after kills at {list(points)} failed:\n{res.stderr[-3000:]}"
 
@@ -75,6 +79,24 @@ def assert_same_table(got: Path, want: Path, paths: dict[str, str]) -> None:
     for old, new in paths.items():
         meta_a = {k: v.replace(old, new) for k, v in meta_a.items()}
     assert meta_a == {k: v.decode() for k, v in (b.schema.metadata or {}).items()}
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every file under ``folder``: relative path -> digest of its bytes."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def cut_short_clean_up(scratch: Path) -> Callable[[str], None]:
+    """After a kill inside the scratch clean-up (``remove-scratch:partly``): the folder is (partly) emptied
+    but still there, and the run ids that tied the passes' done-markers to it went first (else the rerun would skip the passes
+    and miss their files)."""
+
+    def check(point: str) -> None:
+        if point.startswith("remove-scratch:"):
+            assert scratch.is_dir(), f"{scratch} was deleted whole: the kill was not inside the clean-up"
+            assert ".connectile-runs" not in {p.name for p in scratch.iterdir()}
+
+    return check
 
 
 def test_kill_point_fires_only_where_and_when_it_is_named() -> None:
@@ -108,9 +130,13 @@ def test_label_survives_driver_kills(data: Path, tmp_path: Path) -> None:
     ref = tmp_path / "ref.zarr"
     assert cli(args(ref)).returncode == 0
     out = tmp_path / "out.zarr"
-    killed_then_finished(args(out), ["label-local:batch", "label:after-pairs", "label-relabel:batch", "label:before-scratch-removal", "label:after-scratch-removal"])
+    inputs = tree(data)
+    points = ["label-local:batch", "label:after-pairs", "label-relabel:batch", "label:before-scratch-removal", "remove-scratch:partly@3", "label:after-scratch-removal"]
+    killed_then_finished(args(out), points, cut_short_clean_up(out / ".connectile" / "cc.label-scratch"))
     assert_same_array(str(out / "cc"), str(ref / "cc"))
     assert_same_table(out / "cc.parquet", ref / "cc.parquet", {str(out): str(ref)})
+    assert tree(data) == inputs  # nothing deleted or changed that the runs did not create
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ref.iterdir()) and not (out / ".connectile" / "cc.label-scratch").exists()
 
 
 def test_segment_survives_driver_kills(data: Path, tmp_path: Path) -> None:
@@ -120,8 +146,12 @@ def test_segment_survives_driver_kills(data: Path, tmp_path: Path) -> None:
     ref = tmp_path / "ref.zarr"
     assert cli(args(ref)).returncode == 0
     out = tmp_path / "out.zarr"
-    killed_then_finished(args(out), ["segment-fragments:batch", "segment:after-edges", "segment-relabel:batch", "segment:after-scratch-removal"])
+    inputs = tree(data)
+    points = ["segment-fragments:batch", "segment:after-edges", "segment-relabel:batch", "remove-scratch:partly@2", "segment:after-scratch-removal"]
+    killed_then_finished(args(out), points, cut_short_clean_up(out / ".connectile" / "seg.segment-scratch"))
     assert_same_array(str(out / "seg"), str(ref / "seg"))
+    assert tree(data) == inputs
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ref.iterdir()) and not (out / ".connectile" / "seg.segment-scratch").exists()
 
 
 def test_predict_survives_driver_kills(data: Path, tmp_path: Path) -> None:
@@ -141,8 +171,11 @@ def test_predict_survives_driver_kills(data: Path, tmp_path: Path) -> None:
     ref = tmp_path / "ref.zarr"
     assert cli(args(ref)).returncode == 0
     out = tmp_path / "out.zarr"
-    killed_then_finished(args(out), ["predict:batch", "predict:after-windows", "predict-borders:batch", "predict:before-scratch-removal"])
+    inputs = tree(data)
+    points = ["predict:batch", "predict:after-windows", "predict-borders:batch", "predict:before-scratch-removal", "remove-scratch:partly@1"]
+    killed_then_finished(args(out), points, cut_short_clean_up(out / ".connectile" / "prob.predict-scratch"))
     assert_same_array(str(out / "prob"), str(ref / "prob"))
+    assert tree(data) == inputs
     assert not (out / ".connectile" / "prob.predict-scratch").exists()  # the rerun cleaned up what the killed run left
 
 

@@ -16,7 +16,10 @@ reaches the point. Points in use:
   ``segment:after-scratch-removal``;
 - ``predict:after-windows``, ``predict:before-scratch-removal``, ``predict:after-scratch-removal``;
 - ``downsample:after-level-<level>`` (e.g. ``downsample:after-level-s1``);
-- ``pipeline:after-<stage>``.
+- ``pipeline:after-<stage>``;
+- ``remove-<kind>:partly`` (e.g. ``remove-scratch:partly@2``): inside a guarded delete
+  (:func:`engine.storage.safety.remove`), after each entry of a local folder (its metadata and run ids
+  first), after the metadata and run ids of a store: a scratch clean-up or an overwrite cut short.
 """
 
 from __future__ import annotations

@@ -217,22 +217,53 @@ def remove(url: Url, kind: Kind, *, inputs: Iterable[Url] = ()) -> bool:
             return False
         try:
             if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
+                _rmtree_marks_first(path, kind)
             else:
                 os.unlink(path)
         except OSError as err:
             raise StorageError(f"cannot delete {path}: {err.strerror or err}", "check the permissions, or delete it by hand") from err
         log.info("deleted %s (%s)", path, kind)
         return True
+    from engine.runtime.faults import kill_point
     from engine.storage.volume import _CONTEXT, _ts_message
 
     try:
         kv = ts.KvStore.open(loc.kvstore(), context=_CONTEXT).result()
+        for mark in _MARKS:  # see _rmtree_marks_first
+            kv.delete_range(ts.KvStore.KeyRange(mark, mark + "\x00")).result()
+            kv.delete_range(ts.KvStore.KeyRange(mark + "/", mark + "0")).result()
+        kill_point(f"remove-{kind}:partly")
         kv.delete_range(ts.KvStore.KeyRange()).result()
     except Exception as err:
         raise StorageError(f"cannot delete {loc.url()}: {_ts_message(err)}", "check your credentials, or delete it by hand") from err
     log.info("deleted %s (%s)", loc.url(), kind)
     return True
+
+
+# What says what a folder is and whom it belongs to: array and group metadata, and the run ids that tie
+# done-markers to it (engine.runtime.ownership). A delete removes these first.
+_MARKS = (".connectile-runs", ".zarray", ".zattrs", ".zgroup", ".zmetadata", "zarr.json", "attributes.json", "info")
+
+
+def _rmtree_marks_first(path: str, kind: Kind) -> None:
+    """Delete the folder ``path``: first its marks (metadata, run ids), then the rest, entry by entry.
+
+    A delete cut short (a killed driver, a full quota) so leaves a folder that no longer claims to be
+    anything: chunks without metadata (which a later delete may replace), scratch files without the run
+    ids whose done-markers described them (the rerun computes those passes again), never a volume or a
+    set of markers that vouches for files that are gone. The kill point ``remove-<kind>:partly`` (see
+    :mod:`engine.runtime.faults`) follows each entry."""
+    from engine.runtime.faults import kill_point
+
+    with os.scandir(path) as it:
+        entries = sorted(it, key=lambda e: (not (e.name in _MARKS or e.name.startswith(".")), e.name))
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+        kill_point(f"remove-{kind}:partly")
+    os.rmdir(path)
 
 
 # -- atomic writes --------------------------------------------------------------------------------
