@@ -50,7 +50,8 @@ from engine.ops.scratch import Scratch
 from engine.runtime import RunSummary, default_state_dir
 from engine.runtime.faults import kill_point
 from engine.runtime.lock import one_driver
-from engine.runtime.session import CompletionRecord, RuntimeOptions, Session
+from engine.runtime.options import RuntimeOptions
+from engine.runtime.session import CompletionRecord, Session
 from engine.segment.kernels import Device, check_connectivity
 from engine.storage import Volume, open_volume
 
@@ -178,7 +179,7 @@ def label_volume(
     job.grid, chunks_t = label_grid(job.src.spatial_shape, block, chunks)
     ops = job.ops(chunks_t)
     record = CompletionRecord(job.state / "result.json", {"grid": job.grid.layout(), "a": ops[0].params(), "c": ops[2].params(), "table": job.table})
-    saved = record.finished(job.overwrite, f"label: {job.out_url}", f"{job.out_url} was labelled", "pass --overwrite (--overwrite) to label it again")
+    saved = record.finished(job.overwrite, f"label: {job.out_url}", f"{job.out_url} was labelled with other parameters", "pass --overwrite (--overwrite) to label it again")
     if saved is not None:
         return LabelResult(**saved)
     if job.overwrite:

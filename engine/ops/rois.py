@@ -40,7 +40,8 @@ from engine.errors import ConfigError, StorageError
 from engine.geometry import Block, BlockGrid, Box
 from engine.ops.scratch import Scratch
 from engine.runtime import BlockOp
-from engine.runtime.session import CompletionRecord, RuntimeOptions, Session
+from engine.runtime.options import RuntimeOptions
+from engine.runtime.session import CompletionRecord, Session
 from engine.storage import Volume, create_volume, open_volume
 from engine.storage.safety import write_atomic
 

@@ -44,7 +44,8 @@ from engine.ops.scratch import Scratch
 from engine.runtime import BlockOp
 from engine.runtime.faults import kill_point
 from engine.runtime.lock import one_driver
-from engine.runtime.session import CompletionRecord, RuntimeOptions, Session
+from engine.runtime.options import RuntimeOptions
+from engine.runtime.session import CompletionRecord, Session
 from engine.segment.agglomerate import edge_sums, mean_agglomeration
 from engine.segment.objects import ObjectStats
 from engine.segment.stitch import block_faces
@@ -252,7 +253,7 @@ def segment_volume(
     session = Session(run, backend="serial")
     state = session.state(out_url, "segment")
     record = CompletionRecord(state / "result.json", {"grid": grid.layout(), "a": op_a.params(), "b": op_b.params(), "c": op_c.params()})
-    saved = record.finished(overwrite, f"segment: {out_url}", f"{out_url} was segmented", "pass --overwrite to segment it again")
+    saved = record.finished(overwrite, f"segment: {out_url}", f"{out_url} was segmented with other parameters", "pass --overwrite to segment it again")
     if saved is not None:
         return LabelResult(**saved)
     if overwrite:

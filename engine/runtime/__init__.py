@@ -6,8 +6,9 @@ from engine.runtime.execute import BatchResult, BlockRunner
 from engine.runtime.markers import DoneStore, run_hash
 from engine.runtime.mask import BlockMask
 from engine.runtime.op import OPS, BlockOp
+from engine.runtime.options import BackendName, RuntimeOptions
 from engine.runtime.progress import RunSummary
-from engine.runtime.scheduler import BackendName, default_state_dir, make_backend, run_blockwise
+from engine.runtime.scheduler import default_state_dir, make_backend, run_blockwise
 
 __all__ = [
     "OPS",
@@ -21,6 +22,7 @@ __all__ = [
     "DoneStore",
     "RayBackend",
     "RunSummary",
+    "RuntimeOptions",
     "SerialBackend",
     "WorkerSetupError",
     "connect",

@@ -34,10 +34,11 @@ import logging
 import math
 import os
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
+from typing_extensions import Unpack
 
 from engine.errors import BlocksFailed, ConfigError
 from engine.geometry import BlockGrid
@@ -48,12 +49,12 @@ from engine.runtime.lock import driver_lock
 from engine.runtime.markers import FAILED, SKIPPED, DoneStore
 from engine.runtime.mask import BlockMask
 from engine.runtime.op import BlockOp
+from engine.runtime.options import BackendName, BlockwiseOptions
 from engine.runtime.ownership import claim_outputs
 from engine.runtime.progress import RunObserver, RunSummary
 
 log = logging.getLogger(__name__)
 
-BackendName = Literal["serial", "ray"]
 
 
 def default_state_dir(output_url: str, name: str) -> Path:
@@ -83,32 +84,26 @@ def run_blockwise(
     grid: BlockGrid,
     *,
     state_dir: str | os.PathLike[str],
-    backend: BackendName | Backend = "ray",
-    workers: int | None = None,
-    address: str | None = None,
     mask: BlockMask | None = None,
-    max_retries: int = 2,
-    max_worker_restarts: int | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
     name: str | None = None,
-    window: int = 2,
-    target_call_seconds: float = 0.05,
-    max_batch: int = 4096,
     raise_on_failure: bool = True,
     deadline: Deadline | None = None,
+    **options: Unpack[BlockwiseOptions],
 ) -> RunSummary:
     """Run ``op`` over every block of ``grid`` not yet done, and return the run summary.
 
     ``state_dir`` holds the done-markers, ``summary.json`` and the driver lock of this run.
     ``deadline`` bounds how long a batch may run on a Ray worker (default: :meth:`Deadline.from_env`,
-    derived from the observed block times, see :mod:`engine.runtime.deadline`).
+    derived from the observed block times, see :mod:`engine.runtime.deadline`). ``options``: where
+    and how the blocks run (:class:`~engine.runtime.options.RunOptions`, backend ``ray`` by default)
+    and the pacing of the dispatch (:class:`~engine.runtime.options.Pacing`).
     """
+    max_retries = options.get("max_retries", 2)
     if max_retries < 0:
         raise ConfigError(f"max_retries must be >= 0, got {max_retries}")
     name = name or op.kind or type(op).__name__
     deadline = deadline or Deadline.from_env()
-    be = make_backend(backend, workers, address)
+    be = make_backend(options.get("backend", "ray"), options.get("workers"), options.get("address"))
     if be.name == "ray" and (op.process_local or _uses_memory(op)):
         raise ConfigError(
             f"operation {name!r} uses memory:// volumes, which Ray workers in other processes cannot see",
@@ -116,7 +111,7 @@ def run_blockwise(
         )
     description = {"layout": grid.layout(), "op": op.params()}
     with driver_lock(state_dir):  # one driver per output: a second one refuses, naming this one
-        markers = DoneStore.open(state_dir, description, overwrite=overwrite)
+        markers = DoneStore.open(state_dir, description, overwrite=options.get("overwrite", False))
         try:
             op.prepare(grid)
             run_id = claim_outputs(markers, op.outputs())
@@ -126,15 +121,11 @@ def run_blockwise(
             todo = np.flatnonzero(todo_mask)
             summary = RunSummary(name, be.name, grid.num_blocks, already_done=int(grid.num_blocks - todo.size), state_dir=str(state_dir), run_id=run_id)
             log.info("%s: %d blocks, %d already done, %d to run", name, grid.num_blocks, summary.already_done, todo.size)
-            observer = RunObserver(summary, int(todo.size), progress=progress)
+            observer = RunObserver(summary, int(todo.size), progress=options.get("progress", True))
             if todo.size:
                 be.start(op, grid, mask)
                 try:
-                    restarts = max_worker_restarts if max_worker_restarts is not None else 2 * be.num_workers + 2
-                    _Dispatcher(
-                        be, markers, observer, todo, grid, max_retries, restarts, window, target_call_seconds, max_batch,
-                        deadline=deadline,
-                    ).run()
+                    _Dispatcher(be, markers, observer, todo, grid, _Pacing.of(options, be.num_workers, deadline)).run()
                     summary.workers = _worker_counts(be, markers)
                 finally:
                     be.stop()
@@ -167,6 +158,27 @@ def _worker_counts(be: Backend, markers: DoneStore) -> list[dict[str, object]]:
     return [{**w, "blocks": int(counts.get(str(w.get("name")), 0))} for w in be.workers()]
 
 
+@dataclass(frozen=True)
+class _Pacing:
+    """The limits of one run's dispatch loop (see :class:`~engine.runtime.options.Pacing`)."""
+
+    max_retries: int
+    max_restarts: int
+    window: int
+    target: float
+    max_batch: int
+    deadline: Deadline
+
+    @classmethod
+    def of(cls, options: BlockwiseOptions, num_workers: int, deadline: Deadline) -> _Pacing:
+        restarts = options.get("max_worker_restarts")
+        return cls(
+            max_retries=options.get("max_retries", 2), max_restarts=restarts if restarts is not None else 2 * num_workers + 2,
+            window=options.get("window", 2), target=options.get("target_call_seconds", 0.05), max_batch=options.get("max_batch", 4096),
+            deadline=deadline,
+        )
+
+
 class _Dispatcher:
     """The dispatch loop of one run (state kept here so ``run_blockwise`` stays readable)."""
 
@@ -177,25 +189,19 @@ class _Dispatcher:
         observer: RunObserver,
         todo: np.ndarray,
         grid: BlockGrid,
-        max_retries: int,
-        max_restarts: int,
-        window: int,
-        target_call_seconds: float,
-        max_batch: int,
-        *,
-        deadline: Deadline | None = None,
+        pacing: _Pacing,
     ) -> None:
         self.be = be
-        self.clock = BatchClock(deadline or Deadline(), be.num_workers)
+        self.clock = BatchClock(pacing.deadline, be.num_workers)
         self.markers = markers
         self.observer = observer
         self.pending: deque[int] = deque(int(i) for i in todo)
         self.attempts: dict[int, int] = {}
-        self.max_retries = max_retries
-        self.restarts_left = max_restarts
-        self.window = window
-        self.target = target_call_seconds
-        self.max_batch = max_batch
+        self.max_retries = pacing.max_retries
+        self.restarts_left = pacing.max_restarts
+        self.window = pacing.window
+        self.target = pacing.target
+        self.max_batch = pacing.max_batch
         self.block_seconds = 0.0  # running estimate of the time per block, for batch sizing
         self.in_flight = [0] * be.num_workers
         self.dead: set[int] = set()

@@ -1,8 +1,8 @@
-"""The runtime options every blockwise driver takes, declared once, and the session that runs the
-passes of one multi-pass operation.
+"""The session that runs the passes of one multi-pass operation.
 
-A driver declares ``**runtime: Unpack[RuntimeOptions]`` instead of repeating backend, workers,
-address, retries, overwrite, progress and state folder, and runs its passes in a :class:`Session`:
+A driver declares ``**runtime: Unpack[RuntimeOptions]`` (:mod:`engine.runtime.options`) instead of
+repeating backend, workers, address, retries, overwrite, progress and state folder, and runs its
+passes in a :class:`Session`:
 
     with Session(runtime, backend="serial") as s:
         a = s.run(op_a, grid, "label-local", state_dir=state / "local", key="local")
@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 from typing_extensions import Unpack
 
@@ -31,35 +31,13 @@ from engine.errors import ResumeMismatch
 from engine.geometry import BlockGrid
 from engine.runtime.backends import Backend, RayBackend
 from engine.runtime.op import BlockOp
+from engine.runtime.options import BackendName, Pacing, RuntimeOptions
 from engine.runtime.ownership import outputs_intact
 from engine.runtime.progress import RunSummary
-from engine.runtime.scheduler import BackendName, default_state_dir, run_blockwise
+from engine.runtime.scheduler import default_state_dir, run_blockwise
 from engine.storage.safety import write_json_atomic
 
 log = logging.getLogger(__name__)
-
-
-class RuntimeOptions(TypedDict, total=False):
-    """How a driver runs, whatever it computes (every key optional; the driver gives the defaults).
-
-    ``backend``: ``serial``, ``ray`` or a started :class:`Backend`; ``workers``/``address``: the Ray
-    workers and cluster; ``max_retries``: attempts of a failing block after the first; ``overwrite``:
-    start again instead of resuming; ``progress``: a progress bar; ``state_dir``: the folder of the
-    done-markers (default: beside the output, see :func:`default_state_dir`).
-    """
-
-    backend: BackendName | Backend
-    workers: int | None
-    address: str | None
-    max_retries: int
-    overwrite: bool
-    progress: bool
-    state_dir: str | os.PathLike[str] | None
-
-
-def runtime_options(**runtime: Unpack[RuntimeOptions]) -> RuntimeOptions:
-    """The options as a checked dict (for callers that build them up front)."""
-    return runtime
 
 
 class Session:
@@ -98,13 +76,13 @@ class Session:
             self._own = None
 
     def run(self, op: BlockOp, grid: BlockGrid, name: str, *, state_dir: str | os.PathLike[str], key: str | None = None,
-            serial: bool = False, **extra: Any) -> RunSummary:
+            serial: bool = False, **pacing: Unpack[Pacing]) -> RunSummary:
         """One blockwise pass (``serial``: in this process); its wall time is kept under ``key``."""
         backend: BackendName | Backend = "serial" if serial else self._own if self._own is not None else self.backend
         with self.timed(key or name):
             summary = run_blockwise(
                 op, grid, state_dir=state_dir, name=name, backend=backend, workers=self.workers, address=self.address,
-                max_retries=self.max_retries, overwrite=self.overwrite, progress=self.progress, **extra,
+                max_retries=self.max_retries, overwrite=self.overwrite, progress=self.progress, **pacing,
             )
         self.runs.append(summary)
         return summary
@@ -149,4 +127,4 @@ class CompletionRecord:
         write_json_atomic(self.path, {"params": self.params, "result": result, "outputs": outputs})
 
 
-__all__ = ["CompletionRecord", "RuntimeOptions", "Session", "runtime_options"]
+__all__ = ["CompletionRecord", "Session"]
