@@ -19,10 +19,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field, PrivateAttr
+from typing_extensions import Unpack
 
 from engine.errors import ConfigError
 from engine.geometry import Block, BlockGrid, Box
-from engine.runtime import BackendName, BlockOp, RunSummary, run_blockwise
+from engine.runtime import BlockOp, RunSummary
+from engine.runtime.options import RuntimeOptions
+from engine.runtime.session import Session
 from engine.select.embeddings import create_embeddings, open_embeddings
 from engine.select.patches import PatchGrid, default_patch_and_stride
 
@@ -130,6 +133,17 @@ class EmbedOp(BlockOp):
         self._model = None
 
 
+class EmbedRun(RuntimeOptions, total=False):
+    """How an embedding runs (the embeddings are the same whatever these say): the runtime options
+    (backend ``ray`` by default; the state folder defaults to ``OUTPUT.state``), ``block`` (patches
+    per block, default :data:`DEFAULT_BLOCK`), ``batch`` (patches per encoder call, 32) and
+    ``threads`` (torch threads per worker, 1)."""
+
+    block: tuple[int, int, int]
+    batch: int
+    threads: int
+
+
 def embed_volume(
     volume: str,
     output: str,
@@ -137,18 +151,9 @@ def embed_volume(
     *,
     patch: tuple[int, int, int] | None = None,
     stride: tuple[int, int, int] | None = None,
-    block: tuple[int, int, int] = DEFAULT_BLOCK,
-    batch: int = 32,
     dtype: str = "float32",
-    state_dir: str | os.PathLike[str] | None = None,
-    backend: BackendName = "ray",
-    workers: int | None = None,
-    address: str | None = None,
-    max_retries: int = 2,
-    progress: bool = True,
-    overwrite: bool = False,
-    threads: int = 1,
     limit: tuple[int, int, int] | None = None,
+    **run: Unpack[EmbedRun],
 ) -> RunSummary:
     """Embed every patch of ``volume`` (inside its first ``limit`` voxels) into the embedding zarr ``output`` (resumable)."""
     from engine.storage import open_volume
@@ -157,12 +162,11 @@ def embed_volume(
     dp, ds = default_patch_and_stride(vol.voxel_size)
     p = tuple(patch or dp)
     st = tuple(stride or ds)
-    op = EmbedOp(input=volume, output=output, encoder=encoder, patch=(p[0], p[1], p[2]), stride=(st[0], st[1], st[2]), batch=batch, dtype=dtype, overwrite=overwrite,
-                 threads=threads, limit=limit)
+    op = EmbedOp(input=volume, output=output, encoder=encoder, patch=(p[0], p[1], p[2]), stride=(st[0], st[1], st[2]), batch=run.get("batch", 32),
+                 dtype=dtype, overwrite=run.get("overwrite", False), threads=run.get("threads", 1), limit=limit)
     pg = op.patch_grid(vol.spatial_shape)
-    write = tuple(min(b, g) for b, g in zip(block, pg.shape, strict=True))
+    write = tuple(min(b, g) for b, g in zip(run.get("block", DEFAULT_BLOCK), pg.shape, strict=True))
     grid = BlockGrid(Box.from_shape(pg.shape), write)
-    state = Path(state_dir) if state_dir is not None else Path(str(output) + ".state")
     log.info("embedding %d patches (%s grid) of %s in %d blocks", pg.size, pg.shape, volume, grid.num_blocks)
-    return run_blockwise(op, grid, state_dir=state, backend=backend, workers=workers, address=address, max_retries=max_retries,
-                         progress=progress, overwrite=overwrite, name="embed")
+    with Session(run, backend="ray", share_workers=False) as session:
+        return session.run(op, grid, "embed", state_dir=run.get("state_dir") or Path(str(output) + ".state"))
