@@ -12,16 +12,9 @@ import tensorstore as ts
 
 from engine.errors import BlocksFailed, ConfigError, StorageError
 from engine.geometry import Box
-from engine.ops.downsample import (
-    build_pyramid,
-    default_method,
-    downsample_mean,
-    downsample_mode,
-    find_pyramid,
-    level_factors,
-    multiscale_levels,
-)
+from engine.ops.downsample import build_pyramid, default_method, downsample_mean, downsample_mode, level_factors
 from engine.storage import create_volume, open_volume
+from engine.storage.ome import find_pyramid, multiscale_levels
 
 FACTORS = [(2, 2, 2), (1, 2, 2), (3, 2, 1), (1, 1, 1)]
 

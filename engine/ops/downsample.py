@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,14 +42,12 @@ from engine.runtime import Backend, BackendName, RayBackend, default_state_dir, 
 from engine.runtime.faults import kill_point
 from engine.runtime.op import BlockOp
 from engine.storage import Volume, check_write_alignment, create_volume, detect_format, open_volume, parse_url
-from engine.storage.volume import _read_json, _write_json
+from engine.storage.ome import pyramid_layout, write_pyramid
 
 log = logging.getLogger(__name__)
 
 Method = Literal["mean", "mode"]
 Kernel = Literal["tensorstore", "numpy"]
-LEVEL_RE = re.compile(r"^s(\d+)$")
-PYRAMID_SUFFIX = "_pyramid"
 LABEL_DTYPES = (np.uint32, np.uint64, np.int32, np.int64)
 
 
@@ -360,85 +357,6 @@ def _grid(shape: Sequence[int], chunks: Sequence[int], block: Sequence[int]) -> 
     return BlockGrid(Box.from_shape(spatial), write_shape=wb), (ch[0], ch[1], ch[2])
 
 
-def pyramid_layout(input_url: str | os.PathLike[str], output: str | os.PathLike[str] | None = None) -> tuple[str, bool]:
-    """The group the levels go into, and whether ``s0`` must be copied there.
-
-    ``data.zarr/raw/s0`` -> (``data.zarr/raw``, no copy); ``data.zarr/raw`` -> (``data.zarr/raw_pyramid``, copy).
-    """
-    loc = parse_url(input_url)
-    if output is None and LEVEL_RE.match(loc.name) and loc.name == "s0":
-        return loc.parent().url(), False
-    group = parse_url(output).url() if output is not None else f"{loc.parent().url().rstrip('/')}/{loc.name}{PYRAMID_SUFFIX}"
-    return group, True
-
-
-def multiscale_levels(group_url: str | os.PathLike[str]) -> list[str]:
-    """Paths of the levels listed in the first OME-Zarr ``multiscales`` entry of a group ([] if none)."""
-    loc = parse_url(group_url)
-    try:
-        zattrs = _read_json(loc, ".zattrs")
-        meta = _read_json(loc, "zarr.json")
-    except StorageError:
-        return []
-    entries: list[Any] = []
-    if zattrs is not None:
-        entries = zattrs.get("multiscales", [])
-    elif meta is not None and meta.get("node_type") == "group":
-        entries = meta.get("attributes", {}).get("ome", {}).get("multiscales", [])
-    if not entries or not isinstance(entries[0], dict):
-        return []
-    return [str(d.get("path")) for d in entries[0].get("datasets", []) if isinstance(d, dict)]
-
-
-def find_pyramid(volume_url: str | os.PathLike[str]) -> str | None:
-    """The multiscale group of a volume where one was built: the volume's own group when it is level
-    ``s0`` of a pyramid of several levels, else its sibling ``<name>_pyramid``; None otherwise."""
-    loc = parse_url(volume_url)
-    candidates = []
-    if loc.name == "s0":
-        candidates.append(loc.parent().url())
-    candidates.append(f"{loc.parent().url().rstrip('/')}/{loc.name}{PYRAMID_SUFFIX}")
-    for group in candidates:
-        if loc.is_local_file and not os.path.isdir(parse_url(group).path):
-            continue
-        if len(multiscale_levels(group)) > 1:
-            return group
-    return None
-
-
-def _write_multiscales(group: str, name: str, src: Volume, levels: list[dict[str, Any]], method: str, fmt: str) -> None:
-    loc = parse_url(group)
-    n_lead = len(src.shape) - 3
-    if n_lead > 1:
-        log.warning("%s has %d leading axes: OME-Zarr lists (c, z, y, x) at most; the levels are written without multiscales", src.url, n_lead)
-        return
-    axes = [{"name": "c", "type": "channel"}] * n_lead + [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]
-    datasets = [
-        {
-            "path": lv["path"],
-            "coordinateTransformations": [
-                {"type": "scale", "scale": [1.0] * n_lead + lv["voxel_size"]},
-                {"type": "translation", "translation": [0.0] * n_lead + lv["offset"]},
-            ],
-        }
-        for lv in levels
-    ]
-    entry: dict[str, Any] = {"version": "0.4"} if fmt == "zarr" else {}
-    entry.update({"name": name, "axes": axes, "datasets": datasets, "type": method, "metadata": {"method": f"connectile.downsample.{method}"}})
-    if fmt == "zarr":
-        if _read_json(loc, ".zgroup") is None:
-            _write_json(loc, ".zgroup", {"zarr_format": 2})
-        zattrs = _read_json(loc, ".zattrs") or {}
-        zattrs["multiscales"] = [entry]
-        _write_json(loc, ".zattrs", zattrs)
-    else:
-        meta = _read_json(loc, "zarr.json") or {"zarr_format": 3, "node_type": "group"}
-        ome = meta.setdefault("attributes", {}).setdefault("ome", {})
-        ome["version"] = "0.5"
-        ome["multiscales"] = [entry]
-        _write_json(loc, "zarr.json", meta)
-
-
 def build_pyramid(
     input: str | os.PathLike[str],  # noqa: A002 - the natural name for users
     output: str | os.PathLike[str] | None = None,
@@ -554,7 +472,7 @@ def build_pyramid(
         if own is not None:
             own.shutdown()
     name = src.loc.name if copy_s0 else parse_url(group).name
-    _write_multiscales(group, name, src, level_info, m, fmt)
+    write_pyramid(group, name, src, level_info, m, fmt)
     seconds = time.perf_counter() - t0
     log.info("pyramid %s: %d levels (%s) in %.1f s", group, len(level_info), m, seconds)
     return PyramidResult(group=group, levels=level_info, method=m, copied_s0=copy_s0, seconds=seconds, runs=runs)

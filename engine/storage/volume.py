@@ -7,6 +7,7 @@ metadata: for zarr they are written both as OME-Zarr ``multiscales`` of the pare
 (also ``resolution`` and ``units``, one per axis in the order of ``dimensions``, as TensorStore and
 neuroglancer read them); for precomputed in its ``info`` scale.
 
+>>> from engine.storage import create_volume
 >>> v = create_volume("memory://doc/raw", shape=(4, 8, 8), dtype="uint8", chunks=(2, 4, 4))
 >>> v.write(Box((0, 0, 0), (2, 4, 4)), np.full((2, 4, 4), 7, np.uint8))
 >>> int(v.read(Box((0, 0, 0), (4, 8, 8))).sum())
@@ -15,7 +16,6 @@ neuroglancer read them); for precomputed in its ``info`` scale.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -26,7 +26,9 @@ import tensorstore as ts
 
 from engine.errors import StorageError
 from engine.geometry import Box, Coord
+from engine.storage import ome
 from engine.storage.errors import as_storage_error, classify, note_retry, retrying
+from engine.storage.kv import _CONTEXT, _key_exists, _read_json, _ts_message, _write_json
 from engine.storage.urls import Location, parse_url
 
 log = logging.getLogger(__name__)
@@ -34,57 +36,6 @@ log = logging.getLogger(__name__)
 Format = Literal["zarr", "zarr3", "n5", "precomputed"]
 FORMATS: tuple[str, ...] = get_args(Format)
 _METADATA_KEYS: dict[str, str] = {"zarr": ".zarray", "zarr3": "zarr.json", "n5": "attributes.json", "precomputed": "info"}
-_CONTEXT = ts.Context()  # one per process, so memory:// volumes are shared between opens
-
-
-def _ts_message(err: BaseException) -> str:
-    """A TensorStore error as one short line: without the echoed spec (hundreds of characters of
-    JSON) or source locations, and without line breaks."""
-    text = str(err)
-    for marker in (" [tensorstore_spec=", " [source locations="):
-        text = text.split(marker, 1)[0]
-    return " ".join(text.split())
-
-
-def _kv(loc: Location) -> ts.KvStore:
-    spec = loc.kvstore()  # (its own one-line errors: a cloud store that cannot be reached)
-    try:
-        return ts.KvStore.open(spec, context=_CONTEXT).result()
-    except Exception as err:
-        raise StorageError(f"cannot open the store at {loc.url()}: {_ts_message(err)}", "check the path and your credentials") from err
-
-
-def _read_key(loc: Location, key: str) -> Any:
-    """A kvstore read of ``key``, transient errors retried, others one classified line."""
-    kv = _kv(loc)
-    return retrying(lambda: kv.read(key).result(), f"{loc.url()}/{key}", "reading")
-
-
-def _key_exists(loc: Location, key: str) -> bool:
-    return bool(_read_key(loc, key).state == "value")
-
-
-def _read_json(loc: Location, key: str) -> dict[str, Any] | None:
-    res = _read_key(loc, key)
-    if res.state != "value":
-        return None
-    try:
-        out = json.loads(bytes(res.value))
-    except ValueError as err:
-        raise StorageError(
-            f"{loc.url()}/{key} is corrupt (not JSON: {err})", "re-create the volume or restore it from a copy"
-        ) from err
-    if not isinstance(out, dict):
-        raise StorageError(f"{loc.url()}/{key} is corrupt (not a JSON object)", "re-create the volume or restore it from a copy")
-    return out
-
-
-def _write_json(loc: Location, key: str, obj: dict[str, Any]) -> None:
-    kv = _kv(loc)
-    data = json.dumps(obj, indent=1).encode()
-    retrying(lambda: kv.write(key, data).result(), f"{loc.url()}/{key}", "writing")
-
-
 def detect_format(url: str | os.PathLike[str]) -> Format | None:
     """The format of the array at ``url`` from its metadata file, or None if there is none."""
     loc = parse_url(url)
@@ -329,14 +280,12 @@ def _read_attrs(loc: Location, fmt: Format) -> dict[str, Any]:
         if "voxel_size" not in attrs and "resolution" in attrs:  # funlib convention
             attrs["voxel_size"] = attrs["resolution"]
         if "voxel_size" not in attrs:
-            group = _read_json(loc.parent(), ".zattrs") or {}
-            attrs.update(_from_multiscales(group.get("multiscales", []), loc.name))
+            attrs.update(ome.dataset_transform(loc, fmt))
     elif fmt == "zarr3":
         meta = _read_json(loc, "zarr.json") or {}
         attrs = dict(meta.get("attributes", {}))
         if "voxel_size" not in attrs:
-            group = (_read_json(loc.parent(), "zarr.json") or {}).get("attributes", {})
-            attrs.update(_from_multiscales(group.get("ome", {}).get("multiscales", []), loc.name))
+            attrs.update(ome.dataset_transform(loc, fmt))
     elif fmt == "n5":
         meta = _read_json(loc, "attributes.json") or {}
         attrs = {k: v for k, v in meta.items() if k not in ("dimensions", "blockSize", "dataType", "compression")}
@@ -350,20 +299,6 @@ def _read_attrs(loc: Location, fmt: Format) -> dict[str, Any]:
             offset = scale.get("voxel_offset", [0, 0, 0])
             attrs["offset"] = [o * r for o, r in zip(reversed(offset), attrs["voxel_size"], strict=True)]
     return attrs
-
-
-def _from_multiscales(multiscales: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    for ms in multiscales:
-        for ds in ms.get("datasets", []):
-            if ds.get("path") == name:
-                out: dict[str, Any] = {}
-                for tr in ds.get("coordinateTransformations", []):
-                    if tr.get("type") == "scale":
-                        out["voxel_size"] = tr["scale"][-3:]
-                    if tr.get("type") == "translation":
-                        out["offset"] = tr["translation"][-3:]
-                return out
-    return {}
 
 
 def open_volume(
@@ -565,7 +500,7 @@ def create_volume(
             n5["resolution"] = [1.0] * len(lead) + list(vs)
             n5["units"] = [""] * len(lead) + ["nm"] * 3
             _write_json(loc, "attributes.json", n5)
-        _register_in_group(loc, fmt, len(lead), vs, off)
+        ome.register_in_group(loc, fmt, len(lead), vs, off)
     log.info("created %s volume %s shape=%s dtype=%s chunks=%s shards=%s", fmt, loc.url(), shape_t, dt, chunks_t, shards_t)
     return Volume(url, fmt, "r+")
 
@@ -606,67 +541,6 @@ def _create_precomputed(
         ts.open(spec, create=True, delete_existing=overwrite, context=_CONTEXT).result()
     except ValueError as err:
         raise StorageError(f"cannot create precomputed volume at {loc.url()}: {_ts_message(err)}", "check the path and the layout") from err
-
-
-def _zarr_group_chain(loc: Location) -> list[Location]:
-    """Parent folders of a zarr array that are zarr groups: from the first ``*.zarr`` component down."""
-    parts = loc.path.rstrip("/").split("/")[:-1]
-    for i, part in enumerate(parts):
-        if part.endswith(".zarr"):
-            return [Location(loc.scheme, "/".join(parts[: j + 1]), loc.bucket) for j in range(i, len(parts))]
-    return []
-
-
-def _register_in_group(loc: Location, fmt: Format, n_lead: int, vs: tuple[float, ...], off: tuple[float, ...]) -> None:
-    """Make the parent folders zarr groups and list the array in the parent's OME-Zarr multiscales
-    (0.4 for zarr v2, 0.5 under ``attributes.ome`` for zarr v3).
-
-    OME-Zarr axes name every array axis: one leading axis is a ``channel`` axis with scale 1; arrays
-    with more leading axes are beyond OME-Zarr's (t, c, z, y, x) and are not listed (their voxel size
-    and offset stay in the array's own attributes)."""
-    if fmt not in ("zarr", "zarr3"):
-        return
-    chain = _zarr_group_chain(loc)
-    if not chain:
-        return
-    for group in chain:
-        key = ".zgroup" if fmt == "zarr" else "zarr.json"
-        if _read_json(group, key) is None:
-            _write_json(group, key, {"zarr_format": 2} if fmt == "zarr" else {"zarr_format": 3, "node_type": "group", "attributes": {}})
-    if n_lead > 1:
-        log.debug("%s has %d leading axes: not listed in the OME-Zarr multiscales of its group", loc.url(), n_lead)
-        return
-    parent = chain[-1]
-    channel = [{"name": "c", "type": "channel"}] * n_lead
-    entry: dict[str, Any] = {"version": "0.4"} if fmt == "zarr" else {}  # 0.5 keeps the version in "ome"
-    entry.update(
-        {
-            "name": loc.name,
-            "axes": [*channel, *({"name": a, "type": "space", "unit": "nanometer"} for a in "zyx")],
-            "datasets": [
-                {
-                    "path": loc.name,
-                    "coordinateTransformations": [
-                        {"type": "scale", "scale": [1.0] * n_lead + list(vs)},
-                        {"type": "translation", "translation": [0.0] * n_lead + list(off)},
-                    ],
-                }
-            ],
-        }
-    )
-    if fmt == "zarr":
-        zattrs = _read_json(parent, ".zattrs") or {}
-        ms = [m for m in zattrs.get("multiscales", []) if m.get("name") != loc.name]
-        zattrs["multiscales"] = [*ms, entry]
-        _write_json(parent, ".zattrs", zattrs)
-    else:
-        meta = _read_json(parent, "zarr.json") or {"zarr_format": 3, "node_type": "group"}
-        attributes = meta.setdefault("attributes", {})
-        ome = attributes.setdefault("ome", {})
-        ome["version"] = "0.5"
-        ms = [m for m in ome.get("multiscales", []) if m.get("name") != loc.name]
-        ome["multiscales"] = [*ms, entry]
-        _write_json(parent, "zarr.json", meta)
 
 
 def check_write_alignment(volume: Volume, write_shape: Sequence[int], origin: Sequence[int] = (0, 0, 0)) -> None:

@@ -23,8 +23,8 @@ from urllib.parse import quote
 
 import numpy as np
 
-from engine.ops.downsample import find_pyramid
 from engine.storage import Volume, open_volume, parse_url
+from engine.storage.ome import find_pyramid
 from engine.view.files import ViewError
 
 Kind = Literal["image", "prediction", "segmentation"]
@@ -86,7 +86,7 @@ def default_kind(vol: Volume, name: str) -> Kind:
 
 def volume_layer(url: str | os.PathLike[str], kind: Kind | None = None, name: str | None = None) -> Layer:
     """Open a volume and describe it as a layer (its pyramid is used where ``connectile downsample`` built one)."""
-    from engine.ops.downsample import multiscale_levels
+    from engine.storage.ome import multiscale_levels
 
     vol = open_volume(url)
     if len(vol.shape) > 4:
