@@ -28,7 +28,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +164,21 @@ class DoneStore:
 
     def done_ids(self) -> np.ndarray:
         return self.ids_with(DONE)
+
+    def done_ranges(self, chunk: int = 1 << 16) -> np.ndarray:
+        """``[start, stop)`` ranges of the ids marked done, shape (k, 2). The ids are read in
+        chunks of ``chunk`` in id order and folded into ranges as they come, so resuming a run of
+        10^7 blocks never holds a Python object per block (memory follows the number of ranges)."""
+        from engine.runtime.pending import merge_runs, runs
+
+        self.flush(force=True)
+        cur = self._conn.execute(f"SELECT id FROM blocks WHERE status={DONE} ORDER BY id")
+
+        def parts() -> Iterator[np.ndarray]:
+            while rows := cur.fetchmany(chunk):
+                yield runs(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
+
+        return merge_runs(parts())
 
     def count(self, status: int) -> int:
         self.flush(force=True)
