@@ -28,8 +28,8 @@ from pydantic import PrivateAttr
 from engine.errors import ConfigError, StorageError
 from engine.geometry import Block, BlockGrid, Box
 from engine.runtime import BackendName, BlockOp, default_state_dir, run_blockwise
+from engine.storage import Volume, check_write_alignment, create_volume, open_volume
 from engine.storage.sources import Source, open_source
-from engine.storage.volume import Volume, check_write_alignment, create_volume, open_volume
 
 log = logging.getLogger(__name__)
 

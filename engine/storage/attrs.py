@@ -39,7 +39,7 @@ def _where(loc: Location) -> tuple[str, str | None] | None:
 
 def read_attrs(url: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The attributes of the array or group at ``url``; None where there is neither."""
-    from engine.storage.volume import _read_json
+    from engine.storage.kv import _read_json
 
     loc = parse_url(url)
     where = _where(loc)
@@ -52,7 +52,7 @@ def read_attrs(url: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 def update_attrs(url: str | os.PathLike[str], updates: dict[str, Any]) -> None:
     """Merge ``updates`` into the attributes of the array or group at ``url`` (read, update, write)."""
-    from engine.storage.volume import _read_json, _write_json
+    from engine.storage.kv import _read_json, _write_json
 
     loc = parse_url(url)
     where = _where(loc)
