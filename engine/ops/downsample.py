@@ -35,12 +35,15 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, PrivateAttr
+from typing_extensions import Unpack
 
 from engine.errors import ConfigError, StorageError
 from engine.geometry import Block, BlockGrid, Box
-from engine.runtime import Backend, BackendName, RayBackend, default_state_dir, run_blockwise
+from engine.runtime import default_state_dir
 from engine.runtime.faults import kill_point
 from engine.runtime.op import BlockOp
+from engine.runtime.options import RuntimeOptions
+from engine.runtime.session import Session
 from engine.storage import Volume, check_write_alignment, create_volume, detect_format, open_volume, parse_url
 from engine.storage.ome import pyramid_layout, write_pyramid
 
@@ -48,6 +51,7 @@ log = logging.getLogger(__name__)
 
 Method = Literal["mean", "mode"]
 Kernel = Literal["tensorstore", "numpy"]
+DEFAULT_BLOCK: tuple[int, int, int] = (128, 256, 256)
 LABEL_DTYPES = (np.uint32, np.uint64, np.int32, np.int64)
 
 
@@ -357,6 +361,16 @@ def _grid(shape: Sequence[int], chunks: Sequence[int], block: Sequence[int]) -> 
     return BlockGrid(Box.from_shape(spatial), write_shape=wb), (ch[0], ch[1], ch[2])
 
 
+class PyramidRun(RuntimeOptions, total=False):
+    """How a pyramid is built (the levels are the same whatever these say): the runtime options (the
+    done-markers of level ``sK`` go to ``state_dir/sK``, by default beside the level), ``block`` (the
+    blocks of each level's grid, default 128, 256, 256) and ``kernel`` (``tensorstore``: TensorStore's
+    downsample driver on the block in memory, the default; ``numpy``: this module's kernels)."""
+
+    block: Sequence[int]
+    kernel: Kernel
+
+
 def build_pyramid(
     input: str | os.PathLike[str],  # noqa: A002 - the natural name for users
     output: str | os.PathLike[str] | None = None,
@@ -366,20 +380,10 @@ def build_pyramid(
     min_size: int = 64,
     factors: Sequence[Sequence[int]] | None = None,
     chunks: Sequence[int] | None = None,
-    block: Sequence[int] = (128, 256, 256),
-    kernel: Kernel = "tensorstore",
-    backend: BackendName | Backend = "serial",
-    workers: int | None = None,
-    address: str | None = None,
-    max_retries: int = 2,
-    overwrite: bool = False,
-    progress: bool = True,
-    state_dir: str | os.PathLike[str] | None = None,
+    **run: Unpack[PyramidRun],
 ) -> PyramidResult:
     """Build the OME-Zarr pyramid of ``input`` blockwise, one level after the other (resumable).
-
-    ``kernel`` computes each block: TensorStore's downsample driver on the block in memory (default)
-    or this module's NumPy kernels; the results are identical.
+    ``run``: backend, workers, block, kernel, ... (:class:`PyramidRun`).
 
     >>> import tempfile
     >>> d = tempfile.mkdtemp()
@@ -391,88 +395,100 @@ def build_pyramid(
     """
     t0 = time.perf_counter()
     src = open_volume(input)
-    if src.loc.process_local and backend == "ray":
+    if src.loc.process_local and run.get("backend") == "ray":
         raise ConfigError("memory:// volumes cannot be downsampled on Ray workers", "use --backend serial or a file volume")
+    m = _check_method(src, method)
+    if min_size < 1:
+        raise ConfigError(f"--min-size must be at least 1, got {min_size}")
+    if levels is not None and levels < 0:
+        raise ConfigError(f"--levels must be >= 0, got {levels}")
+    steps = _given_steps(src.spatial_shape, factors, levels, min_size) if factors is not None else [
+        tuple(f) for f in level_factors(src.voxel_size, src.spatial_shape, min_size, levels)
+    ]
+    group, copy_s0 = pyramid_layout(input, output)
+    fmt = src.format if src.format in ("zarr", "zarr3") else "zarr"
+    if copy_s0 and parse_url(group).url() == src.loc.parent().url():
+        raise ConfigError(f"the pyramid group {group} is the group of the input", "choose another output group")
+    if detect_format(group) is not None:
+        raise StorageError(f"{group} is an array, not a group that can hold pyramid levels", "choose another output")
+    ch = tuple(int(c) for c in (chunks if chunks is not None else src.chunk_shape))
+    if len(ch) != 3 or min(ch) < 1:
+        raise ConfigError(f"--chunks must be three positive numbers z,y,x, got {chunks}")
+    # one set of Ray workers serves every level (starting actors costs more than a small level)
+    with Session(run) as session:
+        level_info = _Levels(session, src, group.rstrip("/"), m, ch, run).build(steps, copy_s0)
+    name = src.loc.name if copy_s0 else parse_url(group).name
+    write_pyramid(group, name, src, level_info, m, fmt)
+    seconds = time.perf_counter() - t0
+    log.info("pyramid %s: %d levels (%s) in %.1f s", group, len(level_info), m, seconds)
+    return PyramidResult(group=group, levels=level_info, method=m, copied_s0=copy_s0, seconds=seconds, runs=[r.to_dict() for r in session.runs])
+
+
+def _check_method(src: Volume, method: Method | Literal["auto"]) -> Method:
     m: Method = default_method(src.dtype) if method == "auto" else method
     if m not in ("mean", "mode"):
         raise ConfigError(f"unknown downsampling method {method!r}", "use mean (images, probabilities), mode (labels) or auto")
     if m == "mean" and src.dtype.kind not in "biuf":
         raise ConfigError(f"cannot average {src.dtype} data", "use --method mode")
-    if min_size < 1:
-        raise ConfigError(f"--min-size must be at least 1, got {min_size}")
-    if levels is not None and levels < 0:
-        raise ConfigError(f"--levels must be >= 0, got {levels}")
-    if factors is not None:
-        given = [tuple(int(v) for v in f) for f in factors]
-        if not given or any(len(f) != 3 or min(f) < 1 for f in given) or all(f == (1, 1, 1) for f in given):
-            raise ConfigError(f"downsampling factors must be z,y,x triples of positive integers, not all 1, got {factors}", "e.g. --factor 1,2,2")
-        steps: list[tuple[int, ...]] = []
-        sh = list(src.spatial_shape)
-        while (levels is None and max(sh) > min_size) or (levels is not None and len(steps) < levels):
-            f = given[len(steps) % len(given)]
-            f = tuple(v if s > 1 else 1 for v, s in zip(f, sh, strict=True))
-            if f == (1, 1, 1):
-                break
-            steps.append(f)
-            sh = [-(-s // v) for s, v in zip(sh, f, strict=True)]
-    else:
-        steps = [tuple(f) for f in level_factors(src.voxel_size, src.spatial_shape, min_size, levels)]
-    group, copy_s0 = pyramid_layout(input, output)
-    fmt = src.format if src.format in ("zarr", "zarr3") else "zarr"
-    if copy_s0 and parse_url(group).url() == src.loc.parent().url():
-        raise ConfigError(f"the pyramid group {group} is the group of the input", "choose another output group")
-    existing = detect_format(group)
-    if existing is not None:
-        raise StorageError(f"{group} is an array, not a group that can hold pyramid levels", "choose another output")
-    ch = tuple(int(c) for c in (chunks if chunks is not None else src.chunk_shape))
-    if len(ch) != 3 or min(ch) < 1:
-        raise ConfigError(f"--chunks must be three positive numbers z,y,x, got {chunks}")
-    runs: list[dict[str, Any]] = []
-    level_info: list[dict[str, Any]] = [
-        {"path": "s0", "shape": list(src.spatial_shape), "factor": [1, 1, 1], "voxel_size": list(src.voxel_size), "offset": list(src.offset)}
-    ]
-    common: dict[str, Any] = {"backend": backend, "workers": workers, "address": address, "max_retries": max_retries, "progress": progress, "overwrite": overwrite}
+    return m
 
-    def run_step(src_url: str, dst_url: str, factor: tuple[int, int, int], shape: Sequence[int], name: str) -> None:
-        grid, level_chunks = _grid(shape, ch, block)
-        op = DownsampleOp(input=src_url, output=dst_url, factor=factor, method=m, chunks=level_chunks, kernel=kernel, overwrite=overwrite)
+
+def _given_steps(shape: Sequence[int], factors: Sequence[Sequence[int]], levels: int | None, min_size: int) -> list[tuple[int, ...]]:
+    """The level steps of given ``factors`` (used in turn; an axis of size 1 is not divided)."""
+    given = [tuple(int(v) for v in f) for f in factors]
+    if not given or any(len(f) != 3 or min(f) < 1 for f in given) or all(f == (1, 1, 1) for f in given):
+        raise ConfigError(f"downsampling factors must be z,y,x triples of positive integers, not all 1, got {factors}", "e.g. --factor 1,2,2")
+    steps: list[tuple[int, ...]] = []
+    sh = list(shape)
+    while (levels is None and max(sh) > min_size) or (levels is not None and len(steps) < levels):
+        f = given[len(steps) % len(given)]
+        f = tuple(v if s > 1 else 1 for v, s in zip(f, sh, strict=True))
+        if f == (1, 1, 1):
+            break
+        steps.append(f)
+        sh = [-(-s // v) for s, v in zip(sh, f, strict=True)]
+    return steps
+
+
+@dataclass
+class _Levels:
+    """The levels of one pyramid, computed one after the other on one session."""
+
+    session: Session
+    src: Volume
+    base: str
+    method: Method
+    chunks: tuple[int, ...]
+    run: PyramidRun
+
+    def step(self, src_url: str, dst_url: str, factor: tuple[int, int, int], shape: Sequence[int], name: str) -> None:
+        grid, level_chunks = _grid(shape, self.chunks, self.run.get("block", DEFAULT_BLOCK))
+        op = DownsampleOp(input=src_url, output=dst_url, factor=factor, method=self.method, chunks=level_chunks, kernel=self.run.get("kernel", "tensorstore"),
+                          overwrite=self.session.overwrite)
+        state_dir = self.run.get("state_dir")
         state = Path(state_dir) / name if state_dir is not None else default_state_dir(dst_url, "downsample")
-        summary = run_blockwise(op, grid, state_dir=state, name=f"downsample-{name}", **common)
-        runs.append(summary.to_dict())
+        self.session.run(op, grid, f"downsample-{name}", state_dir=state)
         kill_point(f"downsample:after-level-{name}")  # tests: a driver killed between levels
 
-    base = group.rstrip("/")
-    prev = src.url
-    # one set of Ray workers serves every level (starting actors costs more than a small level)
-    own = RayBackend(workers, address=address, keep_workers=True) if backend == "ray" else None
-    if own is not None:
-        common["backend"] = own
-    try:
+    def build(self, steps: list[tuple[int, ...]], copy_s0: bool) -> list[dict[str, Any]]:
+        """Copy ``s0`` where needed, compute ``s1``, ``s2``, ...; return every level's description."""
+        src, base = self.src, self.base
+        info: list[dict[str, Any]] = [
+            {"path": "s0", "shape": list(src.spatial_shape), "factor": [1, 1, 1], "voxel_size": list(src.voxel_size), "offset": list(src.offset)}
+        ]
+        prev = src.url
         if copy_s0:
-            run_step(src.url, f"{base}/s0", (1, 1, 1), src.spatial_shape, "s0")
+            self.step(src.url, f"{base}/s0", (1, 1, 1), src.spatial_shape, "s0")
             prev = f"{base}/s0"
         shape = list(src.spatial_shape)
         cum = [1, 1, 1]
         for i, fac in enumerate(steps, start=1):
             shape = [-(-s // f) for s, f in zip(shape, fac, strict=True)]
             cum = [c * f for c, f in zip(cum, fac, strict=True)]
-            dst = f"{base}/s{i}"
-            run_step(prev, dst, (fac[0], fac[1], fac[2]), shape, f"s{i}")
-            level_info.append(
-                {
-                    "path": f"s{i}",
-                    "shape": shape,
-                    "factor": list(fac),
-                    "voxel_size": [v * c for v, c in zip(src.voxel_size, cum, strict=True)],
-                    "offset": [o + (c - 1) / 2 * v for o, c, v in zip(src.offset, cum, src.voxel_size, strict=True)],
-                }
-            )
-            prev = dst
-    finally:
-        if own is not None:
-            own.shutdown()
-    name = src.loc.name if copy_s0 else parse_url(group).name
-    write_pyramid(group, name, src, level_info, m, fmt)
-    seconds = time.perf_counter() - t0
-    log.info("pyramid %s: %d levels (%s) in %.1f s", group, len(level_info), m, seconds)
-    return PyramidResult(group=group, levels=level_info, method=m, copied_s0=copy_s0, seconds=seconds, runs=runs)
+            self.step(prev, f"{base}/s{i}", (fac[0], fac[1], fac[2]), shape, f"s{i}")
+            info.append({
+                "path": f"s{i}", "shape": shape, "factor": list(fac), "voxel_size": [v * c for v, c in zip(src.voxel_size, cum, strict=True)],
+                "offset": [o + (c - 1) / 2 * v for o, c, v in zip(src.offset, cum, src.voxel_size, strict=True)],
+            })
+            prev = f"{base}/s{i}"
+        return info
