@@ -24,10 +24,13 @@ from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 from pydantic import PrivateAttr
+from typing_extensions import Unpack
 
 from engine.errors import ConfigError, StorageError
 from engine.geometry import Block, BlockGrid, Box
-from engine.runtime import BackendName, BlockOp, default_state_dir, run_blockwise
+from engine.runtime import BlockOp
+from engine.runtime.options import RuntimeOptions
+from engine.runtime.session import Session
 from engine.storage import Volume, check_write_alignment, create_volume, open_volume
 from engine.storage.sources import Source, open_source
 
@@ -131,11 +134,7 @@ def ingest(
     lut: str | bool | None = None,
     rgb_to_label: bool = False,
     dtype: Any = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    backend: BackendName = "serial",
-    workers: int | None = None,
-    state_dir: str | os.PathLike[str] | None = None,
+    **runtime: Unpack[RuntimeOptions],
 ) -> Volume:
     """Convert ``src`` into the volume ``dst`` blockwise and return the volume.
 
@@ -146,8 +145,9 @@ def ingest(
     the dataset, False for none; mapped ids are uint64. ``rgb_to_label`` turns colours into ids.
     ``dtype`` overrides the output dtype (default: the source's). An existing ``dst`` of the same
     layout is written again; of another layout it is an error unless ``overwrite``.
-    The copy runs on the runtime (``backend``: ``serial`` here, ``ray`` for a cluster) and resumes:
-    an interrupted ingest copies only the slabs it had not finished.
+    The copy runs on the runtime (``runtime``: ``backend`` ``serial`` here, ``ray`` for a cluster,
+    workers, ``overwrite``, ``progress``, ``state_dir``, ...) and resumes: an interrupted ingest copies
+    only the slabs it had not finished.
     """
     src_s, dst_s = os.fspath(src), os.fspath(dst)
     if format not in INGEST_FORMATS:
@@ -167,7 +167,7 @@ def ingest(
         out_dtype = wanted if wanted is not None else np.dtype(np.uint8) if binarize else source.numpy_dtype
         chunk_shape = tuple(min(c, s) for c, s in zip(chunks_t, source.shape, strict=True))
         volume = create_volume(
-            dst_s, source.shape, out_dtype, chunk_shape, format=format, voxel_size=vs, attrs={"ingested_from": src_s}, overwrite=overwrite,
+            dst_s, source.shape, out_dtype, chunk_shape, format=format, voxel_size=vs, attrs={"ingested_from": src_s}, overwrite=runtime.get("overwrite", False),
             inputs=(src_s.split(".h5:")[0] if ".h5:" in src_s else src_s,),
         )
         if vs is not None and volume.voxel_size != vs:
@@ -177,16 +177,8 @@ def ingest(
         grid = ingest_grid(source.shape, volume.write_chunk_shape)
         op = IngestOp(source=source, output=volume.url, dtype=out_dtype.name, binarize=binarize)
         log.info("ingesting %s into %s: %s %s, %d blocks of %s", source.describe(), volume.url, source.shape, out_dtype, grid.num_blocks, grid.write_shape)
-        summary = run_blockwise(
-            op,
-            grid,
-            state_dir=state_dir or default_state_dir(volume.url, "ingest"),
-            backend=backend,
-            workers=workers,
-            overwrite=overwrite,
-            progress=progress,
-            name="ingest",
-        )
+        with Session(runtime, share_workers=False) as session:
+            summary = session.run(op, grid, "ingest", state_dir=session.state(volume.url, "ingest"))
         totals = summary.stats
     finally:
         source.close()

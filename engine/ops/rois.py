@@ -327,7 +327,7 @@ def extract_rois(
     grid = BlockGrid(Box.from_shape(lab.spatial_shape), write_shape=tuple(min(int(b), s) for b, s in zip(block, lab.spatial_shape, strict=True)))
     op = RoiOp(labels=lab.url, image=img.url, out=str(out), objects_digest=digest, prob=prob, pre=pre, pre_value=pre_value,
                size=size, shape=lab.spatial_shape, block=grid.write_shape)  # type: ignore[arg-type]
-    with Session(run) as session:
+    with Session(run, share_workers=False) as session:  # one pass: run_blockwise starts and ends the workers
         summary = session.run(op, grid, "rois", state_dir=run.get("state_dir") or out / ".state")
     _write_index(index_path(run_dir), _gather_index(out, objects, grid, n))
     result = RoiResult(rois=n, index=str(index_path(run_dir)), store=store, size=size, blocks=grid.num_blocks, seconds=time.perf_counter() - t0)
