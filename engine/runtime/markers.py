@@ -61,6 +61,8 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 _CORRUPT_FIX = "delete that file to recompute every block, or pass --overwrite"
+#: A block row's worker: its name from the workers table (stores written before that table hold the name itself)
+_WORKER = "COALESCE(w.name, b.worker, '')"
 
 
 class DoneStore:
@@ -74,6 +76,7 @@ class DoneStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._pending: list[tuple[int, int, float, int, str, str]] = []
+        self._workers: dict[str, int] = {}  # worker name -> its number in the workers table
         self._last_flush = time.monotonic()
 
     @classmethod
@@ -120,6 +123,10 @@ class DoneStore:
             "CREATE TABLE IF NOT EXISTS blocks (id INTEGER PRIMARY KEY, status INTEGER NOT NULL, seconds REAL,"
             " attempts INTEGER, worker TEXT, error TEXT)"
         )
+        # workers by number: a block's row holds a small integer, not the worker's "host:pid" (half the bytes)
+        c.execute("CREATE TABLE IF NOT EXISTS workers (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL)")
+        # failed blocks only: the summary's failure list without a scan of every block's row
+        c.execute(f"CREATE INDEX IF NOT EXISTS blocks_failed ON blocks(id) WHERE status={FAILED}")
         row = c.execute("SELECT value FROM meta WHERE key='hash'").fetchone()
         if row is not None and row[0] != self.digest:
             old_row = c.execute("SELECT value FROM meta WHERE key='description'").fetchone()
@@ -165,7 +172,7 @@ class DoneStore:
     def done_ids(self) -> np.ndarray:
         return self.ids_with(DONE)
 
-    def done_ranges(self, chunk: int = 1 << 16) -> np.ndarray:
+    def done_ranges(self, chunk: int = 1 << 14) -> np.ndarray:
         """``[start, stop)`` ranges of the ids marked done, shape (k, 2). The ids are read in
         chunks of ``chunk`` in id order and folded into ranges as they come, so resuming a run of
         10^7 blocks never holds a Python object per block (memory follows the number of ranges)."""
@@ -191,13 +198,27 @@ class DoneStore:
 
     def failures(self) -> list[dict[str, Any]]:
         self.flush(force=True)
-        rows = self._conn.execute("SELECT id, attempts, worker, error FROM blocks WHERE status=? ORDER BY id", (FAILED,)).fetchall()
+        rows = self._conn.execute(
+            f"SELECT b.id, b.attempts, {_WORKER}, b.error FROM blocks b LEFT JOIN workers w ON w.id = b.worker WHERE b.status={FAILED} ORDER BY b.id"
+        ).fetchall()
         return [{"id": r[0], "attempts": r[1], "worker": r[2], "error": r[3]} for r in rows]
 
     def done_by_worker(self) -> dict[str, int]:
         self.flush(force=True)
-        rows = self._conn.execute("SELECT worker, COUNT(*) FROM blocks WHERE status=? GROUP BY worker", (DONE,)).fetchall()
+        rows = self._conn.execute(
+            f"SELECT {_WORKER}, COUNT(*) FROM blocks b LEFT JOIN workers w ON w.id = b.worker WHERE b.status={DONE} GROUP BY b.worker"
+        ).fetchall()
         return {str(r[0]): int(r[1]) for r in rows}
+
+    def _worker_number(self, name: str, c: sqlite3.Connection) -> int | None:
+        """The number of worker ``name`` in the ``workers`` table (added on first use); None for no name."""
+        if not name:
+            return None
+        number = self._workers.get(name)
+        if number is None:  # kept by flush once its transaction committed (a rolled-back insert is not)
+            c.execute("INSERT OR IGNORE INTO workers (name) VALUES (?)", (name,))
+            number = int(c.execute("SELECT id FROM workers WHERE name=?", (name,)).fetchone()[0])
+        return number
 
     # -- updates --------------------------------------------------------------------------------
     def record(self, entries: Iterable[tuple[int, int, float, int, str, str]]) -> None:
@@ -212,7 +233,14 @@ class DoneStore:
         if not force and now - self._last_flush < interval:
             return
         rows, self._pending = self._pending, []
-        self._transaction("committing done-markers to", lambda c: c.executemany("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?, ?)", rows))
+        number: dict[str, int | None] = {}
+
+        def statements(c: sqlite3.Connection) -> None:
+            number.update({name: self._worker_number(name, c) for name in {r[4] for r in rows}})
+            c.executemany("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?, ?)", [(i, st, sec, a, number[w], e) for i, st, sec, a, w, e in rows])
+
+        self._transaction("committing done-markers to", statements)
+        self._workers.update({k: v for k, v in number.items() if v is not None})
         self._last_flush = now
 
     def clear(self, ids: Iterable[int]) -> None:

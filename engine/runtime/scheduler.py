@@ -33,11 +33,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from typing_extensions import Unpack
 
 from engine.errors import BlocksFailed, ConfigError
@@ -51,6 +49,7 @@ from engine.runtime.mask import BlockMask
 from engine.runtime.op import BlockOp
 from engine.runtime.options import BackendName, BlockwiseOptions
 from engine.runtime.ownership import claim_outputs
+from engine.runtime.pending import PendingBlocks, todo_ranges
 from engine.runtime.progress import RunObserver, RunSummary
 
 log = logging.getLogger(__name__)
@@ -115,14 +114,11 @@ def run_blockwise(
         try:
             op.prepare(grid)
             run_id = claim_outputs(markers, op.outputs())
-            done = markers.done_ids()
-            todo_mask = np.ones(grid.num_blocks, dtype=bool)
-            todo_mask[done[done < grid.num_blocks]] = False
-            todo = np.flatnonzero(todo_mask)
-            summary = RunSummary(name, be.name, grid.num_blocks, already_done=int(grid.num_blocks - todo.size), state_dir=str(state_dir), run_id=run_id)
-            log.info("%s: %d blocks, %d already done, %d to run", name, grid.num_blocks, summary.already_done, todo.size)
-            observer = RunObserver(summary, int(todo.size), progress=options.get("progress", True))
-            if todo.size:
+            todo = PendingBlocks(todo_ranges(markers.done_ranges(), grid.num_blocks))  # ranges: no object per block
+            summary = RunSummary(name, be.name, grid.num_blocks, already_done=grid.num_blocks - len(todo), state_dir=str(state_dir), run_id=run_id)
+            log.info("%s: %d blocks, %d already done, %d to run", name, grid.num_blocks, summary.already_done, len(todo))
+            observer = RunObserver(summary, len(todo), progress=options.get("progress", True))
+            if todo:
                 be.start(op, grid, mask)
                 try:
                     _Dispatcher(be, markers, observer, todo, grid, _Pacing.of(options, be.num_workers, deadline)).run()
@@ -187,7 +183,7 @@ class _Dispatcher:
         be: Backend,
         markers: DoneStore,
         observer: RunObserver,
-        todo: np.ndarray,
+        todo: PendingBlocks,
         grid: BlockGrid,
         pacing: _Pacing,
     ) -> None:
@@ -195,7 +191,7 @@ class _Dispatcher:
         self.clock = BatchClock(pacing.deadline, be.num_workers)
         self.markers = markers
         self.observer = observer
-        self.pending: deque[int] = deque(int(i) for i in todo)
+        self.pending = todo
         self.attempts: dict[int, int] = {}
         self.max_retries = pacing.max_retries
         self.restarts_left = pacing.max_restarts
@@ -226,16 +222,7 @@ class _Dispatcher:
         return max(1, min(size, fair, self.max_batch))
 
     def next_batch(self) -> list[int]:
-        n = self.batch_size()
-        ids: list[int] = []
-        while self.pending and len(ids) < n:
-            bid = self.pending[0]
-            if bid in self.suspects:
-                if not ids:
-                    ids.append(self.pending.popleft())
-                break
-            ids.append(self.pending.popleft())
-        return ids
+        return self.pending.take(self.batch_size(), self.suspects)  # a suspect ends a batch (or is one alone)
 
     def fill(self) -> None:
         for w in self.alive():
