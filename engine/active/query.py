@@ -36,9 +36,10 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, TypedDict, get_args
 
 import numpy as np
+from typing_extensions import Unpack
 
 from engine.errors import ConfigError
 
@@ -149,42 +150,48 @@ def _renumber_by_size(labels: np.ndarray) -> np.ndarray:
     return lut[labels]
 
 
+class Clustering(TypedDict, total=False):
+    """The shape of a clustering query: ``n_clusters`` (N, default 64) top clusters, ``n_sub`` (M, 4)
+    sub-clusters each, ``per_cluster`` (Q, 1) representatives each; k-means with ``n_init`` (3)
+    restarts from ``seed`` (0), which also seeds the baselines."""
+
+    n_clusters: int
+    n_sub: int
+    per_cluster: int
+    seed: int
+    n_init: int
+
+
+@dataclass(frozen=True)
+class _Shape:
+    n_clusters: int = 64
+    n_sub: int = 4
+    per_cluster: int = 1
+    seed: int = 0
+    n_init: int = 3
+
+    @property
+    def target(self) -> int:
+        return self.n_clusters * self.n_sub * self.per_cluster
+
+
 def suggest(
     method: str,
     mask_features: np.ndarray | None,
     image_features: np.ndarray | None,
     *,
-    n_clusters: int = 64,
-    n_sub: int = 4,
-    per_cluster: int = 1,
     budget: int | None = None,
     reviewed: Iterable[int] = (),
     scores: np.ndarray | None = None,
-    seed: int = 0,
-    n_init: int = 3,
+    **clustering: Unpack[Clustering],
 ) -> Suggestion:
     """Suggest queries among ROIs ``0..n-1`` (rows of the feature arrays). ``budget`` defaults to
     ``n_clusters * n_sub * per_cluster`` (the baselines use it; the clustering methods always aim at
-    that number). ``scores`` (mean probabilities) are needed by ``uncertainty``."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown query method {method!r}", f"use one of {', '.join(METHODS)}")
-    for name, v in (("n_clusters", n_clusters), ("n_sub", n_sub), ("per_cluster", per_cluster)):
-        if v < 1:
-            raise ConfigError(f"{name} must be >= 1, got {v}")
-    sizes = [f.shape[0] for f in (mask_features, image_features, scores) if f is not None]
-    if not sizes:
-        raise ConfigError("no features were given")
-    n = sizes[0]
-    if any(s != n for s in sizes):
-        raise ConfigError(f"the features hold different numbers of ROIs: {sizes}", "compute the features of this run again")
-    need_mask = method in ("hierarchical", "late-fusion", "mask", "coreset")
-    need_image = method in ("hierarchical", "late-fusion", "image")
-    if need_mask and mask_features is None:
-        raise ConfigError(f"method {method!r} needs the mask features")
-    if need_image and image_features is None:
-        raise ConfigError(f"method {method!r} needs the image features")
-    target = n_clusters * n_sub * per_cluster
-    budget = target if budget is None else int(budget)
+    that number). ``scores`` (mean probabilities) are needed by ``uncertainty``. ``clustering``:
+    N, M, Q and the k-means seed and restarts (:class:`Clustering`)."""
+    shape = _Shape(**clustering)
+    n = _check_suggest(method, mask_features, image_features, scores, shape)
+    budget = shape.target if budget is None else int(budget)
     if budget < 1:
         raise ConfigError(f"the budget must be >= 1, got {budget}")
     seen = np.zeros(n, bool)
@@ -194,73 +201,97 @@ def suggest(
     empty = np.zeros(0, np.int64)
     if cand.size == 0:
         return Suggestion(method, empty, empty.astype(np.int32), empty.astype(np.int32), np.zeros(0), cand, None)
+    if method not in CLUSTER_METHODS:
+        return _baseline(method, cand, rev, budget, mask_features, scores, shape.seed)
+    fm = None if mask_features is None else mask_features[cand].astype(np.float64)
+    fi = None if image_features is None else image_features[cand].astype(np.float64)
+    if method == "hierarchical":
+        assert fm is not None and fi is not None
+        chosen, dist, cl, sc = _hierarchical(fm, fi, shape)
+        assignment = cl * shape.n_sub + sc
+    else:
+        feats = {"late-fusion": None if fm is None or fi is None else np.concatenate([fm, fi], axis=1), "mask": fm, "image": fi}[method]
+        assert feats is not None
+        chosen, dist, cl, sc = _one_level(feats, shape)
+        assignment = cl
+    if chosen.size < shape.target:  # clusters too small for Q representatives each: fill up, diverse
+        base = fm if fm is not None else fi
+        assert base is not None
+        extra = k_center_greedy(base, shape.target - chosen.size, start=chosen.tolist(), seed=shape.seed)
+        chosen = np.concatenate([chosen, extra])
+        dist = np.concatenate([dist, np.full(extra.size, np.inf)])
+    chosen, dist = chosen[: shape.target], dist[: shape.target]
+    order = _order(cl[chosen], sc[chosen], dist)
+    chosen, dist = chosen[order], dist[order]
+    return Suggestion(method, cand[chosen], cl[chosen].astype(np.int32), sc[chosen].astype(np.int32), dist, cand, assignment)
 
+
+def _check_suggest(method: str, mask_features: np.ndarray | None, image_features: np.ndarray | None, scores: np.ndarray | None,
+                   shape: _Shape) -> int:
+    """The number of ROIs, once the method, the clustering and the features it needs are checked."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown query method {method!r}", f"use one of {', '.join(METHODS)}")
+    for name, v in (("n_clusters", shape.n_clusters), ("n_sub", shape.n_sub), ("per_cluster", shape.per_cluster)):
+        if v < 1:
+            raise ConfigError(f"{name} must be >= 1, got {v}")
+    sizes = [f.shape[0] for f in (mask_features, image_features, scores) if f is not None]
+    if not sizes:
+        raise ConfigError("no features were given")
+    if any(s != sizes[0] for s in sizes):
+        raise ConfigError(f"the features hold different numbers of ROIs: {sizes}", "compute the features of this run again")
+    if method in ("hierarchical", "late-fusion", "mask", "coreset") and mask_features is None:
+        raise ConfigError(f"method {method!r} needs the mask features")
+    if method in ("hierarchical", "late-fusion", "image") and image_features is None:
+        raise ConfigError(f"method {method!r} needs the image features")
+    return int(sizes[0])
+
+
+def _baseline(method: str, cand: np.ndarray, rev: np.ndarray, budget: int, mask_features: np.ndarray | None, scores: np.ndarray | None,
+              seed: int) -> Suggestion:
+    """random, uncertainty and coreset: one cluster, in selection order."""
     if method == "random":
         rng = np.random.default_rng(seed)
-        pick = rng.choice(cand, size=min(budget, cand.size), replace=False)
-        return _flat(method, pick, cand)
+        return _flat(method, rng.choice(cand, size=min(budget, cand.size), replace=False), cand)
     if method == "uncertainty":
         if scores is None or not np.isfinite(scores[cand]).any():
             raise ConfigError("method 'uncertainty' needs the mean predicted probability of every ROI (score)",
                               "extract the ROIs from a table with mean probabilities, or with --prob")
         s = np.nan_to_num(scores[cand].astype(np.float64), nan=1.0)
         u = 1.0 - np.abs(2.0 * s - 1.0)
-        order = np.lexsort((cand, -u))[:budget]
-        return _flat(method, cand[order], cand)
-    if method == "coreset":
-        assert mask_features is not None
-        pick = k_center_greedy(mask_features.astype(np.float64), budget, start=rev.tolist(), seed=seed)
-        return _flat(method, pick, cand)
+        return _flat(method, cand[np.lexsort((cand, -u))[:budget]], cand)
+    assert method == "coreset" and mask_features is not None
+    return _flat(method, k_center_greedy(mask_features.astype(np.float64), budget, start=rev.tolist(), seed=seed), cand)
 
-    assert mask_features is not None or image_features is not None
-    fm = None if mask_features is None else mask_features[cand].astype(np.float64)
-    fi = None if image_features is None else image_features[cand].astype(np.float64)
-    if method == "hierarchical":
-        assert fm is not None and fi is not None
-        top, _ = _kmeans(fm, n_clusters, seed, n_init)
-        top = _renumber_by_size(top)
-        sub = np.full(cand.size, -1, np.int64)
-        picks: list[np.ndarray] = []
-        dists: list[np.ndarray] = []
-        for c in range(int(top.max()) + 1):
-            members = np.flatnonzero(top == c)
-            lab, _ = _kmeans(fi[members], n_sub, seed, n_init)
-            lab = _renumber_by_size(lab)
-            sub[members] = lab
-            for s_ in range(int(lab.max()) + 1):
-                mm = members[lab == s_]
-                idx, d = _representatives(fi[mm], per_cluster, seed, n_init)
-                picks.append(mm[idx])
-                dists.append(d)
-        chosen = np.concatenate(picks)
-        dist = np.concatenate(dists)
-        assignment = top * n_sub + sub
-        cl, sc = top, sub
-    else:
-        feats = {"late-fusion": None if fm is None or fi is None else np.concatenate([fm, fi], axis=1), "mask": fm, "image": fi}[method]
-        assert feats is not None
-        top, _ = _kmeans(feats, n_clusters * n_sub, seed, n_init)
-        top = _renumber_by_size(top)
-        picks, dists = [], []
-        for c in range(int(top.max()) + 1):
-            members = np.flatnonzero(top == c)
-            idx, d = _representatives(feats[members], per_cluster, seed, n_init)
-            picks.append(members[idx])
+
+def _hierarchical(fm: np.ndarray, fi: np.ndarray, shape: _Shape) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """N clusters on the mask features, M sub-clusters each on the image features, Q representatives
+    each: the chosen candidates, their distances, and every candidate's cluster and sub-cluster."""
+    top = _renumber_by_size(_kmeans(fm, shape.n_clusters, shape.seed, shape.n_init)[0])
+    sub = np.full(fm.shape[0], -1, np.int64)
+    picks: list[np.ndarray] = []
+    dists: list[np.ndarray] = []
+    for c in range(int(top.max()) + 1):
+        members = np.flatnonzero(top == c)
+        lab = _renumber_by_size(_kmeans(fi[members], shape.n_sub, shape.seed, shape.n_init)[0])
+        sub[members] = lab
+        for s_ in range(int(lab.max()) + 1):
+            mm = members[lab == s_]
+            idx, d = _representatives(fi[mm], shape.per_cluster, shape.seed, shape.n_init)
+            picks.append(mm[idx])
             dists.append(d)
-        chosen = np.concatenate(picks)
-        dist = np.concatenate(dists)
-        assignment = top
-        cl, sc = top, np.full(cand.size, -1, np.int64)
-    if chosen.size < target:  # clusters too small for Q representatives each: fill up, diverse
-        base = fm if fm is not None else fi
-        assert base is not None
-        extra = k_center_greedy(base, target - chosen.size, start=chosen.tolist(), seed=seed)
-        chosen = np.concatenate([chosen, extra])
-        dist = np.concatenate([dist, np.full(extra.size, np.inf)])
-    chosen, dist = chosen[:target], dist[:target]
-    order = _order(cl[chosen], sc[chosen], dist)
-    chosen, dist = chosen[order], dist[order]
-    return Suggestion(method, cand[chosen], cl[chosen].astype(np.int32), sc[chosen].astype(np.int32), dist, cand, assignment)
+    return np.concatenate(picks), np.concatenate(dists), top, sub
+
+
+def _one_level(feats: np.ndarray, shape: _Shape) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """N*M clusters of ``feats``, Q representatives each (sub-cluster -1)."""
+    top = _renumber_by_size(_kmeans(feats, shape.n_clusters * shape.n_sub, shape.seed, shape.n_init)[0])
+    picks, dists = [], []
+    for c in range(int(top.max()) + 1):
+        members = np.flatnonzero(top == c)
+        idx, d = _representatives(feats[members], shape.per_cluster, shape.seed, shape.n_init)
+        picks.append(members[idx])
+        dists.append(d)
+    return np.concatenate(picks), np.concatenate(dists), top, np.full(feats.shape[0], -1, np.int64)
 
 
 def _flat(method: str, pick: np.ndarray, cand: np.ndarray) -> Suggestion:
