@@ -345,6 +345,10 @@ _UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1
 _NO_RAY = {"RAY_ADDRESS": _UNREACHABLE}
 
 
+def _no_folder(path: Path) -> None:
+    assert not path.exists(), f"{path} was made (a URL taken as a local path)"
+
+
 def _only_the_first_checkpoint(tmp: Path) -> None:
     assert sorted(p.name for p in (tmp / "train" / "checkpoints").iterdir()) == ["step-000002"]
 
@@ -431,6 +435,10 @@ CASES = [
          "AWS_ACCESS_KEY_ID", env=_s3_without_credentials, own_process=True),
     Case("label: gs:// path without credentials", lambda t: ["label", "gs://connectile-bad-input/in.zarr/mask", str(t / "o.zarr/cc"), *SERIAL],
          "GOOGLE_APPLICATION_CREDENTIALS", env=_gcs_without_credentials, own_process=True),
+    Case("run: run_dir on s3://", lambda t: ["run", _config(t, {**_run_cfg(t, synth={"shape": [8, 32, 32]}), "run_dir": "s3://connectile-bad-input/runs/a"})],
+         "a run folder must be on a local or shared file system", after=lambda t: _no_folder(Path.cwd() / "s3:")),
+    Case("demo: --out on gs://", lambda t: ["demo", "--out", "gs://connectile-bad-input/runs/demo"], "set --out to a local or mounted shared folder",
+         after=lambda t: _no_folder(Path.cwd() / "gs:")),
     Case("segment: s3:// store unreachable (offline)", lambda t: ["segment", "s3://connectile-bad-input/in.zarr/affs", str(t / "o.zarr/seg"), *SERIAL],
          "cannot reach S3 at 127.0.0.1:1", env={"CONNECTILE_S3_ENDPOINT": f"http://{_UNREACHABLE}", "HTTPS_PROXY": None, "https_proxy": None}),
     Case("downsample: gs:// store unreachable (offline)", lambda t: ["downsample", "gs://connectile-bad-input/in.zarr/raw", *SERIAL],

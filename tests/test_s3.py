@@ -5,12 +5,16 @@ server answers 503 to a share of the requests (a fault-injecting proxy in front 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -295,3 +299,52 @@ def test_label_with_ray_workers_on_s3_equals_the_local_run(moto: MotoServer, loc
     assert proc.returncode == 0, proc.stderr[-3000:]
     stored = _s3_chunks(moto, "ray/out.zarr/cc")
     assert stored == _local_chunks(local_label[0]) and len(stored) == 8  # byte for byte, every chunk
+
+
+@pytest.mark.slow  # starts a Ray cluster of its own with `ray start` (30-60 s)
+def test_workers_of_a_running_cluster_get_the_drivers_s3_settings(moto: MotoServer, local_label: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    """A cluster started beforehand (`ray start --head`) whose nodes have credentials but no endpoint
+    setting: the driver's CONNECTILE_S3_ENDPOINT reaches the workers (the job's runtime_env), so they
+    read and write the bucket, not AWS."""
+    import signal
+
+    from s3_server import free_port
+
+    creds = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    # (a home of its own: `ray start` turns token authentication on where ~/.ray/auth_token exists)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CONNECTILE_S3", "RAY_"))} | {"HOME": str(tmp_path)}
+    port, client, agent = free_port(), free_port(), free_port()
+    # its own temp folder (short: socket paths): `ray start` writes the address of "the current cluster" there,
+    # which every later ray.init() on this machine without an address would try to join
+    temp = tempfile.mkdtemp(prefix="ray-s3-", dir="/tmp")
+    head = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+         f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}", "--disable-usage-stats", f"--temp-dir={temp}"],
+        env={**base, **creds}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        inp, out = f"s3://{BUCKET}/cluster/in.zarr/mask", f"s3://{BUCKET}/cluster/out.zarr/cc"
+        env = {**base, **creds, "CONNECTILE_S3_ENDPOINT": moto.endpoint}
+        code = f"import sys; sys.path.insert(0, 'tests'); from test_s3 import _put, _mask; _put({inp!r}, _mask())"
+        subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True, timeout=120)
+        argv = ["label", inp, out, "--backend", "ray", "--address", f"127.0.0.1:{port}", "--workers", "2", "--block", "8,32,32",
+                "--chunks", "8,32,32", "--no-progress"]  # fmt: skip
+        deadline = time.monotonic() + 120
+        while True:  # the head node takes a while to answer
+            proc = subprocess.run([sys.executable, "-m", "engine.cli", *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+            if proc.returncode == 0 or "cannot reach the Ray cluster" not in proc.stderr or time.monotonic() > deadline or head.poll() is not None:
+                break
+            time.sleep(2)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        stored = _s3_chunks(moto, "cluster/out.zarr/cc")
+        assert stored == _local_chunks(local_label[0]) and len(stored) == 8
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)  # the cluster this test started (its own session), no other
+        try:
+            head.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(10)
+        shutil.rmtree(temp, ignore_errors=True)
+        assert not Path("/tmp/ray/ray_current_cluster").exists() or f":{port}" not in Path("/tmp/ray/ray_current_cluster").read_text()

@@ -64,7 +64,9 @@ def check_run_dir(run_dir: str, config: dict[str, Any], option: str = "run_dir")
     from engine.commands._common import check_output
     from engine.errors import ConfigError
     from engine.storage import detect_format
+    from engine.storage.urls import local_folder
 
+    local_folder(run_dir, option)  # not an s3:// or gs:// URL
     if os.path.isdir(run_dir) and detect_format(run_dir) is not None:
         raise ConfigError(f"{option} {run_dir} is a volume, not a folder for a run", "give a new folder for the run's files, e.g. beside the volume")
     for key, value in _strings(config):

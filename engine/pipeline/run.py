@@ -42,6 +42,7 @@ from engine.errors import ConfigError, ConnectileError, StorageError
 from engine.pipeline.manifest import Manifest
 from engine.pipeline.stage import STAGES, RuntimeSection, Stage, StageContext, discover, split_ref
 from engine.runtime.faults import kill_point
+from engine.storage.urls import local_folder
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def run_pipeline(
         if name not in p.order:
             known = ", ".join(p.order)
             raise ConfigError(f"stage {name!r} is not in this run", f"the config enables: {known}" + ("" if name in STAGES or "[" in name else f"; known stages: {', '.join(sorted(STAGES))}"))
-    run_dir = Path(cfg.run_dir).expanduser()
+    run_dir = local_folder(cfg.run_dir)  # not an s3:// or gs:// URL
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"run_dir {str(run_dir)!r} is a file", "choose a folder")
     try:

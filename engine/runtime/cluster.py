@@ -1,7 +1,10 @@
 """Connecting to Ray: an existing cluster (address or RAY_ADDRESS) or a local one.
 
 A local cluster binds its dashboard to 127.0.0.1 only. Worker processes import ``engine`` from the same
-environment as the driver; on a remote cluster, submit jobs with ``--working-dir .`` (see README).
+environment as the driver; on a remote cluster, submit jobs with ``--working-dir .`` (see README). The
+driver's storage settings (``CONNECTILE_S3_ENDPOINT`` and the others of
+:func:`engine.storage.errors.storage_settings`) reach the workers through the job's ``runtime_env``;
+inside ``ray job submit`` the job's own ``runtime_env`` applies (add them to its ``env_vars``).
 """
 
 from __future__ import annotations
@@ -39,14 +42,22 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
             check_reachable(address, source)
         # Quiet workers' DeprecationWarnings; but inside a Ray job (``ray job submit``) the job's own
         # runtime env applies, and Ray refuses to merge a second one that sets the same keys.
+        # The storage settings (S3/GCS endpoints, regions, retries; not credentials) go along: the workers
+        # of a running cluster were started with its environment, not this one's.
+        from engine.storage.errors import storage_settings
+
         in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-        env = None if in_job else {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
+        env = None if in_job else {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning", **storage_settings()}}
         if address:
             log.info("connecting to the Ray cluster at %s", address)
             ray.init(address=address, logging_level=logging.WARNING, runtime_env=env)
+            _ADDRESSES.add(_host_port(address))  # as given: the cluster may call itself by another IP
         else:
             log.info("starting a local Ray cluster (num_cpus=%s)", num_cpus)
             ray.init(
+                # "local": a new cluster of this process's own, even where `ray start` left one's address on this
+                # machine (without it Ray attaches to that one, or to a dead one, and refuses num_cpus)
+                address="local",
                 num_cpus=num_cpus,
                 include_dashboard=dashboard,
                 dashboard_host="127.0.0.1",
@@ -63,6 +74,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
     ctx = ray.get_runtime_context()
     addr = getattr(ctx, "gcs_address", "") or ""
     return ClusterInfo(addr, float(res.get("CPU", 0)), float(res.get("GPU", 0)), nodes, started)
+
+
+#: The addresses this process connected with (``127.0.0.1:6379`` for a head that calls itself 10.0.0.5:6379).
+_ADDRESSES: set[str] = set()
 
 
 def _host_port(address: str) -> str:
@@ -82,7 +97,7 @@ def _check_same_cluster(address: str | None) -> None:
     if not wanted or wanted.strip() in ("auto", "local"):
         return
     current = getattr(ray.get_runtime_context(), "gcs_address", "") or ""
-    if not current or _host_port(wanted) == _host_port(current):
+    if not current or _host_port(wanted) in (_host_port(current), *_ADDRESSES):
         return
     check_reachable(wanted, source)
     raise ConfigError(f"this process is connected to the Ray cluster at {current}, not {wanted} (from {source})",
@@ -124,3 +139,4 @@ def shutdown() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+    _ADDRESSES.clear()

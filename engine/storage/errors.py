@@ -281,7 +281,9 @@ def s3_options() -> dict[str, object]:
     buckets), and a private bucket's 403 becomes one line naming what to set.
 
     Workers read these from their own environment: a local Ray cluster started by the command inherits
-    them; on a running cluster set them on every node or in the job's ``runtime_env`` ``env_vars``.
+    them, and a driver connecting to a running cluster hands them to its workers (:func:`storage_settings`);
+    credentials are not sent: give the nodes their own (an instance role, a Kubernetes Secret) or put
+    them in the job's ``runtime_env`` ``env_vars``.
 
     >>> s3_options() if not any(k.startswith(("CONNECTILE_S3", "AWS_")) for k in os.environ) else {}
     {}
@@ -396,3 +398,21 @@ def check_s3_reachable(url: str, options: dict[str, object]) -> None:
         "S3", endpoint, url, "" if creds else ", and no AWS credentials are set",
         f"check the network connection and CONNECTILE_S3_ENDPOINT (or set HTTPS_PROXY); for a private bucket {_CLOUD_CREDENTIALS['s3']}",
     )
+
+
+#: Settings (not secrets) of the stores, handed to the Ray workers of a cluster the driver connects to.
+SETTINGS = ("CONNECTILE_S3_", "CONNECTILE_GCS_", "CONNECTILE_STORAGE_", "CONNECTILE_CONNECT_TIMEOUT", "AWS_ENDPOINT_URL", "AWS_REGION",
+            "AWS_DEFAULT_REGION", "TENSORSTORE_GCS_HTTP_URL")  # fmt: skip
+
+
+def storage_settings() -> dict[str, str]:
+    """The storage settings of this process's environment (endpoints, regions, retries; never
+    credentials) for ``runtime_env={"env_vars": ...}``: workers of an already-running cluster were started
+    with the cluster's environment, not the driver's.
+
+    >>> import os; os.environ["CONNECTILE_S3_ENDPOINT"] = "http://minio:9000"; os.environ["AWS_SECRET_ACCESS_KEY"] = "s"
+    >>> storage_settings()["CONNECTILE_S3_ENDPOINT"], "AWS_SECRET_ACCESS_KEY" in storage_settings()
+    ('http://minio:9000', False)
+    >>> del os.environ["CONNECTILE_S3_ENDPOINT"], os.environ["AWS_SECRET_ACCESS_KEY"]
+    """
+    return {k: v for k, v in os.environ.items() if k.startswith(SETTINGS)}

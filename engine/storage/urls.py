@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from engine.errors import StorageError
@@ -112,3 +113,26 @@ def parse_url(url: str | os.PathLike[str]) -> Location:
             raise StorageError(f"no bucket in {text!r}", f"write it as {scheme}://BUCKET/path/to/array")
         return Location(scheme, path.strip("/"), bucket)
     return Location("file", os.path.abspath(text))
+
+
+def local_folder(text: str | os.PathLike[str], option: str = "run_dir") -> Path:
+    """``text`` as a folder on a local or shared (mounted) file system, refusing a storage URL: a run
+    folder holds the manifest, the driver's lock and the done-markers (SQLite), and a pipeline's stages
+    write their volumes inside it, none of which an object store can hold; ``s3:/bucket`` taken as a
+    path would silently become a local folder named ``s3:``.
+
+    >>> local_folder("s3://bucket/runs/a")
+    Traceback (most recent call last):
+    ...
+    engine.errors.StorageError: run_dir 's3://bucket/runs/a' is an s3:// URL, but a run folder must be on a local or shared file system (it holds the run's manifest, lock and done-markers, and the stages write their volumes inside it); set run_dir to a local or mounted shared folder (e.g. /shared/runs/a); the stages' inputs may stay s3:// or gs:// URLs
+    """
+    raw = os.fspath(text)
+    scheme = raw.split("://", 1)[0].lower() if "://" in raw else ""
+    if scheme and scheme != "file":
+        name = raw.rstrip("/").rsplit("/", 1)[-1] or "run"
+        raise StorageError(
+            f"{option} {raw!r} is an {scheme}:// URL, but a run folder must be on a local or shared file system (it holds the run's manifest, "
+            "lock and done-markers, and the stages write their volumes inside it)",
+            f"set {option} to a local or mounted shared folder (e.g. /shared/runs/{name}); the stages' inputs may stay s3:// or gs:// URLs",
+        )
+    return Path(raw.split("://", 1)[1] if scheme else raw).expanduser()
