@@ -91,7 +91,11 @@ def test_connectile_bench_smoke(tmp_path: Path) -> None:
     assert all(ln["identical"] is True for ln in lines if ln.get("bench") == "downsample")
     assert all(ln["all_done_and_resumable"] is True for ln in lines if ln.get("bench") == "dispatch")
     assert any(ln.get("bench") == "gaussian" and ln["agree"] is True for ln in lines)
-    assert any("summary" in ln and ln["summary"]["max_abs_diff_uint8_vs_monai"] < 0.01 for ln in lines if ln.get("script") == "infer")
+    # inference: Connectile's output within one uint8 step of MONAI's on the same converted model and of
+    # the Ray Data peer's; the converted model within 1e-4 of the plain one (each asserted by the script too)
+    infer = {ln.get("variant", ln["bench"]): ln for ln in lines if ln.get("script") == "infer" and ln.get("bench") != "machine"}
+    assert infer["monai_same_model"]["max_abs_diff_uint8"] <= 1 and infer["ray_data"]["max_abs_diff_uint8"] <= 1
+    assert infer["infer_conversion"]["max_abs_diff_prob"] <= 1e-4 and infer["monai_same_model"]["windows"] == 4
 
 
 def test_quick_and_smoke_arguments_are_accepted() -> None:

@@ -419,6 +419,29 @@ def test_op_ray_uint8_and_resume(
     assert again.stats.get("windows", 0) == 0 and again.stats.get("border_voxels", 0) == 0  # all blocks of both passes were done
 
 
+def test_kept_ray_backend_serves_two_calls(
+    tmp_path: Path, setup_data: tuple[str, str, np.ndarray], reference: tuple[np.ndarray, np.ndarray], ray_cluster: str
+) -> None:
+    """A caller's ``RayBackend(keep_workers=True)``: both passes of two predict calls run on the same two
+    worker processes (started once), which outlive the calls; both outputs equal the whole-volume result."""
+    import ray
+
+    from engine.runtime.backends import RayBackend
+
+    ckpt, url, _ = setup_data
+    whole, _ = reference
+    with RayBackend(2, address=ray_cluster, keep_workers=True) as be:
+        pids = []
+        for i in range(2):
+            out = f"{tmp_path}/out{i}.zarr/prob"
+            res = predict_volume(ckpt, url, out, window=WINDOW, block=(8, 24, 32), chunks=(2, 8, 8), dtype="float32", backend=be, progress=False)
+            assert "borders" in res.pass_seconds and res.windows_computed == res.windows
+            np.testing.assert_allclose(open_volume(out).read(Box.from_shape(RAW_SHAPE)), whole, rtol=0, atol=1e-5)
+            pids.append(sorted(ray.get([a.__ray_call__.remote(lambda self: __import__("os").getpid()) for a in be._actors])))
+        assert len(pids[0]) == 2 and pids[0] == pids[1]  # the same processes served both calls
+    assert be._actors == []
+
+
 @pytest.mark.parametrize("share", [True, False])
 def test_memory_is_bounded_by_the_block(tmp_path: Path, setup_data: tuple[str, str, np.ndarray], share: bool) -> None:
     """The op's arrays (input, accumulators, one batch) are sized by the block, not the volume."""

@@ -439,7 +439,7 @@ def predict_volume(
     output: str | os.PathLike[str],
     *,
     block: tuple[int, int, int] = DEFAULT_BLOCK,
-    backend: BackendName = "ray",
+    backend: BackendName | Backend = "ray",
     workers: int | None = None,
     address: str | None = None,
     max_retries: int = 2,
@@ -448,7 +448,11 @@ def predict_volume(
     **settings: Any,
 ) -> PredictResult:
     """Run :class:`PredictOp` (``settings`` are its fields: window, overlap, blend, tta, dtype, chunks,
-    batch_size, amp, device, threads, overwrite, ...) over the whole input and return what it did."""
+    batch_size, amp, device, threads, overwrite, ...) over the whole input and return what it did.
+
+    ``backend`` may be a :class:`~engine.runtime.backends.Backend` the caller holds, e.g.
+    ``RayBackend(keep_workers=True)``: both passes run on it and it is left running, so a second call
+    finds its workers started (torch imported; only the op is set up again); the caller ends it."""
     t0 = time.perf_counter()
     src = open_volume(os.fspath(input))
     chunks = settings.pop("chunks", None) or tuple(min(c, s) for c, s in zip(DEFAULT_CHUNKS, src.spatial_shape, strict=True))
