@@ -80,15 +80,7 @@ def resolve_labels(
     log.info("resolve: %d pairs over %d boundary labels -> %d objects", len(pairs), nk, n_objects)
 
     need_stats = min_size > 1 or table is not None
-    comp = None
-    if need_stats:  # global statistics of the objects that cross faces, merged from their pieces
-        first = scratch.need(f"stats/{int(with_labels[0])}") if with_labels.size else None
-        proto = ObjectStats.from_bytes(first) if first is not None else ObjectStats(np.zeros(1, np.int64))
-        comp = ObjectStats.empty(nk, full=proto.full, prob=proto.prob_sum is not None)
-        blocks_b = np.unique(key_block)
-        for b, data in zip(blocks_b, scratch.get_many([f"stats/{b}" for b in blocks_b]), strict=True):
-            lo, hi = lo_of[b], lo_of[b + 1]
-            ObjectStats.from_bytes(data).add_into(comp, rep_pos[lo:hi], key_local[lo:hi])
+    comp = _boundary_stats(scratch, with_labels, key_block, lo_of, rep_pos, key_local) if need_stats else None
     kept_key = np.ones(nk, bool) if comp is None or min_size <= 1 else comp.counts[rep_pos] >= min_size
     owned = is_rep & kept_key
 
@@ -116,17 +108,7 @@ def resolve_labels(
                 kept_offsets[b + 1] = base + rank[-1]
                 if writer is not None and st is not None and comp is not None:
                     idx = np.flatnonzero(mask)
-                    rows = st.take(idx)
-                    where = np.full(n + 1, -1, np.int64)
-                    where[local_bnd] = np.arange(lo, hi)
-                    sel = where[idx] >= 0
-                    if sel.any():
-                        merged = comp.take(where[idx][sel])
-                        rows.counts[sel] = merged.counts
-                        for name in ("bbox", "coord_sum", "prob_sum"):
-                            dst, src = getattr(rows, name), getattr(merged, name)
-                            if dst is not None and src is not None:
-                                dst[sel] = src
+                    rows = _table_rows(st, comp, idx, local_bnd, np.arange(lo, hi))
                     writer.append(rows.table_columns(base + np.arange(1, idx.size + 1, dtype=np.uint64)))
     finally:
         if writer is not None:
@@ -137,3 +119,34 @@ def resolve_labels(
     scratch.put("mapping.npz", buf.getvalue())
     kept = int(kept_offsets[-1])
     return Resolved(objects=kept, removed=n_objects - kept, boundary_labels=int(nk), pairs=len(pairs))
+
+
+def _boundary_stats(scratch: Scratch, with_labels: np.ndarray, key_block: np.ndarray, lo_of: np.ndarray, rep_pos: np.ndarray,
+                    key_local: np.ndarray) -> ObjectStats:
+    """Global statistics of the objects that cross faces (one row per boundary label's representative),
+    merged from their pieces in every block."""
+    first = scratch.need(f"stats/{int(with_labels[0])}") if with_labels.size else None
+    proto = ObjectStats.from_bytes(first) if first is not None else ObjectStats(np.zeros(1, np.int64))
+    comp = ObjectStats.empty(rep_pos.size, full=proto.full, prob=proto.prob_sum is not None)
+    blocks_b = np.unique(key_block)
+    for b, data in zip(blocks_b, scratch.get_many([f"stats/{b}" for b in blocks_b]), strict=True):
+        lo, hi = lo_of[b], lo_of[b + 1]
+        ObjectStats.from_bytes(data).add_into(comp, rep_pos[lo:hi], key_local[lo:hi])
+    return comp
+
+
+def _table_rows(st: ObjectStats, comp: ObjectStats, idx: np.ndarray, local_bnd: np.ndarray, key_pos: np.ndarray) -> ObjectStats:
+    """The table rows of a block's kept labels ``idx``: the block's own statistics, or the merged
+    ones (``comp`` at ``key_pos``) for its boundary labels ``local_bnd``."""
+    rows = st.take(idx)
+    where = np.full(len(st.counts), -1, np.int64)
+    where[local_bnd] = key_pos
+    sel = where[idx] >= 0
+    if sel.any():
+        merged = comp.take(where[idx][sel])
+        rows.counts[sel] = merged.counts
+        for name in ("bbox", "coord_sum", "prob_sum"):
+            dst, src = getattr(rows, name), getattr(merged, name)
+            if dst is not None and src is not None:
+                dst[sel] = src
+    return rows
