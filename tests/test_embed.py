@@ -132,3 +132,22 @@ def test_embed_bad_input(raw: str, tmp_path: Path, capsys: pytest.CaptureFixture
     assert "no checkpoint" in capsys.readouterr().err
     assert main(["embed-train", raw, str(tmp_path / "t"), "--patch", "4,200,16", "--steps", "1", "--no-progress"]) == 2
     assert "larger than the volume" in capsys.readouterr().err
+
+
+def test_encoder_training_reads_a_small_region_once_with_the_same_losses(raw: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embed stage's encoder training draws its crops from memory when the training region is small,
+    from the store crop by crop when it is not: the same crops, the same losses (below ``z_stop`` either way)."""
+    from engine.pipeline.stages import embed as stage
+    from engine.storage import Volume
+
+    cfg = stage.EmbedSection(input=raw, patch=(4, 16, 16), stride=(4, 16, 16), steps=3, batch_size=2, crop=(1, 32, 32),
+                             model=ModelConfig(dims=2, filters=[4, 8]))
+    reads: list[int] = []
+    real_read = Volume.read
+    monkeypatch.setattr(Volume, "read", lambda self, box, *a, **k: reads.append(1) or real_read(self, box, *a, **k))
+    cached = stage.train_encoder(raw, str(tmp_path / "a"), cfg, z_stop=6)
+    n_cached = len(reads)
+    monkeypatch.setattr(stage, "CACHE_BYTES", 0)
+    per_crop = stage.train_encoder(raw, str(tmp_path / "b"), cfg, z_stop=6)
+    assert cached == per_crop and len(cached) == 3
+    assert n_cached == 1 and len(reads) - n_cached == 3 * 2 * 1  # one read of the region vs one per crop (steps x batch)

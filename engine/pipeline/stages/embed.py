@@ -47,6 +47,10 @@ class EmbedSection(Config):
     batch: int = Field(default=32, ge=1, description="patches per forward pass when embedding")
 
 
+#: the largest training region (bytes) the encoder's crops are drawn from in memory
+CACHE_BYTES = 512 * 2**20
+
+
 def train_encoder(raw_url: str, out: str, cfg: EmbedSection, *, progress: bool = False, z_stop: int | None = None) -> list[float]:
     """Train the encoder on crops of ``raw_url`` (below ``z_stop``: the rest is the run's test region) and
     save the U-Net it belongs to as a checkpoint in ``out`` (what :class:`~engine.ops.embed.EmbedOp`
@@ -74,11 +78,18 @@ def train_encoder(raw_url: str, out: str, cfg: EmbedSection, *, progress: bool =
     unet = build_model(cfg.model)
     losses: list[float] = []
     if cfg.steps:
-        def draw(rng: np.random.Generator) -> np.ndarray:
-            from engine.geometry import Box
+        from engine.geometry import Box
 
+        # a training region that fits in memory is read once (a crop read decodes whole chunks: 40 steps of a
+        # batch of crops would decode the same chunks hundreds of times); a larger one is read crop by crop
+        whole = Box((0, 0, 0), tuple(shape))
+        cached = vol.read(whole) if len(vol.shape) == 3 and whole.size * vol.dtype.itemsize <= CACHE_BYTES else None
+
+        def draw(rng: np.random.Generator) -> np.ndarray:
             start = [int(rng.integers(0, s - c + 1)) for s, c in zip(shape, cfg.crop, strict=True)]
-            return np.ascontiguousarray(to_unit(vol.read(Box(tuple(start), tuple(a + c for a, c in zip(start, cfg.crop, strict=True))))))
+            box = Box(tuple(start), tuple(a + c for a, c in zip(start, cfg.crop, strict=True)))
+            crop = cached[box.to_slices()] if cached is not None else vol.read(box)
+            return np.ascontiguousarray(to_unit(crop))
         aug = AugmentConfig(elastic=0.0, misalign=0.0, missing_section=0.0)
         sim = SimCLRConfig(steps=cfg.steps, batch_size=cfg.batch_size, temperature=cfg.temperature, dim=32, hidden=64, lr=cfg.lr)
         losses = pretrain_simclr(unet, draw, sim, aug, seed=cfg.seed, progress=progress)
