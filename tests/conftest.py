@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,3 +32,15 @@ def ray_cluster() -> Iterator[str]:
     info = connect(num_cpus=2, dashboard=False)
     yield info.address
     shutdown()
+
+
+def unprivileged_prefix() -> list[str]:
+    """The command prefix that runs a process without the right to write (or read) through permission
+    bits: nothing for a normal user; as root (which has that right), util-linux ``setpriv`` dropping
+    CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH. Skips the test where root has no setpriv."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and setpriv (util-linux) is missing: cannot drop the right to write anywhere")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]

@@ -20,7 +20,6 @@ import functools
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -539,13 +538,10 @@ def _nothing_done(tmp: Path) -> list[str]:
 def _unprivileged(argv: list[str]) -> tuple[int, str]:
     """``connectile argv`` in a subprocess without the right to override permission bits: where the
     tests run as root (which writes through them), as root without CAP_DAC_OVERRIDE (util-linux setpriv)."""
+    from conftest import unprivileged_prefix
+
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root and setpriv (util-linux) is missing: cannot drop the right to write anywhere")
-        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
+    prefix = unprivileged_prefix()
     proc = subprocess.run([*prefix, sys.executable, "-m", "engine.cli", *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     # TensorStore's AWS SDK logs through absl (E1206 12:00:00.000000 ...), before Python runs: not connectile's lines
     return proc.returncode, "\n".join(ln for ln in proc.stderr.splitlines() if not re.match(r"^[EWI]\d{4} \d", ln))

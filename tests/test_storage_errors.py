@@ -193,14 +193,9 @@ _READ_ONLY = textwrap.dedent(
 def test_a_read_only_output_is_access_denied_at_once(tmp_path: Path) -> None:
     """Real permission errors (a process without the right to write anywhere: as root, util-linux
     setpriv drops CAP_DAC_OVERRIDE): a block write and a markers commit say access denied, one line."""
-    import os
+    from conftest import unprivileged_prefix
 
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root and setpriv (util-linux) is missing: cannot drop the right to write anywhere")
-        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
+    prefix = unprivileged_prefix()
     script = tmp_path / "ro.py"
     script.write_text(_READ_ONLY)
     root = tmp_path / "out"
