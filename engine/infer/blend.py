@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
+from typing_extensions import Unpack
 
 from engine.errors import ConfigError
 from engine.geometry import Box
@@ -42,14 +43,27 @@ def read_padded(read: Callable[[Box], np.ndarray], box: Box, volume: Box, replic
     return pad_source(read(inside), inside, box, replicate)
 
 
+class BlendSettings(TypedDict, total=False):
+    """How :class:`SlidingWindow` blends and batches its windows (every key optional): ``mode``, the
+    blend weight (``gaussian``, the default, as MONAI with ``sigma_scale``, 0.125; ``bump``;
+    ``constant``) with at least ``weight_floor`` (1e-3, :func:`importance_map`); ``batch_size``
+    windows per predictor call (4); test-time augmentation ``tta`` (``none``) reduced by
+    ``tta_reduce`` (``mean``)."""
+
+    mode: BlendMode
+    sigma_scale: float
+    weight_floor: float
+    batch_size: int
+    tta: TtaMode
+    tta_reduce: TtaReduce
+
+
 class SlidingWindow:
     """Blended sliding-window inference with ``predictor`` (a callable or ``torch.nn.Module`` mapping
     float32 (B, C, Z, Y, X) to (B, K, Z, Y, X) of the same spatial size).
 
-    ``mode`` is the blend weight (``gaussian`` as MONAI with ``sigma_scale``, ``bump``, ``constant``);
-    ``batch_size`` windows go through the predictor at once; ``tta`` and ``tta_reduce`` select the
-    test-time augmentation; ``device`` is where windows, outputs and accumulators live; ``weight_floor``
-    the least weight (:func:`importance_map`).
+    ``settings`` (:class:`BlendSettings`): the blend weight, the batch size and the test-time
+    augmentation; ``device`` is where windows, outputs and accumulators live.
 
     ``halo`` (z, y, x): voxels the predictor reads around each window on each side (a 2.5D model's
     context sections, :mod:`engine.infer.model_input`): it gets ``window + 2 halo`` and returns the
@@ -63,26 +77,22 @@ class SlidingWindow:
         roi: Sequence[int],
         overlap: float | Sequence[float] = 0.5,
         *,
-        mode: BlendMode = "gaussian",
-        sigma_scale: float = 0.125,
-        batch_size: int = 4,
-        tta: TtaMode = "none",
-        tta_reduce: TtaReduce = "mean",
         device: str | torch.device = "cpu",
         halo: Sequence[int] = (0, 0, 0),
-        weight_floor: float = 1e-3,
+        **settings: Unpack[BlendSettings],
     ) -> None:
+        batch_size = settings.get("batch_size", 4)
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         self.predictor = predictor
         self.roi = tuple(int(r) for r in roi)
         self.overlap = (float(overlap),) * len(self.roi) if isinstance(overlap, (int, float)) else tuple(float(o) for o in overlap)
-        self.mode: BlendMode = mode
+        self.mode: BlendMode = settings.get("mode", "gaussian")
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
-        self.weights = importance_map(self.roi, mode, sigma_scale, device=self.device, floor=weight_floor)
-        self.tfs = transforms(tta, self.roi)
-        self.tta_reduce: TtaReduce = tta_reduce
+        self.weights = importance_map(self.roi, self.mode, settings.get("sigma_scale", 0.125), device=self.device, floor=settings.get("weight_floor", 1e-3))
+        self.tfs = transforms(settings.get("tta", "none"), self.roi)
+        self.tta_reduce: TtaReduce = settings.get("tta_reduce", "mean")
         self.halo = tuple(int(h) for h in halo)
         self.replicate = tuple(h > 0 for h in self.halo)
         if len(self.halo) != len(self.roi) or any(h < 0 for h in self.halo) or self.halo[1] != self.halo[2]:
@@ -181,7 +191,7 @@ def model_window(
     *,
     device: str | torch.device = "cpu",
     predictor: dict[str, Any] | None = None,
-    **settings: Any,
+    **settings: Unpack[BlendSettings],
 ) -> SlidingWindow:
     """A :class:`SlidingWindow` over a Connectile model (``model.config``, a ``ModelConfig``): its output
     activation, and the halo and edge handling of a 2.5D model's context sections.
