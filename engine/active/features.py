@@ -31,7 +31,7 @@ from engine.active.rois import existing_rounds, read_crops, read_index, read_met
 from engine.config import Config
 from engine.errors import ConfigError, StorageError
 from engine.learn.budget import BudgetSpent, TimeBudget
-from engine.storage.safety import remove
+from engine.storage.safety import remove, write_json_atomic, write_npy_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -205,6 +205,7 @@ def compute_features(run_dir: str | os.PathLike[str], cfg: FeatureConfig | None 
         log.info("features of %s were made with other parameters: computing them again", run_dir)
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    done.unlink(missing_ok=True)  # the arrays below are replaced: no marker of other ones may stay beside them
     masks = mask_crops(run_dir)
     images = read_crops(run_dir, "image")
     if masks.shape[0] != index["roi_id"].size:
@@ -218,9 +219,9 @@ def compute_features(run_dir: str | os.PathLike[str], cfg: FeatureConfig | None 
     f_image = encode(e_u, images)
     save_vae(e_s, out / "mask_vae.pt")
     save_vae(e_u, out / "image_vae.pt")
-    np.save(out / "mask.npy", f_mask)
-    np.save(out / "image.npy", f_image)
-    done.write_text(json.dumps({"params": params, "seconds": time.perf_counter() - t0}, indent=1))
+    write_npy_atomic(out / "mask.npy", f_mask)
+    write_npy_atomic(out / "image.npy", f_image)
+    write_json_atomic(done, {"params": params, "seconds": time.perf_counter() - t0})
     for folder in training.values():
         remove(folder / "checkpoints", "run-files")  # history and TensorBoard stay
     log.info("features of %d ROIs: mask %s, image %s in %.1f s", f_mask.shape[0], f_mask.shape[1], f_image.shape[1], time.perf_counter() - t0)

@@ -29,6 +29,7 @@ from engine.active.rois import existing_rounds, read_crops, read_index, round_di
 from engine.active.triplet import TripletConfig, active_finetune
 from engine.config import Config
 from engine.errors import ConfigError, ResumeMismatch
+from engine.storage.safety import write_json_atomic, write_npy_atomic
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +126,11 @@ def run_query(
         raise ConfigError(f"every ROI of {run_dir} has been reviewed: nothing left to suggest", "the active learning of this run is complete")
     out.mkdir(parents=True, exist_ok=True)
     write_queries(qpath, s)
-    np.save(out / "clusters.npy", _clusters_of_all(s, index["roi_id"].size))
+    write_npy_atomic(out / "clusters.npy", _clusters_of_all(s, index["roi_id"].size))
     _preview(run_dir, s, out / "queries.png")
     result = QueryResult(round=k, path=str(qpath), queries=len(s), method=cfg.method, candidates=int(s.candidates.size), reviewed=len(reviewed),
                          image_stream_round=int(feats["image_round"]), seconds=time.perf_counter() - t0)
-    (out / "query.json").write_text(json.dumps({"params": params, "result": result.to_dict()}, indent=1))
+    write_json_atomic(out / "query.json", {"params": params, "result": result.to_dict()})
     log.info("round %d: %d %s queries among %d candidates (%d reviewed before)", k, len(s), cfg.method, s.candidates.size, len(reviewed))
     return result
 

@@ -29,7 +29,7 @@ from pydantic import Field
 
 from engine.config import Config
 from engine.learn.budget import BudgetSpent, TimeBudget
-from engine.storage.safety import remove
+from engine.storage.safety import remove, write_json_atomic, write_npy_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -138,10 +138,10 @@ def active_finetune(run_dir: str | os.PathLike[str], round_number: int, cfg: Tri
     feats = encode(model, read_crops(run_dir, "image"))
     out.mkdir(parents=True, exist_ok=True)
     save_vae(model, out / "image_vae.pt")
-    np.save(out / "image.npy", feats)
+    write_npy_atomic(out / "image.npy", feats)
     summary.update(steps=len(losses), loss_first=losses[0] if losses else None, loss_last=float(np.mean(losses[-10:])) if losses else None,
                    seconds=time.perf_counter() - t0, config=cfg.model_dump(mode="json"))
-    done.write_text(json.dumps(summary, indent=1))
+    write_json_atomic(done, summary)
     remove(training / "checkpoints", "run-files")  # history and TensorBoard stay
     log.info("round %d: E_u tuned on %d answers (%d accepted), triplet loss %.3f -> %.3f", round_number, ids.size, int(acc.sum()),
              summary["loss_first"] or 0.0, summary["loss_last"] or 0.0)

@@ -23,7 +23,6 @@ fine-tuned for segmentation (``connectile train`` does both when the config has 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -41,6 +40,7 @@ from engine.learn.budget import BudgetSpent, Clock, start
 from engine.learn.config import AugmentConfig, SemiConfig, TrainConfig
 from engine.learn.core import LoopOptions, Method, fit, rank, wrap_ddp
 from engine.models.unet import UNet, fold_sections, unfold_sections
+from engine.storage.safety import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def pretrain(cfg: TrainConfig, *, device: torch.device | None = None, clock: Clo
     _check_finished("contrastive", result.step, c.steps, out)
     if rank() == 0:
         save_checkpoint(out, unet, cfg.model, {"stage": "contrastive pretraining", "steps": c.steps})
-        (out / "loss.json").write_text(json.dumps(record))
+        write_json_atomic(out / "loss.json", record, indent=None)
         _plot(record, out / "loss.png")
     log.info("contrastive pretraining: %d steps, last loss %.4f; weights in %s", c.steps, record["contrastive"][-1], out)
     return out

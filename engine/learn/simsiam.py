@@ -21,7 +21,6 @@ budget, data-parallel under Ray Train).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -41,6 +40,7 @@ from engine.learn.config import RayConfig
 from engine.learn.core import LoopOptions, LoopResult, Method, fit, rank, wrap_ddp
 from engine.models.config import ModelConfig
 from engine.models.encoder import PatchEncoder
+from engine.storage.safety import write_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def train_simsiam(cfg: SimSiamConfig, *, progress: bool = True) -> dict[str, Any
     cfg, vol, patch = _prepare(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(cfg.to_yaml())
+    write_atomic(out / "config.yaml", cfg.to_yaml())
     t0 = time.perf_counter()
     if cfg.ray.num_workers:
         from engine.learn.distributed import run_workers
@@ -303,7 +303,7 @@ def _write_curve(out: Path, losses: list[float]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    (out / "loss.json").write_text(json.dumps({"loss": losses}))
+    write_json_atomic(out / "loss.json", {"loss": losses}, indent=None)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(np.arange(1, len(losses) + 1), losses, lw=0.8)
     if len(losses) >= 20:

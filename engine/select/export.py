@@ -30,6 +30,7 @@ import numpy as np
 from engine.errors import ConfigError, StorageError
 from engine.geometry import Box
 from engine.storage import create_volume, open_volume
+from engine.storage.safety import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def export_crops(volume: str, selection: str | os.PathLike[str], out: str | os.P
         crops.append(entry)
     manifest = {"volume": vol.url, "shape": list(vol.spatial_shape), "voxel_size": list(vol.voxel_size), "selection": str(selection), "crops": crops}
     path = outdir / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=1))
+    write_json_atomic(path, manifest)
     log.info("exported %d crops of %s to %s", len(crops), vol.url, outdir)
     return path
 

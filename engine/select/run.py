@@ -11,7 +11,6 @@ Writes into the output folder:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -28,6 +27,7 @@ from engine.select.candidates import Windows
 from engine.select.greedy import Selection, greedy_select
 from engine.select.knn import approx_knn, exact_knn, knn_recall
 from engine.select.patches import PatchGrid
+from engine.storage.safety import write_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +132,12 @@ def write_outputs(
               "window": list(cfg.window), "budget": cfg.budget}
     for sel in selections:
         doc = {**sel.to_json(), "scores": sel.coverage, **common}
-        (out / f"selection_{sel.method}.json").write_text(json.dumps(doc, indent=1))
+        write_json_atomic(out / f"selection_{sel.method}.json", doc)
     chosen = {**selections[0].to_json(), "scores": selections[0].coverage, **common,
               "baselines": {s.method: {"boxes": [b.to_dict() for b in s.boxes], "coverage": s.coverage} for s in selections[1:]}}
     path = out / "selection.json"
-    path.write_text(json.dumps(chosen, indent=1))
-    (out / "config.yaml").write_text(cfg.to_yaml())
+    write_json_atomic(path, chosen)
+    write_atomic(out / "config.yaml", cfg.to_yaml())
     plot_coverage(selections, out / "coverage.png")
     plot_picks(grid, emb, selections, out / "picks.png")
     return path

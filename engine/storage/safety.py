@@ -296,6 +296,17 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, indent: int | N
     return write_atomic(path, json.dumps(obj, indent=indent, default=str))
 
 
+def write_npy_atomic(path: str | os.PathLike[str], array: Any) -> Path:
+    """:func:`write_atomic` of ``array`` in NumPy's ``.npy`` format (what ``np.save`` writes)."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    return write_atomic(path, buf.getvalue())
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -309,4 +320,4 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["Kind", "check_removable", "remove", "write_atomic", "write_json_atomic"]
+__all__ = ["Kind", "check_removable", "remove", "write_atomic", "write_json_atomic", "write_npy_atomic"]
