@@ -474,6 +474,12 @@ def test_done_ranges_are_read_in_chunks(tmp_path: Path) -> None:
         assert np.array_equal(store.done_ranges(chunk=chunk), runs(done))
     assert np.array_equal(store.done_ids(), done)
     store.close()
+    whole = DoneStore.open(tmp_path / "whole", {"x": 1})  # no gap: the one-count path
+    whole.record((i, DONE, 0.0, 1, "w", "") for i in range(5, 5000))
+    assert whole.done_ranges(chunk=64).tolist() == [[5, 5000]]
+    whole.record([(77, FAILED, 0.0, 3, "w", "boom")])
+    assert whole.done_ranges(chunk=64).tolist() == [[5, 77], [78, 5000]]
+    whole.close()
 
 
 def test_markers_keep_workers_by_number(tmp_path: Path) -> None:
@@ -540,3 +546,23 @@ def test_the_driver_holds_no_object_per_block(tmp_path: Path) -> None:
     markers fetched at once took about 50 MiB here; 10^7 blocks, 500 MiB)."""
     peak = _driver_memory_at_first_submit(tmp_path, 1_000_000, 300_000)
     assert peak < 8 * 2**20, f"{peak / 2**20:.1f} MiB"
+
+
+def test_block_timings_are_kept_in_bounded_memory() -> None:
+    """The run summary's per-block seconds: exact for runs up to the sample size; beyond it count,
+    sum, mean, min and max exact and the median and p95 from a uniform sample of fixed size."""
+    from engine.runtime.progress import TimingSample, timing_stats
+
+    values = np.random.default_rng(7).exponential(0.01, size=200_000).astype(np.float32)
+    small, big = TimingSample(keep=1 << 18), TimingSample(keep=20_000)
+    for part in np.array_split(values, 300):
+        small.add(part)
+        big.add(part)
+    exact = timing_stats(values)
+    assert small.stats() == pytest.approx(exact, rel=1e-6)
+    got = big.stats()
+    assert big.sample.size == 20_000
+    for key in ("count", "sum", "mean", "min", "max"):
+        assert got[key] == pytest.approx(exact[key], rel=1e-6), key
+    for key in ("median", "p95"):
+        assert got[key] == pytest.approx(exact[key], rel=0.05), key

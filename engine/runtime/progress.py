@@ -8,6 +8,7 @@ printed and saved as JSON beside the output.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -100,6 +101,49 @@ def timing_stats(seconds: np.ndarray) -> dict[str, float]:
     }
 
 
+class TimingSample:
+    """Per-block seconds of a run in bounded memory: count, sum, min and max exact; the median and
+    p95 from a uniform sample of at most ``keep`` blocks (all of them in runs up to that size).
+
+    >>> t = TimingSample(keep=100)
+    >>> for k in range(50):
+    ...     t.add(np.full(1000, float(k % 10), np.float32))
+    >>> s = t.stats(); s["count"], s["mean"], s["max"], len(t.sample)
+    (50000.0, 4.5, 9.0, 100)
+    """
+
+    def __init__(self, keep: int = 1 << 16, seed: int = 0) -> None:
+        self.keep = keep
+        self.sample = np.zeros(0, np.float32)
+        self.count = 0
+        self.total = 0.0
+        self.lo, self.hi = math.inf, -math.inf
+        self._rng = np.random.default_rng(seed)
+
+    def add(self, seconds: np.ndarray) -> None:
+        m = int(seconds.size)
+        if not m:
+            return
+        self.total += float(seconds.sum(dtype=np.float64))
+        self.lo, self.hi = min(self.lo, float(seconds.min())), max(self.hi, float(seconds.max()))
+        room = max(0, self.keep - self.sample.size)
+        if room:
+            self.sample = np.concatenate([self.sample, seconds[:room].astype(np.float32)])
+        rest = seconds[room:]
+        if rest.size:  # reservoir sampling (Algorithm R): the i-th value replaces a kept one with probability keep / i
+            slot = self._rng.integers(0, np.arange(self.count + room, self.count + m) + 1)
+            hit = slot < self.keep
+            self.sample[slot[hit]] = rest[hit]
+        self.count += m
+
+    def stats(self) -> dict[str, float]:
+        if not self.count:
+            return {}
+        out = timing_stats(self.sample)
+        out.update(count=float(self.count), mean=self.total / self.count, min=self.lo, max=self.hi, sum=self.total)
+        return out
+
+
 class RunObserver:
     """Counts, timings and the progress bar of one run."""
 
@@ -107,7 +151,7 @@ class RunObserver:
         self.summary = summary
         self.todo = todo
         self._t0 = time.monotonic()
-        self._times: list[np.ndarray] = []
+        self._times = TimingSample()  # bounded: a run of 10^7 blocks keeps no array per block
         self._bar: Any = None
         if progress and todo:
             from tqdm.auto import tqdm
@@ -120,7 +164,7 @@ class RunObserver:
         s.done += int(done.sum())
         s.skipped += int((result.status == SKIPPED).sum())
         s.voxels += result.voxels
-        self._times.append(result.seconds[done])
+        self._times.add(result.seconds[done])
         for key, value in result.stats.items():
             s.stats[key] = s.stats.get(key, 0.0) + value
         finished = int(done.sum() + (result.status == SKIPPED).sum())
@@ -149,8 +193,7 @@ class RunObserver:
             self._bar.close()
         s = self.summary
         s.wall_seconds = time.monotonic() - self._t0
-        times = np.concatenate(self._times) if self._times else np.zeros(0, np.float32)
-        s.block_seconds = timing_stats(times)
+        s.block_seconds = self._times.stats()
         s.blocks_per_second = (s.done + s.skipped) / s.wall_seconds if s.wall_seconds > 0 else 0.0
         s.voxels_per_second = s.voxels / s.wall_seconds if s.wall_seconds > 0 else 0.0
         return s
