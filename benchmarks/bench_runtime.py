@@ -6,6 +6,7 @@
     .venv/bin/python benchmarks/bench_runtime.py --quick    # smaller sizes
     .venv/bin/python benchmarks/bench_runtime.py --smoke    # tiny sizes, one run: checks that the script runs
     .venv/bin/python benchmarks/bench_runtime.py --only dispatch --blocks 20000
+    .venv/bin/python benchmarks/bench_runtime.py --only scale --blocks 10000000 > scale.jsonl   # about 10 minutes
 
 Prints one JSON line per measurement on stdout (the first line describes the machine); everything
 else (Ray's and daisy's chatter) goes to stderr. ``ratio`` is always "Connectile's advantage": above 1
@@ -17,6 +18,11 @@ gaussian  blockwise Gaussian filter over a zarr volume on Ray workers vs ``scipy
           on the whole array in one process; both read the input zarr and write an output zarr. Wall
           time, peak memory (summed RSS of the processes doing the work) and agreement of the outputs.
 storage   ``Volume.read`` / ``Volume.write`` vs plain TensorStore on the same zarr, box by box.
+scale     (only when named: ``--only scale --blocks 10000000``; small in ``--smoke``) one no-op run over
+          10^7 blocks of 128^3 with done-markers: the driver's peak memory, its CPU per block, the
+          sustained rate after warm-up, the marker store's bytes, then a resume of the finished run in a
+          fresh process (time to find every block done). No peer: the targets of issue 17 pt 6.
+          ``benchmarks/projection.py --driver-scale FILE`` reads its line for the 1 PB projection.
 
 Every side runs in a fresh child process (this same script with ``--child``), so no measurement
 inherits another's memory, threads or Ray cluster. Data, done-markers and Ray's session files go to a
@@ -31,7 +37,6 @@ import resource
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -47,12 +52,14 @@ from engine.bench.harness import version as _version  # noqa: E402
 
 DISPATCH_TARGET = 2000.0  # blocks/s the issue asks of the Ray backend on a 2-core machine
 STORAGE_TARGET = 0.9  # Connectile / TensorStore throughput
+#: Issue 17 pt 6: a no-op run over 10^7 blocks with done-markers, on 2 cores
+SCALE_TARGETS = {"driver_peak_rss_mib": 1024, "sustained_blocks_per_s": 30_000, "resume_s": 30}
 AGREE_TOL = 1e-4
 
 SIZES: dict[str, dict[str, Any]] = {
-    "full": {"blocks": 100_000, "gauss_size": 512, "gauss_block": 128, "storage_shape": (256, 512, 512), "reps": 9, "runs": 3},
-    "quick": {"blocks": 10_000, "gauss_size": 128, "gauss_block": 64, "storage_shape": (128, 256, 256), "reps": 3, "runs": 3},
-    "smoke": {"blocks": 500, "gauss_size": 32, "gauss_block": 16, "storage_shape": (32, 64, 64), "storage_box": 32, "reps": 1, "runs": 1},
+    "full": {"blocks": 100_000, "scale_blocks": 10_000_000, "gauss_size": 512, "gauss_block": 128, "storage_shape": (256, 512, 512), "reps": 9, "runs": 3},
+    "quick": {"blocks": 10_000, "scale_blocks": 1_000_000, "gauss_size": 128, "gauss_block": 64, "storage_shape": (128, 256, 256), "reps": 3, "runs": 3},
+    "smoke": {"blocks": 500, "scale_blocks": 2000, "gauss_size": 32, "gauss_block": 16, "storage_shape": (32, 64, 64), "storage_box": 32, "reps": 1, "runs": 1},
 }
 
 
@@ -96,41 +103,56 @@ def run_child(name: str, params: dict[str, Any], ray_tmp: Path | None = None, ti
 
 
 # -- child side: each function runs in its own process and returns a dict ------------------------
-def _timed_ray_backend(workers: int, on_start: Any = None) -> Any:
-    """A RayBackend that notes when its actors were ready (then calls ``on_start(pids)``), when the
-    first and last results arrived, and (just before the actors are stopped) each actor's peak RSS."""
+def _timed_ray_backend(workers: int) -> Any:
+    """A RayBackend that notes when its actors were ready, when the first and last results arrived,
+    the blocks returned over time (at most one mark per ``mark_every`` s), and (just before the actors
+    are stopped) each actor's peak RSS and CPU seconds."""
     from engine.runtime import RayBackend
 
     class TimedRayBackend(RayBackend):
         t_start = t_ready = t_first = t_last = None
         first_blocks = 0
+        returned = 0
+        mark_every = 1.0
         pids: list[int]
         worker_hwm: dict[int, int]
+        worker_cpu_s: dict[int, float]
+        marks: list[tuple[float, int]]
 
         def start(self, op: Any, grid: Any, mask: Any) -> None:
             self.t_start = time.perf_counter()
             super().start(op, grid, mask)
             self.t_ready = time.perf_counter()
             self.pids = [int(str(w["name"]).rsplit(":", 1)[1]) for w in self.workers()]
-            self.worker_hwm = {}
-            if on_start is not None:
-                on_start(self.pids)
+            self.worker_hwm, self.worker_cpu_s, self.marks = {}, {}, []
 
         def wait(self, timeout: float) -> list[Any]:
             out = super().wait(timeout)
             if out:
                 now = time.perf_counter()
+                self.returned += sum(len(c.ids) for c in out)
                 if self.t_first is None:
                     self.t_first = now
-                    self.first_blocks = sum(len(c.ids) for c in out)
+                    self.first_blocks = self.returned
+                if not self.marks or now - self.marks[-1][0] >= self.mark_every:
+                    self.marks.append((now, self.returned))
                 self.t_last = now
             return out
 
         def stop(self) -> None:
+            import psutil
+
             for pid in getattr(self, "pids", []):
                 hwm = _vm_hwm(pid)
                 if hwm:
                     self.worker_hwm[pid] = hwm
+                try:
+                    cpu = psutil.Process(pid).cpu_times()
+                    self.worker_cpu_s[pid] = cpu.user + cpu.system
+                except psutil.Error:
+                    pass
+            if self.t_last is not None:
+                self.marks.append((self.t_last, self.returned))
             super().stop()
 
     return TimedRayBackend(workers)
@@ -194,6 +216,89 @@ def child_dispatch_connectile(p: dict[str, Any]) -> dict[str, Any]:
         "resume_s": resume_s,
         "resume_already_done": again.already_done,
     }
+
+
+def _rss() -> int:
+    """Resident memory of this process now (VmRSS), in bytes."""
+    try:
+        for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _scale_grid(p: dict[str, Any]) -> Any:
+    from engine.geometry import BlockGrid, Box
+
+    s = p["block_shape"]
+    return BlockGrid(Box.from_shape(tuple(gi * s for gi in p["grid"])), write_shape=(s, s, s))
+
+
+def _sustained(marks: list[tuple[float, int]], n: int, lo: float = 0.1, hi: float = 0.9) -> float | None:
+    """Blocks per second between the marks where ``lo`` and ``hi`` of the ``n`` blocks had returned
+    (the warm-up and the tail left out); None when the marks are too few (tiny runs)."""
+    a = next((m for m in marks if m[1] >= lo * n), None)
+    b = next((m for m in marks if m[1] >= hi * n), None)
+    if a is None or b is None or b[0] <= a[0]:
+        return None
+    return (b[1] - a[1]) / (b[0] - a[0])
+
+
+def child_scale_run(p: dict[str, Any]) -> dict[str, Any]:
+    """No-op blocks over a big grid through the Ray backend with done-markers: the driver's memory,
+    CPU and rate, Ray's processes' memory, the marker store's size."""
+    from engine.ops.noop import NoOp
+    from engine.runtime import connect, run_blockwise, shutdown
+
+    load0 = os.getloadavg()[0]
+    sampler = harness.RssSampler(interval=p.get("sample_s", 0.5))  # driver, Ray's actors, Ray's daemons
+    sampler.start()
+    connect(num_cpus=p["workers"])
+    grid = _scale_grid(p)
+    rss0 = _rss()
+    be = _timed_ray_backend(p["workers"])
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    summary = run_blockwise(NoOp(), grid, state_dir=p["state_dir"], backend=be, progress=False)
+    run_s, driver_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
+    peak = sampler.stop()
+    driver_hwm = _self_peak_rss()
+    shutdown()
+    marker_files = sorted(Path(p["state_dir"]).glob("markers.sqlite*"))
+    n = grid.num_blocks
+    return {
+        "blocks": n,
+        "done": summary.done,
+        "run_s": run_s,
+        "actor_start_s": be.t_ready - be.t_start,
+        "sustained_blocks_per_s": _sustained(be.marks, n),
+        "steady_blocks_per_s": (n - be.first_blocks) / (be.t_last - be.t_first) if be.t_last > be.t_first else None,
+        "driver_cpu_s": driver_cpu_s,
+        "worker_cpu_s": sorted(be.worker_cpu_s.values()),
+        "driver_rss_before_run_bytes": rss0,
+        "driver_peak_rss_bytes": driver_hwm,
+        "sampled_peaks_bytes": peak,
+        "worker_peak_rss_bytes": sorted(be.worker_hwm.values()),
+        "marker_bytes": sum(f.stat().st_size for f in marker_files),
+        "marker_files": [f.name for f in marker_files],
+        "load_avg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)],
+    }
+
+
+def child_scale_resume(p: dict[str, Any]) -> dict[str, Any]:
+    """The finished run again, in a fresh process: the time to find every block done (nothing is
+    dispatched, no worker started) and the memory it takes."""
+    from engine.ops.noop import NoOp
+    from engine.runtime import run_blockwise
+
+    grid = _scale_grid(p)
+    rss0 = _rss()
+    t0 = time.perf_counter()
+    again = run_blockwise(NoOp(), grid, state_dir=p["state_dir"], backend="ray", workers=p["workers"], progress=False)
+    resume_s = time.perf_counter() - t0
+    return {"resume_s": resume_s, "already_done": again.already_done, "done": again.done, "workers_started": len(again.workers),
+            "rss_before_bytes": rss0, "peak_rss_bytes": _self_peak_rss(), "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
 def child_dispatch_daisy(p: dict[str, Any]) -> dict[str, Any]:
@@ -266,59 +371,12 @@ def child_dispatch_daisy(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class _RssSampler(threading.Thread):
-    """Samples the resident memory of this process plus the worker processes it is told about (the
-    processes doing the work), and separately of every other descendant (Ray's daemons)."""
-
-    def __init__(self, interval: float = 0.05, others_every: int = 10) -> None:
-        super().__init__(daemon=True)
-        import psutil
-
-        self.me = psutil.Process()
-        self.interval = interval
-        self.others_every = others_every
-        self.worker_pids: list[int] = []
-        self.peak_work = 0
-        self.peak_others = 0
-        self.samples = 0
-        self._halt = threading.Event()
-        self._procs: dict[int, Any] = {}
-
-    def _rss(self, pid: int) -> int:
-        import psutil
-
-        try:
-            proc = self._procs.get(pid) or self._procs.setdefault(pid, psutil.Process(pid))
-            return int(proc.memory_info().rss)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            return 0
-
-    def run(self) -> None:
-        import psutil
-
-        while not self._halt.is_set():
-            work = int(self.me.memory_info().rss) + sum(self._rss(pid) for pid in self.worker_pids)
-            self.peak_work = max(self.peak_work, work)
-            if self.samples % self.others_every == 0:
-                try:
-                    others = [c.pid for c in self.me.children(recursive=True) if c.pid not in self.worker_pids]
-                except psutil.Error:
-                    others = []
-                self.peak_others = max(self.peak_others, sum(self._rss(pid) for pid in others))
-            self.samples += 1
-            self._halt.wait(self.interval)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
-
-
 def child_gaussian_connectile(p: dict[str, Any]) -> dict[str, Any]:
     from engine.geometry import BlockGrid, Box
     from engine.ops.filters import GaussianFilter
     from engine.runtime import connect, run_blockwise, shutdown
 
-    sampler = _RssSampler()
+    sampler = harness.RssSampler()  # driver + Ray's actor processes (cmdline ray::...), Ray's daemons apart
     sampler.start()
     t0 = time.perf_counter()
     connect(num_cpus=p["workers"])
@@ -329,16 +387,12 @@ def child_gaussian_connectile(p: dict[str, Any]) -> dict[str, Any]:
     n, b = p["size"], p["block"]
     grid = BlockGrid(Box.from_shape((n, n, n)), write_shape=(b, b, b), context=op.halo())
 
-    def actors_ready(pids: list[int]) -> None:
-        sampler.worker_pids = list(pids)
-
-    be = _timed_ray_backend(p["workers"], on_start=actors_ready)
+    be = _timed_ray_backend(p["workers"])
     t1 = time.perf_counter()
     summary = run_blockwise(op, grid, state_dir=p["state_dir"], backend=be, progress=False)
     run_s = time.perf_counter() - t1
-    sampler.stop()
+    peak = sampler.stop()
     driver_hwm = _self_peak_rss()
-    others = sampler.peak_others
     shutdown()
     return {
         "blocks": grid.num_blocks,
@@ -347,11 +401,11 @@ def child_gaussian_connectile(p: dict[str, Any]) -> dict[str, Any]:
         "cluster_start_s": cluster_s,
         "actor_start_s": be.t_ready - be.t_start,
         "run_s": run_s,
-        "peak_rss_bytes": sampler.peak_work,
+        "peak_rss_bytes": peak["work_rss"],
         "peak_rss_upper_bytes": driver_hwm + sum(be.worker_hwm.values()),
         "driver_peak_rss_bytes": driver_hwm,
         "worker_peak_rss_bytes": sorted(be.worker_hwm.values()),
-        "ray_daemons_peak_rss_bytes": others,
+        "ray_daemons_peak_rss_bytes": peak["daemons_rss"] + peak["idle_rss"],
         "rss_samples": sampler.samples,
     }
 
@@ -443,6 +497,8 @@ CHILDREN = {
     "gaussian-connectile": child_gaussian_connectile,
     "gaussian-scipy": child_gaussian_scipy,
     "storage": child_storage,
+    "scale-run": child_scale_run,
+    "scale-resume": child_scale_resume,
 }
 
 
@@ -666,7 +722,61 @@ def bench_storage(cfg: dict[str, Any], wd: Path, m: dict[str, Any]) -> list[dict
     return lines
 
 
-BENCHES = {"dispatch": bench_dispatch, "gaussian": bench_gaussian, "storage": bench_storage}
+def bench_scale(cfg: dict[str, Any], wd: Path, m: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 17 pt 6: one no-op run over ``scale_blocks`` blocks of 128^3 with done-markers, then a
+    resume of the finished run in a fresh process. One run (at 10^7 blocks it takes minutes)."""
+    n, workers = cfg["scale_blocks"], cfg["workers"]
+    grid = _grid_shape(n)
+    params = {"grid": list(grid), "block_shape": 128, "workers": workers, "state_dir": str(wd / "scale" / "state")}
+    r = run_child("scale-run", params, _ray_tmpdir(wd), timeout=7200)
+    q = run_child("scale-resume", params, timeout=3600)
+    sustained = r["sustained_blocks_per_s"]
+    peak = r["sampled_peaks_bytes"]
+    meets = {
+        "driver_peak_rss": r["driver_peak_rss_bytes"] <= SCALE_TARGETS["driver_peak_rss_mib"] * MIB,
+        "sustained_blocks_per_s": sustained is not None and sustained >= SCALE_TARGETS["sustained_blocks_per_s"],
+        "resume_s": q["resume_s"] <= SCALE_TARGETS["resume_s"],
+    }
+    line = {
+        "bench": "scale",
+        "blocks": n,
+        "grid": list(grid),
+        "block_shape": [128] * 3,
+        "workers": workers,
+        "op": "NoOp (touches no voxels): the runtime's own cost per block",
+        "done_markers": "SQLite (WAL) in a real state folder",
+        "run_s": round(r["run_s"], 1),
+        "actor_start_s": round(r["actor_start_s"], 2),
+        "blocks_per_s": round(n / r["run_s"], 1),
+        "sustained_blocks_per_s": None if sustained is None else round(sustained, 1),
+        "sustained_def": "blocks returned between 10% and 90% of the run / the time between (warm-up and tail left out)",
+        "driver_peak_rss_mib": round(r["driver_peak_rss_bytes"] / MIB, 1),
+        "driver_rss_before_run_mib": round(r["driver_rss_before_run_bytes"] / MIB, 1),
+        "driver_peak_def": "VmHWM of the driver process (Python, the markers, Ray's core worker inside it); the run's growth = peak - before",
+        "ray_workers_peak_rss_mib": [round(x / MIB, 1) for x in r["worker_peak_rss_bytes"]],
+        "ray_daemons_peak_rss_mib": round((peak["daemons_rss"] + peak["idle_rss"]) / MIB, 1),
+        "driver_cpu_s": round(r["driver_cpu_s"], 1),
+        "driver_cpu_us_per_block": round(r["driver_cpu_s"] / n * 1e6, 2),
+        "worker_cpu_us_per_block": round(sum(r["worker_cpu_s"]) / n * 1e6, 2),
+        "marker_bytes": r["marker_bytes"],
+        "marker_bytes_per_block": round(r["marker_bytes"] / n, 2),
+        "resume_s": round(q["resume_s"], 2),
+        "resume_peak_rss_mib": round(q["peak_rss_bytes"] / MIB, 1),
+        "resume_rss_before_mib": round(q["rss_before_bytes"] / MIB, 1),
+        "load_avg_1m_run": r["load_avg_1m"],
+        "load_avg_1m_resume": q["load_avg_1m"],
+        "targets": SCALE_TARGETS,
+        "meets": meets,
+        "meets_target": all(meets.values()),
+        "all_done_and_resumable": r["done"] == n and q["already_done"] == n and q["done"] == 0 and q["workers_started"] == 0,
+        "machine": machine_short(m),
+    }
+    emit(line)
+    return [line]
+
+
+BENCHES = {"dispatch": bench_dispatch, "gaussian": bench_gaussian, "storage": bench_storage, "scale": bench_scale}
+DEFAULT_BENCHES = ["dispatch", "gaussian", "storage"]  # scale runs when named (--only scale) and in --smoke
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -677,7 +787,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workdir", help="make the temporary folder inside this one (default: the system temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     ap.add_argument("--workers", type=int, default=2, help="Ray workers / daisy workers (default 2)")
-    ap.add_argument("--blocks", type=int, help="no-op blocks for dispatch (default 100,000; 10,000 with --quick)")
+    ap.add_argument("--blocks", type=int, help="no-op blocks for dispatch (default 100,000; 10,000 with --quick); with --only scale alone, "
+                    "the blocks of the scale run (default 10^7; 10^6 with --quick)")
     ap.add_argument("--gaussian-size", type=int, help="edge of the cubic gaussian volume (default 512; 128 with --quick)")
     ap.add_argument("--gaussian-block", type=int, help="edge of a gaussian write block (default 128; 64 with --quick)")
     ap.add_argument("--sigma", type=float, default=2.0, help="gaussian sigma in voxels (default 2)")
@@ -693,6 +804,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return harness.child_main(CHILDREN, args.child, args.params)
     cfg = dict(SIZES["smoke" if args.smoke else "quick" if args.quick else "full"])
+    if args.blocks is not None and args.only == ["scale"]:
+        cfg["scale_blocks"] = args.blocks
     for key, value in (("blocks", args.blocks), ("gauss_size", args.gaussian_size), ("gauss_block", args.gaussian_block), ("reps", args.reps), ("runs", args.runs)):
         if value is not None:
             cfg[key] = value
@@ -705,7 +818,7 @@ def main(argv: list[str] | None = None) -> int:
     lines: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     try:
-        for name in args.only or list(BENCHES):
+        for name in args.only or [*DEFAULT_BENCHES, *(["scale"] if args.smoke else [])]:
             print(f"[bench] {name} ...", file=sys.stderr, flush=True)
             lines += BENCHES[name](cfg, wd, m)
     finally:

@@ -3,6 +3,7 @@
     python benchmarks/projection.py --gpus 256
     python benchmarks/projection.py --gpus 64 --voxels 1e15 --json
     python benchmarks/projection.py --gpus 256 --costs benchmarks/results/my-h100.json
+    python benchmarks/projection.py --gpus 256 --driver-scale scale.jsonl   # bench_runtime.py --only scale > scale.jsonl
 
 Every number it uses is a *per-block cost* (worker-seconds per 10^9 voxels, on one GPU worker for the
 GPU stages and one CPU worker for the CPU stages) or a stated assumption; the script prints them, where
@@ -26,7 +27,11 @@ The model (all assumptions are printed):
 - Each block's data must also move through storage: a stage takes at least
   ``voxels x bytes_per_voxel / (workers x storage MiB/s per worker)``.
 - The driver dispatches at most ``dispatch_blocks_per_s`` blocks per second (measured on 2 cores; a
-  bigger head node is faster), so a stage takes at least ``blocks / dispatch rate``.
+  bigger head node is faster), so a stage takes at least ``blocks / dispatch rate``. With
+  ``--driver-scale FILE`` (the JSON lines of ``bench_runtime.py --only scale``) or
+  ``--driver-us-per-block``/``--marker-bytes-per-block``, that rate is one driver core at the measured
+  CPU per block (blocks of ``--driver-block``^3), and a driver section prints one pass over every
+  block: the driver's time, the done-marker store's size, the resume time.
 - Stages run one after the other; the cluster is held for the whole run, so GPU-hours are the wall
   time times the GPUs (busy GPU-hours, the GPU stages' compute only, are printed too).
 - Training is a fixed cost (steps x seconds per step x rounds), independent of the volume size.
@@ -187,6 +192,64 @@ def report(voxels: float, gpus: int, costs: dict[str, StageCost], source: str, a
     return "\n".join(lines), data
 
 
+def load_driver_scale(path: Path | None, us_per_block: float | None, bytes_per_block: float | None) -> dict[str, Any] | None:
+    """The driver's measured per-block costs: the last ``"bench": "scale"`` line of ``path`` (the JSON
+    lines ``bench_runtime.py --only scale`` prints), each overridden by a flag; None when neither is given."""
+    d: dict[str, Any] = {}
+    if path is not None:
+        if not path.is_file():
+            raise SystemExit(f"projection: no scale results file {path} (write one with: bench_runtime.py --only scale > FILE)")
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and row.get("bench") == "scale":
+                d = dict(row)
+        if not d:
+            raise SystemExit(f"projection: {path} holds no line of bench_runtime.py --only scale")
+        d["source"] = f"{path.name}: bench_runtime.py --only scale, {d['blocks']:,} blocks, {d.get('machine', '?')}"
+    if us_per_block is not None:
+        d["driver_cpu_us_per_block"], d["source"] = us_per_block, "flags"
+    if bytes_per_block is not None:
+        d["marker_bytes_per_block"], d["source"] = bytes_per_block, "flags"
+    if not d:
+        return None
+    if "driver_cpu_us_per_block" not in d or "marker_bytes_per_block" not in d:
+        raise SystemExit("projection: give both --driver-us-per-block and --marker-bytes-per-block (or --driver-scale FILE)")
+    return d
+
+
+def driver_report(voxels: float, d: dict[str, Any], edge: int) -> tuple[list[str], dict[str, Any]]:
+    """One pass over every block of ``edge``^3: the driver's CPU, the marker store, the resume."""
+    blocks = voxels / edge**3
+    us = float(d["driver_cpu_us_per_block"])
+    ceiling = 1e6 / us  # blocks/s one driver core can dispatch and mark, the workers elsewhere
+    pass_h = blocks / ceiling / 3600
+    store_gib = blocks * float(d["marker_bytes_per_block"]) / 2**30
+    out: dict[str, Any] = {"blocks": blocks, "block_edge": edge, "driver_cpu_us_per_block": us, "driver_ceiling_blocks_per_s": ceiling,
+                           "driver_pass_hours": pass_h, "marker_bytes_per_block": float(d["marker_bytes_per_block"]), "marker_store_gib": store_gib,
+                           "source": d["source"]}
+    lines = ["", f"Driver, one pass over {blocks:.3g} blocks of {edge}^3 (per-block costs from {d['source']}):",
+             f"- driver CPU {us:g} us per block (dispatch + done-marker): at most {ceiling:,.0f} blocks/s on one driver core, "
+             f"{_fmt_h(pass_h)} per pass when the workers keep up",
+             f"- done-markers {float(d['marker_bytes_per_block']):g} B per block: {store_gib:,.1f} GiB per pass"]
+    if d.get("sustained_blocks_per_s"):
+        rate = float(d["sustained_blocks_per_s"])
+        out["measured_blocks_per_s"], out["measured_pass_hours"] = rate, blocks / rate / 3600
+        lines.append(f"- at the rate measured with driver and workers on the same {d.get('workers', '?')} cores ({rate:,.0f} blocks/s): {_fmt_h(blocks / rate / 3600)} per pass")
+    if d.get("resume_s") is not None and d.get("blocks"):
+        resume_s = float(d["resume_s"]) * blocks / float(d["blocks"])
+        out["resume_s"] = resume_s
+        lines.append(f"- resume of a finished pass (read every done-marker, linear in the blocks): about {_fmt_h(resume_s / 3600)}")
+    if d.get("driver_peak_rss_mib") is not None:
+        growth = float(d["driver_peak_rss_mib"]) - float(d.get("driver_rss_before_run_mib", 0.0))
+        out["driver_run_growth_mib_measured"] = growth
+        lines.append(f"- driver memory: {d['driver_peak_rss_mib']:g} MiB peak at {d['blocks']:,} blocks ({growth:.0f} MiB over its start; the blocks to run are "
+                     "id ranges and the markers are read in chunks, so this does not grow with the blocks)")
+    return lines, out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpus", type=int, required=True, help="GPUs in the cluster (one GPU worker each)")
@@ -194,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--costs", type=Path, default=None, help="a results JSON with stage_costs (default: newest in benchmarks/results/, else the defaults)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=f"change an assumption ({', '.join(DEFAULT_ASSUMPTIONS)})")
     ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    ap.add_argument("--driver-scale", type=Path, help="JSON lines of bench_runtime.py --only scale: the driver's measured costs per block")
+    ap.add_argument("--driver-us-per-block", type=float, help="driver CPU microseconds per block (dispatch + done-marker)")
+    ap.add_argument("--marker-bytes-per-block", type=float, help="done-marker store bytes per block")
+    ap.add_argument("--driver-block", type=int, default=128, help="block edge for the driver's pass (default 128: 1 PB is about 5 x 10^8 blocks)")
     args = ap.parse_args(argv)
     if args.gpus < 1 or not math.isfinite(args.voxels) or args.voxels <= 0:
         print("projection: error: --gpus must be >= 1 and --voxels a positive number", file=sys.stderr)
@@ -205,8 +272,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"projection: error: unknown assumption {key!r}; known: {', '.join(a)}", file=sys.stderr)
             return 2
         a[key] = type(a[key])(float(value)) if isinstance(a[key], int) else float(value)
+    driver = load_driver_scale(args.driver_scale, args.driver_us_per_block, args.marker_bytes_per_block)
+    if driver is not None:  # the stages' dispatch bound: one driver core at the measured cost per block
+        a["block_voxels"] = args.driver_block**3
+        a["dispatch_blocks_per_s"] = round(1e6 / float(driver["driver_cpu_us_per_block"]), 1)
     costs, source = load_costs(args.costs)
     text, data = report(args.voxels, args.gpus, costs, source, a)
+    if driver is not None:
+        lines, data["driver"] = driver_report(args.voxels, driver, args.driver_block)
+        text += "\n" + "\n".join(lines)
     print(json.dumps(data, indent=1) if args.json else text)
     return 0
 

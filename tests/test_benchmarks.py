@@ -90,6 +90,8 @@ def test_connectile_bench_smoke(tmp_path: Path) -> None:
     assert cc and all(ln["agree"] is True for ln in cc) and all("uint32 (its fastest)" in ln["peer"] for ln in cc)
     assert all(ln["identical"] is True for ln in lines if ln.get("bench") == "downsample")
     assert all(ln["all_done_and_resumable"] is True for ln in lines if ln.get("bench") == "dispatch")
+    scale = [ln for ln in lines if ln.get("bench") == "scale"]  # issue 17 pt 6, tiny here: every block done, the resume finds them all
+    assert scale and all(ln["all_done_and_resumable"] is True and ln["marker_bytes"] > 0 for ln in scale)
     assert any(ln.get("bench") == "gaussian" and ln["agree"] is True for ln in lines)
     # inference: Connectile's output within one uint8 step of MONAI's on the same converted model and of
     # the Ray Data peer's; the converted model within 1e-4 of the plain one (each asserted by the script too)

@@ -164,10 +164,14 @@ def _pss(pid: int) -> int:
     return 0
 
 
+#: Ray's per-node agents also name their processes ``ray::...``: daemons, not workers.
+RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
 class RssSampler(threading.Thread):
     """Peaks, sampled every ``interval`` s, of the summed memory of this process plus its Ray worker
     processes (cmdline ``ray::_Actor...``, the actors running the blocks), and separately of idle Ray
-    workers (``ray::IDLE``) and of Ray's daemons (every other descendant). Both RSS (each process's
+    workers (``ray::IDLE``) and of Ray's daemons (every other descendant, Ray's agents among them). Both RSS (each process's
     resident pages, shared library pages counted once per process) and PSS (shared pages split
     among the processes that share them: the sum is what the processes together occupy)."""
 
@@ -198,7 +202,7 @@ class RssSampler(threading.Thread):
                 continue
             if cmd.startswith("ray::IDLE"):
                 now["idle_rss"] += rss
-            elif cmd.startswith("ray::"):
+            elif cmd.startswith("ray::") and not cmd.startswith(RAY_AGENTS):
                 now["work_rss"] += rss
                 now["workers_rss"] += rss
                 now["work_pss"] += _pss(c.pid)
