@@ -27,7 +27,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -155,15 +155,8 @@ class SegmentEdgesOp(BlockOp):
         keep = es >= self.threshold
         merges = [np.stack([ea[keep] + off[a_id], eb[keep] + off[a_id]], axis=1)]
         n_cross = 0
-        fa = self._faces(a_id) if off[a_id + 1] > off[a_id] else None
-        for b_id in self._grid.neighbours(a_id, 6):
-            if b_id < a_id or fa is None or off[b_id + 1] == off[b_id]:
-                continue
-            d = next(ax for ax in range(3) if self._grid.index_of(b_id)[ax] != block.index[ax])
-            fb = self._faces(b_id)
-            la, lb, vb = fa[f"l{d}1"], fb[f"l{d}0"], fb[f"aff{d}"]
-            touch = (la != 0) & (lb != 0)
-            a, b, s = edge_scores(la[touch] + off[a_id], lb[touch] + off[b_id], vb[touch], self.scoring, self.quantile)
+        for la, lb, vb in self._contacts(block):
+            a, b, s = edge_scores(la, lb, vb, self.scoring, self.quantile)
             n_cross += a.size
             sel = s >= self.threshold
             merges.append(np.stack([a[sel], b[sel]], axis=1))
@@ -173,6 +166,23 @@ class SegmentEdgesOp(BlockOp):
         self._scratch.put(f"pairs/{a_id}", buf.getvalue())
         return {"merges": float(len(pairs)), "cross_edges": float(n_cross), "inner_edges": float(ea.size)}
 
+    def _contacts(self, block: Block) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The touching fragments (provisional ids) across the block's faces with its forward
+        neighbours, and the affinities between them."""
+        assert self._offsets is not None and self._grid is not None
+        off, a_id = self._offsets, block.id
+        if off[a_id + 1] == off[a_id]:
+            return
+        fa = self._faces(a_id)
+        for b_id in self._grid.neighbours(a_id, 6):
+            if b_id < a_id or off[b_id + 1] == off[b_id]:
+                continue
+            d = next(ax for ax in range(3) if self._grid.index_of(b_id)[ax] != block.index[ax])
+            fb = self._faces(b_id)
+            la, lb, vb = fa[f"l{d}1"], fb[f"l{d}0"], fb[f"aff{d}"]
+            touch = (la != 0) & (lb != 0)
+            yield la[touch] + off[a_id], lb[touch] + off[b_id], vb[touch]
+
     def _graph(self, block: Block, ea: np.ndarray, eb: np.ndarray, esum: np.ndarray, ecount: np.ndarray) -> dict[str, float]:
         """Every edge of the block with its affinity sum and count, in provisional ids."""
         assert self._scratch is not None and self._offsets is not None and self._grid is not None
@@ -180,15 +190,8 @@ class SegmentEdgesOp(BlockOp):
         a_id = block.id
         parts = [(ea + off[a_id], eb + off[a_id], esum, ecount)]
         n_cross = 0
-        fa = self._faces(a_id) if off[a_id + 1] > off[a_id] else None
-        for b_id in self._grid.neighbours(a_id, 6):
-            if b_id < a_id or fa is None or off[b_id + 1] == off[b_id]:
-                continue
-            d = next(ax for ax in range(3) if self._grid.index_of(b_id)[ax] != block.index[ax])
-            fb = self._faces(b_id)
-            la, lb, vb = fa[f"l{d}1"], fb[f"l{d}0"], fb[f"aff{d}"]
-            touch = (la != 0) & (lb != 0)
-            got = edge_sums(la[touch] + off[a_id], lb[touch] + off[b_id], vb[touch])
+        for la, lb, vb in self._contacts(block):
+            got = edge_sums(la, lb, vb)
             n_cross += got[0].size
             parts.append(got)
         a = np.concatenate([p[0] for p in parts]).astype(np.uint64)
