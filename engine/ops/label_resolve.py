@@ -18,6 +18,7 @@ from engine.geometry import BlockGrid
 from engine.ops.scratch import Scratch
 from engine.segment.objects import ObjectStats
 from engine.segment.stitch import owned_mask, resolve
+from engine.storage.kv import npz_bytes
 from engine.storage.object_table import ObjectTableWriter
 
 log = logging.getLogger(__name__)
@@ -114,9 +115,7 @@ def resolve_labels(
         if writer is not None:
             writer.close()
     final = np.where(kept_key, final_rep[rep_pos], np.uint64(0)).astype(np.uint64)
-    buf = io.BytesIO()
-    np.savez(buf, keys=keys, final=final, owned=owned, offsets=offsets, kept_offsets=kept_offsets)
-    scratch.put("mapping.npz", buf.getvalue())
+    scratch.put("mapping.npz", npz_bytes(keys=keys, final=final, owned=owned, offsets=offsets, kept_offsets=kept_offsets))
     kept = int(kept_offsets[-1])
     return Resolved(objects=kept, removed=n_objects - kept, boundary_labels=int(nk), pairs=len(pairs))
 

@@ -43,6 +43,7 @@ from engine.runtime import BlockOp
 from engine.runtime.options import RuntimeOptions
 from engine.runtime.session import CompletionRecord, Session
 from engine.storage import Volume, create_volume, open_volume
+from engine.storage.kv import npz_bytes
 from engine.storage.safety import write_atomic
 
 log = logging.getLogger(__name__)
@@ -138,10 +139,7 @@ class RoiOp(BlockOp):
             for c in INDEX_COLUMNS:
                 out[c].append(rec[c])
         arrays = {c: np.asarray(v) for c, v in out.items()}
-        buf = _io()
-        savez: Any = np.savez  # its stubs do not type **arrays
-        savez(buf, **arrays)
-        self._scratch.put(f"index/{block.id}", buf.getvalue())
+        self._scratch.put(f"index/{block.id}", npz_bytes(**arrays))
         return {"rois": float(rows.size)}
 
     def _one(self, object_id: int, sub: np.ndarray, box: Box, roi_id: int, score: float) -> dict[str, Any]:
@@ -188,12 +186,6 @@ def _union(boxes: Sequence[Box]) -> Box | None:
     start = tuple(min(b.start[k] for b in boxes) for k in range(3))
     stop = tuple(max(b.stop[k] for b in boxes) for k in range(3))
     return Box(start, stop)
-
-
-def _io() -> Any:
-    import io
-
-    return io.BytesIO()
 
 
 def owner_blocks(centroids: np.ndarray, grid: BlockGrid) -> np.ndarray:
@@ -359,10 +351,7 @@ def _check_roi_inputs(labels: str, image: str, prob: str | None, pre: str | None
 
 def _create_roi_store(run_dir: str | os.PathLike[str], objects: dict[str, np.ndarray], size: int, inputs: tuple[str, str], overwrite: bool) -> str:
     """Write the numbered objects and create the crop arrays (one chunk per row); return the store."""
-    buf = _io()
-    savez: Any = np.savez
-    savez(buf, **objects)
-    write_atomic(rois_dir(run_dir) / "objects.npz", buf.getvalue())
+    write_atomic(rois_dir(run_dir) / "objects.npz", npz_bytes(**objects))
     store = rois_store(run_dir)
     n = int(objects["id"].size)
     for name in ("image", "mask"):

@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, PrivateAttr
@@ -51,17 +51,11 @@ from engine.segment.objects import ObjectStats
 from engine.segment.stitch import block_faces
 from engine.segment.watershed import Scoring, as_float, block_contacts, edge_scores, fragments
 from engine.storage import Volume, check_write_alignment, create_volume, open_volume
+from engine.storage.kv import npz_bytes
 
 log = logging.getLogger(__name__)
 
 Agglomeration = Literal["threshold", "mean"]
-
-
-def _npz(**arrays: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    savez: Any = np.savez
-    savez(buf, **arrays)
-    return buf.getvalue()
 
 
 class FragmentsOp(BlockOp):
@@ -108,8 +102,8 @@ class FragmentsOp(BlockOp):
         score = sums / np.maximum(counts, 1) if self.scoring == "mean" else edge_scores(ca, cb, cv, self.scoring, self.quantile)[2]
         aff = as_float(affs)
         low = {f"aff{d}": np.ascontiguousarray(np.take(aff[d], [0], axis=d)) for d in range(3)}
-        self._scratch.put(f"faces/{block.id}", _npz(**{f"l{k[0]}{k[1]}": v for k, v in block_faces(frag).labels.items()}, **low))
-        self._scratch.put(f"edges/{block.id}", _npz(a=a, b=b, score=score, sum=sums, count=counts))
+        self._scratch.put(f"faces/{block.id}", npz_bytes(**{f"l{k[0]}{k[1]}": v for k, v in block_faces(frag).labels.items()}, **low))
+        self._scratch.put(f"edges/{block.id}", npz_bytes(a=a, b=b, score=score, sum=sums, count=counts))
         self._scratch.put(f"stats/{block.id}", ObjectStats(np.bincount(frag.ravel(), minlength=n + 1).astype(np.int64)).to_bytes())
         return {"fragments": float(n), "inner_edges": float(a.size)}
 
@@ -197,7 +191,7 @@ class SegmentEdgesOp(BlockOp):
         a = np.concatenate([p[0] for p in parts]).astype(np.uint64)
         b = np.concatenate([p[1] for p in parts]).astype(np.uint64)
         self._scratch.put(
-            f"graph/{a_id}", _npz(a=a, b=b, sum=np.concatenate([p[2] for p in parts]).astype(np.float64), count=np.concatenate([p[3] for p in parts]).astype(np.int64))
+            f"graph/{a_id}", npz_bytes(a=a, b=b, sum=np.concatenate([p[2] for p in parts]).astype(np.float64), count=np.concatenate([p[3] for p in parts]).astype(np.int64))
         )
         return {"cross_edges": float(n_cross), "inner_edges": float(ea.size)}
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+
+from engine.storage.kv import npz_bytes
 
 _BIG = np.iinfo(np.int64).max
 
@@ -86,10 +87,7 @@ class ObjectStats:
             value = getattr(self, name)
             if value is not None:
                 arrays[name] = value
-        buf = io.BytesIO()
-        savez: Any = np.savez  # its stubs do not type **arrays
-        savez(buf, **arrays)
-        return buf.getvalue()
+        return npz_bytes(**arrays)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ObjectStats:

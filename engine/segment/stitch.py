@@ -30,11 +30,11 @@ from __future__ import annotations
 import io
 import itertools
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from engine.geometry import BlockGrid, Box
+from engine.storage.kv import npz_bytes
 
 _MAX_AXES = {6: 1, 18: 2, 26: 3}
 
@@ -53,10 +53,7 @@ class Faces:
         arrays = {f"l{a}{s}": v for (a, s), v in self.labels.items()}
         if self.values is not None:
             arrays.update({f"v{a}{s}": v for (a, s), v in self.values.items()})
-        buf = io.BytesIO()
-        savez: Any = np.savez  # its stubs do not type **arrays
-        savez(buf, **arrays)
-        return buf.getvalue()
+        return npz_bytes(**arrays)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Faces:

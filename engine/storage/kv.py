@@ -61,3 +61,16 @@ def _write_json(loc: Location, key: str, obj: dict[str, Any]) -> None:
     kv = _kv(loc)
     data = json.dumps(obj, indent=1).encode()
     retrying(lambda: kv.write(key, data).result(), f"{loc.url()}/{key}", "writing")
+
+
+def npz_bytes(**arrays: Any) -> bytes:
+    """Arrays as the bytes of one ``.npz`` file (the value of a scratch key; ``np.load(io.BytesIO(b))``
+    reads them back)."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    savez: Any = np.savez  # its stubs do not type **arrays
+    savez(buf, **arrays)
+    return buf.getvalue()
