@@ -37,9 +37,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from engine.errors import StorageError
+
+if TYPE_CHECKING:
+    from engine.storage.urls import Location
 
 log = logging.getLogger(__name__)
 
@@ -370,24 +373,32 @@ def _check_reachable(service: str, endpoint: str, url: str, missing: str, fix: s
     _reached.add((host, port))
 
 
-def gcs_options(url: str) -> dict[str, object]:
-    """Settings of TensorStore's gcs kvstore (``CONNECTILE_GCS_RETRIES``, ``CONNECTILE_GCS_RETRY_DELAY``),
-    after checking that Google Cloud Storage answers (``TENSORSTORE_GCS_HTTP_URL``, else
-    storage.googleapis.com; see :func:`_check_reachable`). A ``GOOGLE_APPLICATION_CREDENTIALS`` naming no
-    readable file fails at once. Credentials: that file, ``gcloud auth application-default login``'s file,
-    or the instance's account on Google Compute Engine; without any TensorStore asks anonymously (public
-    buckets), and a private bucket's 401/403 becomes one line naming what to set."""
-    creds = _gcs_credentials()
-    _check_reachable(
-        "Google Cloud Storage", os.environ.get("TENSORSTORE_GCS_HTTP_URL") or "https://storage.googleapis.com", url,
-        "" if creds else ", and no Google Cloud credentials are set",
-        f"check the network connection (or set HTTPS_PROXY); for a private bucket {_GCS_FIX}",
-    )
+def gcs_options() -> dict[str, object]:
+    """Settings of TensorStore's gcs kvstore: its request retries (``CONNECTILE_GCS_RETRIES``,
+    ``CONNECTILE_GCS_RETRY_DELAY``). Credentials: ``GOOGLE_APPLICATION_CREDENTIALS``, ``gcloud auth
+    application-default login``'s file, or the instance's account on Google Compute Engine; without any
+    TensorStore asks anonymously (public buckets), and a private bucket's 401/403 becomes one line naming
+    what to set. :func:`check_store_reachable` checks before a store is opened."""
     retries = _retry_spec("GCS")
     return {"gcs_request_retries": retries} if retries else {}
 
 
-def check_s3_reachable(url: str, options: dict[str, object]) -> None:
+def check_store_reachable(loc: Location) -> None:
+    """Before a cloud store is opened: that its service answers (``TENSORSTORE_GCS_HTTP_URL`` or
+    storage.googleapis.com; ``CONNECTILE_S3_ENDPOINT`` or AWS's; see :func:`_check_reachable`), and that a
+    ``GOOGLE_APPLICATION_CREDENTIALS`` names a readable file. Local and memory stores pass at once."""
+    if loc.scheme == "gs":
+        creds = _gcs_credentials()
+        _check_reachable(
+            "Google Cloud Storage", os.environ.get("TENSORSTORE_GCS_HTTP_URL") or "https://storage.googleapis.com", loc.url(),
+            "" if creds else ", and no Google Cloud credentials are set",
+            f"check the network connection (or set HTTPS_PROXY); for a private bucket {_GCS_FIX}",
+        )  # fmt: skip
+    elif loc.scheme == "s3":
+        _check_s3_reachable(loc.url(), s3_options())
+
+
+def _check_s3_reachable(url: str, options: dict[str, object]) -> None:
     """That the S3 endpoint of ``options`` (:func:`s3_options`; else AWS's) answers, see :func:`_check_reachable`."""
     region = options.get("aws_region")
     endpoint = str(options.get("endpoint") or f"https://s3{f'.{region}' if region else ''}.amazonaws.com")

@@ -25,7 +25,10 @@ def _ts_message(err: BaseException) -> str:
 
 
 def _kv(loc: Location) -> ts.KvStore:
-    spec = loc.kvstore()  # (its own one-line errors: a cloud store that cannot be reached)
+    from engine.storage.errors import check_store_reachable
+
+    check_store_reachable(loc)  # one line now, not minutes of retries, where a cloud store does not answer
+    spec = loc.kvstore()
     try:
         return ts.KvStore.open(spec, context=_CONTEXT).result()
     except Exception as err:

@@ -120,8 +120,10 @@ def _children(loc: Location, keys: list[str] | None = None) -> dict[str, bool]:
 
 
 def _store_keys(loc: Location) -> list[str]:
+    from engine.storage.errors import check_store_reachable
     from engine.storage.volume import _CONTEXT, _ts_message
 
+    check_store_reachable(loc)
     try:
         kv = ts.KvStore.open(loc.kvstore(), context=_CONTEXT).result()
         return [k.decode(errors="replace") for k in kv.list().result()]
@@ -225,8 +227,10 @@ def remove(url: Url, kind: Kind, *, inputs: Iterable[Url] = ()) -> bool:
         log.info("deleted %s (%s)", path, kind)
         return True
     from engine.runtime.faults import kill_point
+    from engine.storage.errors import check_store_reachable
     from engine.storage.volume import _CONTEXT, _ts_message
 
+    check_store_reachable(loc)
     try:
         kv = ts.KvStore.open(loc.kvstore(), context=_CONTEXT).result()
         for mark in _MARKS:  # see _rmtree_marks_first

@@ -60,14 +60,11 @@ class Location:
             return {"driver": "file", "path": path}
         if self.scheme == "memory":
             return {"driver": "memory", "path": path}
-        from engine.storage.errors import check_s3_reachable, gcs_options, s3_options
+        from engine.storage.errors import gcs_options, s3_options
 
         if self.scheme == "gs":
-            return {"driver": "gcs", "bucket": self.bucket, "path": path, **gcs_options(self.url())}
-
-        options = s3_options()
-        check_s3_reachable(self.url(), options)
-        return {"driver": "s3", "bucket": self.bucket, "path": path, **options}
+            return {"driver": "gcs", "bucket": self.bucket, "path": path, **gcs_options()}
+        return {"driver": "s3", "bucket": self.bucket, "path": path, **s3_options()}
 
     def parent(self) -> Location:
         head = self.path.rstrip("/").rsplit("/", 1)[0] if "/" in self.path.strip("/") else ""
