@@ -17,11 +17,12 @@ the value and the expected type. Overrides are ``dotted.key=value`` with the val
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -29,6 +30,33 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from engine.errors import ConfigError
 
 C = TypeVar("C", bound=BaseModel)
+
+
+class Params(BaseModel):
+    """The settings of one operation, declared once (issue 15): the op's configuration (the op class
+    derives from it), the pipeline stage's section (which derives from it and adds the stage's wiring)
+    and the command's flags (:func:`engine.commands._flags.add_flags`, help from the field
+    descriptions). Every default lives here. ``unhashed`` names the fields that change how the op runs
+    but not what it writes (left out of its done-markers' parameters)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    unhashed: ClassVar[frozenset[str]] = frozenset()
+
+    def settings(self) -> dict[str, Any]:
+        """The values of this model's own :class:`Params` fields (not a section's wiring) by name."""
+        own = _params_fields(type(self))
+        return {n: getattr(self, n) for n in type(self).model_fields if n in own}
+
+
+def _params_fields(cls: type[BaseModel]) -> set[str]:
+    """The fields declared by the operations' settings among ``cls``'s bases: the classes that derive from
+    :class:`Params` directly (``PredictParams``, not the stage section or the op built on it)."""
+    out: set[str] = set()
+    for base in cls.__mro__:
+        if Params in getattr(base, "__bases__", ()):
+            out |= set(inspect.get_annotations(base)) & set(cls.model_fields)
+    return out
 
 
 class Config(BaseModel):

@@ -3,6 +3,7 @@ volume == MONAI, serial and Ray, TTA, bounded memory, errors, CLI."""
 
 from __future__ import annotations
 
+import argparse
 import copy
 import itertools
 import pickle
@@ -616,3 +617,37 @@ def test_every_trained_checkpoint_predicts_with_its_own_window(tmp_path: Path, k
         assert main(["predict", ckpt, raw_url, old, "--overlap", "0.5", "--block", "4,16,16", "--chunks", "2,8,8", "--dtype", "float32",
                      "--no-share-borders", "--backend", "serial", "--no-progress"]) == 0
         np.testing.assert_allclose(open_volume(old).read(got.box), whole[0], rtol=0, atol=1e-5)
+
+
+def test_command_and_pipeline_stage_share_the_settings_and_their_defaults(tmp_path: Path, setup_data: tuple[str, str, np.ndarray]) -> None:
+    """Issue 15: ``connectile predict`` and the pipeline's ``predict`` stage take one declaration of the
+    settings (:class:`PredictParams`): the same defaults, the same flags/keys, byte-identical output."""
+    from engine.commands._flags import flag
+    from engine.ops.predict import PredictParams
+    from engine.pipeline.stage import RuntimeSection, StageContext
+    from engine.pipeline.stages.predict import PredictSection, PredictStage
+
+    ckpt, url, _ = setup_data
+    section = PredictSection(raw="raw", checkpoint="ckpt")
+    assert section.settings() == PredictParams().settings()  # every default once
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    from engine.commands import predict as command
+
+    command.add_parser(sub)
+    text = sub.choices["predict"].format_help()
+    assert all(flag(name) in text for name in PredictParams.model_fields)
+    window = ["--window", ",".join(map(str, WINDOW))]  # the tiny checkpoint has no training crop: the default would be 16,128,128
+    assert main(["predict", ckpt, url, f"{tmp_path}/cli.zarr/prob", *window, "--backend", "serial", "--no-progress"]) == 0
+    ctx = StageContext(run_dir=tmp_path / "run", stage="predict[1]", runtime=RuntimeSection(backend="serial", progress=False),
+                       upstream={"in": {"raw": url, "checkpoint": ckpt}})
+    cfg = PredictSection(raw="in.raw", checkpoint="in.checkpoint", window=WINDOW)
+    out = PredictStage().run(ctx, cfg)["probability"]
+    a, b = open_volume(f"{tmp_path}/cli.zarr/prob"), open_volume(out)
+    assert a.chunk_shape == b.chunk_shape and a.dtype == b.dtype
+    np.testing.assert_array_equal(a.read(a.box), b.read(b.box))
+    # a setting only one side knew before (blend) reaches the stage, and changes the output
+    cfg2 = PredictSection(raw="in.raw", checkpoint="in.checkpoint", window=WINDOW, blend="constant")
+    ctx2 = StageContext(run_dir=tmp_path / "run2", stage="predict[1]", runtime=ctx.runtime, upstream=ctx.upstream)
+    c = open_volume(PredictStage().run(ctx2, cfg2)["probability"])
+    assert not np.array_equal(c.read(c.box), a.read(a.box))

@@ -51,6 +51,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, PrivateAttr, model_validator
 
+from engine.config import Params
 from engine.errors import ConfigError, StorageError
 from engine.geometry import Block, BlockGrid, Box
 from engine.infer.merge import add_pieces, normalise, pack_pieces, pad_source, piece_key, scale_input, to_output
@@ -68,11 +69,40 @@ from engine.storage import Volume, check_write_alignment, create_volume, open_vo
 log = logging.getLogger(__name__)
 
 OutputDtype = Literal["uint8", "float16", "float32"]
+Triple = tuple[int, int, int]
 #: Default write block target (rounded to the stride grid and the chunks).
-DEFAULT_BLOCK: tuple[int, int, int] = (64, 256, 256)
+DEFAULT_BLOCK: Triple = (64, 256, 256)
 #: Default output chunks (capped at the volume).
-DEFAULT_CHUNKS: tuple[int, int, int] = (16, 128, 128)
-__all__ = ["DEFAULT_BLOCK", "DEFAULT_CHUNKS", "DEFAULT_WINDOW", "PredictOp", "PredictResult", "piece_key", "predict_volume", "to_output"]
+DEFAULT_CHUNKS: Triple = (16, 128, 128)
+__all__ = ["DEFAULT_BLOCK", "DEFAULT_CHUNKS", "DEFAULT_WINDOW", "PredictOp", "PredictParams", "PredictResult", "piece_key", "predict_volume", "to_output"]
+
+
+class PredictParams(Params):
+    """What ``connectile predict``, the pipeline's ``predict`` stage (``rounds.predict``) and
+    :class:`PredictOp` compute and how: one declaration, one set of defaults."""
+
+    unhashed: ClassVar[frozenset[str]] = frozenset({"block", "batch_size", "device", "threads", "share_borders"})
+
+    window: Triple | None = Field(
+        default=None, description="window (model input) size z,y,x; a 2.5D model also reads its context sections around it "
+        f"(default: the checkpoint's training crop, less a 2.5D model's context sections; {','.join(map(str, DEFAULT_WINDOW))} without one)",
+    )
+    overlap: float = Field(default=0.5, ge=0.0, lt=1.0, description="overlap of neighbouring windows, in [0, 1)")
+    blend: BlendMode = Field(default="gaussian", description="window weights")
+    sigma_scale: float = Field(default=0.125, gt=0.0, description="Gaussian weights' sigma as a share of the window")
+    tta: TtaMode = Field(default="none", description="test-time augmentation")
+    tta_reduce: TtaReduce = Field(default="mean", description="how augmented outputs combine")
+    dtype: OutputDtype = Field(default="uint8", description="output type (uint8: round(255 p))")
+    chunks: Triple | None = Field(default=None, description=f"output storage chunks z,y,x ({','.join(map(str, DEFAULT_CHUNKS))} capped at the volume where not given)")
+    amp: Amp = Field(default="none", description="mixed precision of the forward pass (GPU)")
+    block: Triple = Field(default=DEFAULT_BLOCK, description="voxels per block z,y,x, rounded to the window stride and chunks")
+    batch_size: int | None = Field(default=None, ge=1, description="windows per forward pass (none: 1 on CPU, 8 on GPU)")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="where the model runs")
+    threads: int | None = Field(default=None, ge=1, description="torch threads per worker (none: torch's choice; Ray workers get one per CPU they hold)")
+    share_borders: bool = Field(
+        default=True, description="compute each window once and sum the block borders in a second pass (--no-share-borders: each block "
+        "computes every window over its write box, windows at block cuts twice, one pass)",
+    )
 
 
 def checkpoint_digest(directory: str | os.PathLike[str]) -> str:
@@ -88,7 +118,7 @@ def checkpoint_digest(directory: str | os.PathLike[str]) -> str:
     return h.hexdigest()[:16]
 
 
-class PredictOp(BlockOp):
+class PredictOp(BlockOp, PredictParams):
     """Model probabilities of ``input`` into ``output`` (uint8 ``round(255 p)``, or float16/float32).
 
     ``checkpoint`` is a directory written by :func:`engine.models.save_checkpoint`. The input is read as
@@ -105,31 +135,17 @@ class PredictOp(BlockOp):
     checkpoint: str
     input: str
     output: str
-    window: tuple[int, int, int] | None = None
-    overlap: float = 0.5
-    blend: BlendMode = "gaussian"
-    sigma_scale: float = 0.125
-    tta: TtaMode = "none"
-    tta_reduce: TtaReduce = "mean"
-    dtype: OutputDtype = "uint8"
-    chunks: tuple[int, int, int] = DEFAULT_CHUNKS
-    amp: Amp = "none"
+    chunks: Triple = DEFAULT_CHUNKS  # type: ignore[assignment]  # the driver fills in the default (capped at the volume)
     checkpoint_digest: str = ""
     # -- settings that do not change the output (beyond float rounding): not hashed ---------------
-    #: windows per forward pass; None: 1 on CPU (larger batches were slower per window on the 2-core
-    #: test machine: activations fall out of cache), 8 on a GPU
-    batch_size: int | None = Field(default=None, exclude=True)
-    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", exclude=True)
+    # (besides PredictParams.unhashed: batch_size -- 1 on CPU, where larger batches were slower per window on the
+    # 2-core test machine as activations fall out of cache -- device, threads, share_borders, block)
     #: NDHWC activations (None: on; with the folded norms ~10% less CPU time per window on the test machine)
     channels_last: bool | None = Field(default=None, exclude=True)
     #: fold batch norms into their convolutions (same output up to float rounding, ~1e-7)
     fold_norms: bool = Field(default=True, exclude=True)
-    threads: int | None = Field(default=None, exclude=True)
     prefetch: bool = Field(default=True, exclude=True)
     overwrite: bool = Field(default=False, exclude=True)
-    #: compute each window once and finish the block borders in a second pass (see the module
-    #: docstring); False: each block computes every window over its write box (windows at cuts twice)
-    share_borders: bool = Field(default=True, exclude=True)
 
     _grid: BlockGrid | None = PrivateAttr(default=None)
     _in: Volume | None = PrivateAttr(default=None)
@@ -155,6 +171,10 @@ class PredictOp(BlockOp):
             log.info("predict: window %s from the checkpoint", self.window)
         self._halo, self._replicate = halo(cfg), replicate_axes(cfg)
         return self
+
+    def params(self) -> dict[str, Any]:
+        """The parameters that decide the output (hashed into done-markers): not those of ``unhashed``."""
+        return {"kind": self.kind, **self.model_dump(mode="json", exclude=set(self.unhashed))}
 
     # -- driver side -------------------------------------------------------------------------------
     @property
@@ -362,6 +382,9 @@ class PredictBordersOp(BlockOp):
     _scratch: Scratch | None = PrivateAttr(default=None)
     _channels: int = PrivateAttr(default=1)
 
+    def params(self) -> dict[str, Any]:
+        return {"kind": self.kind, "predict": self.predict.params()}
+
     def prepare(self, grid: BlockGrid) -> None:
         out = open_volume(self.predict.output)
         if out.spatial_shape != grid.volume.shape:
@@ -455,9 +478,10 @@ def predict_volume(
     finds its workers started (torch imported; only the op is set up again); the caller ends it."""
     t0 = time.perf_counter()
     src = open_volume(os.fspath(input))
-    chunks = settings.pop("chunks", None) or tuple(min(c, s) for c, s in zip(DEFAULT_CHUNKS, src.spatial_shape, strict=True))
+    # the chunks (given or the default) capped at the volume
+    chunks = tuple(min(c, s) for c, s in zip(settings.pop("chunks", None) or DEFAULT_CHUNKS, src.spatial_shape, strict=True))
     op = PredictOp(
-        checkpoint=os.fspath(checkpoint), input=src.url, output=os.fspath(output), chunks=chunks,
+        checkpoint=os.fspath(checkpoint), input=src.url, output=os.fspath(output), chunks=chunks, block=block,
         checkpoint_digest=checkpoint_digest(checkpoint), **settings,
     )
     op._check()
