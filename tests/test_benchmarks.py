@@ -161,3 +161,34 @@ def test_gpu_check_without_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert check() is True
         (line,) = _json_lines(capsys.readouterr().out)
         assert line["skipped"].startswith("no GPU"), line
+
+
+def test_projection_takes_the_drivers_measured_costs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """issue 17 pt 6: projection.py reads the scale run's line (or flags) and projects one driver pass
+    over 1 PB of 128^3 blocks: driver CPU, marker store, resume; the stages' dispatch bound follows."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("projection", BENCH / "projection.py")
+    assert spec is not None and spec.loader is not None
+    proj = importlib.util.module_from_spec(spec)
+    sys.modules["projection"] = proj  # dataclasses look their module up
+    spec.loader.exec_module(proj)
+    scale = {"bench": "scale", "blocks": 10_000_000, "workers": 2, "driver_cpu_us_per_block": 5.0, "marker_bytes_per_block": 24.0,
+             "sustained_blocks_per_s": 25_000.0, "resume_s": 3.0, "driver_peak_rss_mib": 190.0, "driver_rss_before_run_mib": 140.0, "machine": "m"}
+    f = tmp_path / "scale.jsonl"
+    f.write_text(json.dumps({"bench": "machine", "cpu": "x"}) + "\nchatter\n" + json.dumps(scale) + "\n")
+    assert proj.main(["--gpus", "8", "--driver-scale", str(f), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    d, blocks = data["driver"], 1e15 / 128**3
+    assert d["blocks"] == pytest.approx(blocks)
+    assert d["driver_pass_hours"] == pytest.approx(blocks * 5e-6 / 3600)
+    assert d["marker_store_gib"] == pytest.approx(blocks * 24 / 2**30)
+    assert d["resume_s"] == pytest.approx(3.0 * blocks / 1e7) and d["measured_pass_hours"] == pytest.approx(blocks / 25_000 / 3600)
+    assert data["assumptions"]["dispatch_blocks_per_s"] == pytest.approx(200_000) and data["assumptions"]["block_voxels"] == 128**3
+    assert proj.main(["--gpus", "8", "--driver-scale", str(f), "--marker-bytes-per-block", "2"]) == 0  # a flag overrides the file
+    assert "done-markers 2 B per block: 0.9 GiB per pass" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        proj.main(["--gpus", "8", "--driver-us-per-block", "5"])  # one of the two costs alone
+    (tmp_path / "other.jsonl").write_text(json.dumps({"bench": "dispatch"}) + "\n")
+    with pytest.raises(SystemExit):
+        proj.main(["--gpus", "8", "--driver-scale", str(tmp_path / "other.jsonl")])
