@@ -26,6 +26,10 @@ Rules:
 - Done-markers (see :mod:`engine.runtime.markers`) are recorded only from results a worker returned
   after its writes completed. Failed and skipped blocks are recorded as such, never as done.
 - The run raises :class:`~engine.errors.BlocksFailed` (after saving the summary) if any block failed.
+- The driver holds no object per block: the blocks still to run are id ranges
+  (:class:`~engine.runtime.pending.PendingBlocks`), found from the done-markers without reading them
+  one by one (:meth:`~engine.runtime.markers.DoneStore.done_ranges`); 10^7 blocks take about 190 MiB
+  of driver memory in all and resume in seconds (benchmarks/RESULTS.md, "Driver scale").
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing_extensions import Unpack
 
 from engine.errors import BlocksFailed, ConfigError
 from engine.geometry import BlockGrid
+from engine.options import check_keys
 from engine.runtime.backends import Backend, Completion, RayBackend, SerialBackend
 from engine.runtime.deadline import BatchClock, Deadline
 from engine.runtime.faults import kill_point
@@ -98,6 +103,7 @@ def run_blockwise(
     and the pacing of the dispatch (:class:`~engine.runtime.options.Pacing`).
     """
     max_retries = options.get("max_retries", 2)
+    check_keys(options, BlockwiseOptions, "run_blockwise")
     if max_retries < 0:
         raise ConfigError(f"max_retries must be >= 0, got {max_retries}")
     name = name or op.kind or type(op).__name__
