@@ -49,3 +49,22 @@ def test_session_runs_passes_on_one_backend_and_times_them(tmp_path: Path) -> No
     assert Session({"state_dir": tmp_path}).state("memory://x/y", "label") == tmp_path
     again = Session({"backend": "serial", "progress": False})
     assert again.run(NoOp(), grid, "first", state_dir=tmp_path / "a").already_done == grid.num_blocks  # resumes
+
+
+def test_a_misspelt_option_is_a_type_error_not_ignored(tmp_path: Path) -> None:
+    """Options taken as ``**options: Unpack[...]`` refuse unknown keys as Python refuses unknown keywords."""
+    from engine.infer.blend import SlidingWindow
+    from engine.ops.downsample import build_pyramid
+    from engine.runtime import run_blockwise
+
+    grid = BlockGrid(Box.from_shape((4, 8, 8)), write_shape=(2, 4, 4))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'windw'"):
+        run_blockwise(NoOp(), grid, state_dir=tmp_path / "s", backend="serial", windw=1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="'voxelsize'"):
+        create_volume(f"{tmp_path}/a.zarr/x", (2, 4, 4), "uint8", (2, 4, 4), voxelsize=(1, 1, 1))  # type: ignore[call-arg]
+    assert not (tmp_path / "a.zarr" / "x").exists()
+    url = create_volume(f"{tmp_path}/a.zarr/x", (2, 4, 4), "uint8", (2, 4, 4)).url
+    with pytest.raises(TypeError, match="'kernl'"):
+        build_pyramid(url, kernl="numpy", progress=False)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="'batchsize'"):
+        SlidingWindow(lambda x: x, (2, 4, 4), batchsize=2)  # type: ignore[call-arg]

@@ -30,6 +30,7 @@ from engine.infer.importance import BlendMode, importance_map
 from engine.infer.merge import pad_source
 from engine.infer.tta import TtaMode, TtaReduce, augmented, transforms
 from engine.infer.windows import WindowGrid
+from engine.options import check_keys
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class SlidingWindow:
         **settings: Unpack[BlendSettings],
     ) -> None:
         batch_size = settings.get("batch_size", 4)
+        check_keys(settings, BlendSettings, "SlidingWindow")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         self.predictor = predictor

@@ -39,6 +39,7 @@ from typing_extensions import Unpack
 
 from engine.errors import ConfigError, StorageError
 from engine.geometry import Block, BlockGrid, Box
+from engine.options import check_keys
 from engine.runtime import default_state_dir
 from engine.runtime.faults import kill_point
 from engine.runtime.op import BlockOp
@@ -393,6 +394,7 @@ def build_pyramid(
     >>> [(lv["path"], lv["shape"]) for lv in r.levels]
     [('s0', [4, 16, 16]), ('s1', [4, 8, 8])]
     """
+    check_keys(run, PyramidRun, "build_pyramid")
     t0 = time.perf_counter()
     src = open_volume(input)
     if src.loc.process_local and run.get("backend") == "ray":

@@ -23,6 +23,7 @@ from typing_extensions import Unpack
 
 from engine.errors import ConfigError
 from engine.geometry import Block, BlockGrid, Box
+from engine.options import check_keys
 from engine.runtime import BlockOp, RunSummary
 from engine.runtime.options import RuntimeOptions
 from engine.runtime.session import Session
@@ -156,6 +157,7 @@ def embed_volume(
     **run: Unpack[EmbedRun],
 ) -> RunSummary:
     """Embed every patch of ``volume`` (inside its first ``limit`` voxels) into the embedding zarr ``output`` (resumable)."""
+    check_keys(run, EmbedRun, "embed_volume")
     from engine.storage import open_volume
 
     vol = open_volume(volume)

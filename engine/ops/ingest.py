@@ -28,6 +28,7 @@ from typing_extensions import Unpack
 
 from engine.errors import ConfigError, StorageError
 from engine.geometry import Block, BlockGrid, Box
+from engine.options import check_keys
 from engine.runtime import BlockOp
 from engine.runtime.options import RuntimeOptions
 from engine.runtime.session import Session
@@ -149,6 +150,7 @@ def ingest(
     workers, ``overwrite``, ``progress``, ``state_dir``, ...) and resumes: an interrupted ingest copies
     only the slabs it had not finished.
     """
+    check_keys(runtime, RuntimeOptions, "ingest")
     src_s, dst_s = os.fspath(src), os.fspath(dst)
     if format not in INGEST_FORMATS:
         raise ConfigError(f"unknown output format {format!r}", f"use one of {', '.join(INGEST_FORMATS)}")

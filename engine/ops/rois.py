@@ -39,6 +39,7 @@ from engine.active.rois import (
 from engine.errors import ConfigError, StorageError
 from engine.geometry import Block, BlockGrid, Box
 from engine.ops.scratch import Scratch
+from engine.options import check_keys
 from engine.runtime import BlockOp
 from engine.runtime.options import RuntimeOptions
 from engine.runtime.session import CompletionRecord, Session
@@ -292,6 +293,7 @@ def extract_rois(
     pre-synaptic side is then put on the left). Objects smaller than ``min_voxels`` are left out.
     Runs blockwise and resumes like every blockwise command (``run``: :class:`RoiRun`).
     """
+    check_keys(run, RoiRun, "extract_rois")
     t0 = time.perf_counter()
     if size < 8:
         raise ConfigError(f"--size must be at least 8 pixels, got {size}", "e.g. --size 128")

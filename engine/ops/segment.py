@@ -41,6 +41,7 @@ from engine.ops.label import DEFAULT_BLOCK, DEFAULT_CHUNKS, LabelResult, label_g
 from engine.ops.label_passes import RelabelOp
 from engine.ops.label_resolve import Resolved, load_offsets, resolve_labels
 from engine.ops.scratch import Scratch
+from engine.options import check_keys
 from engine.runtime import BlockOp
 from engine.runtime.faults import kill_point
 from engine.runtime.lock import one_driver
@@ -231,6 +232,7 @@ def segment_volume(
     mean-affinity agglomeration on the driver over the whole graph (see
     :mod:`engine.segment.agglomerate`). ``run``: the fragments' settings and the runtime
     (:class:`SegmentRun`)."""
+    check_keys(run, SegmentRun, "segment_volume")
     t0 = time.perf_counter()
     out_url = os.fspath(output)
     src = _check_segment_input(os.fspath(affinities), scoring, quantile, agglomeration)

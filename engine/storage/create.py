@@ -21,6 +21,7 @@ from typing_extensions import Unpack
 
 from engine.errors import StorageError
 from engine.geometry import Coord
+from engine.options import check_keys
 from engine.storage import ome
 from engine.storage.kv import _CONTEXT, _read_json, _ts_message, _write_json
 from engine.storage.urls import Location, parse_url
@@ -177,6 +178,7 @@ def create_volume(
     ``inputs`` (the run's inputs) is refused with one line. ``meta``: voxel size, offset, fill value,
     attributes, layer type (:class:`VolumeMeta`).
     """
+    check_keys(meta, VolumeMeta, "create_volume")
     lay = _layout(parse_url(url), format, shape, dtype, chunks, shards, meta)
     loc = lay.loc
     meta_attrs = {"voxel_size": list(lay.voxel_size), "offset": list(lay.offset), "axis_names": ["z", "y", "x"], "units": ["nm", "nm", "nm"],
