@@ -44,6 +44,7 @@ from typing_extensions import Unpack
 
 from engine.errors import BlocksFailed, ConfigError
 from engine.geometry import BlockGrid
+from engine.options import check_keys
 from engine.runtime.backends import Backend, Completion, RayBackend, SerialBackend
 from engine.runtime.deadline import BatchClock, Deadline
 from engine.runtime.faults import kill_point
@@ -102,6 +103,7 @@ def run_blockwise(
     and the pacing of the dispatch (:class:`~engine.runtime.options.Pacing`).
     """
     max_retries = options.get("max_retries", 2)
+    check_keys(options, BlockwiseOptions, "run_blockwise")
     if max_retries < 0:
         raise ConfigError(f"max_retries must be >= 0, got {max_retries}")
     name = name or op.kind or type(op).__name__
