@@ -280,3 +280,36 @@ def test_gpu_equals_cpu(tmp_path: Path) -> None:  # pragma: no cover - runs only
         a = open_volume(cpu.output).read(Box.from_shape(SHAPE))
         b = open_volume(gpu.output).read(Box.from_shape(SHAPE))
         assert cpu.objects == gpu.objects and same_partition(a, b)
+
+
+def test_command_and_pipeline_stage_share_the_settings_and_their_defaults(tmp_path: Path) -> None:
+    """Issue 15: ``connectile label``, the pipeline's ``label`` stage and :func:`label_volume` take one
+    declaration of the settings (:class:`LabelParams`): the same defaults, the same output bytes."""
+    import argparse
+    import inspect
+
+    from engine.commands import label as command
+    from engine.commands._flags import flag
+    from engine.ops.label import LabelParams
+    from engine.pipeline.stage import RuntimeSection, StageContext
+    from engine.pipeline.stages.label import LabelSection, LabelStage
+
+    defaults = LabelParams().settings()
+    assert LabelSection(input="x").settings() == defaults
+    sig = inspect.signature(label_volume).parameters
+    assert {k: sig[k].default for k in defaults} == defaults  # the library call's defaults are the model's
+    sub = argparse.ArgumentParser().add_subparsers()
+    command.add_parser(sub)
+    assert all(flag(name) in sub.choices["label"].format_help() for name in defaults)
+    rng = np.random.default_rng(4)
+    prob = (gaussian_filter(rng.random((12, 80, 96)), 2.0) * 255).astype(np.uint8)
+    src = create_volume(str(tmp_path / "in.zarr" / "prob"), prob.shape, "uint8", (6, 40, 48))
+    src.write(src.box, prob)
+    threshold = float(np.quantile(prob, 0.7)) / 255
+    cli = tmp_path / "cli.zarr" / "cc"
+    assert main(["label", src.url, str(cli), "--threshold", str(threshold), "--backend", "serial", "--no-progress"]) == 0
+    ctx = StageContext(run_dir=tmp_path / "run", stage="label", runtime=RuntimeSection(backend="serial", progress=False))
+    out = LabelStage().run(ctx, LabelSection(input=src.url, threshold=threshold, table=False))["labels"]
+    a, b = open_volume(str(cli)), open_volume(out)
+    assert a.chunk_shape == b.chunk_shape and a.dtype == b.dtype and int(a.read(a.box).max()) > 3
+    np.testing.assert_array_equal(a.read(a.box), b.read(b.box))

@@ -72,7 +72,7 @@ def add_flags(parser: argparse.ArgumentParser | Any, model: type[Params], *, ski
         elif _is_triple(kind):
             parser.add_argument(flag(name), metavar="Z,Y,X", **kw)
         elif get_origin(kind) is Literal:
-            parser.add_argument(flag(name), choices=[str(c) for c in get_args(kind)], type=type(get_args(kind)[0]), **kw)
+            parser.add_argument(flag(name), choices=list(get_args(kind)), type=type(get_args(kind)[0]), **kw)
         elif kind in (int, float, str):
             parser.add_argument(flag(name), type=kind, **kw)
         else:

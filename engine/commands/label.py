@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from engine.commands._common import add_runtime_args, runtime_kwargs, triple
-from engine.ops.label import DEFAULT_BLOCK, DEFAULT_CHUNKS
+from engine.commands._common import add_runtime_args, runtime_kwargs
+from engine.commands._flags import add_flags, params_from_args
+from engine.ops.label import LabelParams
 
 
 def add_parser(subparsers: Any) -> None:
@@ -28,14 +29,9 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("input", metavar="IN", help="input volume, e.g. data.zarr/mito_prob")
     parser.add_argument("output", metavar="OUT", help="output label volume (uint64 unless --dtype), e.g. data.zarr/mito_cc")
-    parser.add_argument("--threshold", type=float, default=None, help="foreground where probability > T (uint8 read as value/255); leave out for binary or label volumes")
-    parser.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26, help="voxel neighbourhood (default: %(default)s)")
-    parser.add_argument("--min-size", type=int, default=0, metavar="VOXELS", help="remove objects smaller than this, measured whole (default: keep all)")
+    add_flags(parser.add_argument_group("labelling (the pipeline's label stages take the same settings)"), LabelParams)
     parser.add_argument("--table", metavar="PATH", help="write the object table as Parquet here")
-    parser.add_argument("--block", metavar="Z,Y,X", default=",".join(map(str, DEFAULT_BLOCK)), help="voxels per block, rounded up to whole chunks (default: %(default)s)")
-    parser.add_argument("--chunks", metavar="Z,Y,X", default=",".join(map(str, DEFAULT_CHUNKS)), help="output storage chunks (default: %(default)s)")
     parser.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu", help="labelling kernel: cc3d on CPU, CuPy on GPU (default: %(default)s)")
-    parser.add_argument("--dtype", choices=("uint64", "uint32"), default="uint64", help="output ids (default: %(default)s; uint32 halves the output, an error if the objects do not fit)")
     parser.add_argument("--keep-local", action="store_true", help="store the local ids of the first pass (label each block once) instead of labelling each block again in the last pass")
     parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     parser.add_argument("--keep-scratch", action="store_true", help="keep the intermediate files (local labels, faces, pairs) beside the output")
@@ -49,21 +45,10 @@ def run(args: argparse.Namespace) -> int:
     from engine.ops.label import label_volume
 
     check_output(args.output, {"IN": args.input})
+    params = params_from_args(LabelParams, args)
     result = label_volume(
-        args.input,
-        args.output,
-        threshold=args.threshold,
-        connectivity=args.connectivity,
-        min_size=args.min_size,
-        table=args.table,
-        block=triple(args.block, "--block", int, "128,128,128") or DEFAULT_BLOCK,
-        chunks=triple(args.chunks, "--chunks", int, "64,64,64") or DEFAULT_CHUNKS,
-        device=args.device,
-        dtype=args.dtype,
-        keep_local=args.keep_local,
-        overwrite=args.overwrite,
-        keep_scratch=args.keep_scratch,
-        **runtime_kwargs(args),
+        args.input, args.output, table=args.table, device=args.device, keep_local=args.keep_local, overwrite=args.overwrite,
+        keep_scratch=args.keep_scratch, **params.settings(), **runtime_kwargs(args),
     )
     removed = f", {result.removed} smaller than {args.min_size} voxels removed" if args.min_size > 1 else ""
     table = f"; object table {result.table}" if result.table else ""

@@ -28,11 +28,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 from typing_extensions import Unpack
 
+from engine.config import Params
 from engine.errors import ConfigError, StorageError
 from engine.geometry import BlockGrid, Box
 from engine.ops.label_passes import (
@@ -58,6 +60,24 @@ from engine.storage import Volume, open_volume
 log = logging.getLogger(__name__)
 
 DEFAULT_BLOCK: tuple[int, int, int] = (128, 128, 128)
+
+
+class LabelParams(Params):
+    """What ``connectile label``, the pipeline's ``label`` stages (``label``, ``rounds.label``) and
+    :func:`label_volume` compute: one declaration, one set of defaults (:class:`engine.config.Params`)."""
+
+    threshold: float | None = Field(
+        default=None, description="foreground where probability > T (uint8 read as value/255); leave out for binary or label volumes",
+    )
+    connectivity: Literal[6, 18, 26] = Field(default=26, description="voxel neighbourhood")
+    min_size: int = Field(default=0, ge=0, description="remove objects smaller than this many voxels, measured whole (0 keeps all)")
+    dtype: OutDtype = Field(default="uint64", description="output ids (uint32 halves the output; an error if the objects do not fit)")
+    block: tuple[int, int, int] = Field(default=DEFAULT_BLOCK, description="voxels per block z,y,x, rounded up to whole chunks")
+    chunks: tuple[int, int, int] = Field(default=DEFAULT_CHUNKS, description="output storage chunks z,y,x (capped at the volume)")
+
+
+#: the defaults of :func:`label_volume`'s keywords (declared once, in :class:`LabelParams`)
+_D = LabelParams()
 #: Up to this many blocks, pass B (cheap: faces only) runs in the driver process when the backend was
 #: passed in (its workers would start again for the pass).
 PAIRS_IN_DRIVER_MAX_BLOCKS = 256
@@ -144,13 +164,13 @@ def label_volume(
     input: str | os.PathLike[str],  # noqa: A002 - the natural name for users
     output: str | os.PathLike[str],
     *,
-    threshold: float | None = None,
-    connectivity: int = 26,
-    min_size: int = 0,
+    threshold: float | None = _D.threshold,
+    connectivity: int = _D.connectivity,
+    min_size: int = _D.min_size,
     table: str | os.PathLike[str] | None = None,
-    block: Sequence[int] = DEFAULT_BLOCK,
-    chunks: Sequence[int] = DEFAULT_CHUNKS,
-    dtype: OutDtype = "uint64",
+    block: Sequence[int] = _D.block,
+    chunks: Sequence[int] = _D.chunks,
+    dtype: OutDtype = _D.dtype,
     **run: Unpack[LabelRun],
 ) -> LabelResult:
     """Label the connected components of ``input`` into ``output`` (``dtype``: uint64, or uint32

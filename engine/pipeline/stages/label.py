@@ -4,25 +4,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
-
 from engine.config import Config
-from engine.ops.label import DEFAULT_BLOCK, DEFAULT_CHUNKS
+from engine.ops.label import LabelParams
 from engine.pipeline.stage import Stage, StageContext
 
-Triple = tuple[int, int, int]
 
-
-class LabelSection(Config):
-    """``label:`` -- as ``connectile label``; ``input`` is e.g. ``synth.mito`` or a volume URL."""
+class LabelSection(LabelParams, Config):
+    """``label:`` -- ``input`` (e.g. ``synth.mito`` or a volume URL) and the settings of ``connectile label``
+    (:class:`~engine.ops.label.LabelParams`, the same defaults); ``table``: write the object table."""
 
     input: str
-    threshold: float | None = None
-    connectivity: Literal[6, 18, 26] = 26
-    min_size: int = Field(default=0, ge=0)
     table: bool = True
-    block: Triple = DEFAULT_BLOCK
-    chunks: Triple = DEFAULT_CHUNKS
     device: Literal["cpu", "gpu", "auto"] = "cpu"
 
 
@@ -38,9 +30,8 @@ class LabelStage(Stage):
 
         table = ctx.dir / "objects.parquet" if cfg.table else None
         result = label_volume(
-            ctx.input(cfg.input), ctx.dir / "labels.zarr" / "labels", threshold=cfg.threshold, connectivity=cfg.connectivity,
-            min_size=cfg.min_size, table=table, block=cfg.block, chunks=cfg.chunks, device=cfg.device, overwrite=ctx.overwrite,
-            state_dir=ctx.state_dir(), max_retries=ctx.runtime.max_retries, **ctx.runtime.kwargs(),
+            ctx.input(cfg.input), ctx.dir / "labels.zarr" / "labels", table=table, device=cfg.device, overwrite=ctx.overwrite,
+            state_dir=ctx.state_dir(), max_retries=ctx.runtime.max_retries, **cfg.settings(), **ctx.runtime.kwargs(),
         )
         out = {"labels": result.output}
         if result.table:
