@@ -24,6 +24,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from engine.errors import ConfigError
 from engine.geometry import Block, BlockGrid, Box
 from engine.runtime.op import BlockOp
+from engine.runtime.options import RuntimeOptions
 from engine.storage import Volume, check_write_alignment, create_volume, open_volume
 from engine.synth.params import SynthParams, config_error
 from engine.synth.render import OUTPUTS, synth_box
@@ -136,19 +137,15 @@ def synthesize(
     chunks: Any = (32, 128, 128),
     block: Any = None,
     format: Literal["zarr", "zarr3", "n5"] = "zarr",  # noqa: A002 - matches create_volume
-    overwrite: bool = False,
-    progress: bool = True,
-    backend: Literal["serial", "ray"] = "serial",
-    workers: int | None = None,
-    address: str | None = None,
-    state_dir: str | os.PathLike[str] | None = None,
-    **overrides: Any,
+    **options: Any,
 ) -> dict[str, Volume]:
     """Write a synthetic EM volume with ground truth to the group ``dst`` and return its volumes.
 
-    ``params`` (default :class:`SynthParams`) with ``seed`` and any ``overrides`` (field names of
-    :class:`SynthParams`) applied; ``block`` is the write shape of one block (default: ``chunks``),
-    a multiple of ``chunks``. Bad values raise a one-line :class:`ConfigError`.
+    ``params`` (default :class:`SynthParams`) with ``seed`` and any generator settings among
+    ``options`` (field names of :class:`SynthParams`) applied; the other ``options`` are the runtime
+    options (:class:`~engine.runtime.options.RuntimeOptions`: backend -- ``serial`` by default --,
+    workers, address, overwrite, progress, state_dir). ``block`` is the write shape of one block
+    (default: ``chunks``), a multiple of ``chunks``. Bad values raise a one-line :class:`ConfigError`.
 
     Blocks run through :func:`engine.runtime.run_blockwise`: in this process by default
     (``backend="serial"``), or on Ray actors (``backend="ray"``); either way the run keeps
@@ -160,11 +157,14 @@ def synthesize(
     >>> sorted(vols), vols["raw"].voxel_size
     (['mito', 'neurons', 'raw', 'synapses'], (40.0, 8.0, 8.0))
     """
+    runtime = {k: options.pop(k) for k in list(options) if k in RuntimeOptions.__annotations__}
     values = (params or SynthParams()).model_dump()
     if seed is not None:
         values["seed"] = seed
-    values.update(overrides)
+    values.update(options)
     p = SynthParams.build(**values)
+    overwrite = bool(runtime.pop("overwrite", False))
+    state_dir = runtime.pop("state_dir", None)
     try:
         op = SynthOp(output=os.fspath(dst), shape=shape, chunks=chunks, synth=p, format=format, overwrite=overwrite)
     except ValidationError as err:
@@ -180,9 +180,7 @@ def synthesize(
     from engine.runtime import default_state_dir, run_blockwise
 
     run_dir = state_dir if state_dir is not None else default_state_dir(op.url("raw"), "synth")
-    summary = run_blockwise(
-        op, grid, state_dir=run_dir, backend=backend, workers=workers, address=address, overwrite=overwrite, progress=progress, name="synth"
-    )
+    summary = run_blockwise(op, grid, state_dir=run_dir, overwrite=overwrite, name="synth", **({"backend": "serial"} | runtime))
     totals = summary.stats
     log.info("synthesized %s: %.0f voxels, %.0f mitochondrion voxels, %.0f synapse voxels", op.output, totals.get("voxels", 0), totals.get("mito_voxels", 0), totals.get("synapse_voxels", 0))
     return {name: open_volume(op.url(name)) for name in OUTPUTS}
