@@ -15,6 +15,7 @@ from elsewhere cannot run anything on load.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -135,3 +136,16 @@ def check_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, f
         if shapes:
             parts.append(f"{len(shapes)} of another shape (e.g. {shapes[0]})")
         raise ConfigError(f"weights in {source} do not match the model config: {', '.join(parts)}", fix)
+
+
+def checkpoint_digest(directory: str | os.PathLike[str]) -> str:
+    """A short hash of a checkpoint's files, so that resuming onto output of other weights is refused."""
+    h = hashlib.sha256()
+    d = Path(directory)
+    for name in ("config.json", "model.safetensors"):
+        p = d / name
+        if p.is_file():
+            with p.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]

@@ -57,6 +57,15 @@ class Scratch:
         except Exception as err:
             raise StorageError(f"cannot write {self.url}/{key}: {err}", "check that the output location is writable") from err
 
+    def put_many(self, items: dict[str, bytes]) -> None:
+        """Write many files at once (all writes in flight together)."""
+        futures = [(key, self.kv.write(key, data)) for key, data in items.items()]
+        for key, f in futures:
+            try:
+                f.result()
+            except Exception as err:
+                raise StorageError(f"cannot write {self.url}/{key}: {err}", "check that the output location is writable") from err
+
     def get(self, key: str) -> bytes | None:
         try:
             res = self.kv.read(key).result()

@@ -9,7 +9,8 @@ takes them, so that callers pass plain keywords and mypy checks them).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Literal, TypedDict
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 if TYPE_CHECKING:
     from engine.runtime.backends import Backend
@@ -41,6 +42,17 @@ class RuntimeOptions(RunOptions, total=False):
     state_dir: str | os.PathLike[str] | None
 
 
+def pop_runtime(settings: dict[str, Any], keep: Collection[str] = ()) -> RuntimeOptions:
+    """Take the runtime options out of a function's mixed keywords ``settings`` (but those in ``keep``).
+
+    >>> kw = {"window": (4, 8, 8), "backend": "serial", "overwrite": True}
+    >>> pop_runtime(kw, keep=("overwrite",)), kw
+    ({'backend': 'serial'}, {'window': (4, 8, 8), 'overwrite': True})
+    """
+    keys = set(RuntimeOptions.__optional_keys__) - set(keep)
+    return {k: settings.pop(k) for k in list(settings) if k in keys}  # type: ignore[return-value]
+
+
 class Pacing(TypedDict, total=False):
     """How the dispatch loop paces a run (see :mod:`engine.runtime.scheduler`): ``window`` batches in
     flight per worker (default 2), batches sized to last about ``target_call_seconds`` (0.05) and of
@@ -57,4 +69,4 @@ class BlockwiseOptions(RunOptions, Pacing, total=False):
     """What :func:`engine.runtime.run_blockwise` takes beside its operation, grid and state folder."""
 
 
-__all__ = ["BackendName", "BlockwiseOptions", "Pacing", "RunOptions", "RuntimeOptions"]
+__all__ = ["BackendName", "BlockwiseOptions", "Pacing", "RunOptions", "RuntimeOptions", "pop_runtime"]
