@@ -123,7 +123,7 @@ class DoneStore:
             "CREATE TABLE IF NOT EXISTS blocks (id INTEGER PRIMARY KEY, status INTEGER NOT NULL, seconds REAL,"
             " attempts INTEGER, worker TEXT, error TEXT)"
         )
-        # workers by number: a block's row holds a small integer, not the worker's "host:pid" (half the bytes)
+        # workers by number: a block's row holds a small integer, the worker's "host:pid" is stored once here
         c.execute("CREATE TABLE IF NOT EXISTS workers (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL)")
         # failed blocks only: the summary's failure list without a scan of every block's row
         c.execute(f"CREATE INDEX IF NOT EXISTS blocks_failed ON blocks(id) WHERE status={FAILED}")
