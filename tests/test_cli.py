@@ -79,3 +79,16 @@ def test_local_cluster_dashboard_binds_to_loopback() -> None:
     assert "STARTED True" in out.stdout
     url = next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("URL"))
     assert url.startswith("127.0.0.1:")
+
+
+def test_the_parser_imports_neither_torch_nor_ray() -> None:
+    """Every command's flags are built at start-up (generated from the ops' settings in engine.params):
+    ``connectile --help`` and every command's start must not pay for torch or Ray (seconds each)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, io, contextlib\nsys.argv = ['connectile', '--help']\nfrom engine.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n    try:\n        main()\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip() == "[]", out

@@ -290,7 +290,7 @@ def test_command_and_pipeline_stage_share_the_settings_and_their_defaults(tmp_pa
 
     from engine.commands import label as command
     from engine.commands._flags import flag
-    from engine.ops.label import LabelParams
+    from engine.params import LabelParams
     from engine.pipeline.stage import RuntimeSection, StageContext
     from engine.pipeline.stages.label import LabelSection, LabelStage
 

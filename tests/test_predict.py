@@ -623,7 +623,7 @@ def test_command_and_pipeline_stage_share_the_settings_and_their_defaults(tmp_pa
     """Issue 15: ``connectile predict`` and the pipeline's ``predict`` stage take one declaration of the
     settings (:class:`PredictParams`): the same defaults, the same flags/keys, byte-identical output."""
     from engine.commands._flags import flag
-    from engine.ops.predict import PredictParams
+    from engine.params import PredictParams
     from engine.pipeline.stage import RuntimeSection, StageContext
     from engine.pipeline.stages.predict import PredictSection, PredictStage
 

@@ -178,3 +178,35 @@ def test_fragments_never_cross_a_clean_boundary() -> None:
         assert _pure(f, gt[:, :, half])
     # the right block's voxel of object 3 links strongly only across the face: a fragment of its own
     assert f[3, 5, 0] > 0 and (f == f[3, 5, 0]).sum() == 1
+
+
+def test_command_and_pipeline_stage_share_the_settings_and_their_defaults(tmp_path: Path) -> None:
+    """Issue 15: ``connectile segment``, the pipeline's ``segment`` stage and :func:`segment_volume` take
+    one declaration of the settings (:class:`~engine.params.SegmentParams`): same defaults, same bytes; the
+    stage now reaches the agglomeration (it could not before)."""
+    import argparse
+    import inspect
+
+    from engine.cli import main
+    from engine.commands import segment as command
+    from engine.commands._flags import flag
+    from engine.params import SegmentParams
+    from engine.pipeline.stage import RuntimeSection, StageContext
+    from engine.pipeline.stages.segment import SegmentSection, SegmentStage
+
+    defaults = SegmentParams().settings()
+    assert SegmentSection(input="x").settings() == defaults
+    sig = inspect.signature(segment_volume).parameters
+    assert {k: sig[k].default for k in defaults if k in sig} == {k: defaults[k] for k in defaults if k in sig} and len(sig) > 6
+    sub = argparse.ArgumentParser().add_subparsers()
+    command.add_parser(sub)
+    assert all(flag(name) in sub.choices["segment"].format_help() for name in defaults)
+    _, affs = ground_truth_affinities(3, noise=0.05)
+    url = write_affs(tmp_path, affs, (4, 16, 18))
+    cli = tmp_path / "cli.zarr" / "seg"
+    assert main(["segment", url, str(cli), "--agglomeration", "mean", "--threshold", "0.6", "--backend", "serial", "--no-progress"]) == 0
+    ctx = StageContext(run_dir=tmp_path / "run", stage="segment", runtime=RuntimeSection(backend="serial", progress=False))
+    out = SegmentStage().run(ctx, SegmentSection(input=url, agglomeration="mean", threshold=0.6))["segmentation"]
+    a, b = open_volume(str(cli)), open_volume(out)
+    assert a.chunk_shape == b.chunk_shape and int(a.read(a.box).max()) > 3
+    np.testing.assert_array_equal(a.read(a.box), b.read(b.box))

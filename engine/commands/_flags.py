@@ -7,7 +7,7 @@ stage and the op share one declaration and one set of defaults. ``z,y,x`` triple
 back from the parsed arguments (a bad value is one :class:`~engine.errors.ConfigError` naming the flag).
 
 >>> import argparse
->>> from engine.ops.predict import PredictParams
+>>> from engine.params import PredictParams
 >>> ap = argparse.ArgumentParser()
 >>> add_flags(ap, PredictParams)
 >>> params_from_args(PredictParams, ap.parse_args(["--overlap", "0.25", "--window", "1,64,64"])).settings()["window"]

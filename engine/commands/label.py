@@ -13,7 +13,7 @@ from typing import Any
 
 from engine.commands._common import add_runtime_args, runtime_kwargs
 from engine.commands._flags import add_flags, params_from_args
-from engine.ops.label import LabelParams
+from engine.params import LabelParams
 
 
 def add_parser(subparsers: Any) -> None:

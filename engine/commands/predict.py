@@ -13,6 +13,8 @@ import argparse
 from typing import Any
 
 from engine.commands._common import add_runtime_args, runtime_kwargs
+from engine.commands._flags import add_flags, params_from_args
+from engine.params import PredictParams
 
 
 def add_parser(subparsers: Any) -> None:
@@ -30,9 +32,6 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint directory (config.json + model.safetensors)")
     parser.add_argument("input", metavar="IN", help="input volume (uint8 read as value/255), e.g. data.zarr/raw")
     parser.add_argument("output", metavar="OUT", help="output volume, e.g. data.zarr/mito_prob")
-    from engine.commands._flags import add_flags
-    from engine.ops.predict import PredictParams
-
     add_flags(parser.add_argument_group("prediction (the pipeline's predict stage takes the same settings)"), PredictParams)
     parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     add_runtime_args(parser)
@@ -42,8 +41,7 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Predict ``args.input`` into ``args.output`` and print a summary line."""
     from engine.commands._common import check_output
-    from engine.commands._flags import params_from_args
-    from engine.ops.predict import PredictParams, predict_volume
+    from engine.ops.predict import predict_volume
 
     check_output(args.output, {"IN": args.input, "CHECKPOINT": args.checkpoint})
     params = params_from_args(PredictParams, args)

@@ -28,17 +28,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import Field
 from typing_extensions import Unpack
 
-from engine.config import Params
 from engine.errors import ConfigError, StorageError
 from engine.geometry import BlockGrid, Box
 from engine.ops.label_passes import (
-    DEFAULT_CHUNKS,
     Connectivity,
     FacePairsOp,
     GpuLocalLabelOp,
@@ -49,6 +46,7 @@ from engine.ops.label_passes import (
     RelabelOp,
 )
 from engine.ops.scratch import Scratch
+from engine.params import LABEL_BLOCK, LabelParams
 from engine.runtime import RunSummary, default_state_dir
 from engine.runtime.faults import kill_point
 from engine.runtime.lock import one_driver
@@ -59,21 +57,7 @@ from engine.storage import Volume, open_volume
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BLOCK: tuple[int, int, int] = (128, 128, 128)
-
-
-class LabelParams(Params):
-    """What ``connectile label``, the pipeline's ``label`` stages (``label``, ``rounds.label``) and
-    :func:`label_volume` compute: one declaration, one set of defaults (:class:`engine.config.Params`)."""
-
-    threshold: float | None = Field(
-        default=None, description="foreground where probability > T (uint8 read as value/255); leave out for binary or label volumes",
-    )
-    connectivity: Literal[6, 18, 26] = Field(default=26, description="voxel neighbourhood")
-    min_size: int = Field(default=0, ge=0, description="remove objects smaller than this many voxels, measured whole (0 keeps all)")
-    dtype: OutDtype = Field(default="uint64", description="output ids (uint32 halves the output; an error if the objects do not fit)")
-    block: tuple[int, int, int] = Field(default=DEFAULT_BLOCK, description="voxels per block z,y,x, rounded up to whole chunks")
-    chunks: tuple[int, int, int] = Field(default=DEFAULT_CHUNKS, description="output storage chunks z,y,x (capped at the volume)")
+DEFAULT_BLOCK = LABEL_BLOCK
 
 
 #: the defaults of :func:`label_volume`'s keywords (declared once, in :class:`LabelParams`)

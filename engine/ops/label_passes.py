@@ -14,6 +14,7 @@ from pydantic import Field, PrivateAttr
 from engine.errors import StorageError
 from engine.geometry import Block, BlockGrid, Box
 from engine.ops.scratch import Scratch
+from engine.params import LABEL_CHUNKS, LabelDtype
 from engine.runtime import BlockOp
 from engine.segment.kernels import Device, foreground, label_block
 from engine.segment.objects import ObjectStats, block_stats
@@ -21,8 +22,8 @@ from engine.segment.stitch import Faces, block_faces, block_lut, face_pairs, own
 from engine.storage import Volume, check_write_alignment, create_volume, open_volume
 
 Connectivity = Literal[6, 18, 26]
-OutDtype = Literal["uint64", "uint32"]
-DEFAULT_CHUNKS: tuple[int, int, int] = (64, 64, 64)
+OutDtype = LabelDtype
+DEFAULT_CHUNKS = LABEL_CHUNKS
 
 
 # -- pass A --------------------------------------------------------------------------------------

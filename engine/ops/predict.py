@@ -40,82 +40,37 @@ threads (a guess that is right for every block of a batch but the last; a wrong 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field, PrivateAttr, model_validator
 
-from engine.config import Params
 from engine.errors import ConfigError, StorageError
 from engine.geometry import Block, BlockGrid, Box
 from engine.infer.merge import add_pieces, normalise, pack_pieces, pad_source, piece_key, scale_input, to_output
-from engine.infer.model_input import DEFAULT_WINDOW, checkpoint_window, halo, replicate_axes
-from engine.infer.options import Amp, BlendMode, TtaMode, TtaReduce
+from engine.infer.model_input import checkpoint_window, halo, replicate_axes
 from engine.infer.windows import WindowGrid, WindowOwnership, aligned_write_shape
+from engine.models.checkpoint import checkpoint_digest
 from engine.ops.scratch import Scratch
-from engine.runtime.backends import Backend, RayBackend
+from engine.params import DEFAULT_WINDOW, PREDICT_BLOCK, PREDICT_CHUNKS, PredictDtype, PredictParams, Triple
 from engine.runtime.faults import kill_point
 from engine.runtime.lock import one_driver
 from engine.runtime.op import BlockOp
-from engine.runtime.scheduler import BackendName, default_state_dir, run_blockwise
+from engine.runtime.options import pop_runtime
+from engine.runtime.session import Session
 from engine.storage import Volume, check_write_alignment, create_volume, open_volume
 
 log = logging.getLogger(__name__)
 
-OutputDtype = Literal["uint8", "float16", "float32"]
-Triple = tuple[int, int, int]
-#: Default write block target (rounded to the stride grid and the chunks).
-DEFAULT_BLOCK: Triple = (64, 256, 256)
-#: Default output chunks (capped at the volume).
-DEFAULT_CHUNKS: Triple = (16, 128, 128)
+OutputDtype = PredictDtype
+#: Default write block target (rounded to the stride grid and the chunks), and output chunks (capped at the volume): engine.params
+DEFAULT_BLOCK, DEFAULT_CHUNKS = PREDICT_BLOCK, PREDICT_CHUNKS
 __all__ = ["DEFAULT_BLOCK", "DEFAULT_CHUNKS", "DEFAULT_WINDOW", "PredictOp", "PredictParams", "PredictResult", "piece_key", "predict_volume", "to_output"]
-
-
-class PredictParams(Params):
-    """What ``connectile predict``, the pipeline's ``predict`` stage (``rounds.predict``) and
-    :class:`PredictOp` compute and how: one declaration, one set of defaults."""
-
-    unhashed: ClassVar[frozenset[str]] = frozenset({"block", "batch_size", "device", "threads", "share_borders"})
-
-    window: Triple | None = Field(
-        default=None, description="window (model input) size z,y,x; a 2.5D model also reads its context sections around it "
-        f"(default: the checkpoint's training crop, less a 2.5D model's context sections; {','.join(map(str, DEFAULT_WINDOW))} without one)",
-    )
-    overlap: float = Field(default=0.5, ge=0.0, lt=1.0, description="overlap of neighbouring windows, in [0, 1)")
-    blend: BlendMode = Field(default="gaussian", description="window weights")
-    sigma_scale: float = Field(default=0.125, gt=0.0, description="Gaussian weights' sigma as a share of the window")
-    tta: TtaMode = Field(default="none", description="test-time augmentation")
-    tta_reduce: TtaReduce = Field(default="mean", description="how augmented outputs combine")
-    dtype: OutputDtype = Field(default="uint8", description="output type (uint8: round(255 p))")
-    chunks: Triple | None = Field(default=None, description=f"output storage chunks z,y,x ({','.join(map(str, DEFAULT_CHUNKS))} capped at the volume where not given)")
-    amp: Amp = Field(default="none", description="mixed precision of the forward pass (GPU)")
-    block: Triple = Field(default=DEFAULT_BLOCK, description="voxels per block z,y,x, rounded to the window stride and chunks")
-    batch_size: int | None = Field(default=None, ge=1, description="windows per forward pass (none: 1 on CPU, 8 on GPU)")
-    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="where the model runs")
-    threads: int | None = Field(default=None, ge=1, description="torch threads per worker (none: torch's choice; Ray workers get one per CPU they hold)")
-    share_borders: bool = Field(
-        default=True, description="compute each window once and sum the block borders in a second pass (--no-share-borders: each block "
-        "computes every window over its write box, windows at block cuts twice, one pass)",
-    )
-
-
-def checkpoint_digest(directory: str | os.PathLike[str]) -> str:
-    """A short hash of a checkpoint's files, so that resuming onto output of other weights is refused."""
-    h = hashlib.sha256()
-    d = Path(directory)
-    for name in ("config.json", "model.safetensors"):
-        p = d / name
-        if p.is_file():
-            with p.open("rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 class PredictOp(BlockOp, PredictParams):
@@ -323,23 +278,15 @@ class PredictOp(BlockOp, PredictParams):
         own = plan.own_windows(index)
         acc, wsum = self._sw.accumulate(x, read, own, target)
         t2 = time.perf_counter()
-        nbytes = 0
         with torch.inference_mode():
             final = plan.final_part(index)
             if not final.empty:
                 sl = (slice(None), *final.to_slices(target))
                 prob = normalise(acc[sl], wsum[sl]).cpu().numpy()
                 self._out.write(final, to_output(prob, self.dtype, self._channels))
-            futures = []
-            for k, boxes in plan.targets(index):
-                data = pack_pieces(acc, wsum, boxes, target)
-                nbytes += len(data)
-                futures.append((piece_key(self._grid.id_of(k), block.id), self._scratch.kv.write(piece_key(self._grid.id_of(k), block.id), data)))
-            for key, f in futures:
-                try:
-                    f.result()
-                except Exception as err:
-                    raise StorageError(f"cannot write {self._scratch.url}/{key}: {err}", "check that the output location is writable") from err
+            pieces = {piece_key(self._grid.id_of(k), block.id): pack_pieces(acc, wsum, boxes, target) for k, boxes in plan.targets(index)}
+            nbytes = sum(len(d) for d in pieces.values())
+            self._scratch.put_many(pieces)
         t3 = time.perf_counter()
         return {
             "windows": float(len(own)), "prefetched": float(self._hits),
@@ -462,21 +409,18 @@ def predict_volume(
     output: str | os.PathLike[str],
     *,
     block: tuple[int, int, int] = DEFAULT_BLOCK,
-    backend: BackendName | Backend = "ray",
-    workers: int | None = None,
-    address: str | None = None,
-    max_retries: int = 2,
-    progress: bool = True,
-    state_dir: str | os.PathLike[str] | None = None,
     **settings: Any,
 ) -> PredictResult:
-    """Run :class:`PredictOp` (``settings`` are its fields: window, overlap, blend, tta, dtype, chunks,
-    batch_size, amp, device, threads, overwrite, ...) over the whole input and return what it did.
+    """Run :class:`PredictOp` over the whole input and return what it did. ``settings`` are its fields
+    (window, overlap, blend, tta, dtype, chunks, batch_size, amp, device, threads, overwrite, ...) and
+    the runtime options (:class:`~engine.runtime.options.RuntimeOptions`: ``backend``, ``ray`` by
+    default, workers, address, max_retries, progress, state_dir).
 
     ``backend`` may be a :class:`~engine.runtime.backends.Backend` the caller holds, e.g.
     ``RayBackend(keep_workers=True)``: both passes run on it and it is left running, so a second call
     finds its workers started (torch imported; only the op is set up again); the caller ends it."""
     t0 = time.perf_counter()
+    runtime = pop_runtime(settings, keep=("overwrite",))  # overwrite is the op's field too
     src = open_volume(os.fspath(input))
     # the chunks (given or the default) capped at the volume
     chunks = tuple(min(c, s) for c, s in zip(settings.pop("chunks", None) or DEFAULT_CHUNKS, src.spatial_shape, strict=True))
@@ -494,46 +438,30 @@ def predict_volume(
         grid.num_blocks, grid.write_shape, windows.num_windows, computed, 100 * (computed / windows.num_windows - 1),
         ", borders in a second pass" if plan is not None and plan.any_shared else "",
     )
-    state = Path(state_dir) if state_dir is not None else default_state_dir(op.output, "predict")
-    common: dict[str, Any] = {
-        "workers": workers, "address": address, "max_retries": max_retries, "overwrite": op.overwrite, "progress": progress,
-        # blocks take seconds to minutes: one in flight per worker, so that the first blocks spread over
-        # all workers (with two in flight, worker 0 takes blocks 0 and 1 while worker 1 waits)
-        "window": 1,
-    }
-    seconds: dict[str, float] = {}
-    if plan is None:
-        t = time.perf_counter()
-        summary = run_blockwise(op, grid, state_dir=state, backend=backend, name="predict", **common)
-        seconds["windows"] = time.perf_counter() - t
-        stats = dict(summary.stats)
-    else:
-        two_pass = plan.any_shared
-        scratch = op.scratch()
-        if op.overwrite:
-            scratch.remove()
-        # one set of Ray workers for both passes (started once)
-        own = RayBackend(workers, address=address, keep_workers=True) if backend == "ray" and two_pass else None
-        be: BackendName | Backend = own if own is not None else backend
-        try:
-            t = time.perf_counter()
-            first = run_blockwise(op, grid, state_dir=state / "windows", backend=be, name="predict", **common)
-            seconds["windows"] = time.perf_counter() - t
-            stats = dict(first.stats)
-            kill_point("predict:after-windows")
-            if two_pass:
-                t = time.perf_counter()
-                second = run_blockwise(PredictBordersOp(predict=op), grid, state_dir=state / "borders", backend=be, name="predict-borders", **common)
-                seconds["borders"] = time.perf_counter() - t
-                stats.update(second.stats)
-        finally:
-            if own is not None:
-                own.shutdown()
-        if two_pass:
-            kill_point("predict:before-scratch-removal")
-            scratch.remove()
-            kill_point("predict:after-scratch-removal")
+    two_pass = plan is not None and plan.any_shared
+    # one set of Ray workers for both passes (started once)
+    with Session({**runtime, "overwrite": op.overwrite}, backend="ray", share_workers=two_pass) as session:
+        stats = _predict_passes(session, op, grid, session.state(op.output, "predict"), plan)
+    if two_pass:
+        kill_point("predict:before-scratch-removal")
+        op.scratch().remove()
+        kill_point("predict:after-scratch-removal")
     return PredictResult(
         output=op.output, blocks=grid.num_blocks, block_shape=grid.write_shape, windows=windows.num_windows, windows_computed=computed,
-        seconds=time.perf_counter() - t0, voxels=int(np.prod(src.spatial_shape)), stats=stats, pass_seconds=seconds,
+        seconds=time.perf_counter() - t0, voxels=int(np.prod(src.spatial_shape)), stats=stats, pass_seconds=dict(session.seconds),
     )
+
+
+def _predict_passes(session: Session, op: PredictOp, grid: BlockGrid, state: Path, plan: WindowOwnership | None) -> dict[str, float]:
+    """The windows pass, and the borders pass where windows cross block cuts; their statistics. Blocks
+    take seconds to minutes: one in flight per worker (``window=1``), so that the first blocks spread
+    over all workers (with two in flight, worker 0 takes blocks 0 and 1 while worker 1 waits)."""
+    if plan is None:
+        return dict(session.run(op, grid, "predict", state_dir=state, key="windows", window=1).stats)
+    if op.overwrite:
+        op.scratch().remove()
+    stats = dict(session.run(op, grid, "predict", state_dir=state / "windows", key="windows", window=1).stats)
+    kill_point("predict:after-windows")
+    if plan.any_shared:
+        stats.update(session.run(PredictBordersOp(predict=op), grid, "predict-borders", state_dir=state / "borders", key="borders", window=1).stats)
+    return stats

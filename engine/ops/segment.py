@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 from pydantic import Field, PrivateAttr
@@ -37,11 +37,12 @@ from typing_extensions import Unpack
 
 from engine.errors import ConfigError, StorageError
 from engine.geometry import Block, BlockGrid, Box
-from engine.ops.label import DEFAULT_BLOCK, DEFAULT_CHUNKS, LabelResult, label_grid, run_record
+from engine.ops.label import LabelResult, label_grid, run_record
 from engine.ops.label_passes import RelabelOp
 from engine.ops.label_resolve import Resolved, load_offsets, resolve_labels
 from engine.ops.scratch import Scratch
 from engine.options import check_keys
+from engine.params import Agglomeration, Scoring, SegmentParams
 from engine.runtime import BlockOp
 from engine.runtime.faults import kill_point
 from engine.runtime.lock import one_driver
@@ -50,13 +51,14 @@ from engine.runtime.session import CompletionRecord, Session
 from engine.segment.agglomerate import edge_sums, mean_agglomeration
 from engine.segment.objects import ObjectStats
 from engine.segment.stitch import block_faces
-from engine.segment.watershed import Scoring, as_float, block_contacts, edge_scores, fragments
+from engine.segment.watershed import as_float, block_contacts, edge_scores, fragments
 from engine.storage import Volume, check_write_alignment, create_volume, open_volume
 from engine.storage.kv import npz_bytes
 
 log = logging.getLogger(__name__)
 
-Agglomeration = Literal["threshold", "mean"]
+#: the defaults of :func:`segment_volume` (declared once, in :class:`SegmentParams`)
+_D = SegmentParams()
 
 
 class FragmentsOp(BlockOp):
@@ -65,13 +67,13 @@ class FragmentsOp(BlockOp):
     kind: ClassVar[str] = "seg-fragments"
     input: str
     scratch: str
-    per_section: bool = False
-    seed_threshold: float = 0.5
-    fg_threshold: float = 0.0
-    seed_sigma: float = 1.0
-    scoring: Scoring = "mean"
-    quantile: float = 0.5
-    chunks: tuple[int, int, int] = DEFAULT_CHUNKS
+    per_section: bool = _D.per_section
+    seed_threshold: float = _D.seed_threshold
+    fg_threshold: float = _D.fg_threshold
+    seed_sigma: float = _D.seed_sigma
+    scoring: Scoring = _D.scoring
+    quantile: float = _D.quantile
+    chunks: tuple[int, int, int] = _D.chunks
     overwrite: bool = Field(default=False, exclude=True)
 
     _in: Volume | None = PrivateAttr(default=None)
@@ -217,12 +219,12 @@ def segment_volume(
     affinities: str | os.PathLike[str],
     output: str | os.PathLike[str],
     *,
-    threshold: float = 0.5,
-    scoring: Scoring = "mean",
-    quantile: float = 0.5,
-    agglomeration: Agglomeration = "threshold",
-    block: Sequence[int] = DEFAULT_BLOCK,
-    chunks: Sequence[int] = DEFAULT_CHUNKS,
+    threshold: float = _D.threshold,
+    scoring: Scoring = _D.scoring,
+    quantile: float = _D.quantile,
+    agglomeration: Agglomeration = _D.agglomeration,
+    block: Sequence[int] = _D.block,
+    chunks: Sequence[int] = _D.chunks,
     **run: Unpack[SegmentRun],
 ) -> LabelResult:
     """Segment neurons from ``(3, z, y, x)`` affinities into ``output`` (uint64, ids ``1..objects``):
@@ -240,8 +242,8 @@ def segment_volume(
     grid, chunks_t = label_grid(src.spatial_shape, block, chunks)
     scratch = Scratch.beside(out_url, "segment-scratch")
     op_a = FragmentsOp(
-        input=src.url, scratch=scratch.url, per_section=run.get("per_section", False), seed_threshold=run.get("seed_threshold", 0.5),
-        fg_threshold=run.get("fg_threshold", 0.0), seed_sigma=run.get("seed_sigma", 1.0), scoring=scoring, quantile=quantile, chunks=chunks_t,
+        input=src.url, scratch=scratch.url, per_section=run.get("per_section", _D.per_section), seed_threshold=run.get("seed_threshold", _D.seed_threshold),
+        fg_threshold=run.get("fg_threshold", _D.fg_threshold), seed_sigma=run.get("seed_sigma", _D.seed_sigma), scoring=scoring, quantile=quantile, chunks=chunks_t,
         overwrite=overwrite,
     )
     op_b = SegmentEdgesOp(

@@ -18,11 +18,10 @@ predecessor along axis ``d`` (z, y, x), in [0, 1] (uint8 is read as ``v / 255``)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 
-Scoring = Literal["mean", "quantile"]
+from engine.params import Scoring
 
 
 def as_float(affs: np.ndarray) -> np.ndarray:

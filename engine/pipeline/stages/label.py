@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from engine.config import Config
-from engine.ops.label import LabelParams
+from engine.params import LabelParams
 from engine.pipeline.stage import Stage, StageContext
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.config import Config
-from engine.ops.predict import PredictParams
+from engine.params import PredictParams
 from engine.pipeline.stage import Stage, StageContext
 from engine.pipeline.stages.label import LabelSection, LabelStage
 
