@@ -55,6 +55,7 @@ def test_a_misspelt_option_is_a_type_error_not_ignored(tmp_path: Path) -> None:
     """Options taken as ``**options: Unpack[...]`` refuse unknown keys as Python refuses unknown keywords."""
     from engine.infer.blend import SlidingWindow
     from engine.ops.downsample import build_pyramid
+    from engine.ops.label import label_volume
     from engine.runtime import run_blockwise
 
     grid = BlockGrid(Box.from_shape((4, 8, 8)), write_shape=(2, 4, 4))
@@ -66,5 +67,8 @@ def test_a_misspelt_option_is_a_type_error_not_ignored(tmp_path: Path) -> None:
     url = create_volume(f"{tmp_path}/a.zarr/x", (2, 4, 4), "uint8", (2, 4, 4)).url
     with pytest.raises(TypeError, match="'kernl'"):
         build_pyramid(url, kernl="numpy", progress=False)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="'keep_locals'"):
+        label_volume(url, f"{tmp_path}/a.zarr/cc", keep_locals=True)  # type: ignore[call-arg]
+    assert not (tmp_path / "a.zarr" / "cc").exists()
     with pytest.raises(TypeError, match="'batchsize'"):
         SlidingWindow(lambda x: x, (2, 4, 4), batchsize=2)  # type: ignore[call-arg]

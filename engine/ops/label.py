@@ -46,6 +46,7 @@ from engine.ops.label_passes import (
     RelabelOp,
 )
 from engine.ops.scratch import Scratch
+from engine.options import check_keys
 from engine.params import LABEL_BLOCK, LabelParams
 from engine.runtime import RunSummary, default_state_dir
 from engine.runtime.faults import kill_point
@@ -178,6 +179,7 @@ def label_volume(
     >>> r.objects, r.local_objects, r.boundary_labels
     (2, 3, 2)
     """
+    check_keys(run, LabelRun, "label_volume")
     t0 = time.perf_counter()
     job = _LabelJob.plan(os.fspath(input), os.fspath(output), threshold, check_connectivity(int(connectivity)), min_size, table, dtype, run)
     job.grid, chunks_t = label_grid(job.src.spatial_shape, block, chunks)
