@@ -14,12 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from engine.values import to_unit
+
 
 def filter_bank(raw: np.ndarray) -> np.ndarray:
     """(voxels, 13) float32 features of a (z, y, x) uint8 or float volume."""
     from scipy import ndimage as ndi
 
-    x = raw.astype(np.float32) / (255.0 if raw.dtype == np.uint8 else 1.0)
+    x = to_unit(raw)
     f = [x]
     f += [ndi.gaussian_filter(x, (0, s, s)) for s in (1, 2, 4)]
     f += [ndi.gaussian_filter(x, (0, s, s)) ** 2 for s in (2, 4)]

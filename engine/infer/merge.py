@@ -24,9 +24,7 @@ import numpy as np
 
 from engine.errors import StorageError
 from engine.geometry import Box
-
-#: Integer inputs are read as value / max of their type (floats as they are).
-_SCALE = {"uint8": 1.0 / 255.0, "uint16": 1.0 / 65535.0}
+from engine.values import unit_max
 
 
 def scale_input(raw: np.ndarray, box: Box | None = None) -> Any:
@@ -34,10 +32,10 @@ def scale_input(raw: np.ndarray, box: Box | None = None) -> Any:
     NaN or infinite values are refused."""
     import torch
 
-    scale = _SCALE.get(raw.dtype.name, 1.0)
+    div = unit_max(raw.dtype)  # integers as value / the largest of their type, as engine.values.to_unit
     x = torch.from_numpy(np.ascontiguousarray(raw)).to(torch.float32)
-    if scale != 1.0:
-        x *= scale
+    if div is not None:
+        x /= div
     if not torch.isfinite(x).all():
         where = f" in {box}" if box is not None else ""
         raise StorageError(f"the input holds NaN or infinite values{where}", "clean the input volume")

@@ -23,6 +23,7 @@ from engine.learn.augment import augment
 from engine.learn.config import BoxSpec, TrainConfig
 from engine.learn.targets import has_foreground, make_target
 from engine.storage import Volume, open_volume
+from engine.values import to_unit
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +70,6 @@ def _read_weighted_boxes(path: str | Path) -> list[tuple[Box, float | None]]:
             raise ConfigError(f"labelled box {i} in {str(p)!r} is invalid: {str(err).splitlines()[-1].strip()}", "give start and stop as [z, y, x]") from err
         boxes.append((Box(tuple(spec.start), tuple(spec.stop)), weight))
     return boxes
-
-
-def to_unit(raw: np.ndarray, scale: float | None = None) -> np.ndarray:
-    """Intensities as float32 in [0, 1]: integers divided by their dtype's maximum (or by ``scale``)."""
-    if scale is not None:
-        return (raw.astype(np.float32) / np.float32(scale)).astype(np.float32)
-    if np.issubdtype(raw.dtype, np.integer):
-        return (raw.astype(np.float32) / np.float32(np.iinfo(raw.dtype).max)).astype(np.float32)
-    return raw.astype(np.float32)
 
 
 @dataclass

@@ -30,9 +30,10 @@ from engine.learn.config import AugmentConfig, SemiConfig, TrainConfig
 from engine.learn.consistency import InterMixLoss, LabelledMixLoss, SampleSupervisedLoss, Teacher, UnlabelledMixLoss
 from engine.learn.losses import LossTerm
 from engine.learn.mixing import box_mask, inter_mask, mix, seam_weight
-from engine.learn.sampler import CropSampler, to_unit
+from engine.learn.sampler import CropSampler
 from engine.learn.trainer import Trainer
 from engine.storage import open_volume
+from engine.values import to_unit
 
 log = logging.getLogger(__name__)
 

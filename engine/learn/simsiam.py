@@ -142,7 +142,7 @@ def perturb(image: np.ndarray, rng: np.random.Generator, names: tuple[str, ...] 
 
 def sample_patches(volume: Any, patch: tuple[int, ...], n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` patches at uniform random positions of ``volume`` as float32 in [0, 1], ``(n, Z, Y, X)``."""
-    from engine.learn.sampler import to_unit
+    from engine.values import to_unit
 
     shape = volume.spatial_shape
     room = [s - p for s, p in zip(shape, patch, strict=True)]

@@ -14,10 +14,10 @@ from torch import nn
 from engine.geometry import Box
 from engine.infer.blend import model_window
 from engine.learn.config import TrainConfig, ValidationConfig
-from engine.learn.sampler import to_unit
 from engine.learn.targets import make_target
 from engine.metrics import dice, jaccard, voc
 from engine.storage import open_volume
+from engine.values import to_unit
 
 log = logging.getLogger(__name__)
 

@@ -113,7 +113,7 @@ class EmbedOp(BlockOp):
     def process(self, block: Block) -> dict[str, float] | None:
         import torch
 
-        from engine.learn.sampler import to_unit
+        from engine.values import to_unit
 
         pg = self.patch_grid(self._vol.spatial_shape)
         vox = patch_voxels(pg, block.write)

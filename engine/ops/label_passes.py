@@ -20,6 +20,7 @@ from engine.segment.kernels import Device, foreground, label_block
 from engine.segment.objects import ObjectStats, block_stats
 from engine.segment.stitch import Faces, block_faces, block_lut, face_pairs, owned_mask
 from engine.storage import Volume, check_write_alignment, create_volume, open_volume
+from engine.values import to_unit
 
 Connectivity = Literal[6, 18, 26]
 OutDtype = LabelDtype
@@ -77,7 +78,7 @@ class LocalLabelOp(BlockOp):
             self._scratch.put(f"faces/{block.id}", block_faces(labels, values).to_bytes())
         prob = None
         if self.table and self.threshold is not None:
-            prob = data.astype(np.float32) / 255.0 if data.dtype == np.uint8 else data
+            prob = to_unit(data)
         if self.sizes or self.table:
             stats = block_stats(labels, n, block.write.start, prob, full=self.table)
         else:

@@ -46,6 +46,7 @@ from engine.runtime.session import CompletionRecord, Session
 from engine.storage import Volume, create_volume, open_volume
 from engine.storage.kv import npz_bytes
 from engine.storage.safety import write_atomic
+from engine.values import to_unit
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ class RoiOp(BlockOp):
             pre2d = _read_padded(self._pre, win)[0] == self.pre_value
         if not np.isfinite(score) and self._prob is not None:
             p = _read_padded(self._prob, win)[0]
-            pf = p.astype(np.float64) / 255.0 if p.dtype == np.uint8 else p.astype(np.float64)
+            pf = to_unit(p, dtype=np.float64)
             score = float(pf[mask2d].mean())
         roi = align_roi(image2d, mask2d, centre, axis.angle, self.size, pre2d)
         row = Box((roi_id, 0, 0), (roi_id + 1, self.size, self.size))

@@ -22,12 +22,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine.params import Scoring
+from engine.values import to_unit
 
 
 def as_float(affs: np.ndarray) -> np.ndarray:
     """Affinities as float32 in [0, 1]."""
     if affs.dtype == np.uint8:
-        return affs.astype(np.float32) / np.float32(255.0)
+        return to_unit(affs)
     return affs.astype(np.float32, copy=False)
 
 

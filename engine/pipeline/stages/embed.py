@@ -59,11 +59,11 @@ def train_encoder(raw_url: str, out: str, cfg: EmbedSection, *, progress: bool =
 
     from engine.errors import ConfigError
     from engine.learn.config import AugmentConfig, SimCLRConfig
-    from engine.learn.sampler import to_unit
     from engine.learn.simclr import pretrain_simclr
     from engine.models import build_model
     from engine.models.checkpoint import save_checkpoint
     from engine.storage import open_volume
+    from engine.values import to_unit
 
     torch.set_num_threads(cfg.threads)
     vol = open_volume(raw_url)

@@ -9,6 +9,7 @@ import numpy as np
 
 from engine.config import Config
 from engine.pipeline.stage import Stage, StageContext
+from engine.values import to_unit
 
 
 class ObjectsSection(Config):
@@ -66,8 +67,7 @@ def object_table(labels_url: str, path: Any, prob_url: str | None = None, progre
         remap = fastremap.component_map(local, lab)
         p = None
         if prob is not None:
-            raw = prob.read(box).astype(np.float64)
-            p = raw / 255.0 if prob.dtype == np.uint8 else raw
+            p = to_unit(prob.read(box), dtype=np.float64)
         stats = block_stats(local.astype(np.uint32), int(local.max()), origin=box.start, prob=p)
         order = np.arange(1, int(local.max()) + 1)
         ids.append(np.array([remap[int(i)] for i in order], np.uint64))
