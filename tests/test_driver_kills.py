@@ -1,7 +1,7 @@
 """The driver SIGKILLed anywhere in a multi-pass operation or a pipeline loses nothing (issue 16, point 7).
 
 Each command runs as a real ``python -m engine.cli`` child process. ``CONNECTILE_TEST_KILL_AT`` (see
-:mod:`engine.runtime.faults`) makes it SIGKILL itself at a named point: inside a pass (after the
+:mod:`engine.faults`) makes it SIGKILL itself at a named point: inside a pass (after the
 scheduler recorded a batch of blocks), between passes, just before, inside (the folder half deleted)
 and just after its scratch clean-up, between pyramid levels and between pipeline stages. The points of one command are hit one
 after the other on the same output (each rerun resumes what the last kill left, then dies at the next
@@ -100,7 +100,7 @@ def cut_short_clean_up(scratch: Path) -> Callable[[str], None]:
 
 
 def test_kill_point_fires_only_where_and_when_it_is_named() -> None:
-    code = "from engine.runtime.faults import kill_point\nfor i in range(3):\n    kill_point('b')\n    kill_point('a', lambda: print('before', flush=True))\n    print(i, flush=True)\n"
+    code = "from engine.faults import kill_point\nfor i in range(3):\n    kill_point('b')\n    kill_point('a', lambda: print('before', flush=True))\n    print(i, flush=True)\n"
     run = lambda env: subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)  # noqa: E731
     unset = run(_env())
     assert unset.returncode == 0 and unset.stdout.split() == ["0", "1", "2"]

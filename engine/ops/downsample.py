@@ -38,10 +38,10 @@ from pydantic import Field, PrivateAttr
 from typing_extensions import Unpack
 
 from engine.errors import ConfigError, StorageError
+from engine.faults import kill_point
 from engine.geometry import Block, BlockGrid, Box
 from engine.options import check_keys
 from engine.runtime import default_state_dir
-from engine.runtime.faults import kill_point
 from engine.runtime.op import BlockOp
 from engine.runtime.options import RuntimeOptions
 from engine.runtime.session import Session

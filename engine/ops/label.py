@@ -34,6 +34,7 @@ import numpy as np
 from typing_extensions import Unpack
 
 from engine.errors import ConfigError, StorageError
+from engine.faults import kill_point
 from engine.geometry import BlockGrid, Box
 from engine.ops.label_passes import (
     Connectivity,
@@ -49,7 +50,6 @@ from engine.ops.scratch import Scratch
 from engine.options import check_keys
 from engine.params import LABEL_BLOCK, LabelParams
 from engine.runtime import RunSummary, default_state_dir
-from engine.runtime.faults import kill_point
 from engine.runtime.lock import one_driver
 from engine.runtime.options import RuntimeOptions
 from engine.runtime.session import CompletionRecord, Session

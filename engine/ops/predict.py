@@ -51,6 +51,7 @@ import numpy as np
 from pydantic import Field, PrivateAttr, model_validator
 
 from engine.errors import ConfigError, StorageError
+from engine.faults import kill_point
 from engine.geometry import Block, BlockGrid, Box
 from engine.infer.merge import add_pieces, normalise, pack_pieces, pad_source, piece_key, scale_input, to_output
 from engine.infer.model_input import checkpoint_window, halo, replicate_axes
@@ -58,7 +59,6 @@ from engine.infer.windows import WindowGrid, WindowOwnership, aligned_write_shap
 from engine.models.checkpoint import checkpoint_digest
 from engine.ops.scratch import Scratch
 from engine.params import DEFAULT_WINDOW, PREDICT_BLOCK, PREDICT_CHUNKS, PredictDtype, PredictParams, Triple
-from engine.runtime.faults import kill_point
 from engine.runtime.lock import one_driver
 from engine.runtime.op import BlockOp
 from engine.runtime.options import pop_runtime

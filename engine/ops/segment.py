@@ -36,6 +36,7 @@ from pydantic import Field, PrivateAttr
 from typing_extensions import Unpack
 
 from engine.errors import ConfigError, StorageError
+from engine.faults import kill_point
 from engine.geometry import Block, BlockGrid, Box
 from engine.ops.label import LabelResult, label_grid, run_record
 from engine.ops.label_passes import RelabelOp
@@ -44,7 +45,6 @@ from engine.ops.scratch import Scratch
 from engine.options import check_keys
 from engine.params import Agglomeration, Scoring, SegmentParams
 from engine.runtime import BlockOp
-from engine.runtime.faults import kill_point
 from engine.runtime.lock import one_driver
 from engine.runtime.options import RuntimeOptions
 from engine.runtime.session import CompletionRecord, Session

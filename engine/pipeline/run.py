@@ -39,9 +39,9 @@ from pydantic import Field, create_model
 
 from engine.config import Config, apply_overrides, parse_config, read_yaml
 from engine.errors import ConfigError, ConnectileError, StorageError
+from engine.faults import kill_point
 from engine.pipeline.manifest import Manifest
 from engine.pipeline.stage import STAGES, RuntimeSection, Stage, StageContext, discover, split_ref
-from engine.runtime.faults import kill_point
 from engine.storage.urls import local_folder
 
 log = logging.getLogger(__name__)
@@ -240,7 +240,7 @@ def run_pipeline(
             on_stage(name, selected.index(name) + 1, len(selected))
         results.append(_run_stage(name, p, manifest, cfg, run_dir, start_over))
         ran_now.add(name)
-        kill_point(f"pipeline:after-{name}")  # tests: a driver killed between stages (engine.runtime.faults)
+        kill_point(f"pipeline:after-{name}")  # tests: a driver killed between stages (engine.faults)
     return results
 
 

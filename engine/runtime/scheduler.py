@@ -43,11 +43,11 @@ from pathlib import Path
 from typing_extensions import Unpack
 
 from engine.errors import BlocksFailed, ConfigError
+from engine.faults import kill_point
 from engine.geometry import BlockGrid
 from engine.options import check_keys
 from engine.runtime.backends import Backend, Completion, RayBackend, SerialBackend
 from engine.runtime.deadline import BatchClock, Deadline
-from engine.runtime.faults import kill_point
 from engine.runtime.lock import driver_lock
 from engine.runtime.markers import FAILED, SKIPPED, DoneStore
 from engine.runtime.mask import BlockMask

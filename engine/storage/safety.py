@@ -226,7 +226,7 @@ def remove(url: Url, kind: Kind, *, inputs: Iterable[Url] = ()) -> bool:
             raise StorageError(f"cannot delete {path}: {err.strerror or err}", "check the permissions, or delete it by hand") from err
         log.info("deleted %s (%s)", path, kind)
         return True
-    from engine.runtime.faults import kill_point
+    from engine.faults import kill_point
     from engine.storage.errors import check_store_reachable
     from engine.storage.volume import _CONTEXT, _ts_message
 
@@ -256,8 +256,8 @@ def _rmtree_marks_first(path: str, kind: Kind) -> None:
     anything: chunks without metadata (which a later delete may replace), scratch files without the run
     ids whose done-markers described them (the rerun computes those passes again), never a volume or a
     set of markers that vouches for files that are gone. The kill point ``remove-<kind>:partly`` (see
-    :mod:`engine.runtime.faults`) follows each entry."""
-    from engine.runtime.faults import kill_point
+    :mod:`engine.faults`) follows each entry."""
+    from engine.faults import kill_point
 
     with os.scandir(path) as it:
         entries = sorted(it, key=lambda e: (not (e.name in _MARKS or e.name.startswith(".")), e.name))
