@@ -18,6 +18,38 @@ from engine.infer.options import Amp, BlendMode, TtaMode, TtaReduce
 
 Triple = tuple[int, int, int]
 
+# -- ingest -----------------------------------------------------------------------------------------
+IngestFormat = Literal["zarr", "zarr3", "n5"]
+#: ingest's storage chunks (each clipped to the volume)
+INGEST_CHUNKS: Triple = (64, 256, 256)
+
+
+class IngestLayout(Params):
+    """The volume an ingest writes: the layout the pipeline's ``ingest`` stage gives raw and labels alike."""
+
+    voxel_size: tuple[float, float, float] | None = Field(
+        default=None, description="voxel size in nm z,y,x, stored as metadata", examples=[(40, 4, 4)],
+    )
+    chunks: Triple = Field(default=INGEST_CHUNKS, description="storage chunks z,y,x, clipped to the volume")
+    format: IngestFormat = Field(default="zarr", description="output format")
+
+
+class IngestConversion(Params):
+    """How an ingest turns the source's values into voxels (the ``ingest`` stage's ``labels_*`` settings)."""
+
+    binarize: bool = Field(default=False, description="store nonzero as 1 (uint8), e.g. for binary masks")
+    lut: str | bool | None = Field(
+        default=None, description="HDF5 Nx2 (supervoxel, body) dataset to map ids through (default: 'transforms' beside the dataset, "
+        "if any; false / --no-lut: keep the ids as they are)",
+    )
+    rgb_to_label: bool = Field(default=False, description="turn each colour of RGB(A) slices into one label id")
+    dtype: str | None = Field(default=None, description="output dtype (default: the source's; uint8 with binarize, uint64 through a lut)")
+
+
+class IngestParams(IngestConversion, IngestLayout):  # pydantic lists the last base's fields first: layout, then conversion
+    """What ``connectile ingest`` and :func:`~engine.ops.ingest.ingest` write: the layout and the conversion."""
+
+
 # -- predict ---------------------------------------------------------------------------------------
 PredictDtype = Literal["uint8", "float16", "float32"]
 #: the window of a checkpoint that records no training crop
@@ -77,6 +109,38 @@ class LabelParams(Params):
     chunks: Triple = Field(default=LABEL_CHUNKS, description="output storage chunks z,y,x (capped at the volume)")
 
 
+# -- select -----------------------------------------------------------------------------------------
+SelectMethod = Literal["coverage", "random", "kcenter", "kmeans", "hierarchical"]
+
+
+class SelectParams(Params):
+    """What ``connectile select``, the pipeline's ``selection`` stage (its ``params``) and
+    :func:`~engine.select.run.select` compute (defaults: the paper's)."""
+
+    budget: int = Field(default=4, ge=1, description="sub-volumes to pick")
+    k: int = Field(default=30, ge=1, description="kNN ball size, the patch itself included")
+    include_self: bool = Field(default=True, description="a patch's kNN ball holds the patch itself")
+    window: Triple = Field(default=(1, 9, 9), description="window of patches per sub-volume z,y,x")
+    step: Triple = Field(default=(1, 1, 1), description="window positions every STEP patches z,y,x")
+    methods: list[SelectMethod] = Field(
+        default=["coverage", "random", "kcenter", "kmeans"], min_length=1,
+        description="methods to run, comma-separated (coverage, random, kcenter, kmeans, hierarchical); the first is chosen",
+    )
+    seed: int = Field(default=0, description="seed of the baselines and the approximate index")
+    knn: Literal["auto", "exact", "approx"] = Field(default="auto", description="kNN search (auto: exact up to exact_max patches)")
+    exact_max: int = Field(default=50_000, ge=1, description="auto: exact kNN up to this many patches")
+    nlist: int | None = Field(default=None, ge=1, description="lists of the approximate index (default: 4 sqrt(N))")
+    nprobe: int = Field(default=16, ge=1, description="lists searched by the approximate index")
+    target_recall: float | None = Field(
+        default=0.95, gt=0, le=1, description="approx: raise nprobe until the sampled recall reaches this (null: nprobe as given)",
+    )
+    recall_sample: int = Field(default=500, ge=1, description="patches whose approximate kNN is checked against the exact one")
+    backend: Literal["local", "ray"] = Field(default="local", description="score candidates in this process or on Ray actors")
+    workers: int = Field(default=2, ge=1, description="Ray actors (backend ray)")
+    factor: Triple = Field(default=(1, 4, 4), description="hierarchical: patches per region cell z,y,x")
+    regions_per_pick: int = Field(default=2, ge=1, description="hierarchical: regions searched per pick")
+
+
 # -- segment ----------------------------------------------------------------------------------------
 Agglomeration = Literal["threshold", "mean"]
 #: an edge's score from the affinities across it (engine.segment.watershed)
@@ -101,4 +165,4 @@ class SegmentParams(Params):
     chunks: Triple = Field(default=LABEL_CHUNKS, description="output storage chunks z,y,x (capped at the volume)")
 
 
-__all__ = ["Agglomeration", "LabelDtype", "LabelParams", "PredictDtype", "PredictParams", "Scoring", "SegmentParams", "Triple"]
+__all__ = ["Agglomeration", "IngestConversion", "IngestFormat", "IngestLayout", "IngestParams", "LabelDtype", "LabelParams", "PredictDtype", "PredictParams", "Scoring", "SegmentParams", "SelectMethod", "SelectParams", "Triple"]

@@ -241,7 +241,7 @@ def test_existing_output_and_dtype(tmp_path: Path) -> None:
     save_png(tmp_path / "wide" / "0.png", np.full((4, 4), 300, np.uint16))
     with pytest.raises(BlocksFailed, match="do not fit uint8") as err:
         ingest(tmp_path / "wide", tmp_path / "o.zarr" / "w", dtype="uint8", progress=False)
-    assert "wider --dtype" in one_line(err)
+    assert "wider dtype (--dtype)" in one_line(err)
 
 
 def test_source_and_op_pickle(tmp_path: Path) -> None:
@@ -343,9 +343,9 @@ def test_bad_sources(tmp_path: Path, case: str) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"voxel_size": (40, 4)}, ConfigError, "voxel size must be three positive numbers"),
-        ({"voxel_size": (40, -4, 4)}, ConfigError, "voxel size must be three positive numbers"),
-        ({"chunks": (0, 4, 4)}, ConfigError, "chunks must be three positive numbers"),
+        ({"voxel_size": (40, 4)}, ConfigError, r"voxel_size \(--voxel-size\) must be three positive numbers"),
+        ({"voxel_size": (40, -4, 4)}, ConfigError, r"voxel_size \(--voxel-size\) must be three positive numbers"),
+        ({"chunks": (0, 4, 4)}, ConfigError, r"chunks \(--chunks\) must be three positive numbers"),
         ({"dtype": "uint7"}, ConfigError, "unknown dtype"),
         ({"format": "tiff"}, ConfigError, "unknown output format"),
         ({"lut": "transforms"}, ConfigError, "--lut transforms applies to HDF5 sources"),
@@ -382,6 +382,45 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ingest", str(tmp_path / "nowhere"), str(dst)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "does not exist" in err
+
+
+def test_command_and_pipeline_stage_share_the_settings_and_their_defaults(tmp_path: Path) -> None:
+    """Issue 15: ``connectile ingest``, the pipeline's ``ingest`` stage and :func:`ingest` take one
+    declaration of the settings (:class:`~engine.params.IngestParams`: the stage's layout, its ``labels_*``
+    conversion): the same defaults, the same output bytes for raw and for binarized labels."""
+    import argparse
+    import inspect
+
+    from engine.commands import ingest as command
+    from engine.commands._flags import flag
+    from engine.params import IngestConversion, IngestLayout, IngestParams
+    from engine.pipeline.stage import RuntimeSection, StageContext
+    from engine.pipeline.stages.ingest import IngestSection, IngestStage
+
+    defaults = IngestParams().settings()
+    section = IngestSection(raw="x")
+    assert section.settings() == IngestLayout().settings() and section.labels_conversion() == IngestConversion().settings()
+    assert {**section.settings(), **section.labels_conversion()} == defaults
+    sig = inspect.signature(ingest).parameters
+    assert {k: sig[k].default for k in defaults} == defaults  # the library call's defaults are the model's
+    sub = argparse.ArgumentParser().add_subparsers()
+    command.add_parser(sub)
+    assert all(flag(name) in sub.choices["ingest"].format_help() for name in defaults)
+    rng = np.random.default_rng(3)
+    raw = rng.integers(0, 255, (5, 40, 300), dtype=np.uint8)
+    mask = (rng.random((5, 40, 300)) > 0.6).astype(np.uint8) * 255
+    for z in range(5):
+        save_png(tmp_path / "raw" / f"{z}.png", raw[z])
+        save_png(tmp_path / "mask" / f"{z}.png", mask[z])
+    assert main(["ingest", str(tmp_path / "raw"), str(tmp_path / "cli.zarr" / "raw"), "--no-progress"]) == 0
+    assert main(["ingest", str(tmp_path / "mask"), str(tmp_path / "cli.zarr" / "labels"), "--binarize", "--no-progress"]) == 0
+    ctx = StageContext(run_dir=tmp_path / "run", stage="ingest", runtime=RuntimeSection(backend="serial", progress=False))
+    out = IngestStage().run(ctx, IngestSection(raw=str(tmp_path / "raw"), labels=str(tmp_path / "mask"), labels_binarize=True))
+    for name, expected in (("raw", raw), ("labels", (mask > 0).astype(np.uint8))):
+        a, b = open_volume(tmp_path / "cli.zarr" / name), open_volume(out[name])
+        assert a.chunk_shape == b.chunk_shape == (5, 40, 256) and a.dtype == b.dtype and a.voxel_size == b.voxel_size
+        np.testing.assert_array_equal(read_all(a), expected)
+        np.testing.assert_array_equal(read_all(a), read_all(b))
 
 
 # -- the real data sets (../shared/data, see its README) -------------------------------------------

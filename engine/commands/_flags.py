@@ -48,13 +48,21 @@ def _is_triple(annotation: Any) -> bool:
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return ",".join(str(v) for v in value)
     return str(value)
 
 
-def add_flags(parser: argparse.ArgumentParser | Any, model: type[Params], *, skip: typing.Iterable[str] = ()) -> None:
-    """Add one flag per field of ``model`` (but ``skip``) to ``parser`` (or an argument group)."""
+def _example(model: type[Params], name: str) -> str:
+    """A value to show for ``name``: its default, else the field's first example."""
+    info = model.model_fields[name]
+    return _show(info.default if info.default is not None else (info.examples or [(16, 128, 128)])[0])
+
+
+def add_flags(parser: argparse.ArgumentParser | Any, model: type[Params], *, skip: typing.Iterable[str] = (), defaults: bool = True) -> None:
+    """Add one flag per field of ``model`` (but ``skip``) to ``parser`` (or an argument group). With
+    ``defaults=False`` a flag not given leaves no attribute (for commands that read a config file first:
+    the flags given override it; the help still shows the model's defaults)."""
     skipped = set(skip)
     hints = typing.get_type_hints(model)
     for name, info in model.model_fields.items():
@@ -66,11 +74,13 @@ def add_flags(parser: argparse.ArgumentParser | Any, model: type[Params], *, ski
             text = f"{text} (default: {_show(info.default)})" if text else f"default: {_show(info.default)}"
         help_text = text
         help_text = help_text.replace("%", "%%")
-        kw: dict[str, Any] = {"dest": name, "default": info.default, "help": help_text}
+        kw: dict[str, Any] = {"dest": name, "default": info.default if defaults else argparse.SUPPRESS, "help": help_text}
         if kind is bool:
             parser.add_argument(flag(name), action=argparse.BooleanOptionalAction, **kw)
         elif _is_triple(kind):
             parser.add_argument(flag(name), metavar="Z,Y,X", **kw)
+        elif get_origin(kind) is list:
+            parser.add_argument(flag(name), metavar="A,B,...", **kw)
         elif get_origin(kind) is Literal:
             parser.add_argument(flag(name), choices=list(get_args(kind)), type=type(get_args(kind)[0]), **kw)
         elif kind in (int, float, str):
@@ -88,10 +98,12 @@ def params_from_args(model: type[P], args: argparse.Namespace, **extra: Any) -> 
             continue
         value = getattr(args, name)
         kind, _ = _unwrap(hints[name])
+        if isinstance(value, str) and get_origin(kind) is list:
+            value = [v.strip() for v in value.split(",") if v.strip()]
         if isinstance(value, str) and _is_triple(kind):
             value = value.split(",")
             if len(value) != 3:
-                raise ConfigError(f"{flag(name)} must be three comma-separated numbers z,y,x, got {getattr(args, name)!r}", f"e.g. {flag(name)} {_show(model.model_fields[name].default) if model.model_fields[name].default is not None else '16,128,128'}")
+                raise ConfigError(f"{flag(name)} must be three comma-separated numbers z,y,x, got {getattr(args, name)!r}", f"e.g. {flag(name)} {_example(model, name)}")
         values[name] = value
     try:
         return model(**values, **extra)
@@ -99,5 +111,8 @@ def params_from_args(model: type[P], args: argparse.Namespace, **extra: Any) -> 
         first = err.errors()[0]
         loc = str(first["loc"][0]) if first.get("loc") else ""
         shown = flag(loc) if loc in model.model_fields else loc or model.__name__
+        if loc in model.model_fields and _is_triple(_unwrap(hints[loc])[0]) and isinstance(getattr(args, loc, None), str):
+            raise ConfigError(f"{shown} must be three comma-separated numbers z,y,x, got {getattr(args, loc)!r}",
+                              f"e.g. {shown} {_example(model, loc)}") from None
         raise ConfigError(f"{shown}: {str(first.get('msg', 'invalid')).removeprefix('Value error, ')} (got {first.get('input')!r})",
                           f"give a valid {shown} (see --help)") from None

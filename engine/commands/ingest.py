@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from engine.commands._common import add_runtime_args, runtime_kwargs, triple
-from engine.ops.ingest import DEFAULT_CHUNKS, INGEST_FORMATS, ingest
+from engine.commands._common import add_runtime_args, runtime_kwargs
+from engine.commands._flags import add_flags, params_from_args
+from engine.params import IngestParams
 
 
 def add_parser(subparsers: Any) -> None:
@@ -28,17 +29,11 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("src", metavar="SRC", help="folder, glob ('dir/*.png'), multi-page TIFF, or FILE.h5[:DATASET]")
     parser.add_argument("dst", metavar="DST", help="output array, e.g. data.zarr/raw")
-    parser.add_argument("--voxel-size", metavar="Z,Y,X", help="voxel size in nm, stored as metadata (e.g. 40,4,4)")
-    parser.add_argument(
-        "--chunks", metavar="Z,Y,X", default=",".join(map(str, DEFAULT_CHUNKS)), help="storage chunks, clipped to the volume (default: %(default)s)"
-    )
-    parser.add_argument("--format", choices=INGEST_FORMATS, default="zarr", help="output format (default: %(default)s)")
-    parser.add_argument("--binarize", action="store_true", help="store nonzero as 1 (uint8), e.g. for binary masks")
-    lut = parser.add_mutually_exclusive_group()
-    lut.add_argument("--lut", metavar="DATASET", help="HDF5 Nx2 (supervoxel, body) table to map ids through (default: 'transforms' beside the dataset, if any)")
+    group = parser.add_argument_group("ingest (the pipeline's ingest stage takes the same layout; its labels_* settings the conversion)")
+    add_flags(group, IngestParams, skip=("lut",))
+    lut = group.add_mutually_exclusive_group()
+    lut.add_argument("--lut", metavar="DATASET", help=str(IngestParams.model_fields["lut"].description))
     lut.add_argument("--no-lut", dest="lut", action="store_false", help="keep HDF5 ids as they are, even when 'transforms' is present")
-    parser.add_argument("--rgb-to-label", action="store_true", help="turn each colour of RGB(A) slices into one label id")
-    parser.add_argument("--dtype", help="output dtype (default: the source's; uint8 with --binarize, uint64 through a lut)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output of another layout")
     add_runtime_args(parser, default_backend="serial")
     parser.set_defaults(func=run, lut=None)
@@ -49,21 +44,16 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from engine.commands._common import check_output
+    from engine.ops.ingest import ingest
 
     src = args.src.split(".h5:")[0] + ".h5" if ".h5:" in args.src else args.src
     check_output(args.dst, {"SRC": os.path.dirname(src) if any(c in src for c in "*?[") else src}, option="the output DST", inside=False)
-    chunks = triple(args.chunks, "--chunks", int, "64,256,256") or DEFAULT_CHUNKS
+    params = params_from_args(IngestParams, args)
     volume = ingest(
         args.src,
         args.dst,
-        voxel_size=triple(args.voxel_size, "--voxel-size", float, "40,4,4"),
-        chunks=chunks,
-        format=args.format,
-        binarize=args.binarize,
-        lut=args.lut,
-        rgb_to_label=args.rgb_to_label,
-        dtype=args.dtype,
         overwrite=args.overwrite,
+        **params.settings(),
         **{k: v for k, v in runtime_kwargs(args).items() if k in ("backend", "workers", "progress")},
     )
     shape = "x".join(str(s) for s in volume.shape)

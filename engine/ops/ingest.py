@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, get_args
 
 import numpy as np
 from pydantic import PrivateAttr
@@ -29,6 +29,7 @@ from typing_extensions import Unpack
 from engine.errors import ConfigError, StorageError
 from engine.geometry import Block, BlockGrid, Box
 from engine.options import check_keys
+from engine.params import INGEST_CHUNKS, IngestFormat, IngestParams
 from engine.runtime import BlockOp
 from engine.runtime.options import RuntimeOptions
 from engine.runtime.session import Session
@@ -37,10 +38,11 @@ from engine.storage.sources import Source, open_source
 
 log = logging.getLogger(__name__)
 
-IngestFormat = Literal["zarr", "zarr3", "n5"]
 INGEST_FORMATS: tuple[str, ...] = get_args(IngestFormat)
 #: Storage chunks (z, y, x) unless asked otherwise; each is clipped to the volume.
-DEFAULT_CHUNKS: tuple[int, int, int] = (64, 256, 256)
+DEFAULT_CHUNKS = INGEST_CHUNKS
+#: the defaults of :func:`ingest`'s keywords (declared once, in :class:`~engine.params.IngestParams`)
+_D = IngestParams()
 
 
 class IngestOp(BlockOp):
@@ -69,7 +71,7 @@ class IngestOp(BlockOp):
             raise ValueError(f"the ingest grid {grid} must cover the whole source {self.source.shape}")
         check_write_alignment(out, grid.write_shape, grid.total.start)
 
-    def setup(self) -> None:
+    def setup(self, grid: BlockGrid | None = None) -> None:
         self._out = open_volume(self.output, "r+")
 
     def process(self, block: Block) -> dict[str, float]:
@@ -93,7 +95,7 @@ class IngestOp(BlockOp):
             if lo < info.min or hi > info.max:
                 raise StorageError(
                     f"slices {z0}..{z1 - 1} of {self.source.describe()} hold values {lo}..{hi}, which do not fit {target}",
-                    "choose a wider --dtype, or leave it out to keep the source dtype",
+                    "choose a wider dtype (--dtype), or leave it out to keep the source dtype",
                 )
         return data.astype(target)
 
@@ -128,13 +130,13 @@ def ingest(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     *,
-    voxel_size: Sequence[float] | None = None,
-    chunks: Sequence[int] = DEFAULT_CHUNKS,
-    format: IngestFormat = "zarr",  # noqa: A002 - the natural name for users
-    binarize: bool = False,
-    lut: str | bool | None = None,
-    rgb_to_label: bool = False,
-    dtype: Any = None,
+    voxel_size: Sequence[float] | None = _D.voxel_size,
+    chunks: Sequence[int] = _D.chunks,
+    format: IngestFormat = _D.format,  # noqa: A002 - the natural name for users
+    binarize: bool = _D.binarize,
+    lut: str | bool | None = _D.lut,
+    rgb_to_label: bool = _D.rgb_to_label,
+    dtype: Any = _D.dtype,
     **runtime: Unpack[RuntimeOptions],
 ) -> Volume:
     """Convert ``src`` into the volume ``dst`` blockwise and return the volume.
@@ -153,16 +155,16 @@ def ingest(
     check_keys(runtime, RuntimeOptions, "ingest")
     src_s, dst_s = os.fspath(src), os.fspath(dst)
     if format not in INGEST_FORMATS:
-        raise ConfigError(f"unknown output format {format!r}", f"use one of {', '.join(INGEST_FORMATS)}")
-    chunks_t = _triple(chunks, "chunks", int, "--chunks 64,256,256")
-    vs = _triple(voxel_size, "voxel size", float, "--voxel-size 40,4,4 (nm)")
+        raise ConfigError(f"format (--format): unknown output format {format!r}", f"use one of {', '.join(INGEST_FORMATS)}")
+    chunks_t = _triple(chunks, "chunks (--chunks)", int, "64,256,256")
+    vs = _triple(voxel_size, "voxel_size (--voxel-size)", float, "40,4,4 (nm)")
     assert chunks_t is not None
     try:
         wanted = None if dtype is None else np.dtype(dtype)
     except TypeError as err:
-        raise ConfigError(f"unknown dtype {dtype!r}", "use a numpy dtype name such as uint8, uint32 or uint64") from err
+        raise ConfigError(f"dtype (--dtype): unknown dtype {dtype!r}", "use a numpy dtype name such as uint8, uint32 or uint64") from err
     if wanted is not None and wanted.kind not in "biuf":
-        raise ConfigError(f"cannot store dtype {wanted}", "use an integer or float dtype such as uint8, uint64 or float32")
+        raise ConfigError(f"dtype (--dtype): cannot store dtype {wanted}", "use an integer or float dtype such as uint8, uint64 or float32")
 
     source = open_source(src_s, lut=lut, rgb_to_label=rgb_to_label)
     try:
@@ -174,7 +176,7 @@ def ingest(
         )
         if vs is not None and volume.voxel_size != vs:
             raise StorageError(
-                f"{volume.url} already exists with voxel size {volume.voxel_size}, not {vs}", "pass --overwrite to replace it"
+                f"{volume.url} already exists with voxel size {volume.voxel_size}, not {vs}", "pass --overwrite to replace it, or give its voxel size"
             )
         grid = ingest_grid(source.shape, volume.write_chunk_shape)
         op = IngestOp(source=source, output=volume.url, dtype=out_dtype.name, binarize=binarize)
