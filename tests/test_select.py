@@ -253,8 +253,8 @@ def test_ray_shards_equal_local(ray_cluster: str) -> None:
     assert np.array_equal(distributed_knn(y, 10, workers=2, nprobe=4, seed=2, block=700), approx_knn(y, 10, nprobe=4, seed=2))
 
 
-def _embedding_store(tmp_path: Path) -> Path:
-    vol = _planted(3, (4, 192, 192), 64)
+def _embedding_store(tmp_path: Path, shape: tuple[int, int, int] = (4, 192, 192)) -> Path:
+    vol = _planted(3, shape, 64)
     grid = PatchGrid(vol.shape, (4, 16, 16), (4, 8, 8))
     x = _texture_features(vol, grid)
     path = tmp_path / "emb.zarr"
@@ -280,6 +280,39 @@ def test_select_cli_outputs_and_determinism(tmp_path: Path, capsys: pytest.Captu
     for name in ("coverage.png", "picks.png", "config.yaml"):
         assert (tmp_path / "a" / name).stat().st_size > 0
     assert "coverage" in capsys.readouterr().out
+
+
+def test_command_and_pipeline_stage_share_the_settings_and_their_defaults(tmp_path: Path) -> None:
+    """Issue 15: ``connectile select``, the pipeline's ``selection`` stage (its ``params``) and
+    :func:`~engine.select.run.select` take one declaration of the settings (:class:`SelectParams`):
+    the same defaults (the stage had k 10, window 1,3,3), the same picks; flags override --config."""
+    import argparse
+
+    from engine.commands import select as command
+    from engine.commands._flags import flag
+    from engine.params import SelectParams
+    from engine.pipeline.stage import RuntimeSection, StageContext
+    from engine.pipeline.stages.select import SelectSection, SelectStage
+    from engine.select.run import SelectConfig
+
+    defaults = SelectParams().settings()
+    assert SelectSection(input="x").params.settings() == SelectConfig().settings() == defaults
+    sub = argparse.ArgumentParser().add_subparsers()
+    command.add_parser(sub)
+    assert all(flag(name) in sub.choices["select"].format_help() for name in defaults)
+    emb = _embedding_store(tmp_path, (4, 320, 320))  # 39 x 39 patches: room for 4 windows of the default 9 x 9
+    assert main(["select", str(emb), str(tmp_path / "cli"), "--no-progress"]) == 0
+    ctx = StageContext(run_dir=tmp_path / "run", stage="selection", runtime=RuntimeSection(backend="serial", progress=False))
+    path = Path(SelectStage().run(ctx, SelectSection(input=str(emb)))["boxes"])
+    for method in defaults["methods"]:
+        a = json.loads((tmp_path / "cli" / f"selection_{method}.json").read_text())
+        b = json.loads((path.parent / f"selection_{method}.json").read_text())
+        assert a["boxes"] == b["boxes"] and a["scores"] == b["scores"] and len(a["boxes"]) == defaults["budget"]
+        assert a["window"] == list(defaults["window"]) and a["k"] == defaults["k"]
+    (tmp_path / "sel.yaml").write_text("budget: 2\nk: 12\nmethods: [random]\n")
+    args = sub.choices["select"].parse_args([str(emb), "o", "--config", str(tmp_path / "sel.yaml"), "--k", "7", "--methods", "coverage,kcenter"])
+    cfg = command._params(args)
+    assert (cfg.budget, cfg.k, cfg.methods, cfg.window) == (2, 7, ["coverage", "kcenter"], defaults["window"])
 
 
 def test_select_cli_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,14 +15,14 @@ Examples::
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.commands._common import triple
+from engine.commands._flags import add_flags, params_from_args
 from engine.errors import ConfigError
+from engine.params import SelectParams
 
-#: option dest -> SelectConfig field
-_FIELDS = ("budget", "k", "seed", "knn", "nprobe", "nlist", "workers", "backend")
-
+if TYPE_CHECKING:
+    from engine.select.run import SelectConfig
 
 def add_parser(subparsers: Any) -> None:
     """Register ``connectile select``."""
@@ -34,44 +34,33 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("embeddings", metavar="EMB", help="embedding array written by connectile embed, e.g. runs/emb.zarr")
     parser.add_argument("out", metavar="OUT", help="output folder (selection.json, coverage.png, picks.png)")
-    parser.add_argument("--config", metavar="YAML", help="SelectConfig in YAML (options below override it)")
-    parser.add_argument("--budget", type=int, help="sub-volumes to pick (default 4)")
-    parser.add_argument("--k", type=int, help="kNN ball size, the patch itself included (default 30)")
-    parser.add_argument("--window", metavar="Z,Y,X", help="window of patches per sub-volume (default 1,9,9)")
-    parser.add_argument("--step", metavar="Z,Y,X", help="window positions every STEP patches (default 1,1,1)")
-    parser.add_argument("--methods", metavar="LIST", help="comma list of coverage, random, kcenter, kmeans, hierarchical; the first is chosen (default coverage,random,kcenter,kmeans)")
-    parser.add_argument("--seed", type=int, help="seed of the baselines and the approximate index (default 0)")
-    parser.add_argument("--knn", choices=("auto", "exact", "approx"), help="kNN search (default auto: exact up to 50,000 patches)")
-    parser.add_argument("--nprobe", type=int, help="lists searched by the approximate index (default 16)")
-    parser.add_argument("--nlist", type=int, help="lists of the approximate index (default 4 sqrt(N))")
-    parser.add_argument("--backend", choices=("local", "ray"), help="score candidates in this process or on Ray actors (default local)")
-    parser.add_argument("--workers", type=int, help="Ray actors (default 2)")
+    parser.add_argument("--config", metavar="YAML", help="the settings in YAML, as the pipeline's selection.params (flags given override them)")
+    add_flags(parser.add_argument_group("selection (the pipeline's selection.params: the same settings; given flags override --config)"),
+              SelectParams, defaults=False)
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other SelectConfig field")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting as in --config (a flag given wins)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     parser.set_defaults(func=run)
 
 
-def _overrides(args: argparse.Namespace) -> list[str]:
-    out = [f"{name}={getattr(args, name)}" for name in _FIELDS if getattr(args, name) is not None]
-    for name in ("window", "step"):
-        value = triple(getattr(args, name), f"--{name}", int, "1,9,9")
-        if value is not None:
-            out.append(f"{name}=[{value[0]}, {value[1]}, {value[2]}]")
-    if args.methods:
-        out.append(f"methods=[{args.methods}]")
-    return [*out, *args.set]
+def _params(args: argparse.Namespace) -> SelectConfig:
+    """The SelectConfig of ``--config`` (else the defaults), ``--set`` and the flags given, in that order."""
+    from engine.config import load_config
+    from engine.select.run import SelectConfig
+
+    base = load_config(SelectConfig, args.config, args.set)
+    given = {name for name in SelectParams.model_fields if hasattr(args, name)}
+    return params_from_args(SelectConfig, args, **{k: v for k, v in base.settings().items() if k not in given})
 
 
 def run(args: argparse.Namespace) -> int:
     """Select sub-volumes and print where the results went."""
     from engine.commands._common import check_output
-    from engine.config import load_config
     from engine.select.embeddings import load_embeddings
-    from engine.select.run import SelectConfig, select, write_outputs
+    from engine.select.run import select, write_outputs
 
     check_output(args.out, {"EMB": args.embeddings}, option="the output folder OUT")
-    cfg = load_config(SelectConfig, args.config, _overrides(args))
+    cfg = _params(args)
     grid, emb, attrs = load_embeddings(args.embeddings)
     if cfg.backend == "ray":
         from engine.runtime import connect

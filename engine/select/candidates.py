@@ -44,13 +44,13 @@ class Windows:
         object.__setattr__(self, "window", window)
         object.__setattr__(self, "step", step)
         if len(window) != 3 or any(w < 1 for w in window):
-            raise ConfigError(f"window must be three positive numbers of patches z,y,x, got {window}", "e.g. --window 1,9,9")
+            raise ConfigError(f"window (--window) must be three positive numbers of patches z,y,x, got {window}", "e.g. window 1,9,9")
         if len(step) != 3 or any(s < 1 for s in step):
-            raise ConfigError(f"window step must be three positive numbers z,y,x, got {step}")
+            raise ConfigError(f"step (--step) must be three positive numbers of patches z,y,x, got {step}", "e.g. step 1,1,1")
         if any(w > g for w, g in zip(window, self.grid.shape, strict=True)):
             raise ConfigError(
-                f"a window of {window} patches does not fit on the patch grid {self.grid.shape}",
-                "use a smaller --window or a smaller --stride",
+                f"window (--window) of {window} patches does not fit on the patch grid {self.grid.shape}",
+                "use a smaller window, or embed with a smaller stride",
             )
 
     @property

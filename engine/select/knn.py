@@ -234,7 +234,7 @@ def _balls_from_hits(d: np.ndarray, ids: np.ndarray, rows: np.ndarray, k: int, i
     order = np.lexsort((ids, d), axis=1)[:, :k]
     out = np.take_along_axis(ids, order, axis=1)
     if not np.isfinite(np.take_along_axis(d, order, axis=1)).all():
-        raise ConfigError(f"the approximate index found fewer than k={k} neighbours for some patches", "raise --nprobe or use --knn exact")
+        raise ConfigError(f"the approximate index found fewer than k={k} neighbours for some patches", "raise nprobe (--nprobe) or use knn exact (--knn exact)")
     return out
 
 

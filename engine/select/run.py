@@ -15,13 +15,13 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import Field
 
 from engine.config import Config
 from engine.errors import ConfigError
+from engine.params import SelectMethod, SelectParams
 from engine.select.baselines import kcenter_select, kmeans_select, random_select
 from engine.select.candidates import Windows
 from engine.select.greedy import Selection, greedy_select
@@ -31,36 +31,19 @@ from engine.storage.safety import write_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-Method = Literal["coverage", "random", "kcenter", "kmeans", "hierarchical"]
+Method = SelectMethod
 
 
-class SelectConfig(Config):
-    """Parameters of coverage selection (defaults: the paper's)."""
-
-    budget: int = Field(default=4, ge=1, description="sub-volumes to pick")
-    k: int = Field(default=30, ge=1, description="kNN ball size, the patch itself included")
-    include_self: bool = True
-    window: tuple[int, int, int] = (1, 9, 9)
-    step: tuple[int, int, int] = (1, 1, 1)
-    methods: list[Method] = ["coverage", "random", "kcenter", "kmeans"]
-    seed: int = 0
-    knn: Literal["auto", "exact", "approx"] = "auto"
-    exact_max: int = Field(default=50_000, description="auto: exact kNN up to this many patches")
-    nlist: int | None = None
-    nprobe: int = 16
-    target_recall: float | None = Field(default=0.95, gt=0, le=1, description="approx: raise nprobe until the sampled recall reaches this (null: nprobe as given)")
-    recall_sample: int = 500
-    backend: Literal["local", "ray"] = "local"
-    workers: int = 2
-    factor: tuple[int, int, int] = (1, 4, 4)
-    regions_per_pick: int = 2
+class SelectConfig(SelectParams, Config):
+    """Parameters of coverage selection: :class:`~engine.params.SelectParams` (declared once; the command's
+    flags and the ``selection`` stage's ``params`` are the same model), validated on assignment too."""
 
 
 def compute_balls(emb: np.ndarray, cfg: SelectConfig, *, ray: bool = False, progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
     """kNN balls by the configured method, with how they were made (and the measured recall)."""
     n = emb.shape[0]
     if cfg.k > n:
-        raise ConfigError(f"k={cfg.k} is larger than the number of patches ({n})", "use a smaller --k or a smaller --stride")
+        raise ConfigError(f"k (--k) is {cfg.k}, more than the {n} patches", "use a smaller k, or embed with a smaller stride")
     method = cfg.knn if cfg.knn != "auto" else ("exact" if n <= cfg.exact_max else "approx")
     t = time.perf_counter()
     info: dict[str, Any] = {"knn": method, "k": cfg.k, "include_self": cfg.include_self}

@@ -14,11 +14,12 @@ from engine.select.run import SelectConfig
 
 
 class SelectSection(Config):
-    """``selection:`` -- ``input``: the embeddings (``embed.embeddings``); ``params``: a :class:`SelectConfig`
-    (budget, k, window in patches, methods -- the first is the one used)."""
+    """``selection:`` -- ``input``: the embeddings (``embed.embeddings``); ``params``: the settings of
+    ``connectile select`` (:class:`~engine.params.SelectParams`, the same defaults: budget, k, window in
+    patches, methods -- the first is the one used)."""
 
     input: str
-    params: SelectConfig = Field(default_factory=lambda: SelectConfig(budget=4, k=10, window=(1, 3, 3)))
+    params: SelectConfig = Field(default_factory=SelectConfig)
 
 
 class SelectStage(Stage):
