@@ -52,7 +52,7 @@ class SlowCopyOp(BlockOp):
         src = open_volume(self.input)
         create_volume(self.output, src.spatial_shape, src.dtype, src.chunk_shape, overwrite=self.overwrite)
 
-    def setup(self) -> None:
+    def setup(self, grid: BlockGrid | None = None) -> None:
         self._in, self._out = open_volume(self.input), open_volume(self.output, mode="r+")
 
     def process(self, block: Block) -> dict[str, float]:

@@ -453,7 +453,7 @@ def test_memory_is_bounded_by_the_block(tmp_path: Path, setup_data: tuple[str, s
     grid = predict_grid(op, shape, (8, 32, 32))
     assert grid.write_shape == (8, 32, 32) and grid.num_blocks == 64
     op.prepare(grid)
-    op.setup()
+    op.setup(grid)
     peak = 0
     for bid in (0, grid.num_blocks - 1):
         op.process(grid.block(bid))

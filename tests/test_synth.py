@@ -265,7 +265,7 @@ def test_op_is_registered_and_pickles(tmp_path: Path) -> None:
     op = SynthOp(output=str(tmp_path / "p.zarr"), shape=(4, 32, 32), chunks=(4, 16, 16), synth=RICH)
     grid = BlockGrid(Box((0, 0, 0), (4, 32, 32)), (4, 16, 16))
     op.prepare(grid)
-    op.setup()
+    op.setup(grid)
     back = pickle.loads(pickle.dumps(op))
     assert OPS["synth"] is SynthOp
     assert back.params() == op.params() and back.synth == RICH

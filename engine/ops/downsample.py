@@ -323,7 +323,7 @@ class DownsampleOp(BlockOp):
             raise ConfigError(f"the grid covers {grid.total.shape} but the output {self.output} is {out.spatial_shape}", "build the grid over the output")
         check_write_alignment(out, grid.write_shape, grid.total.start)
 
-    def setup(self) -> None:
+    def setup(self, grid: BlockGrid | None = None) -> None:
         self._in = open_volume(self.input)
         self._out = open_volume(self.output, mode="r+")
 

@@ -98,7 +98,7 @@ class EmbedOp(BlockOp):
             extra={"encoder": str(Path(self.encoder).resolve())},
         )
 
-    def setup(self) -> None:
+    def setup(self, grid: BlockGrid | None = None) -> None:
         import torch
 
         from engine.learn.simsiam import load_encoder

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from engine.geometry import Block
+from engine.geometry import Block, BlockGrid
 from engine.ops.filters import GaussianFilter
 
 
@@ -36,13 +36,13 @@ class FaultyGaussian(GaussianFilter):
     fail_setup: bool = False
     kill_setup_once: str | None = None
 
-    def setup(self) -> None:
+    def setup(self, grid: BlockGrid | None = None) -> None:
         if self.fail_setup:
             raise RuntimeError("injected setup failure")
         if self.kill_setup_once is not None and not os.path.exists(self.kill_setup_once):
             Path(self.kill_setup_once).touch()
             os.kill(os.getpid(), signal.SIGKILL)
-        super().setup()
+        super().setup(grid)
 
     def _fault_fires(self, block: Block) -> bool:
         if block.id not in self.fail_blocks:

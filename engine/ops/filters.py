@@ -48,7 +48,7 @@ class GaussianFilter(BlockOp):
         )
         check_write_alignment(out, grid.write_shape, grid.total.start)
 
-    def setup(self) -> None:
+    def setup(self, grid: BlockGrid | None = None) -> None:
         self._in = open_volume(self.input)
         self._out = open_volume(self.output, mode="r+")
 

@@ -61,7 +61,7 @@ class LocalLabelOp(BlockOp):
             tmp = create_volume(self.local_url, src.spatial_shape, "uint32", self.chunks, overwrite=self.overwrite, inputs=(self.input,))
             check_write_alignment(tmp, grid.write_shape, grid.total.start)
 
-    def setup(self) -> None:
+    def setup(self, grid: BlockGrid | None = None) -> None:
         self._in = open_volume(self.input)
         if self.write_local:
             self._tmp = open_volume(self.local_url, "r+")
@@ -122,7 +122,7 @@ class FacePairsOp(BlockOp):
     _grid: BlockGrid | None = PrivateAttr(default=None)
     _cache: OrderedDict[int, Faces] = PrivateAttr(default_factory=OrderedDict)
 
-    def setup(self) -> None:
+    def setup(self, grid: BlockGrid | None = None) -> None:
         self._scratch = Scratch(self.scratch)
         offsets = np.load(_io(self._scratch.need("offsets.npy")))
         self._offsets, self._counts = offsets[:-1], np.diff(offsets)
@@ -195,7 +195,7 @@ class RelabelOp(BlockOp):
         )
         check_write_alignment(out, grid.write_shape, grid.total.start)
 
-    def setup(self) -> None:
+    def setup(self, grid: BlockGrid | None = None) -> None:
         self._scratch = Scratch(self.scratch)
         with np.load(_io(self._scratch.need("mapping.npz"))) as z:
             self._map = {k: z[k] for k in z.files}

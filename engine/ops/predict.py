@@ -192,16 +192,16 @@ class PredictOp(BlockOp, PredictParams):
                                               "blend": self.blend, "tta": self.tta, "scale": 1 / 255 if self.dtype == "uint8" else 1.0}}},
         )
         check_write_alignment(out, grid.write_shape, grid.total.start)
-        self._grid = grid
 
     # -- worker side -------------------------------------------------------------------------------
-    def setup(self) -> None:
+    def setup(self, grid: BlockGrid | None = None) -> None:
         import torch
 
         from engine.infer.blend import model_window
         from engine.infer.predictor import pick_device
         from engine.models import load_checkpoint
 
+        self._grid = grid
         if self.threads:
             torch.set_num_threads(self.threads)
         dev = pick_device(self.device)
@@ -336,10 +336,10 @@ class PredictBordersOp(BlockOp):
         out = open_volume(self.predict.output)
         if out.spatial_shape != grid.volume.shape:
             raise ConfigError(f"{out.url} is {out.spatial_shape} but the grid covers {grid.volume.shape}", "run predict again with --overwrite")
-        self._grid = grid
 
-    def setup(self) -> None:
-        assert self._grid is not None, "prepare() first"
+    def setup(self, grid: BlockGrid | None = None) -> None:
+        assert grid is not None, "the borders pass needs the run's grid"
+        self._grid = grid
         self._out = open_volume(self.predict.output, mode="r+")
         self._channels = self._out.shape[0] if len(self._out.shape) == 4 else 1
         self._plan = WindowOwnership(self.predict.windows(self._out.spatial_shape), self._grid)

@@ -98,7 +98,7 @@ class RoiOp(BlockOp):
         store = rois_store(Path(self.out).parent)
         return [f"{store}/image", f"{store}/mask", str(Path(self.out) / ".scratch")]
 
-    def setup(self) -> None:
+    def setup(self, grid: BlockGrid | None = None) -> None:
         self._labels = open_volume(self.labels)
         self._image = open_volume(self.image)
         self._prob = open_volume(self.prob) if self.prob else None

@@ -85,7 +85,7 @@ class FragmentsOp(BlockOp):
         tmp = create_volume(Scratch(self.scratch).volume_url("local"), src.spatial_shape, "uint32", self.chunks, overwrite=self.overwrite, inputs=(self.input,))
         check_write_alignment(tmp, grid.write_shape, grid.total.start)
 
-    def setup(self) -> None:
+    def setup(self, grid: BlockGrid | None = None) -> None:
         self._in = open_volume(self.input)
         self._scratch = Scratch(self.scratch)
         self._tmp = open_volume(self._scratch.volume_url("local"), "r+")
@@ -131,7 +131,7 @@ class SegmentEdgesOp(BlockOp):
     _offsets: np.ndarray | None = PrivateAttr(default=None)
     _grid: BlockGrid | None = PrivateAttr(default=None)
 
-    def setup(self) -> None:
+    def setup(self, grid: BlockGrid | None = None) -> None:
         self._scratch = Scratch(self.scratch)
         self._offsets = np.load(io.BytesIO(self._scratch.need("offsets.npy")))
         self._grid = BlockGrid(Box.from_shape(self.shape), write_shape=self.block)

@@ -54,7 +54,7 @@ class BlockRunner:
         self.grid = grid
         self.mask = mask
         self.name = worker_name()
-        op.setup()
+        op.setup(grid)
         if mask is not None:
             mask.setup()
 

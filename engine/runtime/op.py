@@ -11,7 +11,7 @@ with three hooks::
 
         def prepare(self, grid):          # once, on the driver: create outputs, check inputs
             ...
-        def setup(self):                  # once per worker: open volumes, load a model
+        def setup(self, grid):            # once per worker: open volumes, load a model
             ...
         def process(self, block):         # per block: read block.read, write only block.write
             ...
@@ -73,8 +73,10 @@ class BlockOp(BaseModel):
     def prepare(self, grid: BlockGrid) -> None:
         """Driver side, once before any block: create outputs, validate inputs. Must be idempotent."""
 
-    def setup(self) -> None:
-        """Worker side, once per worker process before its first block."""
+    def setup(self, grid: BlockGrid | None = None) -> None:
+        """Worker side, once per worker process before its first block. ``grid`` is the run's block grid
+        (the runtime always gives it; None only where an op is set up by hand outside a run), so an op
+        that needs the grid on its workers gets it here, not through state set in :meth:`prepare`."""
 
     def process(self, block: Block) -> dict[str, float] | None:
         """Compute one block: read ``block.read``, write exactly ``block.write``.

@@ -110,7 +110,7 @@ class SynthOp(BlockOp):
                         "pass overwrite (--overwrite) to replace it, or choose another output",
                     )
 
-    def setup(self) -> None:
+    def setup(self, grid: BlockGrid | None = None) -> None:
         """Open the outputs for writing."""
         self._volumes = {name: open_volume(self.url(name), mode="r+") for name in OUTPUTS}
 

@@ -59,7 +59,7 @@ class LabelAffinitiesOp(BlockOp):
         src = open_volume(self.input)
         create_volume(self.output, (3, *src.spatial_shape), "uint8", (3, *self.chunks), voxel_size=src.voxel_size, overwrite=self.overwrite)
 
-    def setup(self) -> None:
+    def setup(self, grid: BlockGrid | None = None) -> None:
         self._in = open_volume(self.input)
         self._out = open_volume(self.output, mode="r+")
 
