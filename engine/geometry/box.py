@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 Coord = tuple[int, ...]
+#: a z, y, x triple (a shape, block, chunk or window size): the one alias every module uses
+Triple = tuple[int, int, int]
 
 
 def _as_coord(values: Iterable[Any], what: str) -> Coord:

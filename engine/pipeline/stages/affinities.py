@@ -14,12 +14,10 @@ import numpy as np
 from pydantic import Field, PrivateAttr
 
 from engine.config import Config
-from engine.geometry import Block, BlockGrid, Box
+from engine.geometry import Block, BlockGrid, Box, Triple
 from engine.pipeline.stage import Stage, StageContext
 from engine.runtime.op import BlockOp
 from engine.storage import Volume, create_volume, open_volume
-
-Triple = tuple[int, int, int]
 
 
 def label_affinities(labels: np.ndarray, write: Box, read: Box) -> np.ndarray:

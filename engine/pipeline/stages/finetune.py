@@ -36,11 +36,11 @@ import numpy as np
 from pydantic import Field
 
 from engine.config import Config
+from engine.geometry import Triple
 from engine.pipeline.stage import Stage, StageContext
 
 log = logging.getLogger(__name__)
 
-Triple = tuple[int, int, int]
 
 
 class FinetuneSection(Config):

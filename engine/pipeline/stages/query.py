@@ -19,11 +19,11 @@ from pydantic import Field
 from engine.active.features import FeatureConfig, VaeConfig
 from engine.active.rounds import QueryConfig
 from engine.config import Config
+from engine.geometry import Triple
 from engine.pipeline.stage import Stage, StageContext
 
 log = logging.getLogger(__name__)
 
-Triple = tuple[int, int, int]
 
 
 def _small_query() -> QueryConfig:

@@ -7,10 +7,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from engine.config import Config
+from engine.geometry import Triple
 from engine.pipeline.stage import Stage, StageContext
 from engine.synth import SynthParams
-
-Triple = tuple[int, int, int]
 
 
 class SynthSection(Config):
