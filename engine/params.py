@@ -15,6 +15,7 @@ from pydantic import Field
 
 from engine.config import Params
 from engine.infer.options import Amp, BlendMode, TtaMode, TtaReduce
+from engine.select.patches import ANISOTROPIC_PATCH, ANISOTROPIC_STRIDE, ISOTROPIC_PATCH, ISOTROPIC_STRIDE
 
 Triple = tuple[int, int, int]
 
@@ -48,6 +49,52 @@ class IngestConversion(Params):
 
 class IngestParams(IngestConversion, IngestLayout):  # pydantic lists the last base's fields first: layout, then conversion
     """What ``connectile ingest`` and :func:`~engine.ops.ingest.ingest` write: the layout and the conversion."""
+
+
+# -- downsample -------------------------------------------------------------------------------------
+DownsampleMethod = Literal["mean", "mode"]
+DownsampleKernel = Literal["tensorstore", "numpy"]
+DOWNSAMPLE_BLOCK: Triple = (128, 256, 256)
+
+
+class DownsampleParams(Params):
+    """What ``connectile downsample`` and :func:`~engine.ops.downsample.build_pyramid` build (the
+    pyramid's settings; ``factor`` is build_pyramid's ``factors=[factor]``)."""
+
+    unhashed: ClassVar[frozenset[str]] = frozenset({"block", "kernel"})
+
+    method: Literal["auto", "mean", "mode"] = Field(default="auto", description="auto: mode for uint32/uint64 labels, else mean")
+    levels: int | None = Field(default=None, ge=0, description="number of levels after s0 (default: until every axis is at most min_size)")
+    min_size: int = Field(default=64, ge=1, description="stop when every axis is at most this many voxels long")
+    factor: Triple | None = Field(
+        default=None, description="the same factor z,y,x at every level (default: 2, axes much finer than the coarsest first)", examples=[(1, 2, 2)],
+    )
+    chunks: Triple | None = Field(default=None, description="storage chunks z,y,x of the levels (default: those of the input)", examples=[(64, 64, 64)])
+    block: Triple = Field(default=DOWNSAMPLE_BLOCK, description="output voxels per block z,y,x")
+    kernel: DownsampleKernel = Field(default="tensorstore", description="per-block kernel; identical results")
+
+
+# -- embed ------------------------------------------------------------------------------------------
+#: patches per block along (z, y, x) of the patch grid (and the zarr chunks of the embeddings)
+EMBED_BLOCK: Triple = (2, 8, 8)
+
+
+def _by_voxel_size(patch: tuple[int, ...], other: tuple[int, ...]) -> str:
+    return f"by voxel size: {','.join(map(str, patch))} where z is at least twice the in-plane size, else {','.join(map(str, other))}"
+
+
+class EmbedParams(Params):
+    """How ``connectile embed``, the pipeline's ``embed`` stage and :func:`~engine.ops.embed.embed_volume`
+    embed the patches of a volume (the stage's encoder training is its own: ``steps``, ``crop``, ...)."""
+
+    unhashed: ClassVar[frozenset[str]] = frozenset({"block", "batch", "threads"})
+
+    patch: Triple | None = Field(default=None, description=f"patch size in voxels z,y,x (default {_by_voxel_size(ANISOTROPIC_PATCH, ISOTROPIC_PATCH)})")
+    stride: Triple | None = Field(default=None, description=f"patch stride in voxels z,y,x (default {_by_voxel_size(ANISOTROPIC_STRIDE, ISOTROPIC_STRIDE)})")
+    dtype: Literal["float32", "float16"] = Field(default="float32", description="stored dtype of the embeddings")
+    block: Triple = Field(default=EMBED_BLOCK, description="patches per block and zarr chunk z,y,x (capped at the patch grid)")
+    batch: int = Field(default=32, ge=1, description="patches per forward pass of the encoder")
+    threads: int = Field(default=1, ge=1, description="torch threads per worker")
 
 
 # -- predict ---------------------------------------------------------------------------------------
@@ -165,4 +212,4 @@ class SegmentParams(Params):
     chunks: Triple = Field(default=LABEL_CHUNKS, description="output storage chunks z,y,x (capped at the volume)")
 
 
-__all__ = ["Agglomeration", "IngestConversion", "IngestFormat", "IngestLayout", "IngestParams", "LabelDtype", "LabelParams", "PredictDtype", "PredictParams", "Scoring", "SegmentParams", "SelectMethod", "SelectParams", "Triple"]
+__all__ = ["Agglomeration", "DownsampleKernel", "DownsampleMethod", "DownsampleParams", "EmbedParams", "IngestConversion", "IngestFormat", "IngestLayout", "IngestParams", "LabelDtype", "LabelParams", "PredictDtype", "PredictParams", "Scoring", "SegmentParams", "SelectMethod", "SelectParams", "Triple"]

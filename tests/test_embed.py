@@ -151,3 +151,39 @@ def test_encoder_training_reads_a_small_region_once_with_the_same_losses(raw: st
     per_crop = stage.train_encoder(raw, str(tmp_path / "b"), cfg, z_stop=6)
     assert cached == per_crop and len(cached) == 3
     assert n_cached == 1 and len(reads) - n_cached == 3 * 2 * 1  # one read of the region vs one per crop (steps x batch)
+
+
+def test_command_and_pipeline_stage_share_the_settings_and_their_defaults(tmp_path: Path) -> None:
+    """Issue 15: ``connectile embed``, the pipeline's ``embed`` stage and :func:`embed_volume` take one
+    declaration of the embedding's settings (:class:`~engine.params.EmbedParams`): the same defaults (the
+    stage had a fixed 8,64,64 patch every 8,16,16; now both take the paper's by voxel size), the same bytes."""
+    import argparse
+    import inspect
+
+    from engine.commands import embed as command
+    from engine.commands._flags import flag
+    from engine.ops.embed import embed_volume
+    from engine.params import EmbedParams
+    from engine.pipeline.stage import RuntimeSection, StageContext
+    from engine.pipeline.stages.embed import EmbedSection, EmbedStage
+
+    defaults = EmbedParams().settings()
+    assert EmbedSection(input="x").settings() == defaults
+    sig = inspect.signature(embed_volume).parameters
+    assert {k: sig[k].default for k in defaults if k in sig} == {k: defaults[k] for k in defaults if k in sig} and len(sig) > 4
+    sub = argparse.ArgumentParser().add_subparsers()
+    command.add_parser(sub)
+    assert all(flag(name) in sub.choices["embed"].format_help() for name in defaults)
+    rng = np.random.default_rng(5)
+    url = str(tmp_path / "d.zarr" / "raw")
+    v = create_volume(url, (18, 200, 200), "uint8", (18, 100, 100), voxel_size=(40, 4, 4))  # anisotropic: 18,160,160 every 8,40,40
+    v.write(v.box, rng.integers(0, 255, v.spatial_shape, dtype=np.uint8))
+    ctx = StageContext(run_dir=tmp_path / "run", stage="embed", runtime=RuntimeSection(backend="serial", progress=False))
+    section = EmbedSection(input=url, steps=0, model=ModelConfig(dims=2, **TINY))
+    out = EmbedStage().run(ctx, section)["embeddings"]
+    cli = tmp_path / "cli.zarr"
+    assert main(["embed", url, str(cli), "--encoder", str(ctx.dir / "encoder"), "--backend", "serial", "--no-progress"]) == 0
+    (grid_a, a, _), (grid_b, b, _) = load_embeddings(cli), load_embeddings(out)
+    assert grid_a == grid_b and grid_a.patch == (18, 160, 160) and grid_a.stride == (8, 40, 40) and grid_a.shape == (1, 2, 2)
+    assert a.dtype == b.dtype == np.float32 and float(np.abs(a).sum()) > 0
+    np.testing.assert_array_equal(a, b)

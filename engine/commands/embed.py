@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from engine.commands._common import add_runtime_args, runtime_kwargs, triple
+from engine.commands._common import add_runtime_args, runtime_kwargs
+from engine.commands._flags import add_flags, params_from_args
+from engine.params import EmbedParams
 
 
 def add_parser(subparsers: Any) -> None:
@@ -27,12 +29,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("volume", metavar="VOLUME", help="raw volume, e.g. data.zarr/raw")
     parser.add_argument("out", metavar="OUT", help="embedding array to write, e.g. runs/emb.zarr")
     parser.add_argument("--encoder", required=True, metavar="DIR", help="checkpoint of embed-train (or of a U-Net: its encoder)")
-    parser.add_argument("--patch", metavar="Z,Y,X", help="patch size in voxels (default by voxel size)")
-    parser.add_argument("--stride", metavar="Z,Y,X", help="patch stride in voxels (default by voxel size)")
-    parser.add_argument("--block", metavar="Z,Y,X", default="2,8,8", help="patches per block and zarr chunk (default %(default)s)")
-    parser.add_argument("--batch", type=int, default=32, help="patches per forward pass (default %(default)s)")
-    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored dtype (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (default %(default)s)")
+    add_flags(parser.add_argument_group("embedding (the pipeline's embed stage takes the same settings)"), EmbedParams)
     parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     add_runtime_args(parser)
     parser.set_defaults(func=run)
@@ -48,12 +45,8 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.out, {"VOLUME": args.volume, "--encoder": args.encoder})
     if "://" not in args.encoder and not os.path.isdir(args.encoder):
         raise ConfigError(f"no checkpoint at --encoder {args.encoder}", "give the encoder folder of connectile embed-train (OUT/encoder) or a U-Net checkpoint")
-    block = triple(args.block, "--block", int, "2,8,8") or (2, 8, 8)
-    summary = embed_volume(
-        args.volume, args.out, args.encoder, patch=triple(args.patch, "--patch", int, "18,160,160"),
-        stride=triple(args.stride, "--stride", int, "8,40,40"), block=(block[0], block[1], block[2]), batch=args.batch,
-        dtype=args.dtype, overwrite=args.overwrite, threads=args.threads, **runtime_kwargs(args),
-    )
+    params = params_from_args(EmbedParams, args)
+    summary = embed_volume(args.volume, args.out, args.encoder, overwrite=args.overwrite, **params.settings(), **runtime_kwargs(args))
     print(
         f"embedded {int(summary.stats.get('patches', 0))} patches of {args.volume} -> {args.out}: {summary.done} blocks done, "
         f"{summary.already_done} already done, in {summary.wall_seconds:.1f} s"

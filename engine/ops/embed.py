@@ -24,6 +24,7 @@ from typing_extensions import Unpack
 from engine.errors import ConfigError
 from engine.geometry import Block, BlockGrid, Box
 from engine.options import check_keys
+from engine.params import EMBED_BLOCK, EmbedParams
 from engine.runtime import BlockOp, RunSummary
 from engine.runtime.options import RuntimeOptions
 from engine.runtime.session import Session
@@ -33,7 +34,9 @@ from engine.select.patches import PatchGrid, default_patch_and_stride
 log = logging.getLogger(__name__)
 
 #: Patches per block along (z, y, x) of the patch grid (and the zarr chunks of the output).
-DEFAULT_BLOCK: tuple[int, int, int] = (2, 8, 8)
+DEFAULT_BLOCK = EMBED_BLOCK
+#: the defaults of the embedding's settings (declared once, in :class:`~engine.params.EmbedParams`)
+_D = EmbedParams()
 
 
 def patch_voxels(grid: PatchGrid, write: Box) -> Box:
@@ -55,9 +58,9 @@ class EmbedOp(BlockOp):
     stride: tuple[int, int, int]
     origin: tuple[int, int, int] = (0, 0, 0)
     limit: tuple[int, int, int] | None = Field(default=None, description="embed only patches inside the first `limit` voxels (e.g. below a test region)")
-    batch: int = 32
-    dtype: str = "float32"
-    threads: int = 1
+    batch: int = _D.batch
+    dtype: str = _D.dtype
+    threads: int = _D.threads
     overwrite: bool = Field(default=False, exclude=True)
 
     _model: Any = PrivateAttr(default=None)
@@ -136,9 +139,9 @@ class EmbedOp(BlockOp):
 
 class EmbedRun(RuntimeOptions, total=False):
     """How an embedding runs (the embeddings are the same whatever these say): the runtime options
-    (backend ``ray`` by default; the state folder defaults to ``OUTPUT.state``), ``block`` (patches
-    per block, default :data:`DEFAULT_BLOCK`), ``batch`` (patches per encoder call, 32) and
-    ``threads`` (torch threads per worker, 1)."""
+    (backend ``ray`` by default; the state folder defaults to ``OUTPUT.state``) and the
+    :class:`~engine.params.EmbedParams` that do not change the embeddings: ``block`` (patches per
+    block), ``batch`` (patches per encoder call) and ``threads`` (torch threads per worker)."""
 
     block: tuple[int, int, int]
     batch: int
@@ -150,9 +153,9 @@ def embed_volume(
     output: str,
     encoder: str,
     *,
-    patch: tuple[int, int, int] | None = None,
-    stride: tuple[int, int, int] | None = None,
-    dtype: str = "float32",
+    patch: tuple[int, int, int] | None = _D.patch,
+    stride: tuple[int, int, int] | None = _D.stride,
+    dtype: str = _D.dtype,
     limit: tuple[int, int, int] | None = None,
     **run: Unpack[EmbedRun],
 ) -> RunSummary:
@@ -164,10 +167,10 @@ def embed_volume(
     dp, ds = default_patch_and_stride(vol.voxel_size)
     p = tuple(patch or dp)
     st = tuple(stride or ds)
-    op = EmbedOp(input=volume, output=output, encoder=encoder, patch=(p[0], p[1], p[2]), stride=(st[0], st[1], st[2]), batch=run.get("batch", 32),
-                 dtype=dtype, overwrite=run.get("overwrite", False), threads=run.get("threads", 1), limit=limit)
+    op = EmbedOp(input=volume, output=output, encoder=encoder, patch=(p[0], p[1], p[2]), stride=(st[0], st[1], st[2]), batch=run.get("batch", _D.batch),
+                 dtype=dtype, overwrite=run.get("overwrite", False), threads=run.get("threads", _D.threads), limit=limit)
     pg = op.patch_grid(vol.spatial_shape)
-    write = tuple(min(b, g) for b, g in zip(run.get("block", DEFAULT_BLOCK), pg.shape, strict=True))
+    write = tuple(min(b, g) for b, g in zip(run.get("block", _D.block), pg.shape, strict=True))
     grid = BlockGrid(Box.from_shape(pg.shape), write)
     log.info("embedding %d patches (%s grid) of %s in %d blocks", pg.size, pg.shape, volume, grid.num_blocks)
     with Session(run, backend="ray", share_workers=False) as session:

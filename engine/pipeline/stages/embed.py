@@ -22,6 +22,7 @@ from pydantic import Field
 
 from engine.config import Config
 from engine.models.config import ModelConfig
+from engine.params import EmbedParams
 from engine.pipeline.stage import Stage, StageContext
 
 log = logging.getLogger(__name__)
@@ -29,13 +30,13 @@ log = logging.getLogger(__name__)
 Triple = tuple[int, int, int]
 
 
-class EmbedSection(Config):
-    """``embed:`` -- ``input`` is the raw volume (e.g. ``synth.raw``); ``patch``/``stride`` the patch grid;
-    ``model`` the encoder (a small U-Net config); ``steps``/``batch_size``/``crop`` its SimCLR training."""
+class EmbedSection(EmbedParams, Config):
+    """``embed:`` -- ``input`` is the raw volume (e.g. ``synth.raw``); the embedding's settings are those of
+    ``connectile embed`` (:class:`~engine.params.EmbedParams`, the same defaults: ``patch``/``stride`` the
+    patch grid, by voxel size unless given); ``model`` the encoder (a small U-Net config);
+    ``steps``/``batch_size``/``crop``/``lr``/``temperature``/``seed`` its SimCLR training."""
 
     input: str
-    patch: Triple = (8, 64, 64)
-    stride: Triple = (8, 16, 16)
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(dims=2, filters=[8, 16, 32]))
     steps: int = Field(default=60, ge=0)
     batch_size: int = Field(default=8, ge=2)
@@ -43,8 +44,6 @@ class EmbedSection(Config):
     lr: float = Field(default=1e-3, gt=0)
     temperature: float = Field(default=0.5, gt=0)
     seed: int = 0
-    threads: int = Field(default=1, ge=1)
-    batch: int = Field(default=32, ge=1, description="patches per forward pass when embedding")
 
 
 #: the largest training region (bytes) the encoder's crops are drawn from in memory
@@ -62,6 +61,7 @@ def train_encoder(raw_url: str, out: str, cfg: EmbedSection, *, progress: bool =
     from engine.learn.simclr import pretrain_simclr
     from engine.models import build_model
     from engine.models.checkpoint import save_checkpoint
+    from engine.select.patches import default_patch_and_stride
     from engine.storage import open_volume
     from engine.values import to_unit
 
@@ -72,8 +72,9 @@ def train_encoder(raw_url: str, out: str, cfg: EmbedSection, *, progress: bool =
         if not 0 < z_stop <= shape[0]:
             raise ConfigError(f"test_from_z {z_stop} is outside the volume's {shape[0]} sections", "give a section inside the volume")
         shape = (z_stop, *shape[1:])
-    if any(c > s for c, s in zip(cfg.crop, shape, strict=True)) or any(p > s for p, s in zip(cfg.patch, shape, strict=True)):
-        raise ConfigError(f"embed.crop {cfg.crop} or embed.patch {cfg.patch} is larger than the volume {shape} (before test_from_z)", "use a smaller embed.crop / embed.patch")
+    patch = cfg.patch or default_patch_and_stride(vol.voxel_size)[0]
+    if any(c > s for c, s in zip(cfg.crop, shape, strict=True)) or any(p > s for p, s in zip(patch, shape, strict=True)):
+        raise ConfigError(f"embed.crop {cfg.crop} or embed.patch {patch} is larger than the volume {shape} (before test_from_z)", "use a smaller embed.crop / embed.patch")
     torch.manual_seed(cfg.seed)
     unet = build_model(cfg.model)
     losses: list[float] = []
@@ -137,8 +138,8 @@ class EmbedStage(Stage):
         limit = (ctx.test_from_z, shape[1], shape[2]) if ctx.test_from_z is not None else None
         out = ctx.dir / "emb.zarr"
         rt = ctx.runtime
-        res = embed_volume(raw, str(out), str(encoder), patch=cfg.patch, stride=cfg.stride, batch=cfg.batch, state_dir=ctx.state_dir(), threads=cfg.threads,
-                           overwrite=ctx.overwrite, limit=limit, max_retries=rt.max_retries, **rt.kwargs())
+        res = embed_volume(raw, str(out), str(encoder), **cfg.settings(), state_dir=ctx.state_dir(), overwrite=ctx.overwrite, limit=limit,
+                           max_retries=rt.max_retries, **rt.kwargs())
         info = {"blocks": res.total_blocks, "seconds": res.wall_seconds, "last_loss": losses[-1] if losses else None, "steps": cfg.steps}
         (ctx.dir / "embed.json").write_text(json.dumps(info, indent=1, default=str))
         return {"embeddings": str(out)}
