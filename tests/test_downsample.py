@@ -162,3 +162,36 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "s2: 4x8x8 voxels of 40x16x16 nm" in out and "3 levels, mean (s0 copied" in out
     assert main(["downsample", url, "--factor", "1,0,2"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_command_flags_and_library_defaults_come_from_the_params_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 15: ``connectile downsample``'s flags are generated from :class:`~engine.params.DownsampleParams`
+    and :func:`build_pyramid` takes its defaults from it: the command with no settings writes the same
+    pyramid as the library call with none."""
+    import argparse
+    import inspect
+
+    from engine.cli import main
+    from engine.commands import downsample as command
+    from engine.commands._flags import flag
+    from engine.params import DownsampleParams
+
+    defaults = DownsampleParams().settings()
+    sig = inspect.signature(build_pyramid).parameters
+    assert {k: sig[k].default for k in defaults if k in sig} == {k: defaults[k] for k in defaults if k in sig} and len(sig) > 5
+    sub = argparse.ArgumentParser().add_subparsers()
+    command.add_parser(sub)
+    assert all(flag(name) in sub.choices["downsample"].format_help() for name in defaults)
+    data = np.random.default_rng(8).integers(0, 256, (4, 48, 160), dtype=np.uint8)
+    a = _volume(tmp_path / "a.zarr" / "raw", data, (4, 16, 32), (40.0, 4.0, 4.0))
+    b = _volume(tmp_path / "b.zarr" / "raw", data, (4, 16, 32), (40.0, 4.0, 4.0))
+    assert main(["downsample", a, "--backend", "serial", "--no-progress"]) == 0
+    result = build_pyramid(b, backend="serial", progress=False)
+    levels = [lv["path"] for lv in result.levels]
+    assert len(levels) > 2 and result.method == "mean"
+    for path in levels:
+        va, vb = open_volume(f"{tmp_path}/a.zarr/raw_pyramid/{path}"), open_volume(f"{tmp_path}/b.zarr/raw_pyramid/{path}")
+        assert va.chunk_shape == vb.chunk_shape and va.voxel_size == vb.voxel_size
+        np.testing.assert_array_equal(va.read(va.box), vb.read(vb.box))
+    assert main(["downsample", a, "--factor", "1,2"]) == 2
+    assert "--factor must be three comma-separated numbers z,y,x" in capsys.readouterr().err

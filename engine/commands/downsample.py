@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from engine.commands._common import add_runtime_args, runtime_kwargs, triple
+from engine.commands._common import add_runtime_args, runtime_kwargs
+from engine.commands._flags import add_flags, params_from_args
+from engine.params import DownsampleParams
 
 
 def add_parser(subparsers: Any) -> None:
@@ -29,13 +31,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("input", metavar="IN", help="volume to downsample, e.g. data.zarr/raw")
     parser.add_argument("--out", metavar="GROUP", default=None, help="output group (default: IN_pyramid beside IN)")
-    parser.add_argument("--method", choices=("auto", "mean", "mode"), default="auto", help="auto: mode for uint32/uint64 labels, else mean (default: %(default)s)")
-    parser.add_argument("--levels", type=int, default=None, help="number of levels after s0 (default: until every axis is at most --min-size)")
-    parser.add_argument("--min-size", type=int, default=64, metavar="VOXELS", help="stop when every axis is at most this long (default: %(default)s)")
-    parser.add_argument("--factor", metavar="Z,Y,X", default=None, help="the same factor at every level (default: 2, axes much finer than the coarsest first)")
-    parser.add_argument("--chunks", metavar="Z,Y,X", default=None, help="storage chunks of the levels (default: those of IN)")
-    parser.add_argument("--block", metavar="Z,Y,X", default="128,256,256", help="output voxels per block (default: %(default)s)")
-    parser.add_argument("--kernel", choices=("tensorstore", "numpy"), default="tensorstore", help="per-block kernel; identical results (default: %(default)s)")
+    add_flags(parser.add_argument_group("pyramid"), DownsampleParams)
     parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     add_runtime_args(parser, default_backend="serial")
     parser.set_defaults(func=run)
@@ -48,19 +44,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out is not None:  # IN_pyramid by default; IN named s0 may sit inside its own group
         check_output(args.out, {"IN": args.input}, option="--out")
-    factor = triple(args.factor, "--factor", int, "1,2,2")
+    settings = params_from_args(DownsampleParams, args).settings()
+    factor = settings.pop("factor")
     result = build_pyramid(
-        args.input,
-        args.out,
-        method=args.method,
-        levels=args.levels,
-        min_size=args.min_size,
-        factors=[factor] if factor is not None else None,
-        chunks=triple(args.chunks, "--chunks", int, "64,64,64"),
-        block=triple(args.block, "--block", int, "128,256,256") or (128, 256, 256),
-        kernel=args.kernel,
-        overwrite=args.overwrite,
-        **runtime_kwargs(args),
+        args.input, args.out, factors=[factor] if factor is not None else None, overwrite=args.overwrite, **settings, **runtime_kwargs(args),
     )
     for lv in result.levels:
         shape = "x".join(map(str, lv["shape"]))

@@ -41,6 +41,7 @@ from engine.errors import ConfigError, StorageError
 from engine.faults import kill_point
 from engine.geometry import Block, BlockGrid, Box
 from engine.options import check_keys
+from engine.params import DOWNSAMPLE_BLOCK, DownsampleKernel, DownsampleMethod, DownsampleParams
 from engine.runtime import default_state_dir
 from engine.runtime.op import BlockOp
 from engine.runtime.options import RuntimeOptions
@@ -50,9 +51,11 @@ from engine.storage.ome import pyramid_layout, write_pyramid
 
 log = logging.getLogger(__name__)
 
-Method = Literal["mean", "mode"]
-Kernel = Literal["tensorstore", "numpy"]
-DEFAULT_BLOCK: tuple[int, int, int] = (128, 256, 256)
+Method = DownsampleMethod
+Kernel = DownsampleKernel
+DEFAULT_BLOCK = DOWNSAMPLE_BLOCK
+#: the defaults of :func:`build_pyramid`'s settings (declared once, in :class:`~engine.params.DownsampleParams`)
+_D = DownsampleParams()
 LABEL_DTYPES = (np.uint32, np.uint64, np.int32, np.int64)
 
 
@@ -298,7 +301,7 @@ class DownsampleOp(BlockOp):
     factor: tuple[int, int, int] = (2, 2, 2)
     method: Method = "mean"
     chunks: tuple[int, int, int] = (64, 64, 64)
-    kernel: Kernel = "tensorstore"
+    kernel: Kernel = _D.kernel
     overwrite: bool = Field(default=False, exclude=True)
 
     _in: Volume | None = PrivateAttr(default=None)
@@ -376,11 +379,11 @@ def build_pyramid(
     input: str | os.PathLike[str],  # noqa: A002 - the natural name for users
     output: str | os.PathLike[str] | None = None,
     *,
-    method: Method | Literal["auto"] = "auto",
-    levels: int | None = None,
-    min_size: int = 64,
+    method: Method | Literal["auto"] = _D.method,
+    levels: int | None = _D.levels,
+    min_size: int = _D.min_size,
     factors: Sequence[Sequence[int]] | None = None,
-    chunks: Sequence[int] | None = None,
+    chunks: Sequence[int] | None = _D.chunks,
     **run: Unpack[PyramidRun],
 ) -> PyramidResult:
     """Build the OME-Zarr pyramid of ``input`` blockwise, one level after the other (resumable).
@@ -401,9 +404,9 @@ def build_pyramid(
         raise ConfigError("memory:// volumes cannot be downsampled on Ray workers", "use --backend serial or a file volume")
     m = _check_method(src, method)
     if min_size < 1:
-        raise ConfigError(f"--min-size must be at least 1, got {min_size}")
+        raise ConfigError(f"min_size (--min-size) must be at least 1, got {min_size}", "e.g. 64")
     if levels is not None and levels < 0:
-        raise ConfigError(f"--levels must be >= 0, got {levels}")
+        raise ConfigError(f"levels (--levels) must be >= 0, got {levels}", "leave it out to stop at min_size")
     steps = _given_steps(src.spatial_shape, factors, levels, min_size) if factors is not None else [
         tuple(f) for f in level_factors(src.voxel_size, src.spatial_shape, min_size, levels)
     ]
@@ -415,7 +418,7 @@ def build_pyramid(
         raise StorageError(f"{group} is an array, not a group that can hold pyramid levels", "choose another output")
     ch = tuple(int(c) for c in (chunks if chunks is not None else src.chunk_shape))
     if len(ch) != 3 or min(ch) < 1:
-        raise ConfigError(f"--chunks must be three positive numbers z,y,x, got {chunks}")
+        raise ConfigError(f"chunks (--chunks) must be three positive numbers z,y,x, got {chunks}", "e.g. 64,64,64, or leave it out for the input's")
     # one set of Ray workers serves every level (starting actors costs more than a small level)
     with Session(run) as session:
         level_info = _Levels(session, src, group.rstrip("/"), m, ch, run).build(steps, copy_s0)
@@ -439,7 +442,7 @@ def _given_steps(shape: Sequence[int], factors: Sequence[Sequence[int]], levels:
     """The level steps of given ``factors`` (used in turn; an axis of size 1 is not divided)."""
     given = [tuple(int(v) for v in f) for f in factors]
     if not given or any(len(f) != 3 or min(f) < 1 for f in given) or all(f == (1, 1, 1) for f in given):
-        raise ConfigError(f"downsampling factors must be z,y,x triples of positive integers, not all 1, got {factors}", "e.g. --factor 1,2,2")
+        raise ConfigError(f"factor (--factor): downsampling factors must be z,y,x triples of positive integers, not all 1, got {factors}", "e.g. 1,2,2")
     steps: list[tuple[int, ...]] = []
     sh = list(shape)
     while (levels is None and max(sh) > min_size) or (levels is not None and len(steps) < levels):
@@ -464,8 +467,8 @@ class _Levels:
     run: PyramidRun
 
     def step(self, src_url: str, dst_url: str, factor: tuple[int, int, int], shape: Sequence[int], name: str) -> None:
-        grid, level_chunks = _grid(shape, self.chunks, self.run.get("block", DEFAULT_BLOCK))
-        op = DownsampleOp(input=src_url, output=dst_url, factor=factor, method=self.method, chunks=level_chunks, kernel=self.run.get("kernel", "tensorstore"),
+        grid, level_chunks = _grid(shape, self.chunks, self.run.get("block", _D.block))
+        op = DownsampleOp(input=src_url, output=dst_url, factor=factor, method=self.method, chunks=level_chunks, kernel=self.run.get("kernel", _D.kernel),
                           overwrite=self.session.overwrite)
         state_dir = self.run.get("state_dir")
         state = Path(state_dir) / name if state_dir is not None else default_state_dir(dst_url, "downsample")
