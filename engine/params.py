@@ -188,6 +188,24 @@ class SelectParams(Params):
     regions_per_pick: int = Field(default=2, ge=1, description="hierarchical: regions searched per pick")
 
 
+# -- rois -------------------------------------------------------------------------------------------
+#: the aligned ROI crop's side in pixels (the paper's 128)
+ROI_SIZE = 128
+ROIS_BLOCK: Triple = (64, 512, 512)
+
+
+class RoisParams(Params):
+    """What ``connectile rois``, the pipeline's ``query`` stages (``rounds.query``: their ROI crops) and
+    :func:`~engine.ops.rois.extract_rois` extract."""
+
+    unhashed: ClassVar[frozenset[str]] = frozenset({"block"})
+
+    size: int = Field(default=ROI_SIZE, ge=8, description="side of the aligned ROI crops in pixels")
+    min_voxels: int = Field(default=0, ge=0, description="leave out objects smaller than this many voxels")
+    pre_value: int = Field(default=1, description="value of the pre-synaptic voxels in the pre volume (synapses: pre side put on the left)")
+    block: Triple = Field(default=ROIS_BLOCK, description="voxels per block z,y,x")
+
+
 # -- segment ----------------------------------------------------------------------------------------
 Agglomeration = Literal["threshold", "mean"]
 #: an edge's score from the affinities across it (engine.segment.watershed)
@@ -212,4 +230,4 @@ class SegmentParams(Params):
     chunks: Triple = Field(default=LABEL_CHUNKS, description="output storage chunks z,y,x (capped at the volume)")
 
 
-__all__ = ["Agglomeration", "DownsampleKernel", "DownsampleMethod", "DownsampleParams", "EmbedParams", "IngestConversion", "IngestFormat", "IngestLayout", "IngestParams", "LabelDtype", "LabelParams", "PredictDtype", "PredictParams", "Scoring", "SegmentParams", "SelectMethod", "SelectParams", "Triple"]
+__all__ = ["Agglomeration", "DownsampleKernel", "DownsampleMethod", "DownsampleParams", "EmbedParams", "IngestConversion", "IngestFormat", "IngestLayout", "IngestParams", "LabelDtype", "LabelParams", "PredictDtype", "PredictParams", "RoisParams", "Scoring", "SegmentParams", "SelectMethod", "SelectParams", "Triple"]

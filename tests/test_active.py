@@ -378,3 +378,43 @@ def test_roi_op_pickles() -> None:
     op = RoiOp(labels="a.zarr/cc", image="a.zarr/raw", out="run/rois", objects_digest="x", shape=(4, 8, 8), block=(4, 8, 8), pre="a.zarr/syn")
     back = pickle.loads(pickle.dumps(op))
     assert back == op and back.params() == op.params()
+
+
+def test_rois_command_and_query_stage_share_the_settings_and_their_defaults(synth_mito: dict[str, str], tmp_path: Path) -> None:
+    """Issue 15: ``connectile rois``, the pipeline's query stage (its ROI crops) and :func:`extract_rois` take
+    one declaration of the settings (:class:`~engine.params.RoisParams`): the same defaults (the stage had
+    64-pixel crops and 32,256,256 blocks; both now take the paper's 128 pixels), the same crops."""
+    import argparse
+    import inspect
+
+    from engine.active.rois import read_crops, read_index
+    from engine.cli import main
+    from engine.commands import rois as command
+    from engine.commands._flags import flag
+    from engine.ops.rois import extract_rois
+    from engine.params import RoisParams
+    from engine.pipeline.stage import RuntimeSection, StageContext
+    from engine.pipeline.stages.query import QuerySection, QueryStage
+
+    defaults = RoisParams().settings()
+    assert QuerySection().settings() == defaults
+    sig = inspect.signature(extract_rois).parameters
+    assert {k: sig[k].default for k in defaults if k in sig} == {k: defaults[k] for k in defaults if k in sig} and len(sig) > 6
+    sub = argparse.ArgumentParser().add_subparsers()
+    command.add_parser(sub)
+    assert all(flag(name) in sub.choices["rois"].format_help() for name in defaults)
+    s = synth_mito
+    assert main(["rois", str(tmp_path / "cli"), "--labels", s["labels"], "--image", s["raw"], "--table", s["table"], "--backend", "serial", "--no-progress"]) == 0
+    vae = {"hidden_dims": [8, 16], "input_size": 16, "epochs": 1, "batch_size": 16}
+    query = {"n_clusters": 2, "n_sub": 1, "n_init": 1, "features": {"mask": {"latent_dim": 4, **vae}, "image": {"latent_dim": 4, **vae}, "image_patches": 16}}
+    ctx = StageContext(run_dir=tmp_path / "run", stage="query[1]", runtime=RuntimeSection(backend="serial", progress=False), round=1)
+    section = QuerySection(labels=s["labels"], image=s["raw"], table=s["table"], query=query)  # type: ignore[arg-type]
+    run_dir = Path(QueryStage().run(ctx, section)["rois"])
+    a, b = read_index(tmp_path / "cli"), read_index(run_dir)
+    assert len(a["roi_id"]) > 10
+    for c in a:
+        np.testing.assert_array_equal(a[c], b[c], err_msg=c)
+    for which in ("image", "mask"):
+        crops = read_crops(tmp_path / "cli", which)
+        assert crops.shape[-2:] == (defaults["size"], defaults["size"])
+        np.testing.assert_array_equal(crops, read_crops(run_dir, which))

@@ -44,8 +44,9 @@ from typing import Any
 import numpy as np
 
 from engine.errors import StorageError
+from engine.params import ROI_SIZE
 
-DEFAULT_SIZE = 128
+DEFAULT_SIZE = ROI_SIZE
 INDEX_COLUMNS = ("roi_id", "object_id", "z", "y", "x", "area", "angle", "score", "voxels", "flipped")
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from engine.commands._common import add_runtime_args, runtime_kwargs, triple
+from engine.commands._common import add_runtime_args, runtime_kwargs
+from engine.commands._flags import add_flags, params_from_args
+from engine.params import RoisParams
 
 
 def add_parser(subparsers: Any) -> None:
@@ -32,10 +34,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--table", required=True, help="object table of the labels (connectile label --table)")
     parser.add_argument("--prob", default=None, help="predicted probabilities (for the ROI score where the table has none)")
     parser.add_argument("--pre", default=None, help="volume marking pre-synaptic voxels (synapses: pre side put on the left)")
-    parser.add_argument("--pre-value", type=int, default=1, help="value of pre-synaptic voxels in --pre (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=128, help="crop size in pixels (default: %(default)s)")
-    parser.add_argument("--min-voxels", type=int, default=0, help="leave out smaller objects")
-    parser.add_argument("--block", metavar="Z,Y,X", default="64,512,512", help="voxels per block (default: %(default)s)")
+    add_flags(parser.add_argument_group("ROIs (the pipeline's query stages take the same settings)"), RoisParams)
     parser.add_argument("--overwrite", action="store_true", help="extract again")
     add_runtime_args(parser)
     parser.set_defaults(func=run)
@@ -47,10 +46,9 @@ def run(args: argparse.Namespace) -> int:
     from engine.ops.rois import extract_rois
 
     check_output(args.run_dir, {"--labels": args.labels, "--image": args.image, "--prob": args.prob, "--pre": args.pre}, option="the run folder RUN")
+    params = params_from_args(RoisParams, args)
     result = extract_rois(
-        args.run_dir, args.labels, args.image, args.table, prob=args.prob, pre=args.pre, pre_value=args.pre_value, size=args.size,
-        min_voxels=args.min_voxels, block=triple(args.block, "--block", int, "64,512,512") or (64, 512, 512), overwrite=args.overwrite,
-        **runtime_kwargs(args),
+        args.run_dir, args.labels, args.image, args.table, prob=args.prob, pre=args.pre, overwrite=args.overwrite, **params.settings(), **runtime_kwargs(args),
     )
     print(f"{result.rois} ROIs of {result.size} x {result.size} pixels -> {result.store}, index {result.index} ({result.seconds:.1f} s)")
     return 0

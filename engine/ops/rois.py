@@ -40,6 +40,7 @@ from engine.errors import ConfigError, StorageError
 from engine.geometry import Block, BlockGrid, Box
 from engine.ops.scratch import Scratch
 from engine.options import check_keys
+from engine.params import RoisParams
 from engine.runtime import BlockOp
 from engine.runtime.options import RuntimeOptions
 from engine.runtime.session import CompletionRecord, Session
@@ -50,7 +51,9 @@ from engine.values import to_unit
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BLOCK: tuple[int, int, int] = (64, 512, 512)
+#: the defaults of :func:`extract_rois`'s settings (declared once, in :class:`~engine.params.RoisParams`)
+_D = RoisParams()
+DEFAULT_BLOCK = _D.block
 #: a block reads the union of its objects' bounding boxes at once up to this many voxels, else one by one
 UNION_READ_MAX_VOXELS = 1 << 26
 
@@ -281,9 +284,9 @@ def extract_rois(
     *,
     prob: str | None = None,
     pre: str | None = None,
-    pre_value: int = 1,
-    size: int = DEFAULT_SIZE,
-    min_voxels: int = 0,
+    pre_value: int = _D.pre_value,
+    size: int = _D.size,
+    min_voxels: int = _D.min_voxels,
     **run: Unpack[RoiRun],
 ) -> RoiResult:
     """Extract the aligned ROIs of every object of ``table`` (an object table of ``labels``) into
@@ -297,12 +300,12 @@ def extract_rois(
     check_keys(run, RoiRun, "extract_rois")
     t0 = time.perf_counter()
     if size < 8:
-        raise ConfigError(f"--size must be at least 8 pixels, got {size}", "e.g. --size 128")
+        raise ConfigError(f"size (--size) must be at least 8 pixels, got {size}", f"e.g. {_D.size}")
     lab, img = _check_roi_inputs(labels, image, prob, pre)
     objects = _objects_from_table(table, min_voxels)
     n = int(objects["id"].size)
     if n == 0:
-        raise StorageError(f"the object table {table} holds no objects of at least {max(1, min_voxels)} voxels", "check the threshold and --min-voxels")
+        raise StorageError(f"the object table {table} holds no objects of at least {max(1, min_voxels)} voxels", "check the threshold and min_voxels (--min-voxels)")
     _check_table_fits(lab, objects, table)
     out, overwrite = rois_dir(run_dir), run.get("overwrite", False)
     digest = _digest(objects)

@@ -87,7 +87,7 @@ def demo_config(
         "predict": {"raw": raw, "window": window, "overlap": 0.25, "block": block},
         "label": {"threshold": 0.5, "connectivity": 6, "min_size": min_size, "block": block},
         "score": {"truth": truth, "truth_binary": binary, "target": target, "boundary": 2, "criterion": "iou"},
-        "query": {"block": block},
+        "query": {"block": block, "size": 64},
         "review": {"source": "oracle", "truth": truth, "truth_binary": binary, "criterion": "iou"},
         "finetune": {"steps": 40, "lr": 0.001},
     }

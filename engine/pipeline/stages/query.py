@@ -19,7 +19,7 @@ from pydantic import Field
 from engine.active.features import FeatureConfig, VaeConfig
 from engine.active.rounds import QueryConfig
 from engine.config import Config
-from engine.geometry import Triple
+from engine.params import RoisParams
 from engine.pipeline.stage import Stage, StageContext
 
 log = logging.getLogger(__name__)
@@ -32,21 +32,21 @@ def _small_query() -> QueryConfig:
     return QueryConfig(n_clusters=4, n_sub=2, per_cluster=1, n_init=1, features=features)
 
 
-class QuerySection(Config):
+class QuerySection(RoisParams, Config):
     """``rounds.query:`` -- ``query``: a :class:`~engine.active.rounds.QueryConfig` (method, clusters, VAE
-    settings), the ROI size; ``labels``/``table``/``probability`` (the round's objects and prediction) and
-    ``image`` (``rounds.predict.raw``) are wired."""
+    settings); the ROI crops' settings are those of ``connectile rois`` (:class:`~engine.params.RoisParams`,
+    the same defaults: size, min_voxels, pre_value, block); ``labels``/``table``/``probability`` (the round's
+    objects and prediction) and ``image`` (``rounds.predict.raw``) are wired; ``pre``: a volume marking
+    pre-synaptic voxels (synapses), as ``connectile rois --pre``."""
 
     labels: str | None = None
     table: str | None = None
     image: str | None = None
     probability: str | None = None
-    size: int = Field(default=64, ge=8)
-    min_voxels: int = Field(default=0, ge=0)
+    pre: str | None = None
     earlier: list[str] | None = Field(default=None, description="wired: the earlier rounds' answers; their objects are not asked again")
     earlier_rois: list[str] | None = Field(default=None, description="wired: the earlier rounds' query folders (their objects)")
     overlap: float = Field(default=0.5, gt=0.0, le=1.0, description="IoU above which an object counts as one reviewed in an earlier round")
-    block: Triple = (32, 256, 256)
     query: QueryConfig = Field(default_factory=_small_query)
 
 
@@ -112,7 +112,7 @@ def in_test_region(run_dir: Any, z_from: int) -> set[int]:
 class QueryStage(Stage):
     kind = "query"
     config = QuerySection
-    inputs = ("labels", "table", "image", "probability", "earlier", "earlier_rois")
+    inputs = ("labels", "table", "image", "probability", "pre", "earlier", "earlier_rois")
     outputs = ("rois", "summary")
     order = 130
 
@@ -139,8 +139,7 @@ class QueryStage(Stage):
             rt = ctx.runtime
             res = extract_rois(
                 run_dir, ctx.input(cfg.labels), ctx.input(cfg.image), table, prob=ctx.input(cfg.probability) if cfg.probability else None,
-                size=cfg.size, min_voxels=cfg.min_voxels, block=cfg.block, backend=rt.backend, workers=rt.workers, address=rt.address,
-                max_retries=rt.max_retries, overwrite=ctx.overwrite, progress=rt.progress,
+                pre=ctx.input(cfg.pre) if cfg.pre else None, **cfg.settings(), max_retries=rt.max_retries, overwrite=ctx.overwrite, **rt.kwargs(),
             )
             summary["rois"] = res.rois
             if res.rois > 0:
