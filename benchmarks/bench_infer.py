@@ -39,7 +39,7 @@ raydata     what a Ray user would write without Connectile: ``ray.data.from_item
             figure); compared with Connectile's warm and cold.
 
 Every round runs each side in a fresh child process (this script with ``--child``), the sides' order
-rotated each round (``engine.bench.harness.side_orders``); medians of the rounds (3 by default) are
+reversed each round (``engine.bench.harness.reversed_orders``: every pair of sides swaps); medians of the rounds (3 by default) are
 reported with the runs. The outputs are asserted equal: Connectile vs MONAI and vs the Ray Data peer
 within one uint8 step (the same float sums in another order can round the other way at a .5). Memory:
 peak summed RSS of each side's processes (driver + Ray actors, sampled every 0.5 s; MONAI its VmHWM).
@@ -65,7 +65,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from engine.bench import harness  # noqa: E402 - benchmarks are scripts, not a package
-from engine.bench.harness import MIB, RssSampler, emit, machine_info, side_orders  # noqa: E402
+from engine.bench.harness import MIB, RssSampler, emit, machine_info, reversed_orders  # noqa: E402
 from engine.bench.harness import median as _median  # noqa: E402
 
 SIZES = {"full": (32, 512, 512), "quick": (16, 512, 512), "smoke": (16, 192, 192)}
@@ -371,7 +371,7 @@ def run_rounds(args: argparse.Namespace, d: Path, shape: tuple[int, int, int], c
         "raydata": {**common, "output": str(d / "raydata.zarr"), "workers": args.workers, "batch_size": args.peer_batch},
     }
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in params}
-    for rnd, order in enumerate(side_orders(list(params), args.repeats)):
+    for rnd, order in enumerate(reversed_orders(list(params), args.repeats)):
         for side in order:
             r = run_child(side, params[side])
             runs[side].append(r)

@@ -9,7 +9,8 @@ each keeping its own copy:
 - :func:`run_child` / :func:`child_main`: one side of a comparison in a fresh interpreter (the script
   itself with ``--child NAME --params JSON``), its result read back from a marked stdout line;
 - :func:`side_orders`: the order of the sides in each repeat, alternating (``a, b`` then ``b, a``),
-  so that a slow moment of a shared machine does not always hit the same side;
+  so that a slow moment of a shared machine does not always hit the same side (:func:`reversed_orders`
+  for three sides or more: every pair swaps);
 - :func:`median` and :func:`summary`: the median of at least three runs, with the runs themselves.
 
 >>> side_orders(["connectile", "peer"], 3)
@@ -119,6 +120,18 @@ def side_orders(sides: Sequence[str], repeats: int) -> list[list[str]]:
     sides = list(sides)
     n = max(1, len(sides))
     return [sides[r % n :] + sides[: r % n] for r in range(repeats)]
+
+
+def reversed_orders(sides: Sequence[str], repeats: int) -> list[list[str]]:
+    """The order of ``sides`` in each of ``repeats`` rounds: as given, then reversed, and so on, so that
+    every *pair* of sides swaps its order each round (rotating three or more sides does not: ``a``
+    stays before ``b`` until the rotation wraps), and a machine whose load drifts favours no side.
+
+    >>> reversed_orders(["a", "b", "c"], 3)
+    [['a', 'b', 'c'], ['c', 'b', 'a'], ['a', 'b', 'c']]
+    """
+    sides = list(sides)
+    return [sides if r % 2 == 0 else sides[::-1] for r in range(repeats)]
 
 
 def run_child(
