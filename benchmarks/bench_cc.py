@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg["foreground"] = args.foreground
     cfg["repeats"] = args.repeats or (1 if args.smoke else 3)
     cfg["variants"] = [v.strip() for v in (args.variants or ("uint64" if args.smoke else ",".join(VARIANTS))).split(",") if v.strip()]
-    from engine.segment import gpu_available
+    from engine.kernels import gpu_available
 
     m = machine_info()
     emit({"bench": "machine", **m, "quick": args.quick, "smoke": args.smoke, "config": cfg})

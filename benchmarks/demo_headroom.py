@@ -170,9 +170,9 @@ def demo_sections(args: argparse.Namespace, run_dir: Path, seed: int) -> dict[st
 def predict_iou(checkpoint: str, raw: str, out: str, truth: str, held: Any, cfg: dict[str, Any], window: list[int]) -> dict[str, float]:
     """Predict the whole volume, then the IoU of ``probability > 0.5`` against the target, in the
     held-out box and outside it."""
+    from engine.kernels.components import foreground
     from engine.ops.predict import predict_volume
     from engine.pipeline.stages.annotate import read_foreground
-    from engine.segment.kernels import foreground
     from engine.storage import open_volume
 
     predict_volume(checkpoint, raw, out, block=tuple(open_volume(raw).spatial_shape), window=tuple(window), overlap=0.25,

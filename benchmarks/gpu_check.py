@@ -42,7 +42,7 @@ def _torch_cuda() -> bool:
 
 def _cupy() -> str | None:
     """None where CuPy sees a GPU, else why not."""
-    from engine.segment import gpu_available
+    from engine.kernels import gpu_available
 
     try:
         import cupy  # type: ignore[import-not-found]  # noqa: F401

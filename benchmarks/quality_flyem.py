@@ -85,9 +85,9 @@ def truth_affinities(gt: np.ndarray, widen: bool) -> np.ndarray:
 def segment_sweep(name: str, affs_f: np.ndarray, gt: np.ndarray, tmp: Path) -> tuple[list[dict[str, Any]], np.ndarray]:
     """segment_volume on uint8 affinities, then the threshold / mean sweep of quality_segment.py.
     Returns the rows and the segmentation of the best mean-agglomeration threshold (for the figure)."""
+    from engine.kernels.agglomerate import edge_sums
+    from engine.kernels.watershed import as_float, block_contacts
     from engine.metrics import contingency
-    from engine.segment.agglomerate import edge_sums
-    from engine.segment.watershed import as_float, block_contacts
     from engine.storage import create_volume
 
     block = (64, 64, 64)

@@ -142,7 +142,7 @@ def agglomerate(n: int, rule: str, threshold: float, graph: tuple[np.ndarray, ..
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    from engine.segment.agglomerate import mean_agglomeration, threshold_merges
+    from engine.kernels.agglomerate import mean_agglomeration, threshold_merges
 
     a, b, s, c = graph
     merges = mean_agglomeration(a, b, s, c, threshold) if rule == "mean" else threshold_merges(a, b, s, c, threshold)
@@ -223,7 +223,7 @@ def peer(affs: np.ndarray, threshold: float) -> np.ndarray:
     import cc3d
     from skimage.segmentation import watershed
 
-    from engine.segment.watershed import neighbour_affinities
+    from engine.kernels.watershed import neighbour_affinities
 
     mean = neighbour_affinities(affs, (0, 1, 2)).mean(axis=0)
     seeds = cc3d.connected_components(mean > threshold, connectivity=26, out_dtype=np.uint32)
@@ -231,9 +231,9 @@ def peer(affs: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def run_volume(name: str, conditions: list[str], block: int, tmp: Path, emit: Any, crop: Any = None) -> list[dict[str, Any]]:
+    from engine.kernels.agglomerate import edge_sums
+    from engine.kernels.watershed import as_float, block_contacts
     from engine.metrics import contingency
-    from engine.segment.agglomerate import edge_sums
-    from engine.segment.watershed import as_float, block_contacts
     from engine.storage import create_volume
 
     raw, gt = load_volume(name, tmp)

@@ -287,8 +287,8 @@ def segment(affs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    from engine.segment.agglomerate import edge_sums, mean_agglomeration
-    from engine.segment.watershed import block_contacts, fragments
+    from engine.kernels.agglomerate import edge_sums, mean_agglomeration
+    from engine.kernels.watershed import block_contacts, fragments
 
     frag, _ = fragments(affs, seed_threshold=threshold)
     a, b, s, c = edge_sums(*block_contacts(frag, affs))

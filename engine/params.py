@@ -14,10 +14,15 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from engine.config import Params
+from engine.geometry import Triple
 from engine.infer.options import Amp, BlendMode, TtaMode, TtaReduce
-from engine.select.patches import ANISOTROPIC_PATCH, ANISOTROPIC_STRIDE, ISOTROPIC_PATCH, ISOTROPIC_STRIDE
 
-Triple = tuple[int, int, int]
+#: the paper's patch grid for anisotropic serial-section data (z, y, x voxels), and for isotropic data
+#: (FIB-SEM: the same in-plane footprint, cubic); engine.select.patches picks one by the voxel size
+ANISOTROPIC_PATCH: Triple = (18, 160, 160)
+ANISOTROPIC_STRIDE: Triple = (8, 40, 40)
+ISOTROPIC_PATCH: Triple = (64, 64, 64)
+ISOTROPIC_STRIDE: Triple = (16, 16, 16)
 
 # -- ingest -----------------------------------------------------------------------------------------
 IngestFormat = Literal["zarr", "zarr3", "n5"]
@@ -208,7 +213,7 @@ class RoisParams(Params):
 
 # -- segment ----------------------------------------------------------------------------------------
 Agglomeration = Literal["threshold", "mean"]
-#: an edge's score from the affinities across it (engine.segment.watershed)
+#: an edge's score from the affinities across it (engine.kernels.watershed)
 Scoring = Literal["mean", "quantile"]
 
 

@@ -14,9 +14,9 @@ from scipy.ndimage import gaussian_filter
 from engine.cli import main
 from engine.errors import BlocksFailed, ConfigError, ConnectileError, ResumeMismatch, StorageError
 from engine.geometry import BlockGrid, Box
+from engine.kernels import gpu_available
+from engine.kernels.stitch import block_faces, face_pairs
 from engine.ops.label import FacePairsOp, LocalLabelOp, RelabelOp, label_volume
-from engine.segment import gpu_available
-from engine.segment.stitch import block_faces, face_pairs
 from engine.storage import create_volume, open_volume
 from engine.storage.object_table import read_object_table
 

@@ -12,10 +12,10 @@ from scipy.sparse.csgraph import connected_components
 
 from engine.errors import StorageError
 from engine.geometry import Box
+from engine.kernels.agglomerate import edge_sums, mean_agglomeration
+from engine.kernels.watershed import block_contacts, block_edges, fragments
 from engine.ops.scratch import Scratch
 from engine.ops.segment import segment_volume
-from engine.segment.agglomerate import edge_sums, mean_agglomeration
-from engine.segment.watershed import block_contacts, block_edges, fragments
 from engine.storage import create_volume, open_volume
 
 SHAPE = (8, 32, 36)

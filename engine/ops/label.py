@@ -16,7 +16,7 @@ Two blockwise passes on the workers and small steps on the driver::
 
 With the Ray backend the same workers run every pass (started once per run). A worker holds one block
 (and a few faces); the driver holds the labels that touch block faces and one block's statistics at a
-time. See :mod:`engine.segment.stitch` for the id scheme.
+time. See :mod:`engine.kernels.stitch` for the id scheme.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from typing_extensions import Unpack
 from engine.errors import ConfigError, StorageError
 from engine.faults import kill_point
 from engine.geometry import BlockGrid, Box
+from engine.kernels.components import Device, check_connectivity
 from engine.ops.label_passes import (
     Connectivity,
     FacePairsOp,
@@ -53,7 +54,6 @@ from engine.runtime import RunSummary, default_state_dir
 from engine.runtime.lock import one_driver
 from engine.runtime.options import RuntimeOptions
 from engine.runtime.session import CompletionRecord, Session
-from engine.segment.kernels import Device, check_connectivity
 from engine.storage import Volume, open_volume
 
 log = logging.getLogger(__name__)

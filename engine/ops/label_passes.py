@@ -13,12 +13,12 @@ from pydantic import Field, PrivateAttr
 
 from engine.errors import StorageError
 from engine.geometry import Block, BlockGrid, Box
+from engine.kernels.components import Device, foreground, label_block
+from engine.kernels.objects import ObjectStats, block_stats
+from engine.kernels.stitch import Faces, block_faces, block_lut, face_pairs, owned_mask
 from engine.ops.scratch import Scratch
 from engine.params import LABEL_CHUNKS, LabelDtype
 from engine.runtime import BlockOp
-from engine.segment.kernels import Device, foreground, label_block
-from engine.segment.objects import ObjectStats, block_stats
-from engine.segment.stitch import Faces, block_faces, block_lut, face_pairs, owned_mask
 from engine.storage import Volume, check_write_alignment, create_volume, open_volume
 from engine.values import to_unit
 
@@ -223,7 +223,7 @@ class RelabelOp(BlockOp):
         local_bnd = (m["keys"][lo:hi] - np.uint64(m["offsets"][b])).astype(np.int64)
         counts = None
         if self.min_size > 1:
-            from engine.segment.objects import ObjectStats
+            from engine.kernels.objects import ObjectStats
 
             counts = ObjectStats.from_bytes(self._scratch.need(f"stats/{b}")).counts
         mask = owned_mask(n, local_bnd, m["owned"][lo:hi], counts, self.min_size)

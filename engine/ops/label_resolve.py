@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.geometry import BlockGrid
+from engine.kernels.objects import ObjectStats
+from engine.kernels.stitch import owned_mask, resolve
 from engine.ops.scratch import Scratch
-from engine.segment.objects import ObjectStats
-from engine.segment.stitch import owned_mask, resolve
 from engine.storage.kv import npz_bytes
 from engine.storage.object_table import ObjectTableWriter
 

@@ -38,6 +38,10 @@ from typing_extensions import Unpack
 from engine.errors import ConfigError, StorageError
 from engine.faults import kill_point
 from engine.geometry import Block, BlockGrid, Box
+from engine.kernels.agglomerate import edge_sums, mean_agglomeration
+from engine.kernels.objects import ObjectStats
+from engine.kernels.stitch import block_faces
+from engine.kernels.watershed import as_float, block_contacts, edge_scores, fragments
 from engine.ops.label import LabelResult, label_grid, run_record
 from engine.ops.label_passes import RelabelOp
 from engine.ops.label_resolve import Resolved, load_offsets, resolve_labels
@@ -48,10 +52,6 @@ from engine.runtime import BlockOp
 from engine.runtime.lock import one_driver
 from engine.runtime.options import RuntimeOptions
 from engine.runtime.session import CompletionRecord, Session
-from engine.segment.agglomerate import edge_sums, mean_agglomeration
-from engine.segment.objects import ObjectStats
-from engine.segment.stitch import block_faces
-from engine.segment.watershed import as_float, block_contacts, edge_scores, fragments
 from engine.storage import Volume, check_write_alignment, create_volume, open_volume
 from engine.storage.kv import npz_bytes
 
@@ -203,7 +203,7 @@ class SegmentRun(RuntimeOptions, total=False):
     """The fragments' watershed (pass A) and how a segmentation runs: the runtime options, and
 
     ``per_section``: 2D fragments per z section; ``seed_threshold``/``fg_threshold``/``seed_sigma``:
-    see :func:`engine.segment.watershed.fragments`; ``keep_scratch``: leave the scratch (and no
+    see :func:`engine.kernels.watershed.fragments`; ``keep_scratch``: leave the scratch (and no
     ``result.json``).
     """
 
@@ -232,7 +232,7 @@ def segment_volume(
     across them, agglomeration down to ``threshold``, relabel. ``agglomeration='threshold'`` merges
     every edge scoring at least ``threshold``; ``'mean'`` (with ``scoring='mean'``) is hierarchical
     mean-affinity agglomeration on the driver over the whole graph (see
-    :mod:`engine.segment.agglomerate`). ``run``: the fragments' settings and the runtime
+    :mod:`engine.kernels.agglomerate`). ``run``: the fragments' settings and the runtime
     (:class:`SegmentRun`)."""
     check_keys(run, SegmentRun, "segment_volume")
     t0 = time.perf_counter()

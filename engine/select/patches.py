@@ -28,13 +28,7 @@ import numpy as np
 
 from engine.errors import ConfigError
 from engine.geometry import Box, Coord
-
-#: Defaults of the paper for anisotropic serial-section data (z, y, x voxels).
-ANISOTROPIC_PATCH: Coord = (18, 160, 160)
-ANISOTROPIC_STRIDE: Coord = (8, 40, 40)
-#: Isotropic defaults (FIB-SEM): the same in-plane footprint, cubic.
-ISOTROPIC_PATCH: Coord = (64, 64, 64)
-ISOTROPIC_STRIDE: Coord = (16, 16, 16)
+from engine.params import ANISOTROPIC_PATCH, ANISOTROPIC_STRIDE, ISOTROPIC_PATCH, ISOTROPIC_STRIDE
 
 
 def default_patch_and_stride(voxel_size: Sequence[float]) -> tuple[Coord, Coord]:

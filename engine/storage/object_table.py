@@ -1,6 +1,6 @@
 """The object-table format, in one place: Parquet, one row per object (the ROI proposals for active
 learning) with its id, voxel count, bounding box (half-open, voxels), centroid (voxels) and mean
-probability (:data:`COLUMNS`, in that order). ``engine.segment.objects`` measures the rows; the label
+probability (:data:`COLUMNS`, in that order). ``engine.kernels.objects`` measures the rows; the label
 op writes them; ``engine.active`` and the pipeline read them.
 
 Rows are written in increasing id order, in row groups of about ``rows_per_group`` rows, so the

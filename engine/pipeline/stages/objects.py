@@ -43,8 +43,8 @@ def object_table(labels_url: str, path: Any, prob_url: str | None = None, progre
 
     from engine.errors import ConfigError, StorageError
     from engine.geometry import Box
+    from engine.kernels.objects import ObjectStats, block_stats
     from engine.ops.objects import ObjectTableWriter
-    from engine.segment.objects import ObjectStats, block_stats
     from engine.storage import open_volume
 
     vol = open_volume(labels_url)

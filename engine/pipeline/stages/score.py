@@ -46,9 +46,9 @@ def score_round(prob_url: str, labels_url: str, table: str, truth_url: str, cfg:
 
     from engine.active.oracle import objects_correct
     from engine.geometry import Box
+    from engine.kernels.components import foreground
     from engine.metrics.segmentation import voi
     from engine.pipeline.stages.annotate import read_foreground
-    from engine.segment.kernels import foreground
     from engine.storage import open_volume
 
     prob, lab, truth = open_volume(prob_url), open_volume(labels_url), open_volume(truth_url)
