@@ -4,9 +4,9 @@ labels (face equivalences, union-find over boundary labels, consecutive ids) and
 The blockwise operations that use them live in :mod:`engine.ops.label`.
 """
 
-from engine.segment.kernels import Device, foreground, gpu_available, label_block
-from engine.segment.objects import ObjectStats, block_stats
-from engine.segment.stitch import Faces, Resolution, block_faces, block_lut, face_pairs, resolve
+from engine.kernels.components import Device, foreground, gpu_available, label_block
+from engine.kernels.objects import ObjectStats, block_stats
+from engine.kernels.stitch import Faces, Resolution, block_faces, block_lut, face_pairs, resolve
 
 __all__ = [
     "Device",
