@@ -57,6 +57,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -309,22 +310,24 @@ def child_raydata(p: dict[str, Any]) -> dict[str, Any]:
     ray.init(num_cpus=p["workers"], include_dashboard=False, logging_level=logging.WARNING, _system_config={"worker_niceness": 0})
     cluster_s = time.perf_counter() - t0
     ray.data.DataContext.get_current().enable_progress_bars = False
-    args = (p["checkpoint"], p["input"])
-    rest = (tuple(p["window"]), p["overlap"], p["workers"], p["batch_size"])
+    def once(output: str) -> int:
+        wz, wy, wx = p["window"]
+        return raydata_predict(p["checkpoint"], p["input"], output, (wz, wy, wx), p["overlap"], p["workers"], p["batch_size"])
+
     t = time.perf_counter()
-    raydata_predict(*args, p["output"] + "_cold", *rest)
+    once(p["output"] + "_cold")
     cold_s = time.perf_counter() - t
     sampler = RssSampler(interval=0.5)
     sampler.start()
     t = time.perf_counter()
-    n = raydata_predict(*args, p["output"], *rest)
+    n = once(p["output"])
     warm_s = time.perf_counter() - t
     peak = sampler.stop()
     ray.shutdown()
     return {"cold_s": cluster_s + cold_s, "warm_s": warm_s, "cluster_start_s": cluster_s, "windows": n, "peak_rss": peak["work_rss"], "peak_pss": peak["work_pss"]}
 
 
-CHILDREN = {"forward": child_forward, "monai": child_monai, "connectile": child_connectile, "raydata": child_raydata}
+CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"forward": child_forward, "monai": child_monai, "connectile": child_connectile, "raydata": child_raydata}
 
 
 # -- driver side -------------------------------------------------------------------------------
@@ -340,7 +343,7 @@ def make_inputs(d: Path, shape: tuple[int, int, int], smoke: bool = False) -> tu
     model = build_model(cfg)
     with torch.no_grad():  # batch norms with non-trivial statistics, so that folding them is tested
         for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None and m.running_var is not None:
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     ckpt = str(d / "checkpoint")
