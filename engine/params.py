@@ -193,6 +193,26 @@ class SelectParams(Params):
     regions_per_pick: int = Field(default=2, ge=1, description="hierarchical: regions searched per pick")
 
 
+# -- query ------------------------------------------------------------------------------------------
+QueryMethod = Literal["hierarchical", "late-fusion", "mask", "image", "random", "coreset", "uncertainty"]
+
+
+class QueryParams(Params):
+    """What ``connectile query``, the pipeline's query stages (``rounds.query.query``) and
+    :func:`~engine.active.rounds.run_query` suggest (defaults: the paper's). The VAE streams' and the
+    triplet tuning's settings (``features``, ``triplet``) are nested models of
+    :class:`~engine.active.rounds.QueryConfig`, set in YAML (``--config``, ``--set features.image.epochs=5``)."""
+
+    method: QueryMethod = Field(default="hierarchical", description="query method")
+    n_clusters: int = Field(default=64, ge=1, description="N: k-means clusters on the mask features (the paper's best: 64)")
+    n_sub: int = Field(default=4, ge=1, description="M: sub-clusters on the image features inside each (the paper's best: 4)")
+    per_cluster: int = Field(default=1, ge=1, description="Q: representatives per (sub-)cluster")
+    budget: int | None = Field(default=None, ge=1, description="queries of the baselines (default: N*M*Q)")
+    active: bool = Field(default=True, description="fine-tune the image VAE with the triplet loss on earlier answers (hierarchical only)")
+    seed: int = Field(default=0, description="random seed")
+    n_init: int = Field(default=3, ge=1, description="k-means restarts")
+
+
 # -- rois -------------------------------------------------------------------------------------------
 #: the aligned ROI crop's side in pixels (the paper's 128)
 ROI_SIZE = 128
@@ -235,4 +255,4 @@ class SegmentParams(Params):
     chunks: Triple = Field(default=LABEL_CHUNKS, description="output storage chunks z,y,x (capped at the volume)")
 
 
-__all__ = ["Agglomeration", "DownsampleKernel", "DownsampleMethod", "DownsampleParams", "EmbedParams", "IngestConversion", "IngestFormat", "IngestLayout", "IngestParams", "LabelDtype", "LabelParams", "PredictDtype", "PredictParams", "RoisParams", "Scoring", "SegmentParams", "SelectMethod", "SelectParams", "Triple"]
+__all__ = ["Agglomeration", "DownsampleKernel", "DownsampleMethod", "DownsampleParams", "EmbedParams", "IngestConversion", "IngestFormat", "IngestLayout", "IngestParams", "LabelDtype", "LabelParams", "PredictDtype", "PredictParams", "QueryMethod", "QueryParams", "RoisParams", "Scoring", "SegmentParams", "SelectMethod", "SelectParams", "Triple"]

@@ -418,3 +418,43 @@ def test_rois_command_and_query_stage_share_the_settings_and_their_defaults(synt
         crops = read_crops(tmp_path / "cli", which)
         assert crops.shape[-2:] == (defaults["size"], defaults["size"])
         np.testing.assert_array_equal(crops, read_crops(run_dir, which))
+
+
+def test_query_command_and_query_stage_share_the_settings_and_their_defaults(synth_mito: dict[str, str], tmp_path: Path) -> None:
+    """Issue 15: ``connectile query`` and the pipeline's query stage (``rounds.query.query``) take one
+    declaration of the settings (:class:`~engine.params.QueryParams` in :class:`QueryConfig`): the same
+    defaults (the stage had 4 x 2 clusters and small VAEs; both now take the paper's), every setting a
+    flag (``--clusters``/``--sub`` as before), the same queries from the same settings."""
+    import argparse
+
+    import yaml
+
+    from engine.active.query import read_queries
+    from engine.active.rounds import QueryConfig
+    from engine.cli import main
+    from engine.commands import query as command
+    from engine.commands._flags import flag
+    from engine.params import QueryParams
+    from engine.pipeline.stage import RuntimeSection, StageContext
+    from engine.pipeline.stages.query import QuerySection, QueryStage
+
+    defaults = QueryParams().settings()
+    assert QuerySection().query == QueryConfig() and QueryConfig().settings() == defaults
+    sub = argparse.ArgumentParser().add_subparsers()
+    command.add_parser(sub)
+    text = sub.choices["query"].format_help()
+    assert all(flag(name) in text for name in defaults) and "--clusters" in text and "--sub" in text
+    vae = {"hidden_dims": [8, 16], "input_size": 16, "epochs": 1, "batch_size": 16}
+    tiny = {"n_init": 1, "features": {"mask": {"latent_dim": 4, **vae}, "image": {"latent_dim": 4, **vae}, "image_patches": 16}}
+    (tmp_path / "q.yaml").write_text(yaml.safe_dump({**tiny, "n_clusters": 9}))
+    s = synth_mito
+    cli = tmp_path / "cli"
+    assert main(["rois", str(cli), "--labels", s["labels"], "--image", s["raw"], "--table", s["table"], "--size", "32", "--backend", "serial", "--no-progress"]) == 0
+    assert main(["query", str(cli), "--config", str(tmp_path / "q.yaml"), "--clusters", "3", "--sub", "1", "--no-progress"]) == 0  # flags over --config
+    ctx = StageContext(run_dir=tmp_path / "run", stage="query[1]", runtime=RuntimeSection(backend="serial", progress=False), round=1)
+    section = QuerySection(labels=s["labels"], image=s["raw"], table=s["table"], size=32, query={**tiny, "n_clusters": 3, "n_sub": 1})  # type: ignore[arg-type]
+    run_dir = Path(QueryStage().run(ctx, section)["rois"])
+    a, b = (read_queries(d / "rounds" / "round-01" / "queries.parquet") for d in (cli, run_dir))
+    assert len(a["roi_id"]) == 3 and a["method"][0] == "hierarchical"
+    for c in a:
+        np.testing.assert_array_equal(a[c], b[c], err_msg=c)

@@ -36,16 +36,17 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypedDict, get_args
+from typing import TypedDict, get_args
 
 import numpy as np
 from typing_extensions import Unpack
 
 from engine.errors import ConfigError
+from engine.params import QueryMethod
 
 log = logging.getLogger(__name__)
 
-Method = Literal["hierarchical", "late-fusion", "mask", "image", "random", "coreset", "uncertainty"]
+Method = QueryMethod
 METHODS: tuple[str, ...] = get_args(Method)
 CLUSTER_METHODS = ("hierarchical", "late-fusion", "mask", "image")
 QUERY_COLUMNS = ("roi_id", "cluster", "subcluster", "rank", "method", "distance")

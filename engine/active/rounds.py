@@ -24,27 +24,22 @@ import numpy as np
 from pydantic import Field
 
 from engine.active.features import FeatureConfig, compute_features, load_features
-from engine.active.query import Method, Suggestion, save_preview, suggest, write_queries
+from engine.active.query import Suggestion, save_preview, suggest, write_queries
 from engine.active.rois import existing_rounds, read_crops, read_index, round_dir
 from engine.active.triplet import TripletConfig, active_finetune
 from engine.config import Config
 from engine.errors import ConfigError, ResumeMismatch
+from engine.params import QueryParams
 from engine.storage.safety import write_json_atomic, write_npy_atomic
 
 log = logging.getLogger(__name__)
 
 
-class QueryConfig(Config):
-    """Everything ``connectile query`` can be told (YAML via ``--config``, ``--set key=value``)."""
+class QueryConfig(QueryParams, Config):
+    """Everything ``connectile query`` can be told (YAML via ``--config``, ``--set key=value``): the
+    settings of :class:`~engine.params.QueryParams` (its flags) and the two VAE streams and the triplet
+    tuning."""
 
-    method: Method = "hierarchical"
-    n_clusters: int = Field(default=64, ge=1, description="N: k-means clusters on the mask features (the paper's best: 64)")
-    n_sub: int = Field(default=4, ge=1, description="M: sub-clusters on the image features inside each (the paper's best: 4)")
-    per_cluster: int = Field(default=1, ge=1, description="Q: representatives per (sub-)cluster")
-    budget: int | None = Field(default=None, ge=1, description="queries of the baselines (default N*M*Q)")
-    active: bool = Field(default=True, description="fine-tune E_u with the triplet loss on earlier answers (hierarchical only)")
-    seed: int = 0
-    n_init: int = Field(default=3, ge=1, description="k-means restarts")
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     triplet: TripletConfig = Field(default_factory=TripletConfig)
 

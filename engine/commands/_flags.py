@@ -59,10 +59,14 @@ def _example(model: type[Params], name: str) -> str:
     return _show(info.default if info.default is not None else (info.examples or [(16, 128, 128)])[0])
 
 
-def add_flags(parser: argparse.ArgumentParser | Any, model: type[Params], *, skip: typing.Iterable[str] = (), defaults: bool = True) -> None:
+def add_flags(
+    parser: argparse.ArgumentParser | Any, model: type[Params], *, skip: typing.Iterable[str] = (), defaults: bool = True,
+    aliases: typing.Mapping[str, typing.Sequence[str]] | None = None,
+) -> None:
     """Add one flag per field of ``model`` (but ``skip``) to ``parser`` (or an argument group). With
     ``defaults=False`` a flag not given leaves no attribute (for commands that read a config file first:
-    the flags given override it; the help still shows the model's defaults)."""
+    the flags given override it; the help still shows the model's defaults). ``aliases``: field name ->
+    further flags (names users already type, e.g. ``--clusters`` for ``n_clusters``)."""
     skipped = set(skip)
     hints = typing.get_type_hints(model)
     for name, info in model.model_fields.items():
@@ -74,17 +78,18 @@ def add_flags(parser: argparse.ArgumentParser | Any, model: type[Params], *, ski
             text = f"{text} (default: {_show(info.default)})" if text else f"default: {_show(info.default)}"
         help_text = text
         help_text = help_text.replace("%", "%%")
+        names = (flag(name), *(aliases or {}).get(name, ()))
         kw: dict[str, Any] = {"dest": name, "default": info.default if defaults else argparse.SUPPRESS, "help": help_text}
         if kind is bool:
-            parser.add_argument(flag(name), action=argparse.BooleanOptionalAction, **kw)
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
         elif _is_triple(kind):
-            parser.add_argument(flag(name), metavar="Z,Y,X", **kw)
+            parser.add_argument(*names, metavar="Z,Y,X", **kw)
         elif get_origin(kind) is list:
-            parser.add_argument(flag(name), metavar="A,B,...", **kw)
+            parser.add_argument(*names, metavar="A,B,...", **kw)
         elif get_origin(kind) is Literal:
-            parser.add_argument(flag(name), choices=list(get_args(kind)), type=type(get_args(kind)[0]), **kw)
+            parser.add_argument(*names, choices=list(get_args(kind)), type=type(get_args(kind)[0]), **kw)
         elif kind in (int, float, str):
-            parser.add_argument(flag(name), type=kind, **kw)
+            parser.add_argument(*names, type=kind, **kw)
         else:
             raise TypeError(f"{model.__name__}.{name}: no command-line flag for {kind!r}")
 
@@ -116,3 +121,10 @@ def params_from_args(model: type[P], args: argparse.Namespace, **extra: Any) -> 
                               f"e.g. {shown} {_example(model, loc)}") from None
         raise ConfigError(f"{shown}: {str(first.get('msg', 'invalid')).removeprefix('Value error, ')} (got {first.get('input')!r})",
                           f"give a valid {shown} (see --help)") from None
+
+
+def params_over(base: P, args: argparse.Namespace) -> P:
+    """``base`` (e.g. read from a ``--config`` file) with the flags given over it (flags added with
+    ``add_flags(..., defaults=False)``: a flag not given leaves ``base``'s value)."""
+    model = type(base)
+    return params_from_args(model, args, **{k: getattr(base, k) for k in model.model_fields if not hasattr(args, k)})

@@ -11,9 +11,12 @@ Examples::
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, get_args
 
-METHOD_CHOICES = ("hierarchical", "late-fusion", "mask", "image", "random", "coreset", "uncertainty")
+from engine.commands._flags import add_flags, params_over
+from engine.params import QueryMethod, QueryParams
+
+METHOD_CHOICES = get_args(QueryMethod)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -28,15 +31,10 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("run_dir", metavar="RUN", help="run directory holding rois/ (see connectile rois)")
-    parser.add_argument("--method", choices=METHOD_CHOICES, default=None, help="query method (default: hierarchical)")
-    parser.add_argument("--clusters", type=int, default=None, metavar="N", help="N: clusters on the mask features (default 64)")
-    parser.add_argument("--sub", type=int, default=None, metavar="M", help="M: sub-clusters on the image features (default 4)")
-    parser.add_argument("--per-cluster", type=int, default=None, metavar="Q", help="Q: representatives per cluster (default 1)")
-    parser.add_argument("--budget", type=int, default=None, help="number of queries of the baselines (default N*M*Q)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    parser.add_argument("--no-active", dest="active", action="store_false", default=None, help="no triplet tuning of the image VAE")
+    add_flags(parser.add_argument_group("query (the pipeline's rounds.query.query: the same settings; given flags override --config)"),
+              QueryParams, defaults=False, aliases={"n_clusters": ("--clusters",), "n_sub": ("--sub",)})
     parser.add_argument("--round", type=int, default=None, help="round number (default: the next one)")
-    parser.add_argument("--config", metavar="YAML", default=None, help="query config (keys of QueryConfig: features, triplet, ...)")
+    parser.add_argument("--config", metavar="YAML", default=None, help="query config in YAML, as the pipeline's rounds.query.query (the settings below, features, triplet)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. features.image.epochs=5")
     parser.add_argument("--oracle", metavar="GT", default=None, help="answer the queries from this ground-truth volume and finish the round")
     parser.add_argument("--oracle-binary", action="store_true", help="the ground truth is a binary mask (its connected components are the objects)")
@@ -50,12 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.active.rounds import QueryConfig, run_query
     from engine.config import load_config
 
-    overrides = list(args.overrides)
-    for key, value in (("method", args.method), ("n_clusters", args.clusters), ("n_sub", args.sub), ("per_cluster", args.per_cluster),
-                       ("budget", args.budget), ("seed", args.seed), ("active", args.active)):
-        if value is not None:
-            overrides.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
-    cfg = load_config(QueryConfig, args.config, overrides)
+    cfg = params_over(load_config(QueryConfig, args.config, args.overrides), args)
     import torch
 
     torch.set_num_threads(min(torch.get_num_threads(), 4))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from engine.commands._flags import add_flags, params_from_args
+from engine.commands._flags import add_flags, params_over
 from engine.errors import ConfigError
 from engine.params import SelectParams
 
@@ -48,9 +48,7 @@ def _params(args: argparse.Namespace) -> SelectConfig:
     from engine.config import load_config
     from engine.select.run import SelectConfig
 
-    base = load_config(SelectConfig, args.config, args.set)
-    given = {name for name in SelectParams.model_fields if hasattr(args, name)}
-    return params_from_args(SelectConfig, args, **{k: v for k, v in base.settings().items() if k not in given})
+    return params_over(load_config(SelectConfig, args.config, args.set), args)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -87,7 +87,7 @@ def demo_config(
         "predict": {"raw": raw, "window": window, "overlap": 0.25, "block": block},
         "label": {"threshold": 0.5, "connectivity": 6, "min_size": min_size, "block": block},
         "score": {"truth": truth, "truth_binary": binary, "target": target, "boundary": 2, "criterion": "iou"},
-        "query": {"block": block, "size": 64},
+        "query": {"block": block, "size": 64, "query": small_query()},
         "review": {"source": "oracle", "truth": truth, "truth_binary": binary, "criterion": "iou"},
         "finetune": {"steps": 40, "lr": 0.001},
     }
@@ -112,6 +112,14 @@ def find_shared_data(name: str = "lucchi_pp") -> Path:
             return (root / name).resolve()
     raise StorageError(f"the real data set {name!r} is not in {', '.join(str(r) for r in roots)}",
                        "set CONNECTILE_DATA to the shared data folder (it holds lucchi_pp/), or run the synthetic demo without --real")
+
+
+def small_query() -> dict[str, Any]:
+    """The demos' query: 4 x 2 clusters and small VAEs (the paper's 64 x 4 clusters and full-size VAEs, the
+    defaults of ``connectile query`` and of ``rounds.query.query``, are for real runs)."""
+    vae = {"hidden_dims": [16, 32], "input_size": 32, "epochs": 5, "batch_size": 32}
+    return {"n_clusters": 4, "n_sub": 2, "n_init": 1,
+            "features": {"mask": {"latent_dim": 8, **vae}, "image": {"latent_dim": 16, **vae}, "image_patches": 256}}
 
 
 def tiny_overrides() -> dict[str, Any]:

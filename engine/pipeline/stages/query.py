@@ -16,7 +16,6 @@ from typing import Any
 
 from pydantic import Field
 
-from engine.active.features import FeatureConfig, VaeConfig
 from engine.active.rounds import QueryConfig
 from engine.config import Config
 from engine.params import RoisParams
@@ -25,16 +24,10 @@ from engine.pipeline.stage import Stage, StageContext
 log = logging.getLogger(__name__)
 
 
-
-def _small_query() -> QueryConfig:
-    vae = {"hidden_dims": [16, 32], "input_size": 32, "epochs": 5, "batch_size": 32}
-    features = FeatureConfig(mask=VaeConfig.model_validate({**vae, "latent_dim": 8}), image=VaeConfig.model_validate({**vae, "latent_dim": 16}), image_patches=256)
-    return QueryConfig(n_clusters=4, n_sub=2, per_cluster=1, n_init=1, features=features)
-
-
 class QuerySection(RoisParams, Config):
-    """``rounds.query:`` -- ``query``: a :class:`~engine.active.rounds.QueryConfig` (method, clusters, VAE
-    settings); the ROI crops' settings are those of ``connectile rois`` (:class:`~engine.params.RoisParams`,
+    """``rounds.query:`` -- ``query``: the settings of ``connectile query`` (a
+    :class:`~engine.active.rounds.QueryConfig`: :class:`~engine.params.QueryParams` and the VAE settings,
+    the same defaults: the paper's); the ROI crops' settings are those of ``connectile rois`` (:class:`~engine.params.RoisParams`,
     the same defaults: size, min_voxels, pre_value, block); ``labels``/``table``/``probability`` (the round's
     objects and prediction) and ``image`` (``rounds.predict.raw``) are wired; ``pre``: a volume marking
     pre-synaptic voxels (synapses), as ``connectile rois --pre``."""
@@ -47,7 +40,7 @@ class QuerySection(RoisParams, Config):
     earlier: list[str] | None = Field(default=None, description="wired: the earlier rounds' answers; their objects are not asked again")
     earlier_rois: list[str] | None = Field(default=None, description="wired: the earlier rounds' query folders (their objects)")
     overlap: float = Field(default=0.5, gt=0.0, le=1.0, description="IoU above which an object counts as one reviewed in an earlier round")
-    query: QueryConfig = Field(default_factory=_small_query)
+    query: QueryConfig = Field(default_factory=QueryConfig)
 
 
 def object_count(table: str) -> int:
