@@ -56,6 +56,19 @@ class IngestParams(IngestConversion, IngestLayout):  # pydantic lists the last b
     """What ``connectile ingest`` and :func:`~engine.ops.ingest.ingest` write: the layout and the conversion."""
 
 
+# -- synth ------------------------------------------------------------------------------------------
+class SynthLayout(Params):
+    """How ``connectile synth``, the pipeline's ``synth`` stage and :func:`~engine.synth.synthesize` store
+    the volume (what it holds is :class:`~engine.synth.SynthParams`: the stage's ``params``, the command's
+    generator flags and ``--set``)."""
+
+    unhashed: ClassVar[frozenset[str]] = frozenset({"block"})
+
+    chunks: Triple = Field(default=(32, 128, 128), description="storage chunks z,y,x")
+    block: Triple | None = Field(default=None, description="voxels computed per block z,y,x, a multiple of the chunks (default: one chunk)")
+    format: Literal["zarr", "zarr3", "n5"] = Field(default="zarr", description="storage format")
+
+
 # -- downsample -------------------------------------------------------------------------------------
 DownsampleMethod = Literal["mean", "mode"]
 DownsampleKernel = Literal["tensorstore", "numpy"]
@@ -255,4 +268,4 @@ class SegmentParams(Params):
     chunks: Triple = Field(default=LABEL_CHUNKS, description="output storage chunks z,y,x (capped at the volume)")
 
 
-__all__ = ["Agglomeration", "DownsampleKernel", "DownsampleMethod", "DownsampleParams", "EmbedParams", "IngestConversion", "IngestFormat", "IngestLayout", "IngestParams", "LabelDtype", "LabelParams", "PredictDtype", "PredictParams", "QueryMethod", "QueryParams", "RoisParams", "Scoring", "SegmentParams", "SelectMethod", "SelectParams", "Triple"]
+__all__ = ["Agglomeration", "DownsampleKernel", "DownsampleMethod", "DownsampleParams", "EmbedParams", "IngestConversion", "IngestFormat", "IngestLayout", "IngestParams", "LabelDtype", "LabelParams", "PredictDtype", "PredictParams", "QueryMethod", "QueryParams", "RoisParams", "Scoring", "SegmentParams", "SelectMethod", "SelectParams", "SynthLayout", "Triple"]

@@ -333,3 +333,33 @@ def test_synthesize_on_ray_equals_serial_and_resumes(tmp_path: Path, ray_cluster
     synthesize(tmp_path / "r.zarr", shape, seed=3, chunks=chunks, progress=False, backend="ray", workers=2)
     again = json.loads((state / "summary.json").read_text())
     assert again["done"] == 0 and again["already_done"] == 8
+
+
+def test_command_and_pipeline_stage_share_the_layout_and_its_defaults(tmp_path: Path) -> None:
+    """Issue 15: ``connectile synth``, the pipeline's ``synth`` stage and :func:`synthesize` store the volume
+    by one declaration (:class:`~engine.params.SynthLayout`): the same defaults (the stage had chunks
+    16,64,64, the command 32,128,128), the same bytes and chunks."""
+    import argparse
+    import inspect
+
+    from engine.commands import synth as command
+    from engine.commands._flags import flag
+    from engine.params import SynthLayout
+    from engine.pipeline.stage import RuntimeSection, StageContext
+    from engine.pipeline.stages.synth import SynthSection, SynthStage
+
+    defaults = SynthLayout().settings()
+    assert SynthSection().settings() == defaults
+    sig = inspect.signature(synthesize).parameters
+    assert {k: sig[k].default for k in defaults} == defaults
+    sub = argparse.ArgumentParser().add_subparsers()
+    command.add_parser(sub)
+    assert all(flag(name) in sub.choices["synth"].format_help() for name in defaults)
+    shape = (32, 160, 136)  # several chunks of the default 32,128,128 in y and x
+    assert main(["synth", str(tmp_path / "cli.zarr"), "--shape", ",".join(map(str, shape)), "--seed", "0", "--no-progress"]) == 0
+    ctx = StageContext(run_dir=tmp_path / "run", stage="synth", runtime=RuntimeSection(backend="serial", progress=False))
+    out = SynthStage().run(ctx, SynthSection(shape=shape))
+    for name in OUTPUTS:
+        a, b = open_volume(tmp_path / "cli.zarr" / name), open_volume(out[name])
+        assert a.chunk_shape == b.chunk_shape and a.chunk_shape[-3:] == defaults["chunks"]
+        np.testing.assert_array_equal(a.read(a.box), b.read(b.box))

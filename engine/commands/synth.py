@@ -14,7 +14,9 @@ from typing import Any
 
 import yaml
 
+from engine.commands._flags import add_flags, params_from_args
 from engine.errors import ConfigError
+from engine.params import SynthLayout
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +45,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("dst", help="output group, e.g. out.zarr (arrays raw, neurons, mito, synapses)")
     parser.add_argument("--shape", required=True, metavar="Z,Y,X", help="volume size in voxels")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--chunks", default="32,128,128", metavar="Z,Y,X", help="storage chunk shape (default 32,128,128)")
-    parser.add_argument("--block", default=None, metavar="Z,Y,X", help="voxels computed per block, a multiple of the chunks (default: one chunk)")
+    add_flags(parser.add_argument_group("storage (the pipeline's synth stage takes the same settings)"), SynthLayout)
     parser.add_argument("--voxel-size", default=None, metavar="Z,Y,X", help="voxel size in nm (default 40,8,8)")
-    parser.add_argument("--format", choices=["zarr", "zarr3", "n5"], default="zarr", help="storage format (default zarr)")
     parser.add_argument("--neuron-spacing", type=float, metavar="NM", help="mean distance between small neurites (default 260)")
     parser.add_argument("--mito", type=float, metavar="P", help="chance that an axon tries a mitochondrion (default 0.5)")
     parser.add_argument("--synapses", type=float, metavar="P", help="chance that an axon tries a synapse (default 0.6)")
@@ -97,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.synth import save_preview, synthesize
 
     shape = parse_triple(args.shape, "--shape")
-    chunks = parse_triple(args.chunks, "--chunks")
-    block = parse_triple(args.block, "--block")
+    layout = params_from_args(SynthLayout, args)
     overrides = _parse_set(args.set)
     voxel_size = parse_triple(args.voxel_size, "--voxel-size", float)
     if voxel_size is not None:
@@ -113,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("the seed is set with --seed, not --set seed=", "use --seed N")
     start = time.perf_counter()
     vols = synthesize(
-        args.dst, shape, args.seed, chunks=chunks, block=block, format=args.format, overwrite=args.overwrite, progress=not args.no_progress,
+        args.dst, shape, args.seed, **layout.settings(), overwrite=args.overwrite, progress=not args.no_progress,
         backend=args.backend, workers=args.workers, address=args.address, **overrides
     )
     raw = vols["raw"]

@@ -23,6 +23,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
 from engine.errors import ConfigError
 from engine.geometry import Block, BlockGrid, Box
+from engine.params import SynthLayout
 from engine.runtime.op import BlockOp
 from engine.runtime.options import RuntimeOptions
 from engine.storage import Volume, check_write_alignment, create_volume, open_volume
@@ -128,15 +129,19 @@ class SynthOp(BlockOp):
         }
 
 
+#: the defaults of :func:`synthesize`'s layout (declared once, in :class:`~engine.params.SynthLayout`)
+_D = SynthLayout()
+
+
 def synthesize(
     dst: str | os.PathLike[str],
     shape: Any,
     seed: int | None = None,
     *,
     params: SynthParams | None = None,
-    chunks: Any = (32, 128, 128),
-    block: Any = None,
-    format: Literal["zarr", "zarr3", "n5"] = "zarr",  # noqa: A002 - matches create_volume
+    chunks: Any = _D.chunks,
+    block: Any = _D.block,
+    format: Literal["zarr", "zarr3", "n5"] = _D.format,  # noqa: A002 - matches create_volume
     **options: Any,
 ) -> dict[str, Volume]:
     """Write a synthetic EM volume with ground truth to the group ``dst`` and return its volumes.

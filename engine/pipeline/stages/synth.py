@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
 from engine.config import Config
 from engine.geometry import Triple
+from engine.params import SynthLayout
 from engine.pipeline.stage import Stage, StageContext
 from engine.synth import SynthParams
 
 
-class SynthSection(Config):
-    """``synth:`` -- the volume's shape, storage chunks, block shape and generator parameters."""
+class SynthSection(SynthLayout, Config):
+    """``synth:`` -- the volume's shape, its storage as ``connectile synth`` (:class:`~engine.params.SynthLayout`,
+    the same defaults: chunks, block, format) and the generator parameters (``params``)."""
 
     shape: Triple = (32, 128, 128)
-    chunks: Triple = (16, 64, 64)
-    block: Triple | None = None
-    format: Literal["zarr", "zarr3", "n5"] = "zarr"
     params: SynthParams = Field(default_factory=SynthParams)
 
 
@@ -33,7 +32,7 @@ class SynthStage(Stage):
 
         group = ctx.dir / "synth.zarr"
         vols = synthesize(
-            group, cfg.shape, params=cfg.params, chunks=cfg.chunks, block=cfg.block, format=cfg.format,
+            group, cfg.shape, params=cfg.params, **cfg.settings(),
             overwrite=ctx.overwrite, state_dir=ctx.state_dir(), **ctx.runtime.kwargs(),
         )
         return {name: vols[name].url for name in self.outputs}
