@@ -123,6 +123,8 @@ def contiguous_box(data: dict[str, Any], budget: float, seed: int) -> dict[str, 
 
 def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir: Path, args: argparse.Namespace) -> tuple[dict[str, Any], list[str] | None]:
     """The pipeline config of one point, and the stages to run (None: all)."""
+    from engine.pipeline.demo import small_query, tiny_overrides
+
     box = [int(v) for v in args.box.split(",")]
     shape, zt = data["shape"], data["test_from_z"]
     patch = [box[0], box[1] // 2, box[2] // 2]
@@ -155,7 +157,9 @@ def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir:
         "predict": {"raw": data["raw"], "block": [64, 256, 256], "overlap": 0.25},
         "label": {"threshold": 0.5, "connectivity": 6, "min_size": args.min_size, "block": [64, 256, 256]},
         "score": {"truth": data["truth"], "truth_binary": binary, "target": data["target"], "boundary": 2, "criterion": "iou"},
-        "query": {"block": [64, 256, 256]},
+        # the demos' small query (4 x 2 clusters, small VAEs; tiny ones for --smoke): the stage's defaults are the paper's
+        # full-size ones since issue 15's params models, far past a CPU budget
+        "query": {"block": [64, 256, 256], **(tiny_overrides()["query"] if args.smoke else {"size": 64, "query": small_query()})},
         "review": {"source": "oracle", "truth": data["truth"], "truth_binary": binary, "criterion": "iou"},
         "finetune": {"steps": args.finetune_steps, "lr": 0.001},
     }
