@@ -77,7 +77,53 @@ class MotoServer:
             self.proc.kill()
 
 
-class FaultyProxy:
+class _LoopbackServer:
+    """An HTTP/1.1 server on a free loopback port, in a daemon thread, that hands every request (GET, PUT,
+    POST, DELETE, HEAD) and its body to :meth:`handle`."""
+
+    def _start(self) -> None:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                owner.handle(self, self.rfile.read(length) if length else b"")
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def handle(self, request: BaseHTTPRequestHandler, body: bytes) -> None:
+        raise NotImplementedError
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _reply(request: BaseHTTPRequestHandler, status: int, content_type: str, msg: bytes) -> None:
+    request.send_response(status)
+    request.send_header("Content-Type", content_type)
+    request.send_header("Content-Length", str(len(msg)))
+    request.end_headers()
+    if request.command != "HEAD":  # a HEAD answer has no body, or the connection is garbled
+        request.wfile.write(msg)
+
+
+class FaultyProxy(_LoopbackServer):
     """Forwards HTTP requests to ``target_port``; answers 503 to every ``every``-th request that
     ``which(method, path)`` selects (all by default). ``failed`` counts the 503s, ``forwarded`` the rest."""
 
@@ -89,48 +135,27 @@ class FaultyProxy:
         self.failed = 0
         self.forwarded = 0
         self._lock = threading.Lock()
-        proxy = self
+        self._start()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                if proxy.decide(self.command, self.path):
-                    msg = b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ServiceUnavailable</Code><Message>Please reduce your request rate.</Message></Error>"
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(msg)))
-                    self.end_headers()
-                    if self.command != "HEAD":  # a HEAD answer has no body, or the connection is garbled
-                        self.wfile.write(msg)
-                    return
-                conn = http.client.HTTPConnection("127.0.0.1", proxy.target_port, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive", "proxy-connection")}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status, resp.reason)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                conn.close()
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = int(self.server.server_address[1])
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def handle(self, request: BaseHTTPRequestHandler, body: bytes) -> None:
+        if self.decide(request.command, request.path):
+            msg = b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ServiceUnavailable</Code><Message>Please reduce your request rate.</Message></Error>"
+            _reply(request, 503, "application/xml", msg)
+            return
+        conn = http.client.HTTPConnection("127.0.0.1", self.target_port, timeout=30)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("connection", "keep-alive", "proxy-connection")}
+        conn.request(request.command, request.path, body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        request.send_response(resp.status, resp.reason)
+        for k, v in resp.getheaders():
+            if k.lower() not in ("connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"):
+                request.send_header(k, v)
+        request.send_header("Content-Length", str(len(data)))
+        request.end_headers()
+        if request.command != "HEAD":
+            request.wfile.write(data)
+        conn.close()
 
     def decide(self, method: str, path: str) -> bool:
         """Whether this request gets a 503 (and count it)."""
@@ -143,54 +168,17 @@ class FaultyProxy:
             self.forwarded += 1
             return False
 
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class DeniedGcs:
+class DeniedGcs(_LoopbackServer):
     """A stand-in for Google Cloud Storage's JSON API (``TENSORSTORE_GCS_HTTP_URL``) whose buckets are all
     private: every request without an ``Authorization`` header gets the 401 that GCS gives an anonymous
     caller. ``requests`` lists (method, path, authorized) of what it was asked."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, bool]] = []
-        fake = self
+        self._start()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
-                fake.requests.append((self.command, self.path, "Authorization" in self.headers))
-                msg = b'{"error": {"code": 401, "message": "Anonymous caller does not have storage.objects.get access to the Google Cloud Storage object."}}'
-                self.send_response(401)
-                self.send_header("Content-Type", "application/json; charset=UTF-8")
-                self.send_header("Content-Length", str(len(msg)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(msg)
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = int(self.server.server_address[1])
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def handle(self, request: BaseHTTPRequestHandler, body: bytes) -> None:
+        self.requests.append((request.command, request.path, "Authorization" in request.headers))
+        msg = b'{"error": {"code": 401, "message": "Anonymous caller does not have storage.objects.get access to the Google Cloud Storage object."}}'
+        _reply(request, 401, "application/json; charset=UTF-8", msg)
