@@ -25,7 +25,8 @@ from pydantic import Field
 
 from engine.config import Config
 from engine.errors import ConfigError
-from engine.pipeline.stage import Stage, StageContext
+from engine.pipeline.stage import StageContext
+from engine.pipeline.stages._base import DeclaredStage
 
 UNKNOWN = 255
 
@@ -143,13 +144,8 @@ def write_target(truth_url: str, out: str, chunks: tuple[int, int, int], target:
         vol.write(box, read_foreground(truth, box, target, width).astype(np.uint8))
 
 
-class AnnotateStage(Stage):
-    name = "annotate"
-    config = AnnotateSection
-    inputs = ("boxes", "truth")
-    outputs = ("labels", "boxes", "validation", "heldout")
-    order = 120
-
+class AnnotateStage(DeclaredStage, name="annotate", config=AnnotateSection, order=120,
+                    inputs=("boxes", "truth"), outputs=("labels", "boxes", "validation", "heldout")):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         parts = [split_box(b, cfg.heldout) for b in read_box_list(ctx.input(cfg.boxes))]
         boxes = [t for t, _ in parts]

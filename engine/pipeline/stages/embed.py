@@ -23,7 +23,8 @@ from pydantic import Field
 from engine.config import Config
 from engine.models.config import ModelConfig
 from engine.params import EmbedParams
-from engine.pipeline.stage import Stage, StageContext
+from engine.pipeline.stage import StageContext
+from engine.pipeline.stages._base import DeclaredStage, blockwise_options
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +116,7 @@ def _plot_loss(losses: list[float], path: str) -> None:
     plt.close(fig)
 
 
-class EmbedStage(Stage):
-    name = "embed"
-    config = EmbedSection
-    inputs = ("input",)
-    outputs = ("embeddings",)
-    order = 100
-
+class EmbedStage(DeclaredStage, name="embed", config=EmbedSection, inputs=("input",), outputs=("embeddings",), order=100):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         from engine.models.checkpoint import WEIGHTS
         from engine.ops.embed import embed_volume
@@ -137,9 +132,7 @@ class EmbedStage(Stage):
         shape = open_volume(raw).spatial_shape
         limit = (ctx.test_from_z, shape[1], shape[2]) if ctx.test_from_z is not None else None
         out = ctx.dir / "emb.zarr"
-        rt = ctx.runtime
-        res = embed_volume(raw, str(out), str(encoder), **cfg.settings(), state_dir=ctx.state_dir(), overwrite=ctx.overwrite, limit=limit,
-                           max_retries=rt.max_retries, **rt.kwargs())
+        res = embed_volume(raw, str(out), str(encoder), **cfg.settings(), limit=limit, **blockwise_options(ctx))
         info = {"blocks": res.total_blocks, "seconds": res.wall_seconds, "last_loss": losses[-1] if losses else None, "steps": cfg.steps}
         (ctx.dir / "embed.json").write_text(json.dumps(info, indent=1, default=str))
         return {"embeddings": str(out)}

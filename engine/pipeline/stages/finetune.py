@@ -37,7 +37,8 @@ from pydantic import Field
 
 from engine.config import Config
 from engine.geometry import Triple
-from engine.pipeline.stage import Stage, StageContext
+from engine.pipeline.stage import StageContext
+from engine.pipeline.stages._base import DeclaredStage
 
 log = logging.getLogger(__name__)
 
@@ -146,13 +147,8 @@ def heldout_score(checkpoint: str, raw: str, heldout: str, boxes: list[dict[str,
     return float(v(model)["iou"]), known
 
 
-class FinetuneStage(Stage):
-    kind = "finetune"
-    config = FinetuneSection
-    inputs = ("checkpoint", "rois", "answers", "labels", "boxes", "heldout")
-    outputs = ("checkpoint", "history", "decision")
-    order = 150
-
+class FinetuneStage(DeclaredStage, kind="finetune", config=FinetuneSection, order=150,
+                    inputs=("checkpoint", "rois", "answers", "labels", "boxes", "heldout"), outputs=("checkpoint", "history", "decision")):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         from engine.learn.config import TrainConfig
         from engine.models import read_checkpoint_config

@@ -8,7 +8,8 @@ from pydantic import Field
 
 from engine.config import Config
 from engine.params import IngestConversion, IngestLayout
-from engine.pipeline.stage import Stage, StageContext
+from engine.pipeline.stage import StageContext
+from engine.pipeline.stages._base import DeclaredStage
 
 #: the labels' conversion defaults: ``connectile ingest``'s (declared once, in :class:`IngestConversion`)
 _C = IngestConversion()
@@ -31,13 +32,8 @@ class IngestSection(IngestLayout, Config):
         return {name: getattr(self, f"labels_{name}") for name in IngestConversion.model_fields}
 
 
-class IngestStage(Stage):
-    name = "ingest"
-    config = IngestSection
-    inputs = ("raw", "labels")
-    outputs = ("raw", "labels")
-    order = 20
-
+class IngestStage(DeclaredStage, name="ingest", config=IngestSection, order=20,
+                  inputs=("raw", "labels"), outputs=("raw", "labels")):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         from engine.ops.ingest import ingest
 

@@ -6,7 +6,8 @@ from typing import Any, Literal
 
 from engine.config import Config
 from engine.params import LabelParams
-from engine.pipeline.stage import Stage, StageContext
+from engine.pipeline.stage import StageContext
+from engine.pipeline.stages._base import DeclaredStage, blockwise_options
 
 
 class LabelSection(LabelParams, Config):
@@ -18,20 +19,13 @@ class LabelSection(LabelParams, Config):
     device: Literal["cpu", "gpu", "auto"] = "cpu"
 
 
-class LabelStage(Stage):
-    name = "label"
-    config = LabelSection
-    inputs = ("input",)
-    outputs = ("labels", "table")
-    order = 60
-
+class LabelStage(DeclaredStage, name="label", config=LabelSection, inputs=("input",), outputs=("labels", "table"), order=60):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         from engine.ops.label import label_volume
 
         table = ctx.dir / "objects.parquet" if cfg.table else None
         result = label_volume(
-            ctx.input(cfg.input), ctx.dir / "labels.zarr" / "labels", table=table, device=cfg.device, overwrite=ctx.overwrite,
-            state_dir=ctx.state_dir(), max_retries=ctx.runtime.max_retries, **cfg.settings(), **ctx.runtime.kwargs(),
+            ctx.input(cfg.input), ctx.dir / "labels.zarr" / "labels", table=table, device=cfg.device, **cfg.settings(), **blockwise_options(ctx),
         )
         out = {"labels": result.output}
         if result.table:

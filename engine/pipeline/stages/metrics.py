@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import Config
-from engine.pipeline.stage import Stage, StageContext
+from engine.pipeline.stage import StageContext
+from engine.pipeline.stages._base import DeclaredStage
 
 
 class MetricsSection(Config):
@@ -136,13 +137,8 @@ def _effort(rows: list[dict[str, Any]], decisions: list[dict[str, Any]], annotat
         r.update(labelled_voxels=voxels, reviewed=reviewed)
 
 
-class MetricsStage(Stage):
-    name = "metrics"
-    config = MetricsSection
-    inputs = ("scores", "histories", "decisions", "effort")
-    outputs = ("metrics", "table")
-    order = 900
-
+class MetricsStage(DeclaredStage, name="metrics", config=MetricsSection, order=900,
+                   inputs=("scores", "histories", "decisions", "effort"), outputs=("metrics", "table")):
     @classmethod
     def wire(cls, section: Config, plan_keys: list[str]) -> Config:
         from engine.pipeline.rounds import parse_key

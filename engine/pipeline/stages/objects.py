@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from engine.config import Config
-from engine.pipeline.stage import Stage, StageContext
+from engine.pipeline.stage import StageContext
+from engine.pipeline.stages._base import DeclaredStage
 from engine.values import to_unit
 
 
@@ -19,13 +20,8 @@ class ObjectsSection(Config):
     probability: str | None = None
 
 
-class ObjectsStage(Stage):
-    name = "objects"
-    config = ObjectsSection
-    inputs = ("labels", "probability")
-    outputs = ("table",)
-    order = 80
-
+class ObjectsStage(DeclaredStage, name="objects", config=ObjectsSection, order=80,
+                   inputs=("labels", "probability"), outputs=("table",)):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         path = ctx.dir / "objects.parquet"
         object_table(ctx.input(cfg.labels), path, None if cfg.probability is None else ctx.input(cfg.probability), progress=ctx.runtime.progress)

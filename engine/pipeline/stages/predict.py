@@ -11,7 +11,8 @@ from typing import Any
 
 from engine.config import Config
 from engine.params import PredictParams
-from engine.pipeline.stage import Stage, StageContext
+from engine.pipeline.stage import StageContext
+from engine.pipeline.stages._base import DeclaredStage, blockwise_options
 from engine.pipeline.stages.label import LabelSection, LabelStage
 
 
@@ -23,21 +24,13 @@ class PredictSection(PredictParams, Config):
     checkpoint: str | None = None
 
 
-class PredictStage(Stage):
-    kind = "predict"
-    config = PredictSection
-    inputs = ("raw", "checkpoint")
-    outputs = ("probability",)
-    order = 100
-
+class PredictStage(DeclaredStage, kind="predict", config=PredictSection, order=100,
+                   inputs=("raw", "checkpoint"), outputs=("probability",)):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         from engine.ops.predict import predict_volume
 
-        rt = ctx.runtime
-        r = predict_volume(
-            ctx.input(cfg.checkpoint), ctx.input(cfg.raw), str(ctx.dir / "prob.zarr" / "probability"), overwrite=ctx.overwrite,
-            state_dir=ctx.state_dir(), max_retries=rt.max_retries, **cfg.settings(), **rt.kwargs(),
-        )
+        out = str(ctx.dir / "prob.zarr" / "probability")
+        r = predict_volume(ctx.input(cfg.checkpoint), ctx.input(cfg.raw), out, **cfg.settings(), **blockwise_options(ctx))
         return {"probability": r.output}
 
 
@@ -47,10 +40,5 @@ class RoundLabelSection(LabelSection):
     input: str | None = None  # type: ignore[assignment]
 
 
-class RoundLabelStage(LabelStage):
+class RoundLabelStage(LabelStage, name="", kind="label", config=RoundLabelSection, order=110):
     """``label[r]``: connected components of the round's probabilities (as ``label``), with the object table."""
-
-    name = ""
-    kind = "label"
-    config = RoundLabelSection
-    order = 110

@@ -19,7 +19,8 @@ from pydantic import Field
 from engine.active.rounds import QueryConfig
 from engine.config import Config
 from engine.params import RoisParams
-from engine.pipeline.stage import Stage, StageContext
+from engine.pipeline.stage import StageContext
+from engine.pipeline.stages._base import DeclaredStage
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +103,8 @@ def in_test_region(run_dir: Any, z_from: int) -> set[int]:
     return {int(r) for r, o in zip(index["roi_id"].tolist(), index["object_id"].tolist(), strict=True) if z1[int(o)] > z_from}
 
 
-class QueryStage(Stage):
-    kind = "query"
-    config = QuerySection
-    inputs = ("labels", "table", "image", "probability", "pre", "earlier", "earlier_rois")
-    outputs = ("rois", "summary")
-    order = 130
-
+class QueryStage(DeclaredStage, kind="query", config=QuerySection, order=130,
+                 inputs=("labels", "table", "image", "probability", "pre", "earlier", "earlier_rois"), outputs=("rois", "summary")):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         from engine.active.rounds import run_query
         from engine.ops.rois import extract_rois

@@ -14,7 +14,8 @@ import numpy as np
 
 from engine.config import Config
 from engine.pipeline.manifest import Manifest
-from engine.pipeline.stage import Stage, StageContext
+from engine.pipeline.stage import StageContext
+from engine.pipeline.stages._base import DeclaredStage
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +29,7 @@ class ReportSection(Config):
     neuroglancer: str = "https://neuroglancer-demo.appspot.com"
 
 
-class ReportStage(Stage):
-    name = "report"
-    config = ReportSection
-    outputs = ("report",)
-    last = True
-    order = 1000
-
+class ReportStage(DeclaredStage, name="report", config=ReportSection, outputs=("report",), order=1000, last=True):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         manifest = Manifest(ctx.run_dir)
         done = {n: e for n, e in manifest.stages.items() if n in ctx.upstream}

@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from engine.config import Config
 from engine.errors import ConnectileError
-from engine.pipeline.stage import Stage, StageContext
+from engine.pipeline.stage import StageContext
+from engine.pipeline.stages._base import DeclaredStage
 
 
 class ReviewPending(ConnectileError):
@@ -50,13 +51,8 @@ def _set_aside_store(path: Any) -> None:
         path.unlink(missing_ok=True)
 
 
-class ReviewStage(Stage):
-    kind = "review"
-    config = ReviewSection
-    inputs = ("rois", "truth")
-    outputs = ("answers",)
-    order = 140
-
+class ReviewStage(DeclaredStage, kind="review", config=ReviewSection, order=140,
+                  inputs=("rois", "truth"), outputs=("answers",)):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         from engine.active.answers import AnswerStore, answers_path, round_finished
         from engine.active.oracle import answer_round

@@ -20,7 +20,8 @@ import numpy as np
 from pydantic import Field
 
 from engine.config import Config
-from engine.pipeline.stage import Stage, StageContext
+from engine.pipeline.stage import StageContext
+from engine.pipeline.stages._base import DeclaredStage
 
 
 class ScoreSection(Config):
@@ -92,13 +93,8 @@ def score_round(prob_url: str, labels_url: str, table: str, truth_url: str, cfg:
     return out
 
 
-class ScoreStage(Stage):
-    kind = "score"
-    config = ScoreSection
-    inputs = ("probability", "labels", "table", "truth")
-    outputs = ("metrics",)
-    order = 120
-
+class ScoreStage(DeclaredStage, kind="score", config=ScoreSection, order=120,
+                 inputs=("probability", "labels", "table", "truth"), outputs=("metrics",)):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         m = score_round(ctx.input(cfg.probability), ctx.input(cfg.labels), ctx.input(cfg.table), ctx.input(cfg.truth), cfg, ctx.test_from_z or 0)
         m["round"] = ctx.round

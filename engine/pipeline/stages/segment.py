@@ -6,7 +6,8 @@ from typing import Any
 
 from engine.config import Config
 from engine.params import SegmentParams
-from engine.pipeline.stage import Stage, StageContext
+from engine.pipeline.stage import StageContext
+from engine.pipeline.stages._base import DeclaredStage, blockwise_options
 
 
 class SegmentSection(SegmentParams, Config):
@@ -16,18 +17,10 @@ class SegmentSection(SegmentParams, Config):
     input: str
 
 
-class SegmentStage(Stage):
-    name = "segment"
-    config = SegmentSection
-    inputs = ("input",)
-    outputs = ("segmentation",)
-    order = 70
-
+class SegmentStage(DeclaredStage, name="segment", config=SegmentSection, order=70,
+                   inputs=("input",), outputs=("segmentation",)):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         from engine.ops.segment import segment_volume
 
-        r = segment_volume(
-            ctx.input(cfg.input), ctx.dir / "segment.zarr" / "segmentation", overwrite=ctx.overwrite, state_dir=ctx.state_dir(),
-            max_retries=ctx.runtime.max_retries, **cfg.settings(), **ctx.runtime.kwargs(),
-        )
+        r = segment_volume(ctx.input(cfg.input), ctx.dir / "segment.zarr" / "segmentation", **cfg.settings(), **blockwise_options(ctx))
         return {"segmentation": r.output}

@@ -9,7 +9,8 @@ from typing import Any
 from pydantic import Field
 
 from engine.config import Config
-from engine.pipeline.stage import Stage, StageContext
+from engine.pipeline.stage import StageContext
+from engine.pipeline.stages._base import DeclaredStage
 from engine.select.run import SelectConfig
 
 
@@ -22,13 +23,7 @@ class SelectSection(Config):
     params: SelectConfig = Field(default_factory=SelectConfig)
 
 
-class SelectStage(Stage):
-    name = "selection"
-    config = SelectSection
-    inputs = ("input",)
-    outputs = ("boxes",)
-    order = 110
-
+class SelectStage(DeclaredStage, name="selection", config=SelectSection, inputs=("input",), outputs=("boxes",), order=110):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         from engine.select.embeddings import load_embeddings
         from engine.select.run import select, write_outputs

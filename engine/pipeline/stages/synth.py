@@ -9,7 +9,8 @@ from pydantic import Field
 from engine.config import Config
 from engine.geometry import Triple
 from engine.params import SynthLayout
-from engine.pipeline.stage import Stage, StageContext
+from engine.pipeline.stage import StageContext
+from engine.pipeline.stages._base import DeclaredStage
 from engine.synth import SynthParams
 
 
@@ -21,12 +22,7 @@ class SynthSection(SynthLayout, Config):
     params: SynthParams = Field(default_factory=SynthParams)
 
 
-class SynthStage(Stage):
-    name = "synth"
-    config = SynthSection
-    outputs = ("raw", "neurons", "mito", "synapses")
-    order = 10
-
+class SynthStage(DeclaredStage, name="synth", config=SynthSection, outputs=("raw", "neurons", "mito", "synapses"), order=10):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         from engine.synth import synthesize
 

@@ -18,7 +18,8 @@ from pydantic import Field
 from engine.config import Config
 from engine.learn.config import AugmentConfig, BoxSpec, OptimizerConfig, SamplingConfig, SemiConfig, TrainConfig
 from engine.models.config import ModelConfig
-from engine.pipeline.stage import Stage, StageContext
+from engine.pipeline.stage import StageContext
+from engine.pipeline.stages._base import DeclaredStage
 
 #: label values of the annotated volumes (see ``annotate``)
 FOREGROUND, UNKNOWN = 1, 255
@@ -95,13 +96,8 @@ def run_training(tcfg: TrainConfig, *, resume: bool) -> dict[str, str]:
     return {"checkpoint": str(ck), "history": str(out / "history.jsonl")}
 
 
-class TrainStage(Stage):
-    name = "train"
-    config = TrainSection
-    inputs = ("raw", "labels", "boxes", "truth")
-    outputs = ("checkpoint", "history")
-    order = 130
-
+class TrainStage(DeclaredStage, name="train", config=TrainSection, order=130,
+                 inputs=("raw", "labels", "boxes", "truth"), outputs=("checkpoint", "history")):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         boxes = ctx.input(cfg.boxes) if cfg.boxes else None
         truth = ctx.input(cfg.truth) if cfg.truth else None
