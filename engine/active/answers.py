@@ -280,13 +280,7 @@ def current_round(run_dir: str | Path) -> Path | None:
 
 def reviewed_roi_ids(run_dir: str | Path) -> set[int]:
     """All ROIs of a run that have an answer, over every round (finished or not)."""
-    out: set[int] = set()
-    for d in round_dirs(run_dir):
-        path = answers_path(d)
-        if path.is_file():
-            with AnswerStore(path) as store:
-                out.update(store.answers())
-    return out
+    return set(all_answers(run_dir))
 
 
 def all_answers(run_dir: str | Path) -> dict[int, bool]:
