@@ -115,6 +115,40 @@ class EmbedParams(Params):
     threads: int = Field(default=1, ge=1, description="torch threads per worker")
 
 
+# -- embed-train (SimSiam) ---------------------------------------------------------------------------
+Perturbation = Literal["intensity", "noise", "blur", "cutout", "misalign", "elastic", "flip"]
+#: the EM perturbations a SimSiam view draws one of (engine.learn.augment)
+PERTURBATIONS: tuple[Perturbation, ...] = ("intensity", "noise", "blur", "cutout", "misalign", "elastic", "flip")
+
+
+class SimSiamParams(Params):
+    """How ``connectile embed-train`` and :func:`~engine.learn.simsiam.train_simsiam` train the patch
+    encoder (SimSiam). :class:`~engine.learn.simsiam.SimSiamConfig` derives from it and adds the run's
+    wiring (``volume``, ``out``) and the nested models (``model``, ``budget``, ``ray``), set in YAML
+    (``--config``, ``--set model.filters=[8,16]``)."""
+
+    patch: Triple | None = Field(
+        default=None, description=f"patch size in voxels z,y,x (default {_by_voxel_size(ANISOTROPIC_PATCH, ISOTROPIC_PATCH)})",
+        examples=[ANISOTROPIC_PATCH],
+    )
+    steps: int = Field(default=2000, ge=1, description="training steps")
+    batch: int = Field(default=8, ge=2, description="patches per step")
+    lr: float = Field(default=0.05, gt=0.0, description="learning rate (SGD: scaled by batch/256)")
+    momentum: float = Field(default=0.9, ge=0.0, description="SGD momentum")
+    weight_decay: float = Field(default=1e-4, ge=0.0, description="weight decay")
+    optimizer: Literal["sgd", "adam"] = Field(default="sgd", description="optimizer")
+    seed: int = Field(default=0, description="random seed (initial weights and patches)")
+    threads: int = Field(default=2, description="torch threads (at least 1)")
+    device: str = Field(default="auto", description="auto, cpu or cuda (or cuda:N)")
+    checkpoint_every: int = Field(default=500, description="steps between checkpoints (0: only at the end; a second run continues from the newest)")
+    projector_hidden: int = Field(default=512, ge=1, description="hidden width of the projector MLP")
+    projector_out: int = Field(default=128, ge=1, description="output width of the projector (and the predictor)")
+    predictor_hidden: int = Field(default=512, ge=1, description="hidden width of the predictor MLP")
+    perturbations: list[Perturbation] = Field(
+        default=list(PERTURBATIONS), min_length=1, description=f"perturbations a view draws one of, comma-separated ({', '.join(PERTURBATIONS)})",
+    )
+
+
 # -- predict ---------------------------------------------------------------------------------------
 PredictDtype = Literal["uint8", "float16", "float32"]
 #: the window of a checkpoint that records no training crop
@@ -268,4 +302,16 @@ class SegmentParams(Params):
     chunks: Triple = Field(default=LABEL_CHUNKS, description="output storage chunks z,y,x (capped at the volume)")
 
 
-__all__ = ["Agglomeration", "DownsampleKernel", "DownsampleMethod", "DownsampleParams", "EmbedParams", "IngestConversion", "IngestFormat", "IngestLayout", "IngestParams", "LabelDtype", "LabelParams", "PredictDtype", "PredictParams", "QueryMethod", "QueryParams", "RoisParams", "Scoring", "SegmentParams", "SelectMethod", "SelectParams", "SynthLayout", "Triple"]
+# -- affinities -------------------------------------------------------------------------------------
+#: the affinities' storage chunks (z, y, x; one block each, capped at the volume)
+AFFINITIES_CHUNKS: Triple = (32, 64, 64)
+
+
+class AffinitiesParams(Params):
+    """What the pipeline's ``affinities`` stage and :class:`~engine.pipeline.stages.affinities.LabelAffinitiesOp`
+    write: nearest-neighbour affinities (3, z, y, x) of a label volume."""
+
+    chunks: Triple = Field(default=AFFINITIES_CHUNKS, description="storage chunks z,y,x, one block each (capped at the volume)")
+
+
+__all__ = ["AffinitiesParams", "Agglomeration", "DownsampleKernel", "DownsampleMethod", "DownsampleParams", "EmbedParams", "IngestConversion", "IngestFormat", "IngestLayout", "IngestParams", "LabelDtype", "LabelParams", "Perturbation", "PredictDtype", "PredictParams", "QueryMethod", "QueryParams", "RoisParams", "Scoring", "SegmentParams", "SelectMethod", "SelectParams", "SimSiamParams", "SynthLayout", "Triple"]

@@ -187,3 +187,36 @@ def test_command_and_pipeline_stage_share_the_settings_and_their_defaults(tmp_pa
     assert grid_a == grid_b and grid_a.patch == (18, 160, 160) and grid_a.stride == (8, 40, 40) and grid_a.shape == (1, 2, 2)
     assert a.dtype == b.dtype == np.float32 and float(np.abs(a).sum()) > 0
     np.testing.assert_array_equal(a, b)
+
+
+def test_embed_train_command_and_train_simsiam_share_the_settings(raw: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 15: ``connectile embed-train``'s flags are generated from :class:`~engine.params.SimSiamParams`,
+    the settings of :class:`SimSiamConfig` (the same defaults, every setting a flag); flags given win over
+    ``--config`` and ``--set``; the command trains what :func:`train_simsiam` trains from the same settings."""
+    import argparse
+
+    from engine.commands import embed_train as command
+    from engine.commands._flags import flag
+    from engine.params import SimSiamParams
+
+    defaults = SimSiamParams().settings()
+    assert SimSiamConfig(volume="v", out="o").settings() == defaults and defaults["steps"] == 2000 and defaults["batch"] == 8
+    sub = argparse.ArgumentParser().add_subparsers()
+    command.add_parser(sub)
+    assert all(flag(name) in sub.choices["embed-train"].format_help() for name in defaults)
+    (tmp_path / "c.yaml").write_text("steps: 7\nbatch: 2\nprojector_hidden: 16\nthreads: 1\n")
+    cli = tmp_path / "cli"
+    args = ["embed-train", raw, str(cli), "--config", str(tmp_path / "c.yaml"), "--set", "model.filters=[4,8]", "--set", "model.anisotropic_stages=1",
+            "--set", "steps=5", "--steps", "2", "--batch", "4", "--patch", "4,16,16", "--predictor-hidden", "8", "--projector-out", "8",
+            "--perturbations", "noise,flip", "--optimizer", "adam", "--lr", "0.001", "--no-progress"]
+    assert main(args) == 0
+    cfg = SimSiamConfig(volume=raw, out=str(tmp_path / "api"), patch=(4, 16, 16), steps=2, batch=4, model=ModelConfig(**TINY), projector_hidden=16,
+                        predictor_hidden=8, projector_out=8, threads=1, perturbations=["noise", "flip"], optimizer="adam", lr=0.001)
+    train_simsiam(cfg, progress=False)
+    loss = [json.loads((d / "loss.json").read_text())["loss"] for d in (cli, tmp_path / "api")]
+    assert len(loss[0]) == 2 and loss[0] == loss[1]
+    capsys.readouterr()
+    assert main(["embed-train", raw, str(tmp_path / "bad"), "--patch", "4,16", "--no-progress"]) == 2
+    assert "--patch must be three comma-separated numbers z,y,x, got '4,16'" in capsys.readouterr().err
+    assert main(["embed-train", raw, str(tmp_path / "bad"), "--perturbations", "noise,wobble", "--no-progress"]) == 2
+    assert "--perturbations" in capsys.readouterr().err and not (tmp_path / "bad").exists()

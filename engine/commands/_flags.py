@@ -94,7 +94,7 @@ def add_flags(
             raise TypeError(f"{model.__name__}.{name}: no command-line flag for {kind!r}")
 
 
-def params_from_args(model: type[P], args: argparse.Namespace, **extra: Any) -> P:
+def params_from_args(model: type[P], args: argparse.Namespace, /, **extra: Any) -> P:
     """``model`` from the flags :func:`add_flags` added (``z,y,x`` text split into triples), plus ``extra``."""
     hints = typing.get_type_hints(model)
     values: dict[str, Any] = {}

@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from engine.commands._common import triple
+from engine.commands._flags import add_flags, params_over
+from engine.params import SimSiamParams
 
 
 def add_parser(subparsers: Any) -> None:
@@ -27,13 +28,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("volume", metavar="VOLUME", help="raw volume, e.g. data.zarr/raw")
     parser.add_argument("out", metavar="OUT", help="run folder (encoder/, loss.png)")
     parser.add_argument("--config", metavar="YAML", help="SimSiamConfig in YAML (options below override it)")
-    parser.add_argument("--steps", type=int, help="training steps (default 2000)")
-    parser.add_argument("--batch", type=int, help="patches per step (default 8)")
-    parser.add_argument("--lr", type=float, help="learning rate (SGD: scaled by batch/256; default 0.05)")
-    parser.add_argument("--patch", metavar="Z,Y,X", help="patch size (default by voxel size: 18,160,160 anisotropic, 64,64,64 isotropic)")
-    parser.add_argument("--seed", type=int, help="random seed (default 0)")
-    parser.add_argument("--device", help="auto, cpu or cuda (default auto)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other SimSiamConfig field")
+    add_flags(parser.add_argument_group("training (given flags override --config and --set)"), SimSiamParams, defaults=False)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other SimSiamConfig field, e.g. model.filters=[8,16]")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -44,14 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.learn.simsiam import SimSiamConfig, train_simsiam
 
     check_output(args.out, {"VOLUME": args.volume}, option="the run folder OUT")
-    overrides = [f"volume={args.volume}", f"out={args.out}"]
-    for name in ("steps", "batch", "lr", "seed", "device"):
-        if getattr(args, name) is not None:
-            overrides.append(f"{name}={getattr(args, name)}")
-    patch = triple(args.patch, "--patch", int, "18,160,160")
-    if patch is not None:
-        overrides.append(f"patch=[{patch[0]}, {patch[1]}, {patch[2]}]")
-    cfg = load_config(SimSiamConfig, args.config, [*overrides, *args.set])
+    cfg = params_over(load_config(SimSiamConfig, args.config, [f"volume={args.volume}", f"out={args.out}", *args.set]), args)
     result = train_simsiam(cfg, progress=args.progress)
     print(f"trained {result['steps']} steps in {result['seconds']:.1f} s, loss {result['first_loss']:.3f} -> {result['last_loss']:.3f}; encoder -> {result['encoder']}")
     if result.get("stopped") == "budget":

@@ -24,12 +24,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
 from engine.config import Config
@@ -40,33 +40,17 @@ from engine.learn.config import RayConfig
 from engine.learn.core import LoopOptions, LoopResult, Method, fit, rank, wrap_ddp
 from engine.models.config import ModelConfig
 from engine.models.encoder import PatchEncoder
+from engine.params import PERTURBATIONS, SimSiamParams
 from engine.storage.safety import write_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-PERTURBATIONS = ("intensity", "noise", "blur", "cutout", "misalign", "elastic", "flip")
-
-
-class SimSiamConfig(Config):
-    """``connectile embed-train`` parameters."""
+class SimSiamConfig(SimSiamParams, Config):
+    """``connectile embed-train``'s configuration: the settings (:class:`~engine.params.SimSiamParams`, the
+    command's flags), the run's volume and folder, and the nested models (encoder, time budget, Ray Train)."""
 
     volume: str
     out: str
-    patch: tuple[int, int, int] | None = None  # default by voxel size: 18x160x160 anisotropic, 64^3 isotropic
-    steps: int = Field(default=2000, ge=1)
-    batch: int = Field(default=8, ge=2)
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    optimizer: str = "sgd"
-    seed: int = 0
-    threads: int = 2
-    device: str = "auto"
-    checkpoint_every: int = 500
-    projector_hidden: int = 512
-    projector_out: int = 128
-    predictor_hidden: int = 512
-    perturbations: list[str] = list(PERTURBATIONS)
     model: ModelConfig = ModelConfig(norm="batch")
     budget: TimeBudget | None = None
     ray: RayConfig = RayConfig()
@@ -112,7 +96,7 @@ def cutout(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def perturb(image: np.ndarray, rng: np.random.Generator, names: tuple[str, ...] | list[str] = PERTURBATIONS) -> np.ndarray:
+def perturb(image: np.ndarray, rng: np.random.Generator, names: Sequence[str] = PERTURBATIONS) -> np.ndarray:
     """One EM perturbation drawn uniformly from ``names``; float32 ``(Z, Y, X)`` in [0, 1] in and out."""
     from engine.learn.augment import blur, elastic, flips, intensity, misalign, noise
     from engine.learn.config import AugmentConfig

@@ -14,7 +14,8 @@ import numpy as np
 from pydantic import Field, PrivateAttr
 
 from engine.config import Config
-from engine.geometry import Block, BlockGrid, Box, Triple
+from engine.geometry import Block, BlockGrid, Box
+from engine.params import AffinitiesParams
 from engine.pipeline.stage import Stage, StageContext
 from engine.runtime.op import BlockOp
 from engine.storage import Volume, create_volume, open_volume
@@ -41,13 +42,12 @@ def label_affinities(labels: np.ndarray, write: Box, read: Box) -> np.ndarray:
     return out
 
 
-class LabelAffinitiesOp(BlockOp):
-    """Affinities of a label volume, blockwise (context 1)."""
+class LabelAffinitiesOp(BlockOp, AffinitiesParams):
+    """Affinities of a label volume, blockwise (context 1); the settings are :class:`~engine.params.AffinitiesParams`."""
 
     kind: ClassVar[str] = "label-affinities"
     input: str
     output: str
-    chunks: Triple = (32, 64, 64)
     overwrite: bool = Field(default=False, exclude=True)
 
     _in: Volume | None = PrivateAttr(default=None)
@@ -69,11 +69,11 @@ class LabelAffinitiesOp(BlockOp):
         return {"voxels": float(block.write.size)}
 
 
-class AffinitiesSection(Config):
-    """``affinities:`` -- ``input`` is a label volume, e.g. ``synth.neurons``."""
+class AffinitiesSection(AffinitiesParams, Config):
+    """``affinities:`` -- ``input`` is a label volume, e.g. ``synth.neurons``; the settings are
+    :class:`~engine.params.AffinitiesParams` (the op's, the same defaults)."""
 
     input: str
-    chunks: Triple = (32, 64, 64)
 
 
 class AffinitiesStage(Stage):
@@ -88,7 +88,7 @@ class AffinitiesStage(Stage):
 
         src = open_volume(ctx.input(cfg.input))
         chunks = tuple(min(c, s) for c, s in zip(cfg.chunks, src.spatial_shape, strict=True))
-        op = LabelAffinitiesOp(input=src.url, output=str(ctx.dir / "affinities.zarr" / "affinities"), chunks=chunks, overwrite=ctx.overwrite)
+        op = LabelAffinitiesOp(input=src.url, output=str(ctx.dir / "affinities.zarr" / "affinities"), overwrite=ctx.overwrite, **{**cfg.settings(), "chunks": chunks})
         grid = BlockGrid(Box.from_shape(src.spatial_shape), write_shape=chunks, context=(1, 1, 1))
         rt = ctx.runtime
         run_blockwise(op, grid, state_dir=ctx.state_dir(), overwrite=ctx.overwrite, max_retries=rt.max_retries, name="affinities", **rt.kwargs())
