@@ -162,6 +162,32 @@ def test_photometric_augmentations_touch_only_the_image() -> None:
         assert a.dtype == np.float32 and a.min() >= 0 and a.max() <= 1
 
 
+def test_augment_and_the_semi_perturbation_share_one_photometric_chain() -> None:
+    from engine.learn.augment import blur, intensity, noise
+    from engine.learn.config import SemiConfig
+    from engine.learn.semi import perturb
+
+    image = _aug_inputs()[0]
+
+    def reference(rng: np.random.Generator, p: float) -> np.ndarray:  # intensity, blur, noise: a uniform draw each, then the step's own
+        out = image
+        if rng.random() < p:
+            out = intensity(out, rng)
+        if rng.random() < p:
+            out = blur(out, rng, 1.5)
+        if rng.random() < p:
+            out = noise(out, rng, 0.05)
+        return out
+
+    for p in (0.0, 0.5, 1.0):
+        cfg = AugmentConfig.model_validate({**NO_AUG, "intensity": p, "blur": p, "noise": p, "blur_sigma": 1.5, "noise_sigma": 0.05})
+        rng = np.random.default_rng(7)
+        rng.random(2)  # augment draws for elastic and misalign first
+        np.testing.assert_array_equal(augment(image, image, image > 0, cfg, np.random.default_rng(7))[0], reference(rng, p))
+        semi = SemiConfig(perturb_intensity=p, perturb_blur=p, perturb_noise=p, blur_sigma=1.5, noise_sigma=0.05)
+        np.testing.assert_array_equal(perturb(image, semi, np.random.default_rng(7)), reference(np.random.default_rng(7), p))
+
+
 # -- sampling ----------------------------------------------------------------------------------------------
 
 

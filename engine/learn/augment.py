@@ -70,6 +70,22 @@ def blur(image: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarra
     return out
 
 
+def photometric(
+    image: np.ndarray, rng: np.random.Generator, *, p_intensity: float, p_blur: float, p_noise: float, blur_sigma: float, noise_sigma: float,
+) -> np.ndarray:
+    """Intensity, blur, then noise, each drawn with its probability (one uniform draw per step, then the
+    step's own draws): the photometric chain of :func:`augment` and of the semi-supervised perturbation
+    (:func:`engine.learn.semi.perturb`)."""
+    out = image
+    if rng.random() < p_intensity:
+        out = intensity(out, rng)
+    if rng.random() < p_blur:
+        out = blur(np.ascontiguousarray(out), rng, blur_sigma)
+    if rng.random() < p_noise:
+        out = noise(out, rng, noise_sigma)
+    return out
+
+
 def missing_section(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One section replaced by its mean (a lost or blank section); the labels keep it."""
     out = image.copy()
@@ -129,12 +145,7 @@ def augment(image: np.ndarray, labels: np.ndarray, known: np.ndarray, cfg: Augme
         image, labels, known = elastic(np.ascontiguousarray(image), np.ascontiguousarray(labels), np.ascontiguousarray(known), rng, cfg.elastic_alpha, cfg.elastic_sigma)
     if rng.random() < cfg.misalign:
         image, labels, known = misalign(image, labels, known, rng, cfg.misalign_max)
-    if rng.random() < cfg.intensity:
-        image = intensity(image, rng)
-    if rng.random() < cfg.blur:
-        image = blur(np.ascontiguousarray(image), rng, cfg.blur_sigma)
-    if rng.random() < cfg.noise:
-        image = noise(image, rng, cfg.noise_sigma)
+    image = photometric(image, rng, p_intensity=cfg.intensity, p_blur=cfg.blur, p_noise=cfg.noise, blur_sigma=cfg.blur_sigma, noise_sigma=cfg.noise_sigma)
     if rng.random() < cfg.missing_section:
         image = missing_section(image, rng)
     return (np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(labels), np.ascontiguousarray(known))

@@ -25,7 +25,7 @@ import torch
 
 from engine.errors import ConfigError, StorageError
 from engine.geometry import Box
-from engine.learn.augment import blur, flips, intensity, noise
+from engine.learn.augment import flips, photometric
 from engine.learn.config import AugmentConfig, SemiConfig, TrainConfig
 from engine.learn.consistency import InterMixLoss, LabelledMixLoss, SampleSupervisedLoss, Teacher, UnlabelledMixLoss
 from engine.learn.losses import LossTerm
@@ -41,14 +41,10 @@ _FLIPS = AugmentConfig(flip=True, transpose=True, rot90=True)
 
 
 def perturb(image: np.ndarray, cfg: SemiConfig, rng: np.random.Generator) -> np.ndarray:
-    """A photometric perturbation (intensity, noise, blur, each with its probability) that keeps geometry."""
-    out = image
-    if rng.random() < cfg.perturb_intensity:
-        out = intensity(out, rng)
-    if rng.random() < cfg.perturb_blur:
-        out = blur(np.ascontiguousarray(out), rng, cfg.blur_sigma)
-    if rng.random() < cfg.perturb_noise:
-        out = noise(out, rng, cfg.noise_sigma)
+    """A photometric perturbation (intensity, blur, noise, each with its probability: :func:`~engine.learn.augment.photometric`) that keeps geometry."""
+    out = photometric(
+        image, rng, p_intensity=cfg.perturb_intensity, p_blur=cfg.perturb_blur, p_noise=cfg.perturb_noise, blur_sigma=cfg.blur_sigma, noise_sigma=cfg.noise_sigma,
+    )
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
