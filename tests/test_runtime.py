@@ -226,6 +226,28 @@ def test_block_that_kills_every_worker_fails_without_looping(tmp_path: Path, ray
     assert marks[4] == 3 and sum(1 for v in marks.values() if v == 1) == grid.num_blocks - 1
 
 
+def test_when_every_worker_is_dead_each_pending_block_is_marked_failed(tmp_path: Path, ray_cluster: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.runtime import scheduler
+
+    url, data = make_input(tmp_path)
+    grid = BlockGrid(Box.from_shape(data.shape), (4, 16, 16), context=4)  # 72 blocks
+    op = FaultyGaussian(input=url, output=str(tmp_path / "o.zarr/g"), chunks=(4, 8, 8), fail_blocks=list(range(grid.num_blocks)), how="kill")
+    chunks: list[int] = []
+    record = scheduler.DoneStore.record
+
+    def spy(self: object, rows: list[tuple[object, ...]]) -> None:
+        chunks.append(len(rows))
+        record(self, rows)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scheduler.DoneStore, "record", spy)
+    monkeypatch.setattr(scheduler._Dispatcher, "FAIL_CHUNK", 5)  # 5 marker rows per write
+    with pytest.raises(BlocksFailed, match="no workers left"):
+        run_blockwise(op, grid, state_dir=tmp_path / "s", backend="ray", workers=2, max_retries=5, max_worker_restarts=0, progress=False)
+    marks = states(tmp_path / "s")
+    assert len(marks) == grid.num_blocks and set(marks.values()) == {3}  # every block recorded, each as failed
+    assert max(chunks) <= 5 and sum(chunks) == grid.num_blocks
+
+
 DRIVER = textwrap.dedent(
     """
     import sys

@@ -34,6 +34,7 @@ Rules:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -184,6 +185,8 @@ class _Pacing:
 class _Dispatcher:
     """The dispatch loop of one run (state kept here so ``run_blockwise`` stays readable)."""
 
+    FAIL_CHUNK = 65536  # marker rows per write when every pending block fails at once
+
     def __init__(
         self,
         be: Backend,
@@ -258,6 +261,8 @@ class _Dispatcher:
             self.markers.flush()
             self.observer.running(self.running_blocks)
             self.fill()
+        if self.pending and not self.alive():  # batches queued on the last workers came back after they died
+            self._fail_pending("no workers left (each died and the replacement budget is spent)")
 
     def handle(self, completions: list[Completion]) -> None:
         for c in completions:
@@ -338,9 +343,12 @@ class _Dispatcher:
         self.clock.forget(c.worker)
 
     def _fail_pending(self, why: str) -> None:
-        rows = [(bid, FAILED, 0.0, self.attempts.get(bid, 0), "", f"block {bid}: {why}") for bid in self.pending]
-        self.observer.failed(len(rows))
-        self.markers.record(rows)
+        """Mark every pending block failed, ``FAIL_CHUNK`` marker rows at a time (10^7 pending blocks would
+        be gigabytes as one list of rows)."""
+        ids = iter(self.pending)
+        while rows := [(bid, FAILED, 0.0, self.attempts.get(bid, 0), "", f"block {bid}: {why}") for bid in itertools.islice(ids, self.FAIL_CHUNK)]:
+            self.observer.failed(len(rows))
+            self.markers.record(rows)
         self.pending.clear()
 
 
