@@ -195,3 +195,27 @@ def test_command_flags_and_library_defaults_come_from_the_params_model(tmp_path:
         np.testing.assert_array_equal(va.read(va.box), vb.read(vb.box))
     assert main(["downsample", a, "--factor", "1,2"]) == 2
     assert "--factor must be three comma-separated numbers z,y,x" in capsys.readouterr().err
+
+
+def test_downsample_and_gaussian_ops_share_the_volume_op(tmp_path: Path) -> None:
+    """Both ops are :class:`~engine.ops.volume_op.VolumeOp`: the same fields (``overwrite`` never hashed into
+    the done-markers, so an existing run resumes), and ``setup`` opens input and output for ``process``."""
+    from engine.geometry import BlockGrid
+    from engine.ops.downsample import DownsampleOp
+    from engine.ops.filters import GaussianFilter
+    from engine.ops.volume_op import VolumeOp
+
+    data = np.random.default_rng(0).random((4, 8, 8)).astype(np.float32)
+    src = create_volume(str(tmp_path / "in.zarr" / "raw"), data.shape, "float32", (4, 8, 8))
+    src.write(src.box, data)
+    down = DownsampleOp(input=src.url, output=str(tmp_path / "d.zarr" / "s1"), chunks=(2, 4, 4), overwrite=True)
+    gauss = GaussianFilter(input=src.url, output=str(tmp_path / "g.zarr" / "g"), overwrite=True)
+    assert isinstance(down, VolumeOp) and isinstance(gauss, VolumeOp)
+    assert down.params() == {"kind": "downsample", "input": src.url, "output": down.output, "factor": [2, 2, 2], "method": "mean", "chunks": [2, 4, 4], "kernel": down.kernel}
+    assert gauss.params() == {"kind": "gaussian", "input": src.url, "output": gauss.output, "sigma": [1.0, 1.0, 1.0], "truncate": 4.0, "chunks": [32, 64, 64]}
+    grid = BlockGrid(Box.from_shape((2, 4, 4)), write_shape=(2, 4, 4))
+    down.prepare(grid)
+    down.setup(grid)
+    assert [v.url for v in down.volumes()] == [src.url, open_volume(down.output).url]
+    down.process(grid.block(0))
+    np.testing.assert_allclose(open_volume(down.output).read(Box.from_shape((2, 4, 4))), data.reshape(2, 2, 4, 2, 4, 2).mean(axis=(1, 3, 5)), rtol=1e-6)

@@ -34,16 +34,15 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, PrivateAttr
 from typing_extensions import Unpack
 
 from engine.errors import ConfigError, StorageError
 from engine.faults import kill_point
 from engine.geometry import Block, BlockGrid, Box
+from engine.ops.volume_op import VolumeOp
 from engine.options import check_keys
 from engine.params import DOWNSAMPLE_BLOCK, DownsampleKernel, DownsampleMethod, DownsampleParams
 from engine.runtime import default_state_dir
-from engine.runtime.op import BlockOp
 from engine.runtime.options import RuntimeOptions
 from engine.runtime.session import Session
 from engine.storage import Volume, check_write_alignment, create_volume, detect_format, open_volume, parse_url
@@ -287,7 +286,7 @@ def level_factors(voxel_size: Sequence[float], shape: Sequence[int], min_size: i
 
 
 # -- the op ----------------------------------------------------------------------------------------
-class DownsampleOp(BlockOp):
+class DownsampleOp(VolumeOp):
     """One pyramid step: ``output`` = ``input`` downsampled by ``factor`` (``(1, 1, 1)`` copies).
 
     The grid is over the output; a block reads the input box its write box covers (``factor`` times
@@ -296,16 +295,10 @@ class DownsampleOp(BlockOp):
     """
 
     kind: ClassVar[str] = "downsample"
-    input: str
-    output: str
     factor: tuple[int, int, int] = (2, 2, 2)
     method: Method = "mean"
     chunks: tuple[int, int, int] = (64, 64, 64)
     kernel: Kernel = _D.kernel
-    overwrite: bool = Field(default=False, exclude=True)
-
-    _in: Volume | None = PrivateAttr(default=None)
-    _out: Volume | None = PrivateAttr(default=None)
 
     def output_shape(self, src: Volume) -> tuple[int, ...]:
         spatial = tuple(-(-s // f) for s, f in zip(src.spatial_shape, self.factor, strict=True))
@@ -326,19 +319,15 @@ class DownsampleOp(BlockOp):
             raise ConfigError(f"the grid covers {grid.total.shape} but the output {self.output} is {out.spatial_shape}", "build the grid over the output")
         check_write_alignment(out, grid.write_shape, grid.total.start)
 
-    def setup(self, grid: BlockGrid | None = None) -> None:
-        self._in = open_volume(self.input)
-        self._out = open_volume(self.output, mode="r+")
-
     def process(self, block: Block) -> dict[str, float] | None:
-        assert self._in is not None and self._out is not None
+        src, dst = self.volumes()
         w = block.write
         src_box = Box(tuple(s * f for s, f in zip(w.start, self.factor, strict=True)), tuple(e * f for e, f in zip(w.stop, self.factor, strict=True)))
-        src_box = src_box.intersect(self._in.box)
-        data = self._in.read(src_box)
+        src_box = src_box.intersect(src.box)
+        data = src.read(src_box)
         if data.dtype.kind == "f" and not np.isfinite(data).all():
-            raise StorageError(f"{self._in.url} holds NaN or infinite values in {src_box}", "clean the input before building a pyramid")
-        self._out.write(w, downsample(data, self.factor, self.method, self.kernel))
+            raise StorageError(f"{src.url} holds NaN or infinite values in {src_box}", "clean the input before building a pyramid")
+        dst.write(w, downsample(data, self.factor, self.method, self.kernel))
         return {"voxels": float(w.size)}
 
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-from pydantic import Field, PrivateAttr
 
 from engine.errors import ConfigError
 from engine.geometry import Block, BlockGrid
-from engine.runtime.op import BlockOp
-from engine.storage import Volume, check_write_alignment, create_volume, open_volume
+from engine.ops.volume_op import VolumeOp
+from engine.storage import check_write_alignment, create_volume, open_volume
 
 
-class GaussianFilter(BlockOp):
+class GaussianFilter(VolumeOp):
     """Gaussian smoothing (``scipy.ndimage.gaussian_filter``, reflect at the volume edge) to float32.
 
     The grid's context must be at least :meth:`halo` so that every written voxel sees the same
@@ -23,15 +22,9 @@ class GaussianFilter(BlockOp):
     """
 
     kind: ClassVar[str] = "gaussian"
-    input: str
-    output: str
     sigma: tuple[float, float, float] = (1.0, 1.0, 1.0)
     truncate: float = 4.0
     chunks: tuple[int, int, int] = (32, 64, 64)
-    overwrite: bool = Field(default=False, exclude=True)
-
-    _in: Volume | None = PrivateAttr(default=None)
-    _out: Volume | None = PrivateAttr(default=None)
 
     def halo(self) -> tuple[int, int, int]:
         """The context each block needs: the filter radius per axis, as scipy computes it."""
@@ -48,17 +41,13 @@ class GaussianFilter(BlockOp):
         )
         check_write_alignment(out, grid.write_shape, grid.total.start)
 
-    def setup(self, grid: BlockGrid | None = None) -> None:
-        self._in = open_volume(self.input)
-        self._out = open_volume(self.output, mode="r+")
-
     def process(self, block: Block) -> dict[str, float] | None:
         from scipy.ndimage import gaussian_filter
 
-        assert self._in is not None and self._out is not None
-        data = self._in.read(block.read).astype(np.float32)
+        src, dst = self.volumes()
+        data = src.read(block.read).astype(np.float32)
         if not np.isfinite(data).all():
             raise ValueError(f"the input holds NaN or infinite values in {block.read}")
         smooth = gaussian_filter(data, sigma=self.sigma, mode="reflect", truncate=self.truncate)
-        self._out.write(block.write, smooth[block.write.to_slices(block.read)])
+        dst.write(block.write, smooth[block.write.to_slices(block.read)])
         return None
