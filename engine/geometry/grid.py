@@ -20,6 +20,7 @@ from the layout and key done-markers, label offsets and retries.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -104,10 +105,7 @@ class BlockGrid:
     # -- layout ---------------------------------------------------------------------------------
     @property
     def num_blocks(self) -> int:
-        n = 1
-        for g in self.grid_shape:
-            n *= g
-        return n
+        return math.prod(self.grid_shape)
 
     @property
     def covered(self) -> Box:
