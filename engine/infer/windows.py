@@ -329,22 +329,21 @@ class WindowOwnership:
 
     def targets(self, index: Sequence[int]) -> list[tuple[tuple[int, ...], list[Box]]]:
         """The blocks (the block itself included) that get pieces of this block's sums, with the pieces."""
-        cands = [self._overlapping(a, int(i), True) for a, i in enumerate(index)]
-        out = []
-        for k in itertools.product(*cands):
-            got = self.pieces(index, k)
-            if got:
-                out.append((tuple(k), got))
-        return out
+        return self._partners(index, upward=True)
 
     def sources(self, index: Sequence[int]) -> list[tuple[tuple[int, ...], list[Box]]]:
         """The blocks (the block itself included) whose pieces a block sums for its shared parts."""
-        cands = [self._overlapping(a, int(i), False) for a, i in enumerate(index)]
+        return self._partners(index, upward=False)
+
+    def _partners(self, index: Sequence[int], upward: bool) -> list[tuple[tuple[int, ...], list[Box]]]:
+        """The blocks that exchange pieces with ``index``, each with its non-empty pieces: upward, those
+        that get pieces from it (its targets); else those it gets pieces from (its sources)."""
+        cands = [self._overlapping(a, int(i), upward) for a, i in enumerate(index)]
         out = []
-        for j in itertools.product(*cands):
-            got = self.pieces(j, index)
+        for other in itertools.product(*cands):
+            got = self.pieces(index, other) if upward else self.pieces(other, index)
             if got:
-                out.append((tuple(j), got))
+                out.append((tuple(other), got))
         return out
 
     # -- whole grid --------------------------------------------------------------------------------
