@@ -1,7 +1,9 @@
 """The ``connectile`` command.
 
-Each sub-command lives in its own module under :mod:`engine.commands` and exposes
-``add_parser(subparsers)`` and ``run(args) -> int``; this file discovers them, so adding a command
+Each sub-command lives in its own module under :mod:`engine.commands`: its ``run(args) -> int`` and
+``add_parser = Command(...).add_parser``, the declaration of its name, help and flags in order
+(:class:`engine.commands._command.Command`: the op's settings, the runtime options, ``--overwrite`` and
+the other shared flags are declared there once). This file discovers the modules, so adding a command
 never touches a hand-kept list here.
 """
 

@@ -92,3 +92,28 @@ def test_the_parser_imports_neither_torch_nor_ray() -> None:
             "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_every_command_is_one_declaration_with_its_settings_as_flags() -> None:
+    """Issue 15: each sub-command module declares its parser as one :class:`Command` (name = module name,
+    shared flags from engine.commands._command); a command that takes an op's settings has a flag for
+    each of them, in the group its declaration names."""
+    import argparse
+    import importlib
+    import pkgutil
+
+    import engine.commands as commands
+    from engine.commands._command import Command, Settings
+    from engine.commands._flags import flag
+
+    names = [m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")]
+    assert len(names) >= 20
+    for name in names:
+        spec = getattr(importlib.import_module(f"engine.commands.{name}").add_parser, "__self__", None)
+        assert isinstance(spec, Command) and spec.name == name.replace("_", "-"), name
+        parser = spec.add_parser(argparse.ArgumentParser().add_subparsers())
+        for item in spec.flags:
+            if isinstance(item, Settings):
+                group = next(g for g in parser._action_groups if g.title == item.title)
+                shown = {s for a in group._group_actions for s in a.option_strings}
+                assert {flag(f) for f in item.model.model_fields if f not in item.skip} <= shown, name

@@ -25,6 +25,14 @@ def runtime_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"backend": args.backend, "workers": args.workers, "address": args.address, "max_retries": args.max_retries, "progress": args.progress}
 
 
+def serve_until_interrupted(server: Any, stopped: str) -> None:
+    """``server.serve_forever()`` until Ctrl-C, then print ``stopped`` (the caller closes the server)."""
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print(stopped)
+
+
 def triple(text: str | None, what: str, kind: type, example: str) -> tuple[Any, ...] | None:
     """Parse ``"40,4,4"`` into a tuple of three ``kind`` values (None stays None)."""
     if text is None:

@@ -16,24 +16,10 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+
+from engine.commands._command import Command, arg, no_progress
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``connectile bench``."""
-    parser = subparsers.add_parser("bench", help="run the benchmark suite against the peers and print one table (saved as JSON)", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--address", default=None, help="Ray cluster to run on (default: a local cluster per script)")
-    parser.add_argument("--only", action="append", default=None, metavar="NAME", help="only this benchmark (runtime, cc, ...; repeatable)")
-    parser.add_argument("--full", action="store_true", help="full sizes instead of quick mode (minutes to hours)")
-    parser.add_argument("--smoke", action="store_true", help="every script's --smoke mode (seconds, tiny sizes: checks that each still runs; no meaningful numbers)")
-    parser.add_argument("--out", default=None, help="JSON file to write (default: benchmarks/results/bench-<time>.json)")
-    parser.add_argument("--benchmarks", default=None, help="folder of the bench_*.py scripts (default: ./benchmarks if present, else the source checkout's)")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds per script (default: %(default)s)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,3 +57,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"saved {out}")
     bad = [s for s in status if s["returncode"] != 0] + [r for r in rows if r.get("agree") is False]
     return 1 if bad else 0
+
+
+add_parser = Command(
+    "bench", run, help="run the benchmark suite against the peers and print one table (saved as JSON)", description=__doc__, raw=True, flags=(
+        arg("--address", default=None, help="Ray cluster to run on (default: a local cluster per script)"),
+        arg("--only", action="append", default=None, metavar="NAME", help="only this benchmark (runtime, cc, ...; repeatable)"),
+        arg("--full", action="store_true", help="full sizes instead of quick mode (minutes to hours)"),
+        arg("--smoke", action="store_true", help="every script's --smoke mode (seconds, tiny sizes: checks that each still runs; no meaningful numbers)"),
+        arg("--out", default=None, help="JSON file to write (default: benchmarks/results/bench-<time>.json)"),
+        arg("--benchmarks", default=None, help="folder of the bench_*.py scripts (default: ./benchmarks if present, else the source checkout's)"),
+        arg("--timeout", type=float, default=1800, help="seconds per script (default: %(default)s)"), no_progress(),
+    ),
+).add_parser

@@ -16,29 +16,9 @@ Examples::
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-from engine.commands._common import add_runtime_args, triple
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``connectile demo``."""
-    parser = subparsers.add_parser(
-        "demo", help="run the whole pipeline end to end on a synthetic EM volume (or --real lucchi)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--out", default=None, help="run folder (default: runs/demo, runs/demo_lucchi with --real lucchi)")
-    parser.add_argument("--real", choices=("lucchi",), default=None, help="run on a real data set from the shared data folder")
-    parser.add_argument("--shape", default="32,256,256", help="synthetic volume shape z,y,x (default: %(default)s)")
-    parser.add_argument("--chunks", default="16,128,128", help="storage chunks z,y,x (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="synthetic volume seed (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=2, help="active-learning rounds (default: %(default)s)")
-    parser.add_argument("--tiny", action="store_true", help="a seconds-long run with tiny models (tests, smoke checks)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.steps=400")
-    parser.add_argument("--print-config", action="store_true", help="print the demo config (YAML) and exit")
-    parser.add_argument("--overwrite", action="store_true", help="run every stage again from scratch")
-    add_runtime_args(parser)
-    parser.set_defaults(func=run)
+from engine.commands._command import RUNTIME, Command, arg, overwrite, set_keys
+from engine.commands._common import triple
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,3 +53,19 @@ def run(args: argparse.Namespace) -> int:
         print(r.line())
     print("\n".join(summary_lines(summary)))
     return 0
+
+
+add_parser = Command(
+    "demo", run, help="run the whole pipeline end to end on a synthetic EM volume (or --real lucchi)", description=__doc__, raw=True, flags=(
+        arg("--out", default=None, help="run folder (default: runs/demo, runs/demo_lucchi with --real lucchi)"),
+        arg("--real", choices=("lucchi",), default=None, help="run on a real data set from the shared data folder"),
+        arg("--shape", default="32,256,256", help="synthetic volume shape z,y,x (default: %(default)s)"),
+        arg("--chunks", default="16,128,128", help="storage chunks z,y,x (default: %(default)s)"),
+        arg("--seed", type=int, default=0, help="synthetic volume seed (default: %(default)s)"),
+        arg("--rounds", type=int, default=2, help="active-learning rounds (default: %(default)s)"),
+        arg("--tiny", action="store_true", help="a seconds-long run with tiny models (tests, smoke checks)"),
+        set_keys("override a config key, e.g. train.steps=400"),
+        arg("--print-config", action="store_true", help="print the demo config (YAML) and exit"),
+        overwrite("run every stage again from scratch"), RUNTIME,
+    ),
+).add_parser

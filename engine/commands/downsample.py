@@ -10,31 +10,11 @@ Examples::
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-from engine.commands._common import add_runtime_args, runtime_kwargs
-from engine.commands._flags import add_flags, params_from_args
+from engine.commands._command import OVERWRITE, RUNTIME_SERIAL, Command, Settings, arg
+from engine.commands._common import runtime_kwargs
+from engine.commands._flags import params_from_args
 from engine.params import DownsampleParams
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``connectile downsample``."""
-    parser = subparsers.add_parser(
-        "downsample",
-        help="build an OME-Zarr multiscale pyramid (mean for images/probabilities, mode for labels)",
-        description=(
-            "Write levels s0, s1, ... of IN into a zarr group with OME-Zarr multiscales metadata, each level computed "
-            "blockwise from the one before, so that large volumes open fast in neuroglancer and other viewers. "
-            "The group is IN_pyramid beside IN (s0 a copy of IN), or IN's own group when IN is named s0. "
-            "connectile view uses the pyramid when it is there."
-        ),
-    )
-    parser.add_argument("input", metavar="IN", help="volume to downsample, e.g. data.zarr/raw")
-    parser.add_argument("--out", metavar="GROUP", default=None, help="output group (default: IN_pyramid beside IN)")
-    add_flags(parser.add_argument_group("pyramid"), DownsampleParams)
-    parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
-    add_runtime_args(parser, default_backend="serial")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,3 +36,19 @@ def run(args: argparse.Namespace) -> int:
     copied = " (s0 copied from the input)" if result.copied_s0 else ""
     print(f"pyramid {result.group}: {len(result.levels)} levels, {result.method}{copied}, in {result.seconds:.1f} s")
     return 0
+
+
+add_parser = Command(
+    "downsample", run, help="build an OME-Zarr multiscale pyramid (mean for images/probabilities, mode for labels)",
+    description=(
+        "Write levels s0, s1, ... of IN into a zarr group with OME-Zarr multiscales metadata, each level computed "
+        "blockwise from the one before, so that large volumes open fast in neuroglancer and other viewers. "
+        "The group is IN_pyramid beside IN (s0 a copy of IN), or IN's own group when IN is named s0. "
+        "connectile view uses the pyramid when it is there."
+    ),
+    flags=(
+        arg("input", metavar="IN", help="volume to downsample, e.g. data.zarr/raw"),
+        arg("--out", metavar="GROUP", default=None, help="output group (default: IN_pyramid beside IN)"),
+        Settings(DownsampleParams, "pyramid"), OVERWRITE, RUNTIME_SERIAL,
+    ),
+).add_parser

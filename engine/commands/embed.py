@@ -13,36 +13,19 @@ Example::
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-from engine.commands._common import add_runtime_args, runtime_kwargs
-from engine.commands._flags import add_flags, params_from_args
+from engine.commands._command import OVERWRITE, RUNTIME, VOLUME, Command, Settings, Writes, arg
+from engine.commands._common import runtime_kwargs
+from engine.commands._flags import params_from_args
 from engine.params import EmbedParams
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``connectile embed``."""
-    parser = subparsers.add_parser(
-        "embed", help="embed every patch of a volume's patch grid with a trained encoder", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("volume", metavar="VOLUME", help="raw volume, e.g. data.zarr/raw")
-    parser.add_argument("out", metavar="OUT", help="embedding array to write, e.g. runs/emb.zarr")
-    parser.add_argument("--encoder", required=True, metavar="DIR", help="checkpoint of embed-train (or of a U-Net: its encoder)")
-    add_flags(parser.add_argument_group("embedding (the pipeline's embed stage takes the same settings)"), EmbedParams)
-    parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
-    add_runtime_args(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from engine.commands._common import check_output
     from engine.errors import ConfigError
     from engine.ops.embed import embed_volume
 
-    check_output(args.out, {"VOLUME": args.volume, "--encoder": args.encoder})
     if "://" not in args.encoder and not os.path.isdir(args.encoder):
         raise ConfigError(f"no checkpoint at --encoder {args.encoder}", "give the encoder folder of connectile embed-train (OUT/encoder) or a U-Net checkpoint")
     params = params_from_args(EmbedParams, args)
@@ -52,3 +35,13 @@ def run(args: argparse.Namespace) -> int:
         f"{summary.already_done} already done, in {summary.wall_seconds:.1f} s"
     )
     return 0
+
+
+add_parser = Command(
+    "embed", run, help="embed every patch of a volume's patch grid with a trained encoder", description=__doc__, raw=True, flags=(
+        VOLUME, arg("out", metavar="OUT", help="embedding array to write, e.g. runs/emb.zarr"),
+        arg("--encoder", required=True, metavar="DIR", help="checkpoint of embed-train (or of a U-Net: its encoder)"),
+        Settings(EmbedParams, "embedding (the pipeline's embed stage takes the same settings)"), OVERWRITE, RUNTIME,
+    ),
+    writes=Writes("out", {"VOLUME": "volume", "--encoder": "encoder"}),
+).add_parser

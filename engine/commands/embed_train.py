@@ -13,36 +13,30 @@ Example::
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-from engine.commands._flags import add_flags, params_over
+from engine.commands._command import VOLUME, Command, Settings, Writes, arg, config_file, no_progress, set_keys
+from engine.commands._flags import params_over
 from engine.params import SimSiamParams
 
 
-def add_parser(subparsers: Any) -> None:
-    """Register ``connectile embed-train``."""
-    parser = subparsers.add_parser(
-        "embed-train", help="self-supervised SimSiam training of the patch encoder", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("volume", metavar="VOLUME", help="raw volume, e.g. data.zarr/raw")
-    parser.add_argument("out", metavar="OUT", help="run folder (encoder/, loss.png)")
-    parser.add_argument("--config", metavar="YAML", help="SimSiamConfig in YAML (options below override it)")
-    add_flags(parser.add_argument_group("training (given flags override --config and --set)"), SimSiamParams, defaults=False)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other SimSiamConfig field, e.g. model.filters=[8,16]")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    parser.set_defaults(func=run)
-
-
 def run(args: argparse.Namespace) -> int:
-    from engine.commands._common import check_output
     from engine.config import load_config
     from engine.learn.simsiam import SimSiamConfig, train_simsiam
 
-    check_output(args.out, {"VOLUME": args.volume}, option="the run folder OUT")
     cfg = params_over(load_config(SimSiamConfig, args.config, [f"volume={args.volume}", f"out={args.out}", *args.set]), args)
     result = train_simsiam(cfg, progress=args.progress)
     print(f"trained {result['steps']} steps in {result['seconds']:.1f} s, loss {result['first_loss']:.3f} -> {result['last_loss']:.3f}; encoder -> {result['encoder']}")
     if result.get("stopped") == "budget":
         print(f"stopped at its time budget before step {cfg.steps}; the same command continues from the newest checkpoint")
     return 0
+
+
+add_parser = Command(
+    "embed-train", run, help="self-supervised SimSiam training of the patch encoder", description=__doc__, raw=True, flags=(
+        VOLUME, arg("out", metavar="OUT", help="run folder (encoder/, loss.png)"),
+        config_file("SimSiamConfig in YAML (options below override it)"),
+        Settings(SimSiamParams, "training (given flags override --config and --set)", defaults=False),
+        set_keys("any other SimSiamConfig field, e.g. model.filters=[8,16]", dest="set"), no_progress(),
+    ),
+    writes=Writes("out", {"VOLUME": "volume"}, option="the run folder OUT"),
+).add_parser

@@ -13,28 +13,24 @@ Example::
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``connectile export-labels``."""
-    parser = subparsers.add_parser(
-        "export-labels", help="export the selected sub-volumes as zarr and TIFF crops for annotation", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("volume", metavar="VOLUME", help="raw volume, e.g. data.zarr/raw")
-    parser.add_argument("selection", metavar="SELECTION", help="selection.json of connectile select")
-    parser.add_argument("out", metavar="OUT", help="output folder for the crops and manifest.json")
-    parser.add_argument("--no-tiff", dest="tiff", action="store_false", help="zarr crops only")
-    parser.add_argument("--no-zarr", dest="zarr", action="store_false", help="TIFF crops only")
-    parser.set_defaults(func=run)
+from engine.commands._command import VOLUME, Command, Writes, arg
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.commands._common import check_output
     from engine.select.export import export_crops
 
-    check_output(args.out, {"VOLUME": args.volume, "SELECTION": args.selection}, option="the output folder OUT")
     path = export_crops(args.volume, args.selection, args.out, tiff=args.tiff, zarr=args.zarr)
     print(f"exported crops of {args.volume} -> {path}")
     return 0
+
+
+add_parser = Command(
+    "export-labels", run, help="export the selected sub-volumes as zarr and TIFF crops for annotation", description=__doc__, raw=True, flags=(
+        VOLUME, arg("selection", metavar="SELECTION", help="selection.json of connectile select"),
+        arg("out", metavar="OUT", help="output folder for the crops and manifest.json"),
+        arg("--no-tiff", dest="tiff", action="store_false", help="zarr crops only"),
+        arg("--no-zarr", dest="zarr", action="store_false", help="TIFF crops only"),
+    ),
+    writes=Writes("out", {"VOLUME": "volume", "SELECTION": "selection"}, option="the output folder OUT"),
+).add_parser

@@ -13,25 +13,22 @@ Example::
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``connectile import-labels``."""
-    parser = subparsers.add_parser(
-        "import-labels", help="bring dense labels of exported crops back into a labels volume", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("crops", metavar="CROPS", help="folder (or manifest.json) of connectile export-labels")
-    parser.add_argument("labels", metavar="LABELS", help="labels volume to write, e.g. data.zarr/labels")
-    parser.set_defaults(func=run)
+from engine.commands._command import Command, Writes, arg
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.commands._common import check_output
     from engine.select.export import import_labels
 
-    check_output(args.labels, {"CROPS": args.crops}, option="the labels volume LABELS")
     n = import_labels(args.crops, args.labels)
     print(f"imported labels of {n} crops -> {args.labels}")
     return 0
+
+
+add_parser = Command(
+    "import-labels", run, help="bring dense labels of exported crops back into a labels volume", description=__doc__, raw=True, flags=(
+        arg("crops", metavar="CROPS", help="folder (or manifest.json) of connectile export-labels"),
+        arg("labels", metavar="LABELS", help="labels volume to write, e.g. data.zarr/labels"),
+    ),
+    writes=Writes("labels", {"CROPS": "crops"}, option="the labels volume LABELS"),
+).add_parser

@@ -9,42 +9,17 @@ Examples::
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-from engine.commands._common import add_runtime_args, runtime_kwargs
-from engine.commands._flags import add_flags, params_from_args
+from engine.commands._command import OVERWRITE, RUNTIME, Command, Settings, Writes, arg
+from engine.commands._common import runtime_kwargs
+from engine.commands._flags import params_from_args
 from engine.params import LabelParams
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``connectile label``."""
-    parser = subparsers.add_parser(
-        "label",
-        help="connected components of a probability, binary or label volume (blockwise, exact stitching)",
-        description=(
-            "Threshold a probability volume (or take a binary or label volume), label each block, stitch the "
-            "blocks exactly and write consecutive uint64 ids; optionally remove small objects and write an "
-            "object table (Parquet: id, voxels, bounding box, centroid, mean probability)."
-        ),
-    )
-    parser.add_argument("input", metavar="IN", help="input volume, e.g. data.zarr/mito_prob")
-    parser.add_argument("output", metavar="OUT", help="output label volume (uint64 unless --dtype), e.g. data.zarr/mito_cc")
-    add_flags(parser.add_argument_group("labelling (the pipeline's label stages take the same settings)"), LabelParams)
-    parser.add_argument("--table", metavar="PATH", help="write the object table as Parquet here")
-    parser.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu", help="labelling kernel: cc3d on CPU, CuPy on GPU (default: %(default)s)")
-    parser.add_argument("--keep-local", action="store_true", help="store the local ids of the first pass (label each block once) instead of labelling each block again in the last pass")
-    parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
-    parser.add_argument("--keep-scratch", action="store_true", help="keep the intermediate files (local labels, faces, pairs) beside the output")
-    add_runtime_args(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Label ``args.input`` into ``args.output`` and print a summary line."""
-    from engine.commands._common import check_output
     from engine.ops.label import label_volume
 
-    check_output(args.output, {"IN": args.input})
     params = params_from_args(LabelParams, args)
     result = label_volume(
         args.input, args.output, table=args.table, device=args.device, keep_local=args.keep_local, overwrite=args.overwrite,
@@ -57,3 +32,25 @@ def run(args: argparse.Namespace) -> int:
         f"({result.blocks} blocks, {result.boundary_labels} labels on block faces) in {result.seconds.get('total', 0.0):.1f} s{table}"
     )
     return 0
+
+
+add_parser = Command(
+    "label", run, help="connected components of a probability, binary or label volume (blockwise, exact stitching)",
+    description=(
+        "Threshold a probability volume (or take a binary or label volume), label each block, stitch the "
+        "blocks exactly and write consecutive uint64 ids; optionally remove small objects and write an "
+        "object table (Parquet: id, voxels, bounding box, centroid, mean probability)."
+    ),
+    flags=(
+        arg("input", metavar="IN", help="input volume, e.g. data.zarr/mito_prob"),
+        arg("output", metavar="OUT", help="output label volume (uint64 unless --dtype), e.g. data.zarr/mito_cc"),
+        Settings(LabelParams, "labelling (the pipeline's label stages take the same settings)"),
+        arg("--table", metavar="PATH", help="write the object table as Parquet here"),
+        arg("--device", choices=("cpu", "gpu", "auto"), default="cpu", help="labelling kernel: cc3d on CPU, CuPy on GPU (default: %(default)s)"),
+        arg("--keep-local", action="store_true", help="store the local ids of the first pass (label each block once) instead of labelling each block again in the last pass"),
+        OVERWRITE,
+        arg("--keep-scratch", action="store_true", help="keep the intermediate files (local labels, faces, pairs) beside the output"),
+        RUNTIME,
+    ),
+    writes=Writes("output", {"IN": "input"}),
+).add_parser

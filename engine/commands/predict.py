@@ -10,40 +10,17 @@ Examples::
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-from engine.commands._common import add_runtime_args, runtime_kwargs
-from engine.commands._flags import add_flags, params_from_args
+from engine.commands._command import OVERWRITE, RUNTIME, Command, Settings, Writes, arg
+from engine.commands._common import runtime_kwargs
+from engine.commands._flags import params_from_args
 from engine.params import PredictParams
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``connectile predict``."""
-    parser = subparsers.add_parser(
-        "predict",
-        help="model probabilities over a whole volume (blended sliding windows, blockwise on workers)",
-        description=(
-            "Run a trained checkpoint over IN with overlapping windows blended by Gaussian (or bump) weights, "
-            "block by block on workers (one per GPU, else CPU workers), and write OUT as uint8 probabilities "
-            "(round(255 p)) or floats. The result equals sliding-window inference over the whole volume in one "
-            "process (MONAI's window layout and Gaussian weights) while memory stays bounded by the block."
-        ),
-    )
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint directory (config.json + model.safetensors)")
-    parser.add_argument("input", metavar="IN", help="input volume (uint8 read as value/255), e.g. data.zarr/raw")
-    parser.add_argument("output", metavar="OUT", help="output volume, e.g. data.zarr/mito_prob")
-    add_flags(parser.add_argument_group("prediction (the pipeline's predict stage takes the same settings)"), PredictParams)
-    parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
-    add_runtime_args(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Predict ``args.input`` into ``args.output`` and print a summary line."""
-    from engine.commands._common import check_output
     from engine.ops.predict import predict_volume
 
-    check_output(args.output, {"IN": args.input, "CHECKPOINT": args.checkpoint})
     params = params_from_args(PredictParams, args)
     result = predict_volume(args.checkpoint, args.input, args.output, overwrite=args.overwrite, **params.settings(), **runtime_kwargs(args))
     print(
@@ -52,3 +29,21 @@ def run(args: argparse.Namespace) -> int:
         f"({result.voxels_per_second / 1e6:.2f} Mvoxel/s)"
     )
     return 0
+
+
+add_parser = Command(
+    "predict", run, help="model probabilities over a whole volume (blended sliding windows, blockwise on workers)",
+    description=(
+        "Run a trained checkpoint over IN with overlapping windows blended by Gaussian (or bump) weights, "
+        "block by block on workers (one per GPU, else CPU workers), and write OUT as uint8 probabilities "
+        "(round(255 p)) or floats. The result equals sliding-window inference over the whole volume in one "
+        "process (MONAI's window layout and Gaussian weights) while memory stays bounded by the block."
+    ),
+    flags=(
+        arg("checkpoint", metavar="CHECKPOINT", help="checkpoint directory (config.json + model.safetensors)"),
+        arg("input", metavar="IN", help="input volume (uint8 read as value/255), e.g. data.zarr/raw"),
+        arg("output", metavar="OUT", help="output volume, e.g. data.zarr/mito_prob"),
+        Settings(PredictParams, "prediction (the pipeline's predict stage takes the same settings)"), OVERWRITE, RUNTIME,
+    ),
+    writes=Writes("output", {"IN": "input", "CHECKPOINT": "checkpoint"}),
+).add_parser

@@ -11,36 +11,13 @@ Examples::
 from __future__ import annotations
 
 import argparse
-from typing import Any, get_args
+from typing import get_args
 
-from engine.commands._flags import add_flags, params_over
+from engine.commands._command import Command, Settings, arg, config_file, no_progress, overwrite, set_keys
+from engine.commands._flags import params_over
 from engine.params import QueryMethod, QueryParams
 
 METHOD_CHOICES = get_args(QueryMethod)
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``connectile query``."""
-    parser = subparsers.add_parser(
-        "query",
-        help="suggest ROIs to review (two-stream hierarchical clustering or a baseline)",
-        description=(
-            "Compute the ROI features of RUN once (mask VAE on the aligned masks, image VAE on patches of the whole "
-            "volume), fine-tune the image VAE on earlier answers (triplet loss), and write the next round's "
-            "queries to RUN/rounds/round-NN/queries.parquet. ROIs with an answer are never suggested again."
-        ),
-    )
-    parser.add_argument("run_dir", metavar="RUN", help="run directory holding rois/ (see connectile rois)")
-    add_flags(parser.add_argument_group("query (the pipeline's rounds.query.query: the same settings; given flags override --config)"),
-              QueryParams, defaults=False, aliases={"n_clusters": ("--clusters",), "n_sub": ("--sub",)})
-    parser.add_argument("--round", type=int, default=None, help="round number (default: the next one)")
-    parser.add_argument("--config", metavar="YAML", default=None, help="query config in YAML, as the pipeline's rounds.query.query (the settings below, features, triplet)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. features.image.epochs=5")
-    parser.add_argument("--oracle", metavar="GT", default=None, help="answer the queries from this ground-truth volume and finish the round")
-    parser.add_argument("--oracle-binary", action="store_true", help="the ground truth is a binary mask (its connected components are the objects)")
-    parser.add_argument("--overwrite", action="store_true", help="suggest again a round whose queries exist (not once it has answers)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,3 +38,24 @@ def run(args: argparse.Namespace) -> int:
         answers = answer_round(args.run_dir, result.round, args.oracle, gt_binary=args.oracle_binary)
         print(f"round {result.round:02d}: oracle accepted {sum(answers.values())} of {len(answers)}")
     return 0
+
+
+add_parser = Command(
+    "query", run, help="suggest ROIs to review (two-stream hierarchical clustering or a baseline)",
+    description=(
+        "Compute the ROI features of RUN once (mask VAE on the aligned masks, image VAE on patches of the whole "
+        "volume), fine-tune the image VAE on earlier answers (triplet loss), and write the next round's "
+        "queries to RUN/rounds/round-NN/queries.parquet. ROIs with an answer are never suggested again."
+    ),
+    flags=(
+        arg("run_dir", metavar="RUN", help="run directory holding rois/ (see connectile rois)"),
+        Settings(QueryParams, "query (the pipeline's rounds.query.query: the same settings; given flags override --config)", defaults=False,
+                 aliases={"n_clusters": ("--clusters",), "n_sub": ("--sub",)}),
+        arg("--round", type=int, default=None, help="round number (default: the next one)"),
+        config_file("query config in YAML, as the pipeline's rounds.query.query (the settings below, features, triplet)"),
+        set_keys("override a config key, e.g. features.image.epochs=5"),
+        arg("--oracle", metavar="GT", default=None, help="answer the queries from this ground-truth volume and finish the round"),
+        arg("--oracle-binary", action="store_true", help="the ground truth is a binary mask (its connected components are the objects)"),
+        overwrite("suggest again a round whose queries exist (not once it has answers)"), no_progress("no progress bars"),
+    ),
+).add_parser

@@ -21,26 +21,8 @@ Examples::
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``connectile round``."""
-    parser = subparsers.add_parser(
-        "round", help="run one round of active learning (query, review, fine-tune, predict) on a run folder",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("run_dir", metavar="RUN", help="run folder of `connectile run` / `connectile demo` (config.yaml, manifest.json)")
-    parser.add_argument("--oracle", metavar="GT", default=None,
-                        help="answer the queries from this ground truth (a volume, or STAGE.OUTPUT such as synth.neurons); default: a person, on the review page")
-    parser.add_argument("--oracle-binary", action="store_true", help="the ground truth is a binary mask (its connected components are the objects)")
-    parser.add_argument("--round", type=int, default=None, help="round number (default: the unfinished last round, else one more)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key of the run's config, e.g. rounds.overrides.3.finetune.steps=100 (kept in RUN/config.yaml: a rerun keeps it unless set again)")
-    parser.add_argument("--backend", choices=("ray", "serial"), default=None, help="override runtime.backend")
-    parser.add_argument("--workers", type=int, default=None, help="override runtime.workers")
-    parser.add_argument("--address", default=None, help="override runtime.address (Ray cluster)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
-    parser.set_defaults(func=run)
+from engine.commands._command import RUNTIME_OVERRIDES, Command, arg, set_keys
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,3 +47,17 @@ def _with_run_dir_none(args: argparse.Namespace) -> argparse.Namespace:
     ns = argparse.Namespace(**vars(args))
     ns.run_dir = None
     return ns
+
+
+add_parser = Command(
+    "round", run, help="run one round of active learning (query, review, fine-tune, predict) on a run folder", description=__doc__, raw=True,
+    flags=(
+        arg("run_dir", metavar="RUN", help="run folder of `connectile run` / `connectile demo` (config.yaml, manifest.json)"),
+        arg("--oracle", metavar="GT", default=None,
+            help="answer the queries from this ground truth (a volume, or STAGE.OUTPUT such as synth.neurons); default: a person, on the review page"),
+        arg("--oracle-binary", action="store_true", help="the ground truth is a binary mask (its connected components are the objects)"),
+        arg("--round", type=int, default=None, help="round number (default: the unfinished last round, else one more)"),
+        set_keys("override a key of the run's config, e.g. rounds.overrides.3.finetune.steps=100 (kept in RUN/config.yaml: a rerun keeps it unless set again)"),
+        RUNTIME_OVERRIDES,
+    ),
+).add_parser

@@ -16,24 +16,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``connectile run``."""
-    parser = subparsers.add_parser(
-        "run", help="run a pipeline config (YAML, one section per stage) resumably in its run folder",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("config", metavar="CONFIG", help="pipeline YAML: run_dir, runtime and one section per stage")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key, e.g. label.min_size=20 (repeatable)")
-    parser.add_argument("--only", action="append", default=None, metavar="STAGE", help="run only this stage (repeatable); its inputs must be done")
-    parser.add_argument("--from", dest="from_stage", default=None, metavar="STAGE", help="run this stage and everything downstream again")
-    parser.add_argument("--run-dir", default=None, help="override run_dir of the config")
-    parser.add_argument("--overwrite", action="store_true", help="run every stage again from scratch")
-    parser.add_argument("--backend", choices=("ray", "serial"), default=None, help="override runtime.backend")
-    parser.add_argument("--workers", type=int, default=None, help="override runtime.workers")
-    parser.add_argument("--address", default=None, help="override runtime.address (Ray cluster)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
-    parser.set_defaults(func=run)
+from engine.commands._command import RUNTIME_OVERRIDES, Command, arg, overwrite, set_keys
 
 
 def overrides_from(args: argparse.Namespace) -> list[str]:
@@ -87,3 +70,15 @@ def run(args: argparse.Namespace) -> int:
         print(r.line())
     print(f"run folder: {cfg.run_dir} (manifest.json)")
     return 0
+
+
+add_parser = Command(
+    "run", run, help="run a pipeline config (YAML, one section per stage) resumably in its run folder", description=__doc__, raw=True, flags=(
+        arg("config", metavar="CONFIG", help="pipeline YAML: run_dir, runtime and one section per stage"),
+        set_keys("override a key, e.g. label.min_size=20 (repeatable)"),
+        arg("--only", action="append", default=None, metavar="STAGE", help="run only this stage (repeatable); its inputs must be done"),
+        arg("--from", dest="from_stage", default=None, metavar="STAGE", help="run this stage and everything downstream again"),
+        arg("--run-dir", default=None, help="override run_dir of the config"),
+        overwrite("run every stage again from scratch"), RUNTIME_OVERRIDES,
+    ),
+).add_parser

@@ -15,32 +15,15 @@ Examples::
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from engine.commands._flags import add_flags, params_over
+from engine.commands._command import ADDRESS, Command, Settings, Writes, arg, config_file, no_progress, set_keys
+from engine.commands._flags import params_over
 from engine.errors import ConfigError
 from engine.params import SelectParams
 
 if TYPE_CHECKING:
     from engine.select.run import SelectConfig
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``connectile select``."""
-    parser = subparsers.add_parser(
-        "select",
-        help="choose sub-volumes to label by coverage of kNN balls of patch embeddings (with baselines)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("embeddings", metavar="EMB", help="embedding array written by connectile embed, e.g. runs/emb.zarr")
-    parser.add_argument("out", metavar="OUT", help="output folder (selection.json, coverage.png, picks.png)")
-    parser.add_argument("--config", metavar="YAML", help="the settings in YAML, as the pipeline's selection.params (flags given override them)")
-    add_flags(parser.add_argument_group("selection (the pipeline's selection.params: the same settings; given flags override --config)"),
-              SelectParams, defaults=False)
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting as in --config (a flag given wins)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    parser.set_defaults(func=run)
 
 
 def _params(args: argparse.Namespace) -> SelectConfig:
@@ -53,11 +36,9 @@ def _params(args: argparse.Namespace) -> SelectConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Select sub-volumes and print where the results went."""
-    from engine.commands._common import check_output
     from engine.select.embeddings import load_embeddings
     from engine.select.run import select, write_outputs
 
-    check_output(args.out, {"EMB": args.embeddings}, option="the output folder OUT")
     cfg = _params(args)
     grid, emb, attrs = load_embeddings(args.embeddings)
     if cfg.backend == "ray":
@@ -73,3 +54,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"{sel.method:>12}: {len(sel.boxes)} sub-volumes cover {cov:.1%} of {sel.total} patches")
     print(f"chosen boxes ({selections[0].method}) -> {path}")
     return 0
+
+
+add_parser = Command(
+    "select", run, help="choose sub-volumes to label by coverage of kNN balls of patch embeddings (with baselines)", description=__doc__, raw=True,
+    flags=(
+        arg("embeddings", metavar="EMB", help="embedding array written by connectile embed, e.g. runs/emb.zarr"),
+        arg("out", metavar="OUT", help="output folder (selection.json, coverage.png, picks.png)"),
+        config_file("the settings in YAML, as the pipeline's selection.params (flags given override them)"),
+        Settings(SelectParams, "selection (the pipeline's selection.params: the same settings; given flags override --config)", defaults=False),
+        ADDRESS, set_keys("a setting as in --config (a flag given wins)", dest="set"), no_progress("no progress bars"),
+    ),
+    writes=Writes("out", {"EMB": "embeddings"}, option="the output folder OUT"),
+).add_parser

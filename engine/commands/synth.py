@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from engine.commands._flags import add_flags, params_from_args
+from engine.commands._command import ADDRESS, Command, Settings, arg
+from engine.commands._flags import params_from_args
 from engine.errors import ConfigError
 from engine.params import SynthLayout
 
@@ -32,39 +33,6 @@ _FIELDS = {
     "misalign_mode": "misalign_mode",
     "missing": "missing",
 }
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``connectile synth``."""
-    parser = subparsers.add_parser(
-        "synth",
-        help="write a synthetic EM volume with ground truth (neurons, mitochondria, synapses)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("dst", help="output group, e.g. out.zarr (arrays raw, neurons, mito, synapses)")
-    parser.add_argument("--shape", required=True, metavar="Z,Y,X", help="volume size in voxels")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    add_flags(parser.add_argument_group("storage (the pipeline's synth stage takes the same settings)"), SynthLayout)
-    parser.add_argument("--voxel-size", default=None, metavar="Z,Y,X", help="voxel size in nm (default 40,8,8)")
-    parser.add_argument("--neuron-spacing", type=float, metavar="NM", help="mean distance between small neurites (default 260)")
-    parser.add_argument("--mito", type=float, metavar="P", help="chance that an axon tries a mitochondrion (default 0.5)")
-    parser.add_argument("--synapses", type=float, metavar="P", help="chance that an axon tries a synapse (default 0.6)")
-    parser.add_argument("--noise", type=float, metavar="S", help="pixel noise, fraction of the range (default 0.06)")
-    parser.add_argument("--blur", type=float, metavar="NM", help="in-plane blur sigma (default 7)")
-    parser.add_argument("--misalign", type=float, metavar="P", help="chance per section of a shifted raw section (default 0)")
-    parser.add_argument("--misalign-shift", type=int, metavar="VOXELS", help="largest shift (default 12)")
-    parser.add_argument("--misalign-mode", choices=["slip", "step"], help="slip: one section moves; step: all later ones too")
-    parser.add_argument("--misalign-labels", action="store_true", help="shift the labels with the raw sections")
-    parser.add_argument("--missing", type=float, metavar="P", help="chance per section of a missing (uniform) raw section (default 0)")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="any other parameter, e.g. --set neuron_stretch=6")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    parser.add_argument("--preview", metavar="PNG", help="also save a preview image")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--backend", choices=("serial", "ray"), default="serial", help="where blocks run (default: %(default)s; ray for big volumes)")
-    parser.add_argument("--workers", type=int, default=None, help="Ray workers (default: one per CPU)")
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
-    parser.set_defaults(func=run)
 
 
 def parse_triple(text: str | None, what: str, kind: type = int) -> tuple[Any, ...] | None:
@@ -124,3 +92,32 @@ def run(args: argparse.Namespace) -> int:
         save_preview(args.dst, args.preview)
         print(f"preview: {args.preview}")
     return 0
+
+
+add_parser = Command(
+    "synth", run, help="write a synthetic EM volume with ground truth (neurons, mitochondria, synapses)", description=__doc__, raw=True,
+    flags=(
+        arg("dst", help="output group, e.g. out.zarr (arrays raw, neurons, mito, synapses)"),
+        arg("--shape", required=True, metavar="Z,Y,X", help="volume size in voxels"),
+        arg("--seed", type=int, default=0, help="random seed (default 0)"),
+        Settings(SynthLayout, "storage (the pipeline's synth stage takes the same settings)"),
+        arg("--voxel-size", default=None, metavar="Z,Y,X", help="voxel size in nm (default 40,8,8)"),
+        arg("--neuron-spacing", type=float, metavar="NM", help="mean distance between small neurites (default 260)"),
+        arg("--mito", type=float, metavar="P", help="chance that an axon tries a mitochondrion (default 0.5)"),
+        arg("--synapses", type=float, metavar="P", help="chance that an axon tries a synapse (default 0.6)"),
+        arg("--noise", type=float, metavar="S", help="pixel noise, fraction of the range (default 0.06)"),
+        arg("--blur", type=float, metavar="NM", help="in-plane blur sigma (default 7)"),
+        arg("--misalign", type=float, metavar="P", help="chance per section of a shifted raw section (default 0)"),
+        arg("--misalign-shift", type=int, metavar="VOXELS", help="largest shift (default 12)"),
+        arg("--misalign-mode", choices=["slip", "step"], help="slip: one section moves; step: all later ones too"),
+        arg("--misalign-labels", action="store_true", help="shift the labels with the raw sections"),
+        arg("--missing", type=float, metavar="P", help="chance per section of a missing (uniform) raw section (default 0)"),
+        arg("--set", action="append", default=[], metavar="NAME=VALUE", help="any other parameter, e.g. --set neuron_stretch=6"),
+        arg("--overwrite", action="store_true", help="replace existing outputs"),
+        arg("--preview", metavar="PNG", help="also save a preview image"),
+        arg("--no-progress", action="store_true", help="no progress bar"),
+        arg("--backend", choices=("serial", "ray"), default="serial", help="where blocks run (default: %(default)s; ray for big volumes)"),
+        arg("--workers", type=int, default=None, help="Ray workers (default: one per CPU)"),
+        ADDRESS,
+    ),
+).add_parser

@@ -13,26 +13,8 @@ Examples::
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``connectile train``."""
-    parser = subparsers.add_parser(
-        "train",
-        help="train a U-Net on labelled volumes (checkpoints, resume, TensorBoard, Ray Train)",
-        description=(
-            "Train the residual SE U-Net described by a YAML TrainConfig: random augmented crops from labelled "
-            "volumes (or labelled boxes), BCE + Dice, checkpoints in OUT/checkpoints/step-XXXXXX (safetensors + "
-            "config.json + optimizer state), TensorBoard logs in OUT/tensorboard, OUT/loss.png. Resumes from the "
-            "newest checkpoint unless --no-resume. With ray.num_workers > 0 it runs data-parallel on Ray Train."
-        ),
-    )
-    parser.add_argument("config", metavar="CONFIG", help="training config (YAML)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. --set optimizer.lr=3e-4 (repeatable)")
-    parser.add_argument("--resume", dest="resume", action=argparse.BooleanOptionalAction, default=True, help="continue from the newest checkpoint in the output directory (default: %(default)s)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    parser.set_defaults(func=run)
+from engine.commands._command import Command, arg, no_progress, set_keys
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,3 +34,21 @@ def run(args: argparse.Namespace) -> int:
     if summary.get("stopped") == "budget":
         print(f"stopped at its time budget before step {cfg.steps}; the same command continues from the newest checkpoint")
     return 0
+
+
+add_parser = Command(
+    "train", run, help="train a U-Net on labelled volumes (checkpoints, resume, TensorBoard, Ray Train)",
+    description=(
+        "Train the residual SE U-Net described by a YAML TrainConfig: random augmented crops from labelled "
+        "volumes (or labelled boxes), BCE + Dice, checkpoints in OUT/checkpoints/step-XXXXXX (safetensors + "
+        "config.json + optimizer state), TensorBoard logs in OUT/tensorboard, OUT/loss.png. Resumes from the "
+        "newest checkpoint unless --no-resume. With ray.num_workers > 0 it runs data-parallel on Ray Train."
+    ),
+    flags=(
+        arg("config", metavar="CONFIG", help="training config (YAML)"),
+        set_keys("override a config key, e.g. --set optimizer.lr=3e-4 (repeatable)"),
+        arg("--resume", dest="resume", action=argparse.BooleanOptionalAction, default=True,
+            help="continue from the newest checkpoint in the output directory (default: %(default)s)"),
+        no_progress(),
+    ),
+).add_parser

@@ -12,34 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from typing import Any
+
+from engine.commands._command import Command, arg
+from engine.commands._common import serve_until_interrupted
 
 log = logging.getLogger(__name__)
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``connectile view``."""
-    parser = subparsers.add_parser(
-        "view",
-        help="print a neuroglancer link (raw, predictions, segmentation, selected boxes, queried ROIs) and serve the stores",
-        description=(
-            "Build a neuroglancer state with the run's raw volume, predictions and segmentation (the OME-Zarr pyramids "
-            "of connectile downsample where built), the selected sub-volumes as boxes and the queried ROIs as points "
-            "(green True, red False, yellow not reviewed), and serve the local stores over HTTP with CORS on 127.0.0.1 "
-            "until interrupted."
-        ),
-    )
-    parser.add_argument("run_dir", metavar="RUN", help="run directory (volumes found inside unless given below)")
-    parser.add_argument("--raw", metavar="URL", help="the raw image volume")
-    parser.add_argument("--pred", metavar="URL", action="append", default=[], help="a prediction volume (repeatable)")
-    parser.add_argument("--seg", metavar="URL", action="append", default=[], help="a segmentation volume (repeatable)")
-    parser.add_argument("--selection", metavar="FILE", help="selection.json with the selected sub-volumes (default: found in RUN)")
-    parser.add_argument("--host", default="127.0.0.1", help="address of the file server (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=0, help="port of the file server (default: a free one)")
-    parser.add_argument("--neuroglancer", metavar="URL", default=None, help="neuroglancer to link to (default: the public demo)")
-    parser.add_argument("--state-out", metavar="FILE", default=None, help="also write the state JSON here (default: RUN/view/state.json)")
-    parser.add_argument("--once", action="store_true", help="print the link and exit without serving (for cloud volumes)")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     layers = {f"{layer.kind} {layer.name}": layer.url for layer in view.layers}
     check_output(str(out), {**layers, "--selection": args.selection}, option="--state-out")
     server, state = serve_view(view, host=args.host, port=args.port)
-    try:
+    with server:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(state, indent=1))
@@ -74,10 +51,28 @@ def run(args: argparse.Namespace) -> int:
         if args.once:
             return 0
         print(f"serving the stores at {server.base}/ (Ctrl-C stops)", flush=True)
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            print("stopped")
-    finally:
-        server.close()
+        serve_until_interrupted(server, "stopped")
     return 0
+
+
+add_parser = Command(
+    "view", run, help="print a neuroglancer link (raw, predictions, segmentation, selected boxes, queried ROIs) and serve the stores",
+    description=(
+        "Build a neuroglancer state with the run's raw volume, predictions and segmentation (the OME-Zarr pyramids "
+        "of connectile downsample where built), the selected sub-volumes as boxes and the queried ROIs as points "
+        "(green True, red False, yellow not reviewed), and serve the local stores over HTTP with CORS on 127.0.0.1 "
+        "until interrupted."
+    ),
+    flags=(
+        arg("run_dir", metavar="RUN", help="run directory (volumes found inside unless given below)"),
+        arg("--raw", metavar="URL", help="the raw image volume"),
+        arg("--pred", metavar="URL", action="append", default=[], help="a prediction volume (repeatable)"),
+        arg("--seg", metavar="URL", action="append", default=[], help="a segmentation volume (repeatable)"),
+        arg("--selection", metavar="FILE", help="selection.json with the selected sub-volumes (default: found in RUN)"),
+        arg("--host", default="127.0.0.1", help="address of the file server (default: %(default)s)"),
+        arg("--port", type=int, default=0, help="port of the file server (default: a free one)"),
+        arg("--neuroglancer", metavar="URL", default=None, help="neuroglancer to link to (default: the public demo)"),
+        arg("--state-out", metavar="FILE", default=None, help="also write the state JSON here (default: RUN/view/state.json)"),
+        arg("--once", action="store_true", help="print the link and exit without serving (for cloud volumes)"),
+    ),
+).add_parser
