@@ -16,7 +16,8 @@ from pydantic import Field, PrivateAttr
 from engine.config import Config
 from engine.geometry import Block, BlockGrid, Box
 from engine.params import AffinitiesParams
-from engine.pipeline.stage import Stage, StageContext
+from engine.pipeline.stage import StageContext
+from engine.pipeline.stages._base import DeclaredStage, blockwise_options
 from engine.runtime.op import BlockOp
 from engine.storage import Volume, create_volume, open_volume
 
@@ -76,13 +77,7 @@ class AffinitiesSection(AffinitiesParams, Config):
     input: str
 
 
-class AffinitiesStage(Stage):
-    name = "affinities"
-    config = AffinitiesSection
-    inputs = ("input",)
-    outputs = ("affinities",)
-    order = 50
-
+class AffinitiesStage(DeclaredStage, name="affinities", config=AffinitiesSection, order=50, inputs=("input",), outputs=("affinities",)):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         from engine.runtime import run_blockwise
 
@@ -90,6 +85,5 @@ class AffinitiesStage(Stage):
         chunks = tuple(min(c, s) for c, s in zip(cfg.chunks, src.spatial_shape, strict=True))
         op = LabelAffinitiesOp(input=src.url, output=str(ctx.dir / "affinities.zarr" / "affinities"), overwrite=ctx.overwrite, **{**cfg.settings(), "chunks": chunks})
         grid = BlockGrid(Box.from_shape(src.spatial_shape), write_shape=chunks, context=(1, 1, 1))
-        rt = ctx.runtime
-        run_blockwise(op, grid, state_dir=ctx.state_dir(), overwrite=ctx.overwrite, max_retries=rt.max_retries, name="affinities", **rt.kwargs())
+        run_blockwise(op, grid, name="affinities", **blockwise_options(ctx))
         return {"affinities": op.output}
