@@ -522,3 +522,65 @@ def test_blocks_in_is_exactly_the_intersecting_write_boxes(g: BlockGrid, data: s
     box = Box(start, [s + n for s, n in zip(start, length, strict=True)])
     expected = [b.id for b in g.blocks() if not b.write.intersect(box).empty]
     assert g.blocks_in(box) == expected
+
+
+# ------------------------------------------------------------------------------------------------
+# The per-axis tables behind BlockGrid.block against the Box construction they replace
+# ------------------------------------------------------------------------------------------------
+
+
+def _box_construction(g: BlockGrid, index: tuple[int, ...]) -> Block:
+    """A block as BlockGrid.block_at built it before the per-axis tables: one validated Box per step."""
+    start = tuple(t + i * w for t, i, w in zip(g.total.start, index, g.write_shape, strict=True))
+    nominal = Box(start, tuple(s + w for s, w in zip(start, g.write_shape, strict=True)))
+    write = nominal.intersect(g.total)
+    read = (write if g.fit == "shrink" else nominal).grow(g.context).intersect(g.volume)
+    return Block(g.id_of(index), index, write, write if g.fit == "shrink" else nominal, read)
+
+
+def _assert_blocks_match_the_box_construction(g: BlockGrid) -> None:
+    indices = list(itertools.product(*(range(n) for n in g.grid_shape)))
+    assert [b.index for b in g.blocks()] == indices
+    for bid, index in enumerate(indices):
+        want = _box_construction(g, index)
+        for got in (g.block(bid), g.block(np.int64(bid)), g.block_at(index), g.block_at(np.array(index))):
+            assert got == want and repr(got) == repr(want)
+            coords = (got.id, *got.index, *(v for box in (got.write, got.nominal, got.read) for v in box.start + box.stop))
+            assert all(type(v) is int for v in coords)
+            assert (got.write.shape, got.write.size, got.write.empty) == (want.write.shape, want.write.size, want.write.empty)
+
+
+@pytest.mark.parametrize("fit", FITS)
+@pytest.mark.parametrize(
+    ("total", "write_shape", "context", "volume"),
+    [
+        (Box((0, 0, 0), (10, 10, 10)), (4, 4, 4), 1, None),  # edge blocks cut (shrink), overhanging or left out (valid)
+        (Box((3, -2, 5), (14, 9, 12)), (4, 5, 3), (2, 0, 3), Box((0, -5, 0), (20, 20, 13))),  # offset total, volume beyond it
+        (Box((0, 0, 0), (7, 9, 5)), (2, 3, 5), (5, 7, 9), None),  # context wider than a block: clipped to the volume
+        (Box((0, 0, 0), (8, 8, 8)), (8, 8, 8), 0, None),  # one block
+        (Box((1, 2), (12, 9)), (5, 4), (3, 1), Box((0, 0), (13, 10))),  # 2-D
+        (Box((4,), (23,)), (6,), 2, Box((0,), (25,))),  # 1-D
+    ],
+)
+def test_block_tables_give_the_blocks_of_the_box_construction(fit: str, total: Box, write_shape: tuple[int, ...], context: object, volume: Box | None) -> None:
+    g = BlockGrid(total, write_shape, context=context, fit=fit, volume=volume)  # type: ignore[arg-type]
+    _assert_blocks_match_the_box_construction(g)
+    g2 = pickle.loads(pickle.dumps(g))  # the tables are not pickled: a worker makes its own
+    assert g2._spans is None and g._spans is not None
+    _assert_blocks_match_the_box_construction(g2)
+
+
+@PROPERTY_SETTINGS
+@given(grids())
+def test_block_tables_match_the_box_construction_on_any_grid(g: BlockGrid) -> None:
+    _assert_blocks_match_the_box_construction(g)
+
+
+def test_trusted_box_equals_a_checked_box() -> None:
+    from engine.geometry.box import trusted_box
+
+    for start, stop in (((1, 2, 3), (4, 6, 8)), ((0, 5, 0), (4, 2, 4)), ((-3,), (2,))):
+        b = trusted_box(start, stop)
+        assert b == Box(start, stop) and hash(b) == hash(Box(start, stop)) and repr(b) == repr(Box(start, stop))
+        assert (b.shape, b.size, b.empty) == (Box(start, stop).shape, Box(start, stop).size, Box(start, stop).empty)
+        assert pickle.loads(pickle.dumps(b)) == b

@@ -25,11 +25,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from engine.geometry.box import Box, Coord, _as_coord, _per_axis
+from engine.geometry.box import Box, Coord, _as_coord, _per_axis, trusted_box
 
 Fit = Literal["valid", "overhang", "shrink"]
 FITS: tuple[str, ...] = get_args(Fit)
 Connectivity = Literal[6, 18, 26]
+#: one grid index on one axis: the write, nominal and read box's (start, stop) there
+Span = tuple[int, int, int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,7 @@ class BlockGrid:
             raise ValueError(f"the total box {total} is empty")
         if not self.volume.contains(total):
             raise ValueError(f"the total box {total} must lie inside the volume box {self.volume}")
+        self._spans: list[list[Span]] | None = None  # per-axis tables of the block boxes, made on first use
         if fit == "valid":
             self.grid_shape: Coord = tuple(t // w for t, w in zip(total.shape, self.write_shape, strict=True))
         else:
@@ -133,9 +136,10 @@ class BlockGrid:
         out = []
         rest = int(block_id)
         for g in reversed(self.grid_shape):
-            out.append(rest % g)
-            rest //= g
-        return tuple(reversed(out))
+            rest, i = divmod(rest, g)
+            out.append(i)
+        out.reverse()
+        return tuple(out)
 
     def id_of(self, index: Sequence[int]) -> int:
         bid = 0
@@ -146,18 +150,46 @@ class BlockGrid:
         return bid
 
     def block(self, block_id: int) -> Block:
-        return self.block_at(self.index_of(block_id))
+        index = self.index_of(block_id)
+        return self._block(int(block_id), index)
 
     def block_at(self, index: Sequence[int]) -> Block:
         bid = self.id_of(index)
-        start = tuple(t + i * w for t, i, w in zip(self.total.start, index, self.write_shape, strict=True))
-        nominal = Box(start, tuple(s + w for s, w in zip(start, self.write_shape, strict=True)))
-        write = nominal.intersect(self.total)
-        grown = (write if self.fit == "shrink" else nominal).grow(self.context)
-        read = grown.intersect(self.volume)
-        if self.fit == "shrink":
-            nominal = write
-        return Block(bid, tuple(int(i) for i in index), write, nominal, read)
+        return self._block(bid, tuple(int(i) for i in index))
+
+    def _block(self, bid: int, index: Coord) -> Block:
+        """The block at a checked ``index``, from the per-axis tables (see :meth:`_axis_spans`)."""
+        spans = self._spans if self._spans is not None else self._build_spans()
+        ws, we, ns, ne, rs, re = zip(*[spans[ax][i] for ax, i in enumerate(index)], strict=True)
+        write = trusted_box(ws, we)
+        return Block(bid, index, write, write if self.fit == "shrink" else trusted_box(ns, ne), trusted_box(rs, re))
+
+    def _build_spans(self) -> list[list[Span]]:
+        self._spans = [self._axis_spans(ax) for ax in range(self.total.ndim)]
+        return self._spans
+
+    def _axis_spans(self, ax: int) -> list[Span]:
+        """For each grid index along axis ``ax``: the write, nominal and read box's start and stop on
+        that axis. A block's boxes are the product of its axes' spans, because every step that makes
+        them (cut to the total box, grow by the context, clip to the volume) works axis by axis: these
+        are the steps of ``Box(start, start + write_shape).intersect(total)``, ``.grow(context)`` and
+        ``.intersect(volume)``, done once per axis instead of once per block."""
+        t0, t1 = self.total.start[ax], self.total.stop[ax]
+        v0, v1 = self.volume.start[ax], self.volume.stop[ax]
+        w, c = self.write_shape[ax], self.context[ax]
+        out: list[Span] = []
+        for i in range(self.grid_shape[ax]):
+            n0 = t0 + i * w
+            n1 = n0 + w
+            w0 = max(n0, t0)
+            w1 = max(w0, min(n1, t1))
+            g0, g1 = (w0 - c, w1 + c) if self.fit == "shrink" else (n0 - c, n1 + c)
+            r0 = max(g0, v0)
+            out.append((w0, w1, n0, n1, r0, max(r0, min(g1, v1))))
+        return out
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "_spans": None}  # the tables are rebuilt where they are used
 
     def blocks(self) -> Iterator[Block]:
         for index in itertools.product(*(range(g) for g in self.grid_shape)):

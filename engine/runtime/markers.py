@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 DONE, SKIPPED, FAILED = 1, 2, 3
 STATUS_NAMES = {DONE: "done", SKIPPED: "skipped", FAILED: "failed"}
+#: a marker row as the driver records it: (id, status, seconds, attempts, worker name, error)
+MarkerRow = tuple[int, int, float, int, str, str]
 
 
 def run_hash(description: dict[str, Any]) -> str:
@@ -75,7 +77,7 @@ class DoneStore:
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._pending: list[tuple[int, int, float, int, str, str]] = []
+        self._pending: list[MarkerRow] = []
         self._workers: dict[str, int] = {}  # worker name -> its number in the workers table
         self._last_flush = time.monotonic()
 
@@ -234,7 +236,7 @@ class DoneStore:
         return number
 
     # -- updates --------------------------------------------------------------------------------
-    def record(self, entries: Iterable[tuple[int, int, float, int, str, str]]) -> None:
+    def record(self, entries: Iterable[MarkerRow]) -> None:
         """Queue (id, status, seconds, attempts, worker, error) rows; :meth:`flush` commits them."""
         self._pending.extend(entries)
 

@@ -49,8 +49,9 @@ from engine.geometry import BlockGrid
 from engine.options import check_keys
 from engine.runtime.backends import Backend, Completion, RayBackend, SerialBackend
 from engine.runtime.deadline import BatchClock, Deadline
+from engine.runtime.execute import BatchResult
 from engine.runtime.lock import driver_lock
-from engine.runtime.markers import FAILED, SKIPPED, DoneStore
+from engine.runtime.markers import FAILED, SKIPPED, DoneStore, MarkerRow
 from engine.runtime.mask import BlockMask
 from engine.runtime.op import BlockOp
 from engine.runtime.options import BackendName, BlockwiseOptions
@@ -286,8 +287,19 @@ class _Dispatcher:
             per_block = float(r.seconds.sum()) / r.ids.size
             self.block_seconds = per_block if self.block_seconds == 0 else 0.7 * self.block_seconds + 0.3 * per_block
             self.block_seconds = max(self.block_seconds, 1e-7)
-        rows = []
-        for bid, status, sec in zip(r.ids.tolist(), r.status.tolist(), r.seconds.tolist(), strict=True):
+        ids, statuses, seconds = r.ids.tolist(), r.status.tolist(), r.seconds.tolist()
+        if FAILED in statuses:
+            rows = self._rows_with_failures(r, ids, statuses, seconds)
+        else:  # the common batch: one marker row per block, made by zip in C (no Python step per block)
+            tries = [self.attempts.get(bid, 0) + 1 for bid in ids] if self.attempts else itertools.repeat(1)
+            rows = list(zip(ids, statuses, seconds, tries, itertools.repeat(r.worker), itertools.repeat(""), strict=False))
+        self.markers.record(rows)
+        kill_point(f"{self.observer.summary.name}:batch", lambda: self.markers.flush(force=True))  # tests: a driver killed inside a pass
+
+    def _rows_with_failures(self, r: BatchResult, ids: list[int], statuses: list[int], seconds: list[float]) -> list[MarkerRow]:
+        """The marker rows of a batch with failed blocks; a failed block with attempts left is queued again instead."""
+        rows: list[MarkerRow] = []
+        for bid, status, sec in zip(ids, statuses, seconds, strict=True):
             attempts = self.attempts.get(bid, 0) + 1
             if status == FAILED:
                 self.attempts[bid] = attempts
@@ -306,8 +318,7 @@ class _Dispatcher:
                     rows.append((bid, FAILED, sec, attempts, r.worker, error))
             else:
                 rows.append((bid, int(status), sec, attempts, r.worker, ""))
-        self.markers.record(rows)
-        kill_point(f"{self.observer.summary.name}:batch", lambda: self.markers.flush(force=True))  # tests: a driver killed inside a pass
+        return rows
 
     def worker_lost(self, c: Completion) -> None:
         log.warning("worker %d died with block(s) %s %s: %s", c.worker, c.ids[:8], "running" if c.culprit else "queued", c.lost)
