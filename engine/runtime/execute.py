@@ -66,27 +66,28 @@ class BlockRunner:
 
     def run(self, ids: Sequence[int]) -> BatchResult:
         n = len(ids)
-        out_ids = np.asarray(ids, dtype=np.int64)
-        status = np.zeros(n, dtype=np.int8)
-        seconds = np.zeros(n, dtype=np.float32)
+        status = [DONE] * n  # Python lists while the loop runs (a numpy item write costs more), arrays at the end
+        seconds = [0.0] * n
         errors: dict[int, str] = {}
         permanent: set[int] = set()
         stats: dict[str, float] = {}
         voxels = 0
         retries_before = retry_count()
+        block_of, op_is_empty, process = self.grid.block, self.op.is_empty, self.op.process
+        mask_is_empty = self.mask.is_empty if self.mask is not None else None
+        clock = time.perf_counter
         for k, bid in enumerate(ids):
-            t0 = time.perf_counter()
+            t0 = clock()
             block: Block | None = None
             try:
-                block = self.grid.block(int(bid))
-                if (self.mask is not None and self.mask.is_empty(block)) or self.op.is_empty(block):
+                block = block_of(int(bid))
+                if (mask_is_empty is not None and mask_is_empty(block)) or op_is_empty(block):
                     status[k] = SKIPPED
                 else:
-                    got = self.op.process(block)
+                    got = process(block)
                     if got:
                         for key, value in got.items():
                             stats[key] = stats.get(key, 0.0) + float(value)
-                    status[k] = DONE
                     voxels += block.write.size
             except Exception as err:  # noqa: BLE001 - a failing block is reported, not raised
                 status[k] = FAILED
@@ -98,8 +99,9 @@ class BlockRunner:
                 else:
                     errors[int(bid)] = f"{where}: {type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}"
                 log.debug("%s failed: %s", where, err)
-            seconds[k] = time.perf_counter() - t0
+            seconds[k] = clock() - t0
         retried = retry_count() - retries_before
         if retried:  # transient storage errors retried in this batch (here and inside TensorStore)
             stats["storage_retries"] = stats.get("storage_retries", 0.0) + retried
-        return BatchResult(out_ids, status, seconds, voxels, errors, permanent, stats, self.name)
+        arrays = np.asarray(ids, dtype=np.int64), np.array(status, dtype=np.int8), np.array(seconds, dtype=np.float32)
+        return BatchResult(*arrays, voxels, errors, permanent, stats, self.name)
