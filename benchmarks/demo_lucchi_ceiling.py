@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base-steps", type=int, default=None,
                     help="also train the run's base model on to this many steps (same labels, crops drawn as an uninterrupted run would) and score that")
     ap.add_argument("--base-lr", type=float, default=None, help="learning rate of the --base-steps continuation (default: the demo's)")
+    ap.add_argument("--no-ceiling", action="store_true", help="skip the ceiling: only score the base (with --base-steps: the control, the base trained on without answers)")
     ap.add_argument("--smoke", action="store_true", help="a tiny demo run on a real crop and a few steps (seconds)")
     args = ap.parse_args(argv)
     import torch
@@ -156,14 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     section = TrainSection.model_validate({**train, "raw": "x", "labels": "x", "validation_roi": None})
     tcfg = build_train_config(section, raw, lab_url, str(boxes), None, str(out / "train"), False)
     t0, c0 = time.perf_counter(), cpu_seconds()
-    ceiling_ck = run_training(tcfg, resume=True)["checkpoint"]  # a finished ceiling is reused (run again once the demo's train is done)
+    # a finished ceiling is reused (run again once the demo's train is done)
+    ceiling_ck = None if args.no_ceiling else run_training(tcfg, resume=True)["checkpoint"]
     if base_ck and args.base_steps:
         lr = section.optimizer.model_copy(update={"lr": args.base_lr}) if args.base_lr else section.optimizer
         base_ck = continue_base(base_ck, section.model_copy(update={"optimizer": lr}), raw, stages["annotate"]["outputs"], out / "base", args.base_steps)
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     torch.set_num_threads(section.threads)
     base = iou_on_test(base_ck, raw, target, z_from, tcfg) if base_ck else None
-    ceiling = iou_on_test(ceiling_ck, raw, target, z_from, tcfg)
+    ceiling = iou_on_test(ceiling_ck, raw, target, z_from, tcfg) if ceiling_ck else None
     ann = json.loads((Path(stages["annotate"]["outputs"]["boxes"]).parent / "annotate.json").read_text())
     total = float(np.prod(shape))
     demo_score = None
