@@ -568,6 +568,9 @@ def test_block_tables_give_the_blocks_of_the_box_construction(fit: str, total: B
     g2 = pickle.loads(pickle.dumps(g))  # the tables are not pickled: a worker makes its own
     assert g2._spans is None and g._spans is not None
     _assert_blocks_match_the_box_construction(g2)
+    g3 = BlockGrid.__new__(BlockGrid)  # a grid pickled before the tables existed: no _spans in its state
+    g3.__dict__.update({k: v for k, v in g.__dict__.items() if k != "_spans"})
+    _assert_blocks_match_the_box_construction(g3)
 
 
 @PROPERTY_SETTINGS

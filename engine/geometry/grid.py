@@ -87,6 +87,10 @@ class BlockGrid:
     (Box([8, 8, 8]:[10, 10, 10]), Box([7, 7, 7]:[10, 10, 10]))
     """
 
+    #: per-axis tables of the block boxes (see :meth:`_axis_spans`), made on first use; the class-level
+    #: None also covers a grid unpickled from a state without them
+    _spans: list[list[Span]] | None = None
+
     def __init__(
         self,
         total: Box,
@@ -115,7 +119,6 @@ class BlockGrid:
             raise ValueError(f"the total box {total} is empty")
         if not self.volume.contains(total):
             raise ValueError(f"the total box {total} must lie inside the volume box {self.volume}")
-        self._spans: list[list[Span]] | None = None  # per-axis tables of the block boxes, made on first use
         if fit == "valid":
             self.grid_shape: Coord = tuple(t // w for t, w in zip(total.shape, self.write_shape, strict=True))
         else:
