@@ -20,7 +20,7 @@ from engine.pipeline.run import pipeline_config, plan, run_pipeline
 REPO = Path(__file__).resolve().parents[1]
 
 STAGES = [
-    "synth", "embed", "selection", "annotate", "train",
+    "synth", "embed", "selection", "annotate", "train", "ceiling",
     "predict[1]", "label[1]", "score[1]", "query[1]", "review[1]", "finetune[1]",
     "predict[2]", "label[2]", "score[2]", "query[2]", "review[2]", "finetune[2]",
     "predict[3]", "label[3]", "score[3]", "metrics", "report",
@@ -90,6 +90,19 @@ def test_tiny_pipeline_end_to_end_skip_rerun_and_person_review(tmp_path: Path) -
         assert all(z1[int(obj[int(q)])] <= zt for q in asked)
     for m in json.loads((run_dir / "metrics" / "metrics.json").read_text())["rounds"]:
         assert m["scored_from_z"] == zt and m["voi_box"]["start"][0] >= zt
+    # the ceiling: trained on every voxel below the test region, none in it; its IoU over the test region, computed again here
+    ceiling = json.loads((run_dir / "ceiling" / "metrics.json").read_text())
+    lab = open_volume(str(run_dir / "ceiling" / "labels.zarr" / "labels")).read(open_volume(str(run_dir / "ceiling" / "labels.zarr" / "labels")).box)
+    assert np.all(lab[:zt] != 255) and np.all(lab[zt:] == 255) and ceiling["labelled_voxels"] == lab[:zt].size
+    prob = open_volume(str(run_dir / "ceiling" / "prob.zarr" / "probability"))
+    p = prob.read(prob.box)[..., zt:, :, :].reshape(-1, *lab[zt:].shape) > 127
+    from engine.pipeline.stages.annotate import read_foreground
+
+    truth = open_volume(str(run_dir / "synth" / "synth.zarr" / cfg["ceiling"]["truth"].split(".")[1]))
+    t = read_foreground(truth, truth.box, cfg["ceiling"]["target"], cfg["ceiling"]["boundary"])[zt:]
+    union = int((p[0] | t).sum())
+    assert ceiling["scored_from_z"] == zt and ceiling["iou"] == pytest.approx(int((p[0] & t).sum()) / union if union else 1.0)
+    assert json.loads((run_dir / "metrics" / "metrics.json").read_text())["ceiling"] == ceiling
     # validation never drops across rounds: the held-out score of each round's model, computed again here
     from engine.learn.config import TrainConfig
     from engine.models import read_checkpoint_config
@@ -150,6 +163,8 @@ def _check_report(run_dir: Path, metrics: list[dict[str, Any]], boxes: list[dict
     sections = {m.group(1): m.start() for m in re.finditer(r"^## (.+)$", report, re.M)}
     assert list(sections)[:3] == ["Metrics per round", "The selection", "Learning curves"] and list(sections)[-1] == "Neuroglancer"
     metrics_md = report[sections["Metrics per round"]:sections["The selection"]]
+    ceiling = json.loads((run_dir / "ceiling" / "metrics.json").read_text())
+    assert f"IoU {ceiling['iou']:.3f}, Dice {ceiling['dice']:.3f}." in metrics_md
     for m in metrics:
         model = "base (train)" if m["round"] == 1 else f"after {m['round'] - 1} round(s)"
         if m.get("kept") == "previous":

@@ -80,8 +80,9 @@ def test_other_seed_gives_another_volume(rich: dict[str, np.ndarray]) -> None:
 @pytest.mark.parametrize(
     "params",
     [RICH, RICH.model_copy(update={"misalign": 0.4, "misalign_mode": "step", "misalign_labels": True, "missing": 0.2}),
-     RICH.model_copy(update={"er": 1.0, "dark_cells": 0.3, "illumination": 0.4, "illumination_scale": 400.0, "misalign": 0.4})],
-    ids=["plain", "defects", "realism"],
+     RICH.model_copy(update={"er": 1.0, "dark_cells": 0.3, "illumination": 0.4, "illumination_scale": 400.0, "misalign": 0.4}),
+     RICH.model_copy(update={"mito_squeeze": True, "bodies": 1.0, "body_regions": 0.6, "body_region_scale": 300.0, "er": 0.5})],
+    ids=["plain", "defects", "realism", "organelles"],
 )
 def test_any_block_layout_gives_the_same_volume(params: SynthParams) -> None:
     # uneven pieces, one of them a single voxel wide
@@ -230,6 +231,44 @@ def test_step_misalignment_adds_up() -> None:
     jumps = section_shifts(slip, 0, 40)
     assert np.array_equal(section_shifts(step, 0, 40), np.cumsum(jumps, axis=0))
     assert np.array_equal(section_shifts(step, 25, 40), np.cumsum(jumps, axis=0)[25:])
+
+
+# -- dense mitochondria and regional dark bodies (the demo's object target and its confounders) -----
+SQUEEZED = RICH.model_copy(update={"mito_squeeze": True, "noise": 0.0})
+
+
+def test_squeezed_mitochondria_are_denser_and_stay_inside_their_cell(rich: dict[str, np.ndarray]) -> None:
+    out = synth_box(SQUEEZED, BOX)
+    neurons, mito = out["neurons"], out["mito"]
+    assert np.array_equal(neurons, rich["neurons"])
+    assert (mito != 0).mean() > 2.0 * (rich["mito"] != 0).mean() and (mito != 0).mean() > 0.01
+    for mid in np.unique(mito[mito != 0]):
+        assert np.unique(neurons[mito == mid]).tolist() == [int(mid) // 8]
+    assert not (_boundary(neurons) & (mito != 0)).any()  # cut off inside the cell, never on its membrane
+
+
+def test_dark_bodies_are_regional_unlabelled_and_dark() -> None:
+    from engine.synth.bodies import in_body_region
+    from engine.synth.render import organelles
+
+    box = Box((0, 0, 0), (12, 160, 160))
+    p = SQUEEZED.model_copy(update={"bodies": 1.0, "body_regions": 0.4, "body_region_scale": 400.0})
+    plain, out = synth_box(SQUEEZED, box), synth_box(p, box)
+    bodies = organelles(p, box)[2]
+    assert len(bodies) >= 5 and in_body_region(p, bodies.centre).all()
+    hosts = set(bodies.host.tolist())
+    # the labels: neurons and synapses unchanged; a neuron that holds a body lost its mitochondria, no other did
+    for name in ("neurons", "synapses"):
+        assert np.array_equal(out[name], plain[name]), name
+    lost = set((np.unique(plain["mito"][plain["mito"] != 0]) // 8).tolist()) - set((np.unique(out["mito"][out["mito"] != 0]) // 8).tolist())
+    assert lost and lost <= hosts
+    # the image: bodies darken voxels of their own neurons only, and only some regions hold them
+    darker = (plain["raw"].astype(int) - out["raw"].astype(int) > 40) & (plain["mito"] == 0)
+    assert darker.mean() > 0.003
+    assert np.isin(out["neurons"][darker], list(hosts)).all()
+    column = darker.any(axis=0).reshape(5, 32, 5, 32).any(axis=(1, 3))  # 5 x 5 tiles of 256 nm
+    assert 0 < column.mean() < 0.9
+    assert np.array_equal(synth_box(p.model_copy(update={"bodies": 0.0}), box)["raw"], plain["raw"])
 
 
 def test_missing_sections_are_uniform_and_keep_labels() -> None:

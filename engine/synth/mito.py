@@ -4,7 +4,10 @@ Each site tries one mitochondrion (axons, with ``mito_probability``) or three (d
 ellipsoid in Q-space (the warped tissue, so it moves with its cell) near the site. It is kept only if
 it lies inside its own power cell with a clear gap to every cell boundary, which is decided
 analytically from the sites around it (:func:`engine.synth.sites.neighbourhood`), so the decision is
-the same in every block. Mitochondria of one dendrite do not overlap.
+the same in every block. Mitochondria of one dendrite do not overlap. With ``mito_squeeze`` every
+tried mitochondrion is kept and cut off ``SQUEEZE_GAP`` nm inside its cell's membrane band, its outer
+membrane drawn along the cut (a mitochondrion that fills a thin axon), which gives realistic densities
+of a few percent of the voxels.
 
 Mitochondrion ids (uint64): ``8 * neuron_id + k`` (k = 1..3), so ``mito_id // 8`` is the id of the
 neuron that holds it.
@@ -27,6 +30,7 @@ ATTEMPTS = 3
 GAP = 25.0  # nm of cytoplasm kept between a mitochondrion and the membrane band
 RING = 14.0  # nm: the dark double membrane of a mitochondrion
 DARK_INSIDE, DARK_RING, DARK_CRISTA = 0.38, 0.68, 0.22
+SQUEEZE_GAP = 12.0  # nm of cytoplasm kept between a squeezed mitochondrion and the membrane band
 
 
 @dataclass(frozen=True)
@@ -102,11 +106,15 @@ def _fits(p: SynthParams, m: Mitos, host_pos: np.ndarray, host_weight: np.ndarra
 def place_mitos(p: SynthParams, sites: Sites) -> Mitos:
     """The mitochondria of ``sites`` that fit in their cells (deterministic per site)."""
     mitos, tried = _candidates(p, sites)
+    if p.bodies > 0:  # a neuron that holds a dark body holds no mitochondrion
+        from engine.synth.bodies import holds_body
+
+        tried &= ~np.repeat(holds_body(p, sites), ATTEMPTS)
     host_pos = np.repeat(sites.pos, ATTEMPTS, axis=0)
     host_weight = np.repeat(sites.weight, ATTEMPTS)
     idx = np.flatnonzero(tried)
-    fits = np.zeros(tried.shape, bool)
-    if idx.size:
+    fits = tried.copy() if p.mito_squeeze else np.zeros(tried.shape, bool)
+    if idx.size and not p.mito_squeeze:
         sub = Mitos(*(arr[idx] for arr in (mitos.centre, mitos.axes, mitos.direction, mitos.host, mitos.ids, mitos.crista)))
         fits[idx] = _fits(p, sub, host_pos[idx], host_weight[idx])
     # mitochondria of the same dendrite must not overlap: later attempts give way to earlier ones
@@ -131,35 +139,49 @@ def mitos_near(p: SynthParams, lo: np.ndarray, hi: np.ndarray) -> Mitos:
     return place_mitos(p, sites_in(p, np.asarray(lo) - margin, np.asarray(hi) + margin))
 
 
+def ellipsoid_voxels(p: SynthParams, body: tuple[np.ndarray, ...], field: NeuronField, box: Box, edge: float | None) -> tuple | None:
+    """The voxels of one ellipsoid (``body``: centre, semi-axes, in-plane direction, host id) inside its
+    host cell over ``box`` (the field's box): ``(slices, inside, depth, dz, u)`` with ``depth`` about the
+    in-plane distance (nm) to its surface, or None where it misses the box. ``edge``: cut the ellipsoid
+    off this far (nm) from the cell boundary, its surface running along the cut (None: no cut)."""
+    vz, vy, vx = p.voxel_size
+    (cz, cy, cx), (half, a, b), (ey, ex), host = body
+    reach_xy = a + warp_amplitude(p)
+    lo = (int(np.floor((cz - half) / vz)), int(np.floor((cy - reach_xy) / vy)), int(np.floor((cx - reach_xy) / vx)))
+    hi = (int(np.ceil((cz + half) / vz)) + 1, int(np.ceil((cy + reach_xy) / vy)) + 1, int(np.ceil((cx + reach_xy) / vx)) + 1)
+    region = Box(lo, hi).intersect(box)
+    if region.empty:
+        return None
+    sl = region.to_slices(box)
+    warp = field.warp
+    dz = (warp.pz[sl[0]] - cz)[:, None, None]
+    dy = warp.qy(sl) - cy
+    dx = warp.qx(sl) - cx
+    u = dy * ey + dx * ex
+    w = -dy * ex + dx * ey
+    r2 = (dz / half) ** 2 + (u / a) ** 2 + (w / b) ** 2
+    inside = (r2 < 1.0) & (field.sites.ids[field.first[sl]] == host)
+    if edge is not None:
+        inside &= field.dist[sl] >= edge
+    if not inside.any():
+        return None
+    grad = 2.0 * np.sqrt((u / (a * a)) ** 2 + (w / (b * b)) ** 2) + 1e-9
+    depth = (1.0 - r2) / grad  # ~ in-plane distance to the surface, nm
+    if edge is not None:
+        depth = np.minimum(depth, field.dist[sl] - edge)
+    return sl, inside, depth, dz, u
+
+
 def render_mitos(p: SynthParams, mitos: Mitos, field: NeuronField, box: Box) -> tuple[np.ndarray, np.ndarray]:
     """Mitochondrion ids (uint64, 0 outside) and darkness (0..1) over ``box`` (the field's box)."""
     ids = np.zeros(box.shape, np.uint64)
     dark = np.zeros(box.shape, np.float32)
-    vz, vy, vx = p.voxel_size
-    amp = warp_amplitude(p)
-    warp = field.warp
+    edge = 0.5 * p.membrane_thickness + SQUEEZE_GAP if p.mito_squeeze else None
     for n in range(len(mitos)):
-        cz, cy, cx = mitos.centre[n]
-        half, a, b = mitos.axes[n]
-        reach_xy = a + amp
-        lo = (int(np.floor((cz - half) / vz)), int(np.floor((cy - reach_xy) / vy)), int(np.floor((cx - reach_xy) / vx)))
-        hi = (int(np.ceil((cz + half) / vz)) + 1, int(np.ceil((cy + reach_xy) / vy)) + 1, int(np.ceil((cx + reach_xy) / vx)) + 1)
-        region = Box(lo, hi).intersect(box)
-        if region.empty:
+        found = ellipsoid_voxels(p, (mitos.centre[n], mitos.axes[n], mitos.direction[n], mitos.host[n]), field, box, edge)
+        if found is None:
             continue
-        sl = region.to_slices(box)
-        dz = (warp.pz[sl[0]] - cz)[:, None, None]
-        dy = warp.qy(sl) - cy
-        dx = warp.qx(sl) - cx
-        ey, ex = mitos.direction[n]
-        u = dy * ey + dx * ex
-        w = -dy * ex + dx * ey
-        r2 = (dz / half) ** 2 + (u / a) ** 2 + (w / b) ** 2
-        inside = (r2 < 1.0) & (field.sites.ids[field.first[sl]] == mitos.host[n])
-        if not inside.any():
-            continue
-        grad = 2.0 * np.sqrt((u / (a * a)) ** 2 + (w / (b * b)) ** 2) + 1e-9
-        depth = (1.0 - r2) / grad  # ~ in-plane distance to the surface, nm
+        sl, inside, depth, dz, u = found
         ring = 1.0 - smoothstep(np.clip((depth - RING) / 8.0, 0.0, 1.0))
         period, phase = mitos.crista[n]
         tri = np.abs(2.0 * (((u + 0.35 * dz) / period + phase) % 1.0) - 1.0)

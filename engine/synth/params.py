@@ -22,11 +22,17 @@ and their defaults::
     mito_probability       0.5
     mito_radius            40,100
     mito_length            250,800
+    mito_squeeze           False
     synapse_probability    0.6
     synapse_radius         110,200
     er                     0
     dark_cells             0
     dark_cell_level        0.55
+    bodies                 0
+    body_regions           0.4
+    body_region_scale      1500
+    body_radius            60,120
+    body_darkness          0.6
     noise                  0.06
     blur                   7
     texture                1
@@ -41,7 +47,8 @@ and their defaults::
 
 Neurons: ``neuron_*`` shape the many small neurites (axons), ``dendrite_*`` the few thick ones,
 ``boundary_wobble``/``meander`` bend them, ``membrane_thickness`` draws their boundaries. Organelles:
-``mito_*``, ``synapse_*`` and ``er`` (intracellular membranes); ``dark_cells``. Imaging: ``noise``,
+``mito_*``, ``synapse_*`` and ``er`` (intracellular membranes); ``dark_cells``; ``body*`` (dark,
+mitochondrion-sized bodies that only some regions hold: confounders for mitochondrion segmentation). Imaging: ``noise``,
 ``blur``, ``texture``, ``illumination``; section defects:
 ``misalign*`` (the raw image of a section is shifted; labels too only with ``misalign_labels``) and
 ``missing*`` (the raw section is uniform; labels are kept).
@@ -106,6 +113,10 @@ class SynthParams(BaseModel):
     )
     mito_radius: Range = Field(default=(40.0, 100.0), description="Range of mitochondrion cross-section semi-axes in nm (min, max).")
     mito_length: Range = Field(default=(250.0, 800.0), description="Range of mitochondrion lengths in nm along the neurite (min, max).")
+    mito_squeeze: bool = Field(
+        default=False,
+        description="Keep every tried mitochondrion, cut off just inside its cell's membrane where it would cross it (False: keep only those that fit with a gap).",
+    )
     synapse_probability: float = Field(
         default=0.6, ge=0.0, le=1.0, description="Chance that an axon tries a synapse onto a neighbour (dendrites preferred); it is kept where a synapse fits."
     )
@@ -118,6 +129,16 @@ class SynthParams(BaseModel):
         default=0.0, ge=0.0, le=1.0, description="Chance that a neuron is a dark cell (dense, dark cytoplasm, as EM staining gives some cells)."
     )
     dark_cell_level: float = Field(default=0.55, gt=0.0, le=1.0, description="Brightness of a dark cell's cytoplasm, as a fraction of a normal cell's.")
+    bodies: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="Chance that a neuron inside a body region holds a dark body (lysosome-like: mitochondrion-sized, dense, no cristae; not a mitochondrion in the labels; 0: none).",
+    )
+    body_regions: float = Field(default=0.4, ge=0.0, le=1.0, description="About the share of the volume (regions of size body_region_scale) that holds dark bodies.")
+    body_region_scale: float = Field(default=1500.0, gt=0, description="Length scale in nm of the body regions (in-plane; four times longer along z).")
+    body_radius: Range = Field(default=(60.0, 120.0), description="Range of dark body radii in nm (min, max); bodies are a little longer along z.")
+    body_darkness: float = Field(
+        default=0.6, ge=0.0, le=0.9, description="Darkness of a dark body's interior (0: as the cytoplasm, 1: black; a mitochondrion's is about 0.45)."
+    )
 
     # -- imaging -------------------------------------------------------------------------------
     noise: float = Field(default=0.06, ge=0.0, le=1.0, description="Standard deviation of the pixel noise, as a fraction of the full intensity range.")
@@ -146,7 +167,7 @@ class SynthParams(BaseModel):
             raise ValueError(f"voxel sizes must be positive, got {v}")
         return v
 
-    @field_validator("dendrite_radius", "mito_radius", "mito_length", "synapse_radius")
+    @field_validator("dendrite_radius", "mito_radius", "mito_length", "synapse_radius", "body_radius")
     @classmethod
     def _range(cls, v: Range) -> Range:
         if not 0 < v[0] <= v[1]:

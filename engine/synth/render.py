@@ -6,7 +6,7 @@ assembled byte-identically.
 
 The raw intensity of a voxel (in [0, 1], then 0..255) is built in this order: cytoplasm (a level per
 neuron, lighter in axons, plus texture), times the membrane band, mitochondria and synapses
-(postsynaptic density, vesicles) as darkening layers; then the microscope: an in-plane Gaussian blur
+(postsynaptic density, vesicles) and dark bodies as darkening layers; then the microscope: an in-plane Gaussian blur
 (computed on the box grown by a halo, then cropped), a brightness and contrast change per section, and
 pixel noise. Finally the section defects: misaligned sections show the raw image of a shifted box,
 missing sections are uniform.
@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from engine.geometry import Box
+from engine.synth.bodies import bodies_near, render_bodies
 from engine.synth.fields import normal_like, uniform, value_noise
 from engine.synth.mito import Mitos, mitos_near, render_mitos
 from engine.synth.neurons import NeuronField, crop_field, membrane_darkness, neuron_field, warp_amplitude
@@ -82,10 +83,10 @@ def metric_box(p: SynthParams, box: Box) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-def organelles(p: SynthParams, box: Box) -> tuple[Mitos, Synapses]:
-    """The mitochondria and synapses that can reach ``box`` (plus the blur halo)."""
+def organelles(p: SynthParams, box: Box) -> tuple[Mitos, Synapses, Mitos]:
+    """The mitochondria, synapses and dark bodies that can reach ``box`` (plus the blur halo)."""
     lo, hi = metric_box(p, box.grow((0, *blur_radius(p))))
-    return mitos_near(p, lo, hi), synapses_near(p, lo, hi)
+    return mitos_near(p, lo, hi), synapses_near(p, lo, hi), bodies_near(p, lo, hi)
 
 
 def _cytoplasm(p: SynthParams, field: NeuronField, box: Box) -> np.ndarray:
@@ -158,7 +159,7 @@ def illumination_gain(p: SynthParams, box: Box) -> np.ndarray:
     return np.float32(1.0) + np.float32(p.illumination) * np.clip(np.float32(1.6) * value_noise(p.seed, S_ILLUM, coords), -1.0, 1.0)
 
 
-def render_core(p: SynthParams, box: Box, found: tuple[Mitos, Synapses] | None = None) -> dict[str, np.ndarray]:
+def render_core(p: SynthParams, box: Box, found: tuple[Mitos, Synapses, Mitos] | None = None) -> dict[str, np.ndarray]:
     """All outputs of ``box`` without section defects (misalignment, missing sections); ``found``:
     the organelles, if already placed for a box that covers this one."""
     ry, rx = blur_radius(p)
@@ -175,14 +176,22 @@ def render_core(p: SynthParams, box: Box, found: tuple[Mitos, Synapses] | None =
     intensity = _cytoplasm(p, field, grown)
     intensity *= np.float32(1.0) - np.float32(MEMBRANE_DARK) * membrane_darkness(field, p)
 
-    mitos, synapses = found if found is not None else organelles(p, box)
+    mitos, synapses, bodies = found if found is not None else organelles(p, box)
     mito_ids, mito_dark = render_mitos(p, mitos, field, grown)
     syn_labels, syn_dark = render_synapses(p, synapses, field, grown)
     syn_dark[mito_ids != 0] = 0.0
+    body_dark = render_bodies(p, bodies, field, grown) if len(bodies) else None
+    if body_dark is not None:
+        body_dark[mito_ids != 0] = 0.0
+        syn_dark[body_dark != 0] = 0.0
     if p.er > 0:
         er = er_darkness(p, field, dist)
         er[(mito_ids != 0) | (syn_labels != 0)] = 0.0
+        if body_dark is not None:
+            er[body_dark != 0] = 0.0
         intensity *= np.float32(1.0) - er
+    if body_dark is not None:
+        intensity *= np.float32(1.0) - body_dark
     intensity *= np.float32(1.0) - mito_dark
     intensity *= np.float32(1.0) - syn_dark
 

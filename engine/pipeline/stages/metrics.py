@@ -22,12 +22,14 @@ from engine.pipeline.stages._base import DeclaredStage
 class MetricsSection(Config):
     """``metrics:`` -- ``scores``: ``score[r].metrics`` per round; ``histories``: ``train.history`` then
     ``finetune[r].history``; ``decisions``: ``finetune[r].decision``; ``effort``: ``annotate.boxes`` (the
-    labelled voxels). Each is filled in from the run's stages when not given."""
+    labelled voxels); ``ceiling``: ``ceiling.metrics`` (a model trained on all labels outside the test
+    region). Each is filled in from the run's stages when not given."""
 
     scores: list[str] | None = None
     histories: list[str] | None = None
     decisions: list[str] | None = None
     effort: str | None = None
+    ceiling: str | None = None
 
 
 COLUMNS = (("iou", "IoU"), ("dice", "Dice"), ("voi_split", "VOI split"), ("voi_merge", "VOI merge"), ("roi_accuracy", "ROI accuracy"), ("objects", "objects"),
@@ -96,7 +98,15 @@ def _plot_curves(parts: list[tuple[str, list[dict[str, Any]]]], path: Path) -> N
     plt.close(fig)
 
 
-def _plot_effort(rows: list[dict[str, Any]], path: Path) -> None:
+def ceiling_line(ceiling: dict[str, Any] | None) -> list[str]:
+    """The ceiling's line under the table (none without a ceiling)."""
+    if not ceiling:
+        return []
+    return [f"Ceiling (a model trained the same way on all {ceiling['labelled_voxels']:,} labelled voxels outside the test region): "
+            f"IoU {ceiling['iou']:.3f}, Dice {ceiling['dice']:.3f}."]
+
+
+def _plot_effort(rows: list[dict[str, Any]], path: Path, ceiling: dict[str, Any] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,6 +125,9 @@ def _plot_effort(rows: list[dict[str, Any]], path: Path) -> None:
     a1.set(xlabel="labelled voxels (annotated boxes + reviewed objects)", ylabel="IoU", title="quality vs labelled voxels")
     a2.set(xlabel="reviewed answers so far", ylabel="IoU", title="quality vs reviewed answers")
     for ax in (a1, a2):
+        if ceiling:
+            ax.axhline(float(ceiling["iou"]), color="grey", ls="--", lw=1, label="ceiling: all labels outside the test region")
+            ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -138,7 +151,7 @@ def _effort(rows: list[dict[str, Any]], decisions: list[dict[str, Any]], annotat
 
 
 class MetricsStage(DeclaredStage, name="metrics", config=MetricsSection, order=900,
-                   inputs=("scores", "histories", "decisions", "effort"), outputs=("metrics", "table")):
+                   inputs=("scores", "histories", "decisions", "effort", "ceiling"), outputs=("metrics", "table")):
     @classmethod
     def wire(cls, section: Config, plan_keys: list[str]) -> Config:
         from engine.pipeline.rounds import parse_key
@@ -155,6 +168,8 @@ class MetricsStage(DeclaredStage, name="metrics", config=MetricsSection, order=9
             update["decisions"] = [f"{k}.decision" for k in keys("finetune")]
         if getattr(section, "effort", None) is None and "annotate" in plan_keys:
             update["effort"] = "annotate.boxes"
+        if getattr(section, "ceiling", None) is None and "ceiling" in plan_keys:
+            update["ceiling"] = "ceiling.metrics"
         return section.model_copy(update=update) if update else section
 
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
@@ -171,17 +186,18 @@ class MetricsStage(DeclaredStage, name="metrics", config=MetricsSection, order=9
                 a = json.loads(info.read_text())
                 annotated = int(a.get("known_voxels", 0)) + int(a.get("heldout_voxels", 0))
         _effort(rows, decisions, annotated)
+        ceiling = json.loads(Path(ctx.input(cfg.ceiling)).read_text()) if cfg.ceiling else None
         parts = []
         for value in cfg.histories or []:
             if Path(ctx.input(value)).exists():
                 parts.append((value.rpartition(".")[0], read_history(ctx.input(value))))
         if rows:
             _plot_rounds(rows, ctx.dir / "metrics_per_round.png")
-            _plot_effort(rows, ctx.dir / "quality_vs_effort.png")
+            _plot_effort(rows, ctx.dir / "quality_vs_effort.png", ceiling)
         if parts:
             _plot_curves(parts, ctx.dir / "learning_curves.png")
-        md = ["## Metrics per round", "", *table_lines(rows), ""]
+        md = ["## Metrics per round", "", *table_lines(rows), "", *ceiling_line(ceiling)]
         (ctx.dir / "metrics.md").write_text("\n".join(md) + "\n")
         path = ctx.dir / "metrics.json"
-        path.write_text(json.dumps({"rounds": rows}, indent=1))
+        path.write_text(json.dumps({"rounds": rows, **({"ceiling": ceiling} if ceiling else {})}, indent=1))
         return {"metrics": str(path), "table": str(ctx.dir / "metrics.md")}

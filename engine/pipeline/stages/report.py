@@ -50,7 +50,9 @@ class ReportStage(DeclaredStage, name="report", config=ReportSection, outputs=("
         table = ctx.upstream.get("metrics", {}).get("table")
         metrics_dir = Path(table).parent if table else None
         if table and Path(table).is_file():
-            body = [ln for ln in Path(table).read_text().splitlines() if ln.startswith("|")]
+            text = Path(table).read_text().splitlines()
+            body = [ln for ln in text if ln.startswith("|")]
+            body += ["", *(ln for ln in text if ln.startswith("Ceiling"))]  # the metrics stage's ceiling line, if any
             lines += ["## Metrics per round", "", "Round r scores the model after r-1 rounds of review and fine-tuning against the ground truth. "
                       "A round whose fine-tuned model scored lower on the held-out annotated voxels keeps the previous model (the table says so).", "", *body, ""]
             lines += plot(metrics_dir / "metrics_per_round.png", "metrics per round") if metrics_dir else []
