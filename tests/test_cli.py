@@ -34,7 +34,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     first = run(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())["stages"]
-    expected = ["synth", "embed", "selection", "annotate", "train", "predict[1]", "label[1]", "score[1]", "query[1]", "review[1]", "finetune[1]",
+    expected = ["synth", "embed", "selection", "annotate", "train", "ceiling", "predict[1]", "label[1]", "score[1]", "query[1]", "review[1]", "finetune[1]",
                 "predict[2]", "label[2]", "score[2]", "metrics", "report"]
     assert sorted(manifest) == sorted(expected) and all(e["status"] == "done" for e in manifest.values())
     assert f"{len(expected)} stage(s) ran, 0 done already" in first.stdout
