@@ -39,6 +39,8 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert sorted(manifest) == sorted(expected) and all(e["status"] == "done" for e in manifest.values())
     assert f"{len(expected)} stage(s) ran, 0 done already" in first.stdout
     assert "| 1 | base (train) |" in first.stdout and "| 2 | after 1 round(s)" in first.stdout
+    ceiling = json.loads((out / "ceiling" / "metrics.json").read_text())
+    assert f"IoU {ceiling['iou']:.3f}, Dice {ceiling['dice']:.3f}." in first.stdout  # the ceiling under the table
     assert f"report: {out / 'report.md'}" in first.stdout and "neuroglancer-demo.appspot.com/#!" in first.stdout
     assert (out / "selection" / "picks.png").stat().st_size > 1000
 

@@ -217,21 +217,23 @@ def run_demo(
     if report_cfg is not None:
         link = neuroglancer_link(outs, run_dir, report_cfg.serve_url, report_cfg.neuroglancer)
     metrics: list[dict[str, Any]] = []
+    ceiling = None
     mpath = outs.get("metrics", {}).get("metrics")
     if mpath and os.path.exists(mpath):
-        metrics = json.loads(Path(mpath).read_text())["rounds"]
-    return {"results": results, "report": outs.get("report", {}).get("report"), "link": link, "metrics": metrics, "run_dir": str(run_dir),
+        doc = json.loads(Path(mpath).read_text())
+        metrics, ceiling = doc["rounds"], doc.get("ceiling")
+    return {"results": results, "report": outs.get("report", {}).get("report"), "link": link, "metrics": metrics, "ceiling": ceiling, "run_dir": str(run_dir),
             "serve_port": report_cfg.serve_url.rsplit(":", 1)[-1] if report_cfg is not None else None}
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """What ``connectile demo`` prints at the end."""
-    from engine.pipeline.stages.metrics import table_lines
+    from engine.pipeline.stages.metrics import ceiling_line, table_lines
 
     ran = [r for r in summary["results"] if r.action == "ran"]
     lines = [f"{len(ran)} stage(s) ran, {len(summary['results']) - len(ran)} done already; run folder {summary['run_dir']} (manifest.json)"]
     if summary["metrics"]:
-        lines += ["metrics per round (round r: the model after r-1 fine-tunings):", *table_lines(summary["metrics"])]
+        lines += ["metrics per round (round r: the model after r-1 fine-tunings):", *table_lines(summary["metrics"]), *ceiling_line(summary.get("ceiling"))]
     if summary["report"]:
         lines.append(f"report: {summary['report']}")
     if summary["link"]:
