@@ -1,14 +1,15 @@
 """``connectile demo``: the whole pipeline on the embedded default config, end to end.
 
-A synthetic EM volume with ground truth -> self-supervised embeddings -> coverage selection of the
-boxes to label -> labels from the oracle -> semi-supervised training -> per round: prediction,
-objects, metrics, active queries, oracle review, fine-tuning -> metrics per round -> a Markdown report
-with plots and a neuroglancer link. Resumable: running it again skips finished stages (``--overwrite``
+A synthetic EM volume with ground truth (target: mitochondria) -> self-supervised embeddings ->
+coverage selection of the boxes to label -> labels from the oracle -> supervised training and a
+ceiling (every label outside the test region) -> per round: prediction, objects, metrics, active
+queries, oracle review, fine-tuning -> metrics per round -> a Markdown report with plots and a
+neuroglancer link. Resumable: running it again skips finished stages (``--overwrite``
 starts over). ``--real lucchi`` runs it on the Lucchi++ volume of the shared data folder instead.
 
 Examples::
 
-    connectile demo                                   # runs/demo, local Ray, about 4 minutes on 2 quiet cores
+    connectile demo                                   # runs/demo, local Ray, 3.5 minutes on 2 quiet cores
     connectile demo --real lucchi --out runs/demo_lucchi
     connectile demo --print-config > my.yaml          # the config, to edit and run with connectile run
 """
