@@ -91,8 +91,7 @@ def demo_config(
                  "augment": {"intensity": 0.3, "noise": 0.2, "blur": 0.1, "elastic": 0.0, "misalign": 0.0, "missing_section": 0.0},
                  "sampling": {"reject_empty": 0.5, "max_pos_weight": 3.0},
                  "validation_roi": {"start": [LUCCHI_TEST_FROM_Z, 0, 0], "stop": [LUCCHI_TEST_FROM_Z + 8, 768, 1024]}}
-    cfg["embed"] = embed
-    cfg["selection"] = select
+    cfg["embed"], cfg["selection"] = embed, select
     cfg["annotate"] = {"boxes": "selection.boxes", "truth": truth, "source": "oracle", "target": target, "boundary": 2, "heldout": 0.25}
     # supervised (semi-supervised mixing lost 0.12 IoU on Lucchi++ and 0.18 on the synthetic mitochondria, benchmarks/RESULTS.md)
     cfg["train"] = {"raw": raw, "labels": "annotate.labels", "boxes": "annotate.boxes", "truth": "annotate.validation", **train}
