@@ -344,9 +344,7 @@ class _Dispatcher:
                 self.markers.record([(bid, FAILED, 0.0, attempts, "", f"block {bid}: {what}: {c.lost}")])
         if self.restarts_left <= 0:
             log.error("worker %d died and no replacements are left; %d worker(s) remain", c.worker, len(self.alive()) - 1)
-            self.dead.add(c.worker)
-            if not self.alive():
-                self._fail_pending("no workers left (each died and the replacement budget is spent)")
+            self.dead.add(c.worker)  # with none alive, run() marks every pending block failed once the last batches are back
             return
         self.restarts_left -= 1
         self.observer.summary.workers_replaced += 1
