@@ -38,26 +38,12 @@ class CeilingSection(Config):
 
 
 def region_iou(prob_url: str, truth_url: str, target: str, boundary: int, threshold: float, z_from: int) -> dict[str, Any]:
-    """Voxel IoU and Dice of ``probability > threshold`` against the truth's foreground over sections ``z >= z_from``."""
-    from engine.geometry import Box
-    from engine.kernels.components import foreground
-    from engine.pipeline.stages.annotate import read_foreground
+    """Voxel IoU and Dice of ``probability > threshold`` against the truth's foreground over sections
+    ``z >= z_from``: the score stage's :func:`~engine.pipeline.stages.score.region_iou`, by URL."""
+    from engine.pipeline.stages.score import region_iou as score_region
     from engine.storage import open_volume
 
-    prob, truth = open_volume(prob_url), open_volume(truth_url)
-    full = truth.spatial_shape
-    inter = union = p_sum = t_sum = 0
-    depth = max(1, prob.chunk_shape[0])
-    for z in range(z_from, full[0], depth):
-        box = Box((z, 0, 0), (min(z + depth, full[0]), *full[1:]))
-        p = foreground(prob.read(box), threshold)
-        t = read_foreground(truth, box, target, boundary)  # type: ignore[arg-type]
-        inter += int((p & t).sum())
-        union += int((p | t).sum())
-        p_sum += int(p.sum())
-        t_sum += int(t.sum())
-    return {"iou": inter / union if union else 1.0, "dice": 2 * inter / (p_sum + t_sum) if p_sum + t_sum else 1.0,
-            "predicted_voxels": p_sum, "truth_voxels": t_sum, "scored_from_z": z_from}
+    return {**score_region(open_volume(prob_url), open_volume(truth_url), target, boundary, threshold, z_from), "scored_from_z": z_from}
 
 
 class CeilingStage(DeclaredStage, name="ceiling", config=CeilingSection, order=135, inputs=("raw", "truth"), outputs=("metrics", "checkpoint")):

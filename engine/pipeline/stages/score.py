@@ -40,6 +40,28 @@ class ScoreSection(Config):
     voi_max_voxels: int = Field(default=1 << 25, ge=1)
 
 
+def region_iou(prob: Any, truth: Any, target: Any, boundary: int, threshold: float, z_from: int) -> dict[str, Any]:
+    """Voxel IoU and Dice of ``probability > threshold`` (volume ``prob``) against the truth's foreground
+    (volume ``truth``) over sections ``z >= z_from``, read one chunk of sections at a time."""
+    from engine.geometry import Box
+    from engine.kernels.components import foreground
+    from engine.pipeline.stages.annotate import read_foreground
+
+    full = truth.spatial_shape
+    inter = union = p_sum = t_sum = 0
+    depth = max(1, prob.chunk_shape[0])
+    for z in range(z_from, full[0], depth):
+        box = Box((z, 0, 0), (min(z + depth, full[0]), *full[1:]))
+        p = foreground(prob.read(box), threshold)
+        t = read_foreground(truth, box, target, boundary)
+        inter += int((p & t).sum())
+        union += int((p | t).sum())
+        p_sum += int(p.sum())
+        t_sum += int(t.sum())
+    return {"iou": inter / union if union else 1.0, "dice": 2 * inter / (p_sum + t_sum) if p_sum + t_sum else 1.0,
+            "predicted_voxels": p_sum, "truth_voxels": t_sum}
+
+
 def score_round(prob_url: str, labels_url: str, table: str, truth_url: str, cfg: ScoreSection, z_from: int = 0) -> dict[str, Any]:
     """The metrics of the module docstring, over sections ``z >= z_from`` (the run's test region; objects
     counted for the ROI accuracy when they lie wholly there)."""
@@ -47,9 +69,7 @@ def score_round(prob_url: str, labels_url: str, table: str, truth_url: str, cfg:
 
     from engine.active.oracle import objects_correct
     from engine.geometry import Box
-    from engine.kernels.components import foreground
     from engine.metrics.segmentation import voi
-    from engine.pipeline.stages.annotate import read_foreground
     from engine.storage import open_volume
 
     prob, lab, truth = open_volume(prob_url), open_volume(labels_url), open_volume(truth_url)
@@ -59,20 +79,7 @@ def score_round(prob_url: str, labels_url: str, table: str, truth_url: str, cfg:
 
         raise ConfigError(f"test_from_z {z_from} is outside the volume's {full[0]} sections", "give a section inside the volume")
     shape = (full[0] - z_from, *full[1:])  # the scored region, from z_from
-    inter = union = p_sum = t_sum = 0
-    depth = max(1, prob.chunk_shape[0])
-    for z in range(z_from, full[0], depth):
-        box = Box((z, 0, 0), (min(z + depth, full[0]), *full[1:]))
-        p = foreground(prob.read(box), cfg.threshold)
-        t = read_foreground(truth, box, cfg.target, cfg.boundary)
-        inter += int((p & t).sum())
-        union += int((p | t).sum())
-        p_sum += int(p.sum())
-        t_sum += int(t.sum())
-    out: dict[str, Any] = {
-        "iou": inter / union if union else 1.0, "dice": 2 * inter / (p_sum + t_sum) if p_sum + t_sum else 1.0,
-        "predicted_voxels": p_sum, "truth_voxels": t_sum,
-    }
+    out = region_iou(prob, truth, cfg.target, cfg.boundary, cfg.threshold, z_from)
     # VOI over a centred sub-volume of at most voi_max_voxels
     sub = list(shape)
     while int(np.prod(sub)) > cfg.voi_max_voxels:
