@@ -402,3 +402,38 @@ def test_command_and_pipeline_stage_share_the_layout_and_its_defaults(tmp_path: 
         a, b = open_volume(tmp_path / "cli.zarr" / name), open_volume(out[name])
         assert a.chunk_shape == b.chunk_shape and a.chunk_shape[-3:] == defaults["chunks"]
         np.testing.assert_array_equal(a.read(a.box), b.read(b.box))
+
+
+def test_cli_flags_are_generated_from_the_params_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 15: every SynthParams field is a flag of ``connectile synth`` with the model's default in its
+    help (no second list of flags and defaults); ranges are ``MIN,MAX``; a flag beats ``--set``; the
+    command line reads the model without importing TensorStore."""
+    import argparse
+    import subprocess
+    import sys
+
+    from engine.commands import synth as command
+    from engine.commands._flags import flag
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    command.add_parser(sub)
+    text = " ".join(sub.choices["synth"].format_help().split())
+    for name in SynthParams.model_fields:
+        assert flag(name) in text, name
+    assert "--mito-probability MITO_PROBABILITY, --mito MITO_PROBABILITY" in text and "--mito-radius MIN,MAX" in text
+    dst = tmp_path / "f.zarr"
+    args = ["synth", str(dst), "--shape", "4,64,64", "--chunks", "4,64,64", "--no-progress", "--seed", "2"]
+    assert main([*args, "--mito", "0.9", "--mito-radius", "30,90", "--mito-squeeze", "--set", "mito_probability=0.1", "--set", "noise=0.1"]) == 0
+    stored = open_volume(dst / "raw").attrs["synth"]
+    assert stored["mito_probability"] == 0.9 and tuple(stored["mito_radius"]) == (30.0, 90.0) and stored["mito_squeeze"] is True
+    assert stored["noise"] == 0.1 and stored["seed"] == 2 and stored["neuron_spacing"] == SynthParams().neuron_spacing
+    capsys.readouterr()
+    assert main(["synth", str(tmp_path / "g.zarr"), "--shape", "4,64,64", "--mito-radius", "30"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--mito-radius" in err and "min,max" in err and "\n" not in err
+    assert not (tmp_path / "g.zarr").exists()
+    assert main(["synth", str(tmp_path / "h.zarr"), "--shape", "4,64,64", "--set", "neuron_strech=6"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "neuron_strech" in err and "\n" not in err
+    probe = "import sys, engine.commands.synth; print('tensorstore' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO).stdout.strip() == "False"

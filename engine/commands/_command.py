@@ -22,9 +22,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from engine.commands._common import add_runtime_args, check_output
 from engine.commands._flags import add_flags
-from engine.config import Params
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Settings:
     :func:`~engine.commands._flags.add_flags` for ``defaults``, ``aliases`` and ``skip``); ``exclusive``:
     further flags of the group that exclude each other (e.g. ``--lut`` / ``--no-lut``)."""
 
-    model: type[Params]
+    model: type[BaseModel]
     title: str
     defaults: bool = True
     aliases: Mapping[str, Sequence[str]] | None = None

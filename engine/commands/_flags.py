@@ -3,7 +3,7 @@
 Each field ``name`` becomes ``--name`` (underscores as dashes) with its type, choices, default and help
 taken from the model (the field's description, then "(default: ...)"), so that a command, its pipeline
 stage and the op share one declaration and one set of defaults. ``z,y,x`` triples are written
-``--window 16,128,128``; booleans get ``--name`` / ``--no-name``. :func:`params_from_args` builds the model
+``--window 16,128,128`` and ``(min, max)`` ranges ``--mito-radius 40,100``; booleans get ``--name`` / ``--no-name``. :func:`params_from_args` builds the model
 back from the parsed arguments (a bad value is one :class:`~engine.errors.ConfigError` naming the flag).
 
 >>> import argparse
@@ -21,12 +21,11 @@ import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from engine.config import Params
 from engine.errors import ConfigError
 
-P = TypeVar("P", bound=Params)
+P = TypeVar("P", bound=BaseModel)
 
 
 def flag(name: str) -> str:
@@ -47,20 +46,25 @@ def _is_triple(annotation: Any) -> bool:
     return get_origin(annotation) is tuple and len(get_args(annotation)) == 3
 
 
+def _is_pair(annotation: Any) -> bool:
+    """A ``(min, max)`` range, written ``--name 40,100``."""
+    return get_origin(annotation) is tuple and len(get_args(annotation)) == 2 and Ellipsis not in get_args(annotation)
+
+
 def _show(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return ",".join(str(v) for v in value)
     return str(value)
 
 
-def _example(model: type[Params], name: str) -> str:
+def _example(model: type[BaseModel], name: str) -> str:
     """A value to show for ``name``: its default, else the field's first example."""
     info = model.model_fields[name]
     return _show(info.default if info.default is not None else (info.examples or [(16, 128, 128)])[0])
 
 
 def add_flags(
-    parser: argparse.ArgumentParser | Any, model: type[Params], *, skip: typing.Iterable[str] = (), defaults: bool = True,
+    parser: argparse.ArgumentParser | Any, model: type[BaseModel], *, skip: typing.Iterable[str] = (), defaults: bool = True,
     aliases: typing.Mapping[str, typing.Sequence[str]] | None = None,
 ) -> None:
     """Add one flag per field of ``model`` (but ``skip``) to ``parser`` (or an argument group). With
@@ -84,6 +88,8 @@ def add_flags(
             parser.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
         elif _is_triple(kind):
             parser.add_argument(*names, metavar="Z,Y,X", **kw)
+        elif _is_pair(kind):
+            parser.add_argument(*names, metavar="MIN,MAX", **kw)
         elif get_origin(kind) is list:
             parser.add_argument(*names, metavar="A,B,...", **kw)
         elif get_origin(kind) is Literal:
@@ -109,6 +115,10 @@ def params_from_args(model: type[P], args: argparse.Namespace, /, **extra: Any) 
             value = value.split(",")
             if len(value) != 3:
                 raise ConfigError(f"{flag(name)} must be three comma-separated numbers z,y,x, got {getattr(args, name)!r}", f"e.g. {flag(name)} {_example(model, name)}")
+        if isinstance(value, str) and _is_pair(kind):
+            value = value.split(",")
+            if len(value) != 2:
+                raise ConfigError(f"{flag(name)} must be two comma-separated numbers min,max, got {getattr(args, name)!r}", f"e.g. {flag(name)} {_example(model, name)}")
         values[name] = value
     try:
         return model(**values, **extra)

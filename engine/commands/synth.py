@@ -1,8 +1,10 @@
 """``connectile synth DST --shape Z,Y,X --seed N``: write a synthetic EM volume with ground truth.
 
 Writes ``raw``, ``neurons``, ``mito`` and ``synapses`` into the group DST (see :mod:`engine.synth`).
-The main parameters have options of their own; any other field of
-:class:`~engine.synth.SynthParams` is set with ``--set name=value`` (repeatable).
+Every field of :class:`~engine.synth.SynthParams` is an option of its own, generated from the model
+(its description and default: ``--neuron-spacing 200``, ``--mito-radius 40,100``; ``--mito`` and
+``--synapses`` are short for ``--mito-probability`` and ``--synapse-probability``); ``--set name=value``
+(repeatable) sets one too, and an option given beats it.
 """
 
 from __future__ import annotations
@@ -18,22 +20,9 @@ from engine.commands._command import ADDRESS, Command, Settings, arg
 from engine.commands._flags import params_from_args
 from engine.errors import ConfigError
 from engine.params import SynthLayout
+from engine.synth.params import SynthParams
 
 log = logging.getLogger(__name__)
-
-#: options that set a SynthParams field directly: option dest -> field name
-_FIELDS = {
-    "neuron_spacing": "neuron_spacing",
-    "mito": "mito_probability",
-    "synapses": "synapse_probability",
-    "noise": "noise",
-    "blur": "blur",
-    "misalign": "misalign",
-    "misalign_shift": "misalign_shift",
-    "misalign_mode": "misalign_mode",
-    "missing": "missing",
-}
-
 
 def parse_triple(text: str | None, what: str, kind: type = int) -> tuple[Any, ...] | None:
     """``"64,256,256"`` -> ``(64, 256, 256)``; a one-line :class:`ConfigError` otherwise."""
@@ -66,21 +55,18 @@ def run(args: argparse.Namespace) -> int:
 
     shape = parse_triple(args.shape, "--shape")
     layout = params_from_args(SynthLayout, args)
-    overrides = _parse_set(args.set)
-    voxel_size = parse_triple(args.voxel_size, "--voxel-size", float)
-    if voxel_size is not None:
-        overrides["voxel_size"] = voxel_size
-    for dest, field in _FIELDS.items():
-        value = getattr(args, dest)
-        if value is not None:
-            overrides[field] = value
-    if args.misalign_labels:
-        overrides["misalign_labels"] = True
-    if "seed" in overrides:
+    from_set = _parse_set(args.set)
+    if "seed" in from_set:
         raise ConfigError("the seed is set with --seed, not --set seed=", "use --seed N")
+    unknown = sorted(set(from_set) - set(SynthParams.model_fields))
+    if unknown:
+        raise ConfigError(f"--set {unknown[0]}=...: synth has no parameter {unknown[0]!r}", "see connectile synth --help or docs/synth.md for the parameters")
+    # the flags given (the generated ones leave no attribute when absent) beat --set
+    params = params_from_args(SynthParams, args, **{k: v for k, v in from_set.items() if not hasattr(args, k)})
+    overrides = {k: getattr(params, k) for k in params.model_fields_set}
     start = time.perf_counter()
     vols = synthesize(
-        args.dst, shape, args.seed, **layout.settings(), overwrite=args.overwrite, progress=not args.no_progress,
+        args.dst, shape, **layout.settings(), overwrite=args.overwrite, progress=not args.no_progress,
         backend=args.backend, workers=args.workers, address=args.address, **overrides
     )
     raw = vols["raw"]
@@ -99,20 +85,10 @@ add_parser = Command(
     flags=(
         arg("dst", help="output group, e.g. out.zarr (arrays raw, neurons, mito, synapses)"),
         arg("--shape", required=True, metavar="Z,Y,X", help="volume size in voxels"),
-        arg("--seed", type=int, default=0, help="random seed (default 0)"),
         Settings(SynthLayout, "storage (the pipeline's synth stage takes the same settings)"),
-        arg("--voxel-size", default=None, metavar="Z,Y,X", help="voxel size in nm (default 40,8,8)"),
-        arg("--neuron-spacing", type=float, metavar="NM", help="mean distance between small neurites (default 260)"),
-        arg("--mito", type=float, metavar="P", help="chance that an axon tries a mitochondrion (default 0.5)"),
-        arg("--synapses", type=float, metavar="P", help="chance that an axon tries a synapse (default 0.6)"),
-        arg("--noise", type=float, metavar="S", help="pixel noise, fraction of the range (default 0.06)"),
-        arg("--blur", type=float, metavar="NM", help="in-plane blur sigma (default 7)"),
-        arg("--misalign", type=float, metavar="P", help="chance per section of a shifted raw section (default 0)"),
-        arg("--misalign-shift", type=int, metavar="VOXELS", help="largest shift (default 12)"),
-        arg("--misalign-mode", choices=["slip", "step"], help="slip: one section moves; step: all later ones too"),
-        arg("--misalign-labels", action="store_true", help="shift the labels with the raw sections"),
-        arg("--missing", type=float, metavar="P", help="chance per section of a missing (uniform) raw section (default 0)"),
-        arg("--set", action="append", default=[], metavar="NAME=VALUE", help="any other parameter, e.g. --set neuron_stretch=6"),
+        Settings(SynthParams, "the volume (the pipeline's synth.params; docs/synth.md)", defaults=False,
+                 aliases={"mito_probability": ("--mito",), "synapse_probability": ("--synapses",)}),
+        arg("--set", action="append", default=[], metavar="NAME=VALUE", help="a parameter by its name, e.g. --set neuron_stretch=6 (an option given beats it)"),
         arg("--overwrite", action="store_true", help="replace existing outputs"),
         arg("--preview", metavar="PNG", help="also save a preview image"),
         arg("--no-progress", action="store_true", help="no progress bar"),
