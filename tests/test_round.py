@@ -305,6 +305,35 @@ def test_a_harmful_round_keeps_the_previous_model(tmp_path: Path, monkeypatch: p
     d2 = json.loads(Path(m.stages["finetune[1]"]["outputs"]["decision"]).read_text())
     assert d2["kept"] == "candidate" and m.stages["finetune[1]"]["outputs"]["checkpoint"] == d2["candidate"] != d2["previous"]
 
+    # the tolerant gate (revert only what is clearly worse) still reverts this round: it is worse in every resample
+    run_pipeline(pipeline_config(cfg, [*hard, "rounds.finetune.gate_confidence=0.9"]))
+    d3 = json.loads(Path(Manifest("run").stages["finetune[1]"]["outputs"]["decision"]).read_text())
+    assert d3["kept"] == "previous" and d3["share_worse"] >= 0.9 and d3["heldout_tiles"] > 1, d3
+
+
+def test_the_tolerant_gate_reverts_only_a_clearly_worse_round() -> None:
+    """``gate_confidence``: a lower held-out score that the resampled tiles cannot tell from noise keeps the
+    new model (the strict default reverts it); a drop in most tiles reverts it; the IoU is that of all
+    tiles together, as :func:`engine.metrics.jaccard` gives it."""
+    from engine.metrics import jaccard
+    from engine.pipeline.stages.finetune import FinetuneSection, FinetuneStage, counts_iou, tile_counts
+
+    rng = np.random.default_rng(0)
+    truth = rng.random((1, 4, 256, 256)) < 0.05
+    known = rng.random(truth.shape) < 0.5
+    old = truth ^ (rng.random(truth.shape) < 0.02)
+    close = old.copy()
+    close[0, 1, :64, :64] ^= rng.random((64, 64)) < 0.03  # a little worse in one tile of 64
+    worse = truth ^ (rng.random(truth.shape) < 0.04)  # twice the errors everywhere
+    counts = {name: tile_counts(pred, truth, known) for name, pred in (("old", old), ("close", close), ("worse", worse))}
+    assert len(counts["old"][0]) == 64 and counts_iou(counts["old"]) == pytest.approx(jaccard(old, truth, known))
+    assert counts_iou(counts["close"]) < counts_iou(counts["old"])
+    for conf, candidate, kept in ((None, "close", "previous"), (0.9, "close", "candidate"), (0.9, "worse", "previous")):
+        doc: dict[str, object] = {}
+        reason = FinetuneStage._verdict(FinetuneSection(gate_confidence=conf), counts["old"], counts[candidate], int(known.sum()), doc)
+        assert doc["kept"] == kept, (conf, candidate, doc, reason)
+    assert "too close to tell apart" in FinetuneStage._verdict(FinetuneSection(gate_confidence=0.9), counts["old"], counts["close"], 1, {})
+
 
 def test_round_layout_errors_are_one_line_and_delete_nothing(run: str, capsys: pytest.CaptureFixture[str]) -> None:
     import yaml

@@ -75,9 +75,11 @@ class Validator:
         self.target, self.weight = make_target(lab, np.ones(lab.shape, bool), cfg.target, cfg.model.affinity_offsets)
         self.window = vcfg.window or cfg.crop
 
-    def __call__(self, model: nn.Module, device: torch.device | str = "cpu") -> dict[str, float]:
+    def masks(self, model: nn.Module, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(prediction, truth, known)`` boolean arrays ``(K, Z, Y, X)`` of ``model`` on the volume."""
         prob = predict_volume(model, self.raw, window=self.window, overlap=self.vcfg.overlap, device=device)
-        pred = prob > self.vcfg.threshold
-        gt = self.target > 0.5
-        known = self.weight > 0
+        return prob > self.vcfg.threshold, self.target > 0.5, self.weight > 0
+
+    def __call__(self, model: nn.Module, device: torch.device | str = "cpu") -> dict[str, float]:
+        pred, gt, known = self.masks(model, device)
         return {"iou": jaccard(pred, gt, known), "voc": voc(pred, gt, known), "dice": dice(pred, gt, known)}

@@ -18,7 +18,11 @@ Training continues the model's own run: its checkpoint (weights, optimizer state
 ``steps`` more steps at ``lr``. Then the gate: the previous and the new model are scored (IoU) on
 the held-out voxels; with ``keep_better`` the new model is the output only if it scores at least as
 well, else the previous checkpoint is (``decision.json`` records both scores and the choice, and the
-metrics table and report say so).
+metrics table and report say so). A few held-out voxels cannot tell two close models apart (a strict
+gate then reverts good rounds as often as bad ones): with ``gate_confidence`` (e.g. 0.9) a lower score
+reverts the round only when it is lower in that share of paired bootstrap resamples of the held-out
+tiles (one section by ``GATE_TILE`` x ``GATE_TILE`` voxels each), so the gate reverts the rounds that are
+clearly worse and says "too close to tell" of the others.
 
 The defaults are fine-tuning settings, not training ones: a small learning rate (1e-3, a third of the
 base training's 3e-3), few steps (40), and half of the crops replayed from the annotated boxes.
@@ -63,6 +67,9 @@ class FinetuneSection(Config):
     propagate: bool = Field(default=True, description="answers reach the unreviewed members of the reviewed object's cluster")
     propagated_weight: float = Field(default=0.5, ge=0.0, le=1.0, description="loss weight of propagated labels (reviewed: 1)")
     keep_better: bool = Field(default=True, description="keep the previous model when the new one scores lower on the held-out voxels")
+    gate_confidence: float | None = Field(default=None, gt=0.5, lt=1.0, description=(
+        "revert only a round that scores lower in at least this share of paired bootstrap resamples of the held-out tiles "
+        "(None: every round that scores lower)"))
 
 
 def step_of(checkpoint: Path) -> int:
@@ -128,23 +135,78 @@ def crop_boxes(annotated: list[dict[str, list[int]]], objects: list[dict[str, An
     return out
 
 
-def heldout_score(checkpoint: str, raw: str, heldout: str, boxes: list[dict[str, list[int]]], tcfg: Any) -> tuple[float | None, int]:
-    """IoU of a checkpoint's prediction on the held-out labelled voxels (within their bounding box), and
-    how many voxels that is; ``(None, 0)`` without held-out voxels."""
+#: in-plane side (voxels) of the held-out tiles that the gate resamples; a tile is one section deep
+GATE_TILE = 64
+
+
+Counts = tuple[np.ndarray, np.ndarray]
+
+
+def heldout_counts(checkpoint: str, raw: str, heldout: str, boxes: list[dict[str, list[int]]], tcfg: Any) -> tuple[Counts, int] | None:
+    """A checkpoint's prediction on the held-out labelled voxels (within their bounding box): the
+    intersection and union voxel counts per tile (:data:`GATE_TILE`, tiles without a held-out voxel left
+    out), and the number of held-out voxels; None without any."""
     from engine.learn.config import ValidationConfig
     from engine.learn.validate import Validator
     from engine.models import load_checkpoint
 
     if not boxes:
-        return None, 0
+        return None
     lo = np.min([b["start"] for b in boxes], axis=0).tolist()
     hi = np.max([b["stop"] for b in boxes], axis=0).tolist()
     v = Validator(ValidationConfig.model_validate({"raw": raw, "labels": heldout, "roi": {"start": lo, "stop": hi}, "every": 1}), tcfg)
     known = int((v.weight > 0).sum())
     if known == 0:
-        return None, 0
+        return None
     model, _, _ = load_checkpoint(checkpoint)
-    return float(v(model)["iou"]), known
+    return tile_counts(*v.masks(model)), known
+
+
+def tile_counts(pred: np.ndarray, truth: np.ndarray, known: np.ndarray, tile: int = GATE_TILE) -> Counts:
+    """Intersection and union counts of the ``known`` voxels per tile of one section by ``tile`` x
+    ``tile`` (every channel of a tile together); tiles without a known voxel are left out.
+
+    >>> p = np.zeros((1, 2, 4, 4), bool); p[0, 0, :2, :2] = True
+    >>> t = np.zeros_like(p); t[0, 0, :1, :2] = True; t[0, 1, 0, 0] = True
+    >>> tile_counts(p, t, np.ones_like(p), tile=4)
+    (array([2, 0]), array([4, 1]))
+    """
+    pos = np.nonzero(known)
+    dims = (known.shape[-3], -(-known.shape[-2] // tile), -(-known.shape[-1] // tile))
+    ids = np.ravel_multi_index((pos[-3], pos[-2] // tile, pos[-1] // tile), dims)
+    _, inverse = np.unique(ids, return_inverse=True)
+    p, t = pred[pos], truth[pos]
+    return np.bincount(inverse, weights=p & t).astype(np.int64), np.bincount(inverse, weights=p | t).astype(np.int64)
+
+
+def counts_iou(counts: Counts) -> float:
+    """IoU of all tiles together (1.0 where nothing is foreground, as :func:`engine.metrics.jaccard`)."""
+    union = int(counts[1].sum())
+    return 1.0 if union == 0 else int(counts[0].sum()) / union
+
+
+def share_worse(old: Counts, new: Counts, draws: int = 2000, seed: int = 0) -> float:
+    """Share of paired bootstrap resamples of the tiles (the same tiles for both models) in which the
+    new model's IoU is below the old one's; deterministic for a given ``seed``.
+
+    >>> old = (np.full(50, 80), np.full(50, 100)); new = (np.full(50, 60), np.full(50, 100))
+    >>> share_worse(old, new), share_worse(new, old)
+    (1.0, 0.0)
+    """
+    rng = np.random.default_rng(seed)
+    n, worse = len(old[0]), 0
+    for start in range(0, draws, 250):
+        idx = rng.integers(0, n, size=(min(250, draws - start), n))
+        iou = [np.where(u[idx].sum(1) > 0, i[idx].sum(1) / np.maximum(u[idx].sum(1), 1), 1.0) for i, u in (old, new)]
+        worse += int(np.count_nonzero(iou[1] < iou[0]))
+    return worse / draws
+
+
+def heldout_score(checkpoint: str, raw: str, heldout: str, boxes: list[dict[str, list[int]]], tcfg: Any) -> tuple[float | None, int]:
+    """IoU of a checkpoint's prediction on the held-out labelled voxels (within their bounding box), and
+    how many voxels that is; ``(None, 0)`` without held-out voxels."""
+    got = heldout_counts(checkpoint, raw, heldout, boxes, tcfg)
+    return (None, 0) if got is None else (counts_iou(got[0]), got[1])
 
 
 class FinetuneStage(DeclaredStage, kind="finetune", config=FinetuneSection, order=150,
@@ -210,17 +272,35 @@ class FinetuneStage(DeclaredStage, kind="finetune", config=FinetuneSection, orde
         if cfg.heldout:
             held_boxes = json.loads(Path(ctx.input(cfg.boxes)).read_text()).get("heldout", [])
         heldout = ctx.input(cfg.heldout) if cfg.heldout else None
-        if heldout is None or not held_boxes:
+        old_got = heldout_counts(previous, base.data.raw, heldout, held_boxes, tcfg) if heldout and held_boxes else None
+        new_got = heldout_counts(candidate, base.data.raw, heldout, held_boxes, tcfg) if heldout and old_got else None
+        if old_got is None or new_got is None:
             doc.update(previous_score=None, candidate_score=None, heldout_voxels=0, kept="candidate", checkpoint=candidate,
                        reason="no held-out voxels to compare on (annotate.heldout is 0): the new model is used")
             log.warning("%s: %s", ctx.stage, doc["reason"])
             return doc
-        old, n = heldout_score(previous, base.data.raw, heldout, held_boxes, tcfg)
-        new, _ = heldout_score(candidate, base.data.raw, heldout, held_boxes, tcfg)
-        worse = old is not None and new is not None and new < old
-        kept = "previous" if worse and cfg.keep_better else "candidate"
-        reason = (f"the new model scores {new:.4f} < {old:.4f} on {n} held-out voxels: " + ("kept the previous model" if kept == "previous" else "used it anyway (keep_better: false)")
-                  if worse else f"the new model scores {new:.4f} >= {old:.4f} on {n} held-out voxels: used it")
-        doc.update(previous_score=old, candidate_score=new, heldout_voxels=n, kept=kept, checkpoint=previous if kept == "previous" else candidate, reason=reason)
-        log.info("%s: %s", ctx.stage, reason)
+        (old_c, n), (new_c, _) = old_got, new_got
+        doc["reason"] = FinetuneStage._verdict(cfg, old_c, new_c, n, doc)
+        doc.update(previous_score=counts_iou(old_c), candidate_score=counts_iou(new_c), heldout_voxels=n, heldout_tiles=len(old_c[0]),
+                   checkpoint=previous if doc["kept"] == "previous" else candidate)
+        log.info("%s: %s", ctx.stage, doc["reason"])
         return doc
+
+    @staticmethod
+    def _verdict(cfg: Any, old_c: Counts, new_c: Counts, n: int, doc: dict[str, Any]) -> str:
+        """Which model the gate keeps (``doc["kept"]``, ``doc["share_worse"]``) and why, in words."""
+        old, new = counts_iou(old_c), counts_iou(new_c)
+        scores = f"the new model scores {new:.4f} {'<' if new < old else '>='} {old:.4f} on {n} held-out voxels"
+        doc.update(kept="candidate", share_worse=None, gate_confidence=cfg.gate_confidence)
+        if new >= old:
+            return f"{scores}: used it"
+        if cfg.gate_confidence is not None:
+            doc["share_worse"] = worse = share_worse(old_c, new_c)
+            tested = f" (lower in {worse:.0%} of {len(old_c[0])} tiles' resamples, gate_confidence {cfg.gate_confidence})"
+            if worse < cfg.gate_confidence:
+                return f"{scores}{tested}: too close to tell apart, used it"
+            scores += tested
+        if not cfg.keep_better:
+            return f"{scores}: used it anyway (keep_better: false)"
+        doc["kept"] = "previous"
+        return f"{scores}: kept the previous model"
