@@ -106,10 +106,9 @@ def demo_config(
     }
     if lucchi is None:
         # 16 answers per round (2 per sub-cluster); ring 0: no background band around an accepted object (the model's
-        # mitochondria are a little small, so the band fell on their true rims and taught it to shrink them); the tolerant
-        # keep-or-revert gate: a quarter of each of the 4 boxes holds 8 to 2,399 mitochondrion voxels, too few to judge a
-        # close round (the strict gate reverted rounds that raised the test IoU by 0.04), so a round is reverted only when
-        # it is worse in 90% of the resampled held-out tiles. benchmarks/RESULTS.md has the variants per seed.
+        # mitochondria are a little small, so the band fell on their true rims and taught it to shrink them); a tolerant gate:
+        # the 4 boxes' held-out quarters hold 8-2,399 mitochondrion voxels, too few to judge a close round (the strict gate reverted
+        # rounds that raised the test IoU by 0.04), so only a round worse in 90% of tile resamples is reverted (RESULTS.md).
         cfg["rounds"]["query"]["query"]["per_cluster"] = 2
         cfg["rounds"]["finetune"] |= {"ring": 0, "gate_confidence": 0.9}
         # the ceiling: the same training on every label outside the test region, scored as the rounds are
