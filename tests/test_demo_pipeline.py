@@ -169,6 +169,8 @@ def _check_report(run_dir: Path, metrics: list[dict[str, Any]], boxes: list[dict
         model = "base (train)" if m["round"] == 1 else f"after {m['round'] - 1} round(s)"
         if m.get("kept") == "previous":
             model += ": new model worse on held-out, previous kept"
+        elif m.get("too_close"):
+            model += ": lower on held-out but too close to tell apart, new model used"
         assert f"| {m['round']} | {model} | {m['iou']:.3f} | {m['dice']:.3f} |" in metrics_md
     embedded = {"Metrics per round": "metrics/metrics_per_round.png", "The selection": "selection/picks.png", "Learning curves": "metrics/learning_curves.png"}
     order = list(sections)

@@ -333,6 +333,10 @@ def test_the_tolerant_gate_reverts_only_a_clearly_worse_round() -> None:
         reason = FinetuneStage._verdict(FinetuneSection(gate_confidence=conf), counts["old"], counts[candidate], int(known.sum()), doc)
         assert doc["kept"] == kept, (conf, candidate, doc, reason)
     assert "too close to tell apart" in FinetuneStage._verdict(FinetuneSection(gate_confidence=0.9), counts["old"], counts["close"], 1, {})
+    from engine.pipeline.stages.metrics import table_lines
+
+    rows = table_lines([{"round": 2, "kept": "candidate", "too_close": True}, {"round": 3, "kept": "previous", "too_close": False}])
+    assert "too close to tell apart, new model used" in rows[2] and "previous kept" in rows[3]
 
 
 def test_round_layout_errors_are_one_line_and_delete_nothing(run: str, capsys: pytest.CaptureFixture[str]) -> None:
