@@ -369,6 +369,7 @@ CASES = [
     Case("synth: two numbers for a shape", lambda t: ["synth", str(t / "s.zarr"), "--shape", "8,64"], "shape"),
     Case("synth: negative parameter", lambda t: ["synth", str(t / "s.zarr"), "--shape", "8,32,32", "--set", "neuron_spacing=-1"], "neuron_spacing"),
     Case("synth: unknown parameter", lambda t: ["synth", str(t / "s.zarr"), "--shape", "8,32,32", "--set", "colour=3"], "colour"),
+    Case("synth: negative parameter flag", lambda t: ["synth", str(t / "s.zarr"), "--shape", "8,32,32", "--neuron-spacing", "-1"], "--neuron-spacing"),
     Case("synth: block not whole chunks", lambda t: ["synth", str(t / "s.zarr"), "--shape", "8,32,32", "--chunks", "8,16,16", "--block", "8,24,24"], "block"),
     # label
     Case("label: missing input store", lambda t: ["label", str(t / "no.zarr/mask"), str(t / "o.zarr/cc"), *SERIAL], "no.zarr"),

@@ -61,9 +61,10 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(from_set) - set(SynthParams.model_fields))
     if unknown:
         raise ConfigError(f"--set {unknown[0]}=...: synth has no parameter {unknown[0]!r}", "see connectile synth --help or docs/synth.md for the parameters")
-    # the flags given (the generated ones leave no attribute when absent) beat --set
-    params = params_from_args(SynthParams, args, **{k: v for k, v in from_set.items() if not hasattr(args, k)})
-    overrides = {k: getattr(params, k) for k in params.model_fields_set}
+    # the flags given (the generated ones leave no attribute when absent; a bad one is named as a flag) beat --set
+    # (its values are checked with them by synthesize, a bad one named as the parameter the user typed)
+    flags = params_from_args(SynthParams, args)
+    overrides = {**from_set, **{k: getattr(flags, k) for k in flags.model_fields_set}}
     start = time.perf_counter()
     vols = synthesize(
         args.dst, shape, **layout.settings(), overwrite=args.overwrite, progress=not args.no_progress,
