@@ -142,10 +142,10 @@ GATE_TILE = 64
 Counts = tuple[np.ndarray, np.ndarray]
 
 
-def heldout_counts(checkpoint: str, raw: str, heldout: str, boxes: list[dict[str, list[int]]], tcfg: Any) -> tuple[Counts, int] | None:
-    """A checkpoint's prediction on the held-out labelled voxels (within their bounding box): the
-    intersection and union voxel counts per tile (:data:`GATE_TILE`, tiles without a held-out voxel left
-    out), and the number of held-out voxels; None without any."""
+def heldout_counts(checkpoints: list[str], raw: str, heldout: str, boxes: list[dict[str, list[int]]], tcfg: Any) -> tuple[list[Counts], int] | None:
+    """Each checkpoint's prediction on the held-out labelled voxels (within their bounding box, read
+    once): the intersection and union voxel counts per tile (:data:`GATE_TILE`, tiles without a
+    held-out voxel left out), and the number of held-out voxels; None without any."""
     from engine.learn.config import ValidationConfig
     from engine.learn.validate import Validator
     from engine.models import load_checkpoint
@@ -158,8 +158,7 @@ def heldout_counts(checkpoint: str, raw: str, heldout: str, boxes: list[dict[str
     known = int((v.weight > 0).sum())
     if known == 0:
         return None
-    model, _, _ = load_checkpoint(checkpoint)
-    return tile_counts(*v.masks(model)), known
+    return [tile_counts(*v.masks(load_checkpoint(c)[0])) for c in checkpoints], known
 
 
 def tile_counts(pred: np.ndarray, truth: np.ndarray, known: np.ndarray, tile: int = GATE_TILE) -> Counts:
@@ -205,8 +204,8 @@ def share_worse(old: Counts, new: Counts, draws: int = 2000, seed: int = 0) -> f
 def heldout_score(checkpoint: str, raw: str, heldout: str, boxes: list[dict[str, list[int]]], tcfg: Any) -> tuple[float | None, int]:
     """IoU of a checkpoint's prediction on the held-out labelled voxels (within their bounding box), and
     how many voxels that is; ``(None, 0)`` without held-out voxels."""
-    got = heldout_counts(checkpoint, raw, heldout, boxes, tcfg)
-    return (None, 0) if got is None else (counts_iou(got[0]), got[1])
+    got = heldout_counts([checkpoint], raw, heldout, boxes, tcfg)
+    return (None, 0) if got is None else (counts_iou(got[0][0]), got[1])
 
 
 class FinetuneStage(DeclaredStage, kind="finetune", config=FinetuneSection, order=150,
@@ -272,14 +271,13 @@ class FinetuneStage(DeclaredStage, kind="finetune", config=FinetuneSection, orde
         if cfg.heldout:
             held_boxes = json.loads(Path(ctx.input(cfg.boxes)).read_text()).get("heldout", [])
         heldout = ctx.input(cfg.heldout) if cfg.heldout else None
-        old_got = heldout_counts(previous, base.data.raw, heldout, held_boxes, tcfg) if heldout and held_boxes else None
-        new_got = heldout_counts(candidate, base.data.raw, heldout, held_boxes, tcfg) if heldout and old_got else None
-        if old_got is None or new_got is None:
+        got = heldout_counts([previous, candidate], base.data.raw, heldout, held_boxes, tcfg) if heldout and held_boxes else None
+        if got is None:
             doc.update(previous_score=None, candidate_score=None, heldout_voxels=0, kept="candidate", checkpoint=candidate,
                        reason="no held-out voxels to compare on (annotate.heldout is 0): the new model is used")
             log.warning("%s: %s", ctx.stage, doc["reason"])
             return doc
-        (old_c, n), (new_c, _) = old_got, new_got
+        (old_c, new_c), n = got
         doc["reason"] = FinetuneStage._verdict(cfg, old_c, new_c, n, doc)
         doc.update(previous_score=counts_iou(old_c), candidate_score=counts_iou(new_c), heldout_voxels=n, heldout_tiles=len(old_c[0]),
                    checkpoint=previous if doc["kept"] == "previous" else candidate)
