@@ -87,7 +87,7 @@ def demo_config(
         # a plain supervised 2.5D U-Net (the neighbouring sections as channels; the loss on the labelled centre section)
         train = {"steps": 2000, "validate_every": 500, "crop": [3, 256, 256], "batch_size": 4, "threads": 2,
                  "model": {"dims": 2, "context_slices": 1, "filters": [16, 32, 64, 128, 256], "input_kernel_xy": 3, "input_stride": 2},
-                 "optimizer": {"lr": 0.001},
+                 "optimizer": {"lr": 0.001, "schedule": "cosine"},  # a constant rate left the last checkpoint noisy (RESULTS)
                  "augment": {"intensity": 0.3, "noise": 0.2, "blur": 0.1, "elastic": 0.0, "misalign": 0.0, "missing_section": 0.0},
                  "sampling": {"reject_empty": 0.5, "max_pos_weight": 3.0},
                  "validation_roi": {"start": [LUCCHI_TEST_FROM_Z, 0, 0], "stop": [LUCCHI_TEST_FROM_Z + 8, 768, 1024]}}
