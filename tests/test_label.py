@@ -3,6 +3,7 @@ small-object removal and object tables measured whole; bad input."""
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 
@@ -119,6 +120,36 @@ def test_touching_counts_by_connectivity(tmp_path: Path) -> None:
     for conn, n in expected.items():
         r = label_volume(url, str(tmp_path / "v.zarr" / f"cc{conn}"), connectivity=conn, block=block, chunks=block, progress=False)
         assert r.objects == n == cc3d.connected_components(data, connectivity=conn, return_N=True)[1], conn
+
+
+def test_pairs_pass_is_the_same_whatever_faces_it_keeps(tmp_path: Path) -> None:
+    """Pass B keeps the faces of one plane of blocks and a row by default (each forward neighbour read
+    once per worker; capped at CACHE_BYTES); with a cache of one block every face is read again, and
+    the pairs are the same."""
+    from engine.ops.label import label_grid
+    from engine.ops.label_passes import CACHE_BYTES
+    from engine.ops.scratch import Scratch
+
+    block = (7, 13, 11)
+    data = make("blobby", 3, block)
+    url = write(tmp_path, data, chunks=block)
+    out = str(tmp_path / "v.zarr" / "cc")
+    label_volume(url, out, connectivity=26, block=block, chunks=block, keep_scratch=True, progress=False)
+    scratch = Scratch.beside(out, "label-scratch")
+    grid, _ = label_grid(SHAPE, block, block)
+    pairs = {}
+    for cache in (None, 1):
+        op = FacePairsOp(scratch=scratch.url, shape=SHAPE, block=block, connectivity=26, cache_blocks=cache)
+        op.setup(grid)
+        for b in grid.blocks():
+            op.process(b)
+        pairs[cache] = [np.load(io.BytesIO(scratch.need(f"pairs/{b.id}"))) for b in grid.blocks()]
+    assert sum(len(p) for p in pairs[None]) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(pairs[None], pairs[1], strict=True))
+    _, gy, gx = grid.grid_shape
+    assert FacePairsOp(scratch=scratch.url, shape=SHAPE, block=block)._capacity() == gy * gx + gx + 2
+    huge = FacePairsOp(scratch=scratch.url, shape=(10**6, 10**6, 10**6), block=(128, 128, 128))
+    assert huge._capacity() == CACHE_BYTES // (8 * 3 * 128 * 128)  # a petascale plane of blocks: the memory cap
 
 
 def test_face_pairs_of_an_edge_contact() -> None:

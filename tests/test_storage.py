@@ -712,3 +712,36 @@ def test_volume_reopens_in_another_process(fmt: str, tmp_path: Path) -> None:
     expected = data.copy()
     expected[:4, :4, :4] = 200
     assert np.array_equal(open_volume(url).read(vol.box), expected)
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "zarr3", "n5"])
+def test_lz4_scratch_compression_round_trips_and_is_recorded(fmt: str, tmp_path: Path) -> None:
+    """``compression='lz4'`` (blosc lz4, for scratch volumes) is written as such in every format and
+    reads back; zarr-python reads the zarr and zarr3 arrays too."""
+    url = str(tmp_path / ("s.n5" if fmt == "n5" else "s.zarr") / "local")
+    vol = create_volume(url, SHAPE, "uint32", CHUNKS, format=fmt, compression="lz4")  # type: ignore[arg-type]
+    data = _data(SHAPE, "uint32")
+    vol.write(vol.box, data)
+    assert np.array_equal(open_volume(url).read(vol.box), data)
+    if fmt == "zarr":
+        assert json.loads((Path(url) / ".zarray").read_text())["compressor"]["cname"] == "lz4"
+    elif fmt == "zarr3":
+        codecs = json.loads((Path(url) / "zarr.json").read_text())["codecs"]
+        assert [c["configuration"]["cname"] for c in codecs if c["name"] == "blosc"] == ["lz4"]
+    else:
+        assert json.loads((Path(url) / "attributes.json").read_text())["compression"]["cname"] == "lz4"
+    if fmt != "n5":
+        assert np.array_equal(zarr.open_array(url, mode="r")[:], data)
+
+
+def test_scratch_files_skip_fsync_and_outputs_keep_it() -> None:
+    """Scratch files of multi-pass ops are written without fsync (the per-file fsync was most of the
+    pairs pass); volumes keep TensorStore's default (fsync before a write is confirmed)."""
+    from engine.ops.scratch import Scratch
+    from engine.storage.kv import _CONTEXT, _SCRATCH_CONTEXT
+
+    assert _SCRATCH_CONTEXT["file_io_sync"].to_json() is False
+    assert _CONTEXT["file_io_sync"].to_json() is True
+    s = Scratch("memory://fsync-test/x.label")
+    s.put("a", b"1")  # memory:// stores are shared with the volumes' context
+    assert ts.KvStore.open("memory://fsync-test/x.label/", context=_CONTEXT).result().read("a").result().value == b"1"

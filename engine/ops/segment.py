@@ -82,7 +82,8 @@ class FragmentsOp(BlockOp):
 
     def prepare(self, grid: BlockGrid) -> None:
         src = open_volume(self.input)
-        tmp = create_volume(Scratch(self.scratch).volume_url("local"), src.spatial_shape, "uint32", self.chunks, overwrite=self.overwrite, inputs=(self.input,))
+        tmp = create_volume(Scratch(self.scratch).volume_url("local"), src.spatial_shape, "uint32", self.chunks, compression="lz4",
+                            overwrite=self.overwrite, inputs=(self.input,))
         check_write_alignment(tmp, grid.write_shape, grid.total.start)
 
     def setup(self, grid: BlockGrid | None = None) -> None:

@@ -65,6 +65,8 @@ def _codec_zarr2(compression: str) -> dict[str, Any] | None:
         return None
     if compression == "gzip":
         return {"id": "gzip", "level": 5}
+    if compression == "lz4":  # fast to write and read back: scratch volumes that live for one run
+        return {"id": "blosc", "cname": "lz4", "clevel": 1, "shuffle": 0}
     return {"id": "blosc", "cname": "zstd", "clevel": 3, "shuffle": 1}
 
 
@@ -90,7 +92,9 @@ def _metadata(
         }
     if fmt == "zarr3":
         inner: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}}]
-        if compression != "none":
+        if compression == "lz4":
+            inner.append({"name": "blosc", "configuration": {"cname": "lz4", "clevel": 1, "shuffle": "noshuffle", "typesize": dtype.itemsize, "blocksize": 0}})
+        elif compression != "none":
             inner.append({"name": "zstd", "configuration": {"level": 3}} if compression != "gzip" else {"name": "gzip", "configuration": {"level": 5}})
         names = [*_lead_names(len(shape) - 3), "z", "y", "x"]
         meta: dict[str, Any] = {
@@ -117,7 +121,8 @@ def _metadata(
             ]
         return meta
     if fmt == "n5":
-        comp = {"type": "raw"} if compression == "none" else ({"type": "gzip"} if compression == "gzip" else {"type": "zstd", "level": 3})
+        n5_codecs: dict[str, dict[str, Any]] = {"none": {"type": "raw"}, "gzip": {"type": "gzip"}, "lz4": {"type": "blosc", "cname": "lz4", "clevel": 1, "shuffle": 0}}
+        comp = n5_codecs.get(compression, {"type": "zstd", "level": 3})
         return {"dimensions": list(shape), "blockSize": list(chunks), "dataType": dtype.name, "compression": comp}
     raise AssertionError(fmt)
 
@@ -164,7 +169,7 @@ def create_volume(
     *,
     format: Format = "zarr",  # noqa: A002 - the natural name for users
     shards: Sequence[int] | None = None,
-    compression: Literal["zstd", "gzip", "none"] = "zstd",
+    compression: Literal["zstd", "gzip", "lz4", "none"] = "zstd",
     overwrite: bool = False,
     inputs: Sequence[str | os.PathLike[str]] = (),
     **meta: Unpack[VolumeMeta],

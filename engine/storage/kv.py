@@ -13,6 +13,9 @@ from engine.storage.errors import retrying
 from engine.storage.urls import Location
 
 _CONTEXT = ts.Context()  # one per process, so memory:// volumes are shared between opens
+#: for scratch files that live for one run: written without fsync (they survive the process, not a power
+#: loss; a later pass that misses one says so and asks for --overwrite). The memory:// stores are shared.
+_SCRATCH_CONTEXT = ts.Context({"file_io_sync": False}, parent=_CONTEXT)
 
 
 def _ts_message(err: BaseException) -> str:
