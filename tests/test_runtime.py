@@ -12,16 +12,20 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
+from pydantic import PrivateAttr
 from scipy.ndimage import gaussian_filter
 
 from engine.errors import BlocksFailed, ConfigError, ResumeMismatch
-from engine.geometry import FITS, BlockGrid, Box
+from engine.geometry import FITS, Block, BlockGrid, Box
 from engine.ops import FaultyGaussian, GaussianFilter, NoOp
 from engine.runtime import BlockMask, WorkerSetupError, run_blockwise
 from engine.runtime.execute import BlockRunner
+from engine.runtime.markers import DONE, FAILED
+from engine.runtime.op import BlockOp, PendingWrites
 from engine.storage import create_volume, open_volume
 
 BACKENDS = ["serial", "ray"]
@@ -588,3 +592,41 @@ def test_block_timings_are_kept_in_bounded_memory() -> None:
         assert got[key] == pytest.approx(exact[key], rel=1e-6), key
     for key in ("median", "p95"):
         assert got[key] == pytest.approx(exact[key], rel=0.05), key
+
+
+class DeferredCopy(BlockOp):
+    """Copies each block, leaving the write in flight until the batch's flush (as label's pass C does)."""
+
+    kind: ClassVar[str] = "test-deferred-copy"
+    input: str
+    output: str
+
+    _writes: PendingWrites = PrivateAttr(default_factory=PendingWrites)
+
+    def process(self, block: Block) -> dict[str, float]:
+        data = open_volume(self.input).read(block.write)
+        self._writes.add(block.id, open_volume(self.output, "r+").write_async(block.write, data))
+        return {"copied": 1.0}
+
+    def flush(self) -> dict[int, BaseException]:
+        return self._writes.wait()
+
+
+def test_a_block_is_done_only_once_its_deferred_write_is_stored(tmp_path: Path) -> None:
+    """Writes an op leaves in flight are waited for at the end of each batch; a block whose write fails
+    is failed (not marked done), the others are done, and a rerun computes only the failed one."""
+    url, data = make_input(tmp_path, shape=(12, 8, 8))
+    out = tmp_path / "out.zarr" / "copy"
+    create_volume(str(out), data.shape, "float32", (4, 8, 8))
+    (out / "1").write_text("a file where the chunks of z 4-7 would go")  # a real write failure: 'not a directory'
+    grid = BlockGrid(Box.from_shape(data.shape), (4, 8, 8))
+    op = DeferredCopy(input=url, output=str(out))
+    s = run_blockwise(op, grid, state_dir=tmp_path / "s", backend="serial", max_retries=0, progress=False, raise_on_failure=False)
+    assert (s.done, s.failed) == (2, 1) and [f["id"] for f in s.failures] == [1], s.failures
+    assert states(tmp_path / "s") == {0: DONE, 1: FAILED, 2: DONE}
+    got = open_volume(str(out)).read(Box.from_shape(data.shape))
+    assert np.array_equal(got[:4], data[:4]) and np.array_equal(got[8:], data[8:])
+    (out / "1").unlink()
+    again = run_blockwise(op, grid, state_dir=tmp_path / "s", backend="serial", progress=False)
+    assert (again.done, again.already_done) == (1, 2)
+    assert np.array_equal(open_volume(str(out)).read(Box.from_shape(data.shape)), data)

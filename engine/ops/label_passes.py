@@ -19,6 +19,7 @@ from engine.kernels.stitch import Faces, block_faces, block_lut, face_pairs, own
 from engine.ops.scratch import Scratch
 from engine.params import LABEL_CHUNKS, LabelDtype
 from engine.runtime import BlockOp
+from engine.runtime.op import PendingWrites
 from engine.storage import Volume, check_write_alignment, create_volume, open_volume
 from engine.values import to_unit
 
@@ -198,6 +199,8 @@ class RelabelOp(BlockOp):
     _map: dict[str, np.ndarray] = PrivateAttr(default_factory=dict)
     _tmp: Volume | None = PrivateAttr(default=None)
     _out: Volume | None = PrivateAttr(default=None)
+    #: the output is compressed and stored while the next block is labelled (waited for per batch)
+    _writes: PendingWrites | None = PrivateAttr(default=None)
 
     def prepare(self, grid: BlockGrid) -> None:
         src = open_volume(self.like)  # shape, voxel size and offset of the input
@@ -213,6 +216,7 @@ class RelabelOp(BlockOp):
             self._map = {k: z[k] for k in z.files}
         self._open_local()
         self._out = open_volume(self.output, "r+")
+        self._writes = PendingWrites()
 
     def _open_local(self) -> None:
         assert self._scratch is not None
@@ -224,12 +228,12 @@ class RelabelOp(BlockOp):
         return self._tmp.read(block.write)
 
     def process(self, block: Block) -> dict[str, float]:
-        assert self._scratch is not None and self._out is not None
+        assert self._scratch is not None and self._out is not None and self._writes is not None
         m = self._map
         b = block.id
         n = int(m["offsets"][b + 1] - m["offsets"][b])
         if n == 0:  # nothing here: write zeros (cheap: chunks equal to the fill value are not stored)
-            self._out.write(block.write, np.zeros(block.write.shape, self.dtype))
+            self._writes.add(b, self._out.write_async(block.write, np.zeros(block.write.shape, self.dtype)))
             return {"objects_owned": 0.0}
         lo, hi = np.searchsorted(m["keys"], [m["offsets"][b] + 1, m["offsets"][b] + n + 1])
         local_bnd = (m["keys"][lo:hi] - np.uint64(m["offsets"][b])).astype(np.int64)
@@ -241,8 +245,11 @@ class RelabelOp(BlockOp):
         mask = owned_mask(n, local_bnd, m["owned"][lo:hi], counts, self.min_size)
         lut = block_lut(n, mask, int(m["kept_offsets"][b]), local_bnd, m["final"][lo:hi]).astype(self.dtype, copy=False)
         local = self._local(block)
-        self._out.write(block.write, np.take(lut, local))  # take: faster than lut[local] for one block of ids
+        self._writes.add(b, self._out.write_async(block.write, np.take(lut, local)))  # take: faster than lut[local]
         return {"objects_owned": float(mask.sum())}
+
+    def flush(self) -> dict[int, BaseException]:
+        return self._writes.wait() if self._writes is not None else {}
 
 
 class RelabelFromInputOp(RelabelOp):

@@ -58,6 +58,22 @@ class BlockRunner:
         if mask is not None:
             mask.setup()
 
+    def _flush(self, ids: Sequence[int], status: list[int], errors: dict[int, str], permanent: set[int]) -> None:
+        """The op's :meth:`~engine.runtime.op.BlockOp.flush`: blocks whose write failed are failed."""
+        position = {int(b): k for k, b in enumerate(ids)}
+        try:
+            failed = self.op.flush()
+        except Exception as err:  # noqa: BLE001 - a flush that fails loses the whole batch's writes
+            failed = dict.fromkeys(position, err)
+        for block_id, failure in failed.items():
+            k = position.get(int(block_id))
+            if k is None:
+                continue
+            status[k] = FAILED
+            errors[int(block_id)] = f"block {block_id}: {type(failure).__name__}: {failure}"
+            if isinstance(failure, ConnectileError) and not getattr(failure, "transient", False):
+                permanent.add(int(block_id))
+
     def close(self) -> None:
         try:
             self.op.teardown()
@@ -100,6 +116,10 @@ class BlockRunner:
                     errors[int(bid)] = f"{where}: {type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}"
                 log.debug("%s failed: %s", where, err)
             seconds[k] = clock() - t0
+        if n:
+            t0 = clock()
+            self._flush(ids, status, errors, permanent)  # writes process() left in flight: done only once stored
+            seconds[-1] += clock() - t0
         retried = retry_count() - retries_before
         if retried:  # transient storage errors retried in this batch (here and inside TensorStore)
             stats["storage_retries"] = stats.get("storage_retries", 0.0) + retried

@@ -86,9 +86,44 @@ class BlockOp(BaseModel):
         """
         raise NotImplementedError
 
+    def flush(self) -> dict[int, BaseException]:
+        """Worker side, after the last block of every batch and before the batch is reported: wait for
+        the writes that ``process`` started without waiting (:class:`PendingWrites`), and give the ids
+        of blocks whose write failed, with the error. A block is marked done only after this returns."""
+        return {}
+
     def teardown(self) -> None:
         """Worker side, once when the worker is done with this op (close files, free memory)."""
 
     def is_empty(self, block: Block) -> bool:
         """Optional cheap test run before ``process``: True means nothing to do (recorded as skipped)."""
         return False
+
+
+class PendingWrites:
+    """Writes a worker started and has not waited for (``Volume.write_async``), per block, at most
+    ``limit`` in flight: adding one more waits for the oldest, so memory holds a few blocks. An op
+    keeps one, adds each block's writes in ``process`` and returns :meth:`wait` from ``flush``."""
+
+    def __init__(self, limit: int = 2) -> None:
+        self.limit = limit
+        self._pending: list[tuple[int, Any]] = []
+        self._failed: dict[int, BaseException] = {}
+
+    def add(self, block_id: int, write: Any) -> None:
+        self._pending.append((block_id, write))
+        while len(self._pending) > self.limit:
+            self._finish(*self._pending.pop(0))
+
+    def _finish(self, block_id: int, write: Any) -> None:
+        try:
+            write.result()
+        except Exception as err:  # noqa: BLE001 - reported per block by the runner
+            self._failed.setdefault(block_id, err)
+
+    def wait(self) -> dict[int, BaseException]:
+        """Wait for every write; the blocks whose write failed (then forgotten)."""
+        while self._pending:
+            self._finish(*self._pending.pop(0))
+        failed, self._failed = self._failed, {}
+        return failed

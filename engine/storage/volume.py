@@ -168,6 +168,17 @@ class Volume:
 
     def write(self, box: Box, data: np.ndarray) -> None:
         """Write ``data`` into ``box`` and wait until it is stored."""
+        index, data = self._writable(box, data)
+        retrying(lambda: self.store[index].write(data).result(), self.url, f"writing {box} of")
+
+    def write_async(self, box: Box, data: np.ndarray) -> _Write:
+        """Start writing ``data`` into ``box`` (checked now, as by :meth:`write`); ``.result()`` waits
+        until it is stored (storage errors classified, a transient one retried). Lets a worker compute
+        the next block while this one is compressed and stored; ``data`` must not change meanwhile."""
+        index, data = self._writable(box, data)
+        return _Write(self, box, data, self.store[index].write(data))
+
+    def _writable(self, box: Box, data: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray]:
         if self.mode != "r+":
             raise StorageError(f"volume {self.url} is open read-only", "open it with mode='r+' to write")
         expected = self.shape[:-3] + box.shape
@@ -183,8 +194,7 @@ class Volume:
                     f"convert it first (e.g. data.astype({str(self.dtype)!r}) after scaling or clipping)",
                 )
             data = data.astype(self.dtype)
-        index = self._index(box)
-        retrying(lambda: self.store[index].write(data).result(), self.url, f"writing {box} of")
+        return self._index(box), data
 
     def expect(self, *, dtype: Any = None, spatial_shape: Sequence[int] | None = None, ndim: int | None = None) -> Volume:
         """Check dtype and shape against what a step needs; raise a one-line error if they differ."""
@@ -220,6 +230,23 @@ class _Read:
                 note_retry(err, self.volume.url, f"reading {self.box} of {self.volume.url}: transient storage error, reading again")
                 return self.volume.read(self.box)  # again, with the bounded retries
             raise as_storage_error(err, self.volume.url, f"reading {self.box} of") from err
+
+
+class _Write:
+    """A started write of a box: ``result()`` waits until it is stored (see :meth:`Volume.write_async`)."""
+
+    def __init__(self, volume: Volume, box: Box, data: np.ndarray, future: Any) -> None:
+        self.volume, self.box, self.data, self.future = volume, box, data, future
+
+    def result(self) -> None:
+        try:
+            self.future.result()
+        except ValueError as err:
+            if classify(err) == "transient":
+                note_retry(err, self.volume.url, f"writing {self.box} of {self.volume.url}: transient storage error, writing again")
+                self.volume.write(self.box, self.data)  # again, with the bounded retries
+                return
+            raise as_storage_error(err, self.volume.url, f"writing {self.box} of") from err
 
 
 def _spatial(shape: Sequence[int | None] | None) -> Coord:
