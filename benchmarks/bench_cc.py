@@ -16,7 +16,9 @@ connectile  ``label_volume(..., backend="ray", workers=2)``: pass A (label each 
             face pairs on the same workers, the driver's union-find, pass C (label each block again and
             write final ids); variant ``uint64_keep_local`` stores pass A's local ids in a uint32
             scratch volume instead of labelling again. One set of Ray workers serves every pass; their
-            start is included; Ray's cluster start (``ray.init``) is reported apart.
+            start is included; Ray's cluster start (``ray.init``) is reported apart. *Kept*: the same
+            call again on workers already started (``RayBackend(keep_workers=True)``, as a pipeline
+            keeps them), reported beside (``connectile_kept_s``, ``ratio_kept``); ``ratio`` is the cold one.
 cc3d        one process: TensorStore read of the whole array, ``cc3d.connected_components`` at its
             fastest documented setting (``out_dtype=uint32``; for the uint64 variants the labels are then
             cast to uint64, the cast timed as part of labelling), TensorStore write of the whole array.
@@ -82,11 +84,28 @@ def child_connectile(p: dict[str, Any]) -> dict[str, Any]:
     )
     run_s = time.perf_counter() - t1
     peak = sampler.stop()
+    kept_s = kept_seconds(p) if p.get("kept", True) else None
     shutdown()
     return {
-        "run_s": run_s, "cluster_start_s": cluster_s, "objects": r.objects, "blocks": r.blocks, "boundary_labels": r.boundary_labels,
+        "run_s": run_s, "kept_s": kept_s, "cluster_start_s": cluster_s, "objects": r.objects, "blocks": r.blocks, "boundary_labels": r.boundary_labels,
         "pairs": r.pairs, "local_objects": r.local_objects, "seconds": r.seconds, "peak": peak, "rss_samples": sampler.samples,
     }
+
+
+def kept_seconds(p: dict[str, Any]) -> float:
+    """The same labelling on workers already started (``RayBackend(keep_workers=True)``, as a pipeline
+    of several ops keeps them): a first call starts them, the second is timed. What a run costs once
+    its workers are up, beside the cold figure (worker start included) that the ratio uses."""
+    from engine.ops.label import label_volume
+    from engine.runtime.backends import RayBackend
+
+    kw = {"threshold": 0.5, "connectivity": 26, "block": (p["block"],) * 3, "chunks": (p["chunk"],) * 3, "device": p.get("device", "cpu"),
+          "progress": False, "state_dir": p["state_dir"], "overwrite": True, "dtype": p["dtype"], "keep_local": p.get("keep_local", False)}
+    with RayBackend(p["workers"], keep_workers=True) as kept:
+        label_volume(p["input"], p["output"], backend=kept, **kw)
+        t = time.perf_counter()
+        label_volume(p["input"], p["output"], backend=kept, **kw)
+        return time.perf_counter() - t
 
 
 def _zarr_metadata(shape: list[int], chunk: int, dtype: str) -> dict[str, Any]:
@@ -223,6 +242,7 @@ def bench(cfg: dict[str, Any], wd: Path, m: dict[str, Any], gpu: bool) -> list[d
         if not cs or not ps:
             continue
         c_s, p_s = _median([r["run_s"] for r in cs]), _median([r["run_s"] for r in ps])
+        kept = [r["kept_s"] for r in cs if r.get("kept_s") is not None]
         c_rss = max(r["peak"]["work_rss"] for r in cs)
         c_pss = max(r["peak"]["work_pss"] for r in cs)
         p_rss = max(r["peak"]["work_rss"] for r in ps)
@@ -249,6 +269,9 @@ def bench(cfg: dict[str, Any], wd: Path, m: dict[str, Any], gpu: bool) -> list[d
             "order": "rotated every repeat",
             "connectile_s": round(c_s, 2),
             "connectile_runs_s": [round(r["run_s"], 2) for r in cs],
+            "connectile_kept_s": round(_median(kept), 2) if kept else None,
+            "ratio_kept": round(p_s / _median(kept), 2) if kept else None,
+            "ratio_kept_def": "median peer_s / median connectile_kept_s: the same call on workers already started (RayBackend(keep_workers=True))",
             "connectile_pass_s": {k: round(v, 2) for k, v in c0["seconds"].items()},
             "connectile_cluster_start_s": round(_median([r["cluster_start_s"] for r in cs]), 2),
             "connectile_peak_rss_mib": round(c_rss / MIB),
