@@ -630,3 +630,17 @@ def test_a_block_is_done_only_once_its_deferred_write_is_stored(tmp_path: Path) 
     again = run_blockwise(op, grid, state_dir=tmp_path / "s", backend="serial", progress=False)
     assert (again.done, again.already_done) == (1, 2)
     assert np.array_equal(open_volume(str(out)).read(Box.from_shape(data.shape)), data)
+
+
+def test_the_last_blocks_go_to_whichever_worker_frees_first(tmp_path: Path, ray_cluster: str) -> None:
+    """In the tail a worker holds one batch at a time: with 4 blocks on 2 workers, block 1 does not
+    queue behind the slow block 0 on the same worker (it did: each worker took 2 blocks up front, so
+    4 expensive blocks of unequal cost went 2 and 2 whatever their costs)."""
+    grid = BlockGrid(Box.from_shape((4, 4, 4)), (1, 4, 4))
+    op = NoOp(sleeps={0: 1.5, 1: 0.2, 2: 0.2, 3: 0.2})
+    s = run_blockwise(op, grid, state_dir=tmp_path / "s", backend="ray", workers=2, progress=False)
+    assert s.done == 4
+    with sqlite3.connect(tmp_path / "s" / "markers.sqlite") as db:
+        worker = dict(db.execute("SELECT id, worker FROM blocks").fetchall())
+    assert worker[0] != worker[1]
+    assert [worker[b] for b in (1, 2, 3)].count(worker[0]) == 0  # the fast worker ran the rest while block 0 slept

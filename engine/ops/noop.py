@@ -10,12 +10,15 @@ from engine.runtime.op import BlockOp
 
 
 class NoOp(BlockOp):
-    """Touches no data. ``sleep`` seconds per block simulate work."""
+    """Touches no data. ``sleep`` seconds per block simulate work; ``sleeps`` gives some blocks (by id)
+    another cost (uneven work)."""
 
     kind: ClassVar[str] = "noop"
     sleep: float = 0.0
+    sleeps: dict[int, float] = {}
 
     def process(self, block: Block) -> dict[str, float] | None:
-        if self.sleep:
-            time.sleep(self.sleep)
+        seconds = self.sleeps.get(block.id, self.sleep)
+        if seconds:
+            time.sleep(seconds)
         return None

@@ -18,7 +18,9 @@
 Rules:
 - Blocks are dispatched as batches of ids, at most ``window`` batches in flight per worker. The batch
   size adapts so that a call lasts about ``target_call_seconds`` (cheap blocks travel in large
-  batches; expensive ones one at a time), shrinking near the end so workers finish together.
+  batches; expensive ones one at a time), shrinking near the end so workers finish together. In the
+  tail (no more blocks than the workers' windows hold) a worker holds one batch at a time, so the last
+  blocks go to whichever worker frees first.
 - A block that raises is retried up to ``max_retries`` times, unless it raised a
   :class:`~engine.errors.ConnectileError` (bad input or parameters: the same again every time); a block whose worker died counts an
   attempt too (a block that kills its worker every time must not loop forever). Dead workers are
@@ -234,9 +236,16 @@ class _Dispatcher:
     def next_batch(self) -> list[int]:
         return self.pending.take(self.batch_size(), self.suspects)  # a suspect ends a batch (or is one alone)
 
+    def depth(self, workers: int) -> int:
+        """Batches a worker may hold: ``window``, but one in the tail (no more blocks left than the
+        workers' windows hold), where a queued batch would tie the last blocks to a worker that may
+        finish last (4 expensive blocks on 2 workers went 2 and 2 whatever their costs)."""
+        return self.window if len(self.pending) > workers * self.window else 1
+
     def fill(self) -> None:
-        for w in self.alive():
-            while self.pending and self.in_flight[w] < self.window and w not in self.isolated:
+        alive = self.alive()
+        for w in alive:
+            while self.pending and self.in_flight[w] < self.depth(len(alive)) and w not in self.isolated:
                 if self.pending[0] in self.suspects and self.in_flight[w] > 0:
                     break  # a suspect waits for a worker with nothing in flight
                 ids = self.next_batch()
