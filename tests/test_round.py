@@ -333,6 +333,9 @@ def test_the_tolerant_gate_reverts_only_a_clearly_worse_round() -> None:
         reason = FinetuneStage._verdict(FinetuneSection(gate_confidence=conf), counts["old"], counts[candidate], int(known.sum()), doc)
         assert doc["kept"] == kept, (conf, candidate, doc, reason)
     assert "too close to tell apart" in FinetuneStage._verdict(FinetuneSection(gate_confidence=0.9), counts["old"], counts["close"], 1, {})
+    empty = tile_counts(old, np.zeros_like(truth), known)  # no foreground held out: IoU 0 whatever the model
+    doc = {}
+    assert "neither model overlaps any foreground" in FinetuneStage._verdict(FinetuneSection(), empty, empty, 7, doc) and doc["kept"] == "candidate"
     from engine.pipeline.stages.metrics import table_lines
 
     rows = table_lines([{"round": 2, "kept": "candidate", "too_close": True}, {"round": 3, "kept": "previous", "too_close": False}])

@@ -290,6 +290,9 @@ class FinetuneStage(DeclaredStage, kind="finetune", config=FinetuneSection, orde
         old, new = counts_iou(old_c), counts_iou(new_c)
         scores = f"the new model scores {new:.4f} {'<' if new < old else '>='} {old:.4f} on {n} held-out voxels"
         doc.update(kept="candidate", share_worse=None, gate_confidence=cfg.gate_confidence)
+        if not old_c[0].any() and not new_c[0].any():  # IoU 0 on both sides: no foreground there, or neither finds it
+            return (f"neither model overlaps any foreground in the {n} held-out voxels (they may hold none): "
+                    "IoU cannot tell them apart, used the new model")
         if new >= old:
             return f"{scores}: used it"
         if cfg.gate_confidence is not None:
