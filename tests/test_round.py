@@ -362,3 +362,20 @@ def test_round_layout_errors_are_one_line_and_delete_nothing(run: str, capsys: p
         with pytest.raises(ConfigError, match=pattern) as e:
             pipeline_config(data)
         assert "\n" not in str(e.value)
+
+
+def test_finetuning_runs_at_its_own_rate_after_a_cosine_base(tmp_path: Path) -> None:
+    """``rounds.finetune.lr`` is the rate of every fine-tuning step, also after a base trained with a cosine
+    schedule (continuing that schedule ran the rounds at lr * min_lr_ratio, a twentieth of it); with
+    ``lr: null`` the base's schedule continues."""
+    from engine.config import parse_config
+    from engine.learn.config import TrainConfig
+    from engine.learn.trainer import learning_rate
+    from engine.pipeline.stages.finetune import FinetuneSection, FinetuneStage
+
+    base = parse_config(TrainConfig, {"data": {"raw": "a.zarr/raw", "labels": "a.zarr/l"}, "output": "o", "steps": 500,
+                                      "optimizer": {"lr": 0.003, "schedule": "cosine"}})
+    tuned = FinetuneStage._train_config(base, FinetuneSection(lr=0.001, steps=100), "l.zarr/l", tmp_path / "b.json", tmp_path / "t", 600, False)
+    assert [learning_rate(tuned, s) for s in (500, 550, 599)] == [0.001] * 3
+    kept = FinetuneStage._train_config(base, FinetuneSection(lr=None, steps=100), "l.zarr/l", tmp_path / "b.json", tmp_path / "t", 600, False)
+    assert kept.optimizer.schedule == "cosine" and learning_rate(kept, 599) < 0.003 * 0.06

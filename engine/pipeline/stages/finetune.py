@@ -15,7 +15,9 @@ that fine-tuning does not forget them), the rest from the reviewed and propagate
 
 Training continues the model's own run: its checkpoint (weights, optimizer state, step) is copied into
 ``RUN/round-NN/finetune/train/checkpoints/`` and training resumes from it with the same settings except
-``steps`` more steps at ``lr``. Then the gate: the previous and the new model are scored (IoU) on
+``steps`` more steps at ``lr``, a constant rate (the base's schedule would continue past its end: a
+cosine base ends at ``lr * min_lr_ratio``, so rounds fine-tuned at a twentieth of ``lr`` until
+2026-12-06; with ``lr: null`` the base's schedule and rate continue). Then the gate: the previous and the new model are scored (IoU) on
 the held-out voxels; with ``keep_better`` the new model is the output only if it scores at least as
 well, else the previous checkpoint is (``decision.json`` records both scores and the choice, and the
 metrics table and report say so). A few held-out voxels cannot tell two close models apart (a strict
@@ -60,7 +62,7 @@ class FinetuneSection(Config):
     boxes: str = "annotate.boxes"
     heldout: str | None = Field(default="annotate.heldout", description="held-out labels (1/0, 255 unknown) that score old vs new model")
     steps: int = Field(default=40, ge=1)
-    lr: float | None = Field(default=1e-3, gt=0, description="learning rate of the fine-tuning (None: the base training's)")
+    lr: float | None = Field(default=1e-3, gt=0, description="learning rate of the fine-tuning, constant (None: the base training's schedule continues)")
     replay: float = Field(default=0.5, ge=0.0, le=1.0, description="share of crops drawn from the annotated boxes")
     margin: Triple = (0, 16, 16)
     ring: int = Field(default=2, ge=0, description="background band (pixels, in-plane) around an accepted object; 0: none")
@@ -256,8 +258,8 @@ class FinetuneStage(DeclaredStage, kind="finetune", config=FinetuneSection, orde
                           "weak_ids": [PROPAGATED_FG, PROPAGATED_BG], "weak_weight": cfg.propagated_weight}
         assert BACKGROUND not in (FOREGROUND, PROPAGATED_FG)
         dump["sampling"] = {**dump["sampling"], "min_known": min(float(dump["sampling"]["min_known"]), 0.05)}
-        if cfg.lr is not None:
-            dump["optimizer"] = {**dump["optimizer"], "lr": cfg.lr}
+        if cfg.lr is not None:  # ``steps`` more at ``lr``: not the base's schedule, whose cosine ends at lr * min_lr_ratio
+            dump["optimizer"] = {**dump["optimizer"], "lr": cfg.lr, "schedule": "constant"}
         dump.update(output=str(out), steps=steps, checkpoint_every=steps, progress=progress)
         if dump.get("validation"):
             dump["validation"] = {**dump["validation"], "every": max(1, min(int(dump["validation"]["every"]), cfg.steps))}
