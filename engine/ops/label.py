@@ -11,8 +11,9 @@ Two blockwise passes on the workers and small steps on the driver::
        (driver)     union-find over boundary labels only; global sizes; consecutive final ids;
                     removal of small objects; object table (Parquet)
     C  cc-relabel-input  label the block again (deterministic: the same local ids as in A) -> final
-                    ids (uint64, or uint32) with one lookup table per block; ``cc-relabel`` instead
-                    reads the scratch volume of ``keep_local``
+                    ids (uint64, or uint32) with one lookup table per block, the block's write left in
+                    flight while the next is labelled; ``cc-relabel`` instead reads the scratch volume
+                    of ``keep_local``
 
 With the Ray backend the same workers run every pass (started once per run). A worker holds one block
 (and a few faces); the driver holds the labels that touch block faces and one block's statistics at a
@@ -130,9 +131,9 @@ class LabelRun(RuntimeOptions, total=False):
     """How a labelling runs (the labels are the same whatever these say): the runtime options, and
 
     ``device``: ``cpu`` or ``gpu`` (CuPy); ``keep_scratch``: leave the scratch (and no ``result.json``);
-    ``keep_local``: store pass A's local ids in a uint32 scratch volume for pass C (each block labelled
-    once); by default pass C labels each block again from the input, which measured cheaper on CPU
-    than compressing, writing and reading back the local ids (see ``benchmarks/RESULTS.md``);
+    ``keep_local``: store pass A's local ids in a uint32 scratch volume (lz4) for pass C (each block
+    labelled once); by default pass C labels each block again from the input, which measured as cheap
+    as writing and reading back the local ids (see ``benchmarks/RESULTS.md``);
     ``pairs_in_driver``: run pass B in this process (default: with a ``Backend`` object passed in,
     for grids of up to ``PAIRS_IN_DRIVER_MAX_BLOCKS`` blocks, where starting workers would cost more
     than the pass; with ``backend='ray'`` the run's workers, already started, do it).
