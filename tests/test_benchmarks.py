@@ -192,3 +192,12 @@ def test_projection_takes_the_drivers_measured_costs(tmp_path: Path, capsys: pyt
     (tmp_path / "other.jsonl").write_text(json.dumps({"bench": "dispatch"}) + "\n")
     with pytest.raises(SystemExit):
         proj.main(["--gpus", "8", "--driver-scale", str(tmp_path / "other.jsonl")])
+
+
+def test_loop_errors_smoke() -> None:
+    """``benchmarks/loop_errors.py --smoke``: the error breakdown on a constructed case (one false object,
+    one missed object, a one-voxel boundary error) is checked inside the script."""
+    res = subprocess.run([sys.executable, str(BENCH / "loop_errors.py"), "--smoke"], capture_output=True, text=True, env=_env(), timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (row,) = _json_lines(res.stdout)
+    assert (row["false_objects"], row["missed_objects"], row["boundary_voxels"]) == (1, 1, 32)
