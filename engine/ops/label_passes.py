@@ -126,11 +126,13 @@ class FacePairsOp(BlockOp):
     _counts: np.ndarray | None = PrivateAttr(default=None)
     _grid: BlockGrid | None = PrivateAttr(default=None)
     _cache: OrderedDict[int, Faces] = PrivateAttr(default_factory=OrderedDict)
+    _limit: int = PrivateAttr(default=2)
 
     def setup(self, grid: BlockGrid | None = None) -> None:
         self._scratch = Scratch(self.scratch)
         offsets = np.load(_io(self._scratch.need("offsets.npy")))
         self._offsets, self._counts = offsets[:-1], np.diff(offsets)
+        self._limit = self._capacity()  # once per worker, not per face read
 
     def is_empty(self, block: Block) -> bool:
         assert self._counts is not None
@@ -142,7 +144,7 @@ class FacePairsOp(BlockOp):
         if got is None:
             got = Faces.from_bytes(self._scratch.need(f"faces/{bid}"))
             self._cache[bid] = got
-            while len(self._cache) > self._capacity():
+            while len(self._cache) > self._limit:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(bid)
