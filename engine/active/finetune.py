@@ -96,18 +96,21 @@ def _objects(ra: RoundAnswers, answers: Mapping[int, bool]) -> list[tuple[int, t
 
 
 def paint_answers(
-    labels: np.ndarray, rounds: list[RoundAnswers], *, ring: int = 2, propagate_answers: bool = True, protect: np.ndarray | None = None,
-) -> tuple[list[tuple[tuple[int, ...], bool]], dict[str, int]]:
+    labels: np.ndarray, rounds: list[RoundAnswers], *, ring: int = 2, erode: int = 0, propagate_answers: bool = True,
+    protect: np.ndarray | None = None,
+) -> tuple[list[tuple[tuple[int, ...], bool, bool]], dict[str, int]]:
     """Paint every round's answers into ``labels`` (uint8, the annotated labels; changed in place).
 
     An accepted object's predicted voxels become foreground and a band of ``ring`` in-plane pixels
-    around it background; a rejected object's voxels become background. Answers propagated through the
+    around it background; with ``erode``, the object's own outer ``erode`` in-plane pixels stay
+    unknown instead (an answer says the object is right, not where its edge is: a True under the IoU
+    > 0.5 rule allows an edge a few pixels off). A rejected object's voxels become background. Answers propagated through the
     clusters paint :data:`PROPAGATED_FG` / :data:`PROPAGATED_BG`. Only unknown voxels are painted
     (annotated truth wins), reviewed answers before propagated ones, newer rounds before older ones (a
     person's latest answer on an object wins); ``protect`` (held-out voxels) stays unknown. Returns the painted objects'
-    ``(bbox, reviewed)`` and counts.
+    ``(bbox, reviewed, accepted)`` and counts.
     """
-    from scipy.ndimage import binary_dilation
+    from scipy.ndimage import binary_dilation, binary_erosion
 
     from engine.active.rois import read_meta
     from engine.geometry import Box
@@ -125,7 +128,7 @@ def paint_answers(
     jobs.sort(key=lambda j: j[0])  # stable: newer rounds first within reviewed, then within propagated
     cross = np.zeros((1, 3, 3), bool)
     cross[0, 1, :] = cross[0, :, 1] = True
-    painted: list[tuple[tuple[int, ...], bool]] = []
+    painted: list[tuple[tuple[int, ...], bool, bool]] = []
     volumes: dict[str, Any] = {}
     for prio, ra, obj, b, ok in jobs:
         url = read_meta(ra.rois_dir)["params"]["labels"]
@@ -137,7 +140,8 @@ def paint_answers(
         box = Box(tuple(start), tuple(stop))
         sl = box.to_slices()
         obj_mask = pred.read(box) == np.asarray(obj, pred.dtype)
-        mine = obj_mask & free[sl]
+        inside = binary_erosion(obj_mask, cross, iterations=erode) if ok and erode else obj_mask
+        mine = inside & free[sl]
         fg, bg = (FOREGROUND, BACKGROUND) if reviewed else (PROPAGATED_FG, PROPAGATED_BG)
         labels[sl][mine] = fg if ok else bg
         free[sl][mine] = False
@@ -154,5 +158,5 @@ def paint_answers(
             counts["voxels_bg"] += n_bg
         else:
             counts["voxels_propagated"] += int(mine.sum()) + n_bg
-        painted.append((tuple(box.start) + tuple(box.stop), reviewed))
+        painted.append((tuple(box.start) + tuple(box.stop), reviewed, ok))
     return painted, counts

@@ -66,6 +66,8 @@ class FinetuneSection(Config):
     replay: float = Field(default=0.5, ge=0.0, le=1.0, description="share of crops drawn from the annotated boxes")
     margin: Triple = (0, 16, 16)
     ring: int = Field(default=2, ge=0, description="background band (pixels, in-plane) around an accepted object; 0: none")
+    erode: int = Field(default=0, ge=0, description="an accepted object's outer band (pixels, in-plane) left unknown: a True says nothing of its edge")
+    balance: bool = Field(default=False, description="the answered objects' crops: as much weight on rejected objects as on accepted ones")
     propagate: bool = Field(default=True, description="answers reach the unreviewed members of the reviewed object's cluster")
     propagated_weight: float = Field(default=0.5, ge=0.0, le=1.0, description="loss weight of propagated labels (reviewed: 1)")
     keep_better: bool = Field(default=True, description="keep the previous model when the new one scores lower on the held-out voxels")
@@ -107,17 +109,36 @@ def write_labels(ctx: StageContext, cfg: Any) -> tuple[str, list[dict[str, Any]]
         labels[ctx.test_from_z:] = UNKNOWN
     rounds = [RoundAnswers(ctx.input(rd), k, read_answers(ctx.input(a)))
               for k, (rd, a) in enumerate(zip(cfg.rois or [], cfg.answers or [], strict=True), start=1)]
-    painted, counts = paint_answers(labels, rounds, ring=cfg.ring, propagate_answers=cfg.propagate, protect=protect)
+    painted, counts = paint_answers(labels, rounds, ring=cfg.ring, erode=cfg.erode, propagate_answers=cfg.propagate, protect=protect)
     out = str(ctx.dir / "labels.zarr" / "labels")
     vol = create_volume(out, base.spatial_shape, "uint8", base.chunk_shape, voxel_size=base.voxel_size, fill_value=UNKNOWN, overwrite=True)
     vol.write(base.box, labels)
     from engine.geometry import Box
 
     boxes = []
-    for b, reviewed in painted:
+    for b, reviewed, _ in painted:
         grown = Box(tuple(b[:3]), tuple(b[3:])).grow(cfg.margin).intersect(base.box)
         boxes.append({"start": list(grown.start), "stop": list(grown.stop), "weight": 1.0 if reviewed else cfg.propagated_weight})
+    if cfg.balance:
+        balance_weights(boxes, [ok for *_, ok in painted])
     return out, boxes, counts
+
+
+def balance_weights(boxes: list[dict[str, Any]], accepted: list[bool]) -> None:
+    """Scale the crop weights of ``boxes`` (in place) so that accepted and rejected objects carry the same
+    total weight, their sum unchanged; nothing changes when one side is absent.
+
+    >>> b = [{"weight": 1.0}, {"weight": 1.0}, {"weight": 1.0}, {"weight": 0.5}]
+    >>> balance_weights(b, [True, True, True, False]); [round(x["weight"], 3) for x in b]
+    [0.583, 0.583, 0.583, 1.75]
+    """
+    w = np.array([float(b["weight"]) for b in boxes])
+    ok = np.array(accepted, bool)
+    sides = (float(w[ok].sum()), float(w[~ok].sum()))
+    if min(sides) <= 0:
+        return
+    for b, a in zip(boxes, ok.tolist(), strict=True):
+        b["weight"] = float(b["weight"]) * sum(sides) / 2 / sides[0 if a else 1]
 
 
 def crop_boxes(annotated: list[dict[str, list[int]]], objects: list[dict[str, Any]], replay: float) -> list[dict[str, Any]]:
