@@ -379,3 +379,38 @@ def test_finetuning_runs_at_its_own_rate_after_a_cosine_base(tmp_path: Path) -> 
     assert [learning_rate(tuned, s) for s in (500, 550, 599)] == [0.001] * 3
     kept = FinetuneStage._train_config(base, FinetuneSection(lr=None, steps=100), "l.zarr/l", tmp_path / "b.json", tmp_path / "t", 600, False)
     assert kept.optimizer.schedule == "cosine" and learning_rate(kept, 599) < 0.003 * 0.06
+
+
+def test_an_accepted_answer_leaves_its_objects_edge_unknown_with_erode(run: str) -> None:
+    """``erode``: an accepted object's predicted mask, less its outer ``erode`` in-plane pixels, is
+    foreground and its edge stays unknown (a True says the object is right, not where its edge is); a
+    rejected object is background whole; without it (and ``ring``) the whole mask is foreground. On the
+    real answers and labels of the run's round 1."""
+    from scipy.ndimage import binary_erosion
+
+    from engine.active.finetune import BACKGROUND, FOREGROUND, UNKNOWN, RoundAnswers, _objects, paint_answers
+    from engine.active.rois import read_meta
+    from engine.pipeline.stages.finetune import read_answers
+    from engine.storage import open_volume
+
+    m = Manifest(run)
+    ra = RoundAnswers(m.stages["query[1]"]["outputs"]["rois"], 1, read_answers(m.stages["review[1]"]["outputs"]["answers"]))
+    pred = open_volume(read_meta(ra.rois_dir)["params"]["labels"])
+    pred = pred.read(pred.box)
+    objects = _objects(ra, ra.answers)
+    assert any(ok for *_, ok in objects), "round 1 of the tiny run accepts an object"
+    cross = np.zeros((1, 3, 3), bool)
+    cross[0, 1, :] = cross[0, :, 1] = True
+    painted = {}
+    for erode in (0, 1):
+        labels = np.full(pred.shape, UNKNOWN, np.uint8)
+        paint_answers(labels, [ra], ring=0, erode=erode, propagate_answers=False)
+        painted[erode] = labels
+        for obj, _, ok in objects:
+            mask = pred == obj
+            if not ok:
+                assert (labels[mask] == BACKGROUND).all()
+                continue
+            inside = binary_erosion(mask, cross, iterations=erode) if erode else mask
+            assert (labels[inside] == FOREGROUND).all() and (labels[mask & ~inside] == UNKNOWN).all()
+    assert (painted[1] == FOREGROUND).sum() < (painted[0] == FOREGROUND).sum()

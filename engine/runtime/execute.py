@@ -46,6 +46,18 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _record_failure(block_id: int, where: str, err: BaseException, errors: dict[int, str], permanent: set[int], *, with_traceback: bool) -> None:
+    """A failed block's error line: a ConnectileError is one line, and permanent unless transient (bad input
+    or parameters: retrying cannot help); any other error is retried, its traceback kept when asked."""
+    errors[block_id] = f"{where}: {type(err).__name__}: {err}"
+    if isinstance(err, ConnectileError):
+        if not getattr(err, "transient", False):
+            permanent.add(block_id)
+    elif with_traceback:
+        errors[block_id] += f"\n{traceback.format_exc(limit=8)}"
+    log.debug("%s failed: %s", where, err)
+
+
 class BlockRunner:
     """Holds an operation after its ``setup()`` and runs batches of its blocks."""
 
@@ -70,9 +82,7 @@ class BlockRunner:
             if k is None:
                 continue
             status[k] = FAILED
-            errors[int(block_id)] = f"block {block_id}: {type(failure).__name__}: {failure}"
-            if isinstance(failure, ConnectileError) and not getattr(failure, "transient", False):
-                permanent.add(int(block_id))
+            _record_failure(int(block_id), f"block {block_id}", failure, errors, permanent, with_traceback=False)
 
     def close(self) -> None:
         try:
@@ -108,13 +118,7 @@ class BlockRunner:
             except Exception as err:  # noqa: BLE001 - a failing block is reported, not raised
                 status[k] = FAILED
                 where = f"block {bid}" + (f" {block.index} {block.write}" if block is not None else "")
-                if isinstance(err, ConnectileError):  # one line; retried later only if transient
-                    errors[int(bid)] = f"{where}: {type(err).__name__}: {err}"
-                    if not getattr(err, "transient", False):
-                        permanent.add(int(bid))
-                else:
-                    errors[int(bid)] = f"{where}: {type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}"
-                log.debug("%s failed: %s", where, err)
+                _record_failure(int(bid), where, err, errors, permanent, with_traceback=True)
             seconds[k] = clock() - t0
         if n:
             t0 = clock()

@@ -216,37 +216,51 @@ class Volume:
         return self
 
 
-class _Read:
-    """A started read of a box: ``result()`` waits, classifying storage errors (see :meth:`Volume.read`)."""
+class _Started:
+    """A started read or write of a box: ``result()`` waits for it; a transient storage error is tried
+    again once through the volume (with its bounded retries), any other becomes one StorageError."""
 
-    def __init__(self, volume: Volume, box: Box, future: ts.Future) -> None:
+    doing = ""  # "reading" / "writing"
+
+    def __init__(self, volume: Volume, box: Box, future: Any) -> None:
         self.volume, self.box, self.future = volume, box, future
+
+    def again(self) -> Any:
+        raise NotImplementedError
 
     def result(self) -> Any:
         try:
             return self.future.result()
         except ValueError as err:
             if classify(err) == "transient":
-                note_retry(err, self.volume.url, f"reading {self.box} of {self.volume.url}: transient storage error, reading again")
-                return self.volume.read(self.box)  # again, with the bounded retries
-            raise as_storage_error(err, self.volume.url, f"reading {self.box} of") from err
+                note_retry(err, self.volume.url, f"{self.doing} {self.box} of {self.volume.url}: transient storage error, {self.doing} again")
+                return self.again()
+            raise as_storage_error(err, self.volume.url, f"{self.doing} {self.box} of") from err
 
 
-class _Write:
-    """A started write of a box: ``result()`` waits until it is stored (see :meth:`Volume.write_async`)."""
+class _Read(_Started):
+    """A started read of a box (see :meth:`Volume.read`)."""
+
+    doing = "reading"
+
+    def again(self) -> Any:
+        return self.volume.read(self.box)
+
+
+class _Write(_Started):
+    """A started write of a box (see :meth:`Volume.write_async`)."""
+
+    doing = "writing"
 
     def __init__(self, volume: Volume, box: Box, data: np.ndarray, future: Any) -> None:
-        self.volume, self.box, self.data, self.future = volume, box, data, future
+        super().__init__(volume, box, future)
+        self.data = data
+
+    def again(self) -> None:
+        self.volume.write(self.box, self.data)
 
     def result(self) -> None:
-        try:
-            self.future.result()
-        except ValueError as err:
-            if classify(err) == "transient":
-                note_retry(err, self.volume.url, f"writing {self.box} of {self.volume.url}: transient storage error, writing again")
-                self.volume.write(self.box, self.data)  # again, with the bounded retries
-                return
-            raise as_storage_error(err, self.volume.url, f"writing {self.box} of") from err
+        super().result()
 
 
 def _spatial(shape: Sequence[int | None] | None) -> Coord:
