@@ -36,7 +36,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -67,6 +67,9 @@ class FinetuneSection(Config):
     margin: Triple = (0, 16, 16)
     ring: int = Field(default=2, ge=0, description="background band (pixels, in-plane) around an accepted object; 0: none")
     erode: int = Field(default=0, ge=0, description="an accepted object's outer band (pixels, in-plane) left unknown: a True says nothing of its edge")
+    pos_weight: Literal["base", "auto"] = Field(default="base", description=(
+        "BCE weight of foreground voxels: the base training's (base), or recomputed on the fine-tuning labels (auto), which "
+        "the answers tilt towards the foreground"))
     balance: bool = Field(default=False, description="the answered objects' crops: as much weight on rejected objects as on accepted ones")
     propagate: bool = Field(default=True, description="answers reach the unreviewed members of the reviewed object's cluster")
     propagated_weight: float = Field(default=0.5, ge=0.0, le=1.0, description="loss weight of propagated labels (reviewed: 1)")
@@ -231,6 +234,21 @@ def heldout_score(checkpoint: str, raw: str, heldout: str, boxes: list[dict[str,
     return (None, 0) if got is None else (counts_iou(got[0][0]), got[1])
 
 
+def base_pos_weight(base: Any, cfg: Any) -> float | str | None:
+    """The positive weight the fine-tuning keeps (``pos_weight: base``): the base training's, a number or
+    ``"none"``, where ``auto`` is computed on the base's own labels as its training did; None with
+    ``pos_weight: auto`` (recomputed on the fine-tuning labels)."""
+    if cfg.pos_weight == "auto":
+        return None
+    if base.sampling.pos_weight != "auto":
+        return base.sampling.pos_weight  # type: ignore[no-any-return]
+    from engine.learn.sampler import CropSampler
+
+    pw = CropSampler(base).pos_weight()
+    log.info("fine-tuning keeps the base training's positive weight %s", pw)
+    return "none" if pw is None else pw
+
+
 class FinetuneStage(DeclaredStage, kind="finetune", config=FinetuneSection, order=150,
                     inputs=("checkpoint", "rois", "answers", "labels", "boxes", "heldout"), outputs=("checkpoint", "history", "decision")):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
@@ -253,7 +271,7 @@ class FinetuneStage(DeclaredStage, kind="finetune", config=FinetuneSection, orde
             from engine.storage.safety import remove
 
             remove(out, "run-files", inputs=[str(ck)])
-        tcfg = self._train_config(base, cfg, labels_url, boxes_path, out, start + cfg.steps, ctx.runtime.progress)
+        tcfg = self._train_config(base, cfg, labels_url, boxes_path, out, start + cfg.steps, ctx.runtime.progress, base_pos_weight(base, cfg))
         copy = out / "checkpoints" / ck.name
         if not copy.exists():
             from engine.learn import latest_checkpoint
@@ -269,7 +287,8 @@ class FinetuneStage(DeclaredStage, kind="finetune", config=FinetuneSection, orde
         return {"checkpoint": decision["checkpoint"], "history": result["history"], "decision": str(path)}
 
     @staticmethod
-    def _train_config(base: Any, cfg: Any, labels_url: str, boxes_path: Path, out: Path, steps: int, progress: bool) -> Any:
+    def _train_config(base: Any, cfg: Any, labels_url: str, boxes_path: Path, out: Path, steps: int, progress: bool,
+                      pos_weight: float | str | None = None) -> Any:
         from engine.active.finetune import BACKGROUND, FOREGROUND, PROPAGATED_BG, PROPAGATED_FG, UNKNOWN
         from engine.learn.config import TrainConfig
 
@@ -279,6 +298,8 @@ class FinetuneStage(DeclaredStage, kind="finetune", config=FinetuneSection, orde
                           "weak_ids": [PROPAGATED_FG, PROPAGATED_BG], "weak_weight": cfg.propagated_weight}
         assert BACKGROUND not in (FOREGROUND, PROPAGATED_FG)
         dump["sampling"] = {**dump["sampling"], "min_known": min(float(dump["sampling"]["min_known"]), 0.05)}
+        if pos_weight is not None:
+            dump["sampling"]["pos_weight"] = pos_weight
         if cfg.lr is not None:  # ``steps`` more at ``lr``: not the base's schedule, whose cosine ends at lr * min_lr_ratio
             dump["optimizer"] = {**dump["optimizer"], "lr": cfg.lr, "schedule": "constant"}
         dump.update(output=str(out), steps=steps, checkpoint_every=steps, progress=progress)
