@@ -414,3 +414,25 @@ def test_an_accepted_answer_leaves_its_objects_edge_unknown_with_erode(run: str)
             inside = binary_erosion(mask, cross, iterations=erode) if erode else mask
             assert (labels[inside] == FOREGROUND).all() and (labels[mask & ~inside] == UNKNOWN).all()
     assert (painted[1] == FOREGROUND).sum() < (painted[0] == FOREGROUND).sum()
+
+
+def test_finetuning_keeps_the_base_trainings_positive_weight(run: str) -> None:
+    """``pos_weight: base``: the fine-tuning's loss weighs foreground voxels as the base training did
+    (computed on the base's labels), not as ``auto`` would on the fine-tuning labels, which accepted
+    objects tilt towards the foreground."""
+    import yaml
+
+    from engine.learn.config import TrainConfig
+    from engine.learn.sampler import CropSampler
+    from engine.models import read_checkpoint_config
+    from engine.pipeline.stages.finetune import FinetuneSection, base_pos_weight
+
+    m = Manifest(run)
+    _, extras = read_checkpoint_config(Path(m.stages["train"]["outputs"]["checkpoint"]))
+    base = TrainConfig.model_validate(extras["train"])
+    assert base.sampling.pos_weight == "auto"
+    expected = CropSampler(base).pos_weight()
+    tuned = TrainConfig.model_validate(yaml.safe_load((Path(run) / "round-01" / "finetune" / "train" / "train.yaml").read_text()))
+    assert tuned.sampling.pos_weight == pytest.approx(expected)
+    assert base_pos_weight(base, FinetuneSection(pos_weight="auto")) is None
+    assert base_pos_weight(base.model_copy(update={"sampling": base.sampling.model_copy(update={"pos_weight": 2.5})}), FinetuneSection()) == 2.5

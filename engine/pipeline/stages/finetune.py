@@ -3,15 +3,23 @@ so far, and kept only if it is better on held-out annotated voxels.
 
 Labels (:func:`engine.active.finetune.paint_answers`): the annotated boxes (``annotate.labels``: 1 / 0
 inside, 255 unknown), plus the reviewed objects of rounds ``1 .. r`` (all of them, not only this
-round's): an accepted object's predicted mask is foreground with a ``ring`` of background around it,
-a rejected object is background. With ``propagate``, an answer also reaches the unreviewed members of
+round's): an accepted object's predicted mask is foreground with a ``ring`` of background around it
+(with ``erode``, its own outer ``erode`` pixels stay unknown instead: a True under the oracle's IoU > 0.5
+rule, or a person's glance, says the object is right, not where its edge is), a rejected object is
+background. With ``propagate``, an answer also reaches the unreviewed members of
 the reviewed object's cluster (the two-stream paper's label propagation); those voxels are marked as
 propagated and count ``propagated_weight`` in the loss. The held-out annotated voxels
 (``annotate.heldout``) are never painted nor trained on.
 
 Crops: a share ``replay`` of them from the annotated boxes (the labels the model was trained on, so
 that fine-tuning does not forget them), the rest from the reviewed and propagated objects' boxes
-(grown by ``margin``; propagated ones at ``propagated_weight``).
+(grown by ``margin``; propagated ones at ``propagated_weight``; with ``balance``, rejected objects carry as
+much crop weight as accepted ones).
+
+The loss is the base training's: with ``pos_weight: base`` (the default) the fine-tuning keeps the
+base's weight of foreground voxels. ``auto`` recomputes it on the fine-tuning labels, which the answers
+tilt towards the foreground (an accepted object paints its whole mask; on Lucchi++ the labelled voxels
+went from 5% to 54-61% foreground, so the weight fell from 3 to 1 and the loss changed with it).
 
 Training continues the model's own run: its checkpoint (weights, optimizer state, step) is copied into
 ``RUN/round-NN/finetune/train/checkpoints/`` and training resumes from it with the same settings except
@@ -26,8 +34,9 @@ reverts the round only when it is lower in that share of paired bootstrap resamp
 tiles (one section by ``GATE_TILE`` x ``GATE_TILE`` voxels each), so the gate reverts the rounds that are
 clearly worse and says "too close to tell" of the others.
 
-The defaults are fine-tuning settings, not training ones: a small learning rate (1e-3, a third of the
-base training's 3e-3), few steps (40), and half of the crops replayed from the annotated boxes.
+The defaults are fine-tuning settings, not training ones: a constant learning rate (1e-3), few steps
+(40), and half of the crops replayed from the annotated boxes; the demos set 1e-4, a tenth of their
+base's peak rate (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
