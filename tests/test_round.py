@@ -416,23 +416,27 @@ def test_an_accepted_answer_leaves_its_objects_edge_unknown_with_erode(run: str)
     assert (painted[1] == FOREGROUND).sum() < (painted[0] == FOREGROUND).sum()
 
 
-def test_finetuning_keeps_the_base_trainings_positive_weight(run: str) -> None:
+def test_finetuning_keeps_the_base_trainings_positive_weight_when_asked(run: str, tmp_path: Path) -> None:
     """``pos_weight: base``: the fine-tuning's loss weighs foreground voxels as the base training did
-    (computed on the base's labels), not as ``auto`` would on the fine-tuning labels, which accepted
-    objects tilt towards the foreground."""
+    (computed on the base's labels); ``auto`` (the default, what the run's round 1 used) recomputes it on
+    the fine-tuning labels."""
     import yaml
 
     from engine.learn.config import TrainConfig
     from engine.learn.sampler import CropSampler
     from engine.models import read_checkpoint_config
-    from engine.pipeline.stages.finetune import FinetuneSection, base_pos_weight
+    from engine.pipeline.stages.finetune import FinetuneSection, FinetuneStage, base_pos_weight
 
     m = Manifest(run)
     _, extras = read_checkpoint_config(Path(m.stages["train"]["outputs"]["checkpoint"]))
     base = TrainConfig.model_validate(extras["train"])
     assert base.sampling.pos_weight == "auto"
     expected = CropSampler(base).pos_weight()
-    tuned = TrainConfig.model_validate(yaml.safe_load((Path(run) / "round-01" / "finetune" / "train" / "train.yaml").read_text()))
+    assert expected is not None
+    cfg = FinetuneSection(pos_weight="base")
+    tuned = FinetuneStage._train_config(base, cfg, base.data.labels, tmp_path / "b.json", tmp_path / "t", 50, False, base_pos_weight(base, cfg))
     assert tuned.sampling.pos_weight == pytest.approx(expected)
-    assert base_pos_weight(base, FinetuneSection(pos_weight="auto")) is None
-    assert base_pos_weight(base.model_copy(update={"sampling": base.sampling.model_copy(update={"pos_weight": 2.5})}), FinetuneSection()) == 2.5
+    ran = TrainConfig.model_validate(yaml.safe_load((Path(run) / "round-01" / "finetune" / "train" / "train.yaml").read_text()))
+    assert ran.sampling.pos_weight == "auto" and base_pos_weight(base, FinetuneSection()) is None
+    numbered = base.model_copy(update={"sampling": base.sampling.model_copy(update={"pos_weight": 2.5})})
+    assert base_pos_weight(numbered, cfg) == 2.5

@@ -16,10 +16,11 @@ that fine-tuning does not forget them), the rest from the reviewed and propagate
 (grown by ``margin``; propagated ones at ``propagated_weight``; with ``balance``, rejected objects carry as
 much crop weight as accepted ones).
 
-The loss is the base training's: with ``pos_weight: base`` (the default) the fine-tuning keeps the
-base's weight of foreground voxels. ``auto`` recomputes it on the fine-tuning labels, which the answers
-tilt towards the foreground (an accepted object paints its whole mask; on Lucchi++ the labelled voxels
-went from 5% to 54-61% foreground, so the weight fell from 3 to 1 and the loss changed with it).
+The weight of foreground voxels in the loss (``pos_weight: auto``, the default) is recomputed on the
+fine-tuning labels, which the answers tilt towards the foreground: on Lucchi++ the labelled voxels went
+from 5% to 54-61% foreground and the weight from 3 to 1, which offsets crops drawn around accepted
+objects. ``base`` keeps the base training's weight; on Lucchi++ that pushed the rounds towards the
+foreground (seed 0: more false objects), benchmarks/RESULTS.md.
 
 Training continues the model's own run: its checkpoint (weights, optimizer state, step) is copied into
 ``RUN/round-NN/finetune/train/checkpoints/`` and training resumes from it with the same settings except
@@ -76,9 +77,9 @@ class FinetuneSection(Config):
     margin: Triple = (0, 16, 16)
     ring: int = Field(default=2, ge=0, description="background band (pixels, in-plane) around an accepted object; 0: none")
     erode: int = Field(default=0, ge=0, description="an accepted object's outer band (pixels, in-plane) left unknown: a True says nothing of its edge")
-    pos_weight: Literal["base", "auto"] = Field(default="base", description=(
-        "BCE weight of foreground voxels: the base training's (base), or recomputed on the fine-tuning labels (auto), which "
-        "the answers tilt towards the foreground"))
+    pos_weight: Literal["auto", "base"] = Field(default="auto", description=(
+        "BCE weight of foreground voxels: recomputed on the fine-tuning labels, which the answers tilt towards the foreground "
+        "(auto), or the base training's (base; lowered Lucchi++ in 1 of 3 seeds, benchmarks/RESULTS.md)"))
     balance: bool = Field(default=False, description="the answered objects' crops: as much weight on rejected objects as on accepted ones")
     propagate: bool = Field(default=True, description="answers reach the unreviewed members of the reviewed object's cluster")
     propagated_weight: float = Field(default=0.5, ge=0.0, le=1.0, description="loss weight of propagated labels (reviewed: 1)")
@@ -244,7 +245,7 @@ def heldout_score(checkpoint: str, raw: str, heldout: str, boxes: list[dict[str,
 
 
 def base_pos_weight(base: Any, cfg: Any) -> float | str | None:
-    """The positive weight the fine-tuning keeps (``pos_weight: base``): the base training's, a number or
+    """The positive weight the fine-tuning keeps with ``pos_weight: base``: the base training's, a number or
     ``"none"``, where ``auto`` is computed on the base's own labels as its training did; None with
     ``pos_weight: auto`` (recomputed on the fine-tuning labels)."""
     if cfg.pos_weight == "auto":
