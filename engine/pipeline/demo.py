@@ -182,11 +182,8 @@ def apply_tiny(cfg: dict[str, Any]) -> dict[str, Any]:
         old = {k: v for k, v in out["train"].items() if k not in ("optimizer", "sampling", "augment")}
         out["train"] = {**old, "semi": {"box": [16, 16], "unlabelled": 0.2, "inter": 0.2, "warmup_steps": 4}}
         out["ceiling"]["train"] = {k: v for k, v in out["train"].items() if k not in ("raw", "labels", "boxes", "truth")}
-        out["rounds"]["finetune"].pop("ring", None)
-        out["rounds"]["finetune"].pop("gate_confidence", None)
-        out["rounds"]["finetune"].pop("propagate", None)
-        out["rounds"]["finetune"].pop("erode", None)
-        out["rounds"]["finetune"].pop("balance", None)
+        for key in ("ring", "gate_confidence", "propagate", "erode", "balance"):  # the demo's round settings, back to the defaults
+            out["rounds"]["finetune"].pop(key, None)
         out["annotate"] |= {"truth": "synth.neurons", "target": "interior"}
         out["rounds"]["score"] |= {"truth": "synth.neurons", "target": "interior"}
         out["rounds"]["review"] |= {"truth": "synth.neurons"}
