@@ -268,7 +268,7 @@ def test_bad_run_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_a_harmful_round_keeps_the_previous_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every answer of a round flipped (what the oracle accepts is rejected and the other way round), and a
-    fine-tuning that follows them hard (no replay of the annotated boxes, high learning rate): the new
+    fine-tuning that follows them hard (no replay of the annotated boxes, no anchor, high learning rate): the new
     model scores lower on the held-out annotated voxels, so the round keeps the model it started from;
     with ``keep_better: false`` the same round uses the worse model (the gate is what kept it)."""
     from engine.active.answers import AnswerStore, answers_path
@@ -280,7 +280,8 @@ def test_a_harmful_round_keeps_the_previous_model(tmp_path: Path, monkeypatch: p
     cfg = apply_tiny(demo_config("run", shape=(16, 64, 96), chunks=(8, 64, 64), seed=3, rounds=1))
     del cfg["metrics"], cfg["report"]
     cfg["rounds"]["review"] = {"source": "person"}
-    hard = ["rounds.finetune.steps=40", "rounds.finetune.lr=0.03", "rounds.finetune.replay=0.0", "rounds.finetune.propagate=false"]
+    hard = ["rounds.finetune.steps=40", "rounds.finetune.lr=0.03", "rounds.finetune.replay=0.0", "rounds.finetune.propagate=false",
+            "rounds.finetune.anchor=0"]
     with pytest.raises(ReviewPending):
         run_pipeline(pipeline_config(cfg, hard))
     m = Manifest("run")
@@ -309,6 +310,11 @@ def test_a_harmful_round_keeps_the_previous_model(tmp_path: Path, monkeypatch: p
     run_pipeline(pipeline_config(cfg, [*hard, "rounds.finetune.gate_confidence=0.9"]))
     d3 = json.loads(Path(Manifest("run").stages["finetune[1]"]["outputs"]["decision"]).read_text())
     assert d3["kept"] == "previous" and d3["share_worse"] >= 0.9 and d3["heldout_tiles"] > 1, d3
+
+    # the anchor (the previous segmentation as labels wherever no answer is) holds the same flipped round back
+    run_pipeline(pipeline_config(cfg, [*hard[:-1], "rounds.finetune.anchor=0.5"]))
+    d4 = json.loads(Path(Manifest("run").stages["finetune[1]"]["outputs"]["decision"]).read_text())
+    assert d4["labels"]["voxels_anchor"] > 0 and d4["candidate_score"] > d["candidate_score"] + 0.01, (d4, d)
 
 
 def test_the_tolerant_gate_reverts_only_a_clearly_worse_round() -> None:
@@ -414,6 +420,49 @@ def test_an_accepted_answer_leaves_its_objects_edge_unknown_with_erode(run: str)
             inside = binary_erosion(mask, cross, iterations=erode) if erode else mask
             assert (labels[inside] == FOREGROUND).all() and (labels[mask & ~inside] == UNKNOWN).all()
     assert (painted[1] == FOREGROUND).sum() < (painted[0] == FOREGROUND).sum()
+
+
+def test_an_anchor_paints_the_previous_segmentation_where_nothing_else_is_known(run: str, tmp_path: Path) -> None:
+    """``anchor``: every voxel that no annotation, answer or held-out label covers takes the previous
+    model's segmentation (the one the round's queries came from) as a weighted label; the answers and
+    the annotated labels are painted as without it, an accepted object's eroded edge stays unknown, and
+    the fine-tuning's target weighs the anchor's voxels ``anchor``. On the run's round 1."""
+    from engine.active.finetune import ANCHOR_BG, ANCHOR_FG, UNKNOWN, RoundAnswers, _objects, paint_answers
+    from engine.learn.config import TrainConfig
+    from engine.learn.targets import make_target
+    from engine.models import read_checkpoint_config
+    from engine.pipeline.stages.finetune import FinetuneSection, FinetuneStage, previous_segmentation, read_answers
+    from engine.storage import open_volume
+
+    m = Manifest(run)
+    ra = RoundAnswers(m.stages["query[1]"]["outputs"]["rois"], 1, read_answers(m.stages["review[1]"]["outputs"]["answers"]))
+    annotated = open_volume(m.stages["annotate"]["outputs"]["labels"])
+    annotated = annotated.read(annotated.box)
+    seg = previous_segmentation(ra.rois_dir, annotated.shape)
+    assert seg.any() and not seg.all()
+    protect = np.zeros(annotated.shape, bool)
+    protect[-2:] = True  # e.g. held-out voxels (the stage leaves them unknown, as here)
+    annotated[protect] = UNKNOWN
+    plain, anchored = annotated.copy(), annotated.copy()
+    paint_answers(plain, [ra], ring=0, erode=1, propagate_answers=False, protect=protect)
+    _, counts = paint_answers(anchored, [ra], ring=0, erode=1, propagate_answers=False, protect=protect, anchor=seg)
+    was_unknown = plain == UNKNOWN
+    assert (anchored[~was_unknown] == plain[~was_unknown]).all(), "annotations and answers are painted as without the anchor"
+    assert (anchored[protect] == UNKNOWN).all()
+    filled = anchored != plain
+    assert counts["voxels_anchor"] == int(filled.sum()) > 0
+    assert (anchored[filled & seg] == ANCHOR_FG).all() and (anchored[filled & ~seg] == ANCHOR_BG).all()
+    pred = open_volume(m.stages["label[1]"]["outputs"]["labels"])
+    pred = pred.read(pred.box)
+    edges = sum((pred == obj) & (plain == UNKNOWN) for obj, _, ok in _objects(ra, ra.answers) if ok)
+    assert np.any(edges) and (anchored[edges.astype(bool)] == UNKNOWN).all(), "an accepted object's eroded edge is not anchored"
+    _, extras = read_checkpoint_config(Path(m.stages["train"]["outputs"]["checkpoint"]))
+    base = TrainConfig.model_validate(extras["train"])
+    tuned = FinetuneStage._train_config(base, FinetuneSection(anchor=0.25), "l.zarr/l", tmp_path / "b.json", tmp_path / "t", 50, False)
+    target, weight = make_target(anchored, np.ones(anchored.shape, bool), tuned.target, ())
+    assert (target[0][anchored == ANCHOR_FG] == 1).all() and (target[0][anchored == ANCHOR_BG] == 0).all()
+    assert set(np.unique(weight[0][(anchored == ANCHOR_FG) | (anchored == ANCHOR_BG)])) == {np.float32(0.25)}
+    assert (weight[0][anchored == 1] == 1).all() and (weight[0][anchored == UNKNOWN] == 0).all()
 
 
 def test_finetuning_keeps_the_base_trainings_positive_weight_when_asked(run: str, tmp_path: Path) -> None:

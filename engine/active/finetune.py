@@ -50,8 +50,9 @@ def review_targets(run_dir: str | os.PathLike[str], answers: Mapping[int, bool])
 
 
 #: values of the fine-tuning label volume (uint8): the annotated and reviewed labels, labels propagated
-#: through the query's clusters (weighted below reviewed ones in the loss), unknown
-FOREGROUND, BACKGROUND, PROPAGATED_FG, PROPAGATED_BG, UNKNOWN = 1, 0, 2, 3, 255
+#: through the query's clusters (weighted below reviewed ones in the loss), the previous model's own
+#: segmentation where nothing else is known (the anchor), unknown
+FOREGROUND, BACKGROUND, PROPAGATED_FG, PROPAGATED_BG, ANCHOR_FG, ANCHOR_BG, UNKNOWN = 1, 0, 2, 3, 4, 5, 255
 
 
 @dataclass
@@ -97,7 +98,7 @@ def _objects(ra: RoundAnswers, answers: Mapping[int, bool]) -> list[tuple[int, t
 
 def paint_answers(
     labels: np.ndarray, rounds: list[RoundAnswers], *, ring: int = 2, erode: int = 0, propagate_answers: bool = True,
-    protect: np.ndarray | None = None,
+    protect: np.ndarray | None = None, anchor: np.ndarray | None = None,
 ) -> tuple[list[tuple[tuple[int, ...], bool, bool]], dict[str, int]]:
     """Paint every round's answers into ``labels`` (uint8, the annotated labels; changed in place).
 
@@ -107,8 +108,11 @@ def paint_answers(
     > 0.5 rule allows an edge a few pixels off). A rejected object's voxels become background. Answers propagated through the
     clusters paint :data:`PROPAGATED_FG` / :data:`PROPAGATED_BG`. Only unknown voxels are painted
     (annotated truth wins), reviewed answers before propagated ones, newer rounds before older ones (a
-    person's latest answer on an object wins); ``protect`` (held-out voxels) stays unknown. Returns the painted objects'
-    ``(bbox, reviewed, accepted)`` and counts.
+    person's latest answer on an object wins); ``protect`` (held-out voxels) stays unknown. With ``anchor``
+    (a boolean foreground of ``labels``' shape: the previous model's segmentation), every voxel still unknown
+    and outside the painted objects and their bands (an eroded edge stays unknown) becomes
+    :data:`ANCHOR_FG` / :data:`ANCHOR_BG`: the model is held to its own prediction wherever no label and no
+    answer says otherwise. Returns the painted objects' ``(bbox, reviewed, accepted)`` and counts.
     """
     from scipy.ndimage import binary_dilation, binary_erosion
 
@@ -119,7 +123,8 @@ def paint_answers(
     free = labels == UNKNOWN
     if protect is not None:
         free &= ~protect
-    counts = {"accepted": 0, "rejected": 0, "propagated_accepted": 0, "propagated_rejected": 0, "voxels_fg": 0, "voxels_bg": 0, "voxels_propagated": 0}
+    counts = {"accepted": 0, "rejected": 0, "propagated_accepted": 0, "propagated_rejected": 0, "voxels_fg": 0, "voxels_bg": 0, "voxels_propagated": 0,
+              "voxels_anchor": 0}
     jobs: list[tuple[int, RoundAnswers, int, tuple[int, ...], bool]] = []  # (priority, round, object, bbox, ok)
     for ra in sorted(rounds, key=lambda x: -x.round):
         jobs += [(0, ra, obj, b, ok) for obj, b, ok in _objects(ra, ra.answers)]
@@ -142,6 +147,8 @@ def paint_answers(
         obj_mask = pred.read(box) == np.asarray(obj, pred.dtype)
         inside = binary_erosion(obj_mask, cross, iterations=erode) if ok and erode else obj_mask
         mine = inside & free[sl]
+        if anchor is not None:  # the eroded edge is claimed too: it stays unknown, not anchored
+            free[sl][obj_mask & ~inside] = False
         fg, bg = (FOREGROUND, BACKGROUND) if reviewed else (PROPAGATED_FG, PROPAGATED_BG)
         labels[sl][mine] = fg if ok else bg
         free[sl][mine] = False
@@ -159,4 +166,8 @@ def paint_answers(
         else:
             counts["voxels_propagated"] += int(mine.sum()) + n_bg
         painted.append((tuple(box.start) + tuple(box.stop), reviewed, ok))
+    if anchor is not None:
+        labels[free & anchor] = ANCHOR_FG
+        labels[free & ~anchor] = ANCHOR_BG
+        counts["voxels_anchor"] = int(free.sum())
     return painted, counts

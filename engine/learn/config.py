@@ -13,9 +13,9 @@ Everything else has a default; an unknown or mistyped key is a one-line error th
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, NonNegativeFloat, model_validator
 
 from engine.config import Config
 from engine.learn.budget import TimeBudget
@@ -73,9 +73,10 @@ class TargetConfig(Config):
       ``-offset`` carry the same non-zero label; ``widen_boundaries`` first erodes objects by one voxel
       in-plane where they touch another label (the papers' targets).
 
-    ``ignore_ids`` are labels that mean "unknown" (masked out of the loss). ``weak_ids`` are labels known
-    less surely (e.g. answers propagated from a reviewed object to the unreviewed members of its
-    cluster): their voxels count with ``weak_weight`` in the loss.
+    ``ignore_ids`` are labels that mean "unknown" (masked out of the loss). ``weights`` gives labels known
+    less surely a loss weight of their own (e.g. answers propagated from a reviewed object to the
+    unreviewed members of its cluster, or the previous model's own prediction as an anchor); every other
+    label counts 1.
     """
 
     kind: Literal["mask", "polarity", "affinity"] = "mask"
@@ -83,9 +84,22 @@ class TargetConfig(Config):
     pre_ids: list[int] = [1]
     post_ids: list[int] = [2]
     ignore_ids: list[int] = []
-    weak_ids: list[int] = []
-    weak_weight: float = Field(default=1.0, ge=0.0, le=1.0)
+    weights: dict[int, NonNegativeFloat] = Field(default={}, description="loss weight of the voxels of a label id (others: 1)")
     widen_boundaries: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _weak_ids(cls, data: Any) -> Any:
+        """Checkpoints written before 2026-12-07 give one weight to a list of ids (``weak_ids``, ``weak_weight``).
+
+        >>> TargetConfig.model_validate({"weak_ids": [2, 3], "weak_weight": 0.5}).weights
+        {2: 0.5, 3: 0.5}
+        """
+        if isinstance(data, dict) and ("weak_ids" in data or "weak_weight" in data):
+            data = dict(data)
+            ids, w = data.pop("weak_ids", []), data.pop("weak_weight", 1.0)
+            data["weights"] = dict.fromkeys(ids, w) | dict(data.get("weights") or {})
+        return data
 
 
 class SamplingConfig(Config):

@@ -87,10 +87,12 @@ def make_target(labels: np.ndarray, known: np.ndarray, cfg: TargetConfig, offset
         target, weight = polarity_target(labels, known, cfg.pre_ids, cfg.post_ids)
     else:
         return affinity_target(labels, known, offsets, widen=cfg.widen_boundaries)
-    if cfg.weak_ids and cfg.weak_weight != 1.0:
-        weak = np.isin(labels, cfg.weak_ids)
-        if weak.any():
-            weight = weight * np.where(weak, np.float32(cfg.weak_weight), np.float32(1.0))[None].astype(weight.dtype)
+    scaled = {int(i): float(w) for i, w in cfg.weights.items() if w != 1.0}
+    if scaled:
+        factor = np.ones(labels.shape, np.float32)
+        for i, w in scaled.items():
+            factor[labels == i] = w
+        weight = weight * factor[None].astype(weight.dtype)
     return target, weight
 
 

@@ -8,7 +8,13 @@ round's): an accepted object's predicted mask is foreground with a ``ring`` of b
 rule, or a person's glance, says the object is right, not where its edge is), a rejected object is
 background. With ``propagate``, an answer also reaches the unreviewed members of
 the reviewed object's cluster (the two-stream paper's label propagation); those voxels are marked as
-propagated and count ``propagated_weight`` in the loss. The held-out annotated voxels
+propagated and count ``propagated_weight`` in the loss. With ``anchor`` (a loss weight, e.g. 0.5), every
+other voxel that nothing labels takes the previous model's own segmentation (the label stage's objects
+the round's queries came from) as its label, at that weight: without it, a crop drawn around an answered
+object knows little but that object, and 200 steps on such crops moved the whole foreground of Lucchi++
+one way or the other (false positives doubled in one round, false negatives in another; benchmarks/RESULTS.md,
+seventh session). With it, the answers change what they are about and the rest is held where it was
+(learning without forgetting, Li and Hoiem 2016, with the previous model's hard labels). The held-out annotated voxels
 (``annotate.heldout``) are never painted nor trained on.
 
 Crops: a share ``replay`` of them from the annotated boxes (the labels the model was trained on, so
@@ -83,6 +89,9 @@ class FinetuneSection(Config):
     balance: bool = Field(default=False, description="the answered objects' crops: as much weight on rejected objects as on accepted ones")
     propagate: bool = Field(default=True, description="answers reach the unreviewed members of the reviewed object's cluster")
     propagated_weight: float = Field(default=0.5, ge=0.0, le=1.0, description="loss weight of propagated labels (reviewed: 1)")
+    anchor: float = Field(default=0.0, ge=0.0, le=1.0, description=(
+        "loss weight of the previous model's own segmentation, taken as labels wherever no annotation or answer says anything "
+        "(0: those voxels stay unknown): the answers change what they are about and the rest is held where it was"))
     keep_better: bool = Field(default=True, description="keep the previous model when the new one scores lower on the held-out voxels")
     gate_confidence: float | None = Field(default=None, gt=0.5, lt=1.0, description=(
         "revert only a round that scores lower in at least this share of paired bootstrap resamples of the held-out tiles "
@@ -122,7 +131,8 @@ def write_labels(ctx: StageContext, cfg: Any) -> tuple[str, list[dict[str, Any]]
         labels[ctx.test_from_z:] = UNKNOWN
     rounds = [RoundAnswers(ctx.input(rd), k, read_answers(ctx.input(a)))
               for k, (rd, a) in enumerate(zip(cfg.rois or [], cfg.answers or [], strict=True), start=1)]
-    painted, counts = paint_answers(labels, rounds, ring=cfg.ring, erode=cfg.erode, propagate_answers=cfg.propagate, protect=protect)
+    anchor = previous_segmentation(ctx.input(cfg.rois[-1]), labels.shape) if cfg.anchor > 0 and cfg.rois else None
+    painted, counts = paint_answers(labels, rounds, ring=cfg.ring, erode=cfg.erode, propagate_answers=cfg.propagate, protect=protect, anchor=anchor)
     out = str(ctx.dir / "labels.zarr" / "labels")
     vol = create_volume(out, base.spatial_shape, "uint8", base.chunk_shape, voxel_size=base.voxel_size, fill_value=UNKNOWN, overwrite=True)
     vol.write(base.box, labels)
@@ -135,6 +145,21 @@ def write_labels(ctx: StageContext, cfg: Any) -> tuple[str, list[dict[str, Any]]
     if cfg.balance:
         balance_weights(boxes, [ok for *_, ok in painted])
     return out, boxes, counts
+
+
+def previous_segmentation(rois_dir: str, shape: tuple[int, ...], slab: int = 16) -> np.ndarray:
+    """Foreground (any object) of the segmentation a round's queries were drawn from (the previous model's,
+    after the label stage's ``min_size``), read ``slab`` sections at a time into a boolean array."""
+    from engine.active.rois import read_meta
+    from engine.geometry import Box
+    from engine.storage import open_volume
+
+    seg = open_volume(read_meta(rois_dir)["params"]["labels"])
+    out = np.zeros(shape, bool)
+    for z in range(0, shape[0], slab):
+        box = Box((z, 0, 0), (min(shape[0], z + slab), *shape[1:]))
+        out[box.to_slices()] = seg.read(box) != 0
+    return out
 
 
 def balance_weights(boxes: list[dict[str, Any]], accepted: list[bool]) -> None:
@@ -299,14 +324,13 @@ class FinetuneStage(DeclaredStage, kind="finetune", config=FinetuneSection, orde
     @staticmethod
     def _train_config(base: Any, cfg: Any, labels_url: str, boxes_path: Path, out: Path, steps: int, progress: bool,
                       pos_weight: float | str | None = None) -> Any:
-        from engine.active.finetune import BACKGROUND, FOREGROUND, PROPAGATED_BG, PROPAGATED_FG, UNKNOWN
+        from engine.active.finetune import ANCHOR_BG, ANCHOR_FG, FOREGROUND, PROPAGATED_BG, PROPAGATED_FG, UNKNOWN
         from engine.learn.config import TrainConfig
 
         dump = base.model_dump(mode="json")
         dump["data"] = {**dump["data"], "labels": labels_url, "boxes": str(boxes_path)}
-        dump["target"] = {**dump["target"], "label_ids": [FOREGROUND, PROPAGATED_FG], "ignore_ids": [UNKNOWN],
-                          "weak_ids": [PROPAGATED_FG, PROPAGATED_BG], "weak_weight": cfg.propagated_weight}
-        assert BACKGROUND not in (FOREGROUND, PROPAGATED_FG)
+        weights = dict.fromkeys((PROPAGATED_FG, PROPAGATED_BG), cfg.propagated_weight) | dict.fromkeys((ANCHOR_FG, ANCHOR_BG), cfg.anchor)
+        dump["target"] = {**dump["target"], "label_ids": [FOREGROUND, PROPAGATED_FG, ANCHOR_FG], "ignore_ids": [UNKNOWN], "weights": weights}
         dump["sampling"] = {**dump["sampling"], "min_known": min(float(dump["sampling"]["min_known"]), 0.05)}
         if pos_weight is not None:
             dump["sampling"]["pos_weight"] = pos_weight
