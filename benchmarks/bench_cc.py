@@ -12,10 +12,9 @@ crossing block faces) in a zarr v2 array (chunks 64^3, blosc-zstd 3). Both sides
 zarr, threshold at 0.5, label with 26-connectivity and write the labels to a zarr of the same chunks
 and compression, uint64 (the project's label type) or uint32 (variant ``uint32``, both sides):
 
-connectile  ``label_volume(..., backend="ray", workers=2)``: pass A (label each block, faces, counts),
-            face pairs on the same workers, the driver's union-find, pass C (label each block again and
-            write final ids); variant ``uint64_keep_local`` stores pass A's local ids in a uint32
-            scratch volume instead of labelling again. One set of Ray workers serves every pass; their
+connectile  ``label_volume(..., backend="ray", workers=2)``: pass A (label each block; its local ids,
+            faces and counts to the scratch), face pairs on the same workers, the driver's union-find,
+            pass C (final ids from the kept local ids, written). One set of Ray workers serves every pass; their
             start is included; Ray's cluster start (``ray.init``) is reported apart. *Kept*: the same
             call again on workers already started (``RayBackend(keep_workers=True)``, as a pipeline
             keeps them), reported beside (``connectile_kept_s``, ``ratio_kept``); ``ratio`` is the cold one.
@@ -80,7 +79,7 @@ def child_connectile(p: dict[str, Any]) -> dict[str, Any]:
     r = label_volume(
         p["input"], p["output"], threshold=0.5, connectivity=26, block=(p["block"],) * 3, chunks=(p["chunk"],) * 3,
         device=p.get("device", "cpu"), backend="ray", workers=p["workers"], progress=False, state_dir=p["state_dir"], overwrite=True,
-        dtype=p["dtype"], keep_local=p.get("keep_local", False),
+        dtype=p["dtype"],
     )
     run_s = time.perf_counter() - t1
     peak = sampler.stop()
@@ -100,7 +99,7 @@ def kept_seconds(p: dict[str, Any]) -> float:
     from engine.runtime.backends import RayBackend
 
     kw = {"threshold": 0.5, "connectivity": 26, "block": (p["block"],) * 3, "chunks": (p["chunk"],) * 3, "device": p.get("device", "cpu"),
-          "progress": False, "state_dir": p["state_dir"], "overwrite": True, "dtype": p["dtype"], "keep_local": p.get("keep_local", False)}
+          "progress": False, "state_dir": p["state_dir"], "overwrite": True, "dtype": p["dtype"]}
     with RayBackend(p["workers"], keep_workers=True) as kept:
         label_volume(p["input"], p["output"], backend=kept, **kw)
         t = time.perf_counter()
@@ -202,7 +201,6 @@ def same_partition(a_url: str, b_path: str, size: int) -> bool:
 VARIANTS = {
     # name: (connectile params, peer output dtype)
     "uint64": ({"dtype": "uint64"}, "uint64"),
-    "uint64_keep_local": ({"dtype": "uint64", "keep_local": True}, "uint64"),
     "uint32": ({"dtype": "uint32"}, "uint32"),
 }
 
@@ -258,7 +256,6 @@ def bench(cfg: dict[str, Any], wd: Path, m: dict[str, Any], gpu: bool) -> list[d
             "shape": [size] * 3,
             "input": f"uint8 blobby probabilities ({fg:.1%} of voxels > 0.5), zarr v2 chunks {chunk}^3 blosc-zstd 3; threshold 0.5, 26-connectivity",
             "output": f"{params['dtype']} zarr v2 chunks {chunk}^3 blosc-zstd 3 (both sides)",
-            "keep_local": bool(params.get("keep_local", False)),
             "write_block": [block] * 3,
             "blocks": c0["blocks"],
             "workers": workers,

@@ -192,9 +192,8 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 def pipeline_fragments(url: str, out: str, block: tuple[int, int, int], threshold: float) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Run the pipeline (threshold agglomeration at ``threshold``) and return its output, its
     fragments with provisional global ids, and its numbers."""
-    import io
-
-    from engine.geometry import Box
+    from engine.geometry import BlockGrid, Box
+    from engine.ops.label_passes import provisional_ids
     from engine.ops.scratch import Scratch
     from engine.ops.segment import segment_volume
     from engine.storage import open_volume
@@ -205,16 +204,7 @@ def pipeline_fragments(url: str, out: str, block: tuple[int, int, int], threshol
     vol = open_volume(out)
     seg = vol.read(vol.box)
     scratch = Scratch.beside(out, "segment-scratch")
-    offsets = np.load(io.BytesIO(scratch.need("offsets.npy")))
-    local = open_volume(scratch.volume_url("local"))
-    frag = np.zeros(seg.shape, np.uint64)
-    from engine.geometry import BlockGrid
-
-    grid = BlockGrid(Box.from_shape(seg.shape), write_shape=block)
-    for bid in range(grid.num_blocks):
-        w = grid.block(bid).write
-        x = local.read(w).astype(np.uint64)
-        frag[w.to_slices()] = np.where(x > 0, x + offsets[bid], 0)
+    frag = provisional_ids(scratch, BlockGrid(Box.from_shape(seg.shape), write_shape=block))
     scratch.remove()
     return seg, frag, {"seconds": round(seconds, 1), "fragments": r.local_objects, "blocks": r.blocks}
 

@@ -98,9 +98,8 @@ def test_blockwise_equals_cc3d(tmp_path: Path, kind: str, connectivity: int) -> 
     data = make(kind, KINDS.index(kind) + connectivity, block)
     url = write(tmp_path, data, chunks=block)
     out = str(tmp_path / "v.zarr" / "cc")
-    keep_local = connectivity == 18  # pass C reads pass A's local ids instead of labelling again
     dtype = "uint32" if connectivity == 6 else "uint64"
-    r = label_volume(url, out, connectivity=connectivity, block=block, chunks=block, keep_local=keep_local, dtype=dtype, progress=False)  # type: ignore[arg-type]
+    r = label_volume(url, out, connectivity=connectivity, block=block, chunks=block, dtype=dtype, progress=False)  # type: ignore[arg-type]
     got = open_volume(out).read(Box.from_shape(SHAPE))
     want, n = cc3d.connected_components(data, connectivity=connectivity, return_N=True)
     assert got.dtype == np.dtype(dtype)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +10,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from engine.errors import StorageError
-from engine.geometry import Box
+from engine.geometry import BlockGrid, Box
 from engine.kernels.agglomerate import edge_sums, mean_agglomeration
 from engine.kernels.watershed import block_contacts, block_edges, fragments
+from engine.ops.label_passes import provisional_ids
 from engine.ops.scratch import Scratch
 from engine.ops.segment import segment_volume
 from engine.storage import create_volume, open_volume
@@ -100,15 +100,7 @@ def test_blockwise_equals_whole_volume_agglomeration(tmp_path: Path, scoring: st
         backend=backend, workers=2, progress=False,  # type: ignore[arg-type]
     )
     scratch = Scratch.beside(out, "segment-scratch")
-    offsets = np.load(io.BytesIO(scratch.need("offsets.npy")))
-    local = open_volume(scratch.volume_url("local")).read(Box.from_shape(SHAPE)).astype(np.uint64)
-    frag = np.zeros(SHAPE, np.uint64)  # the blockwise fragments with their provisional global ids
-    for z in range(0, SHAPE[0], block[0]):
-        for y in range(0, SHAPE[1], block[1]):
-            for x in range(0, SHAPE[2], block[2]):
-                bid = ((z // block[0]) * 3 + y // block[1]) * 3 + x // block[2]
-                sl = (slice(z, z + block[0]), slice(y, y + block[1]), slice(x, x + block[2]))
-                frag[sl] = np.where(local[sl] > 0, local[sl] + offsets[bid], 0)
+    frag = provisional_ids(scratch, BlockGrid(Box.from_shape(SHAPE), write_shape=block))  # the blockwise fragments, provisional global ids
     got = open_volume(out).read(Box.from_shape(SHAPE))
     want = reference(frag, affs, 0.7, scoring, agglomeration)
     assert same_partition(got, want)

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
 
     params = params_from_args(LabelParams, args)
     result = label_volume(
-        args.input, args.output, table=args.table, device=args.device, keep_local=args.keep_local, overwrite=args.overwrite,
+        args.input, args.output, table=args.table, device=args.device, overwrite=args.overwrite,
         keep_scratch=args.keep_scratch, **params.settings(), **runtime_kwargs(args),
     )
     removed = f", {result.removed} smaller than {args.min_size} voxels removed" if args.min_size > 1 else ""
@@ -47,7 +47,6 @@ add_parser = Command(
         Settings(LabelParams, "labelling (the pipeline's label stages take the same settings)"),
         arg("--table", metavar="PATH", help="write the object table as Parquet here"),
         arg("--device", choices=("cpu", "gpu", "auto"), default="cpu", help="labelling kernel: cc3d on CPU, CuPy on GPU (default: %(default)s)"),
-        arg("--keep-local", action="store_true", help="store the local ids of the first pass (label each block once) instead of labelling each block again in the last pass"),
         OVERWRITE,
         arg("--keep-scratch", action="store_true", help="keep the intermediate files (local labels, faces, pairs) beside the output"),
         RUNTIME,

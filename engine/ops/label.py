@@ -1,19 +1,20 @@
 """Connected components of a whole volume, blockwise and exact: ``label_volume``.
 
-Two blockwise passes on the workers and small steps on the driver::
+Three blockwise passes on the workers and small steps on the driver::
 
-    A  cc-local     threshold + label each block (cc3d, or CuPy on a GPU) -> local ids 1..n_b; per block
-                    its count, six faces and (if needed) object statistics; with ``keep_local`` the
-                    local ids also go to a uint32 scratch volume
+    A  cc-local     threshold + label each block (cc3d, or CuPy on a GPU) -> local ids 1..n_b, kept in the
+                    scratch (lz4, the narrowest type); per block its count, six faces and (if needed)
+                    object statistics
        (driver)     provisional ids: offsets = prefix sum of the counts
     B  cc-pairs     pairs of touching labels across each block's faces, edges and corners (forward
                     neighbours only, so each contact is seen once); in the driver for small grids
        (driver)     union-find over boundary labels only; global sizes; consecutive final ids;
                     removal of small objects; object table (Parquet)
-    C  cc-relabel-input  label the block again (deterministic: the same local ids as in A) -> final
-                    ids (uint64, or uint32) with one lookup table per block, the block's write left in
-                    flight while the next is labelled; ``cc-relabel`` instead reads the scratch volume
-                    of ``keep_local``
+    C  cc-relabel   final ids (uint64, or uint32) from the kept local ids through one lookup table per
+                    block, the block's write left in flight while the next is read
+
+Each block is labelled once: keeping its local ids costs about 4 ms a 128^3 block (compressed there
+and back), labelling it again about 11 ms (read, threshold, cc3d); see ``benchmarks/RESULTS.md``.
 
 With the Ray backend the same workers run every pass (started once per run). A worker holds one block
 (and a few faces); the driver holds the labels that touch block faces and one block's statistics at a
@@ -42,10 +43,8 @@ from engine.ops.label_passes import (
     Connectivity,
     FacePairsOp,
     GpuLocalLabelOp,
-    GpuRelabelFromInputOp,
     LocalLabelOp,
     OutDtype,
-    RelabelFromInputOp,
     RelabelOp,
 )
 from engine.ops.scratch import Scratch
@@ -130,10 +129,8 @@ def label_grid(shape: Sequence[int], block: Sequence[int], chunks: Sequence[int]
 class LabelRun(RuntimeOptions, total=False):
     """How a labelling runs (the labels are the same whatever these say): the runtime options, and
 
-    ``device``: ``cpu`` or ``gpu`` (CuPy); ``keep_scratch``: leave the scratch (and no ``result.json``);
-    ``keep_local``: store pass A's local ids in a uint32 scratch volume (lz4) for pass C (each block
-    labelled once); by default pass C labels each block again from the input, which measured as cheap
-    as writing and reading back the local ids (see ``benchmarks/RESULTS.md``);
+    ``device``: ``cpu`` or ``gpu`` (CuPy, for pass A); ``keep_scratch``: leave the scratch (and no
+    ``result.json``);
     ``pairs_in_driver``: run pass B in this process (default: with a ``Backend`` object passed in,
     for grids of up to ``PAIRS_IN_DRIVER_MAX_BLOCKS`` blocks, where starting workers would cost more
     than the pass; with ``backend='ray'`` the run's workers, already started, do it).
@@ -141,7 +138,6 @@ class LabelRun(RuntimeOptions, total=False):
 
     device: Device
     keep_scratch: bool
-    keep_local: bool
     pairs_in_driver: bool | None
 
 
@@ -244,19 +240,16 @@ class _LabelJob:
 
     def ops(self, chunks: tuple[int, int, int]) -> tuple[LocalLabelOp, FacePairsOp, RelabelOp]:
         """The three passes' operations."""
-        device, keep_local, src = self.options.get("device", "cpu"), self.options.get("keep_local", False), self.src
+        device, src = self.options.get("device", "cpu"), self.src
         a_cls = GpuLocalLabelOp if device == "gpu" else LocalLabelOp
         op_a = a_cls(
             input=src.url, scratch=self.scratch.url, threshold=self.threshold, connectivity=self.connectivity, table=self.table is not None,
-            sizes=self.min_size > 1, write_local=keep_local, device=device, chunks=chunks, overwrite=self.overwrite,
+            sizes=self.min_size > 1, device=device, overwrite=self.overwrite,
         )
         op_b = FacePairsOp(scratch=self.scratch.url, shape=src.spatial_shape, block=self.grid.write_shape, connectivity=self.connectivity)  # type: ignore[arg-type]
-        out: dict[str, Any] = {"scratch": self.scratch.url, "output": self.out_url, "like": src.url, "min_size": self.min_size, "dtype": self.dtype, "chunks": chunks,
-               "overwrite": self.overwrite}
-        if keep_local:
-            return op_a, op_b, RelabelOp(**out)
-        c_cls = GpuRelabelFromInputOp if device == "gpu" else RelabelFromInputOp
-        return op_a, op_b, c_cls(**out, input=src.url, threshold=self.threshold, connectivity=self.connectivity, device=device)
+        op_c = RelabelOp(scratch=self.scratch.url, output=self.out_url, like=src.url, min_size=self.min_size, dtype=self.dtype, chunks=chunks,
+                         overwrite=self.overwrite)
+        return op_a, op_b, op_c
 
     def passes(self, session: Session, op_a: LocalLabelOp, op_b: FacePairsOp, op_c: RelabelOp) -> LabelResult:
         """Pass A, the offsets, pass B, the resolution on the driver, pass C."""

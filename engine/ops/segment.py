@@ -43,7 +43,7 @@ from engine.kernels.objects import ObjectStats
 from engine.kernels.stitch import block_faces
 from engine.kernels.watershed import as_float, block_contacts, edge_scores, fragments
 from engine.ops.label import LabelResult, label_grid, run_record
-from engine.ops.label_passes import RelabelOp
+from engine.ops.label_passes import RelabelOp, put_local
 from engine.ops.label_resolve import Resolved, load_offsets, resolve_labels
 from engine.ops.scratch import Scratch
 from engine.options import check_keys
@@ -52,7 +52,7 @@ from engine.runtime import BlockOp
 from engine.runtime.lock import one_driver
 from engine.runtime.options import RuntimeOptions
 from engine.runtime.session import CompletionRecord, Session
-from engine.storage import Volume, check_write_alignment, create_volume, open_volume
+from engine.storage import Volume, open_volume
 from engine.storage.kv import npz_bytes
 
 log = logging.getLogger(__name__)
@@ -73,26 +73,17 @@ class FragmentsOp(BlockOp):
     seed_sigma: float = _D.seed_sigma
     scoring: Scoring = _D.scoring
     quantile: float = _D.quantile
-    chunks: tuple[int, int, int] = _D.chunks
     overwrite: bool = Field(default=False, exclude=True)
 
     _in: Volume | None = PrivateAttr(default=None)
-    _tmp: Volume | None = PrivateAttr(default=None)
     _scratch: Scratch | None = PrivateAttr(default=None)
-
-    def prepare(self, grid: BlockGrid) -> None:
-        src = open_volume(self.input)
-        tmp = create_volume(Scratch(self.scratch).volume_url("local"), src.spatial_shape, "uint32", self.chunks, compression="lz4",
-                            overwrite=self.overwrite, inputs=(self.input,))
-        check_write_alignment(tmp, grid.write_shape, grid.total.start)
 
     def setup(self, grid: BlockGrid | None = None) -> None:
         self._in = open_volume(self.input)
         self._scratch = Scratch(self.scratch)
-        self._tmp = open_volume(self._scratch.volume_url("local"), "r+")
 
     def process(self, block: Block) -> dict[str, float]:
-        assert self._in is not None and self._tmp is not None and self._scratch is not None
+        assert self._in is not None and self._scratch is not None
         affs = self._in.read(block.write)
         if affs.dtype.kind == "f" and np.isnan(affs).any():
             raise StorageError(f"the affinities {self._in.url} hold NaN values in {block.write}", "fill or mask them first")
@@ -100,7 +91,7 @@ class FragmentsOp(BlockOp):
             affs, seed_threshold=self.seed_threshold, fg_threshold=self.fg_threshold, per_section=self.per_section, seed_sigma=self.seed_sigma
         )
         if n:
-            self._tmp.write(block.write, frag)
+            put_local(self._scratch, block.id, frag, n)
         ca, cb, cv = block_contacts(frag, affs)
         a, b, sums, counts = edge_sums(ca, cb, cv)  # the same edge order as edge_scores
         score = sums / np.maximum(counts, 1) if self.scoring == "mean" else edge_scores(ca, cb, cv, self.scoring, self.quantile)[2]
@@ -244,8 +235,7 @@ def segment_volume(
     scratch = Scratch.beside(out_url, "segment-scratch")
     op_a = FragmentsOp(
         input=src.url, scratch=scratch.url, per_section=run.get("per_section", _D.per_section), seed_threshold=run.get("seed_threshold", _D.seed_threshold),
-        fg_threshold=run.get("fg_threshold", _D.fg_threshold), seed_sigma=run.get("seed_sigma", _D.seed_sigma), scoring=scoring, quantile=quantile, chunks=chunks_t,
-        overwrite=overwrite,
+        fg_threshold=run.get("fg_threshold", _D.fg_threshold), seed_sigma=run.get("seed_sigma", _D.seed_sigma), scoring=scoring, quantile=quantile, overwrite=overwrite,
     )
     op_b = SegmentEdgesOp(
         scratch=scratch.url, shape=src.spatial_shape, block=grid.write_shape, threshold=threshold, scoring=scoring, quantile=quantile,  # type: ignore[arg-type]
