@@ -10,7 +10,7 @@ Input: blobby uint8 probabilities (Gaussian-smoothed noise, sigma 3 voxels, mapp
 ``--foreground`` of the voxels, default 20%, are above 0.5: thousands of separate objects, many
 crossing block faces) in a zarr v2 array (chunks 64^3, blosc-zstd 3). Both sides read it from the
 zarr, threshold at 0.5, label with 26-connectivity and write the labels to a zarr of the same chunks
-and compression, uint64 (the project's label type) or uint32 (variant ``uint32``, both sides):
+and compression (Connectile's label codec: blosc zstd 1, bit shuffle), uint64 (the project's label type) or uint32 (variant ``uint32``, both sides):
 
 connectile  ``label_volume(..., backend="ray", workers=2)``: pass A (label each block; its local ids,
             faces and counts to the scratch), face pairs on the same workers, the driver's union-find,
@@ -108,10 +108,13 @@ def kept_seconds(p: dict[str, Any]) -> float:
 
 
 def _zarr_metadata(shape: list[int], chunk: int, dtype: str) -> dict[str, Any]:
-    """What Connectile's create_volume writes for a uint64/uint32 zarr v2 array (blosc zstd 3)."""
+    """What Connectile's create_volume writes for a uint64/uint32 segmentation zarr v2 array (its
+    label codec, ``SEGMENTATION_ZARR2``: blosc zstd 1, bit shuffle)."""
+    from engine.storage.create import SEGMENTATION_ZARR2
+
     return {
         "shape": shape, "chunks": [chunk] * 3, "dtype": "<u8" if dtype == "uint64" else "<u4", "fill_value": 0, "dimension_separator": "/",
-        "compressor": {"id": "blosc", "cname": "zstd", "clevel": 3, "shuffle": 1},
+        "compressor": dict(SEGMENTATION_ZARR2),
     }
 
 
@@ -255,7 +258,7 @@ def bench(cfg: dict[str, Any], wd: Path, m: dict[str, Any], gpu: bool) -> list[d
             "variant": name,
             "shape": [size] * 3,
             "input": f"uint8 blobby probabilities ({fg:.1%} of voxels > 0.5), zarr v2 chunks {chunk}^3 blosc-zstd 3; threshold 0.5, 26-connectivity",
-            "output": f"{params['dtype']} zarr v2 chunks {chunk}^3 blosc-zstd 3 (both sides)",
+            "output": f"{params['dtype']} zarr v2 chunks {chunk}^3 blosc-zstd 1 bit shuffle, Connectile's label codec (both sides)",
             "write_block": [block] * 3,
             "blocks": c0["blocks"],
             "workers": workers,

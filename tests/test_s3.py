@@ -290,6 +290,9 @@ def test_label_with_ray_workers_on_s3_equals_the_local_run(moto: MotoServer, loc
     """`connectile label --backend ray` in a fresh process: the Ray workers it starts read and write
     the bucket with the endpoint and credentials of the environment, as a user's would."""
     env = {**os.environ, "CONNECTILE_S3_ENDPOINT": moto.endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    # a home of its own: an S3 output's run state lives in ~/.cache/connectile, and an earlier run of
+    # this test (with an older version's settings) must not be found there
+    env["HOME"] = str(tmp_path / "home")
     env.pop("RAY_ADDRESS", None)
     inp, out = f"s3://{BUCKET}/ray/in.zarr/mask", f"s3://{BUCKET}/ray/out.zarr/cc"
     code = f"import sys; sys.path.insert(0, 'tests'); from test_s3 import _put, _mask; _put({inp!r}, _mask())"

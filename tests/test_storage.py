@@ -745,3 +745,28 @@ def test_scratch_files_skip_fsync_and_outputs_keep_it() -> None:
     s = Scratch("memory://fsync-test/x.label")
     s.put("a", b"1")  # memory:// stores are shared with the volumes' context
     assert ts.KvStore.open("memory://fsync-test/x.label/", context=_CONTEXT).result().read("a").result().value == b"1"
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "zarr3", "n5"])
+def test_segmentation_volumes_get_the_label_codec(fmt: str, tmp_path: Path) -> None:
+    """A segmentation volume (``layer_type='segmentation'``, default compression) is stored with blosc
+    zstd level 1 and bit shuffle in every format and reads back (zarr-python too); an image volume
+    keeps zstd level 3."""
+    url = str(tmp_path / ("s.n5" if fmt == "n5" else "s.zarr") / "cc")
+    vol = create_volume(url, SHAPE, "uint64", CHUNKS, format=fmt, layer_type="segmentation")  # type: ignore[arg-type]
+    data = _data(SHAPE, "uint64")
+    vol.write(vol.box, data)
+    assert np.array_equal(open_volume(url).read(vol.box), data)
+    if fmt == "zarr":
+        got = json.loads((Path(url) / ".zarray").read_text())["compressor"]
+        assert (got["cname"], got["clevel"], got["shuffle"]) == ("zstd", 1, 2)
+        image = create_volume(str(tmp_path / "s.zarr" / "raw"), SHAPE, "uint8", CHUNKS)
+        assert json.loads((Path(image.url) / ".zarray").read_text())["compressor"]["clevel"] == 3
+    elif fmt == "zarr3":
+        codecs = json.loads((Path(url) / "zarr.json").read_text())["codecs"]
+        assert [(c["configuration"]["cname"], c["configuration"]["shuffle"]) for c in codecs if c["name"] == "blosc"] == [("zstd", "bitshuffle")]
+    else:
+        got = json.loads((Path(url) / "attributes.json").read_text())["compression"]
+        assert (got["type"], got["cname"], got["shuffle"]) == ("blosc", "zstd", 2)
+    if fmt != "n5":
+        assert np.array_equal(zarr.open_array(url, mode="r")[:], data)
