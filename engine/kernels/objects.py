@@ -10,13 +10,12 @@ probability. Sums and extrema merge exactly, so an object cut by block faces is 
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from engine.storage.kv import npz_bytes
+from engine.storage.kv import pack_arrays, unpack_arrays
 
 _BIG = np.iinfo(np.int64).max
 
@@ -87,18 +86,17 @@ class ObjectStats:
             value = getattr(self, name)
             if value is not None:
                 arrays[name] = value
-        return npz_bytes(**arrays)
+        return pack_arrays(**arrays)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ObjectStats:
-        with np.load(io.BytesIO(data)) as z:
-            return cls(z["counts"], *(z[k] if k in z.files else None for k in ("bbox", "coord_sum", "prob_sum")))
+        z = unpack_arrays(data)
+        return cls(z["counts"], *(z.get(k) for k in ("bbox", "coord_sum", "prob_sum")))
 
     @staticmethod
     def counts_from_bytes(data: bytes) -> int:
-        """The number of rows (labels + 1) of serialised statistics, reading only the counts."""
-        with np.load(io.BytesIO(data)) as z:
-            return int(z["counts"].size)
+        """The number of rows (labels + 1) of serialised statistics."""
+        return int(unpack_arrays(data)["counts"].size)
 
     def table_columns(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         """The object-table columns (see :data:`engine.storage.object_table.COLUMNS`) of all rows, with ``ids``."""

@@ -16,9 +16,6 @@ Ids are made global in three steps:
 3. final ids are consecutive: block ``b``'s owned (and kept) labels get ``kept_offset[b] + 1, + 2, …``
    in local order, ``kept_offset`` being the prefix sum of what each block owns (:func:`block_lut`).
 
->>> from typing import Any
-
-import numpy as np
 >>> pairs = np.array([[2, 4], [4, 7], [1, 5]], np.uint64)  # provisional ids that touch
 >>> r = resolve(pairs)
 >>> r.keys.tolist(), r.rep.tolist()
@@ -27,14 +24,13 @@ import numpy as np
 
 from __future__ import annotations
 
-import io
 import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
 from engine.geometry import BlockGrid, Box
-from engine.storage.kv import npz_bytes
+from engine.storage.kv import pack_arrays, unpack_arrays
 
 _MAX_AXES = {6: 1, 18: 2, 26: 3}
 
@@ -53,13 +49,13 @@ class Faces:
         arrays = {f"l{a}{s}": v for (a, s), v in self.labels.items()}
         if self.values is not None:
             arrays.update({f"v{a}{s}": v for (a, s), v in self.values.items()})
-        return npz_bytes(**arrays)
+        return pack_arrays(**arrays)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Faces:
-        with np.load(io.BytesIO(data)) as z:
-            labels = {(int(k[1]), int(k[2])): z[k] for k in z.files if k[0] == "l"}
-            values = {(int(k[1]), int(k[2])): z[k] for k in z.files if k[0] == "v"}
+        z = unpack_arrays(data)
+        labels = {(int(k[1]), int(k[2])): v for k, v in z.items() if k[0] == "l"}
+        values = {(int(k[1]), int(k[2])): v for k, v in z.items() if k[0] == "v"}
         return cls(labels, values or None)
 
 

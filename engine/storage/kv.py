@@ -69,6 +69,41 @@ def _write_json(loc: Location, key: str, obj: dict[str, Any]) -> None:
     retrying(lambda: kv.write(key, data).result(), f"{loc.url()}/{key}", "writing")
 
 
+def pack_arrays(**arrays: Any) -> bytes:
+    """Arrays as one value of a scratch key, read back by :func:`unpack_arrays`: a JSON header of names,
+    types and shapes, then the raw bytes. A tenth of the time of an ``.npz`` there and back (no zip
+    directory), for the small arrays a pass writes per block and the next pass reads many times.
+
+    >>> import numpy as np
+    >>> got = unpack_arrays(pack_arrays(a=np.arange(3, dtype=np.uint16), b=np.ones((2, 1))))
+    >>> got["a"].tolist(), got["b"].shape
+    ([0, 1, 2], (2, 1))
+    """
+    import json
+
+    import numpy as np
+
+    parts = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    header = json.dumps([[k, v.dtype.str, list(v.shape)] for k, v in parts.items()]).encode()
+    return b"".join([len(header).to_bytes(4, "little"), header, *(v.tobytes() for v in parts.values())])
+
+
+def unpack_arrays(data: bytes) -> dict[str, Any]:
+    """The arrays of :func:`pack_arrays` (read-only views of ``data``)."""
+    import json
+
+    import numpy as np
+
+    size = int.from_bytes(data[:4], "little")
+    pos = 4 + size
+    out = {}
+    for name, dtype, shape in json.loads(data[4:pos]):
+        arr = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=pos).reshape(shape)
+        out[name] = arr
+        pos += arr.nbytes
+    return out
+
+
 def npz_bytes(**arrays: Any) -> bytes:
     """Arrays as the bytes of one ``.npz`` file (the value of a scratch key; ``np.load(io.BytesIO(b))``
     reads them back)."""
