@@ -74,7 +74,7 @@ def _codec_zarr2(compression: str) -> dict[str, Any] | None:
         return None
     if compression == "gzip":
         return {"id": "gzip", "level": 5}
-    if compression == "lz4":  # fast to write and read back: scratch volumes that live for one run
+    if compression == "lz4":  # fast to write and read back: volumes that live briefly
         return {"id": "blosc", "cname": "lz4", "clevel": 1, "shuffle": 0}
     return {"id": "blosc", "cname": "zstd", "clevel": 3, "shuffle": 1}
 
