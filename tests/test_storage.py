@@ -714,24 +714,44 @@ def test_volume_reopens_in_another_process(fmt: str, tmp_path: Path) -> None:
     assert np.array_equal(open_volume(url).read(vol.box), expected)
 
 
+def _blosc_recorded(url: str, fmt: str) -> tuple[str, int, Any]:
+    """(cname, clevel, shuffle) of the blosc codec a volume's metadata records."""
+    if fmt == "zarr":
+        c = json.loads((Path(url) / ".zarray").read_text())["compressor"]
+    elif fmt == "zarr3":
+        [c] = [c["configuration"] for c in json.loads((Path(url) / "zarr.json").read_text())["codecs"] if c["name"] == "blosc"]
+    else:
+        c = json.loads((Path(url) / "attributes.json").read_text())["compression"]
+        assert c["type"] == "blosc"
+    return c["cname"], c["clevel"], c["shuffle"]
+
+
 @pytest.mark.parametrize("fmt", ["zarr", "zarr3", "n5"])
-def test_lz4_scratch_compression_round_trips_and_is_recorded(fmt: str, tmp_path: Path) -> None:
-    """``compression='lz4'`` (blosc lz4, for scratch volumes) is written as such in every format and
-    reads back; zarr-python reads the zarr and zarr3 arrays too."""
-    url = str(tmp_path / ("s.n5" if fmt == "n5" else "s.zarr") / "local")
-    vol = create_volume(url, SHAPE, "uint32", CHUNKS, format=fmt, compression="lz4")  # type: ignore[arg-type]
-    data = _data(SHAPE, "uint32")
+@pytest.mark.parametrize(
+    ("dtype", "options", "want"),
+    [
+        ("uint32", {"compression": "lz4"}, ("lz4", 1, (0, "noshuffle"))),  # fast to write and read back
+        ("uint64", {"layer_type": "segmentation"}, ("zstd", 1, (2, "bitshuffle"))),  # the label codec
+    ],
+)
+def test_blosc_codecs_round_trip_and_are_recorded(fmt: str, dtype: str, options: dict[str, str], want: tuple[str, int, tuple[Any, Any]],
+                                                  tmp_path: Path) -> None:
+    """``compression='lz4'`` and segmentation volumes (default compression: blosc zstd 1 + bit shuffle)
+    are written as such in every format and read back; zarr-python reads the zarr and zarr3 arrays
+    too. An image volume keeps zstd level 3."""
+    url = str(tmp_path / ("s.n5" if fmt == "n5" else "s.zarr") / "v")
+    vol = create_volume(url, SHAPE, dtype, CHUNKS, format=fmt, **options)  # type: ignore[arg-type]
+    data = _data(SHAPE, dtype)
     vol.write(vol.box, data)
     assert np.array_equal(open_volume(url).read(vol.box), data)
-    if fmt == "zarr":
-        assert json.loads((Path(url) / ".zarray").read_text())["compressor"]["cname"] == "lz4"
-    elif fmt == "zarr3":
-        codecs = json.loads((Path(url) / "zarr.json").read_text())["codecs"]
-        assert [c["configuration"]["cname"] for c in codecs if c["name"] == "blosc"] == ["lz4"]
-    else:
-        assert json.loads((Path(url) / "attributes.json").read_text())["compression"]["cname"] == "lz4"
+    cname, clevel, shuffle = _blosc_recorded(url, fmt)
+    assert cname == want[0] and clevel == want[1] and shuffle in want[2]
     if fmt != "n5":
         assert np.array_equal(zarr.open_array(url, mode="r")[:], data)
+    if fmt == "zarr":
+        image = create_volume(str(tmp_path / "s.zarr" / "raw"), SHAPE, "uint8", CHUNKS)
+        assert json.loads((Path(image.url) / ".zarray").read_text())["compressor"]["clevel"] == 3
+
 
 
 def test_scratch_files_skip_fsync_and_outputs_keep_it() -> None:
@@ -745,28 +765,3 @@ def test_scratch_files_skip_fsync_and_outputs_keep_it() -> None:
     s = Scratch("memory://fsync-test/x.label")
     s.put("a", b"1")  # memory:// stores are shared with the volumes' context
     assert ts.KvStore.open("memory://fsync-test/x.label/", context=_CONTEXT).result().read("a").result().value == b"1"
-
-
-@pytest.mark.parametrize("fmt", ["zarr", "zarr3", "n5"])
-def test_segmentation_volumes_get_the_label_codec(fmt: str, tmp_path: Path) -> None:
-    """A segmentation volume (``layer_type='segmentation'``, default compression) is stored with blosc
-    zstd level 1 and bit shuffle in every format and reads back (zarr-python too); an image volume
-    keeps zstd level 3."""
-    url = str(tmp_path / ("s.n5" if fmt == "n5" else "s.zarr") / "cc")
-    vol = create_volume(url, SHAPE, "uint64", CHUNKS, format=fmt, layer_type="segmentation")  # type: ignore[arg-type]
-    data = _data(SHAPE, "uint64")
-    vol.write(vol.box, data)
-    assert np.array_equal(open_volume(url).read(vol.box), data)
-    if fmt == "zarr":
-        got = json.loads((Path(url) / ".zarray").read_text())["compressor"]
-        assert (got["cname"], got["clevel"], got["shuffle"]) == ("zstd", 1, 2)
-        image = create_volume(str(tmp_path / "s.zarr" / "raw"), SHAPE, "uint8", CHUNKS)
-        assert json.loads((Path(image.url) / ".zarray").read_text())["compressor"]["clevel"] == 3
-    elif fmt == "zarr3":
-        codecs = json.loads((Path(url) / "zarr.json").read_text())["codecs"]
-        assert [(c["configuration"]["cname"], c["configuration"]["shuffle"]) for c in codecs if c["name"] == "blosc"] == [("zstd", "bitshuffle")]
-    else:
-        got = json.loads((Path(url) / "attributes.json").read_text())["compression"]
-        assert (got["type"], got["cname"], got["shuffle"]) == ("blosc", "zstd", 2)
-    if fmt != "n5":
-        assert np.array_equal(zarr.open_array(url, mode="r")[:], data)
