@@ -148,7 +148,12 @@ def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir:
     model = {"dims": 2, "context_slices": 1, "filters": [16, 32, 64, 128], "input_kernel_xy": 3, "input_stride": 2}
     cfg["train"] = {"raw": data["raw"], "labels": "annotate.labels", "boxes": "annotate.boxes", "truth": "annotate.validation", "steps": steps,
                     "validate_every": max(1, steps), "crop": [3, 128, 128] if not args.smoke else [3, 64, 64], "batch_size": 4, "model": model,
-                    "seed": seed, "threads": args.threads}
+                    "seed": seed, "threads": args.threads,
+                    # the shipped Lucchi++ demo's recipe (jobs/configs/demo_lucchi.yaml): a cosine decay, so the last step is not a
+                    # random point of a noisy run, its augmentation and its sampling
+                    "optimizer": {"lr": 0.001, "schedule": "cosine"},
+                    "augment": {"intensity": 0.3, "noise": 0.2, "blur": 0.1, "elastic": 0.0, "misalign": 0.0, "missing_section": 0.0},
+                    "sampling": {"reject_empty": 0.5, "max_pos_weight": 3.0}}
     if method in ("c", "d"):
         cfg["train"]["semi"] = {"box": [32, 32], "unlabelled": 0.2, "inter": 0.2, "labelled_mix": 1.0, "warmup_steps": steps // 4, "rampup_steps": steps // 4}
     binary = data["binary"]
@@ -271,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-steps", type=int, default=100)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--embed-steps", type=int, default=40)
-    p.add_argument("--box", default="3,128,128", help="labelled box (z, y, x voxels)")
+    p.add_argument("--box", default="1,128,128", help="labelled box (z, y, x voxels; one section deep: the 2.5D model reads its neighbours from the raw)")
     p.add_argument("--min-size", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True)
