@@ -182,7 +182,8 @@ def run_point(cfg: dict[str, Any], only: list[str] | None, threads: int) -> dict
     """Run the config in a child process (serial backend: all the work is in it); its CPU and wall time."""
     import yaml
 
-    path = Path(cfg["run_dir"]).with_suffix(".yaml")
+    run_dir = Path(cfg["run_dir"])
+    path = run_dir.parent / f"{run_dir.name}.yaml"  # not with_suffix: the budget's dot would make two points share one file
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "engine.cli", "run", str(path), "--no-progress", *[a for s in only or [] for a in ("--only", s)]]

@@ -765,3 +765,27 @@ def test_scratch_files_skip_fsync_and_outputs_keep_it() -> None:
     s = Scratch("memory://fsync-test/x.label")
     s.put("a", b"1")  # memory:// stores are shared with the volumes' context
     assert ts.KvStore.open("memory://fsync-test/x.label/", context=_CONTEXT).result().read("a").result().value == b"1"
+
+
+def test_scratch_arrays_have_one_format_and_refuse_another(tmp_path: Path) -> None:
+    """Every scratch file of arrays is ``pack_arrays``: raw or compressed, any dtype the passes write, empty arrays
+    included; a file of another format (an older version's ``.npz``) is one clear error, not garbage ids."""
+    import io
+
+    from engine.errors import StorageError
+    from engine.ops.scratch import Scratch
+
+    s = Scratch(str(tmp_path / ".connectile" / "x.label"))
+    ids = (np.arange(16**3) // 300).astype(np.uint16).reshape(16, 16, 16)  # a few runs of ids, as a block of labels
+    s.put_arrays("local/0", {"ids": ids, "empty": np.zeros((0, 2), np.uint64)}, compress=True)
+    s.put_arrays("pairs/0", {"pairs": np.arange(6, dtype=np.uint64).reshape(3, 2), "score": np.array([0.5]), "flipped": np.array([True, False])})
+    got = s.need_arrays("local/0")
+    assert np.array_equal(got["ids"], ids) and got["ids"].dtype == np.uint16 and got["empty"].shape == (0, 2)
+    assert len(s.get("local/0") or b"") < ids.nbytes // 2  # compressed
+    (pairs,) = s.need_arrays_many(["pairs/0"])
+    assert pairs["pairs"].tolist() == [[0, 1], [2, 3], [4, 5]] and pairs["flipped"].tolist() == [True, False]
+    buf = io.BytesIO()
+    np.savez(buf, pairs=np.zeros((1, 2), np.uint64))
+    s.put("pairs/1", buf.getvalue())
+    with pytest.raises(StorageError, match=r"pairs/1 is not readable .*--overwrite"):
+        s.need_arrays_many(["pairs/0", "pairs/1"])

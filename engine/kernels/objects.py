@@ -86,7 +86,7 @@ class ObjectStats:
             value = getattr(self, name)
             if value is not None:
                 arrays[name] = value
-        return pack_arrays(**arrays)
+        return pack_arrays(arrays)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ObjectStats:

@@ -49,7 +49,7 @@ class Faces:
         arrays = {f"l{a}{s}": v for (a, s), v in self.labels.items()}
         if self.values is not None:
             arrays.update({f"v{a}{s}": v for (a, s), v in self.values.items()})
-        return pack_arrays(**arrays)
+        return pack_arrays(arrays)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Faces:

@@ -6,7 +6,7 @@ A labels each block on its own, B pairs the ids that touch across block faces, C
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, PrivateAttr
@@ -79,18 +79,18 @@ class LocalLabelOp(BlockOp):
 def put_local(scratch: Scratch, block_id: int, labels: np.ndarray, n: int) -> None:
     """Store a block's local ids ``1..n`` for pass C, in the narrowest unsigned type that holds ``n``
     (about 4 ms a 128^3 block there and back, against about 11 ms to read and label it again)."""
-    scratch.put_array(f"local/{block_id}", labels.astype(np.min_scalar_type(n), copy=False))
+    scratch.put_arrays(f"local/{block_id}", {"ids": labels.astype(np.min_scalar_type(n), copy=False)}, compress=True)
 
 
 def get_local(scratch: Scratch, block_id: int) -> np.ndarray:
     """The local ids :func:`put_local` stored (a clear error when they are missing)."""
-    return scratch.need_array(f"local/{block_id}")
+    return scratch.need_arrays(f"local/{block_id}")["ids"]
 
 
 def provisional_ids(scratch: Scratch, grid: BlockGrid) -> np.ndarray:
     """The whole volume of provisional ids (local ids + the block's offset) from the local ids kept
-    in ``scratch`` (``offsets.npy`` written): a check for small volumes, in tests and benchmarks."""
-    offsets = np.load(_io(scratch.need("offsets.npy")))
+    in ``scratch`` (``offsets`` written): a check for small volumes, in tests and benchmarks."""
+    offsets = scratch.need_arrays("offsets")["offsets"]
     out = np.zeros(grid.total.shape, np.uint64)
     for bid in range(grid.num_blocks):
         if offsets[bid + 1] == offsets[bid]:
@@ -138,7 +138,7 @@ class FacePairsOp(BlockOp):
 
     def setup(self, grid: BlockGrid | None = None) -> None:
         self._scratch = Scratch(self.scratch)
-        offsets = np.load(_io(self._scratch.need("offsets.npy")))
+        offsets = self._scratch.need_arrays("offsets")["offsets"]
         self._offsets, self._counts = offsets[:-1], np.diff(offsets)
         self._limit = self._capacity()  # once per worker, not per face read
 
@@ -180,9 +180,7 @@ class FacePairsOp(BlockOp):
                 local[:, 1] += np.uint64(self._offsets[b])
                 out.append(local)
         pairs = np.concatenate(out) if out else np.zeros((0, 2), np.uint64)
-        buf = _io()
-        np.save(buf, pairs)
-        self._scratch.put(f"pairs/{a}", buf.getvalue())
+        self._scratch.put_arrays(f"pairs/{a}", {"pairs": pairs})
         return {"pairs": float(len(pairs))}
 
     def _grid_of(self) -> BlockGrid:
@@ -221,8 +219,7 @@ class RelabelOp(BlockOp):
 
     def setup(self, grid: BlockGrid | None = None) -> None:
         self._scratch = Scratch(self.scratch)
-        with np.load(_io(self._scratch.need("mapping.npz"))) as z:
-            self._map = {k: z[k] for k in z.files}
+        self._map = self._scratch.need_arrays("mapping")
         self._out = open_volume(self.output, "r+")
         self._writes = PendingWrites()
 
@@ -249,9 +246,3 @@ class RelabelOp(BlockOp):
 
     def flush(self) -> dict[int, BaseException]:
         return self._writes.wait() if self._writes is not None else {}
-
-
-def _io(data: bytes = b"") -> Any:
-    import io
-
-    return io.BytesIO(data)

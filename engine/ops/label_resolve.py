@@ -7,7 +7,6 @@ one block's statistics at a time; never a volume, never all objects at once.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from engine.geometry import BlockGrid
 from engine.kernels.objects import ObjectStats
 from engine.kernels.stitch import owned_mask, resolve
 from engine.ops.scratch import Scratch
-from engine.storage.kv import npz_bytes
 from engine.storage.object_table import ObjectTableWriter
 
 log = logging.getLogger(__name__)
@@ -32,15 +30,9 @@ class Resolved:
     pairs: int
 
 
-def _npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
-
-
 def load_offsets(scratch: Scratch, num_blocks: int) -> np.ndarray:
     """Provisional id offsets: ``offsets[b]`` = labels in blocks before ``b`` (``num_blocks + 1``
-    entries, the last the total); saved as ``offsets.npy`` for pass B."""
+    entries, the last the total); saved as ``offsets`` for pass B."""
     counts = np.zeros(num_blocks, np.int64)
     for start in range(0, num_blocks, 512):
         ids = range(start, min(num_blocks, start + 512))
@@ -48,7 +40,7 @@ def load_offsets(scratch: Scratch, num_blocks: int) -> np.ndarray:
             counts[b] = ObjectStats.counts_from_bytes(data) - 1
     offsets = np.zeros(num_blocks + 1, np.uint64)
     np.cumsum(counts, out=offsets[1:])
-    scratch.put("offsets.npy", _npy(offsets))
+    scratch.put_arrays("offsets", {"offsets": offsets})
     return offsets
 
 
@@ -63,12 +55,12 @@ def resolve_labels(
     pairs: np.ndarray | None = None,
 ) -> Resolved:
     """Resolve the pairs of pass B (the files ``pairs/<block>``, or ``pairs`` when given) into the
-    lookup data of pass C (``mapping.npz``)."""
+    lookup data of pass C (``mapping``)."""
     nb = grid.num_blocks
     counts = np.diff(offsets).astype(np.int64)
     with_labels = np.flatnonzero(counts)
     if pairs is None:
-        parts = [np.load(io.BytesIO(d)) for d in scratch.get_many([f"pairs/{b}" for b in with_labels])]
+        parts = [p["pairs"] for p in scratch.need_arrays_many([f"pairs/{b}" for b in with_labels])]
         pairs = np.concatenate(parts) if parts else np.zeros((0, 2), np.uint64)
     res = resolve(pairs)
     keys, nk = res.keys, res.keys.size
@@ -115,7 +107,7 @@ def resolve_labels(
         if writer is not None:
             writer.close()
     final = np.where(kept_key, final_rep[rep_pos], np.uint64(0)).astype(np.uint64)
-    scratch.put("mapping.npz", npz_bytes(keys=keys, final=final, owned=owned, offsets=offsets, kept_offsets=kept_offsets))
+    scratch.put_arrays("mapping", {"keys": keys, "final": final, "owned": owned, "offsets": offsets, "kept_offsets": kept_offsets})
     kept = int(kept_offsets[-1])
     return Resolved(objects=kept, removed=n_objects - kept, boundary_labels=int(nk), pairs=len(pairs))
 

@@ -144,7 +144,7 @@ class RoiOp(BlockOp):
             for c in INDEX_COLUMNS:
                 out[c].append(rec[c])
         arrays = {c: np.asarray(v) for c, v in out.items()}
-        self._scratch.put(f"index/{block.id}", npz_bytes(**arrays))
+        self._scratch.put_arrays(f"index/{block.id}", arrays)
         return {"rois": float(rows.size)}
 
     def _one(self, object_id: int, sub: np.ndarray, box: Box, roi_id: int, score: float) -> dict[str, Any]:
@@ -369,24 +369,17 @@ def _create_roi_store(run_dir: str | os.PathLike[str], objects: dict[str, np.nda
 def _gather_index(out: Path, objects: dict[str, np.ndarray], grid: BlockGrid, n: int) -> dict[str, np.ndarray]:
     """The index rows the blocks left in the scratch, in ``roi_id`` order (all ``n`` of them)."""
     owners = np.unique(owner_blocks(objects["centroid"], grid))
-    parts = Scratch(str(out / ".scratch")).get_many([f"index/{b}" for b in owners.tolist()])
+    parts = Scratch(str(out / ".scratch")).need_arrays_many([f"index/{b}" for b in owners.tolist()])
     cols: dict[str, list[np.ndarray]] = {c: [] for c in INDEX_COLUMNS}
-    for data in parts:
-        with np.load(_bytes_io(data)) as z:
-            for c in INDEX_COLUMNS:
-                cols[c].append(z[c])
+    for z in parts:
+        for c in INDEX_COLUMNS:
+            cols[c].append(z[c])
     merged = {c: np.concatenate(v) for c, v in cols.items()}
     order = np.argsort(merged["roi_id"])
     merged = {c: v[order] for c, v in merged.items()}
     if not np.array_equal(merged["roi_id"], np.arange(n)):
         raise StorageError(f"the ROI index of {out} is incomplete ({merged['roi_id'].size} of {n} rows)", "run again with --overwrite")
     return merged
-
-
-def _bytes_io(data: bytes) -> Any:
-    import io
-
-    return io.BytesIO(data)
 
 
 def _write_index(path: Path, cols: dict[str, np.ndarray]) -> None:

@@ -11,22 +11,23 @@ for ``--overwrite``. Outputs are written with fsync, as before.
 >>> s.put("stats/3", b"abc"); s.get("stats/3"), s.get("stats/4")
 (b'abc', None)
 >>> import numpy as np
->>> s.put_array("local/3", np.arange(6, dtype=np.uint16).reshape(1, 2, 3)); s.need_array("local/3").tolist()
+>>> s.put_arrays("local/3", {"ids": np.arange(6, dtype=np.uint16).reshape(1, 2, 3)}, compress=True)
+>>> s.need_arrays("local/3")["ids"].tolist()
 [[[0, 1, 2], [3, 4, 5]]]
+
+Arrays are stored in one format (:func:`engine.storage.kv.pack_arrays`), raw or compressed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import tensorstore as ts
-from numcodecs import Blosc
 
 from engine.errors import StorageError
 from engine.storage import parse_url
-
-_CODEC = Blosc(cname="lz4", clevel=5, shuffle=Blosc.BITSHUFFLE)
 
 
 class Scratch:
@@ -99,18 +100,27 @@ class Scratch:
                 out.append(bytes(res.value))
         return out
 
-    def put_array(self, key: str, array: np.ndarray) -> None:
-        """Store an array compressed for speed (blosc lz4, bit shuffle: about 2 ms each way for a
-        128^3 block of uint16 labels, a tenth of its size)."""
-        header = f"{array.dtype.str};{','.join(str(n) for n in array.shape)}\n".encode()
-        self.put(key, header + _CODEC.encode(np.ascontiguousarray(array)))
+    def put_arrays(self, key: str, arrays: Mapping[str, np.ndarray], compress: bool = False) -> None:
+        """Store named arrays as one file (:func:`engine.storage.kv.pack_arrays`; ``compress`` for large ones)."""
+        from engine.storage.kv import pack_arrays
 
-    def need_array(self, key: str) -> np.ndarray:
-        """An array stored with :meth:`put_array` (a clear error when it is missing)."""
-        data = self.need(key)
-        head, _, body = data.partition(b"\n")
-        dtype, shape = head.decode().split(";")
-        return np.frombuffer(_CODEC.decode(body), dtype=dtype).reshape(tuple(int(n) for n in shape.split(",") if n))
+        self.put(key, pack_arrays(arrays, compress=compress))
+
+    def need_arrays(self, key: str) -> dict[str, np.ndarray]:
+        """The arrays :meth:`put_arrays` stored (a clear error when the file is missing or of another version)."""
+        return self._unpack(key, self.need(key))
+
+    def need_arrays_many(self, keys: list[str]) -> list[dict[str, np.ndarray]]:
+        """:meth:`need_arrays` of many files, read together (:meth:`get_many`)."""
+        return [self._unpack(k, d) for k, d in zip(keys, self.get_many(keys), strict=True)]
+
+    def _unpack(self, key: str, data: bytes) -> dict[str, np.ndarray]:
+        from engine.storage.kv import unpack_arrays
+
+        try:
+            return unpack_arrays(data)
+        except ValueError as err:
+            raise StorageError(f"{self.url}/{key} is not readable ({err})", "run the whole command again with --overwrite") from err
 
     def need(self, key: str) -> bytes:
         """``get`` that fails clearly when the file is missing (a pass ran without the one before)."""

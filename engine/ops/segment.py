@@ -23,7 +23,6 @@ fragments are seeded per block, so they differ from the whole volume's near bloc
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
@@ -53,7 +52,6 @@ from engine.runtime.lock import one_driver
 from engine.runtime.options import RuntimeOptions
 from engine.runtime.session import CompletionRecord, Session
 from engine.storage import Volume, open_volume
-from engine.storage.kv import npz_bytes
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +95,8 @@ class FragmentsOp(BlockOp):
         score = sums / np.maximum(counts, 1) if self.scoring == "mean" else edge_scores(ca, cb, cv, self.scoring, self.quantile)[2]
         aff = as_float(affs)
         low = {f"aff{d}": np.ascontiguousarray(np.take(aff[d], [0], axis=d)) for d in range(3)}
-        self._scratch.put(f"faces/{block.id}", npz_bytes(**{f"l{k[0]}{k[1]}": v for k, v in block_faces(frag).labels.items()}, **low))
-        self._scratch.put(f"edges/{block.id}", npz_bytes(a=a, b=b, score=score, sum=sums, count=counts))
+        self._scratch.put_arrays(f"faces/{block.id}", {**{f"l{k[0]}{k[1]}": v for k, v in block_faces(frag).labels.items()}, **low})
+        self._scratch.put_arrays(f"edges/{block.id}", {"a": a, "b": b, "score": score, "sum": sums, "count": counts})
         self._scratch.put(f"stats/{block.id}", ObjectStats(np.bincount(frag.ravel(), minlength=n + 1).astype(np.int64)).to_bytes())
         return {"fragments": float(n), "inner_edges": float(a.size)}
 
@@ -125,20 +123,19 @@ class SegmentEdgesOp(BlockOp):
 
     def setup(self, grid: BlockGrid | None = None) -> None:
         self._scratch = Scratch(self.scratch)
-        self._offsets = np.load(io.BytesIO(self._scratch.need("offsets.npy")))
+        self._offsets = self._scratch.need_arrays("offsets")["offsets"]
         self._grid = BlockGrid(Box.from_shape(self.shape), write_shape=self.block)
 
     def _faces(self, bid: int) -> dict[str, np.ndarray]:
         assert self._scratch is not None
-        with np.load(io.BytesIO(self._scratch.need(f"faces/{bid}"))) as z:
-            return {k: z[k] for k in z.files}
+        return self._scratch.need_arrays(f"faces/{bid}")
 
     def process(self, block: Block) -> dict[str, float]:
         assert self._scratch is not None and self._offsets is not None and self._grid is not None
         off = self._offsets
         a_id = block.id
-        with np.load(io.BytesIO(self._scratch.need(f"edges/{a_id}"))) as z:
-            ea, eb, es, esum, ecount = z["a"], z["b"], z["score"], z["sum"], z["count"]
+        z = self._scratch.need_arrays(f"edges/{a_id}")
+        ea, eb, es, esum, ecount = z["a"], z["b"], z["score"], z["sum"], z["count"]
         if self.agglomeration == "mean":
             return self._graph(block, ea, eb, esum, ecount)
         keep = es >= self.threshold
@@ -150,9 +147,7 @@ class SegmentEdgesOp(BlockOp):
             sel = s >= self.threshold
             merges.append(np.stack([a[sel], b[sel]], axis=1))
         pairs = np.concatenate(merges).astype(np.uint64)
-        buf = io.BytesIO()
-        np.save(buf, pairs)
-        self._scratch.put(f"pairs/{a_id}", buf.getvalue())
+        self._scratch.put_arrays(f"pairs/{a_id}", {"pairs": pairs})
         return {"merges": float(len(pairs)), "cross_edges": float(n_cross), "inner_edges": float(ea.size)}
 
     def _contacts(self, block: Block) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -185,8 +180,9 @@ class SegmentEdgesOp(BlockOp):
             parts.append(got)
         a = np.concatenate([p[0] for p in parts]).astype(np.uint64)
         b = np.concatenate([p[1] for p in parts]).astype(np.uint64)
-        self._scratch.put(
-            f"graph/{a_id}", npz_bytes(a=a, b=b, sum=np.concatenate([p[2] for p in parts]).astype(np.float64), count=np.concatenate([p[3] for p in parts]).astype(np.int64))
+        self._scratch.put_arrays(
+            f"graph/{a_id}",
+            {"a": a, "b": b, "sum": np.concatenate([p[2] for p in parts]).astype(np.float64), "count": np.concatenate([p[3] for p in parts]).astype(np.int64)},
         )
         return {"cross_edges": float(n_cross), "inner_edges": float(ea.size)}
 
@@ -292,7 +288,7 @@ def _segment_passes(session: Session, grid: BlockGrid, state: Path, scratch: Scr
     merges = None
     if op_b.agglomeration == "mean":
         with_labels = np.flatnonzero(np.diff(offsets))
-        graphs = [np.load(io.BytesIO(d)) for d in scratch.get_many([f"graph/{b}" for b in with_labels])]
+        graphs = scratch.need_arrays_many([f"graph/{b}" for b in with_labels])
         cat = {k: np.concatenate([g[k] for g in graphs]) if graphs else np.zeros(0) for k in ("a", "b", "sum", "count")}
         merges = mean_agglomeration(cat["a"], cat["b"], cat["sum"], cat["count"], op_b.threshold)
     res = resolve_labels(scratch, grid, offsets, pairs=merges)
