@@ -123,7 +123,7 @@ def contiguous_box(data: dict[str, Any], budget: float, seed: int) -> dict[str, 
 
 def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir: Path, args: argparse.Namespace) -> tuple[dict[str, Any], list[str] | None]:
     """The pipeline config of one point, and the stages to run (None: all)."""
-    from engine.pipeline.demo import small_query, tiny_overrides
+    from engine.pipeline.demo import LUCCHI_FINETUNE, small_query, tiny_overrides
 
     box = [int(v) for v in args.box.split(",")]
     shape, zt = data["shape"], data["test_from_z"]
@@ -166,7 +166,7 @@ def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir:
         # full-size ones since issue 15's params models, far past a CPU budget
         "query": {"block": [64, 256, 256], **(tiny_overrides()["query"] if args.smoke else {"size": 64, "query": small_query()})},
         "review": {"source": "oracle", "truth": data["truth"], "truth_binary": binary, "criterion": "iou"},
-        "finetune": {"steps": args.finetune_steps, "lr": 0.001},
+        "finetune": LUCCHI_FINETUNE | {"steps": args.finetune_steps},  # the shipped Lucchi++ demo's rounds
     }
     cfg["metrics"] = {}
     if active:
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=2000, help="optimiser steps per final model, rounds included")
-    p.add_argument("--finetune-steps", type=int, default=100)
+    p.add_argument("--finetune-steps", type=int, default=200, help="per round (the Lucchi++ demo's)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--embed-steps", type=int, default=40)
     p.add_argument("--box", default="1,128,128", help="labelled box (z, y, x voxels; one section deep: the 2.5D model reads its neighbours from the raw)")

@@ -115,7 +115,7 @@ def demo_config(
         cfg["ceiling"] = {"raw": raw, "truth": truth, "target": target, "boundary": 2, "train": {k: v for k, v in cfg["train"].items() if k not in ("raw", "labels", "boxes", "truth")},
                           "predict": {"window": window, "overlap": 0.25, "block": block}}
     if lucchi is not None:  # a tenth of the base's rate, no propagation, a tolerant gate, the anchor (RESULTS: not on synthetic)
-        cfg["rounds"]["finetune"] = {"steps": 200, "lr": 0.0001, "replay": 0.5, "ring": 0, "propagate": False, "gate_confidence": 0.9, "anchor": 0.5} | ANSWER_PAINT
+        cfg["rounds"]["finetune"] = dict(LUCCHI_FINETUNE)
         # whole-section windows without overlap and blocks of whole sections: each section computed once, no in-plane
         # halo (256^2 windows at 0.25 overlap in 512^2 blocks cost about 4x as much CPU); one window per forward pass
         cfg["rounds"]["predict"] |= {"overlap": 0.0, "block": [48, 768, 1024], "batch_size": 1}
@@ -130,6 +130,11 @@ def demo_config(
 #: ended below the base in 3 seeds; on the synthetic demo the worst of 5 seeds lost 0.004 instead of 0.050, at the same
 #: mean (benchmarks/RESULTS.md, sixth session)
 ANSWER_PAINT: dict[str, Any] = {"erode": 2, "balance": True}
+
+
+#: the Lucchi++ demo's fine-tuning rounds: a tenth of the base's rate, no propagation, a tolerant gate, the anchor (the
+#: previous model's segmentation wherever no answer speaks), what the answers paint; benchmarks/quality_loop.py uses the same
+LUCCHI_FINETUNE: dict[str, Any] = {"steps": 200, "lr": 0.0001, "replay": 0.5, "ring": 0, "propagate": False, "gate_confidence": 0.9, "anchor": 0.5} | ANSWER_PAINT
 
 
 def find_shared_data(name: str = "lucchi_pp") -> Path:
