@@ -4,6 +4,7 @@ small-object removal and object tables measured whole; bad input."""
 from __future__ import annotations
 
 import pickle
+import shutil
 from pathlib import Path
 
 import cc3d
@@ -247,6 +248,15 @@ def test_resume_and_changed_parameters(tmp_path: Path) -> None:
         label_volume(url, out, block=(10, 20, 20), chunks=(10, 20, 20), min_size=5, progress=False)
     third = label_volume(url, out, block=(10, 20, 20), chunks=(10, 20, 20), min_size=5, overwrite=True, progress=False)
     assert third.objects <= first.objects
+    # the output deleted (as a fresh bucket at the same address is, for an S3 output whose run state is in ~/.cache): the
+    # markers and record of other parameters protect nothing left, so the run goes ahead instead of asking for --overwrite
+    shutil.rmtree(out)
+    fourth = label_volume(url, out, block=(10, 20, 20), chunks=(10, 20, 20), min_size=0, progress=False)
+    assert fourth.objects == first.objects
+    want, n = cc3d.connected_components(data, connectivity=26, return_N=True)
+    assert n == first.objects and same_partition(open_volume(out).read(Box.from_shape(data.shape)), want)
+    with pytest.raises(ResumeMismatch, match="--overwrite"):  # an output that is there is still protected
+        label_volume(url, out, block=(10, 20, 20), chunks=(10, 20, 20), min_size=5, progress=False)
 
 
 # -- bad input --------------------------------------------------------------------------------------

@@ -82,8 +82,13 @@ class DoneStore:
         self._last_flush = time.monotonic()
 
     @classmethod
-    def open(cls, state_dir: str | os.PathLike[str], description: dict[str, Any], *, overwrite: bool = False) -> DoneStore:
-        """Open (or create) the markers of ``state_dir`` for a run described by ``description``."""
+    def open(cls, state_dir: str | os.PathLike[str], description: dict[str, Any], *, overwrite: bool = False,
+             outputs_lost: Callable[[str | None], bool] | None = None) -> DoneStore:
+        """Open (or create) the markers of ``state_dir`` for a run described by ``description``. Markers
+        of other settings are a :class:`ResumeMismatch` unless ``overwrite``, or unless ``outputs_lost(run_id)``
+        says that no output holds their run any more (:func:`engine.runtime.ownership.none_owned`:
+        deleted, or a fresh bucket at the same address): they protect nothing then and are forgotten,
+        with a warning."""
         folder = Path(state_dir)
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -93,7 +98,7 @@ class DoneStore:
         path = folder / "markers.sqlite"
         try:
             store = cls(path, digest, description)
-            store._init_schema(overwrite)
+            store._init_schema(overwrite, outputs_lost)
         except sqlite3.Error as err:
             if classify(err) in ("corrupt", "other"):
                 raise StorageError(f"the done-markers {path} are unreadable ({err})", _CORRUPT_FIX) from err
@@ -118,7 +123,7 @@ class DoneStore:
 
         retrying(once, str(self.path), doing, errors=(sqlite3.Error,), fix=_CORRUPT_FIX)
 
-    def _init_schema(self, overwrite: bool) -> None:
+    def _init_schema(self, overwrite: bool, outputs_lost: Callable[[str | None], bool] | None = None) -> None:
         c = self._conn
         c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         c.execute(
@@ -134,6 +139,9 @@ class DoneStore:
             old_row = c.execute("SELECT value FROM meta WHERE key='description'").fetchone()
             old = json.loads(old_row[0]) if old_row else {}
             changes = _diff(old, json.loads(json.dumps(self.description, default=str)))
+            if not overwrite and outputs_lost is not None and outputs_lost(self.run_id):
+                log.warning("%s holds a run with other settings whose outputs were deleted or recreated since: forgetting it", self.path.parent)
+                overwrite = True
             if not overwrite:
                 shown = "; ".join(changes[:6]) + (f"; … {len(changes) - 6} more" if len(changes) > 6 else "")
                 raise ResumeMismatch(

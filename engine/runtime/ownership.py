@@ -48,6 +48,19 @@ def owns(url: str | os.PathLike[str], run_id: str) -> bool:
     return _folder_key_exists(os.fspath(url), run_id)
 
 
+def none_owned(urls: Sequence[str], run_id: str | None) -> bool:
+    """Whether no output in ``urls`` carries ``run_id`` any more (each deleted, or recreated since): of
+    the run ``run_id`` nothing is left to protect. False without an id or without outputs (nothing to
+    judge by)."""
+    if not run_id or not urls:
+        return False
+    try:
+        return not any(owns(u, run_id) for u in urls)
+    except Exception as err:  # noqa: BLE001 - an output we cannot read may still hold the run: protect it
+        log.warning("cannot check %s: %s", ", ".join(urls), err)
+        return False
+
+
 def add_run_id(url: str | os.PathLike[str], run_id: str) -> None:
     """Record ``run_id`` in the output at ``url`` (attributes of an array or group, else a key)."""
     attrs = read_attrs(url)
@@ -101,4 +114,4 @@ def claim_outputs(markers: DoneStore, outputs: Sequence[str]) -> str:
     return run_id
 
 
-__all__ = ["FOLDER_KEY", "RUNS_ATTR", "add_run_id", "claim_outputs", "new_run_id", "outputs_intact", "owns"]
+__all__ = ["FOLDER_KEY", "RUNS_ATTR", "add_run_id", "claim_outputs", "new_run_id", "none_owned", "outputs_intact", "owns"]

@@ -57,7 +57,7 @@ from engine.runtime.markers import FAILED, SKIPPED, DoneStore, MarkerRow
 from engine.runtime.mask import BlockMask
 from engine.runtime.op import BlockOp
 from engine.runtime.options import BackendName, BlockwiseOptions
-from engine.runtime.ownership import claim_outputs
+from engine.runtime.ownership import claim_outputs, none_owned
 from engine.runtime.pending import PendingBlocks, todo_ranges
 from engine.runtime.progress import RunObserver, RunSummary
 
@@ -120,7 +120,7 @@ def run_blockwise(
         )
     description = {"layout": grid.layout(), "op": op.params()}
     with driver_lock(state_dir):  # one driver per output: a second one refuses, naming this one
-        markers = DoneStore.open(state_dir, description, overwrite=options.get("overwrite", False))
+        markers = DoneStore.open(state_dir, description, overwrite=options.get("overwrite", False), outputs_lost=lambda run: none_owned(op.outputs(), run))
         try:
             op.prepare(grid)
             run_id = claim_outputs(markers, op.outputs())

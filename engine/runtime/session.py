@@ -32,7 +32,7 @@ from engine.geometry import BlockGrid
 from engine.runtime.backends import Backend, RayBackend
 from engine.runtime.op import BlockOp
 from engine.runtime.options import BackendName, Pacing, RuntimeOptions
-from engine.runtime.ownership import outputs_intact
+from engine.runtime.ownership import none_owned, outputs_intact
 from engine.runtime.progress import RunSummary
 from engine.runtime.scheduler import default_state_dir, run_blockwise
 from engine.storage.safety import write_json_atomic
@@ -116,6 +116,12 @@ class CompletionRecord:
             return None
         saved = json.loads(self.path.read_text())
         if saved.get("params") != self.params:
+            outputs = saved.get("outputs")
+            if isinstance(outputs, dict) and outputs and all(isinstance(i, str) and none_owned([u], i) for u, i in outputs.items()):
+                # no output holds that run any more (deleted, or a fresh bucket at the same address): nothing to protect
+                log.warning("%s: %s describes a run with other parameters whose outputs were deleted or recreated since: running it", job, self.path)
+                self.path.unlink(missing_ok=True)
+                return None
             raise ResumeMismatch(f"{mismatch} ({self.path})", fix)
         if outputs_intact(saved):
             log.info("%s is complete already (%s)", job, self.path)
