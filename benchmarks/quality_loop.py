@@ -212,22 +212,29 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["data"], r["method"], r["budget"]), []).append(r)
+    ceiling = {(r["data"], r["seed"]): r["iou"] for r in rows if r["method"] == "full"}
     out = []
     for (d, m, b), rs in sorted(groups.items()):
         iou = np.array([r["iou"] for r in rs])
         voi = np.array([r["voi"] for r in rs])
         eff = [r["effort_share"] for r in rs if r["effort_share"] is not None]
+        # the share of the ceiling, seed by seed (the same seed's 100% model), where that ceiling was run
+        ratio = [r["iou"] / ceiling[(d, r["seed"])] for r in rs if ceiling.get((d, r["seed"]))]
         out.append({"data": d, "method": m, "budget": b, "n": len(rs), "iou_mean": float(iou.mean()), "iou_std": float(iou.std()),
                     "voi_mean": float(voi.mean()), "voi_std": float(voi.std()), "effort_share": float(np.mean(eff)) if eff else None,
+                    "of_ceiling": float(np.mean(ratio)) if ratio else None, "seeds": sorted(r["seed"] for r in rs),
                     "cpu_s": float(np.mean([r["cpu_s"] for r in rs]))})
     return {"groups": out}
 
 
 def table(summary: dict[str, Any]) -> list[str]:
-    lines = ["| data | method | budget | effort (share of training voxels) | IoU (mean ± std) | VOI | seeds | CPU s / model |", "| --- " * 8 + "|"]
+    lines = ["| data | method | budget | effort (share of training voxels) | IoU (mean ± std) | of the ceiling | VOI | seeds | CPU s / model |",
+             "| --- " * 9 + "|"]
     for g in summary["groups"]:
         eff = f"{g['effort_share'] * 100:.2f}%" if g["effort_share"] is not None else ""
-        lines.append(f"| {g['data']} | {LABEL[g['method']]} | {g['budget'] * 100:g}% | {eff} | {g['iou_mean']:.3f} ± {g['iou_std']:.3f} | "
+        ratio = f"{g['of_ceiling']:.2f}" if g.get("of_ceiling") is not None else ""
+        budget = "all" if g["method"] == "full" else f"{g['budget'] * 100:g}%"
+        lines.append(f"| {g['data']} | {LABEL[g['method']]} | {budget} | {eff} | {g['iou_mean']:.3f} ± {g['iou_std']:.3f} | {ratio} | "
                      f"{g['voi_mean']:.2f} ± {g['voi_std']:.2f} | {g['n']} | {g['cpu_s']:.0f} |")
     return lines
 
@@ -288,7 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.merge is not None:
-        rows = [json.loads(ln) for d in args.merge for ln in (Path(d) / "results.jsonl").read_text().splitlines() if ln.strip()]
+        found = [Path(d) / "results.jsonl" for d in args.merge if (Path(d) / "results.jsonl").exists()]
+        if len(found) < len(args.merge):
+            print(f"{len(args.merge) - len(found)} of {len(args.merge)} folders hold no results.jsonl yet: left out", file=sys.stderr)
+        rows = [json.loads(ln) for f in found for ln in f.read_text().splitlines() if ln.strip()]
         report(rows, out)
         return 0
     if args.smoke:
