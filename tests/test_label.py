@@ -257,6 +257,12 @@ def test_resume_and_changed_parameters(tmp_path: Path) -> None:
     assert n == first.objects and same_partition(open_volume(out).read(Box.from_shape(data.shape)), want)
     with pytest.raises(ResumeMismatch, match="--overwrite"):  # an output that is there is still protected
         label_volume(url, out, block=(10, 20, 20), chunks=(10, 20, 20), min_size=5, progress=False)
+    shutil.rmtree(out)
+    theirs = create_volume(out, data.shape, "uint64", (10, 20, 20))  # recreated by someone else: not written over either
+    theirs.write(theirs.box, np.full(data.shape, 7, np.uint64))
+    with pytest.raises(ResumeMismatch, match="--overwrite"):
+        label_volume(url, out, block=(10, 20, 20), chunks=(10, 20, 20), min_size=5, progress=False)
+    assert (open_volume(out).read(Box.from_shape(data.shape)) == 7).all()
 
 
 # -- bad input --------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -141,6 +142,16 @@ def test_changed_parameters_refuse_to_resume(tmp_path: Path) -> None:
     s = run_blockwise(changed, grid, state_dir=tmp_path / "s", backend="serial", progress=False, overwrite=True)
     assert s.done == grid.num_blocks and s.already_done == 0
     np.testing.assert_allclose(open_volume(out).read(Box.from_shape(data.shape)), gaussian_filter(data, (1, 1, 0.5), mode="reflect"), atol=1e-5)
+    # the output deleted (a fresh bucket at the same address, for state kept in ~/.cache): markers of other settings protect
+    # nothing left and are forgotten; an output recreated by someone else is still refused
+    shutil.rmtree(out)
+    s = run_blockwise(GaussianFilter(input=url, output=out, sigma=(1, 1, 1), chunks=(4, 8, 8)), grid, state_dir=tmp_path / "s", backend="serial", progress=False)
+    assert s.done == grid.num_blocks and s.already_done == 0
+    np.testing.assert_allclose(open_volume(out).read(Box.from_shape(data.shape)), gaussian_filter(data, 1.0, mode="reflect"), atol=1e-5)
+    shutil.rmtree(out)
+    create_volume(out, data.shape, "float32", (4, 8, 8))
+    with pytest.raises(ResumeMismatch, match="--overwrite"):
+        run_blockwise(changed, grid, state_dir=tmp_path / "s", backend="serial", progress=False)
 
 
 def test_finished_run_recomputes_nothing(tmp_path: Path, backend: str) -> None:

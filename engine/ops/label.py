@@ -189,6 +189,7 @@ def label_volume(
         job.scratch.remove()
     ops[2].prepare(job.grid)  # create the output now: an unwritable one fails before any work
     with Session(run, backend="serial") as session:
+        session.overwrite = session.overwrite or record.forgotten  # the passes' markers of a run of which nothing is left
         result = job.passes(session, *ops)
     result.seconds["total"] = time.perf_counter() - t0
     if not run.get("keep_scratch", False):

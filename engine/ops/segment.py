@@ -246,6 +246,7 @@ def segment_volume(
         return LabelResult(**saved)
     if overwrite:
         scratch.remove()
+    session.overwrite = session.overwrite or record.forgotten  # the passes' markers of a run of which nothing is left
     op_c.prepare(grid)
     with session:
         res, offsets = _segment_passes(session, grid, state, scratch, op_a, op_b, op_c)

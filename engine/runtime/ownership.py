@@ -49,13 +49,23 @@ def owns(url: str | os.PathLike[str], run_id: str) -> bool:
 
 
 def none_owned(urls: Sequence[str], run_id: str | None) -> bool:
-    """Whether no output in ``urls`` carries ``run_id`` any more (each deleted, or recreated since): of
-    the run ``run_id`` nothing is left to protect. False without an id or without outputs (nothing to
-    judge by)."""
+    """Whether nothing of the run ``run_id`` is left in ``urls`` to protect: each output deleted (or a
+    fresh bucket at the same address), each scratch folder (inside ``.connectile`` or ``.scratch``)
+    deleted or recreated since. An output recreated by someone else still counts as there: work is
+    never written over without ``--overwrite``. False without an id or without outputs."""
     if not run_id or not urls:
         return False
+    from engine.storage.safety import SCRATCH_FOLDERS
+
+    def lost(url: str) -> bool:
+        if owns(url, run_id):
+            return False
+        if any(part in SCRATCH_FOLDERS for part in parse_url(url).path.split("/")):
+            return True  # the runtime's own bookkeeping, recreated by an earlier pass of this run
+        return read_attrs(url) is None
+
     try:
-        return not any(owns(u, run_id) for u in urls)
+        return all(lost(u) for u in urls)
     except Exception as err:  # noqa: BLE001 - an output we cannot read may still hold the run: protect it
         log.warning("cannot check %s: %s", ", ".join(urls), err)
         return False

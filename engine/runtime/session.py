@@ -103,6 +103,9 @@ class CompletionRecord:
     def __init__(self, path: Path, params: dict[str, Any]) -> None:
         self.path = path
         self.params = json.loads(json.dumps(params))  # as it reads back
+        #: set by :meth:`finished` when it forgot a record of other parameters of which no output is left: the job's
+        #: passes may then forget their done-markers of those parameters too (``Session.overwrite``; outputs are not replaced)
+        self.forgotten = False
 
     def finished(self, overwrite: bool, job: str, mismatch: str, fix: str) -> dict[str, Any] | None:
         """The saved result of a finished run with these parameters whose outputs are intact; None when
@@ -121,6 +124,7 @@ class CompletionRecord:
                 # no output holds that run any more (deleted, or a fresh bucket at the same address): nothing to protect
                 log.warning("%s: %s describes a run with other parameters whose outputs were deleted or recreated since: running it", job, self.path)
                 self.path.unlink(missing_ok=True)
+                self.forgotten = True
                 return None
             raise ResumeMismatch(f"{mismatch} ({self.path})", fix)
         if outputs_intact(saved):
