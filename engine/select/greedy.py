@@ -1,7 +1,8 @@
 """Greedy maximum coverage over candidate sub-volumes that do not share voxels.
 
 Repeat ``budget`` times: among the candidates that share no voxel with a pick so far, take the one
-whose kNN balls add the most not-yet-covered patches (lowest candidate id among equals); that is the
+whose kNN balls add the most not-yet-covered patches (among equals the lowest seeded
+:func:`~engine.select.coverage.tie_rank`); that is the
 window maximising the score of ``chosen + window`` (the paper's criterion). The shards keep their
 gains up to date (see :mod:`engine.select.coverage`); the driver only keeps the best.
 
@@ -9,9 +10,9 @@ gains up to date (see :mod:`engine.select.coverage`); the driver only keeps the 
 >>> from engine.select.candidates import Windows
 >>> w = Windows(PatchGrid((1, 6, 6), (1, 2, 2), (1, 2, 2)), (1, 1, 1))   # 3x3 patches, 1 per window
 >>> balls = np.array([[i, 4 if i != 4 else 0] for i in range(9)])       # each covers itself and the centre
->>> r = greedy_select(w, balls, budget=2)
+>>> r = greedy_select(w, balls, budget=2)          # all gain 2 at first: the tie goes by the seeded rank
 >>> r.picks, r.gains, r.coverage
-([0, 1], [2, 1], [2, 3])
+([3, 5], [2, 1], [2, 3])
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ class LocalShards:
     """All candidates in this process (one :class:`CoverageScorer`)."""
 
     def __init__(
-        self, windows: Windows, balls: np.ndarray, *, ids: np.ndarray | None = None, rows: np.ndarray | None = None, progress: bool = False
+        self, windows: Windows, balls: np.ndarray, *, ids: np.ndarray | None = None, rows: np.ndarray | None = None, progress: bool = False,
+        seed: int = 0,
     ) -> None:
-        self.scorer = CoverageScorer(windows, balls, ids, rows=rows, progress=progress)
+        self.scorer = CoverageScorer(windows, balls, ids, rows=rows, progress=progress, seed=seed)
 
     def best(self) -> tuple[int, int] | None:
         return self.scorer.best()
@@ -119,19 +121,20 @@ def greedy_select(
     rows: np.ndarray | None = None,
     shards: Shards | None = None,
     progress: bool = False,
+    seed: int = 0,
 ) -> Selection:
     """Pick up to ``budget`` non-overlapping windows by greedy maximum coverage of the kNN balls.
 
     ``balls`` is the ``(N, k)`` array of :mod:`engine.select.knn` (or the balls of the sorted patch ids
     ``rows`` only); ``ids`` restricts the candidates. ``shards`` defaults to those candidates in this
     process; :class:`engine.select.distributed.RayShards` spreads them over actors and gives the same
-    picks.
+    picks. ``seed`` orders ties between equal gains (``shards`` given: theirs).
     """
     if budget < 1:
         from engine.errors import ConfigError
 
         raise ConfigError(f"budget must be at least 1 sub-volume, got {budget}")
-    shards = shards if shards is not None else LocalShards(windows, balls, ids=ids, rows=rows, progress=progress)
+    shards = shards if shards is not None else LocalShards(windows, balls, ids=ids, rows=rows, progress=progress, seed=seed)
     covered = np.zeros(windows.grid.size, dtype=bool)
     picks: list[int] = []
     gains: list[int] = []

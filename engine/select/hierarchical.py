@@ -75,6 +75,7 @@ def hierarchical_select(
     factor: Sequence[int] = (1, 4, 4),
     regions_per_pick: int = 2,
     step: Sequence[int] = (1, 1, 1),
+    seed: int = 0,
 ) -> Selection:
     """Coarse-then-fine coverage selection (see the module docstring); ``knn(x, k)`` gives balls."""
     t0 = time.perf_counter()
@@ -85,7 +86,7 @@ def hierarchical_select(
     cwin = np.minimum(cwin, cg.shape)
     cwindows = Windows(cg, tuple(int(v) for v in cwin))
     cballs = knn(cemb, min(k, cg.size))
-    coarse = greedy_select(cwindows, cballs, regions_per_pick * budget)
+    coarse = greedy_select(cwindows, cballs, regions_per_pick * budget, seed=seed)
     t1 = time.perf_counter()
     # fine patches and fine windows inside the regions
     cpos = cwindows.positions(coarse.picks)
@@ -102,7 +103,7 @@ def hierarchical_select(
     ids = _ranges(fwindows.shape, wlo[ok], whi[ok])
     local = knn(emb[population], min(k, len(population)))
     balls = population[local]
-    fine = greedy_select(fwindows, balls, budget, ids=ids, rows=population)
+    fine = greedy_select(fwindows, balls, budget, ids=ids, rows=population, seed=seed)
     t2 = time.perf_counter()
     fine.method = "hierarchical"
     fine.extra.update(

@@ -76,8 +76,8 @@ def select(grid: PatchGrid, emb: np.ndarray, cfg: SelectConfig, *, progress: boo
             if ray:
                 from engine.select.distributed import RayShards
 
-                shards = RayShards(windows, balls, workers=cfg.workers)
-            sel = greedy_select(windows, balls, cfg.budget, shards=shards, progress=progress)
+                shards = RayShards(windows, balls, workers=cfg.workers, seed=cfg.seed)
+            sel = greedy_select(windows, balls, cfg.budget, shards=shards, progress=progress, seed=cfg.seed)
             if shards is not None:
                 shards.close()
         elif method == "random":
@@ -94,7 +94,7 @@ def select(grid: PatchGrid, emb: np.ndarray, cfg: SelectConfig, *, progress: boo
                 sub = cfg.model_copy(update={"k": k})
                 return compute_balls(x, sub)[0]
 
-            sel = hierarchical_select(grid, emb, cfg.window, cfg.budget, cfg.k, knn, factor=cfg.factor, regions_per_pick=cfg.regions_per_pick, step=cfg.step)
+            sel = hierarchical_select(grid, emb, cfg.window, cfg.budget, cfg.k, knn, factor=cfg.factor, regions_per_pick=cfg.regions_per_pick, step=cfg.step, seed=cfg.seed)
             sel.gains, sel.coverage = coverage_curve(windows, balls, sel.picks)  # scored on the whole grid
         sel.seed = cfg.seed
         sel.extra["seconds"] = time.perf_counter() - t
