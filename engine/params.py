@@ -226,6 +226,11 @@ class SelectParams(Params):
         description="methods to run, comma-separated (coverage, random, kcenter, kmeans, hierarchical); the first is chosen",
     )
     seed: int = Field(default=0, description="seed of the baselines and the approximate index")
+    ties: Literal["first", "seeded"] = Field(
+        default="first",
+        description="coverage ties between equal gains: the lowest candidate id (first, the authors' argmax) or a seeded random order "
+        "(seeded: where gains saturate -- small k, small windows, small budget -- first puts every pick in the first sections)",
+    )
     knn: Literal["auto", "exact", "approx"] = Field(default="auto", description="kNN search (auto: exact up to exact_max patches)")
     exact_max: int = Field(default=50_000, ge=1, description="auto: exact kNN up to this many patches")
     nlist: int | None = Field(default=None, ge=1, description="lists of the approximate index (default: 4 sqrt(N))")

@@ -78,6 +78,13 @@ def test_saturated_gains_do_not_gather_the_picks_at_the_start() -> None:
         assert len(set(sections)) >= 5 and max(sections) >= 10, sections  # spread over the volume, not sections 0-1
         picks[seed] = sel.picks
     assert picks[0] != picks[1]
+    first = greedy_select(windows, balls, 8)  # the default, the authors' argmax: the lowest ids, the first two sections
+    assert {b.start[0] for b in first.boxes} == {0, 1} and reference_greedy(windows, dense, 8) == (first.picks, first.coverage)
+    # the selection's setting reaches the scorer: ``ties: seeded`` with its seed
+    from engine.select.run import SelectConfig, select
+
+    got, _ = select(grid, x, SelectConfig(budget=8, k=1, window=(1, 2, 2), methods=["coverage"], seed=1, ties="seeded"))
+    assert got[0].picks == picks[1]
 
 
 def test_balls_include_self_and_break_ties_by_id() -> None:

@@ -30,8 +30,11 @@ def test_completion_record_finds_a_finished_run_only_with_its_parameters_and_out
     create_volume(f"{tmp_path}/a.zarr/out", (2, 4, 4), "uint8", (2, 4, 4))  # recreated: not the run's output any more
     assert record.finished(False, "job", "x was made with other parameters", "fix") is None
     assert path.exists()
-    # other parameters, but no output holds that run any more: the record protects nothing and is forgotten
-    assert CompletionRecord(path, {"threshold": 0.6, "block": (2, 4, 4)}).finished(False, "job", "x was made with other parameters", "fix") is None
+    other = CompletionRecord(path, {"threshold": 0.6, "block": (2, 4, 4)})
+    with pytest.raises(ResumeMismatch):  # other parameters and an output someone recreated: still protected
+        other.finished(False, "job", "x was made with other parameters", "fix")
+    shutil.rmtree(f"{tmp_path}/a.zarr/out")  # deleted: the record protects nothing left and is forgotten
+    assert other.finished(False, "job", "x was made with other parameters", "fix") is None and other.forgotten
     assert not path.exists()
     record.save({"objects": 3}, {out: "run-1"})
     assert CompletionRecord(path, {"other": 1}).finished(True, "job", "m", "f") is None  # overwrite: no mismatch, the record goes

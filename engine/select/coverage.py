@@ -19,8 +19,12 @@ a block of the candidate grid on a Ray actor):
 
 Memory is ``O(N k + M)``; nothing is ``N x N``.
 
-Ties between equal gains go to the candidate of lowest :func:`tie_rank` (a seeded pseudo-random order),
-not the lowest id: where gains saturate (small ``k``, a small budget: every window's balls disjoint, so
+Ties between equal gains go to the candidate of lowest :func:`tie_key`: the lowest id by default (the
+authors' argmax), or with a ``seed`` (selection ``ties: seeded``) a seeded pseudo-random order. Where gains
+saturate (small ``k``, a small budget: every window's balls disjoint, so every candidate gains ``k`` per
+patch), the lowest id puts every pick in the first sections of the volume (the label-efficiency benchmark
+on Lucchi++ picked all 8 boxes of a 0.5% budget in section 0); the seeded order spreads them. It is not
+the default: in a small volume a random first pick can leave no room for the next box. where gains saturate (small ``k``, a small budget: every window's balls disjoint, so
 every candidate gains ``k`` per patch), the lowest id put every pick in the first sections of the
 volume (the label-efficiency benchmark on Lucchi++ picked all 8 boxes in section 0).
 """
@@ -53,6 +57,13 @@ def tie_rank(ids: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.asarray(x ^ (x >> np.uint64(31)), dtype=np.uint64)
 
 
+def tie_key(ids: np.ndarray, seed: int | None = None) -> np.ndarray:
+    """The order (lowest first) in which candidates ``ids`` win ties between equal gains: their id
+    (``seed`` None: the authors' argmax), or :func:`tie_rank` with ``seed``."""
+    ids = np.asarray(ids, dtype=np.int64)
+    return ids.astype(np.uint64) if seed is None else tie_rank(ids, seed)
+
+
 class CoverageScorer:
     """Gains of the candidates ``ids`` (sorted candidate ids; default: all) of ``windows``.
 
@@ -68,7 +79,7 @@ class CoverageScorer:
         *,
         rows: np.ndarray | None = None,
         progress: bool = False,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         self.windows = windows
         self.n = windows.grid.size
@@ -76,7 +87,7 @@ class CoverageScorer:
         if balls.shape[0] != expected:
             raise ValueError(f"balls hold {balls.shape[0]} rows but {expected} patches are given")
         self.ids = np.arange(windows.size, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
-        self.rank = tie_rank(self.ids, seed)
+        self.rank = tie_key(self.ids, seed)
         self.k = int(balls.shape[1])
         self.balls = ball_matrix(balls, self.n, rows=rows)
         indptr = self.balls.indptr  # type: ignore[attr-defined]
@@ -102,7 +113,7 @@ class CoverageScorer:
         return gain
 
     def best(self) -> tuple[int, int] | None:
-        """``(gain, candidate id)`` of the best valid candidate (lowest :func:`tie_rank` among equals), or None."""
+        """``(gain, candidate id)`` of the best valid candidate (lowest :func:`tie_key` among equals), or None."""
         if not self.valid.any():
             return None
         masked = np.where(self.valid, self.gain, -1)

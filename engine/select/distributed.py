@@ -3,7 +3,7 @@
 Each actor holds the candidates of its blocks and only the kNN balls of the patches those windows
 hold (the shard's patches): a covered patch ``j`` lowers a candidate's gain only through a patch of
 that candidate, so nothing else is needed. Per greedy step the driver asks every actor for its best
-``(gain, id)``, keeps the best (highest gain, lowest seeded tie rank -- the same rule as in one process), and
+``(gain, id)``, keeps the best (highest gain, then the same tie order as in one process), and
 sends the newly covered patches and the pick to all actors. The picks equal those of
 :func:`engine.select.greedy.greedy_select` in one process; memory per actor is its shard's.
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from engine.geometry import BlockGrid, Box
 from engine.select.candidates import Windows
-from engine.select.coverage import CoverageScorer, tie_rank
+from engine.select.coverage import CoverageScorer, tie_key
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class _ShardScorer:
     """Actor body: a :class:`CoverageScorer` over a shard, from the shard's ball rows only."""
 
-    def __init__(self, windows: Windows, ids: np.ndarray, rows: np.ndarray, balls_rows: np.ndarray, seed: int = 0) -> None:
+    def __init__(self, windows: Windows, ids: np.ndarray, rows: np.ndarray, balls_rows: np.ndarray, seed: int | None = None) -> None:
         self.scorer = CoverageScorer(windows, balls_rows, ids, rows=rows, seed=seed)
 
     def best(self) -> tuple[int, int] | None:
@@ -64,7 +64,7 @@ def candidate_blocks(windows: Windows, parts: int) -> list[np.ndarray]:
 class RayShards:
     """The candidate set on ``workers`` Ray actors (``blocks_per_worker`` blocks each)."""
 
-    def __init__(self, windows: Windows, balls: np.ndarray, *, workers: int = 2, blocks_per_worker: int = 1, seed: int = 0) -> None:
+    def __init__(self, windows: Windows, balls: np.ndarray, *, workers: int = 2, blocks_per_worker: int = 1, seed: int | None = None) -> None:
         import ray
 
         self.ray = ray
@@ -83,7 +83,7 @@ class RayShards:
         results = [r for r in self.ray.get([a.best.remote() for a in self.actors]) if r is not None]
         if not results:
             return None
-        return max(results, key=lambda r: (r[0], -int(tie_rank(np.array([r[1]]), self.seed)[0])))
+        return max(results, key=lambda r: (r[0], -int(tie_key(np.array([r[1]]), self.seed)[0])))
 
     def update(self, newly: np.ndarray, pick: int) -> None:
         ref = self.ray.put(np.asarray(newly))

@@ -1,8 +1,8 @@
 """Greedy maximum coverage over candidate sub-volumes that do not share voxels.
 
 Repeat ``budget`` times: among the candidates that share no voxel with a pick so far, take the one
-whose kNN balls add the most not-yet-covered patches (among equals the lowest seeded
-:func:`~engine.select.coverage.tie_rank`); that is the
+whose kNN balls add the most not-yet-covered patches (among equals the lowest
+:func:`~engine.select.coverage.tie_key`: the lowest id, or a seeded order); that is the
 window maximising the score of ``chosen + window`` (the paper's criterion). The shards keep their
 gains up to date (see :mod:`engine.select.coverage`); the driver only keeps the best.
 
@@ -10,9 +10,11 @@ gains up to date (see :mod:`engine.select.coverage`); the driver only keeps the 
 >>> from engine.select.candidates import Windows
 >>> w = Windows(PatchGrid((1, 6, 6), (1, 2, 2), (1, 2, 2)), (1, 1, 1))   # 3x3 patches, 1 per window
 >>> balls = np.array([[i, 4 if i != 4 else 0] for i in range(9)])       # each covers itself and the centre
->>> r = greedy_select(w, balls, budget=2)          # all gain 2 at first: the tie goes by the seeded rank
+>>> r = greedy_select(w, balls, budget=2)          # all gain 2 at first: the tie goes to the lowest id
 >>> r.picks, r.gains, r.coverage
-([3, 5], [2, 1], [2, 3])
+([0, 1], [2, 1], [2, 3])
+>>> greedy_select(w, balls, budget=2, seed=0).picks  # or to a seeded random order
+[3, 5]
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class LocalShards:
 
     def __init__(
         self, windows: Windows, balls: np.ndarray, *, ids: np.ndarray | None = None, rows: np.ndarray | None = None, progress: bool = False,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         self.scorer = CoverageScorer(windows, balls, ids, rows=rows, progress=progress, seed=seed)
 
@@ -121,14 +123,14 @@ def greedy_select(
     rows: np.ndarray | None = None,
     shards: Shards | None = None,
     progress: bool = False,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> Selection:
     """Pick up to ``budget`` non-overlapping windows by greedy maximum coverage of the kNN balls.
 
     ``balls`` is the ``(N, k)`` array of :mod:`engine.select.knn` (or the balls of the sorted patch ids
     ``rows`` only); ``ids`` restricts the candidates. ``shards`` defaults to those candidates in this
     process; :class:`engine.select.distributed.RayShards` spreads them over actors and gives the same
-    picks. ``seed`` orders ties between equal gains (``shards`` given: theirs).
+    picks. ``seed`` orders ties between equal gains at random (None: the lowest id; ``shards`` given: theirs).
     """
     if budget < 1:
         from engine.errors import ConfigError

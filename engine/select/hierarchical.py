@@ -75,7 +75,7 @@ def hierarchical_select(
     factor: Sequence[int] = (1, 4, 4),
     regions_per_pick: int = 2,
     step: Sequence[int] = (1, 1, 1),
-    seed: int = 0,
+    seed: int | None = None,
 ) -> Selection:
     """Coarse-then-fine coverage selection (see the module docstring); ``knn(x, k)`` gives balls."""
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.select.candidates import Windows
-from engine.select.coverage import tie_rank
+from engine.select.coverage import tie_key
 from engine.select.knn import k_smallest, sq_distances
 
 
@@ -27,10 +27,10 @@ def dense_balls(x: np.ndarray, k: int, include_self: bool = True) -> np.ndarray:
     return out
 
 
-def reference_greedy(windows: Windows, dense: np.ndarray, budget: int, seed: int = 0) -> tuple[list[int], list[int]]:
+def reference_greedy(windows: Windows, dense: np.ndarray, budget: int, seed: int | None = None) -> tuple[list[int], list[int]]:
     """(picks, scores) by recomputing ``|union of balls of chosen + window|`` for every candidate; ties
-    to the lowest :func:`~engine.select.coverage.tie_rank` (``seed``), as the engine breaks them."""
-    rank = tie_rank(np.arange(windows.size), seed)
+    to the lowest :func:`~engine.select.coverage.tie_key` (``seed``), as the engine breaks them."""
+    rank = tie_key(np.arange(windows.size), seed)
     chosen: list[int] = []
     chosen_patches: list[int] = []
     scores: list[int] = []
@@ -53,12 +53,12 @@ def reference_greedy(windows: Windows, dense: np.ndarray, budget: int, seed: int
     return chosen, scores
 
 
-def reference_greedy_hoisted(windows: Windows, dense: np.ndarray, budget: int, seed: int = 0) -> tuple[list[int], list[int]]:
+def reference_greedy_hoisted(windows: Windows, dense: np.ndarray, budget: int, seed: int | None = None) -> tuple[list[int], list[int]]:
     """:func:`reference_greedy` as a careful brute force writes it: the union of the chosen balls is
     constant within a step, so it is computed once per step and each candidate adds only its own
     window's balls (``|covered| + |window's union minus covered|``); boxes are made once. Same
     picks and scores, same dense ``N x N`` memory."""
-    rank = tie_rank(np.arange(windows.size), seed)
+    rank = tie_key(np.arange(windows.size), seed)
     chosen: list[int] = []
     scores: list[int] = []
     all_patches = windows.patches(np.arange(windows.size))

@@ -68,6 +68,7 @@ def select(grid: PatchGrid, emb: np.ndarray, cfg: SelectConfig, *, progress: boo
     windows = Windows(grid, cfg.window, cfg.step)
     ray = cfg.backend == "ray"
     balls, info = compute_balls(emb, cfg, ray=ray, progress=progress)
+    ties = cfg.seed if cfg.ties == "seeded" else None  # the order of coverage ties (engine.select.coverage.tie_key)
     out: list[Selection] = []
     for method in cfg.methods:
         t = time.perf_counter()
@@ -76,8 +77,8 @@ def select(grid: PatchGrid, emb: np.ndarray, cfg: SelectConfig, *, progress: boo
             if ray:
                 from engine.select.distributed import RayShards
 
-                shards = RayShards(windows, balls, workers=cfg.workers, seed=cfg.seed)
-            sel = greedy_select(windows, balls, cfg.budget, shards=shards, progress=progress, seed=cfg.seed)
+                shards = RayShards(windows, balls, workers=cfg.workers, seed=ties)
+            sel = greedy_select(windows, balls, cfg.budget, shards=shards, progress=progress, seed=ties)
             if shards is not None:
                 shards.close()
         elif method == "random":
@@ -94,7 +95,7 @@ def select(grid: PatchGrid, emb: np.ndarray, cfg: SelectConfig, *, progress: boo
                 sub = cfg.model_copy(update={"k": k})
                 return compute_balls(x, sub)[0]
 
-            sel = hierarchical_select(grid, emb, cfg.window, cfg.budget, cfg.k, knn, factor=cfg.factor, regions_per_pick=cfg.regions_per_pick, step=cfg.step, seed=cfg.seed)
+            sel = hierarchical_select(grid, emb, cfg.window, cfg.budget, cfg.k, knn, factor=cfg.factor, regions_per_pick=cfg.regions_per_pick, step=cfg.step, seed=ties)
             sel.gains, sel.coverage = coverage_curve(windows, balls, sel.picks)  # scored on the whole grid
         sel.seed = cfg.seed
         sel.extra["seconds"] = time.perf_counter() - t
