@@ -24,9 +24,7 @@ authors' argmax), or with a ``seed`` (selection ``ties: seeded``) a seeded pseud
 saturate (small ``k``, a small budget: every window's balls disjoint, so every candidate gains ``k`` per
 patch), the lowest id puts every pick in the first sections of the volume (the label-efficiency benchmark
 on Lucchi++ picked all 8 boxes of a 0.5% budget in section 0); the seeded order spreads them. It is not
-the default: in a small volume a random first pick can leave no room for the next box. where gains saturate (small ``k``, a small budget: every window's balls disjoint, so
-every candidate gains ``k`` per patch), the lowest id put every pick in the first sections of the
-volume (the label-efficiency benchmark on Lucchi++ picked all 8 boxes in section 0).
+the default: in a small volume a random first pick can leave no room for the next box.
 """
 
 from __future__ import annotations
