@@ -39,6 +39,7 @@ Output: one JSON line per run on stdout, ``results.jsonl``, ``summary.json``, ``
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -123,7 +124,7 @@ def contiguous_box(data: dict[str, Any], budget: float, seed: int) -> dict[str, 
 
 def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir: Path, args: argparse.Namespace) -> tuple[dict[str, Any], list[str] | None]:
     """The pipeline config of one point, and the stages to run (None: all)."""
-    from engine.pipeline.demo import LUCCHI_FINETUNE, small_query, tiny_overrides
+    from engine.pipeline.demo import LUCCHI_FINETUNE, LUCCHI_RECIPE, small_query, tiny_overrides
 
     box = [int(v) for v in args.box.split(",")]
     shape, zt = data["shape"], data["test_from_z"]
@@ -149,12 +150,7 @@ def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir:
     model = {"dims": 2, "context_slices": 1, "filters": [16, 32, 64, 128], "input_kernel_xy": 3, "input_stride": 2}
     cfg["train"] = {"raw": data["raw"], "labels": "annotate.labels", "boxes": "annotate.boxes", "truth": "annotate.validation", "steps": steps,
                     "validate_every": max(1, steps), "crop": [3, 128, 128] if not args.smoke else [3, 64, 64], "batch_size": 4, "model": model,
-                    "seed": seed, "threads": args.threads,
-                    # the shipped Lucchi++ demo's recipe (jobs/configs/demo_lucchi.yaml): a cosine decay, so the last step is not a
-                    # random point of a noisy run, its augmentation and its sampling
-                    "optimizer": {"lr": 0.001, "schedule": "cosine"},
-                    "augment": {"intensity": 0.3, "noise": 0.2, "blur": 0.1, "elastic": 0.0, "misalign": 0.0, "missing_section": 0.0},
-                    "sampling": {"reject_empty": 0.5, "max_pos_weight": 3.0}}
+                    "seed": seed, "threads": args.threads, **copy.deepcopy(LUCCHI_RECIPE)}  # the shipped Lucchi++ demo's recipe
     if method in ("c", "d"):
         cfg["train"]["semi"] = {"box": [32, 32], "unlabelled": 0.2, "inter": 0.2, "labelled_mix": 1.0, "warmup_steps": steps // 4, "rampup_steps": steps // 4}
     binary = data["binary"]

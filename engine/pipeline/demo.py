@@ -87,9 +87,7 @@ def demo_config(
         # a plain supervised 2.5D U-Net (the neighbouring sections as channels; the loss on the labelled centre section)
         train = {"steps": 2000, "validate_every": 500, "crop": [3, 256, 256], "batch_size": 4, "threads": 2,
                  "model": {"dims": 2, "context_slices": 1, "filters": [16, 32, 64, 128, 256], "input_kernel_xy": 3, "input_stride": 2},
-                 "optimizer": {"lr": 0.001, "schedule": "cosine"},  # a constant rate left the last checkpoint noisy (RESULTS)
-                 "augment": {"intensity": 0.3, "noise": 0.2, "blur": 0.1, "elastic": 0.0, "misalign": 0.0, "missing_section": 0.0},
-                 "sampling": {"reject_empty": 0.5, "max_pos_weight": 3.0},
+                 **copy.deepcopy(LUCCHI_RECIPE),
                  "validation_roi": {"start": [LUCCHI_TEST_FROM_Z, 0, 0], "stop": [LUCCHI_TEST_FROM_Z + 8, 768, 1024]}}
     cfg["embed"], cfg["selection"] = embed, select
     cfg["annotate"] = {"boxes": "selection.boxes", "truth": truth, "source": "oracle", "target": target, "boundary": 2, "heldout": 0.25}
@@ -132,6 +130,11 @@ def demo_config(
 ANSWER_PAINT: dict[str, Any] = {"erode": 2, "balance": True}
 
 
+#: the Lucchi++ demo's training schedule, augmentation and sampling (a constant rate left the last checkpoint noisy,
+#: RESULTS); benchmarks/quality_loop.py trains with the same
+LUCCHI_RECIPE: dict[str, Any] = {"optimizer": {"lr": 0.001, "schedule": "cosine"},
+                                 "augment": {"intensity": 0.3, "noise": 0.2, "blur": 0.1, "elastic": 0.0, "misalign": 0.0, "missing_section": 0.0},
+                                 "sampling": {"reject_empty": 0.5, "max_pos_weight": 3.0}}
 #: the Lucchi++ demo's fine-tuning rounds: a tenth of the base's rate, no propagation, a tolerant gate, the anchor (the
 #: previous model's segmentation wherever no answer speaks), what the answers paint; benchmarks/quality_loop.py uses the same
 LUCCHI_FINETUNE: dict[str, Any] = {"steps": 200, "lr": 0.0001, "replay": 0.5, "ring": 0, "propagate": False, "gate_confidence": 0.9, "anchor": 0.5} | ANSWER_PAINT

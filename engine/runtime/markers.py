@@ -140,7 +140,7 @@ class DoneStore:
             old = json.loads(old_row[0]) if old_row else {}
             changes = _diff(old, json.loads(json.dumps(self.description, default=str)))
             if not overwrite and outputs_lost is not None and outputs_lost(self.run_id):
-                log.warning("%s holds a run with other settings whose outputs were deleted or recreated since: forgetting it", self.path.parent)
+                log.warning("%s holds a run with other settings whose outputs were deleted since: forgetting it", self.path.parent)
                 overwrite = True
             if not overwrite:
                 shown = "; ".join(changes[:6]) + (f"; … {len(changes) - 6} more" if len(changes) > 6 else "")

@@ -122,7 +122,7 @@ class CompletionRecord:
             outputs = saved.get("outputs")
             if isinstance(outputs, dict) and outputs and all(isinstance(i, str) and none_owned([u], i) for u, i in outputs.items()):
                 # no output holds that run any more (deleted, or a fresh bucket at the same address): nothing to protect
-                log.warning("%s: %s describes a run with other parameters whose outputs were deleted or recreated since: running it", job, self.path)
+                log.warning("%s: %s describes a run with other parameters whose outputs were deleted since: running it", job, self.path)
                 self.path.unlink(missing_ok=True)
                 self.forgotten = True
                 return None
