@@ -133,8 +133,8 @@ def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir:
     cfg["embed"] = {"input": data["raw"], "patch": patch, "stride": patch, "steps": args.embed_steps, "crop": [1, 64, 64], "seed": seed}
     order = "random" if method == "a" else "coverage"
     methods = [order] + [m for m in ("coverage", "random") if m != order]
-    cfg["selection"] = {"input": "embed.embeddings", "params": {"budget": n_boxes(data, budget, box), "k": 10, "window": [1, 2, 2], "methods": methods, "seed": seed,
-                                                   "ties": "seeded"}}  # k 10 on 2 x 2 patches: every gain ties (RESULTS, ninth session)
+    cfg["selection"] = {"input": "embed.embeddings", "params": {"budget": n_boxes(data, budget, box), "k": "auto", "window": [1, 2, 2], "methods": methods,
+                                                   "seed": seed, "ties": "seeded"}}  # a fixed k 10 on 2 x 2 patches: every gain ties (RESULTS, ninth session)
     boxes: str = "selection.boxes"
     if method in ("a2", "full"):
         region = contiguous_box(data, budget, seed) if method == "a2" else {"start": [0, 0, 0], "stop": [zt, shape[1], shape[2]]}

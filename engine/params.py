@@ -9,7 +9,7 @@ for every command it knows, so it must stay cheap to import (a test checks).
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -217,7 +217,10 @@ class SelectParams(Params):
     :func:`~engine.select.run.select` compute (defaults: the paper's)."""
 
     budget: int = Field(default=4, ge=1, description="sub-volumes to pick")
-    k: int = Field(default=30, ge=1, description="kNN ball size, the patch itself included")
+    k: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default=30, description="kNN ball size, the patch itself included (auto: large enough that the budget's picks could cover every "
+        "patch, N / (budget x patches per window), at least 30; where the balls of the picks cannot overlap, every coverage gain ties)",
+    )
     include_self: bool = Field(default=True, description="a patch's kNN ball holds the patch itself")
     window: Triple = Field(default=(1, 9, 9), description="window of patches per sub-volume z,y,x")
     step: Triple = Field(default=(1, 1, 1), description="window positions every STEP patches z,y,x")

@@ -87,6 +87,28 @@ def test_saturated_gains_do_not_gather_the_picks_at_the_start() -> None:
     assert got[0].picks == picks[1]
 
 
+def test_k_auto_makes_the_picks_compete_where_a_small_k_ties() -> None:
+    """EM patches' nearest neighbours are the same place in the next sections: with a small k every ball is a
+    short column, the picks' balls never overlap and every gain ties (Lucchi++, ninth session). ``k: auto``
+    sizes the balls so that the budget's picks could cover the pool; then the greedy tiles the sections
+    instead of drawing windows at random."""
+    from engine.select.run import SelectConfig, resolve_k, select
+
+    grid = PatchGrid((20, 32, 32), (1, 8, 8), (1, 8, 8))  # 20 x 4 x 4 patches
+    z, y, x = np.unravel_index(np.arange(grid.size), grid.shape)
+    emb = np.stack([y * 10.0, x * 10.0, z * 0.01], axis=1).astype(np.float32)  # a column per (y, x)
+    small, _ = select(grid, emb, SelectConfig(budget=4, k=3, window=(1, 2, 2), methods=["coverage"], seed=0, ties="seeded"))
+    assert set(small[0].gains) == {12}  # 4 patches x 3: every candidate ties at every step
+    auto_cfg = SelectConfig(budget=4, k="auto", window=(1, 2, 2), methods=["coverage"], seed=0, ties="seeded")
+    assert resolve_k(auto_cfg, grid.size) == 30  # ceil(320 / 16) = 20, raised to the paper's 30
+    for seed in (0, 1, 2):
+        got, info = select(grid, emb, auto_cfg.model_copy(update={"seed": seed, "methods": ["coverage", "random"]}))
+        cov, rnd = got
+        assert info["k"] == 30 and len(set(cov.gains)) > 1 and cov.gains == sorted(cov.gains, reverse=True)  # gains differ, and fall
+        assert len({(b.start[1], b.start[2]) for b in cov.boxes}) == 4  # four places in the sections, not one column twice
+        assert cov.coverage[-1] > rnd.coverage[-1] and cov.coverage[-1] >= 0.85 * grid.size > 4 * small[0].coverage[-1]
+
+
 def test_balls_include_self_and_break_ties_by_id() -> None:
     x = np.array([[0.0], [1.0], [1.0], [2.0], [0.0]])
     # patch 0: itself, then 4 (distance 0), then 1 and 2 tie at distance 1: the lower id wins

@@ -96,6 +96,9 @@ def add_flags(
             parser.add_argument(*names, choices=list(get_args(kind)), type=type(get_args(kind)[0]), **kw)
         elif kind in (int, float, str):
             parser.add_argument(*names, type=kind, **kw)
+        elif get_origin(kind) in (Union, types.UnionType) and all(a in (int, float) or get_origin(a) is Literal for a in get_args(kind)):
+            # e.g. ``int | Literal["auto"]``: the text goes to the model, which reads "30" as 30
+            parser.add_argument(*names, type=str, metavar="|".join(["N" if a in (int, float) else "|".join(get_args(a)) for a in get_args(kind)]), **kw)
         else:
             raise TypeError(f"{model.__name__}.{name}: no command-line flag for {kind!r}")
 

@@ -39,26 +39,48 @@ class SelectConfig(SelectParams, Config):
     flags and the ``selection`` stage's ``params`` are the same model), validated on assignment too."""
 
 
+#: ``k: auto``: never below the paper's 30, never above this (the balls are N x k ids)
+K_AUTO_MIN, K_AUTO_MAX = 30, 512
+
+
+def resolve_k(cfg: SelectParams, n: int) -> int:
+    """The kNN ball size for ``n`` patches: ``cfg.k``, or for ``auto`` the smallest ball with which the
+    budget's picks could together cover the pool, ``ceil(n / (budget x patches per window))``, within
+    ``[K_AUTO_MIN, K_AUTO_MAX]`` and at most ``n``. Below that the balls of the picks rarely overlap, so
+    every pick gains the same and coverage chooses nothing (benchmarks/RESULTS.md, ninth session).
+
+    >>> resolve_k(SelectParams(k="auto", budget=8, window=(1, 2, 2)), 6000)
+    188
+    >>> resolve_k(SelectParams(k="auto", budget=8, window=(1, 2, 2)), 20), resolve_k(SelectParams(k=10), 6000)
+    (20, 10)
+    """
+    if cfg.k != "auto":
+        return cfg.k
+    per_pick = int(np.prod(cfg.window)) * cfg.budget
+    return int(min(n, max(K_AUTO_MIN, min(K_AUTO_MAX, -(-n // per_pick)))))
+
+
 def compute_balls(emb: np.ndarray, cfg: SelectConfig, *, ray: bool = False, progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
     """kNN balls by the configured method, with how they were made (and the measured recall)."""
     n = emb.shape[0]
-    if cfg.k > n:
-        raise ConfigError(f"k (--k) is {cfg.k}, more than the {n} patches", "use a smaller k, or embed with a smaller stride")
+    k = resolve_k(cfg, n)
+    if k > n:
+        raise ConfigError(f"k (--k) is {k}, more than the {n} patches", "use a smaller k, or embed with a smaller stride")
     method = cfg.knn if cfg.knn != "auto" else ("exact" if n <= cfg.exact_max else "approx")
     t = time.perf_counter()
-    info: dict[str, Any] = {"knn": method, "k": cfg.k, "include_self": cfg.include_self}
+    info: dict[str, Any] = {"knn": method, "k": k, "include_self": cfg.include_self}
     if method == "exact":
-        balls = exact_knn(emb, cfg.k, include_self=cfg.include_self, progress=progress)
+        balls = exact_knn(emb, k, include_self=cfg.include_self, progress=progress)
     else:
         if ray:
             from engine.select.distributed import distributed_knn
 
-            balls = distributed_knn(emb, cfg.k, workers=cfg.workers, nlist=cfg.nlist, nprobe=cfg.nprobe, seed=cfg.seed, include_self=cfg.include_self,
+            balls = distributed_knn(emb, k, workers=cfg.workers, nlist=cfg.nlist, nprobe=cfg.nprobe, seed=cfg.seed, include_self=cfg.include_self,
                                     target_recall=cfg.target_recall)
         else:
-            balls = approx_knn(emb, cfg.k, nlist=cfg.nlist, nprobe=cfg.nprobe, seed=cfg.seed, include_self=cfg.include_self, target_recall=cfg.target_recall)
+            balls = approx_knn(emb, k, nlist=cfg.nlist, nprobe=cfg.nprobe, seed=cfg.seed, include_self=cfg.include_self, target_recall=cfg.target_recall)
         info["recall"] = knn_recall(emb, balls, sample=cfg.recall_sample, seed=cfg.seed, include_self=cfg.include_self)
-        log.info("approximate kNN recall@%d on %d patches: %.3f", cfg.k, cfg.recall_sample, info["recall"])
+        log.info("approximate kNN recall@%d on %d patches: %.3f", k, cfg.recall_sample, info["recall"])
     info["knn_seconds"] = time.perf_counter() - t
     return balls, info
 
@@ -67,6 +89,10 @@ def select(grid: PatchGrid, emb: np.ndarray, cfg: SelectConfig, *, progress: boo
     """Run every configured method; the first is the chosen one."""
     windows = Windows(grid, cfg.window, cfg.step)
     ray = cfg.backend == "ray"
+    k = resolve_k(cfg, emb.shape[0])
+    if cfg.k == "auto":
+        log.info("k auto: %d (%d patches, %d picks of %d patches)", k, emb.shape[0], cfg.budget, int(np.prod(cfg.window)))
+        cfg = cfg.model_copy(update={"k": k})
     balls, info = compute_balls(emb, cfg, ray=ray, progress=progress)
     ties = cfg.seed if cfg.ties == "seeded" else None  # the order of coverage ties (engine.select.coverage.tie_key)
     out: list[Selection] = []
@@ -95,7 +121,7 @@ def select(grid: PatchGrid, emb: np.ndarray, cfg: SelectConfig, *, progress: boo
                 sub = cfg.model_copy(update={"k": k})
                 return compute_balls(x, sub)[0]
 
-            sel = hierarchical_select(grid, emb, cfg.window, cfg.budget, cfg.k, knn, factor=cfg.factor, regions_per_pick=cfg.regions_per_pick, step=cfg.step, seed=ties)
+            sel = hierarchical_select(grid, emb, cfg.window, cfg.budget, k, knn, factor=cfg.factor, regions_per_pick=cfg.regions_per_pick, step=cfg.step, seed=ties)
             sel.gains, sel.coverage = coverage_curve(windows, balls, sel.picks)  # scored on the whole grid
         sel.seed = cfg.seed
         sel.extra["seconds"] = time.perf_counter() - t
