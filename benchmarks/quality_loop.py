@@ -27,6 +27,9 @@ Equal compute: every final model gets ``--steps`` optimiser steps in all (``d``:
 ``--steps`` minus the rounds' fine-tuning steps); each row records the run's CPU time (the child
 process: the pipeline runs serially in it), so the CPU time per final model is reported beside.
 
+The gate's held-out labels: a quarter of every box, or with ``--heldout-boxes N`` (methods on selected boxes)
+N whole picks spread over the pick order, the same voxels labelled.
+
 Labelling effort: the annotated voxels (the held-out share of the boxes included: a person labels it
 too), plus, for ``d``, each reviewed object counted as the voxels a person would otherwise paint for it
 (its predicted voxels, accepted or rejected): ``labelled_voxels`` in the pipeline's metrics. The
@@ -143,7 +146,8 @@ def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir:
         path.write_text(json.dumps({"boxes": [region]}))
         boxes = str(path)
         del cfg["embed"], cfg["selection"]
-    cfg["annotate"] = {"boxes": boxes, "truth": data["truth"], "target": data["target"], "boundary": 2, "heldout": 0.25, "chunks": [16, 128, 128]}
+    held = {"heldout": 0.0, "heldout_boxes": args.heldout_boxes} if args.heldout_boxes and method in ("b", "c", "d", "e") else {"heldout": 0.25}
+    cfg["annotate"] = {"boxes": boxes, "truth": data["truth"], "target": data["target"], "boundary": 2, "chunks": [16, 128, 128], **held}
     active = method in ("d", "e")
     rounds = args.rounds if active else 1
     steps = args.steps - (rounds * args.finetune_steps if active else 0)
@@ -283,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--embed-steps", type=int, default=40)
     p.add_argument("--box", default="1,128,128", help="labelled box (z, y, x voxels; one section deep: the 2.5D model reads its neighbours from the raw)")
     p.add_argument("--min-size", type=int, default=200)
+    p.add_argument("--heldout-boxes", type=int, default=0,
+                   help="the gate's held-out labels: this many whole picks (annotate.heldout_boxes) instead of a quarter of every box (0)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True)
     p.add_argument("--work", default=None, help="data and run folders (default: OUT/work)")

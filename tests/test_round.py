@@ -489,3 +489,83 @@ def test_finetuning_keeps_the_base_trainings_positive_weight_when_asked(run: str
     assert ran.sampling.pos_weight == "auto" and base_pos_weight(base, FinetuneSection()) is None
     numbered = base.model_copy(update={"sampling": base.sampling.model_copy(update={"pos_weight": 2.5})})
     assert base_pos_weight(numbered, cfg) == 2.5
+
+
+def test_gate_scores_each_heldout_box_with_a_margin_not_their_bounding_box(tmp_path: Path) -> None:
+    """Whole held-out boxes lie far apart (``annotate.heldout_boxes``): the gate predicts each box with a margin of
+    raw around it, not their bounding box; every held-out voxel counts once, also where one box lies in another's
+    margin; and a box scores what a prediction of the whole volume scores there (the margin gives its context)."""
+    from engine.geometry import Box
+    from engine.learn.config import TrainConfig, ValidationConfig
+    from engine.learn.validate import Validator
+    from engine.models import ModelConfig, build_model, load_checkpoint, save_checkpoint
+    from engine.pipeline.stages.annotate import UNKNOWN
+    from engine.pipeline.stages.finetune import gate_regions, heldout_counts
+    from engine.storage import create_volume
+
+    rng = np.random.default_rng(0)
+    shape = (24, 96, 96)
+    raw = rng.integers(0, 255, shape, dtype=np.uint8)
+    truth = (raw > 127).astype(np.uint8)
+    raw_url, held_url = str(tmp_path / "v.zarr" / "raw"), str(tmp_path / "v.zarr" / "held")
+    vol = create_volume(raw_url, shape, "uint8", (8, 48, 48))
+    vol.write(vol.box, raw)
+    boxes = [{"start": [2, 0, 0], "stop": [3, 32, 32]}, {"start": [3, 8, 8], "stop": [4, 40, 40]}, {"start": [20, 60, 60], "stop": [21, 96, 96]}]
+    held = np.full(shape, UNKNOWN, np.uint8)
+    for b in boxes:
+        sl = tuple(slice(a, o) for a, o in zip(b["start"], b["stop"], strict=True))
+        held[sl] = truth[sl]
+    vol = create_volume(held_url, shape, "uint8", (8, 48, 48), fill_value=UNKNOWN)
+    vol.write(vol.box, held)
+    mcfg = ModelConfig(dims=2, context_slices=1, filters=[4, 8], input_kernel_xy=3)
+    torch.manual_seed(0)
+    model = build_model(mcfg)
+    head = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))][-1]
+    with torch.no_grad():  # outputs on both sides of 0.5 that depend on the raw, so the counts say something
+        head.weight.mul_(30.0)
+        head.bias.zero_()
+    save_checkpoint(tmp_path / "m", model, mcfg, {})
+    tcfg = TrainConfig.model_validate({"data": {"raw": raw_url, "labels": held_url}, "model": mcfg.model_dump(), "crop": [3, 32, 32],
+                                       "target": {"kind": "mask", "label_ids": [1], "ignore_ids": [UNKNOWN]}, "output": str(tmp_path / "t")})
+
+    whole_box = Box((0, 0, 0), shape)
+    (counts,), known = heldout_counts([str(tmp_path / "m")], raw_url, held_url, boxes, tcfg)
+    assert known == int((held != UNKNOWN).sum()) == 32 * 32 + 32 * 32 + 36 * 36  # the boxes' voxels, each once
+    # the same counts from one prediction of the whole volume, read at the held-out voxels
+    whole = Validator(ValidationConfig.model_validate({"raw": raw_url, "labels": held_url, "every": 1}), tcfg)
+    pred, gt, ok = whole.masks(load_checkpoint(str(tmp_path / "m"))[0])
+    inter, union = int((pred & gt & ok).sum()), int(((pred | gt) & ok).sum())
+    assert 0 < inter < union and (int(counts[0].sum()), int(counts[1].sum())) == (inter, union)
+    # what the gate reads: the boxes and their margins, a fifth of their bounding box (the whole volume here)
+    read = sum(int(np.prod(r.shape)) for _, r in gate_regions(boxes, whole_box, 3))
+    assert read == 3 * 64 * 64 + 3 * 72 * 72 + 3 * 68 * 68 and read < 0.2 * np.prod(shape), read
+
+
+def test_annotate_holds_out_whole_boxes_spread_over_the_picks(tmp_path: Path) -> None:
+    """``annotate.heldout_boxes``: whole picks, spread over the pick order, are labelled into the held-out volume and
+    left unknown in the training labels; the share is cut from the other boxes; holding out every box is one clear error."""
+    from engine.errors import ConfigError
+    from engine.pipeline.stage import RuntimeSection, StageContext
+    from engine.pipeline.stages.annotate import UNKNOWN, AnnotateSection, AnnotateStage, split_box
+    from engine.storage import create_volume, open_volume
+
+    truth = np.zeros((8, 64, 64), np.uint8)
+    truth[:, 10:50, 10:50] = 1
+    url = str(tmp_path / "t.zarr" / "truth")
+    vol = create_volume(url, truth.shape, "uint8", (8, 64, 64))
+    vol.write(vol.box, truth)
+    picks = [{"start": [z, 0, 0], "stop": [z + 1, 32, 32]} for z in (0, 2, 4, 6)]
+    (tmp_path / "sel.json").write_text(json.dumps({"boxes": picks}))
+    ctx = StageContext(run_dir=tmp_path / "run", stage="annotate", runtime=RuntimeSection())
+    out = AnnotateStage().run(ctx, AnnotateSection(boxes=str(tmp_path / "sel.json"), truth=url, heldout=0.25, heldout_boxes=2))
+    listed = json.loads(Path(out["boxes"]).read_text())
+    # picks 1 and 3 (the centres of two runs of two) held out whole; picks 0 and 2 split as before
+    assert listed["heldout"][:2] == [picks[1], picks[3]]
+    assert listed["boxes"] == [split_box(picks[0], 0.25)[0], split_box(picks[2], 0.25)[0]]
+    assert listed["heldout"][2:] == [split_box(picks[0], 0.25)[1], split_box(picks[2], 0.25)[1]]
+    lab, held = open_volume(out["labels"]).read(open_volume(out["labels"]).box), open_volume(out["heldout"]).read(open_volume(out["heldout"]).box)
+    for z in (2, 6):
+        assert np.all(lab[z] == UNKNOWN) and np.array_equal(held[z, :32, :32], truth[z, :32, :32])
+    assert not np.any((lab != UNKNOWN) & (held != UNKNOWN))  # never both trained on and held out
+    with pytest.raises(ConfigError, match="heldout_boxes is 4, but there are only 4 boxes"):
+        AnnotateStage().run(ctx, AnnotateSection(boxes=str(tmp_path / "sel.json"), truth=url, heldout_boxes=4))

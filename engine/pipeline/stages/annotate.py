@@ -13,6 +13,13 @@ along its longer in-plane axis. Its labels go to ``RUN/annotate/heldout.zarr/lab
 everywhere else) and the training labels leave it unknown; the fine-tuning rounds choose between the
 previous and the new model on it (:mod:`engine.pipeline.stages.finetune`). ``boxes.json`` lists the
 training part of each box under ``boxes`` and the held-out parts under ``heldout``.
+
+``heldout_boxes`` (a count) holds whole boxes out instead, spread over the box list (the selection's pick
+order): the centre pick of each of that many equal runs of picks. A quarter of a box lies beside the
+three quarters the model trains on, in the same section, so it scores a round much as the training boxes
+would; a whole pick lies where no training box is, as the rest of the volume does (benchmarks/RESULTS.md:
+the held-out quarters of Lucchi++ rose with rounds that lowered the test sections). Both may be given:
+the share is then cut from the boxes that are not held out whole.
 """
 
 from __future__ import annotations
@@ -42,6 +49,19 @@ class AnnotateSection(Config):
     boundary: int = Field(default=1, ge=1, description="interior: in-plane width of the background on each side of a boundary")
     chunks: tuple[int, int, int] = (16, 128, 128)
     heldout: float = Field(default=0.0, ge=0.0, lt=1.0, description="share of each box held out of training, to choose between models")
+    heldout_boxes: int = Field(default=0, ge=0, description="whole boxes held out of training, to choose between models (spread over the pick order)")
+
+
+def whole_heldout(n: int, count: int) -> list[int]:
+    """Which of ``n`` boxes (in pick order) are held out whole: the centre of each of ``count`` equal runs.
+
+    >>> whole_heldout(8, 2), whole_heldout(10, 3), whole_heldout(5, 0)
+    ([2, 6], [1, 5, 8], [])
+    """
+    if count >= n and count > 0:
+        raise ConfigError(f"annotate.heldout_boxes is {count}, but there are only {n} boxes: nothing would be left to train on",
+                          "select more boxes (selection.params.budget) or hold out fewer")
+    return [((2 * j + 1) * n) // (2 * count) for j in range(count)]
 
 
 def split_box(b: dict[str, list[int]], share: float) -> tuple[dict[str, list[int]], dict[str, list[int]] | None]:
@@ -147,9 +167,11 @@ def write_target(truth_url: str, out: str, chunks: tuple[int, int, int], target:
 class AnnotateStage(DeclaredStage, name="annotate", config=AnnotateSection, order=120,
                     inputs=("boxes", "truth"), outputs=("labels", "boxes", "validation", "heldout")):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
-        parts = [split_box(b, cfg.heldout) for b in read_box_list(ctx.input(cfg.boxes))]
+        listed = read_box_list(ctx.input(cfg.boxes))
+        whole = set(whole_heldout(len(listed), cfg.heldout_boxes))
+        parts = [split_box(b, cfg.heldout) for i, b in enumerate(listed) if i not in whole]
         boxes = [t for t, _ in parts]
-        held = [h for _, h in parts if h is not None]
+        held = [listed[i] for i in sorted(whole)] + [h for _, h in parts if h is not None]
         out = str(ctx.dir / "labels.zarr" / "labels")
         info = write_box_labels(ctx.input(cfg.truth), boxes, out, cfg.chunks, cfg.target, cfg.boundary)
         heldout = str(ctx.dir / "heldout.zarr" / "labels")

@@ -198,28 +198,62 @@ def crop_boxes(annotated: list[dict[str, list[int]]], objects: list[dict[str, An
 
 #: in-plane side (voxels) of the held-out tiles that the gate resamples; a tile is one section deep
 GATE_TILE = 64
+#: in-plane raw (voxels) read around each held-out box for its windows' context, not scored
+GATE_MARGIN = 32
 
 
 Counts = tuple[np.ndarray, np.ndarray]
 
 
+def gate_regions(boxes: list[dict[str, list[int]]], volume: Any, crop_z: int) -> list[tuple[Any, Any]]:
+    """``(held-out box, the region read for it)`` per box: the box with half a training crop of sections
+    and :data:`GATE_MARGIN` voxels in-plane around it, inside the volume.
+
+    >>> from engine.geometry import Box
+    >>> [(b.start, r.start, r.stop) for b, r in gate_regions([{"start": [5, 0, 100], "stop": [6, 64, 164]}], Box((0, 0, 0), (50, 300, 300)), 3)]
+    [((5, 0, 100), (4, 0, 68), (7, 96, 196))]
+    """
+    from engine.geometry import Box
+
+    margin = (crop_z // 2, GATE_MARGIN, GATE_MARGIN)
+    out = []
+    for b in boxes:
+        box = Box(tuple(b["start"]), tuple(b["stop"])).intersect(volume)
+        out.append((box, box.grow(margin).intersect(volume)))
+    return out
+
+
 def heldout_counts(checkpoints: list[str], raw: str, heldout: str, boxes: list[dict[str, list[int]]], tcfg: Any) -> tuple[list[Counts], int] | None:
-    """Each checkpoint's prediction on the held-out labelled voxels (within their bounding box, read
-    once): the intersection and union voxel counts per tile (:data:`GATE_TILE`, tiles without a
-    held-out voxel left out), and the number of held-out voxels; None without any."""
+    """Each checkpoint's prediction on the held-out labelled voxels: the intersection and union voxel
+    counts per tile (:data:`GATE_TILE`, tiles without a held-out voxel left out), and the number of
+    held-out voxels; None without any. Each held-out box is predicted on its own, with a margin of raw
+    around it (half a training crop deep, :data:`GATE_MARGIN` in-plane, inside the volume) that gives
+    its windows their context and is not scored; held-out boxes spread over a large volume cost what
+    they hold, not what their bounding box holds."""
     from engine.learn.config import ValidationConfig
     from engine.learn.validate import Validator
     from engine.models import load_checkpoint
+    from engine.storage import open_volume
 
     if not boxes:
         return None
-    lo = np.min([b["start"] for b in boxes], axis=0).tolist()
-    hi = np.max([b["stop"] for b in boxes], axis=0).tolist()
-    v = Validator(ValidationConfig.model_validate({"raw": raw, "labels": heldout, "roi": {"start": lo, "stop": hi}, "every": 1}), tcfg)
-    known = int((v.weight > 0).sum())
+    parts = []
+    for box, grown in gate_regions(boxes, open_volume(heldout).box, int(tcfg.crop[0])):
+        v = Validator(ValidationConfig.model_validate({"raw": raw, "labels": heldout, "roi": {"start": list(grown.start), "stop": list(grown.stop)},
+                                                       "every": 1}), tcfg)
+        scored = np.zeros(grown.shape, bool)
+        scored[box.to_slices(relative_to=grown)] = True
+        v.weight = v.weight * scored  # the margin (and another box's labels inside it) is context, not scored
+        parts.append(v)
+    known = int(sum((v.weight > 0).sum() for v in parts))
     if known == 0:
         return None
-    return [tile_counts(*v.masks(load_checkpoint(c)[0])) for c in checkpoints], known
+    out: list[Counts] = []
+    for c in checkpoints:
+        model = load_checkpoint(c)[0]
+        counts = [tile_counts(*v.masks(model)) for v in parts]
+        out.append((np.concatenate([i for i, _ in counts]), np.concatenate([u for _, u in counts])))
+    return out, known
 
 
 def tile_counts(pred: np.ndarray, truth: np.ndarray, known: np.ndarray, tile: int = GATE_TILE) -> Counts:
@@ -263,7 +297,7 @@ def share_worse(old: Counts, new: Counts, draws: int = 2000, seed: int = 0) -> f
 
 
 def heldout_score(checkpoint: str, raw: str, heldout: str, boxes: list[dict[str, list[int]]], tcfg: Any) -> tuple[float | None, int]:
-    """IoU of a checkpoint's prediction on the held-out labelled voxels (within their bounding box), and
+    """IoU of a checkpoint's prediction on the held-out labelled voxels (each box with its margin), and
     how many voxels that is; ``(None, 0)`` without held-out voxels."""
     got = heldout_counts([checkpoint], raw, heldout, boxes, tcfg)
     return (None, 0) if got is None else (counts_iou(got[0][0]), got[1])
