@@ -136,7 +136,7 @@ def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir:
     cfg["embed"] = {"input": data["raw"], "patch": patch, "stride": patch, "steps": args.embed_steps, "crop": [1, 64, 64], "seed": seed}
     order = "random" if method == "a" else "coverage"
     methods = [order] + [m for m in ("coverage", "random") if m != order]
-    cfg["selection"] = {"input": "embed.embeddings", "params": {"budget": n_boxes(data, budget, box), "k": "auto", "window": [1, 2, 2], "methods": methods,
+    cfg["selection"] = {"input": "embed.embeddings", "params": {"budget": n_boxes(data, budget, box), "k": args.k, "window": [1, 2, 2], "methods": methods,
                                                    "seed": seed, "ties": "seeded"}}  # a fixed k 10 on 2 x 2 patches: every gain ties (RESULTS, ninth session)
     boxes: str = "selection.boxes"
     if method in ("a2", "full"):
@@ -287,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--embed-steps", type=int, default=40)
     p.add_argument("--box", default="1,128,128", help="labelled box (z, y, x voxels; one section deep: the 2.5D model reads its neighbours from the raw)")
     p.add_argument("--min-size", type=int, default=200)
+    p.add_argument("--k", type=lambda v: v if v == "auto" else int(v), default="auto",
+                   help="coverage's kNN ball size (auto: engine.select.run.resolve_k; 10 ties every gain here, in effect random windows)")
     p.add_argument("--heldout-boxes", type=int, default=0,
                    help="the gate's held-out labels: this many whole picks (annotate.heldout_boxes) instead of a quarter of every box (0)")
     p.add_argument("--threads", type=int, default=2)
