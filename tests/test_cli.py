@@ -26,6 +26,16 @@ def test_help_lists_the_commands() -> None:
         assert command in out.stdout
 
 
+def test_demo_print_config_shows_the_overrides(tmp_path: Path) -> None:
+    """``--print-config`` prints what would run: with ``--set`` applied (it printed the embedded default before)."""
+    import yaml
+
+    out = run("demo", "--out", str(tmp_path / "d"), "--print-config", "--set", "annotate.heldout_boxes=1", "--set", "train.steps=7")
+    assert out.returncode == 0, out.stderr
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["annotate"]["heldout_boxes"] == 1 and cfg["train"]["steps"] == 7 and not (tmp_path / "d").exists()
+
+
 def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     """``connectile demo --tiny``: the whole pipeline (one round) ends with the metrics, the report and a
     neuroglancer link; running it again skips every stage."""

@@ -42,8 +42,10 @@ def run(args: argparse.Namespace) -> int:
     check_run_dir(out, cfg, "--out")
     cfg["runtime"] = {**cfg["runtime"], "backend": rt["backend"], "max_retries": rt["max_retries"], "progress": rt["progress"]}
     cfg["runtime"] |= {k: rt[k] for k in ("workers", "address") if rt[k] is not None}
-    if args.print_config:
-        print(demo_yaml(cfg), end="")
+    if args.print_config:  # what would run: the --set overrides applied
+        from engine.config import apply_overrides
+
+        print(demo_yaml(apply_overrides(cfg, args.overrides or ())), end="")
         return 0
 
     def starting(name: str, i: int, n: int) -> None:
