@@ -531,6 +531,7 @@ def test_gate_scores_each_heldout_box_with_a_margin_not_their_bounding_box(tmp_p
     whole_box = Box((0, 0, 0), shape)
     (counts,), known = heldout_counts([str(tmp_path / "m")], raw_url, held_url, boxes, tcfg)
     assert known == int((held != UNKNOWN).sum()) == 32 * 32 + 32 * 32 + 36 * 36  # the boxes' voxels, each once
+    assert len(counts[0]) == 3  # the bootstrap's tiles start at each box's corner: one tile per box here, not cut by the margin
     # the same counts from one prediction of the whole volume, read at the held-out voxels
     whole = Validator(ValidationConfig.model_validate({"raw": raw_url, "labels": held_url, "every": 1}), tcfg)
     pred, gt, ok = whole.masks(load_checkpoint(str(tmp_path / "m"))[0])

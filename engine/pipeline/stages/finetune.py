@@ -237,21 +237,19 @@ def heldout_counts(checkpoints: list[str], raw: str, heldout: str, boxes: list[d
 
     if not boxes:
         return None
-    parts = []
+    parts: list[tuple[Any, tuple[Any, ...]]] = []
     for box, grown in gate_regions(boxes, open_volume(heldout).box, int(tcfg.crop[0])):
         v = Validator(ValidationConfig.model_validate({"raw": raw, "labels": heldout, "roi": {"start": list(grown.start), "stop": list(grown.stop)},
                                                        "every": 1}), tcfg)
-        scored = np.zeros(grown.shape, bool)
-        scored[box.to_slices(relative_to=grown)] = True
-        v.weight = v.weight * scored  # the margin (and another box's labels inside it) is context, not scored
-        parts.append(v)
-    known = int(sum((v.weight > 0).sum() for v in parts))
+        inner = (Ellipsis, *box.to_slices(relative_to=grown))
+        parts.append((v, inner))  # the margin (and another box's labels inside it) is context, not scored
+    known = int(sum((v.weight[inner] > 0).sum() for v, inner in parts))
     if known == 0:
         return None
     out: list[Counts] = []
     for c in checkpoints:
         model = load_checkpoint(c)[0]
-        counts = [tile_counts(*v.masks(model)) for v in parts]
+        counts = [tile_counts(*(m[inner] for m in v.masks(model))) for v, inner in parts]  # tiles from each box's corner
         out.append((np.concatenate([i for i, _ in counts]), np.concatenate([u for _, u in counts])))
     return out, known
 
