@@ -339,6 +339,17 @@ def test_the_tolerant_gate_reverts_only_a_clearly_worse_round() -> None:
         reason = FinetuneStage._verdict(FinetuneSection(gate_confidence=conf), counts["old"], counts[candidate], int(known.sum()), doc)
         assert doc["kept"] == kept, (conf, candidate, doc, reason)
     assert "too close to tell apart" in FinetuneStage._verdict(FinetuneSection(gate_confidence=0.9), counts["old"], counts["close"], 1, {})
+    # one tile holds all the held-out foreground and the new model loses it: the resamples without that tile tie, so
+    # they cannot reach 0.9, but a drop of more than gate_tolerance reverts the round (Lucchi++: 0.45 -> 0.02 was used)
+    one = np.zeros_like(truth)
+    one[0, 0, :64, :64] = truth[0, 0, :64, :64]
+    kept_one, lost = tile_counts(one, one, known), tile_counts(np.zeros_like(one), one, known)
+    doc = {}
+    reason = FinetuneStage._verdict(FinetuneSection(gate_confidence=0.9), kept_one, lost, int(known.sum()), doc)
+    assert doc["kept"] == "previous" and float(doc["share_worse"]) < 0.9 and "gate_tolerance" in reason, reason
+    doc = {}
+    FinetuneStage._verdict(FinetuneSection(gate_confidence=0.9, gate_tolerance=1.0), kept_one, lost, int(known.sum()), doc)
+    assert doc["kept"] == "candidate"  # without the tolerance: "too close"
     empty = tile_counts(old, np.zeros_like(truth), known)  # no foreground held out: IoU 0 whatever the model
     doc = {}
     assert "neither model overlaps any foreground" in FinetuneStage._verdict(FinetuneSection(), empty, empty, 7, doc) and doc["kept"] == "candidate"
