@@ -175,6 +175,41 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "ck")
 
 
+def test_average_checkpoints_mixes_every_float_and_keeps_the_tuned_counters(tmp_path: Path) -> None:
+    from engine.models.checkpoint import average_checkpoints
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(filters=TINY, norm="batch")
+    old, new = build_model(cfg), build_model(cfg)
+    new.train()
+    new(torch.rand(2, 1, 4, 16, 16))  # running statistics and batch counters of the tuned model move
+    save_checkpoint(tmp_path / "old", old, cfg, {"step": 1})
+    save_checkpoint(tmp_path / "new", new, cfg, {"step": 9})
+    (tmp_path / "new" / "optimizer.pt").write_bytes(b"state")
+    out = average_checkpoints(tmp_path / "old", tmp_path / "new", 0.25, tmp_path / "avg" / "step-000009")
+    got, cfg2, extra = load_checkpoint(out)
+    assert cfg2 == cfg and extra == {"step": 9} and (Path(out) / "optimizer.pt").read_bytes() == b"state"
+    a, b, g = old.state_dict(), new.state_dict(), got.state_dict()
+    ints = [k for k in b if not b[k].is_floating_point()]
+    assert ints and all(torch.equal(g[k], b[k]) and not torch.equal(a[k], b[k]) for k in ints)
+    moved = 0
+    for k in b:
+        if b[k].is_floating_point():
+            torch.testing.assert_close(g[k], 0.25 * b[k] + 0.75 * a[k], rtol=0, atol=1e-6)
+            moved += int(not torch.equal(a[k], b[k]))
+    assert moved > 0
+    # share 1 is the tuned model itself
+    same = load_checkpoint(average_checkpoints(tmp_path / "old", tmp_path / "new", 1.0, tmp_path / "one"))[0].state_dict()
+    assert all(torch.equal(same[k], b[k]) for k in b)
+    other = ModelConfig(filters=[4, 8, 16])
+    save_checkpoint(tmp_path / "other", build_model(other), other)
+    with pytest.raises(ConfigError, match="other models") as err:
+        average_checkpoints(tmp_path / "old", tmp_path / "other", 0.5, tmp_path / "bad")
+    assert "\n" not in str(err.value) and not (tmp_path / "bad").exists()
+    with pytest.raises(ConfigError, match="outside"):
+        average_checkpoints(tmp_path / "old", tmp_path / "new", 0.0, tmp_path / "bad")
+
+
 def test_patch_encoder_shares_the_unets_encoder() -> None:
     torch.manual_seed(0)
     cfg = ModelConfig(filters=TINY)

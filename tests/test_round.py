@@ -316,6 +316,12 @@ def test_a_harmful_round_keeps_the_previous_model(tmp_path: Path, monkeypatch: p
     d4 = json.loads(Path(Manifest("run").stages["finetune[1]"]["outputs"]["decision"]).read_text())
     assert d4["labels"]["voxels_anchor"] > 0 and d4["candidate_score"] > d["candidate_score"] + 0.01, (d4, d)
 
+    # weight averaging: the gate judges half the fine-tuning, which holds the flipped round back too
+    run_pipeline(pipeline_config(cfg, [*hard, "rounds.finetune.average=0.5"]))
+    d5 = json.loads(Path(Manifest("run").stages["finetune[1]"]["outputs"]["decision"]).read_text())
+    assert d5["average"] == 0.5 and Path(d5["candidate"]).parent.name == "averaged" and Path(d5["tuned"]).parent.name == "checkpoints", d5
+    assert d5["candidate_score"] > d["candidate_score"] + 0.01, (d5, d)
+
 
 def test_the_tolerant_gate_reverts_only_a_clearly_worse_round() -> None:
     """``gate_confidence``: a lower held-out score that the resampled tiles cannot tell from noise keeps the

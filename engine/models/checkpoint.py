@@ -138,6 +138,41 @@ def check_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, f
         raise ConfigError(f"weights in {source} do not match the model config: {', '.join(parts)}", fix)
 
 
+def average_checkpoints(previous: str | os.PathLike[str], tuned: str | os.PathLike[str], share: float,
+                        directory: str | os.PathLike[str]) -> str:
+    """Write ``share * tuned + (1 - share) * previous`` (every floating-point weight and buffer; integer
+    buffers such as batch-norm counters are the tuned model's) as a checkpoint in ``directory``, with
+    ``tuned``'s config and other files (its optimizer state, so training can resume from it), and return
+    its path. Weight averaging of a fine-tuned model with the model it started from (WiSE-FT, Wortsman
+    et al. 2022) keeps most of what the fine-tuning gained and loses less where it went wrong.
+
+    Written under a temporary name and renamed: a crash leaves no half checkpoint."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    if not 0.0 < share <= 1.0:
+        raise ConfigError(f"average share {share} is outside (0, 1]", "give a share of the fine-tuned weights above 0 and at most 1")
+    old_cfg, _ = read_checkpoint_config(previous)
+    new_cfg, _ = read_checkpoint_config(tuned)
+    if diff := config_diff(old_cfg, new_cfg):
+        raise ConfigError(f"cannot average {os.fspath(previous)!r} with {os.fspath(tuned)!r}: other models ({'; '.join(diff)})", FIX_OTHER)
+    old, new = load_file(str(Path(previous) / WEIGHTS)), load_file(str(Path(tuned) / WEIGHTS))
+    if old.keys() != new.keys():
+        raise ConfigError(f"cannot average {os.fspath(previous)!r} with {os.fspath(tuned)!r}: their weights differ in names", FIX_OTHER)
+    out = Path(directory)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(tuned, tmp)
+    state = {k: (v * share + old[k] * (1.0 - share)).to(v.dtype) if v.is_floating_point() else v for k, v in new.items()}
+    save_file(state, str(tmp / WEIGHTS))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return str(out)
+
+
 def checkpoint_digest(directory: str | os.PathLike[str]) -> str:
     """A short hash of a checkpoint's files, so that resuming onto output of other weights is refused."""
     h = hashlib.sha256()
