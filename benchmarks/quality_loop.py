@@ -202,7 +202,7 @@ def point_row(data: dict[str, Any], method: str, budget: float, seed: int, out: 
     last, first = out["rows"][-1], out["rows"][0]
     effort = last.get("labelled_voxels")
     train_voxels = data["test_from_z"] * data["shape"][1] * data["shape"][2]
-    return {"data": data["name"], "method": method, "budget": budget, "seed": seed, "iou": last["iou"], "voi": last["voi"],
+    return {"data": data["name"], "method": method, "budget": budget, "seed": seed, "iou": last["iou"], "voi": last["voi"], "arand": last.get("arand"),
             "base_iou": first["iou"], "rounds_iou": [r["iou"] for r in out["rows"]], "kept": [r.get("kept") for r in out["rows"][1:]],
             "labelled_voxels": effort, "effort_share": (effort / train_voxels) if effort else None, "reviewed": last.get("reviewed"),
             "cpu_s": out["cpu_s"], "wall_s": out["wall_s"], "load": os.getloadavg()[0]}
@@ -218,25 +218,28 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for (d, m, b), rs in sorted(groups.items()):
         iou = np.array([r["iou"] for r in rs])
         voi = np.array([r["voi"] for r in rs])
+        arand = np.array([r["arand"] for r in rs if r.get("arand") is not None])
         eff = [r["effort_share"] for r in rs if r["effort_share"] is not None]
         # the share of the ceiling, seed by seed (the same seed's 100% model), where that ceiling was run
         ratio = [r["iou"] / ceiling[(d, r["seed"])] for r in rs if ceiling.get((d, r["seed"]))]
         out.append({"data": d, "method": m, "budget": b, "n": len(rs), "iou_mean": float(iou.mean()), "iou_std": float(iou.std()),
-                    "voi_mean": float(voi.mean()), "voi_std": float(voi.std()), "effort_share": float(np.mean(eff)) if eff else None,
+                    "voi_mean": float(voi.mean()), "voi_std": float(voi.std()),
+                    "arand_mean": float(arand.mean()) if arand.size else None, "arand_std": float(arand.std()) if arand.size else None, "effort_share": float(np.mean(eff)) if eff else None,
                     "of_ceiling": float(np.mean(ratio)) if ratio else None, "seeds": sorted(r["seed"] for r in rs),
                     "cpu_s": float(np.mean([r["cpu_s"] for r in rs]))})
     return {"groups": out}
 
 
 def table(summary: dict[str, Any]) -> list[str]:
-    lines = ["| data | method | budget | effort (share of training voxels) | IoU (mean ± std) | of the ceiling | VOI | seeds | CPU s / model |",
-             "| --- " * 9 + "|"]
+    lines = ["| data | method | budget | effort (share of training voxels) | IoU (mean ± std) | of the ceiling | VOI | ARAND | seeds | CPU s / model |",
+             "| --- " * 10 + "|"]
     for g in summary["groups"]:
         eff = f"{g['effort_share'] * 100:.2f}%" if g["effort_share"] is not None else ""
         ratio = f"{g['of_ceiling']:.2f}" if g.get("of_ceiling") is not None else ""
         budget = "all" if g["method"] == "full" else f"{g['budget'] * 100:g}%"
+        arand = f"{g['arand_mean']:.3f} ± {g['arand_std']:.3f}" if g.get("arand_mean") is not None else ""
         lines.append(f"| {g['data']} | {LABEL[g['method']]} | {budget} | {eff} | {g['iou_mean']:.3f} ± {g['iou_std']:.3f} | {ratio} | "
-                     f"{g['voi_mean']:.2f} ± {g['voi_std']:.2f} | {g['n']} | {g['cpu_s']:.0f} |")
+                     f"{g['voi_mean']:.2f} ± {g['voi_std']:.2f} | {arand} | {g['n']} | {g['cpu_s']:.0f} |")
     return lines
 
 
@@ -249,17 +252,18 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     datas = sorted({g["data"] for g in summary["groups"]})
     fig, axes = plt.subplots(1, len(datas), figsize=(5.5 * len(datas), 4), squeeze=False)
     for ax, d in zip(axes[0], datas, strict=True):
+        key, name = ("voi", "VOI of the neurons on held-out sections (bits, lower is better)") if d == "flyem" else ("iou", "IoU on held-out sections")
         for m in METHODS:
             gs = sorted((g for g in summary["groups"] if g["data"] == d and g["method"] == m), key=lambda g: g["effort_share"] or g["budget"])
             if not gs:
                 continue
             xs = [100 * (g["effort_share"] or g["budget"]) for g in gs]
-            ys, es = [g["iou_mean"] for g in gs], [g["iou_std"] for g in gs]
+            ys, es = [g[f"{key}_mean"] for g in gs], [g[f"{key}_std"] for g in gs]
             if m == "full":
                 ax.axhline(ys[0], color="k", ls="--", lw=1, label=LABEL[m])
             else:
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=LABEL[m])
-        ax.set(xscale="log", xlabel="labelled voxels (% of the training region; answers at their painting cost)", ylabel="IoU on held-out sections", title=d)
+        ax.set(xscale="log", xlabel="labelled voxels (% of the training region; answers at their painting cost)", ylabel=name, title=d)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

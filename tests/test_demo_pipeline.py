@@ -117,6 +117,20 @@ def test_tiny_pipeline_end_to_end_skip_rerun_and_person_review(tmp_path: Path) -
     assert [m["round"] for m in metrics] == [1, 2, 3]
     for m in metrics:
         assert 0.0 <= m["iou"] <= 1.0 and m["voi_split"] >= 0.0 and m["objects"] >= 0
+    # the adapted Rand error equals scikit-image's, over the voxels the round's objects label (as the VOI)
+    from skimage.metrics import adapted_rand_error
+
+    from engine.geometry import Box
+
+    s1 = json.loads(Path(manifest.stages["score[1]"]["outputs"]["metrics"]).read_text())
+    vbox = Box(tuple(s1["voi_box"]["start"]), tuple(s1["voi_box"]["stop"]))
+    seg = open_volume(manifest.stages["label[1]"]["outputs"]["labels"]).read(vbox)
+    gt = open_volume(manifest.stages["synth"]["outputs"][cfg["rounds"]["score"]["truth"].split(".")[1]]).read(vbox)
+    assert not cfg["rounds"]["score"].get("truth_binary") and (seg != 0).any() and (gt[seg != 0] != 0).any()
+    g, sg = gt[seg != 0], seg[seg != 0]
+    g_small = np.where(g == 0, 0, np.unique(g, return_inverse=True)[1] + 1)  # small ids for scikit-image; gt 0 stays unlabelled
+    s_small = np.unique(sg, return_inverse=True)[1] + 1
+    assert s1["arand"] == pytest.approx(adapted_rand_error(g_small, s_small)[0], abs=1e-9) and 0.0 < s1["arand"] < 1.0, s1["arand"]
     _check_report(run_dir, metrics, sel["boxes"])
 
     # a second run: everything done already

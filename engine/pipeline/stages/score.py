@@ -4,7 +4,7 @@
   (``target`` as in ``annotate``: ``truth != 0``, or the objects' interiors), exact, slab by slab;
 - VOI (split, merge; bits) of the round's objects against the ground-truth objects, over the voxels
   the prediction labels (over the whole volume up to ``voi_max_voxels``, else over a centred
-  sub-volume of that size);
+  sub-volume of that size), and the adapted Rand error (``arand``, SNEMI3D's) over the same voxels;
 - ROI accuracy: the share of predicted objects that are correct by the oracle's rule
   (:func:`engine.active.oracle.objects_correct`), and the object counts.
 
@@ -69,7 +69,7 @@ def score_round(prob_url: str, labels_url: str, table: str, truth_url: str, cfg:
 
     from engine.active.oracle import objects_correct
     from engine.geometry import Box
-    from engine.metrics.segmentation import voi
+    from engine.metrics.segmentation import adapted_rand, voi
     from engine.storage import open_volume
 
     prob, lab, truth = open_volume(prob_url), open_volume(labels_url), open_volume(truth_url)
@@ -92,7 +92,8 @@ def score_round(prob_url: str, labels_url: str, table: str, truth_url: str, cfg:
     if cfg.truth_binary:
         gt = cc3d.connected_components(gt != 0, connectivity=26)
     split, merge = voi(seg, gt, ignore_seg=(0,))
-    out.update(voi_split=split, voi_merge=merge, voi=split + merge, voi_box={"start": list(vbox.start), "stop": list(vbox.stop)})
+    out.update(voi_split=split, voi_merge=merge, voi=split + merge, arand=adapted_rand(seg[seg != 0], gt[seg != 0]).error,
+               voi_box={"start": list(vbox.start), "stop": list(vbox.stop)})
     gt_objects = int(np.unique(gt[gt != 0]).size)
     correct = objects_correct(labels_url, table, truth_url, criterion=cfg.criterion, gt_binary=cfg.truth_binary, z_from=z_from)
     out.update(objects=int(correct.size), objects_correct=int(correct.sum()), roi_accuracy=float(correct.mean()) if correct.size else None,
