@@ -18,6 +18,11 @@ there):
 * ``c``  ``b`` + semi-supervised training (spatial mixing);
 * ``d``  ``c`` + ``--rounds`` active rounds (query, oracle review, fine-tune with the keep-or-revert gate);
 * ``e``  ``b`` + the same rounds (no semi-supervised training: it did not help at CPU budgets, RESULTS);
+* ``f``  uncertainty boxes: half the boxes random, a first model (``--first-share`` of the steps) on them, then
+  the other half where that model is least sure (the highest mean binary entropy of its probability over
+  a window, no two picks within two sections of each other at an overlapping place), and the final
+  model trained from scratch on all of them with the remaining steps: what a round that asks a person
+  for dense boxes instead of object answers would give, at equal compute and equal labelled voxels;
 * ``full`` the ceiling: every training section labelled.
 
 Budgets are shares of the training region's voxels (``--budgets 0.001,0.0025,0.005,0.01,0.02``). Boxes
@@ -57,9 +62,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-METHODS = ("a", "a2", "b", "c", "d", "e", "full")
+METHODS = ("a", "a2", "b", "c", "d", "e", "f", "full")
 LABEL = {"a": "(a) random boxes", "a2": "(a') one contiguous region", "b": "(b) coverage", "c": "(c) coverage + semi",
-         "d": "(d) (c) + active rounds", "e": "(e) (b) + active rounds (no semi)", "full": "100% (ceiling)"}
+         "d": "(d) (c) + active rounds", "e": "(e) (b) + active rounds (no semi)", "f": "(f) half random, half where the first model is least sure",
+         "full": "100% (ceiling)"}
 
 
 # -- data ------------------------------------------------------------------------------------------------
@@ -208,6 +214,76 @@ def point_row(data: dict[str, Any], method: str, budget: float, seed: int, out: 
             "cpu_s": out["cpu_s"], "wall_s": out["wall_s"], "load": os.getloadavg()[0]}
 
 
+# -- (f): boxes where a first model is least sure -------------------------------------------------------------
+def entropy_windows(prob: np.ndarray, box: list[int], stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every in-plane window of ``box`` (one section deep) at ``stride`` in ``prob`` (z, y, x; 0-1): its corner
+    (z, y, x) and the mean binary entropy of the probability over it (bits).
+
+    >>> c, h = entropy_windows(np.full((1, 4, 4), 0.5), [1, 2, 2], 2)
+    >>> c.tolist(), h.round(3).tolist()
+    ([[0, 0, 0], [0, 0, 2], [0, 2, 0], [0, 2, 2]], [1.0, 1.0, 1.0, 1.0])
+    """
+    p = np.clip(prob.astype(np.float64), 1e-6, 1 - 1e-6)
+    h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    s = np.pad(h.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))  # integral image per section
+    ys, xs = np.arange(0, h.shape[1] - box[1] + 1, stride), np.arange(0, h.shape[2] - box[2] + 1, stride)
+    y0, x0 = np.meshgrid(ys, xs, indexing="ij")
+    sums = s[:, y0 + box[1], x0 + box[2]] - s[:, y0, x0 + box[2]] - s[:, y0 + box[1], x0] + s[:, y0, x0]
+    z = np.broadcast_to(np.arange(h.shape[0])[:, None, None], sums.shape)
+    corners = np.stack([z.ravel(), np.broadcast_to(y0, sums.shape).ravel(), np.broadcast_to(x0, sums.shape).ravel()], axis=1)
+    return corners, sums.ravel() / (box[1] * box[2])
+
+
+def least_sure(prob: np.ndarray, taken: list[dict[str, list[int]]], n: int, box: list[int], stride: int = 64, gap: int = 2) -> list[dict[str, list[int]]]:
+    """The ``n`` windows of the highest mean entropy that overlap no ``taken`` box and lie no closer than
+    ``gap`` sections to a taken or picked window at an overlapping place (neighbouring sections look alike)."""
+    corners, score = entropy_windows(prob, box, stride)
+    picked: list[dict[str, list[int]]] = []
+    for i in np.argsort(-score, kind="stable"):
+        z, y, x = (int(v) for v in corners[i])
+        if z + box[0] > prob.shape[0]:  # the window's depth would reach past the region given
+            continue
+        if any(abs(z - b["start"][0]) <= gap and y < b["stop"][1] and b["start"][1] < y + box[1] and x < b["stop"][2] and b["start"][2] < x + box[2]
+               for b in taken + picked):
+            continue
+        picked.append({"start": [z, y, x], "stop": [z + box[0], y + box[1], x + box[2]]})
+        if len(picked) == n:
+            break
+    return picked
+
+
+def run_uncertain(data: dict[str, Any], budget: float, seed: int, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Method ``f`` (module docstring): two pipeline runs, their CPU time added; the second's rows."""
+    from engine.storage import open_volume
+
+    box = [int(v) for v in args.box.split(",")]
+    n = n_boxes(data, budget, box)
+    n1 = max(1, n // 2)
+    first_steps = max(1, round(args.steps * args.first_share))
+    cfg1, only1 = config(data, "a", budget, seed, run_dir.with_name(run_dir.name + "-first"), args)
+    cfg1["selection"]["params"]["budget"] = n1
+    cfg1["train"].update(steps=first_steps, validate_every=first_steps)
+    first = run_point(cfg1, only1, args.threads)
+    taken = json.loads((Path(cfg1["run_dir"]) / "selection" / "selection.json").read_text())["boxes"]
+    prob = open_volume(str(Path(cfg1["run_dir"]) / "round-01" / "predict" / "prob.zarr" / "probability"))
+    zt = data["test_from_z"]
+    a = np.asarray(prob.read(prob.box)).reshape(-1, *data["shape"])[0][:zt]  # the training region only
+    p = a / 255.0 if a.dtype == np.uint8 else a.astype(np.float64)
+    boxes = taken + least_sure(p, taken, n - n1, box)
+    path = run_dir.parent / f"{run_dir.name}-boxes.json"
+    path.write_text(json.dumps({"boxes": boxes}))
+    cfg, only = config(data, "a", budget, seed, run_dir, args)
+    del cfg["embed"], cfg["selection"]
+    cfg["annotate"]["boxes"] = str(path)
+    cfg["train"].update(steps=args.steps - first_steps, validate_every=args.steps - first_steps)
+    only = [s for s in only if s not in ("embed", "selection")] if only else only
+    final = run_point(cfg, only, args.threads)
+    final["cpu_s"] += first["cpu_s"]
+    final["wall_s"] += first["wall_s"]
+    final["first_iou"] = first["rows"][0]["iou"]
+    return final
+
+
 # -- summary -----------------------------------------------------------------------------------------------
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
@@ -295,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="coverage's kNN ball size (auto: engine.select.run.resolve_k; 10 ties every gain here, in effect random windows)")
     p.add_argument("--heldout-boxes", type=int, default=0,
                    help="the gate's held-out labels: this many whole picks (annotate.heldout_boxes) instead of a quarter of every box (0)")
+    p.add_argument("--first-share", type=float, default=0.3, help="(f): the first model's share of --steps (the final model gets the rest)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True)
     p.add_argument("--work", default=None, help="data and run folders (default: OUT/work)")
@@ -326,8 +403,14 @@ def main(argv: list[str] | None = None) -> int:
                     if method == "full" and budget != float(args.budgets.split(",")[0]):
                         continue  # the ceiling does not depend on the budget: once per data set and seed
                     run_dir = work / "runs" / f"{name}-{method}-{budget:g}-{seed}"
-                    cfg, only = config(data, method, budget, seed, run_dir, args)
-                    row = point_row(data, method, budget, seed, run_point(cfg, only, args.threads))
+                    if method == "f":
+                        got = run_uncertain(data, budget, seed, run_dir, args)
+                    else:
+                        cfg, only = config(data, method, budget, seed, run_dir, args)
+                        got = run_point(cfg, only, args.threads)
+                    row = point_row(data, method, budget, seed, got)
+                    if "first_iou" in got:
+                        row["first_iou"] = got["first_iou"]
                     row["machine"] = machine_info()
                     print(json.dumps(row), flush=True)
                     with results.open("a") as f:
