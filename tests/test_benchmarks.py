@@ -219,5 +219,5 @@ def test_quality_loop_picks_the_least_sure_windows_apart_from_the_labelled_ones(
     got = ql.least_sure(prob, [{"start": [8, 0, 0], "stop": [9, 64, 64]}], 2, [1, 128, 128])
     assert got[0] == {"start": [3, 64, 64], "stop": [4, 192, 192]}
     assert got[1] == {"start": [10, 0, 128], "stop": [11, 128, 256]}  # not sections 4-5 (twins of the first pick); 10 is 2 from
-    # the labelled box at 9 but elsewhere in the section
+    # the labelled box at 8 but elsewhere in the section
     assert ql.least_sure(prob, taken, 1, [4, 128, 128])[0]["stop"][0] <= 12
