@@ -173,7 +173,7 @@ def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir:
         # full-size ones since issue 15's params models, far past a CPU budget
         "query": {"block": [64, 256, 256], **(tiny_overrides()["query"] if args.smoke else {"size": 64, "query": small_query()})},
         "review": {"source": "oracle", "truth": data["truth"], "truth_binary": binary, "criterion": "iou"},
-        "finetune": LUCCHI_FINETUNE | {"steps": args.finetune_steps, "average": args.average},  # the shipped Lucchi++ demo's rounds
+        "finetune": LUCCHI_FINETUNE | {"steps": args.finetune_steps} | ({} if args.average is None else {"average": args.average}),  # the shipped Lucchi++ demo's rounds
     }
     cfg["metrics"] = {}
     if active:
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2000, help="optimiser steps per final model, rounds included")
     p.add_argument("--finetune-steps", type=int, default=200, help="per round (the Lucchi++ demo's)")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--average", type=float, default=1.0, help="rounds.finetune.average: the fine-tuned weights' share in a round's model (1: as is)")
+    p.add_argument("--average", type=float, default=None, help="rounds.finetune.average: the fine-tuned weights' share in a round's model (default: the demo's)")
     p.add_argument("--embed-steps", type=int, default=40)
     p.add_argument("--box", default="1,128,128", help="labelled box (z, y, x voxels; one section deep: the 2.5D model reads its neighbours from the raw)")
     p.add_argument("--min-size", type=int, default=200)
