@@ -49,8 +49,10 @@ With ``average`` below 1, the round's model is not the fine-tuned one but ``aver
 * previous``, weight by weight (WiSE-FT, Wortsman et al. 2022; the fine-tuned checkpoint stays in
 ``train/checkpoints``, the averaged one is ``train/averaged/step-XXXXXX``, and the gate judges that). Fine-tuning
 moves the whole decision boundary; halfway back keeps most of a good round's gain and about halves a bad
-round's loss: on 22 Lucchi++ round candidates at 0.5-2% labelled, -0.035 +- 0.058 test IoU fine-tuned
-against -0.010 +- 0.033 averaged at 0.5 (benchmarks/RESULTS.md, eleventh session).
+round's loss. Test IoU over the previous model, fine-tuned against averaged at 0.5 (benchmarks/RESULTS.md,
+eleventh session): 24 Lucchi++ candidates at 0.5-2% labelled, -0.035 +- 0.056 against -0.010 +- 0.032; six
+of the Lucchi++ demo's recipe, -0.015 +- 0.043 against +0.008 +- 0.016 (the average above both models in
+four); six of the synthetic demo, -0.024 +- 0.054 against -0.009 +- 0.025. ``demo --real lucchi`` sets 0.5.
 
 The defaults are fine-tuning settings, not training ones: a constant learning rate (1e-3), few steps
 (40), and half of the crops replayed from the annotated boxes; the demos set 1e-4, a tenth of their
