@@ -221,3 +221,33 @@ def test_quality_loop_picks_the_least_sure_windows_apart_from_the_labelled_ones(
     assert got[1] == {"start": [10, 0, 128], "stop": [11, 128, 256]}  # not sections 4-5 (twins of the first pick); 10 is 2 from
     # the labelled box at 8 but elsewhere in the section
     assert ql.least_sure(prob, taken, 1, [4, 128, 128])[0]["stop"][0] <= 12
+
+
+def test_quality_loop_scores_neurons_from_the_interior_probability(tmp_path: Path) -> None:
+    """FlyEM's neuron scores: a probability that is 0 on the cell boundaries gives the cells back, far better than
+    a probability without boundaries (one object); with one boundary missing two cells merge, and the merge term
+    and the object count say so."""
+    from engine.storage import create_volume
+
+    spec = importlib.util.spec_from_file_location("quality_loop", BENCH / "quality_loop.py")
+    assert spec is not None and spec.loader is not None
+    ql = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ql)
+    z, y, x = np.meshgrid(np.arange(16), np.arange(64), np.arange(64), indexing="ij")
+    gt = (1 + (z // 8) * 16 + (y // 16) * 4 + x // 16).astype(np.uint32)  # 32 cells of 8 x 16 x 16
+    edge = np.zeros(gt.shape, bool)
+    for ax in range(3):
+        edge[tuple(slice(0, -1) if a == ax else slice(None) for a in range(3))] |= np.diff(gt, axis=ax) != 0
+    truth = create_volume(str(tmp_path / "truth.zarr"), gt.shape, "uint32", (16, 64, 64))
+    truth.write(truth.box, gt)
+    data = {"name": "flyem", "shape": list(gt.shape), "test_from_z": 4, "truth": truth.url}
+    scores = {}
+    for name, prob in (("right", ~edge), ("gap", ~edge | ((x == 15) & (y < 16))), ("none", np.ones(gt.shape, bool))):
+        run = tmp_path / name  # "gap": cells 1 and 2 (and their twins in z) touch
+        vol = create_volume(str(run / "round-01" / "predict" / "prob.zarr" / "probability"), gt.shape, "uint8", (16, 64, 64))
+        vol.write(vol.box, np.where(prob, 255, 0).astype(np.uint8))
+        scores[name] = ql.neuron_scores(run, data)
+    right, gap, none = scores["right"], scores["gap"], scores["none"]
+    assert none["neuron_objects"] == 1 and none["neuron_voi_merge"] > 4.5 and none["neuron_arand"] > 0.9, none  # 32 cells: log2 32 = 5 bits
+    assert right["neuron_voi"] < none["neuron_voi"] - 3.0 and right["neuron_arand"] < none["neuron_arand"] - 0.4, right
+    assert gap["neuron_voi_merge"] > right["neuron_voi_merge"] + 0.03 and gap["neuron_objects"] < right["neuron_objects"], (gap, right)
