@@ -52,7 +52,7 @@ moves the whole decision boundary; halfway back keeps most of a good round's gai
 round's loss. Test IoU over the previous model, fine-tuned against averaged at 0.5 (benchmarks/RESULTS.md,
 eleventh session): 24 Lucchi++ candidates at 0.5-2% labelled, -0.035 +- 0.056 against -0.010 +- 0.032; six
 of the Lucchi++ demo's recipe, -0.015 +- 0.043 against +0.008 +- 0.016 (the average above both models in
-four); six of the synthetic demo, -0.024 +- 0.054 against -0.009 +- 0.025. ``demo --real lucchi`` sets 0.5.
+four); six of the synthetic demo, -0.024 +- 0.054 against -0.009 +- 0.025. No demo sets it yet (a whole demo run with it is next).
 
 The defaults are fine-tuning settings, not training ones: a constant learning rate (1e-3), few steps
 (40), and half of the crops replayed from the annotated boxes; the demos set 1e-4, a tenth of their
