@@ -22,7 +22,8 @@ there):
   the other half where that model is least sure (the highest mean binary entropy of its probability over
   a window, no two picks within two sections of each other at an overlapping place), and the final
   model trained from scratch on all of them with the remaining steps: what a round that asks a person
-  for dense boxes instead of object answers would give, at equal compute and equal labelled voxels;
+  for dense boxes instead of object answers would give, at equal optimiser steps and equal labelled voxels
+  (the first model's prediction over the volume costs extra CPU: 15-30% on Lucchi++, in the CPU column);
 * ``full`` the ceiling: every training section labelled.
 
 Budgets are shares of the training region's voxels (``--budgets 0.001,0.0025,0.005,0.01,0.02``). Boxes
