@@ -42,7 +42,8 @@ too), plus, for ``d``, each reviewed object counted as the voxels a person would
 x-axis of the plot is that effort.
 
 FlyEM's neurons: the model predicts the neurons' interiors; the VOI and ARAND columns are those of neurons segmented
-from that probability (``neuron_scores``: the smaller probability of two neighbours as their affinity, watershed and
+from that probability (``neuron_scores``: the smaller probability of two neighbours as their affinity, as quality_segment.py's intensity
+baseline, then watershed and
 mean agglomeration at 0.3 by ``segment_volume``), over the test sections; the label stage's connected components
 merge most neurons (their scores stay in ``label_voi``). Lucchi++'s VOI and ARAND are the label stage's objects'.
 
@@ -304,6 +305,8 @@ def neuron_scores(run_dir: Path, data: dict[str, Any]) -> dict[str, float]:
     ``probability > threshold`` that the pipeline's label stage makes merge most neurons through gaps in the
     predicted boundaries (3 objects for 143 true ones in a test box of the 100% model), so its VOI does not
     order the methods."""
+    from quality_segment import neighbour_min_affinities
+
     from engine.metrics.segmentation import adapted_rand, voi
     from engine.ops.segment import segment_volume
     from engine.storage import create_volume, open_volume
@@ -312,13 +315,7 @@ def neuron_scores(run_dir: Path, data: dict[str, Any]) -> dict[str, float]:
     zt = data["test_from_z"]
     a = np.asarray(prob.read(prob.box)).reshape(-1, *data["shape"])[0][zt:]
     p = a / 255.0 if a.dtype == np.uint8 else a.astype(np.float64)
-    affs = np.empty((3, *p.shape), np.float32)
-    for ax in range(3):
-        prev = np.roll(p, 1, axis=ax)
-        first = [slice(None)] * 3
-        first[ax] = slice(0, 1)
-        prev[tuple(first)] = p[tuple(first)]
-        affs[ax] = np.minimum(p, prev)
+    affs = neighbour_min_affinities(p)
     folder = run_dir / "neurons"
     url = str(folder / "affinities.zarr")
     vol = create_volume(url, affs.shape, "uint8", (64, 64, 64), overwrite=True)

@@ -98,6 +98,19 @@ def gt_affinities(gt: np.ndarray) -> np.ndarray:
     return affs
 
 
+def neighbour_min_affinities(img: np.ndarray) -> np.ndarray:
+    """(3, z, y, x) affinities from a map that is high inside objects: the smaller value of a voxel and its
+    predecessor along z, y and x (a voxel of the first plane: its own value)."""
+    affs = np.empty((3, *img.shape), np.float32)
+    for ax in range(3):
+        prev = np.roll(img, 1, axis=ax)
+        first = [slice(None)] * 3
+        first[ax] = slice(0, 1)
+        prev[tuple(first)] = img[tuple(first)]
+        affs[ax] = np.minimum(img, prev)
+    return affs
+
+
 def make_affinities(condition: str, raw: np.ndarray, gt: np.ndarray, seed: int = 0) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
 
@@ -105,15 +118,7 @@ def make_affinities(condition: str, raw: np.ndarray, gt: np.ndarray, seed: int =
     if condition == "raw_intensity":
         img = gaussian_filter(raw.astype(np.float32), 1.0)
         lo, hi = np.percentile(img, [1, 99])
-        img = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
-        affs = np.empty((3, *raw.shape), np.float32)
-        for ax in range(3):
-            prev = np.roll(img, 1, axis=ax)
-            first = [slice(None)] * 3
-            first[ax] = slice(0, 1)
-            prev[tuple(first)] = img[tuple(first)]
-            affs[ax] = np.minimum(img, prev)
-        return affs
+        return neighbour_min_affinities(np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1))
     affs = gt_affinities(gt)
     noise = 0.0
     for part in condition.split("_")[1:]:
