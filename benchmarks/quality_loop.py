@@ -222,45 +222,9 @@ def point_row(data: dict[str, Any], method: str, budget: float, seed: int, out: 
 
 
 # -- (f): boxes where a first model is least sure -------------------------------------------------------------
-def entropy_windows(prob: np.ndarray, box: list[int], stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every in-plane window of ``box`` (one section deep) at ``stride`` in ``prob`` (z, y, x; 0-1): its corner
-    (z, y, x) and the mean binary entropy of the probability over it (bits).
-
-    >>> c, h = entropy_windows(np.full((1, 4, 4), 0.5), [1, 2, 2], 2)
-    >>> c.tolist(), h.round(3).tolist()
-    ([[0, 0, 0], [0, 0, 2], [0, 2, 0], [0, 2, 2]], [1.0, 1.0, 1.0, 1.0])
-    """
-    p = np.clip(prob.astype(np.float64), 1e-6, 1 - 1e-6)
-    h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
-    s = np.pad(h.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))  # integral image per section
-    ys, xs = np.arange(0, h.shape[1] - box[1] + 1, stride), np.arange(0, h.shape[2] - box[2] + 1, stride)
-    y0, x0 = np.meshgrid(ys, xs, indexing="ij")
-    sums = s[:, y0 + box[1], x0 + box[2]] - s[:, y0, x0 + box[2]] - s[:, y0 + box[1], x0] + s[:, y0, x0]
-    z = np.broadcast_to(np.arange(h.shape[0])[:, None, None], sums.shape)
-    corners = np.stack([z.ravel(), np.broadcast_to(y0, sums.shape).ravel(), np.broadcast_to(x0, sums.shape).ravel()], axis=1)
-    return corners, sums.ravel() / (box[1] * box[2])
-
-
-def least_sure(prob: np.ndarray, taken: list[dict[str, list[int]]], n: int, box: list[int], stride: int = 64, gap: int = 2) -> list[dict[str, list[int]]]:
-    """The ``n`` windows of the highest mean entropy that overlap no ``taken`` box and lie no closer than
-    ``gap`` sections to a taken or picked window at an overlapping place (neighbouring sections look alike)."""
-    corners, score = entropy_windows(prob, box, stride)
-    picked: list[dict[str, list[int]]] = []
-    for i in np.argsort(-score, kind="stable"):
-        z, y, x = (int(v) for v in corners[i])
-        if z + box[0] > prob.shape[0]:  # the window's depth would reach past the region given
-            continue
-        if any(abs(z - b["start"][0]) <= gap and y < b["stop"][1] and b["start"][1] < y + box[1] and x < b["stop"][2] and b["start"][2] < x + box[2]
-               for b in taken + picked):
-            continue
-        picked.append({"start": [z, y, x], "stop": [z + box[0], y + box[1], x + box[2]]})
-        if len(picked) == n:
-            break
-    return picked
-
-
 def run_uncertain(data: dict[str, Any], budget: float, seed: int, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Method ``f`` (module docstring): two pipeline runs, their CPU time added; the second's rows."""
+    from engine.active.uncertain import least_sure
     from engine.storage import open_volume
 
     box = [int(v) for v in args.box.split(",")]
@@ -276,7 +240,7 @@ def run_uncertain(data: dict[str, Any], budget: float, seed: int, run_dir: Path,
     zt = data["test_from_z"]
     a = np.asarray(prob.read(prob.box)).reshape(-1, *data["shape"])[0][:zt]  # the training region only
     p = a / 255.0 if a.dtype == np.uint8 else a.astype(np.float64)
-    boxes = taken + least_sure(p, taken, n - n1, box)
+    boxes = taken + least_sure(p, taken, n - n1, box)  # engine.active.uncertain: what a box round asks for
     path = run_dir.parent / f"{run_dir.name}-boxes.json"
     path.write_text(json.dumps({"boxes": boxes}))
     cfg, only = config(data, "a", budget, seed, run_dir, args)

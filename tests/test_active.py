@@ -458,3 +458,32 @@ def test_query_command_and_query_stage_share_the_settings_and_their_defaults(syn
     assert len(a["roi_id"]) == 3 and a["method"][0] == "hierarchical"
     for c in a:
         np.testing.assert_array_equal(a[c], b[c], err_msg=c)
+
+
+def test_least_sure_picks_the_unsure_windows_apart_from_the_labelled_ones(tmp_path: Path) -> None:
+    """Boxes to paint: the windows of the highest entropy, never on a labelled box, never a neighbouring section's
+    twin; a stored volume read a few sections at a time gives the array's picks; a deeper box scores the mean over
+    its sections and stays above ``z_stop``."""
+    from engine.active.uncertain import least_sure, window_entropy
+    from engine.storage import create_volume
+
+    prob = np.zeros((12, 256, 256))
+    prob[3:6, 64:192, 64:192] = 0.5  # unsure in sections 3-5, one place
+    prob[10, 0:128, 128:256] = 0.3  # less unsure elsewhere
+    taken = [{"start": [5, 64, 64], "stop": [6, 192, 192]}]
+    assert least_sure(prob, taken, 1, [1, 128, 128]) == [{"start": [10, 0, 128], "stop": [11, 128, 256]}]  # 3-5 lie within 2 of the box
+    got = least_sure(prob, [{"start": [8, 0, 0], "stop": [9, 64, 64]}], 2, [1, 128, 128])
+    assert got[0] == {"start": [3, 64, 64], "stop": [4, 192, 192]}
+    assert got[1] == {"start": [10, 0, 128], "stop": [11, 128, 256]}  # not 4-5 (twins of the first pick); 10 is 2 from the box at 8, elsewhere
+    # a box of 4 sections: the mean over them; none reaches past section 11 or, with z_stop, past section 4
+    deep = least_sure(prob, [], 1, [4, 128, 128])
+    assert deep == [{"start": [2, 64, 64], "stop": [6, 192, 192]}]  # sections 3-5 of the 4 unsure (2-5 and 3-6 tie: the first)
+    assert least_sure(prob, [], 1, [4, 128, 128], z_stop=5) == [{"start": [1, 64, 64], "stop": [5, 192, 192]}]  # 3-4 of 1-4
+    c, h = window_entropy(prob, [4, 128, 128], 64)
+    assert c[:, 0].max() == 8 and h.max() == pytest.approx(0.75, abs=1e-4)  # three of four sections at 1 bit
+    # the same picks from a stored uint8 volume, read 5 sections at a time
+    vol = create_volume(str(tmp_path / "p.zarr" / "probability"), (1, 12, 256, 256), "uint8", (1, 4, 128, 128))
+    vol.write(vol.box, np.round(prob * 255).astype(np.uint8)[None])
+    c2, h2 = window_entropy(vol, [1, 128, 128], 64, slab=5)
+    c1, h1 = window_entropy(np.round(prob * 255).astype(np.uint8), [1, 128, 128], 64)
+    assert np.array_equal(c1, c2) and np.allclose(h1, h2) and c1[np.argmax(h1)].tolist() == [3, 64, 64]

@@ -204,25 +204,6 @@ def test_loop_errors_smoke() -> None:
     assert (row["false_objects"], row["missed_objects"], row["boundary_voxels"]) == (1, 1, 32)
 
 
-def test_quality_loop_picks_the_least_sure_windows_apart_from_the_labelled_ones() -> None:
-    """Method (f): the windows of the highest entropy, never on a labelled box, never a neighbouring section's twin."""
-    spec = importlib.util.spec_from_file_location("quality_loop", BENCH / "quality_loop.py")
-    assert spec is not None and spec.loader is not None
-    ql = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ql)
-    prob = np.zeros((12, 256, 256))
-    prob[3:6, 64:192, 64:192] = 0.5  # unsure in sections 3-5, one place
-    prob[10, 0:128, 128:256] = 0.3  # less unsure elsewhere
-    taken = [{"start": [5, 64, 64], "stop": [6, 192, 192]}]
-    got = ql.least_sure(prob, taken, 1, [1, 128, 128])
-    assert got == [{"start": [10, 0, 128], "stop": [11, 128, 256]}]  # sections 3-5 at that place lie within 2 of the labelled box
-    got = ql.least_sure(prob, [{"start": [8, 0, 0], "stop": [9, 64, 64]}], 2, [1, 128, 128])
-    assert got[0] == {"start": [3, 64, 64], "stop": [4, 192, 192]}
-    assert got[1] == {"start": [10, 0, 128], "stop": [11, 128, 256]}  # not sections 4-5 (twins of the first pick); 10 is 2 from
-    # the labelled box at 8 but elsewhere in the section
-    assert ql.least_sure(prob, taken, 1, [4, 128, 128])[0]["stop"][0] <= 12
-
-
 def test_quality_loop_scores_neurons_from_the_interior_probability(tmp_path: Path) -> None:
     """FlyEM's neuron scores: a probability that is 0 on the cell boundaries gives the cells back, far better than
     a probability without boundaries (one object); with one boundary missing two cells merge, and the merge term

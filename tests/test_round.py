@@ -587,3 +587,90 @@ def test_annotate_holds_out_whole_boxes_spread_over_the_picks(tmp_path: Path) ->
     assert not np.any((lab != UNKNOWN) & (held != UNKNOWN))  # never both trained on and held out
     with pytest.raises(ConfigError, match="heldout_boxes is 4, but there are only 4 boxes"):
         AnnotateStage().run(ctx, AnnotateSection(boxes=str(tmp_path / "sel.json"), truth=url, heldout_boxes=4))
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+
+
+def test_a_box_round_asks_where_the_model_is_least_sure_and_trains_on_the_painted_boxes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``rounds.query.boxes``: the round asks for dense boxes where its prediction is least sure (checked against
+    the entropy of every window computed here, window by window), never on an annotated or held-out box nor in
+    the test region; the oracle paints them from the ground truth; the fine-tuning copies them into its labels,
+    draws ``box_share`` of its crops there and counts them as labelled voxels. A person paints the exported crops:
+    the round waits until every crop has labels, then trains on exactly what was painted."""
+    from engine.geometry import Box
+    from engine.pipeline.stages.annotate import interior, read_foreground
+    from engine.pipeline.stages.review import ReviewPending
+    from engine.storage import create_volume, open_volume
+
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)
+    cfg = apply_tiny(demo_config("run", shape=(16, 64, 96), chunks=(8, 64, 64), seed=3, rounds=1))
+    del cfg["metrics"], cfg["report"]
+    cfg["test_from_z"] = 12
+    sets = ["rounds.query.boxes=2", "rounds.query.box=[1,32,32]", "rounds.query.box_stride=16", "rounds.finetune.box_share=0.4"]
+    run_pipeline(pipeline_config(cfg, sets))
+    m = Manifest("run")
+    qdir = Path(m.stages["query[1]"]["outputs"]["rois"])
+    asked = json.loads((qdir / "boxes.json").read_text())["boxes"]
+    assert len(asked) == 2 and json.loads((qdir / "summary.json").read_text())["boxes"] == 2
+    annotated = json.loads(Path(m.stages["annotate"]["outputs"]["boxes"]).read_text())
+    taken = annotated["boxes"] + annotated["heldout"]
+
+    def clash(z: int, y: int, x: int, others: list[dict[str, list[int]]]) -> bool:  # within 2 sections of a box's sections, overlapping in-plane
+        return any(b["start"][0] - 2 <= z < b["stop"][0] + 2 and y < b["stop"][1] and b["start"][1] < y + 32 and x < b["stop"][2] and b["start"][2] < x + 32
+                   for b in others)
+
+    prob = open_volume(m.stages["predict[1]"]["outputs"]["probability"])
+    p = np.asarray(prob.read(prob.box)).reshape(-1, 16, 64, 96)[0]
+    h = _entropy(p / 255.0 if p.dtype == np.uint8 else p.astype(np.float64))
+    picked: list[dict[str, list[int]]] = []
+    for _ in range(2):  # the greedy picks, window by window
+        best = max((float(h[z, y:y + 32, x:x + 32].mean()), -z, -y, -x) for z in range(12) for y in range(0, 33, 16) for x in range(0, 65, 16)
+                    if not clash(z, y, x, taken + picked))
+        z, y, x = -best[1], -best[2], -best[3]
+        picked.append({"start": [z, y, x], "stop": [z + 1, y + 32, x + 32]})
+    assert asked == picked
+    assert all(b["stop"][0] <= 12 for b in asked)  # the test region (sections 12-15) is never asked
+
+    # the oracle painted them (the neurons' interiors, as annotate does); the fine-tuning trains on them
+    answers = json.loads(Path(m.stages["review[1]"]["outputs"]["answers"]).read_text())
+    painted = open_volume(answers["boxes"]["labels"])
+    truth = open_volume(m.stages["synth"]["outputs"]["neurons"])
+    ft = open_volume(str(Path("run") / "round-01" / "finetune" / "labels.zarr" / "labels"))
+    for b in asked:
+        box = Box(tuple(b["start"]), tuple(b["stop"]))
+        want = read_foreground(truth, box, "interior", 2).astype(np.uint8)
+        assert np.array_equal(painted.read(box), want) and np.array_equal(ft.read(box), want)
+    crops = json.loads((Path("run") / "round-01" / "finetune" / "boxes.json").read_text())["boxes"]
+    dense = [c for c in crops if {"start": c["start"], "stop": c["stop"]} in asked]
+    assert len(dense) == 2 and sum(c["weight"] for c in dense) == pytest.approx(0.4)
+    counts = json.loads(Path(m.stages["finetune[1]"]["outputs"]["decision"]).read_text())["labels"]
+    assert counts["boxes"] == 2 and counts["voxels_boxes"] == 2 * 32 * 32
+
+    # a person paints the boxes: they wait as exported crops until every one is painted (the objects' answers are
+    # the oracle's, kept in the round's store)
+    person = [*sets, "rounds.review.source=person"]
+    crops_dir = Path("run") / "round-01" / "review" / "crops"
+    with pytest.raises(ReviewPending, match="wait to be painted"):
+        run_pipeline(pipeline_config(cfg, person))
+    manifest = json.loads((crops_dir / "manifest.json").read_text())
+    assert [c["box"] for c in manifest["crops"]] == asked
+    drawn = []
+    for k, c in enumerate(manifest["crops"]):
+        lab = np.zeros(c["shape"], np.uint32)
+        lab[:, 4 + k:20, 8:24] = 7  # what the person painted: one object per crop
+        vol = create_volume(str(crops_dir / c["labels_zarr"]), tuple(c["shape"]), "uint32", tuple(c["shape"]))
+        vol.write(vol.box, lab)
+        drawn.append(interior(lab, 2).astype(np.uint8))  # the annotate stage's target: the objects' interiors
+        if k == 0:
+            with pytest.raises(ReviewPending, match="crop_001"):  # one crop still unpainted
+                run_pipeline(pipeline_config(cfg, person))
+    run_pipeline(pipeline_config(cfg, person))
+    m = Manifest("run")
+    assert m.stages["finetune[1]"]["status"] == "done"
+    ft = open_volume(str(Path("run") / "round-01" / "finetune" / "labels.zarr" / "labels"))
+    for b, want in zip(asked, drawn, strict=True):
+        assert np.array_equal(ft.read(Box(tuple(b["start"]), tuple(b["stop"]))), want)

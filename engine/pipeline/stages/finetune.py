@@ -17,6 +17,10 @@ seventh session). With it, the answers change what they are about and the rest i
 (learning without forgetting, Li and Hoiem 2016, with the previous model's hard labels). The held-out annotated voxels
 (``annotate.heldout``) are never painted nor trained on.
 
+Boxes painted densely in rounds ``1 .. r`` (``rounds.query.boxes``; the review stage's labels) are copied into
+the labels as the annotated boxes are (never over held-out voxels or the test region), and a share
+``box_share`` of the crops is drawn from them (by size) when there are any; the other crops are split as follows.
+
 Crops: a share ``replay`` of them from the annotated boxes (the labels the model was trained on, so
 that fine-tuning does not forget them), the rest from the reviewed and propagated objects' boxes
 (grown by ``margin``; propagated ones at ``propagated_weight``; with ``balance``, rejected objects carry as
@@ -93,6 +97,9 @@ class FinetuneSection(Config):
     steps: int = Field(default=40, ge=1)
     lr: float | None = Field(default=1e-3, gt=0, description="learning rate of the fine-tuning, constant (None: the base training's schedule continues)")
     replay: float = Field(default=0.5, ge=0.0, le=1.0, description="share of crops drawn from the annotated boxes")
+    box_share: float = Field(default=0.5, ge=0.0, le=1.0, description=(
+        "share of crops drawn from the boxes painted in the rounds (rounds.query.boxes), when there are any; "
+        "replay and the answered objects share the rest"))
     margin: Triple = (0, 16, 16)
     ring: int = Field(default=2, ge=0, description="background band (pixels, in-plane) around an accepted object; 0: none")
     erode: int = Field(default=0, ge=0, description="an accepted object's outer band (pixels, in-plane) left unknown: a True says nothing of its edge")
@@ -132,9 +139,30 @@ def read_answers(path: str) -> dict[int, bool]:
     return {int(k): bool(v) for k, v in json.loads(Path(path).read_text())["answers"].items()}
 
 
-def write_labels(ctx: StageContext, cfg: Any) -> tuple[str, list[dict[str, Any]], dict[str, int]]:
+def copy_painted_boxes(labels: np.ndarray, answers: list[str], protect: np.ndarray) -> list[dict[str, list[int]]]:
+    """Copy the densely painted boxes of every round's answers (``answers.json`` files; ``boxes`` in them) into
+    ``labels`` (in place), except where ``protect`` (held-out voxels, the test region); the boxes."""
+    from engine.geometry import Box
+    from engine.storage import open_volume
+
+    out: list[dict[str, list[int]]] = []
+    for path in answers:
+        doc = json.loads(Path(path).read_text()).get("boxes")
+        if not doc:
+            continue
+        vol = open_volume(doc["labels"])
+        for b in doc["boxes"]:
+            box = Box(tuple(b["start"]), tuple(b["stop"]))
+            sl = box.to_slices()
+            keep = ~protect[sl]
+            labels[sl][keep] = vol.read(box)[keep]
+            out.append({"start": list(b["start"]), "stop": list(b["stop"])})
+    return out
+
+
+def write_labels(ctx: StageContext, cfg: Any) -> tuple[str, list[dict[str, Any]], dict[str, int], list[dict[str, list[int]]]]:
     """The fine-tuning labels (module docstring) in ``RUN/round-NN/finetune/labels.zarr``; the boxes of the
-    painted objects (grown by ``margin``, with their crop weight) and the counts."""
+    painted objects (grown by ``margin``, with their crop weight), the counts and the densely painted boxes."""
     from engine.active.finetune import UNKNOWN, RoundAnswers, paint_answers
     from engine.storage import create_volume, open_volume
 
@@ -148,10 +176,12 @@ def write_labels(ctx: StageContext, cfg: Any) -> tuple[str, list[dict[str, Any]]
     if ctx.test_from_z is not None:  # the test region: never trained on (propagated answers could reach it)
         protect[ctx.test_from_z:] = True
         labels[ctx.test_from_z:] = UNKNOWN
+    dense = copy_painted_boxes(labels, [ctx.input(a) for a in cfg.answers or []], protect)
     rounds = [RoundAnswers(ctx.input(rd), k, read_answers(ctx.input(a)))
               for k, (rd, a) in enumerate(zip(cfg.rois or [], cfg.answers or [], strict=True), start=1)]
     anchor = previous_segmentation(ctx.input(cfg.rois[-1]), labels.shape) if cfg.anchor > 0 and cfg.rois else None
     painted, counts = paint_answers(labels, rounds, ring=cfg.ring, erode=cfg.erode, propagate_answers=cfg.propagate, protect=protect, anchor=anchor)
+    counts.update(boxes=len(dense), voxels_boxes=int(sum(np.prod(np.subtract(b["stop"], b["start"])) for b in dense)))
     out = str(ctx.dir / "labels.zarr" / "labels")
     vol = create_volume(out, base.spatial_shape, "uint8", base.chunk_shape, voxel_size=base.voxel_size, fill_value=UNKNOWN, overwrite=True)
     vol.write(base.box, labels)
@@ -163,7 +193,7 @@ def write_labels(ctx: StageContext, cfg: Any) -> tuple[str, list[dict[str, Any]]
         boxes.append({"start": list(grown.start), "stop": list(grown.stop), "weight": 1.0 if reviewed else cfg.propagated_weight})
     if cfg.balance:
         balance_weights(boxes, [ok for *_, ok in painted])
-    return out, boxes, counts
+    return out, boxes, counts, dense
 
 
 def previous_segmentation(rois_dir: str, shape: tuple[int, ...], slab: int = 16) -> np.ndarray:
@@ -198,21 +228,34 @@ def balance_weights(boxes: list[dict[str, Any]], accepted: list[bool]) -> None:
         b["weight"] = float(b["weight"]) * sum(sides) / 2 / sides[0 if a else 1]
 
 
-def crop_boxes(annotated: list[dict[str, list[int]]], objects: list[dict[str, Any]], replay: float) -> list[dict[str, Any]]:
+def _by_size(boxes: list[dict[str, Any]], share: float) -> list[dict[str, Any]]:
+    sizes = np.array([float(np.prod(np.subtract(b["stop"], b["start"]))) for b in boxes])
+    return [{**b, "weight": float(share * s / sizes.sum())} for b, s in zip(boxes, sizes, strict=True)]
+
+
+def crop_boxes(annotated: list[dict[str, list[int]]], objects: list[dict[str, Any]], replay: float,
+               dense: list[dict[str, list[int]]] | None = None, box_share: float = 0.5) -> list[dict[str, Any]]:
     """Annotated boxes with ``replay`` of the crop weight (in proportion to their size), the objects' boxes
-    with the rest (by their own weights); all annotated when there is no object.
+    with the rest (by their own weights); all annotated when there is no object. With ``dense`` boxes (painted
+    in the rounds), they get ``box_share`` of the weight first (by size) and the others the rest.
 
     >>> b = crop_boxes([{"start": [0, 0, 0], "stop": [1, 4, 4]}], [{"start": [0, 0, 0], "stop": [1, 2, 2], "weight": 1.0}], 0.25)
     >>> [x["weight"] for x in b]
     [0.25, 0.75]
+    >>> b = crop_boxes([{"start": [0, 0, 0], "stop": [1, 4, 4]}], [], 0.25, [{"start": [2, 0, 0], "stop": [3, 2, 2]}], 0.4)
+    >>> [x["weight"] for x in b]
+    [0.6, 0.4]
     """
-    if not objects:
+    if not objects and not dense:
         return [dict(b) for b in annotated]
-    sizes = np.array([float(np.prod(np.subtract(b["stop"], b["start"]))) for b in annotated])
-    ow = np.array([float(o["weight"]) for o in objects])
-    out = [{**b, "weight": float(replay * s / sizes.sum())} for b, s in zip(annotated, sizes, strict=True)]
-    out += [{**o, "weight": float((1 - replay) * w / ow.sum()) if ow.sum() > 0 else 0.0} for o, w in zip(objects, ow, strict=True)]
-    return out
+    rest = 1.0 - box_share if dense else 1.0
+    if not objects:
+        out = _by_size(annotated, rest)
+    else:
+        ow = np.array([float(o["weight"]) for o in objects])
+        out = _by_size(annotated, rest * replay)
+        out += [{**o, "weight": float(rest * (1 - replay) * w / ow.sum()) if ow.sum() > 0 else 0.0} for o, w in zip(objects, ow, strict=True)]
+    return out + (_by_size(dense, box_share) if dense else [])
 
 
 #: in-plane side (voxels) of the held-out tiles that the gate resamples; a tile is one section deep
@@ -346,8 +389,8 @@ class FinetuneStage(DeclaredStage, kind="finetune", config=FinetuneSection, orde
         ck = Path(ctx.input(cfg.checkpoint))
         _, extras = read_checkpoint_config(ck)
         base = TrainConfig.model_validate(extras["train"])
-        labels_url, obj_boxes, counts = write_labels(ctx, cfg)
-        boxes = crop_boxes(read_box_list(ctx.input(cfg.boxes)), obj_boxes, cfg.replay)
+        labels_url, obj_boxes, counts, dense = write_labels(ctx, cfg)
+        boxes = crop_boxes(read_box_list(ctx.input(cfg.boxes)), obj_boxes, cfg.replay, dense, cfg.box_share)
         boxes_path = ctx.dir / "boxes.json"
         boxes_path.write_text(json.dumps({"boxes": boxes}, indent=1))
         (ctx.dir / "review_labels.json").write_text(json.dumps(counts, indent=1))

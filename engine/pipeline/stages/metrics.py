@@ -124,7 +124,7 @@ def _plot_effort(rows: list[dict[str, Any]], path: Path, ceiling: dict[str, Any]
     for r, y in zip(rows, ys, strict=True):
         a1.annotate(f"r{r['round']}", (r["labelled_voxels"], y), fontsize=7)
         a2.annotate(f"r{r['round']}", (r.get("reviewed") or 0, y), fontsize=7)
-    a1.set(xlabel="labelled voxels (annotated boxes + reviewed objects)", ylabel="IoU", title="quality vs labelled voxels")
+    a1.set(xlabel="labelled voxels (annotated boxes + reviewed objects + painted boxes)", ylabel="IoU", title="quality vs labelled voxels")
     a2.set(xlabel="reviewed answers so far", ylabel="IoU", title="quality vs reviewed answers")
     for ax in (a1, a2):
         if ceiling:
@@ -147,7 +147,7 @@ def _effort(rows: list[dict[str, Any]], decisions: list[dict[str, Any]], annotat
             lab = d.get("labels", {})
             # counts are cumulative (every round so far is painted), so the latest one is the total
             reviewed = int(lab.get("accepted", 0)) + int(lab.get("rejected", 0))
-            voxels = None if annotated is None else annotated + int(lab.get("voxels_fg", 0)) + int(lab.get("voxels_bg", 0))
+            voxels = None if annotated is None else annotated + sum(int(lab.get(k, 0)) for k in ("voxels_fg", "voxels_bg", "voxels_boxes"))
             r.update(kept=d.get("kept"), heldout_score=d.get("candidate_score") if d.get("kept") == "candidate" else d.get("previous_score"),
                      too_close=d.get("share_worse") is not None and d.get("kept") == "candidate")
         r.update(labelled_voxels=voxels, reviewed=reviewed)

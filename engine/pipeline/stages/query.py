@@ -14,10 +14,12 @@ import json
 import logging
 from typing import Any
 
+import numpy as np
 from pydantic import Field
 
 from engine.active.rounds import QueryConfig
 from engine.config import Config
+from engine.geometry import Triple
 from engine.params import RoisParams
 from engine.pipeline.stage import StageContext
 from engine.pipeline.stages._base import DeclaredStage
@@ -42,6 +44,11 @@ class QuerySection(RoisParams, Config):
     earlier_rois: list[str] | None = Field(default=None, description="wired: the earlier rounds' query folders (their objects)")
     overlap: float = Field(default=0.5, gt=0.0, le=1.0, description="IoU above which an object counts as one reviewed in an earlier round")
     query: QueryConfig = Field(default_factory=QueryConfig)
+    boxes: int = Field(default=0, ge=0, description="boxes to label densely where the prediction is least sure (0: objects only)")
+    box: Triple = Field(default=(1, 128, 128), description="a box's size (z, y, x voxels)")
+    box_stride: int | None = Field(default=None, ge=1, description="in-plane step between candidate boxes (default: half the box's smaller side)")
+    box_gap: int = Field(default=2, ge=0, description="no two boxes within this many sections of each other at an overlapping place")
+    annotated: str = Field(default="annotate.boxes", description="the annotated (and held-out) boxes: no box is asked there")
 
 
 def object_count(table: str) -> int:
@@ -103,8 +110,39 @@ def in_test_region(run_dir: Any, z_from: int) -> set[int]:
     return {int(r) for r, o in zip(index["roi_id"].tolist(), index["object_id"].tolist(), strict=True) if z1[int(o)] > z_from}
 
 
+def ask_boxes(ctx: StageContext, cfg: Any) -> dict[str, Any]:
+    """The round's dense boxes (``cfg.boxes`` of them, :func:`engine.active.uncertain.least_sure`), written to
+    ``RUN/round-NN/query/boxes.json`` with the raw volume they are painted on; a summary."""
+    from pathlib import Path
+
+    from engine.active.uncertain import least_sure
+    from engine.storage import open_volume
+    from engine.storage.safety import write_json_atomic
+
+    taken: list[dict[str, list[int]]] = []
+    doc = json.loads(Path(ctx.input(cfg.annotated)).read_text())
+    for key in ("boxes", "heldout"):
+        taken += [{"start": list(b["start"]), "stop": list(b["stop"])} for b in doc.get(key, [])]
+    for folder in ctx.inputs(cfg.earlier_rois or []):
+        earlier = Path(folder) / "boxes.json"
+        if earlier.exists():
+            taken += json.loads(earlier.read_text())["boxes"]
+    if cfg.probability is None:
+        from engine.errors import ConfigError
+
+        raise ConfigError(f"{ctx.stage}: boxes need the round's probability", "leave rounds.query.probability unset (it is wired)")
+    prob = open_volume(ctx.input(cfg.probability))
+    stride = cfg.box_stride or max(1, min(cfg.box[1:]) // 2)
+    picked = least_sure(prob, taken, cfg.boxes, cfg.box, stride, cfg.box_gap, z_stop=ctx.test_from_z)
+    if len(picked) < cfg.boxes:
+        log.warning("%s: %d of the %d boxes asked for fit in the volume beside the labelled ones", ctx.stage, len(picked), cfg.boxes)
+    write_json_atomic(ctx.dir / "boxes.json", {"round": ctx.round or 1, "image": ctx.input(cfg.image) if cfg.image else None, "box": list(cfg.box),
+                                               "boxes": picked})
+    return {"boxes": len(picked), "box_voxels": int(sum(np.prod(np.subtract(b["stop"], b["start"])) for b in picked))}
+
+
 class QueryStage(DeclaredStage, kind="query", config=QuerySection, order=130,
-                 inputs=("labels", "table", "image", "probability", "pre", "earlier", "earlier_rois"), outputs=("rois", "summary")):
+                 inputs=("labels", "table", "image", "probability", "pre", "earlier", "earlier_rois", "annotated"), outputs=("rois", "summary")):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         from engine.active.rounds import run_query
         from engine.ops.rois import extract_rois
@@ -118,7 +156,7 @@ class QueryStage(DeclaredStage, kind="query", config=QuerySection, order=130,
                 log.warning("%s: starting over; a person's answers were moved to %s", ctx.stage, kept)
             from engine.storage.safety import remove
 
-            for name in ("rois", "features", "rounds"):
+            for name in ("rois", "features", "rounds", "boxes.json"):
                 remove(run_dir / name, "run-files", inputs=[ctx.input(v) for v in (cfg.labels, cfg.table, cfg.image)])
         table = ctx.input(cfg.table)
         n = object_count(table)
@@ -148,6 +186,8 @@ class QueryStage(DeclaredStage, kind="query", config=QuerySection, order=130,
                 else:
                     result = run_query(run_dir, q, round_number=rnd, progress=rt.progress, exclude=exclude)
                     summary.update(queries=result.queries, method=result.method, candidates=result.candidates, queries_file=result.path)
+        if cfg.boxes > 0:
+            summary.update(ask_boxes(ctx, cfg))
         path = run_dir / "summary.json"
         path.write_text(json.dumps(summary, indent=1))
         return {"rois": str(run_dir), "summary": str(path)}

@@ -6,12 +6,22 @@ for a person: until the round's answers are marked finished, the stage fails wit
 to run ``connectile review RUN/round-NN/query`` and then to run the pipeline again (the stage then reads the
 answers and the run goes on). Writes ``RUN/round-NN/review/answers.json`` (roi id -> accepted) and the share
 of queried objects that were right (the round's ROI accuracy on the queries).
+
+Boxes the query asked to label densely (``rounds.query.boxes``) are painted into
+``RUN/round-NN/review/boxes.zarr/labels`` (1 foreground, 0 background inside the boxes, 255 elsewhere, as
+``annotate``'s labels): by the oracle from ``truth`` (``target``/``boundary``: the ``annotate`` stage's unless
+set), or by a
+person: the boxes are exported as crops (``RUN/round-NN/review/crops/``, zarr and TIFF,
+:func:`engine.select.export.export_crops`), the stage waits until every crop has its labels (0 background,
+any other id foreground) and then imports them. ``answers.json`` lists the boxes and their labels under ``boxes``.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any, Literal
+
+from pydantic import Field
 
 from engine.config import Config
 from engine.errors import ConnectileError
@@ -35,6 +45,8 @@ class ReviewSection(Config):
     truth_binary: bool = False
     criterion: Literal["cover", "iou"] = "cover"
     threshold: float = 0.5
+    target: Literal["mask", "interior"] | None = Field(default=None, description="the painted boxes' foreground (default: annotate.target's)")
+    boundary: int | None = Field(default=None, ge=1, description="interior: the boundary width (default: annotate.boundary's)")
 
 
 def _set_aside_store(path: Any) -> None:
@@ -49,6 +61,54 @@ def _set_aside_store(path: Any) -> None:
         path.rename(dest)
     else:
         path.unlink(missing_ok=True)
+
+
+def paint_boxes(ctx: StageContext, cfg: Any, query_dir: str) -> dict[str, Any] | None:
+    """The labels of the boxes the round's query asked for (module docstring); None when it asked for none."""
+    from pathlib import Path
+
+    from engine.errors import ConfigError, StorageError
+    from engine.pipeline.stages.annotate import write_box_labels
+
+    asked = Path(query_dir) / "boxes.json"
+    if not asked.exists():
+        return None
+    doc = json.loads(asked.read_text())
+    boxes = doc["boxes"]
+    if not boxes:
+        return None
+    out = str(ctx.dir / "boxes.zarr" / "labels")
+    if cfg.source == "oracle":
+        if cfg.truth is None:
+            raise ConfigError(f"{ctx.stage}: source 'oracle' needs truth (the ground-truth volume)", "set rounds.review.truth, or source: person")
+        truth = ctx.input(cfg.truth)
+    else:
+        from engine.select.export import export_crops, import_labels
+
+        crops = ctx.dir / "crops"
+        if not (crops / "manifest.json").exists():
+            if doc.get("image") is None:
+                raise ConfigError(f"{ctx.stage}: the boxes of {asked} name no raw volume to export", "run the round's query again")
+            export_crops(doc["image"], asked, crops)
+        truth = str(ctx.dir / "person.zarr" / "labels")
+        if ctx.overwrite or not (ctx.dir / "person.zarr").exists():
+            if ctx.overwrite and (ctx.dir / "person.zarr").exists():
+                from engine.storage.safety import remove
+
+                remove(ctx.dir / "person.zarr", "run-files")
+            try:
+                import_labels(crops, truth)
+            except StorageError as err:
+                raise ReviewPending(
+                    f"{ctx.stage}: the {len(boxes)} boxes of round {ctx.round or 1} wait to be painted ({err.problem})",
+                    f"write each crop's labels in {crops} (crop_NNN.zarr/labels or crop_NNN_labels.tif: 0 background, "
+                    "any other id foreground), then run the pipeline again",
+                ) from None
+    annotate = getattr(ctx.pipeline, "annotate", None)
+    target = cfg.target or getattr(annotate, "target", "mask")
+    boundary = cfg.boundary or getattr(annotate, "boundary", 1)
+    info = write_box_labels(truth, boxes, out, (16, 128, 128), target, boundary)
+    return {"labels": out, "boxes": boxes, "known_voxels": info["known_voxels"], "foreground_voxels": info["foreground_voxels"]}
 
 
 class ReviewStage(DeclaredStage, kind="review", config=ReviewSection, order=140,
@@ -83,8 +143,9 @@ class ReviewStage(DeclaredStage, kind="review", config=ReviewSection, order=140,
                 with AnswerStore(answers_path(rdir)) as store:
                     answers = store.answers()
         accepted = sum(answers.values())
+        boxes = paint_boxes(ctx, cfg, active)
         doc = {"source": cfg.source, "answers": {str(k): bool(v) for k, v in sorted(answers.items())}, "reviewed": len(answers),
-               "accepted": accepted, "query_accuracy": accepted / len(answers) if answers else None}
+               "accepted": accepted, "query_accuracy": accepted / len(answers) if answers else None, **({"boxes": boxes} if boxes else {})}
         path = ctx.dir / "answers.json"
         path.write_text(json.dumps(doc, indent=1))
         return {"answers": str(path)}
