@@ -594,7 +594,8 @@ def _entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
 
 
-def test_a_box_round_asks_where_the_model_is_least_sure_and_trains_on_the_painted_boxes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_box_round_asks_where_the_model_is_least_sure_and_trains_on_the_painted_boxes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """``rounds.query.boxes``: the round asks for dense boxes where its prediction is least sure (checked against
     the entropy of every window computed here, window by window), never on an annotated or held-out box nor in
     the test region; the oracle paints them from the ground truth; the fine-tuning copies them into its labels,
@@ -674,3 +675,24 @@ def test_a_box_round_asks_where_the_model_is_least_sure_and_trains_on_the_painte
     ft = open_volume(str(Path("run") / "round-01" / "finetune" / "labels.zarr" / "labels"))
     for b, want in zip(asked, drawn, strict=True):
         assert np.array_equal(ft.read(Box(tuple(b["start"]), tuple(b["stop"]))), want)
+
+    # one more round with `connectile round`: the objects wait for the review page, then the boxes for their painter;
+    # round 2 never asks again for a box of round 1
+    from engine.active.answers import AnswerStore, answers_path
+    from engine.active.query import read_queries
+
+    assert main(["round", "run", "--no-progress"]) == 0
+    q2 = Path(Manifest("run").stages["query[2]"]["outputs"]["rois"])
+    queries = q2 / "rounds" / "round-02" / "queries.parquet"
+    if queries.exists():  # objects to review (every object of this tiny volume may have been answered in round 1)
+        assert "crops" not in json.loads((Path("run") / "round-02" / "round.json").read_text())
+        with AnswerStore(answers_path(queries.parent)) as store:
+            for roi in read_queries(queries)["roi_id"].tolist():
+                store.set(int(roi), True, source="person")
+            store.finish()
+        assert main(["round", "run", "--no-progress"]) == 0
+    state = json.loads((Path("run") / "round-02" / "round.json").read_text())
+    assert state["status"] == "waiting" and state["crops"] == str(Path("run") / "round-02" / "review" / "crops")
+    assert "the boxes to label wait to be painted" in capsys.readouterr().out
+    again = json.loads((q2 / "boxes.json").read_text())["boxes"]
+    assert len(again) == 2 and not any(clash(b["start"][0], b["start"][1], b["start"][2], asked) for b in again)

@@ -134,7 +134,7 @@ def run_round(
     """Run round ``round_number`` (default: the unfinished last one, else one more) of the run in ``run_dir``."""
     from engine.pipeline.rounds import model_of, round_key
     from engine.pipeline.run import pipeline_config, plan, run_pipeline
-    from engine.pipeline.stages.review import ReviewPending
+    from engine.pipeline.stages.review import BoxesPending, ReviewPending
 
     run = Path(run_dir)
     data, manifest = load_run(run)
@@ -158,7 +158,7 @@ def run_round(
     results: list[Any] = []
     try:
         results = run_pipeline(cfg, only=stages, on_stage=on_stage)
-    except ReviewPending:
+    except ReviewPending as err:
         from engine.pipeline.manifest import Manifest
 
         m = Manifest(run)
@@ -166,6 +166,8 @@ def run_round(
         cmd = f"connectile review {query_dir}"
         state.update(status="waiting", review=cmd, stages={s: (m.entry(s) or {}).get("status") for s in stages},
                      queries=str(Path(query_dir) / "rounds" / f"round-{n:02d}" / "queries.parquet"))
+        if isinstance(err, BoxesPending):  # the objects are answered; the dense boxes wait as crops
+            state.update(crops=err.crops)
         _write_state(run, n, state)
         return RoundResult(n, "waiting", [], state, str(state_path), cmd)
     except BaseException:
@@ -192,6 +194,11 @@ def run_round(
 def summary_lines(res: RoundResult) -> list[str]:
     """What ``connectile round`` prints after the stage lines."""
     s = res.state
+    if res.status == "waiting" and s.get("crops"):
+        from engine.pipeline.stages.review import paint_instruction
+
+        return [f"round {res.round}: the boxes to label wait to be painted ({s['crops']})",
+                paint_instruction(s["crops"], "run `connectile round` on this run folder again")]
     if res.status == "waiting":
         return [f"round {res.round}: the queries wait for answers ({s.get('queries')})",
                 f"review them with `{res.review_command}`, finish the round there, then run `connectile round` on this run folder again"]

@@ -35,6 +35,19 @@ class ReviewPending(ConnectileError):
     exit_code = 3
 
 
+def paint_instruction(crops: str, then: str) -> str:
+    """What a person does with a round's exported crops, then ``then``."""
+    return f"write each crop's labels in {crops} (crop_NNN.zarr/labels or crop_NNN_labels.tif: 0 background, any other id foreground), then {then}"
+
+
+class BoxesPending(ReviewPending):
+    """A round's dense boxes wait to be painted by a person (as exported crops in ``crops``)."""
+
+    def __init__(self, problem: str, fix: str, crops: str) -> None:
+        super().__init__(problem, fix)
+        self.crops = crops
+
+
 class ReviewSection(Config):
     """``rounds.review:`` -- ``source``: oracle or person; ``truth``: the ground truth of the oracle (an
     instance volume, or a binary one with ``truth_binary``); ``rois`` (the round's queries) is wired."""
@@ -99,10 +112,9 @@ def paint_boxes(ctx: StageContext, cfg: Any, query_dir: str) -> dict[str, Any] |
             try:
                 import_labels(crops, truth)
             except StorageError as err:
-                raise ReviewPending(
+                raise BoxesPending(
                     f"{ctx.stage}: the {len(boxes)} boxes of round {ctx.round or 1} wait to be painted ({err.problem})",
-                    f"write each crop's labels in {crops} (crop_NNN.zarr/labels or crop_NNN_labels.tif: 0 background, "
-                    "any other id foreground), then run the pipeline again",
+                    paint_instruction(str(crops), "run the pipeline again"), str(crops),
                 ) from None
     annotate = getattr(ctx.pipeline, "annotate", None)
     target = cfg.target or getattr(annotate, "target", "mask")
