@@ -487,3 +487,8 @@ def test_least_sure_picks_the_unsure_windows_apart_from_the_labelled_ones(tmp_pa
     c2, h2 = window_entropy(vol, [1, 128, 128], 64, slab=5)
     c1, h1 = window_entropy(np.round(prob * 255).astype(np.uint8), [1, 128, 128], 64)
     assert np.array_equal(c1, c2) and np.allclose(h1, h2) and c1[np.argmax(h1)].tolist() == [3, 64, 64]
+    # the control: random windows under the same rules, the same for the same seed
+    rand = least_sure(prob, taken, 6, [1, 128, 128], random_seed=[1, 0])
+    assert rand == least_sure(prob, taken, 6, [1, 128, 128], random_seed=[1, 0]) != least_sure(prob, taken, 6, [1, 128, 128])
+    assert len(rand) == 6 and not any(abs(b["start"][0] - 5) <= 2 and b["start"][1] < 192 and b["start"][1] + 128 > 64
+                                      and b["start"][2] < 192 and b["start"][2] + 128 > 64 for b in rand)

@@ -108,8 +108,13 @@ def pick_windows(corners: np.ndarray, score: np.ndarray, taken: Boxes, n: int, b
     return picked
 
 
-def least_sure(prob: Any, taken: Boxes, n: int, box: Sequence[int], stride: int = 64, gap: int = 2, z_stop: int | None = None) -> Boxes:
+def least_sure(prob: Any, taken: Boxes, n: int, box: Sequence[int], stride: int = 64, gap: int = 2, z_stop: int | None = None,
+               random_seed: int | list[int] | None = None) -> Boxes:
     """The ``n`` boxes of ``box`` voxels above section ``z_stop`` where the probability ``prob`` (volume or
-    array) is least sure (module docstring); fewer where the volume holds fewer free windows."""
+    array) is least sure (module docstring); fewer where the volume holds fewer free windows. With
+    ``random_seed``, windows in a random order instead, under the same rules (the control: as many labelled
+    voxels, placed without the model)."""
     corners, score = window_entropy(prob, box, stride, z_stop)
+    if random_seed is not None:
+        score = np.random.default_rng(random_seed).random(score.size)
     return pick_windows(corners, score, taken, n, box, gap)

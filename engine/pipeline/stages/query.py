@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -48,6 +48,8 @@ class QuerySection(RoisParams, Config):
     box: Triple = Field(default=(1, 128, 128), description="a box's size (z, y, x voxels)")
     box_stride: int | None = Field(default=None, ge=1, description="in-plane step between candidate boxes (default: half the box's smaller side)")
     box_gap: int = Field(default=2, ge=0, description="no two boxes within this many sections of each other at an overlapping place")
+    box_choice: Literal["least_sure", "random"] = Field(default="least_sure", description=(
+        "where the boxes go: where the prediction is least sure, or at random under the same rules (a control)"))
     annotated: str = Field(default="annotate.boxes", description="the annotated (and held-out) boxes: no box is asked there")
 
 
@@ -133,11 +135,13 @@ def ask_boxes(ctx: StageContext, cfg: Any) -> dict[str, Any]:
         raise ConfigError(f"{ctx.stage}: boxes need the round's probability", "leave rounds.query.probability unset (it is wired)")
     prob = open_volume(ctx.input(cfg.probability))
     stride = cfg.box_stride or max(1, min(cfg.box[1:]) // 2)
-    picked = least_sure(prob, taken, cfg.boxes, cfg.box, stride, cfg.box_gap, z_stop=ctx.test_from_z)
+    train_seed = int(getattr(getattr(ctx.pipeline, "train", None), "seed", 0) or 0)
+    seed = [ctx.round or 1, train_seed] if cfg.box_choice == "random" else None
+    picked = least_sure(prob, taken, cfg.boxes, cfg.box, stride, cfg.box_gap, z_stop=ctx.test_from_z, random_seed=seed)
     if len(picked) < cfg.boxes:
         log.warning("%s: %d of the %d boxes asked for fit in the volume beside the labelled ones", ctx.stage, len(picked), cfg.boxes)
     write_json_atomic(ctx.dir / "boxes.json", {"round": ctx.round or 1, "image": ctx.input(cfg.image) if cfg.image else None, "box": list(cfg.box),
-                                               "boxes": picked})
+                                               "choice": cfg.box_choice, "boxes": picked})
     return {"boxes": len(picked), "box_voxels": int(sum(np.prod(np.subtract(b["stop"], b["start"])) for b in picked))}
 
 
