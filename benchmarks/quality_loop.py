@@ -24,6 +24,10 @@ there):
   model trained from scratch on all of them with the remaining steps: what a round that asks a person
   for dense boxes instead of object answers would give, at equal optimiser steps and equal labelled voxels
   (the first model's prediction over the volume costs extra CPU: 15-30% on Lucchi++, in the CPU column);
+* ``g``  the product's box rounds (``rounds.query.boxes``): half the boxes random and a base model on them, then
+  ``--rounds`` rounds that each ask for an equal share of the other half where the round's model is least sure
+  (with the objects' answers, as every round), painted by the oracle, and fine-tune on them; the base training
+  gets ``--steps`` minus the rounds' steps. (f) at the same voxels, done as rounds of fine-tuning.
 * ``full`` the ceiling: every training section labelled.
 
 Budgets are shares of the training region's voxels (``--budgets 0.001,0.0025,0.005,0.01,0.02``). Boxes
@@ -69,9 +73,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-METHODS = ("a", "a2", "b", "c", "d", "e", "f", "full")
+METHODS = ("a", "a2", "b", "c", "d", "e", "f", "g", "full")
 LABEL = {"a": "(a) random boxes", "a2": "(a') one contiguous region", "b": "(b) coverage", "c": "(c) coverage + semi",
          "d": "(d) (c) + active rounds", "e": "(e) (b) + active rounds (no semi)", "f": "(f) half random, half where the first model is least sure",
+         "g": "(g) half random, half in box rounds where the model is least sure",
          "full": "100% (ceiling)"}
 
 
@@ -147,9 +152,11 @@ def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir:
     patch = [box[0], box[1] // 2, box[2] // 2]
     cfg: dict[str, Any] = {"run_dir": str(run_dir), "runtime": {"backend": "serial", "progress": False}, "test_from_z": zt}
     cfg["embed"] = {"input": data["raw"], "patch": patch, "stride": patch, "steps": args.embed_steps, "crop": [1, 64, 64], "seed": seed}
-    order = "random" if method == "a" else "coverage"
+    order = "random" if method in ("a", "g") else "coverage"
     methods = [order] + [m for m in ("coverage", "random") if m != order]
-    cfg["selection"] = {"input": "embed.embeddings", "params": {"budget": n_boxes(data, budget, box), "k": args.k, "window": [1, 2, 2], "methods": methods,
+    n = n_boxes(data, budget, box)
+    n_first = max(1, n // 2) if method == "g" else n
+    cfg["selection"] = {"input": "embed.embeddings", "params": {"budget": n_first, "k": args.k, "window": [1, 2, 2], "methods": methods,
                                                    "seed": seed, "ties": "seeded"}}  # a fixed k 10 on 2 x 2 patches: every gain ties (RESULTS, ninth session)
     boxes: str = "selection.boxes"
     if method in ("a2", "full"):
@@ -161,7 +168,7 @@ def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir:
         del cfg["embed"], cfg["selection"]
     held = {"heldout": 0.0, "heldout_boxes": args.heldout_boxes} if args.heldout_boxes and method in ("b", "c", "d", "e") else {"heldout": 0.25}
     cfg["annotate"] = {"boxes": boxes, "truth": data["truth"], "target": data["target"], "boundary": 2, "chunks": [16, 128, 128], **held}
-    active = method in ("d", "e")
+    active = method in ("d", "e", "g")
     rounds = args.rounds if active else 1
     steps = args.steps - (rounds * args.finetune_steps if active else 0)
     model = {"dims": 2, "context_slices": 1, "filters": [16, 32, 64, 128], "input_kernel_xy": 3, "input_stride": 2}
@@ -182,6 +189,8 @@ def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir:
         "review": {"source": "oracle", "truth": data["truth"], "truth_binary": binary, "criterion": "iou"},
         "finetune": LUCCHI_FINETUNE | {"steps": args.finetune_steps} | ({} if args.average is None else {"average": args.average}),  # the shipped Lucchi++ demo's rounds
     }
+    if method == "g":  # the rest of the budget in equal shares per round, where the round's model is least sure
+        cfg["rounds"]["query"] |= {"boxes": max(1, (n - n_first) // rounds), "box": box}
     cfg["metrics"] = {}
     if active:
         return cfg, None
