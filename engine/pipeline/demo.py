@@ -108,6 +108,10 @@ def demo_config(
         # too-small mitochondria); a tolerant gate (held-out quarters hold 8-2,399 mitochondrion voxels, too few for a strict one); no
         # label propagation (the query's clusters mix decoy bodies with mitochondria). Why, per seed: benchmarks/RESULTS.md.
         cfg["rounds"]["query"]["query"]["per_cluster"] = 2
+        # and 8 boxes of 64 x 64 per round painted where the model is least sure: final minus base over 5 seeds +0.060 +- 0.112
+        # (4 of 5 above the base) against +0.005 +- 0.012 with the answers only and +0.018 +- 0.093 with as many random boxes
+        # (benchmarks/RESULTS.md, twelfth session)
+        cfg["rounds"]["query"] |= {"boxes": 8, "box": [1, 64, 64]}
         cfg["rounds"]["finetune"] |= {"ring": 0, "gate_confidence": 0.9, "propagate": False} | ANSWER_PAINT | {"erode": 1}
         # the ceiling: the same training on every label outside the test region, scored as the rounds are
         cfg["ceiling"] = {"raw": raw, "truth": truth, "target": target, "boundary": 2, "train": {k: v for k, v in cfg["train"].items() if k not in ("raw", "labels", "boxes", "truth")},
@@ -167,7 +171,7 @@ def tiny_overrides() -> dict[str, Any]:
     synthetic demo :func:`apply_tiny` also goes back to its earlier neuron-interior target, see there)."""
     vae = {"hidden_dims": [8, 16], "input_size": 16, "epochs": 2, "batch_size": 16}
     q = {"query": {"n_clusters": 2, "n_sub": 1, "n_init": 1, "features": {"mask": {"latent_dim": 4, **vae}, "image": {"latent_dim": 4, **vae}, "image_patches": 32}},
-         "size": 32}
+         "size": 32, "boxes": 0}  # the objects' answers only: the box rounds have their own test (tests/test_round.py)
     return {"embed": {"steps": 4, "patch": [8, 32, 32], "stride": [8, 16, 16], "crop": [1, 32, 32], "batch_size": 4},
             "selection": {"params": {"budget": 2, "k": 4, "window": [1, 2, 2], "methods": ["coverage", "random"]}},
             "train": {"steps": 12, "validate_every": 6, "crop": [1, 64, 64], "batch_size": 2, "model": {"dims": 2, "filters": [4, 8], "input_kernel_xy": 3}},
