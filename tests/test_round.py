@@ -651,6 +651,19 @@ def test_a_box_round_asks_where_the_model_is_least_sure_and_trains_on_the_painte
     counts = json.loads(Path(m.stages["finetune[1]"]["outputs"]["decision"]).read_text())["labels"]
     assert counts["boxes"] == 2 and counts["voxels_boxes"] == 2 * 32 * 32
 
+    # box_heldout: the last of every 2 boxes is held out of training and judges the round with the annotated held-out voxels
+    run_pipeline(pipeline_config(cfg, [*sets, "rounds.finetune.box_heldout=2"]))
+    m = Manifest("run")
+    d = json.loads(Path(m.stages["finetune[1]"]["outputs"]["decision"]).read_text())
+    ft = open_volume(str(Path("run") / "round-01" / "finetune" / "labels.zarr" / "labels"))
+    held_box = Box(tuple(asked[1]["start"]), tuple(asked[1]["stop"]))
+    assert np.all(ft.read(held_box) == 255) and np.array_equal(ft.read(Box(tuple(asked[0]["start"]), tuple(asked[0]["stop"]))),
+                                                               painted.read(Box(tuple(asked[0]["start"]), tuple(asked[0]["stop"]))))
+    annotated_held = json.loads((Path(m.stages["annotate"]["outputs"]["boxes"]).parent / "annotate.json").read_text())["heldout_voxels"]
+    assert d["heldout_voxels"] == annotated_held + 32 * 32 and d["labels"]["boxes_heldout"] == 1 and d["labels"]["voxels_boxes"] == 2 * 32 * 32
+    crops = json.loads((Path("run") / "round-01" / "finetune" / "boxes.json").read_text())["boxes"]
+    assert [c for c in crops if {"start": c["start"], "stop": c["stop"]} in asked] == [{**asked[0], "weight": pytest.approx(0.4)}]
+
     # a person paints the boxes: they wait as exported crops until every one is painted (the objects' answers are
     # the oracle's, kept in the round's store)
     person = [*sets, "rounds.review.source=person"]

@@ -20,6 +20,10 @@ seventh session). With it, the answers change what they are about and the rest i
 Boxes painted densely in rounds ``1 .. r`` (``rounds.query.boxes``; the review stage's labels) are copied into
 the labels as the annotated boxes are (never over held-out voxels or the test region), and a share
 ``box_share`` of the crops is drawn from them (by size) when there are any; the other crops are split as follows.
+With ``box_heldout: k``, the last of every k boxes a round painted is held out instead: never trained on, it
+scores the rounds beside the annotated held-out voxels. The boxes lie where a model was unsure, which is where
+two models differ; the annotated quarters of the synthetic demo held no mitochondrion in 2 of 5 seeds, and the
+gate could not tell its rounds apart there (benchmarks/RESULTS.md, twelfth session).
 
 Crops: a share ``replay`` of them from the annotated boxes (the labels the model was trained on, so
 that fine-tuning does not forget them), the rest from the reviewed and propagated objects' boxes
@@ -97,6 +101,9 @@ class FinetuneSection(Config):
     steps: int = Field(default=40, ge=1)
     lr: float | None = Field(default=1e-3, gt=0, description="learning rate of the fine-tuning, constant (None: the base training's schedule continues)")
     replay: float = Field(default=0.5, ge=0.0, le=1.0, description="share of crops drawn from the annotated boxes")
+    box_heldout: int = Field(default=0, ge=0, description=(
+        "every this-many-th box painted in a round (the last of each run of that many) is held out of training and judges "
+        "the rounds with the annotated held-out voxels (0: none)"))
     box_share: float = Field(default=0.5, ge=0.0, le=1.0, description=(
         "share of crops drawn from the boxes painted in the rounds (rounds.query.boxes), when there are any; "
         "replay and the answered objects share the rest"))
@@ -139,30 +146,49 @@ def read_answers(path: str) -> dict[int, bool]:
     return {int(k): bool(v) for k, v in json.loads(Path(path).read_text())["answers"].items()}
 
 
-def copy_painted_boxes(labels: np.ndarray, answers: list[str], protect: np.ndarray) -> list[dict[str, list[int]]]:
+def held_out_box(i: int, every: int) -> bool:
+    """Whether a round's ``i``-th painted box is held out with ``box_heldout: every`` (the last of each run of ``every``).
+
+    >>> [held_out_box(i, 4) for i in range(8)], held_out_box(0, 0), held_out_box(0, 1)
+    ([False, False, False, True, False, False, False, True], False, True)
+    """
+    return every > 0 and i % every == every - 1
+
+
+def copy_painted_boxes(labels: np.ndarray, answers: list[str], protect: np.ndarray,
+                       every: int = 0) -> tuple[list[dict[str, list[int]]], list[dict[str, Any]]]:
     """Copy the densely painted boxes of every round's answers (``answers.json`` files; ``boxes`` in them) into
-    ``labels`` (in place), except where ``protect`` (held-out voxels, the test region); the boxes."""
+    ``labels`` (in place), except where ``protect`` (held-out voxels, the test region); the boxes held out
+    (:func:`held_out_box`) are not copied but marked in ``protect``. The boxes trained on, and the held-out ones
+    with their label volume (``labels``)."""
     from engine.geometry import Box
     from engine.storage import open_volume
 
     out: list[dict[str, list[int]]] = []
+    held: list[dict[str, Any]] = []
     for path in answers:
         doc = json.loads(Path(path).read_text()).get("boxes")
         if not doc:
             continue
         vol = open_volume(doc["labels"])
-        for b in doc["boxes"]:
+        for i, b in enumerate(doc["boxes"]):
             box = Box(tuple(b["start"]), tuple(b["stop"]))
             sl = box.to_slices()
+            if held_out_box(i, every):
+                protect[sl] = True
+                labels[sl] = UNKNOWN_LABEL
+                held.append({"start": list(b["start"]), "stop": list(b["stop"]), "labels": doc["labels"]})
+                continue
             keep = ~protect[sl]
             labels[sl][keep] = vol.read(box)[keep]
             out.append({"start": list(b["start"]), "stop": list(b["stop"])})
-    return out
+    return out, held
 
 
-def write_labels(ctx: StageContext, cfg: Any) -> tuple[str, list[dict[str, Any]], dict[str, int], list[dict[str, list[int]]]]:
+def write_labels(ctx: StageContext, cfg: Any) -> tuple[str, list[dict[str, Any]], dict[str, int], list[dict[str, list[int]]], list[dict[str, Any]]]:
     """The fine-tuning labels (module docstring) in ``RUN/round-NN/finetune/labels.zarr``; the boxes of the
-    painted objects (grown by ``margin``, with their crop weight), the counts and the densely painted boxes."""
+    painted objects (grown by ``margin``, with their crop weight), the counts, the densely painted boxes trained
+    on and those held out (with their label volume)."""
     from engine.active.finetune import UNKNOWN, RoundAnswers, paint_answers
     from engine.storage import create_volume, open_volume
 
@@ -176,12 +202,13 @@ def write_labels(ctx: StageContext, cfg: Any) -> tuple[str, list[dict[str, Any]]
     if ctx.test_from_z is not None:  # the test region: never trained on (propagated answers could reach it)
         protect[ctx.test_from_z:] = True
         labels[ctx.test_from_z:] = UNKNOWN
-    dense = copy_painted_boxes(labels, [ctx.input(a) for a in cfg.answers or []], protect)
+    dense, held_boxes = copy_painted_boxes(labels, [ctx.input(a) for a in cfg.answers or []], protect, cfg.box_heldout)
     rounds = [RoundAnswers(ctx.input(rd), k, read_answers(ctx.input(a)))
               for k, (rd, a) in enumerate(zip(cfg.rois or [], cfg.answers or [], strict=True), start=1)]
     anchor = previous_segmentation(ctx.input(cfg.rois[-1]), labels.shape) if cfg.anchor > 0 and cfg.rois else None
     painted, counts = paint_answers(labels, rounds, ring=cfg.ring, erode=cfg.erode, propagate_answers=cfg.propagate, protect=protect, anchor=anchor)
-    counts.update(boxes=len(dense), voxels_boxes=int(sum(np.prod(np.subtract(b["stop"], b["start"])) for b in dense)))
+    counts.update(boxes=len(dense) + len(held_boxes), boxes_heldout=len(held_boxes),
+                  voxels_boxes=int(sum(np.prod(np.subtract(b["stop"], b["start"])) for b in dense + held_boxes)))
     out = str(ctx.dir / "labels.zarr" / "labels")
     vol = create_volume(out, base.spatial_shape, "uint8", base.chunk_shape, voxel_size=base.voxel_size, fill_value=UNKNOWN, overwrite=True)
     vol.write(base.box, labels)
@@ -193,7 +220,7 @@ def write_labels(ctx: StageContext, cfg: Any) -> tuple[str, list[dict[str, Any]]
         boxes.append({"start": list(grown.start), "stop": list(grown.stop), "weight": 1.0 if reviewed else cfg.propagated_weight})
     if cfg.balance:
         balance_weights(boxes, [ok for *_, ok in painted])
-    return out, boxes, counts, dense
+    return out, boxes, counts, dense, held_boxes
 
 
 def previous_segmentation(rois_dir: str, shape: tuple[int, ...], slab: int = 16) -> np.ndarray:
@@ -258,6 +285,9 @@ def crop_boxes(annotated: list[dict[str, list[int]]], objects: list[dict[str, An
     return out + (_by_size(dense, box_share) if dense else [])
 
 
+#: the label value of a voxel nothing says anything about
+UNKNOWN_LABEL = 255
+
 #: in-plane side (voxels) of the held-out tiles that the gate resamples; a tile is one section deep
 GATE_TILE = 64
 #: in-plane raw (voxels) read around each held-out box for its windows' context, not scored
@@ -285,13 +315,14 @@ def gate_regions(boxes: list[dict[str, list[int]]], volume: Any, crop_z: int) ->
     return out
 
 
-def heldout_counts(checkpoints: list[str], raw: str, heldout: str, boxes: list[dict[str, list[int]]], tcfg: Any) -> tuple[list[Counts], int] | None:
+def heldout_counts(checkpoints: list[str], raw: str, heldout: str, boxes: list[dict[str, Any]], tcfg: Any) -> tuple[list[Counts], int] | None:
     """Each checkpoint's prediction on the held-out labelled voxels: the intersection and union voxel
     counts per tile (:data:`GATE_TILE`, tiles without a held-out voxel left out), and the number of
     held-out voxels; None without any. Each held-out box is predicted on its own, with a margin of raw
     around it (half a training crop deep, :data:`GATE_MARGIN` in-plane, inside the volume) that gives
     its windows their context and is not scored; held-out boxes spread over a large volume cost what
-    they hold, not what their bounding box holds."""
+    they hold, not what their bounding box holds. A box with ``labels`` (a volume URL) is scored against
+    those labels instead of ``heldout``'s."""
     from engine.learn.config import ValidationConfig
     from engine.learn.validate import Validator
     from engine.models import load_checkpoint
@@ -300,8 +331,9 @@ def heldout_counts(checkpoints: list[str], raw: str, heldout: str, boxes: list[d
     if not boxes:
         return None
     parts: list[tuple[Any, tuple[Any, ...]]] = []
-    for box, grown in gate_regions(boxes, open_volume(heldout).box, int(tcfg.crop[0])):
-        v = Validator(ValidationConfig.model_validate({"raw": raw, "labels": heldout, "roi": {"start": list(grown.start), "stop": list(grown.stop)},
+    for b, (box, grown) in zip(boxes, gate_regions(boxes, open_volume(heldout).box, int(tcfg.crop[0])), strict=True):
+        labels = b.get("labels", heldout)  # a painted box held out of a round brings its own label volume
+        v = Validator(ValidationConfig.model_validate({"raw": raw, "labels": labels, "roi": {"start": list(grown.start), "stop": list(grown.stop)},
                                                        "every": 1}), tcfg)
         inner = (Ellipsis, *box.to_slices(relative_to=grown))
         parts.append((v, inner))  # the margin (and another box's labels inside it) is context, not scored
@@ -389,7 +421,7 @@ class FinetuneStage(DeclaredStage, kind="finetune", config=FinetuneSection, orde
         ck = Path(ctx.input(cfg.checkpoint))
         _, extras = read_checkpoint_config(ck)
         base = TrainConfig.model_validate(extras["train"])
-        labels_url, obj_boxes, counts, dense = write_labels(ctx, cfg)
+        labels_url, obj_boxes, counts, dense, held_boxes = write_labels(ctx, cfg)
         boxes = crop_boxes(read_box_list(ctx.input(cfg.boxes)), obj_boxes, cfg.replay, dense, cfg.box_share)
         boxes_path = ctx.dir / "boxes.json"
         boxes_path.write_text(json.dumps({"boxes": boxes}, indent=1))
@@ -415,7 +447,7 @@ class FinetuneStage(DeclaredStage, kind="finetune", config=FinetuneSection, orde
             from engine.models.checkpoint import average_checkpoints
 
             candidate = average_checkpoints(ck, candidate, cfg.average, out / "averaged" / Path(candidate).name)
-        decision = self._gate(ctx, cfg, str(ck), candidate, base, tcfg)
+        decision = self._gate(ctx, cfg, str(ck), candidate, base, tcfg, held_boxes)
         decision.update(tuned=result["checkpoint"], average=cfg.average)
         path = ctx.dir / "decision.json"
         path.write_text(json.dumps({**decision, "labels": counts}, indent=1))
@@ -442,13 +474,18 @@ class FinetuneStage(DeclaredStage, kind="finetune", config=FinetuneSection, orde
         return TrainConfig.model_validate(dump)
 
     @staticmethod
-    def _gate(ctx: StageContext, cfg: Any, previous: str, candidate: str, base: Any, tcfg: Any) -> dict[str, Any]:
-        """Score both models on the held-out voxels and pick (module docstring)."""
+    def _gate(ctx: StageContext, cfg: Any, previous: str, candidate: str, base: Any, tcfg: Any,
+              painted: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Score both models on the held-out voxels (the annotated ones and the ``painted`` boxes held out) and pick
+        (module docstring)."""
         doc: dict[str, Any] = {"round": ctx.round, "previous": previous, "candidate": candidate, "metric": "iou", "keep_better": cfg.keep_better}
-        held_boxes: list[dict[str, list[int]]] = []
-        if cfg.heldout:
-            held_boxes = json.loads(Path(ctx.input(cfg.boxes)).read_text()).get("heldout", [])
+        held_boxes: list[dict[str, Any]] = []
         heldout = ctx.input(cfg.heldout) if cfg.heldout else None
+        if heldout:
+            held_boxes = json.loads(Path(ctx.input(cfg.boxes)).read_text()).get("heldout", [])
+        held_boxes += painted or []
+        if heldout is None and held_boxes:
+            heldout = held_boxes[0]["labels"]  # the painted boxes' own volume gives the gate its shape
         got = heldout_counts([previous, candidate], base.data.raw, heldout, held_boxes, tcfg) if heldout and held_boxes else None
         if got is None:
             doc.update(previous_score=None, candidate_score=None, heldout_voxels=0, kept="candidate", checkpoint=candidate,
