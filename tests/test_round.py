@@ -651,6 +651,12 @@ def test_a_box_round_asks_where_the_model_is_least_sure_and_trains_on_the_painte
     counts = json.loads(Path(m.stages["finetune[1]"]["outputs"]["decision"]).read_text())["labels"]
     assert counts["boxes"] == 2 and counts["voxels_boxes"] == 2 * 32 * 32
 
+    # the viewer shows them beside the selected sub-volumes
+    from engine.view import discover_run
+
+    shown = [b for b in discover_run("run").boxes if b["label"].startswith("round 1: box")]
+    assert [{"start": b["start"], "stop": b["stop"]} for b in shown] == asked
+
     # box_heldout: the last of every 2 boxes is held out of training and judges the round with the annotated held-out voxels
     run_pipeline(pipeline_config(cfg, [*sets, "rounds.finetune.box_heldout=2"]))
     m = Manifest("run")

@@ -163,4 +163,20 @@ def discover_run(
     elif not sel_path.is_file():
         raise ViewError(f"selection file {selection} does not exist", "give the selection.json written by connectile select")
     boxes = _boxes(sel_path) if sel_path is not None else []
-    return RunView(run, layers, boxes, _points(run), sel_path)
+    return RunView(run, layers, boxes + _round_boxes(run), _points(run), sel_path)
+
+
+def _round_boxes(run: Path) -> list[dict[str, Any]]:
+    """The boxes a round asked to paint (``round-NN/query/boxes.json``, or ``boxes.json`` of a query folder itself)."""
+    out: list[dict[str, Any]] = []
+    for path in sorted(run.glob("boxes.json")) + sorted(run.glob("round-*/query/boxes.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except ValueError:
+            continue
+        if not isinstance(doc, dict) or "choice" not in doc:  # not a round's query (annotate and finetune write boxes.json too)
+            continue
+        items = doc.get("boxes", [])
+        out += [{"start": [int(v) for v in b["start"]], "stop": [int(v) for v in b["stop"]],
+                 "label": f"round {doc.get('round')}: box {i + 1} of {len(items)} to paint"} for i, b in enumerate(items)]
+    return out
