@@ -21,9 +21,10 @@ Boxes painted densely in rounds ``1 .. r`` (``rounds.query.boxes``; the review s
 the labels as the annotated boxes are (never over held-out voxels or the test region), and a share
 ``box_share`` of the crops is drawn from them (by size) when there are any; the other crops are split as follows.
 With ``box_heldout: k``, the last of every k boxes a round painted is held out instead: never trained on, it
-scores the rounds beside the annotated held-out voxels. The boxes lie where a model was unsure, which is where
-two models differ; the annotated quarters of the synthetic demo held no mitochondrion in 2 of 5 seeds, and the
-gate could not tell its rounds apart there (benchmarks/RESULTS.md, twelfth session).
+scores the rounds beside the annotated held-out voxels. The annotated quarters of the synthetic demo held no
+mitochondrion in 2 of 5 seeds, so the gate could not tell its rounds apart there; with ``box_heldout: 4`` it
+could, and it still used every round, one of which lowered the test sections by 0.085: boxes where the
+previous model was unsure reward any change there (benchmarks/RESULTS.md, twelfth session). No demo sets it.
 
 Crops: a share ``replay`` of them from the annotated boxes (the labels the model was trained on, so
 that fine-tuning does not forget them), the rest from the reviewed and propagated objects' boxes
