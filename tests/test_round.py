@@ -715,3 +715,22 @@ def test_a_box_round_asks_where_the_model_is_least_sure_and_trains_on_the_painte
     assert "the boxes to label wait to be painted" in capsys.readouterr().out
     again = json.loads((q2 / "boxes.json").read_text())["boxes"]
     assert len(again) == 2 and not any(clash(b["start"][0], b["start"][1], b["start"][2], asked) for b in again)
+
+    # the query of round 1 asks again, for other boxes: the painted crops are set aside (never deleted), the new boxes exported
+    from engine.active.answers import round_finished
+
+    one = [*person, "rounds.query.boxes=1"]
+    with pytest.raises(ReviewPending):
+        run_pipeline(pipeline_config(cfg, one))
+    queries1 = qdir / "rounds" / "round-01" / "queries.parquet"
+    if queries1.exists() and not round_finished(queries1.parent):  # the objects are asked again first
+        with AnswerStore(answers_path(queries1.parent)) as store:
+            for roi in read_queries(queries1)["roi_id"].tolist():
+                store.set(int(roi), True, source="person")
+            store.finish()
+        with pytest.raises(ReviewPending, match="wait to be painted"):
+            run_pipeline(pipeline_config(cfg, one))
+    (aside,) = crops_dir.parent.glob("crops.aside-*")
+    assert [c["box"] for c in json.loads((aside / "manifest.json").read_text())["crops"]] == asked
+    assert (aside / "crop_001.zarr" / "labels").exists()  # what the person painted is kept
+    assert len(json.loads((crops_dir / "manifest.json").read_text())["crops"]) == 1

@@ -19,6 +19,7 @@ any other id foreground) and then imports them. ``answers.json`` lists the boxes
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Literal
 
 from pydantic import Field
@@ -27,6 +28,8 @@ from engine.config import Config
 from engine.errors import ConnectileError
 from engine.pipeline.stage import StageContext
 from engine.pipeline.stages._base import DeclaredStage
+
+log = logging.getLogger(__name__)
 
 
 class ReviewPending(ConnectileError):
@@ -99,6 +102,18 @@ def paint_boxes(ctx: StageContext, cfg: Any, query_dir: str) -> dict[str, Any] |
         from engine.select.export import export_crops, import_labels
 
         crops = ctx.dir / "crops"
+        if (crops / "manifest.json").exists():  # crops of other boxes (the query ran again): set aside, never deleted
+            exported = [c["box"] for c in json.loads((crops / "manifest.json").read_text())["crops"]]
+            if exported != [{"start": list(b["start"]), "stop": list(b["stop"])} for b in boxes]:
+                import time
+
+                aside = crops.with_name(f"crops.aside-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+                crops.rename(aside)
+                log.warning("%s: the round asks for other boxes now; the crops of the earlier ones were moved to %s", ctx.stage, aside)
+                if (ctx.dir / "person.zarr").exists():
+                    from engine.storage.safety import remove
+
+                    remove(ctx.dir / "person.zarr", "run-files")
         if not (crops / "manifest.json").exists():
             if doc.get("image") is None:
                 raise ConfigError(f"{ctx.stage}: the boxes of {asked} name no raw volume to export", "run the round's query again")
