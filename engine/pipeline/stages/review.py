@@ -10,10 +10,11 @@ of queried objects that were right (the round's ROI accuracy on the queries).
 Boxes the query asked to label densely (``rounds.query.boxes``) are painted into
 ``RUN/round-NN/review/boxes.zarr/labels`` (1 foreground, 0 background inside the boxes, 255 elsewhere, as
 ``annotate``'s labels): by the oracle from ``truth`` (``target``/``boundary``: the ``annotate`` stage's unless
-set), or by a
-person: the boxes are exported as crops (``RUN/round-NN/review/crops/``, zarr and TIFF,
+set), or by a person: the boxes are exported as crops (``RUN/round-NN/review/crops/``, zarr and TIFF,
 :func:`engine.select.export.export_crops`), the stage waits until every crop has its labels (0 background,
-any other id foreground) and then imports them. ``answers.json`` lists the boxes and their labels under ``boxes``.
+any other id foreground) and then imports them. When the query asks for other boxes, the crops of the earlier
+ones are moved aside (``crops.aside-<UTC time>``), never deleted. ``answers.json`` lists the boxes and their
+labels under ``boxes``.
 """
 
 from __future__ import annotations
