@@ -128,6 +128,12 @@ def model_of(rounds: RoundsBase, r: int) -> str:
     return rounds.model if r == 1 else f"{round_key('finetune', r - 1)}.checkpoint"
 
 
+def asks_boxes(rounds: RoundsBase, r: int) -> bool:
+    """Whether round ``r``'s query asks for boxes to paint (``rounds.query.boxes``, or the round's override)."""
+    over = rounds.overrides.get(r, {}).get("query", {})
+    return int(over.get("boxes", getattr(rounds.query, "boxes", 0) or 0)) > 0  # type: ignore[attr-defined]
+
+
 def wiring(kind: str, r: int, rounds: RoundsBase) -> dict[str, Any]:
     """The inputs of ``kind`` in round ``r`` that come from other stages of the loop (written once, here)."""
     def ref(k: str, out: str) -> str:
@@ -139,7 +145,8 @@ def wiring(kind: str, r: int, rounds: RoundsBase) -> dict[str, Any]:
         "label": {"input": ref("predict", "probability")},
         "score": {"probability": ref("predict", "probability"), "labels": ref("label", "labels"), "table": ref("label", "table")},
         "query": {"labels": ref("label", "labels"), "table": ref("label", "table"), "image": raw, "probability": ref("predict", "probability"),
-                  "earlier": [f"{round_key('review', k)}.answers" for k in range(1, r)], "earlier_rois": [f"{round_key('query', k)}.rois" for k in range(1, r)]},
+                  "earlier": [f"{round_key('review', k)}.answers" for k in range(1, r)], "earlier_rois": [f"{round_key('query', k)}.rois" for k in range(1, r)],
+                  **({"annotated": "annotate.boxes"} if asks_boxes(rounds, r) else {})},
         "review": {"rois": ref("query", "rois")},
         "finetune": {"checkpoint": model_of(rounds, r), "rois": [f"{round_key('query', k)}.rois" for k in range(1, r + 1)],
                      "answers": [f"{round_key('review', k)}.answers" for k in range(1, r + 1)]},

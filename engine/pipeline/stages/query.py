@@ -50,7 +50,8 @@ class QuerySection(RoisParams, Config):
     box_gap: int = Field(default=2, ge=0, description="no two boxes within this many sections of each other at an overlapping place")
     box_choice: Literal["least_sure", "random"] = Field(default="least_sure", description=(
         "where the boxes go: where the prediction is least sure, or at random under the same rules (a control)"))
-    annotated: str = Field(default="annotate.boxes", description="the annotated (and held-out) boxes: no box is asked there")
+    annotated: str | None = Field(default=None, description=(
+        "wired when the round asks for boxes (annotate.boxes): the annotated and held-out boxes, where no box is asked"))
 
 
 def object_count(table: str) -> int:
@@ -122,9 +123,10 @@ def ask_boxes(ctx: StageContext, cfg: Any) -> dict[str, Any]:
     from engine.storage.safety import write_json_atomic
 
     taken: list[dict[str, list[int]]] = []
-    doc = json.loads(Path(ctx.input(cfg.annotated)).read_text())
-    for key in ("boxes", "heldout"):
-        taken += [{"start": list(b["start"]), "stop": list(b["stop"])} for b in doc.get(key, [])]
+    if cfg.annotated:
+        doc = json.loads(Path(ctx.input(cfg.annotated)).read_text())
+        for key in ("boxes", "heldout"):
+            taken += [{"start": list(b["start"]), "stop": list(b["stop"])} for b in doc.get(key, [])]
     for folder in ctx.inputs(cfg.earlier_rois or []):
         earlier = Path(folder) / "boxes.json"
         if earlier.exists():
