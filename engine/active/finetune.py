@@ -13,9 +13,11 @@ box is left unknown (``known`` is False there), because a neighbouring object ma
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -171,3 +173,42 @@ def paint_answers(
         labels[free & ~anchor] = ANCHOR_BG
         counts["voxels_anchor"] = int(free.sum())
     return painted, counts
+
+
+def held_out_box(i: int, every: int) -> bool:
+    """Whether a round's ``i``-th painted box is held out with ``box_heldout: every`` (the last of each run of ``every``).
+
+    >>> [held_out_box(i, 4) for i in range(8)], held_out_box(0, 0), held_out_box(0, 1)
+    ([False, False, False, True, False, False, False, True], False, True)
+    """
+    return every > 0 and i % every == every - 1
+
+
+def copy_painted_boxes(labels: np.ndarray, answers: list[str], protect: np.ndarray,
+                       every: int = 0) -> tuple[list[dict[str, list[int]]], list[dict[str, Any]]]:
+    """Copy the densely painted boxes of every round's answers (``answers.json`` files; ``boxes`` in them) into
+    ``labels`` (in place), except where ``protect`` (held-out voxels, the test region); the boxes held out
+    (:func:`held_out_box`) are not copied but marked in ``protect``. The boxes trained on, and the held-out ones
+    with their label volume (``labels``)."""
+    from engine.geometry import Box
+    from engine.storage import open_volume
+
+    out: list[dict[str, list[int]]] = []
+    held: list[dict[str, Any]] = []
+    for path in answers:
+        doc = json.loads(Path(path).read_text()).get("boxes")
+        if not doc:
+            continue
+        vol = open_volume(doc["labels"])
+        for i, b in enumerate(doc["boxes"]):
+            box = Box(tuple(b["start"]), tuple(b["stop"]))
+            sl = box.to_slices()
+            if held_out_box(i, every):
+                protect[sl] = True
+                labels[sl] = UNKNOWN
+                held.append({"start": list(b["start"]), "stop": list(b["stop"]), "labels": doc["labels"]})
+                continue
+            keep = ~protect[sl]
+            labels[sl][keep] = vol.read(box)[keep]
+            out.append({"start": list(b["start"]), "stop": list(b["stop"])})
+    return out, held

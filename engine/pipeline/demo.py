@@ -108,9 +108,7 @@ def demo_config(
         # too-small mitochondria); a tolerant gate (held-out quarters hold 8-2,399 mitochondrion voxels, too few for a strict one); no
         # label propagation (the query's clusters mix decoy bodies with mitochondria). Why, per seed: benchmarks/RESULTS.md.
         cfg["rounds"]["query"]["query"]["per_cluster"] = 2
-        # and 8 boxes of 64 x 64 per round painted where the model is least sure: final minus base over 5 seeds +0.060 +- 0.112
-        # (4 of 5 above the base) against +0.005 +- 0.012 with the answers only and +0.018 +- 0.093 with as many random boxes
-        # (benchmarks/RESULTS.md, twelfth session)
+        # and 8 boxes of 64^2 per round where the model is least sure (5 seeds: +0.060 +- 0.112 over the base; RESULTS, twelfth session)
         cfg["rounds"]["query"] |= {"boxes": 8, "box": [1, 64, 64]}
         cfg["rounds"]["finetune"] |= {"ring": 0, "gate_confidence": 0.9, "propagate": False} | ANSWER_PAINT | {"erode": 1}
         # the ceiling: the same training on every label outside the test region, scored as the rounds are

@@ -147,45 +147,6 @@ def read_answers(path: str) -> dict[int, bool]:
     return {int(k): bool(v) for k, v in json.loads(Path(path).read_text())["answers"].items()}
 
 
-def held_out_box(i: int, every: int) -> bool:
-    """Whether a round's ``i``-th painted box is held out with ``box_heldout: every`` (the last of each run of ``every``).
-
-    >>> [held_out_box(i, 4) for i in range(8)], held_out_box(0, 0), held_out_box(0, 1)
-    ([False, False, False, True, False, False, False, True], False, True)
-    """
-    return every > 0 and i % every == every - 1
-
-
-def copy_painted_boxes(labels: np.ndarray, answers: list[str], protect: np.ndarray,
-                       every: int = 0) -> tuple[list[dict[str, list[int]]], list[dict[str, Any]]]:
-    """Copy the densely painted boxes of every round's answers (``answers.json`` files; ``boxes`` in them) into
-    ``labels`` (in place), except where ``protect`` (held-out voxels, the test region); the boxes held out
-    (:func:`held_out_box`) are not copied but marked in ``protect``. The boxes trained on, and the held-out ones
-    with their label volume (``labels``)."""
-    from engine.geometry import Box
-    from engine.storage import open_volume
-
-    out: list[dict[str, list[int]]] = []
-    held: list[dict[str, Any]] = []
-    for path in answers:
-        doc = json.loads(Path(path).read_text()).get("boxes")
-        if not doc:
-            continue
-        vol = open_volume(doc["labels"])
-        for i, b in enumerate(doc["boxes"]):
-            box = Box(tuple(b["start"]), tuple(b["stop"]))
-            sl = box.to_slices()
-            if held_out_box(i, every):
-                protect[sl] = True
-                labels[sl] = UNKNOWN_LABEL
-                held.append({"start": list(b["start"]), "stop": list(b["stop"]), "labels": doc["labels"]})
-                continue
-            keep = ~protect[sl]
-            labels[sl][keep] = vol.read(box)[keep]
-            out.append({"start": list(b["start"]), "stop": list(b["stop"])})
-    return out, held
-
-
 def write_labels(ctx: StageContext, cfg: Any) -> tuple[str, list[dict[str, Any]], dict[str, int], list[dict[str, list[int]]], list[dict[str, Any]]]:
     """The fine-tuning labels (module docstring) in ``RUN/round-NN/finetune/labels.zarr``; the boxes of the
     painted objects (grown by ``margin``, with their crop weight), the counts, the densely painted boxes trained
@@ -203,6 +164,8 @@ def write_labels(ctx: StageContext, cfg: Any) -> tuple[str, list[dict[str, Any]]
     if ctx.test_from_z is not None:  # the test region: never trained on (propagated answers could reach it)
         protect[ctx.test_from_z:] = True
         labels[ctx.test_from_z:] = UNKNOWN
+    from engine.active.finetune import copy_painted_boxes
+
     dense, held_boxes = copy_painted_boxes(labels, [ctx.input(a) for a in cfg.answers or []], protect, cfg.box_heldout)
     rounds = [RoundAnswers(ctx.input(rd), k, read_answers(ctx.input(a)))
               for k, (rd, a) in enumerate(zip(cfg.rois or [], cfg.answers or [], strict=True), start=1)]
@@ -285,9 +248,6 @@ def crop_boxes(annotated: list[dict[str, list[int]]], objects: list[dict[str, An
         out += [{**o, "weight": float(rest * (1 - replay) * w / ow.sum()) if ow.sum() > 0 else 0.0} for o, w in zip(objects, ow, strict=True)]
     return out + (_by_size(dense, box_share) if dense else [])
 
-
-#: the label value of a voxel nothing says anything about
-UNKNOWN_LABEL = 255
 
 #: in-plane side (voxels) of the held-out tiles that the gate resamples; a tile is one section deep
 GATE_TILE = 64
