@@ -151,6 +151,18 @@ def test_pairs_pass_is_the_same_whatever_faces_it_keeps(tmp_path: Path) -> None:
     assert huge._capacity() == CACHE_BYTES // (8 * 3 * 128 * 128)  # a petascale plane of blocks: the memory cap
 
 
+def test_uint8_threshold_equals_the_float_comparison() -> None:
+    """The mask of a uint8 probability is compared as integers (fast); it must equal ``v / 255 > t``
+    computed in float64 for every value and thresholds on, between and beyond the steps."""
+    from engine.kernels.components import foreground
+
+    v = np.arange(256, dtype=np.uint8)
+    steps = np.arange(256) / 255
+    ts = np.concatenate([np.linspace(-0.1, 1.1, 1201), steps, np.nextafter(steps, 2), np.nextafter(steps, -1)])
+    for t in ts:
+        assert np.array_equal(foreground(v, float(t)), v > np.float64(t) * 255.0), t
+
+
 def test_face_pairs_of_an_edge_contact() -> None:
     grid = BlockGrid(Box.from_shape((4, 4, 4)), write_shape=(2, 2, 2))
     a, b = grid.id_of((0, 0, 0)), grid.id_of((1, 1, 0))  # edge neighbours along x

