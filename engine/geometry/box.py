@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
@@ -137,3 +137,12 @@ def trusted_box(start: Coord, stop: Coord) -> Box:
     _SET_START(box, start)
     _SET_STOP(box, stop)
     return box
+
+
+def dict_voxels(boxes: Iterable[Mapping[str, Sequence[int]]]) -> list[int]:
+    """The voxels of each box written as :meth:`Box.to_dict` writes it (``{"start", "stop"}``).
+
+    >>> dict_voxels([{"start": [0, 0, 0], "stop": [1, 4, 4]}, Box((2, 0), (4, 3)).to_dict()])
+    [16, 6]
+    """
+    return [math.prod(b - a for a, b in zip(d["start"], d["stop"], strict=True)) for d in boxes]

@@ -23,9 +23,11 @@ time. See :mod:`engine.kernels.stitch` for the id scheme.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -257,6 +259,9 @@ class _LabelJob:
         from engine.ops.label_resolve import load_offsets, resolve_labels
 
         grid, state = self.grid, self.state
+        # the resolution's graph library, imported while the workers run pass A (not in the workers'
+        # start: they import the stitch kernels, and the driver is idle here); ~0.1 s of a cold run
+        threading.Thread(target=importlib.import_module, args=("scipy.sparse.csgraph",), name="import-csgraph", daemon=True).start()
         session.run(op_a, grid, "label-local", state_dir=state / "local", key="local")
         kill_point("label:after-local")
         with session.timed("offsets"):

@@ -80,7 +80,7 @@ import numpy as np
 from pydantic import Field
 
 from engine.config import Config
-from engine.geometry import Triple
+from engine.geometry import Triple, dict_voxels
 from engine.pipeline.stage import StageContext
 from engine.pipeline.stages._base import DeclaredStage
 
@@ -172,7 +172,7 @@ def write_labels(ctx: StageContext, cfg: Any) -> tuple[str, list[dict[str, Any]]
     anchor = previous_segmentation(ctx.input(cfg.rois[-1]), labels.shape) if cfg.anchor > 0 and cfg.rois else None
     painted, counts = paint_answers(labels, rounds, ring=cfg.ring, erode=cfg.erode, propagate_answers=cfg.propagate, protect=protect, anchor=anchor)
     counts.update(boxes=len(dense) + len(held_boxes), boxes_heldout=len(held_boxes),
-                  voxels_boxes=int(sum(np.prod(np.subtract(b["stop"], b["start"])) for b in dense + held_boxes)))
+                  voxels_boxes=sum(dict_voxels(dense + held_boxes)))
     out = str(ctx.dir / "labels.zarr" / "labels")
     vol = create_volume(out, base.spatial_shape, "uint8", base.chunk_shape, voxel_size=base.voxel_size, fill_value=UNKNOWN, overwrite=True)
     vol.write(base.box, labels)
@@ -220,7 +220,7 @@ def balance_weights(boxes: list[dict[str, Any]], accepted: list[bool]) -> None:
 
 
 def _by_size(boxes: list[dict[str, Any]], share: float) -> list[dict[str, Any]]:
-    sizes = np.array([float(np.prod(np.subtract(b["stop"], b["start"]))) for b in boxes])
+    sizes = np.array(dict_voxels(boxes), float)
     return [{**b, "weight": float(share * s / sizes.sum())} for b, s in zip(boxes, sizes, strict=True)]
 
 

@@ -14,12 +14,11 @@ import json
 import logging
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import Field
 
 from engine.active.rounds import QueryConfig
 from engine.config import Config
-from engine.geometry import Triple
+from engine.geometry import Triple, dict_voxels
 from engine.params import RoisParams
 from engine.pipeline.stage import StageContext
 from engine.pipeline.stages._base import DeclaredStage
@@ -144,7 +143,7 @@ def ask_boxes(ctx: StageContext, cfg: Any) -> dict[str, Any]:
         log.warning("%s: %d of the %d boxes asked for fit in the volume beside the labelled ones", ctx.stage, len(picked), cfg.boxes)
     write_json_atomic(ctx.dir / "boxes.json", {"round": ctx.round or 1, "image": ctx.input(cfg.image) if cfg.image else None, "box": list(cfg.box),
                                                "choice": cfg.box_choice, "boxes": picked})
-    return {"boxes": len(picked), "box_voxels": int(sum(np.prod(np.subtract(b["stop"], b["start"])) for b in picked))}
+    return {"boxes": len(picked), "box_voxels": sum(dict_voxels(picked))}
 
 
 class QueryStage(DeclaredStage, kind="query", config=QuerySection, order=130,
