@@ -56,7 +56,7 @@ def test_iou(checkpoint: str, s: dict[str, Any], scratch: Path) -> float:
     out = scratch / "prob.zarr"
     if out.exists():
         shutil.rmtree(out)
-    predict_volume(checkpoint, s["raw"], str(out), block=s["block"], backend="serial", threads=1, progress=False, **s["predict"])
+    predict_volume(checkpoint, s["raw"], str(out), block=s["block"], backend="serial", threads=1, progress=False, overwrite=True, **s["predict"])
     iou = region_iou(open_volume(str(out)), open_volume(s["truth"]), s["target"], s["boundary"], s["threshold"], s["z"])["iou"]
     shutil.rmtree(out)
     return float(iou)
