@@ -127,6 +127,17 @@ def test_quality_script_smoke(script: str, tmp_path: Path, request: pytest.Fixtu
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     rows = _json_lines(res.stdout)
     assert rows, res.stdout[-2000:]
+    if script == "quality_loop.py":  # rounds_average.py scores a finished run's rounds offline: it must reproduce the run's own scores
+        d_row = next(r for r in rows if r.get("method") == "d")
+        run = tmp_path / "out" / "work" / "runs" / f"lucchi-d-{d_row['budget']:g}-{d_row['seed']}"
+        ra = subprocess.run([sys.executable, str(BENCH / "rounds_average.py"), str(run), "--shares", "0.5", "--out", str(tmp_path / "ra")],
+                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600, check=False)
+        assert ra.returncode == 0, ra.stdout[-2000:] + ra.stderr[-3000:]
+        (offline,) = _json_lines(ra.stdout)
+        assert offline["previous"] == pytest.approx(d_row["rounds_iou"][0], abs=1e-9)
+        if d_row["kept"] == ["candidate"]:
+            assert offline["tuned"] == pytest.approx(d_row["rounds_iou"][1], abs=1e-9)
+        assert isinstance(offline["average_0.5"], float)  # the averaged model was written, predicted and scored
     if script == "quality_selection.py":  # it called the trainer with the wrong signature at HEAD~: every method trained
         trained = [r for r in rows if "method" in r]
         assert {r["method"] for r in trained} == {"coverage", "random", "kcenter"} and all(r["steps"] >= 1 for r in trained)
