@@ -52,7 +52,9 @@ clearly worse and says "too close to tell" of the others. It forgives small drop
 ``gate_tolerance`` IoU (0.05) reverts the round whatever the resamples say. Where one tile holds all the
 held-out foreground, a third of the resamples leave it out and tie, so the share cannot reach 0.9 however
 much worse the new model is: a tolerant gate used a round that lost the only held-out mitochondrion
-(Lucchi++, 0.45 -> 0.02, and its test IoU halved; benchmarks/RESULTS.md, tenth session).
+(Lucchi++, 0.45 -> 0.02, and its test IoU halved; benchmarks/RESULTS.md, tenth session). The opposite happens
+too: on four 128 x 128 boxes (0.5% of Lucchi++) the tolerance reverted two box rounds whose models were better on
+the test sections (0.325 -> 0.392 and 0.570; thirteenth session). One or two held-out objects cannot judge a round.
 
 With ``average`` below 1, the round's model is not the fine-tuned one but ``average * fine-tuned + (1 - average)
 * previous``, weight by weight (WiSE-FT, Wortsman et al. 2022; the fine-tuned checkpoint stays in
