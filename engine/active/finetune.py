@@ -206,9 +206,9 @@ def copy_painted_boxes(labels: np.ndarray, answers: list[str], protect: np.ndarr
             if held_out_box(i, every):
                 protect[sl] = True
                 labels[sl] = UNKNOWN
-                held.append({"start": list(b["start"]), "stop": list(b["stop"]), "labels": doc["labels"]})
+                held.append({**box.to_dict(), "labels": doc["labels"]})
                 continue
             keep = ~protect[sl]
             labels[sl][keep] = vol.read(box)[keep]
-            out.append({"start": list(b["start"]), "stop": list(b["stop"])})
+            out.append(box.to_dict())
     return out, held
