@@ -104,9 +104,9 @@ def test_tiny_pipeline_end_to_end_skip_rerun_and_person_review(tmp_path: Path) -
     assert ceiling["scored_from_z"] == zt and ceiling["iou"] == pytest.approx(int((p[0] & t).sum()) / union if union else 1.0)
     assert json.loads((run_dir / "metrics" / "metrics.json").read_text())["ceiling"] == ceiling
     # validation never drops across rounds: the held-out score of each round's model, computed again here
+    from engine.active.gate import heldout_score
     from engine.learn.config import TrainConfig
     from engine.models import read_checkpoint_config
-    from engine.pipeline.stages.finetune import heldout_score
 
     models = [manifest.stages[s]["outputs"]["checkpoint"] for s in ("train", "finetune[1]", "finetune[2]")]
     tcfg = TrainConfig.model_validate(read_checkpoint_config(models[0])[1]["train"])

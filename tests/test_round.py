@@ -322,13 +322,27 @@ def test_a_harmful_round_keeps_the_previous_model(tmp_path: Path, monkeypatch: p
     assert d5["average"] == 0.5 and Path(d5["candidate"]).parent.name == "averaged" and Path(d5["tuned"]).parent.name == "checkpoints", d5
     assert d5["candidate_score"] > d["candidate_score"] + 0.01, (d5, d)
 
+    # held-out truth with fewer objects than gate_min_objects cannot judge: the round's model is halfway between the two
+    assert d["heldout_objects"] >= 3, d  # the default judged above
+    run_pipeline(pipeline_config(cfg, [*hard, f"rounds.finetune.gate_min_objects={d['heldout_objects'] + 1}"]))
+    m = Manifest("run")
+    d6 = json.loads(Path(m.stages["finetune[1]"]["outputs"]["decision"]).read_text())
+    assert d6["kept"] == "average" and "too few to judge" in d6["reason"] and Path(d6["checkpoint"]).parent.name == "hedged", d6
+    assert m.stages["finetune[1]"]["outputs"]["checkpoint"] == d6["checkpoint"]
+    from safetensors.torch import load_file
+
+    w = [load_file(str(Path(d6[k]) / "model.safetensors")) for k in ("previous", "candidate", "checkpoint")]
+    name = next(k for k, v in w[0].items() if v.is_floating_point() and not torch.equal(v, w[1][k]))
+    torch.testing.assert_close(w[2][name], (w[0][name] + w[1][name]) / 2)
+
 
 def test_the_tolerant_gate_reverts_only_a_clearly_worse_round() -> None:
     """``gate_confidence``: a lower held-out score that the resampled tiles cannot tell from noise keeps the
     new model (the strict default reverts it); a drop in most tiles reverts it; the IoU is that of all
     tiles together, as :func:`engine.metrics.jaccard` gives it."""
+    from engine.active.gate import counts_iou, tile_counts, verdict
     from engine.metrics import jaccard
-    from engine.pipeline.stages.finetune import FinetuneSection, FinetuneStage, counts_iou, tile_counts
+    from engine.pipeline.stages.finetune import FinetuneSection
 
     rng = np.random.default_rng(0)
     truth = rng.random((1, 4, 256, 256)) < 0.05
@@ -342,23 +356,33 @@ def test_the_tolerant_gate_reverts_only_a_clearly_worse_round() -> None:
     assert counts_iou(counts["close"]) < counts_iou(counts["old"])
     for conf, candidate, kept in ((None, "close", "previous"), (0.9, "close", "candidate"), (0.9, "worse", "previous")):
         doc: dict[str, object] = {}
-        reason = FinetuneStage._verdict(FinetuneSection(gate_confidence=conf), counts["old"], counts[candidate], int(known.sum()), doc)
+        reason = verdict(FinetuneSection(gate_confidence=conf), counts["old"], counts[candidate], int(known.sum()), doc)
         assert doc["kept"] == kept, (conf, candidate, doc, reason)
-    assert "too close to tell apart" in FinetuneStage._verdict(FinetuneSection(gate_confidence=0.9), counts["old"], counts["close"], 1, {})
+    assert "too close to tell apart" in verdict(FinetuneSection(gate_confidence=0.9), counts["old"], counts["close"], 1, {})
     # one tile holds all the held-out foreground and the new model loses it: the resamples without that tile tie, so
     # they cannot reach 0.9, but a drop of more than gate_tolerance reverts the round (Lucchi++: 0.45 -> 0.02 was used)
     one = np.zeros_like(truth)
     one[0, 0, :64, :64] = truth[0, 0, :64, :64]
     kept_one, lost = tile_counts(one, one, known), tile_counts(np.zeros_like(one), one, known)
     doc = {}
-    reason = FinetuneStage._verdict(FinetuneSection(gate_confidence=0.9), kept_one, lost, int(known.sum()), doc)
+    reason = verdict(FinetuneSection(gate_confidence=0.9), kept_one, lost, int(known.sum()), doc)
     assert doc["kept"] == "previous" and float(doc["share_worse"]) < 0.9 and "gate_tolerance" in reason, reason
     doc = {}
-    FinetuneStage._verdict(FinetuneSection(gate_confidence=0.9, gate_tolerance=1.0), kept_one, lost, int(known.sum()), doc)
+    verdict(FinetuneSection(gate_confidence=0.9, gate_tolerance=1.0), kept_one, lost, int(known.sum()), doc)
     assert doc["kept"] == "candidate"  # without the tolerance: "too close"
     empty = tile_counts(old, np.zeros_like(truth), known)  # no foreground held out: IoU 0 whatever the model
     doc = {}
-    assert "neither model overlaps any foreground" in FinetuneStage._verdict(FinetuneSection(), empty, empty, 7, doc) and doc["kept"] == "candidate"
+    assert "neither model overlaps any foreground" in verdict(FinetuneSection(), empty, empty, 7, doc) and doc["kept"] == "candidate"
+    # too few held-out objects to judge either way (Lucchi++ 0.5%: one object reverted two better rounds, two used a
+    # harmful one): the round's model is the gate_hedge average, whichever model scores higher there
+    for candidate in ("close", "worse"):
+        for objects, section, kept in ((2, FinetuneSection(), "average"), (3, FinetuneSection(), "previous"), (0, FinetuneSection(gate_min_objects=0), "previous"),
+                                       (2, FinetuneSection(keep_better=False), "candidate"), (None, FinetuneSection(), "previous")):
+            doc = {}
+            reason = verdict(section, counts["old"], counts[candidate], int(known.sum()), doc, objects)
+            assert doc["kept"] == kept, (candidate, objects, section, reason)
+    doc = {}
+    assert "fewer than gate_min_objects 3" in verdict(FinetuneSection(), counts["close"], counts["old"], 1, doc, 1) and doc["kept"] == "average"
     from engine.pipeline.stages.metrics import table_lines
 
     rows = table_lines([{"round": 2, "kept": "candidate", "too_close": True}, {"round": 3, "kept": "previous", "too_close": False}])
@@ -512,12 +536,12 @@ def test_gate_scores_each_heldout_box_with_a_margin_not_their_bounding_box(tmp_p
     """Whole held-out boxes lie far apart (``annotate.heldout_boxes``): the gate predicts each box with a margin of
     raw around it, not their bounding box; every held-out voxel counts once, also where one box lies in another's
     margin; and a box scores what a prediction of the whole volume scores there (the margin gives its context)."""
+    from engine.active.gate import gate_regions, heldout_counts
     from engine.geometry import Box
     from engine.learn.config import TrainConfig, ValidationConfig
     from engine.learn.validate import Validator
     from engine.models import ModelConfig, build_model, load_checkpoint, save_checkpoint
     from engine.pipeline.stages.annotate import UNKNOWN
-    from engine.pipeline.stages.finetune import gate_regions, heldout_counts
     from engine.storage import create_volume
 
     rng = np.random.default_rng(0)
@@ -546,9 +570,14 @@ def test_gate_scores_each_heldout_box_with_a_margin_not_their_bounding_box(tmp_p
                                        "target": {"kind": "mask", "label_ids": [1], "ignore_ids": [UNKNOWN]}, "output": str(tmp_path / "t")})
 
     whole_box = Box((0, 0, 0), shape)
-    (counts,), known = heldout_counts([str(tmp_path / "m")], raw_url, held_url, boxes, tcfg)
+    (counts,), known, objects = heldout_counts([str(tmp_path / "m")], raw_url, held_url, boxes, tcfg)
     assert known == int((held != UNKNOWN).sum()) == 32 * 32 + 32 * 32 + 36 * 36  # the boxes' voxels, each once
     assert len(counts[0]) == 3  # the bootstrap's tiles start at each box's corner: one tile per box here, not cut by the margin
+    import cc3d  # the held-out objects: each box's 26-connected foreground components, the margin's not counted
+
+    per_box = [cc3d.connected_components(truth[tuple(slice(a, o) for a, o in zip(b["start"], b["stop"], strict=True))], connectivity=26, return_N=True)[1]
+               for b in boxes]
+    assert objects == sum(per_box) and min(per_box) > 1, per_box
     # the same counts from one prediction of the whole volume, read at the held-out voxels
     whole = Validator(ValidationConfig.model_validate({"raw": raw_url, "labels": held_url, "every": 1}), tcfg)
     pred, gt, ok = whole.masks(load_checkpoint(str(tmp_path / "m"))[0])

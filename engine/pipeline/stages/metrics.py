@@ -47,6 +47,8 @@ def table_lines(rows: list[dict[str, Any]]) -> list[str]:
         model = "base (train)" if r["round"] == 1 else f"after {r['round'] - 1} round(s)"
         if r.get("kept") == "previous":
             model += ": new model worse on held-out, previous kept"
+        elif r.get("kept") == "average":
+            model += ": too few held-out objects to judge, new and previous models averaged"
         elif r.get("too_close"):
             model += ": lower on held-out but too close to tell apart, new model used"
         lines.append(f"| {r['round']} | {model} | " + " | ".join(cells) + " |")
@@ -148,7 +150,7 @@ def _effort(rows: list[dict[str, Any]], decisions: list[dict[str, Any]], annotat
             # counts are cumulative (every round so far is painted), so the latest one is the total
             reviewed = int(lab.get("accepted", 0)) + int(lab.get("rejected", 0))
             voxels = None if annotated is None else annotated + sum(int(lab.get(k, 0)) for k in ("voxels_fg", "voxels_bg", "voxels_boxes"))
-            r.update(kept=d.get("kept"), heldout_score=d.get("candidate_score") if d.get("kept") == "candidate" else d.get("previous_score"),
+            r.update(kept=d.get("kept"), heldout_score={"candidate": d.get("candidate_score"), "previous": d.get("previous_score")}.get(d.get("kept") or ""),
                      too_close=d.get("share_worse") is not None and d.get("kept") == "candidate")
         r.update(labelled_voxels=voxels, reviewed=reviewed)
 
