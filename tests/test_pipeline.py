@@ -142,6 +142,44 @@ def test_skip_then_rerun_only_what_a_change_reaches(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read(r[1].outputs["labels"]), read(ref.output))
 
 
+def _as_written_before(run: Path, removed: dict[str, list[str]]) -> None:
+    """Rewrite a run's manifest as a Connectile without the settings ``removed`` (stage -> keys of its section)
+    would have written it: those keys absent from the recorded configs, and every hash computed from those."""
+    from engine.pipeline.run import stage_hash
+
+    m = json.loads((run / "manifest.json").read_text())
+    hashes: dict[str, str] = {}
+    for name, e in m["stages"].items():  # in the order they ran: dependencies first
+        for key in removed.get(name, []):
+            del e["config"][key]
+        e["hash"] = hashes[name] = stage_hash(name, e["config"], {d: hashes[d] for d in e["depends"]}, None)
+    (run / "manifest.json").write_text(json.dumps(m))
+
+
+def test_settings_added_since_a_run_keep_its_finished_stages(tmp_path: Path) -> None:
+    """A stage finished by an earlier version, whose section has since gained settings, is not started over when
+    the new settings are at their defaults (an upgrade must not recompute finished work, nor ask a person's
+    rounds again); a new setting given another value, or any other change, still reruns what it reaches."""
+    run = tmp_path / "run"
+    run_pipeline(pipeline_config(tiny(run)))
+    _as_written_before(run, {"synth": ["block"], "label": ["table", "device"]})
+    before = json.loads((run / "manifest.json").read_text())["stages"]
+    assert before["label"]["hash"] != plan(pipeline_config(tiny(run))).hashes["label"]  # as an upgrade finds it
+    assert actions(run_pipeline(pipeline_config(tiny(run)))) == {"synth": "skipped", "label": "skipped"}
+    after = json.loads((run / "manifest.json").read_text())["stages"]
+    assert {n: after[n]["hash"] for n in after} == plan(pipeline_config(tiny(run))).hashes and "table" in after["label"]["config"]
+
+    _as_written_before(run, {"label": ["table"]})
+    assert actions(run_pipeline(pipeline_config(tiny(run, label={"table": False})))) == {"synth": "skipped", "label": "ran"}
+    _as_written_before(run, {"label": ["device"]})
+    m = json.loads((run / "manifest.json").read_text())
+    m["stages"]["label"]["config"]["min_size"] = 10  # the recorded config no longer reproduces the recorded hash
+    (run / "manifest.json").write_text(json.dumps(m))
+    assert actions(run_pipeline(pipeline_config(tiny(run, label={"table": False})))) == {"synth": "skipped", "label": "ran"}
+    _as_written_before(run, {"synth": ["block"]})  # adopted upstream, but a setting changed downstream: that stage reruns
+    assert actions(run_pipeline(pipeline_config(tiny(run)))) == {"synth": "skipped", "label": "ran"}
+
+
 def test_a_deleted_output_is_made_again(tmp_path: Path) -> None:
     import shutil
 

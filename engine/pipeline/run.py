@@ -150,11 +150,62 @@ def plan(cfg: PipelineBase) -> Plan:
         del left[first]
     hashes: dict[str, str] = {}
     for name in order:
-        blob: dict[str, Any] = {"stage": name, "section": sections[name].model_dump(mode="json"), "depends": {d: hashes[d] for d in depends[name]}}
-        if getattr(cfg, "test_from_z", None) is not None:  # a test region changes what every stage may use
-            blob["test_from_z"] = cfg.test_from_z
-        hashes[name] = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+        hashes[name] = stage_hash(name, sections[name].model_dump(mode="json"), {d: hashes[d] for d in depends[name]}, getattr(cfg, "test_from_z", None))
     return Plan(order, depends, hashes, sections, enabled)
+
+
+def stage_hash(name: str, section: Mapping[str, Any], depends: Mapping[str, str], test_from_z: int | None) -> str:
+    """A stage's config hash: its section (as dumped to JSON), the hashes of the stages it depends on, and the
+    test region (a test region changes what every stage may use)."""
+    blob: dict[str, Any] = {"stage": name, "section": section, "depends": dict(depends)}
+    if test_from_z is not None:
+        blob["test_from_z"] = test_from_z
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _same_settings(recorded: Any, current: Any, set_here: Any) -> bool:
+    """Whether a section dumped by an earlier version (``recorded``) asks for what ``current`` asks for: every
+    recorded key the same, every key it lacks (a setting added since) at its default, i.e. absent from the dump
+    without defaults (``set_here``). A key removed since counts as a change.
+
+    >>> _same_settings({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 2, "d": 0}, "e": 5}, {"a": 1, "b": {"c": 2}})
+    True
+    >>> _same_settings({"a": 1}, {"a": 1, "e": 6}, {"a": 1, "e": 6}), _same_settings({"a": 1, "x": 0}, {"a": 1}, {"a": 1})
+    (False, False)
+    """
+    if not isinstance(recorded, dict) or not isinstance(current, dict):
+        return bool(recorded == current)
+    if set(recorded) - set(current):
+        return False
+    nested = set_here if isinstance(set_here, dict) else {}
+    return all(_same_settings(recorded[k], v, nested.get(k)) if k in recorded else k not in nested for k, v in current.items())
+
+
+def adopt_new_defaults(p: Plan, manifest: Manifest, test_from_z: int | None) -> list[str]:
+    """Keep finished stages finished across an upgrade that adds settings: a ``done`` stage whose hash differs only
+    because its section gained keys, all at their defaults, and whose dependencies are done under the current
+    hashes, takes the current hash (its recorded config must reproduce its recorded hash, so nothing else changed:
+    not the test region, not a dependency). Without this, every new default would start finished stages over,
+    and finished rounds a person reviewed would be asked again. The stages adopted, in order."""
+    recorded = {n: e.get("hash") for n, e in manifest.stages.items()}
+    adopted = []
+    for name in p.order:
+        e = manifest.entry(name)
+        if e is None or e.get("status") != "done" or e.get("hash") == p.hashes[name] or not isinstance(e.get("config"), dict):
+            continue
+        deps = p.depends[name]
+        if sorted(e.get("depends") or []) != sorted(deps) or not all(manifest.is_done(d, p.hashes[d]) for d in deps):
+            continue
+        if stage_hash(name, e["config"], {d: str(recorded.get(d)) for d in deps}, test_from_z) != e["hash"]:
+            continue
+        section = p.sections[name]
+        if _same_settings(e["config"], section.model_dump(mode="json"), section.model_dump(mode="json", exclude_defaults=True)):
+            e.update(hash=p.hashes[name], config=section.model_dump(mode="json"))
+            adopted.append(name)
+    if adopted:
+        manifest.save()
+        log.info("stages finished before settings were added (all at their defaults) stay finished: %s", ", ".join(adopted))
+    return adopted
 
 
 def _round_of(key: str) -> int:
@@ -213,6 +264,7 @@ def run_pipeline(
     except OSError as err:
         raise StorageError(f"cannot write the run folder {str(run_dir)!r}: {err.strerror or err}", "choose a writable run_dir") from err
     manifest = Manifest(run_dir)
+    adopt_new_defaults(p, manifest, getattr(cfg, "test_from_z", None))
     selected = list(p.order) if not only else [n for n in p.order if n in set(only)]
     forced = p.downstream(from_stage) if from_stage else set()
     if overwrite:
