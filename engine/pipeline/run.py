@@ -199,8 +199,9 @@ def adopt_new_defaults(p: Plan, manifest: Manifest, test_from_z: int | None) -> 
         if stage_hash(name, e["config"], {d: str(recorded.get(d)) for d in deps}, test_from_z) != e["hash"]:
             continue
         section = p.sections[name]
-        if _same_settings(e["config"], section.model_dump(mode="json"), section.model_dump(mode="json", exclude_defaults=True)):
-            e.update(hash=p.hashes[name], config=section.model_dump(mode="json"))
+        current = section.model_dump(mode="json")
+        if _same_settings(e["config"], current, section.model_dump(mode="json", exclude_defaults=True)):
+            e.update(hash=p.hashes[name], config=current)
             adopted.append(name)
     if adopted:
         manifest.save()
