@@ -95,10 +95,10 @@ def prepare(name: str, work: Path, smoke: bool) -> dict[str, Any]:
     if done.exists():
         return json.loads(done.read_text())
     work.mkdir(parents=True, exist_ok=True)
-    if name == "lucchi":
+    if name in ("lucchi", "lucchi-full"):
         from quality_semi import load_lucchi
 
-        raw, lab = load_lucchi()  # 2x downsampled in-plane, as quality_semi
+        raw, lab = load_lucchi(downsample=name == "lucchi")  # 2x downsampled in-plane, as quality_semi; -full: as shipped
         target, test_from = "mask", 125
     elif name == "flyem":
         import tempfile
@@ -109,13 +109,13 @@ def prepare(name: str, work: Path, smoke: bool) -> dict[str, Any]:
             raw, lab = load_flyem(Path(tmp))
         target, test_from = "interior", 200
     else:
-        raise SystemExit(f"unknown data set {name!r}; use lucchi or flyem")
+        raise SystemExit(f"unknown data set {name!r}; use lucchi, lucchi-full or flyem")
     if smoke:
         raw, lab = raw[: 24, :128, :128], lab[: 24, :128, :128]
         test_from = 18
     info = {"name": name, "raw": write_volume(str(work / f"{name}.zarr" / "raw"), np.ascontiguousarray(raw), (16, 128, 128)),
             "truth": write_volume(str(work / f"{name}.zarr" / "truth"), np.ascontiguousarray(lab), (16, 128, 128)),
-            "shape": list(raw.shape), "target": target, "test_from_z": test_from, "binary": name == "lucchi"}
+            "shape": list(raw.shape), "target": target, "test_from_z": test_from, "binary": name != "flyem"}
     done.write_text(json.dumps(info))
     return info
 
@@ -171,16 +171,20 @@ def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir:
     active = method in ("d", "e", "g")
     rounds = args.rounds if active else 1
     steps = args.steps - (rounds * args.finetune_steps if active else 0)
-    model = {"dims": 2, "context_slices": 1, "filters": [16, 32, 64, 128], "input_kernel_xy": 3, "input_stride": 2}
+    full = data["name"] == "lucchi-full"  # the shipped Lucchi++ demo's model and crop at full resolution
+    model = {"dims": 2, "context_slices": 1, "filters": [16, 32, 64, 128] + ([256] if full else []), "input_kernel_xy": 3, "input_stride": 2}
+    crop = [3, 64, 64] if args.smoke else [3, 256, 256] if full else [3, 128, 128]
     cfg["train"] = {"raw": data["raw"], "labels": "annotate.labels", "boxes": "annotate.boxes", "truth": "annotate.validation", "steps": steps,
-                    "validate_every": max(1, steps), "crop": [3, 128, 128] if not args.smoke else [3, 64, 64], "batch_size": 4, "model": model,
+                    "validate_every": max(1, steps), "crop": crop, "batch_size": 4, "model": model,
                     "seed": seed, "threads": args.threads, **copy.deepcopy(LUCCHI_RECIPE)}  # the shipped Lucchi++ demo's recipe
     if method in ("c", "d"):
         cfg["train"]["semi"] = {"box": [32, 32], "unlabelled": 0.2, "inter": 0.2, "labelled_mix": 1.0, "warmup_steps": steps // 4, "rampup_steps": steps // 4}
     binary = data["binary"]
     cfg["rounds"] = {
         "count": rounds, "model": "train.checkpoint",
-        "predict": {"raw": data["raw"], "block": [64, 256, 256], "overlap": 0.25},
+        # full resolution: the demo's whole-section windows without overlap (256^2 windows at 0.25 overlap cost about 4x the CPU)
+        "predict": {"raw": data["raw"], **({"window": [8, 768, 1024], "block": [48, 768, 1024], "overlap": 0.0, "batch_size": 1} if full
+                                           else {"block": [64, 256, 256], "overlap": 0.25})},
         "label": {"threshold": 0.5, "connectivity": 6, "min_size": args.min_size, "block": [64, 256, 256]},
         "score": {"truth": data["truth"], "truth_binary": binary, "target": data["target"], "boundary": 2, "criterion": "iou"},
         # the demos' small query (4 x 2 clusters, small VAEs; tiny ones for --smoke): the stage's defaults are the paper's
