@@ -221,7 +221,7 @@ def bench(cfg: dict[str, Any], wd: Path, m: dict[str, Any], gpu: bool) -> list[d
     runs: dict[str, list[dict[str, Any]]] = {}
     # the jobs of one repeat: each Connectile variant and each cc3d output type once; their order is
     # rotated every repeat, so a slow moment of the shared VM does not always hit the same side
-    jobs = variants + sorted({f"cc3d_{VARIANTS[v][1]}" for v in variants})
+    jobs = variants + ([] if cfg.get("no_peer") else sorted({f"cc3d_{VARIANTS[v][1]}" for v in variants}))
     for rep, order in enumerate(side_orders(jobs, cfg["repeats"])):
         print(f"[bench] repeat {rep + 1}: {', '.join(order)}", file=sys.stderr, flush=True)
         for job in order:
@@ -237,6 +237,11 @@ def bench(cfg: dict[str, Any], wd: Path, m: dict[str, Any], gpu: bool) -> list[d
                 print(f"[bench] {job}, repeat {rep + 1}: {err}", file=sys.stderr, flush=True)
                 emit({"bench": "connected_components", "variant": job, "repeat": rep + 1, "failed": str(err)})
     lines = []
+    if cfg.get("no_peer"):
+        lines = [alone_line(cfg, name, runs.get(name, []), fg, m) for name in variants if runs.get(name)]
+        for ln in lines:
+            emit(ln)
+        variants = []
     for name in variants:
         params, peer_dtype = VARIANTS[name]
         cs, ps = runs.get(name, []), runs.get(f"cc3d_{peer_dtype}", [])
@@ -323,6 +328,28 @@ def bench(cfg: dict[str, Any], wd: Path, m: dict[str, Any], gpu: bool) -> list[d
     return lines
 
 
+def alone_line(cfg: dict[str, Any], name: str, cs: list[dict[str, Any]], fg: float, m: dict[str, Any]) -> dict[str, Any]:
+    """Connectile alone (``--no-peer``): where cc3d cannot run (its whole input and uint32 output at once: 5 bytes
+    a voxel, 40 GiB at 2048^3), the time and every process's peak memory, to show the memory flat as the volume grows."""
+    size, c0 = cfg["size"], cs[len(cs) // 2]
+    kept = [r["kept_s"] for r in cs if r.get("kept_s") is not None]
+    return {
+        "bench": "connected_components_alone", "variant": name, "shape": [size] * 3, "write_block": [cfg["block"]] * 3, "workers": cfg["workers"],
+        "input": f"uint8 blobby probabilities ({fg:.1%} of voxels > 0.5), zarr v2 chunks {cfg['chunk']}^3", "blocks": c0["blocks"], "objects": c0["objects"],
+        "repeats": len(cs), "connectile_s": round(_median([r["run_s"] for r in cs]), 2), "connectile_runs_s": [round(r["run_s"], 2) for r in cs],
+        "connectile_kept_s": round(_median(kept), 2) if kept else None, "connectile_pass_s": {k: round(v, 2) for k, v in c0["seconds"].items()},
+        "voxels_per_s": round(size**3 / _median([r["run_s"] for r in cs])),
+        "connectile_peak_rss_mib": round(max(r["peak"]["work_rss"] for r in cs) / MIB),
+        "connectile_driver_peak_rss_mib": round(max(r["peak"]["driver_rss"] for r in cs) / MIB),
+        "connectile_workers_peak_rss_mib": round(max(r["peak"]["workers_rss"] for r in cs) / MIB),
+        "connectile_one_worker_peak_rss_mib": round(max(r["peak"].get("worker_max_rss", 0) for r in cs) / MIB),
+        "ray_idle_workers_peak_rss_mib": round(max(r["peak"]["idle_rss"] for r in cs) / MIB),
+        "ray_daemons_peak_rss_mib": round(max(r["peak"]["daemons_rss"] for r in cs) / MIB),
+        "peer": f"not run: cc3d holds the whole input and its uint32 output at once ({5 * size**3 / 2**30:.1f} GiB)",
+        "machine": harness.machine_short(m), "load_avg_1m_before": m["load_avg_1m"], "load_avg_1m_after": round(os.getloadavg()[0], 2),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="256^3 with blocks of 64^3, 3 repeats")
@@ -333,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--foreground", type=float, default=0.2, help="fraction of voxels above 0.5 in the input (default 0.2)")
     ap.add_argument("--repeats", type=int, help="runs per side, order alternating; medians reported (default 3; 1 with --smoke)")
     ap.add_argument("--variants", default=None, help=f"comma-separated, of {', '.join(VARIANTS)} (default: all; uint64 with --smoke)")
+    ap.add_argument("--no-peer", action="store_true", help="Connectile only (sizes where cc3d's whole array does not fit: 2048^3 needs 40 GiB)")
     ap.add_argument("--workdir", help="make the temporary folder inside this one")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -347,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg["block"] = args.block
     cfg["workers"] = args.workers
     cfg["foreground"] = args.foreground
+    cfg["no_peer"] = args.no_peer
     cfg["repeats"] = args.repeats or (1 if args.smoke else 3)
     cfg["variants"] = [v.strip() for v in (args.variants or ("uint64" if args.smoke else ",".join(VARIANTS))).split(",") if v.strip()]
     from engine.kernels import gpu_available

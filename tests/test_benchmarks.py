@@ -243,3 +243,16 @@ def test_quality_loop_scores_neurons_from_the_interior_probability(tmp_path: Pat
     assert none["neuron_objects"] == 1 and none["neuron_voi_merge"] > 4.5 and none["neuron_arand"] > 0.9, none  # 32 cells: log2 32 = 5 bits
     assert right["neuron_voi"] < none["neuron_voi"] - 3.0 and right["neuron_arand"] < none["neuron_arand"] - 0.4, right
     assert gap["neuron_voi_merge"] > right["neuron_voi_merge"] + 0.03 and gap["neuron_objects"] < right["neuron_objects"], (gap, right)
+
+
+def test_bench_cc_alone_reports_each_workers_memory(tmp_path: Path) -> None:
+    """``bench_cc.py --no-peer`` (sizes where cc3d's whole array cannot fit): Connectile alone, with the peak of its
+    largest worker beside the sums, so that "per-worker memory flat as the volume grows" can be read off two sizes."""
+    res = subprocess.run([sys.executable, str(BENCH / "bench_cc.py"), "--smoke", "--no-peer", "--workdir", str(tmp_path)], cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = _json_lines(res.stdout)
+    assert not [ln for ln in lines if ln.get("bench") == "connected_components"], "the peer ran"
+    (alone,) = [ln for ln in lines if ln.get("bench") == "connected_components_alone"]
+    assert alone["objects"] > 0 and alone["blocks"] == 8 and alone["peer"].startswith("not run")
+    assert 0 < alone["connectile_one_worker_peak_rss_mib"] <= alone["connectile_workers_peak_rss_mib"] <= alone["connectile_peak_rss_mib"]

@@ -194,7 +194,7 @@ class RssSampler(threading.Thread):
 
         self.me = psutil.Process()
         self.interval = interval
-        self.peak: dict[str, int] = {"work_rss": 0, "work_pss": 0, "driver_rss": 0, "workers_rss": 0, "idle_rss": 0, "daemons_rss": 0}
+        self.peak: dict[str, int] = {"work_rss": 0, "work_pss": 0, "driver_rss": 0, "workers_rss": 0, "worker_max_rss": 0, "idle_rss": 0, "daemons_rss": 0}
         self.samples = 0
         self._halt = threading.Event()
 
@@ -202,7 +202,7 @@ class RssSampler(threading.Thread):
         import psutil
 
         own = int(self.me.memory_info().rss)
-        now = {"work_rss": own, "work_pss": _pss(self.me.pid), "driver_rss": own, "workers_rss": 0, "idle_rss": 0, "daemons_rss": 0}
+        now = {"work_rss": own, "work_pss": _pss(self.me.pid), "driver_rss": own, "workers_rss": 0, "worker_max_rss": 0, "idle_rss": 0, "daemons_rss": 0}
         try:
             children = self.me.children(recursive=True)
         except psutil.Error:
@@ -218,6 +218,7 @@ class RssSampler(threading.Thread):
             elif cmd.startswith("ray::") and not cmd.startswith(RAY_AGENTS):
                 now["work_rss"] += rss
                 now["workers_rss"] += rss
+                now["worker_max_rss"] = max(now["worker_max_rss"], rss)  # the largest single worker: flat as the volume grows?
                 now["work_pss"] += _pss(c.pid)
             else:
                 now["daemons_rss"] += rss
