@@ -23,7 +23,8 @@ cc3d        one process: TensorStore read of the whole array, ``cc3d.connected_c
             cast to uint64, the cast timed as part of labelling), TensorStore write of the whole array.
 gpu         the same as connectile with ``device="gpu"``, only where CuPy sees a GPU.
 
-Each side runs in a fresh child process (this script with ``--child``); the order of the sides is
+Each side runs in a fresh child process (this script with ``--child``), after the file system's dirty pages are
+flushed (``os.sync``: no side pays for the write-back of the previous side's output); the order of the sides is
 rotated every repeat (``engine.bench.harness.side_orders``: Connectile first, then cc3d first, ...) and
 medians of the repeats (3 by default) are reported with every run. Memory, sampled every 50 ms with the same code on both sides: RSS
 (each process's resident pages; shared library pages count once per process) and PSS (shared pages
@@ -232,7 +233,9 @@ def bench(cfg: dict[str, Any], wd: Path, m: dict[str, Any], gpu: bool) -> list[d
                 else:
                     params = VARIANTS[job][0]
                     out_c = str(root / f"cc_connectile_{job}")
-                    runs.setdefault(job, []).append(run_child("connectile", {**base, **params, "output": out_c, "state_dir": str(wd / f"state-{job}")}, ray_tmp))
+                    kept = not cfg.get("no_peer")  # alone (the largest sizes): the cold run only
+                    runs.setdefault(job, []).append(run_child("connectile", {**base, **params, "output": out_c, "state_dir": str(wd / f"state-{job}"), "kept": kept},
+                                                              ray_tmp))
             except RuntimeError as err:
                 print(f"[bench] {job}, repeat {rep + 1}: {err}", file=sys.stderr, flush=True)
                 emit({"bench": "connected_components", "variant": job, "repeat": rep + 1, "failed": str(err)})
