@@ -30,6 +30,11 @@ there):
   gets ``--steps`` minus the rounds' steps. (f) at the same voxels, done as rounds of fine-tuning.
 * ``full`` the ceiling: every training section labelled.
 
+Data: ``lucchi`` is Lucchi++ 2x downsampled in-plane (165 x 384 x 512) with a 2.5D U-Net of filters 16-128 and crops of
+3 x 128 x 128; ``lucchi-full`` is Lucchi++ as shipped (165 x 768 x 1024) with the ``connectile demo --real lucchi`` model
+(filters 16-256) and crops (3 x 256 x 256) and its whole-section prediction windows (pass ``--box 1,256,256 --min-size
+5000`` for the same boxes' area and the demo's smallest object); ``flyem`` is FlyEM medulla sample 2 (neurons).
+
 Budgets are shares of the training region's voxels (``--budgets 0.001,0.0025,0.005,0.01,0.02``). Boxes
 are ``--box`` voxels (z, y, x); the number of boxes is the budget divided by the box size (at least 1).
 
@@ -389,7 +394,7 @@ def report(rows: list[dict[str, Any]], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="lucchi", help="lucchi, flyem (comma-separated)")
+    p.add_argument("--data", default="lucchi", help="lucchi, lucchi-full, flyem (comma-separated)")
     p.add_argument("--budgets", default="0.001,0.0025,0.005,0.01,0.02")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", default="0,1,2")
