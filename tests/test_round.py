@@ -428,6 +428,39 @@ def test_finetuning_runs_at_its_own_rate_after_a_cosine_base(tmp_path: Path) -> 
     assert kept.optimizer.schedule == "cosine" and learning_rate(kept, 599) < 0.003 * 0.06
 
 
+def test_a_restarted_round_trains_afresh_on_every_label_and_is_never_averaged(run: str, tmp_path: Path) -> None:
+    """``rounds.finetune.restart``: the round's model starts from random weights (no copy of the previous checkpoint, its
+    history from step 1, ``steps`` steps in all) with the base training's optimiser and schedule; where the gate cannot
+    judge (``gate_min_objects`` above the held-out objects) it uses the new model, never an average of unrelated weights;
+    ``average`` below 1 with ``restart`` is refused."""
+    import pydantic
+
+    from engine.config import parse_config
+    from engine.learn.config import TrainConfig
+    from engine.pipeline.stages.finetune import FinetuneSection, FinetuneStage, step_of
+
+    cfg = apply_tiny(demo_config("run", shape=(16, 64, 96), chunks=(8, 64, 64), seed=3, rounds=1))
+    del cfg["metrics"], cfg["report"]
+    base_ck = Path(Manifest(run).stages["train"]["outputs"]["checkpoint"])
+    steps = step_of(base_ck) + 3  # not the base's step: a copied checkpoint would show
+    run_pipeline(pipeline_config(cfg, ["rounds.finetune.restart=true", f"rounds.finetune.steps={steps}", "rounds.finetune.gate_min_objects=1000"]))
+    m = Manifest(run)
+    d = json.loads(Path(m.stages["finetune[1]"]["outputs"]["decision"]).read_text())
+    assert d["kept"] == "candidate" and "trained afresh" in d["reason"] and d["checkpoint"] == d["candidate"], d
+    assert m.stages["finetune[1]"]["outputs"]["checkpoint"] == d["candidate"] and step_of(Path(d["candidate"])) == steps
+    train = Path(run) / "round-01" / "finetune" / "train"
+    assert not (train / "checkpoints" / base_ck.name).exists() and not (train / "hedged").exists()
+    history = [json.loads(ln) for ln in (train / "history.jsonl").read_text().splitlines() if ln.strip()]
+    assert history[0]["step"] <= 10 and history[-1]["step"] == steps, (history[0], history[-1])
+
+    base = parse_config(TrainConfig, {"data": {"raw": "a.zarr/raw", "labels": "a.zarr/l"}, "output": "o", "steps": 500,
+                                      "optimizer": {"lr": 0.003, "schedule": "cosine"}})
+    fresh = FinetuneStage._train_config(base, FinetuneSection(restart=True, lr=0.0001, steps=300), "l.zarr/l", tmp_path / "b.json", tmp_path / "t", 300, False)
+    assert fresh.steps == 300 and fresh.optimizer == base.optimizer
+    with pytest.raises(pydantic.ValidationError, match="cannot be averaged"):
+        FinetuneSection(restart=True, average=0.5)
+
+
 def test_an_accepted_answer_leaves_its_objects_edge_unknown_with_erode(run: str) -> None:
     """``erode``: an accepted object's predicted mask, less its outer ``erode`` in-plane pixels, is
     foreground and its edge stays unknown (a True says the object is right, not where its edge is); a

@@ -70,6 +70,13 @@ eleventh session): 24 Lucchi++ candidates at 0.5-2% labelled, -0.035 +- 0.056 ag
 of the Lucchi++ demo's recipe, -0.015 +- 0.043 against +0.008 +- 0.016 (the average above both models in
 four); six of the synthetic demo, -0.024 +- 0.054 against -0.009 +- 0.025. No demo sets it yet (a whole demo run with it is next).
 
+With ``restart``, the round's model is not fine-tuned but trained afresh, from random weights, on the same labels and
+crops for ``steps`` steps with the base training's optimiser and schedule (``lr`` is not used): what a lab does when it
+retrains on everything labelled so far. On Lucchi++, training once on all the boxes beat fine-tuning rounds on the same
+boxes at 0.5% and 1% of the voxels (benchmarks/RESULTS.md, fourteenth session: (f) against (g)). A model trained afresh
+shares nothing with the previous one, so its weights cannot be averaged with them: ``average`` must be 1, and where the
+gate cannot judge (``gate_min_objects``) it uses the new model.
+
 The defaults are fine-tuning settings, not training ones: a constant learning rate (1e-3), few steps
 (40), and half of the crops replayed from the annotated boxes; the demos set 1e-4, a tenth of their
 base's peak rate (benchmarks/RESULTS.md).
@@ -84,7 +91,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from engine.config import Config
 from engine.geometry import Triple, dict_voxels
@@ -130,6 +137,9 @@ class FinetuneSection(Config):
     average: float = Field(default=1.0, gt=0.0, le=1.0, description=(
         "share of the fine-tuned weights in the round's model: average * fine-tuned + (1 - average) * previous "
         "(weight averaging, WiSE-FT; 1: the fine-tuned model as is)"))
+    restart: bool = Field(default=False, description=(
+        "train the round's model afresh (random weights, the base training's optimiser and schedule, ``steps`` steps) on every "
+        "label so far instead of fine-tuning the previous one; average must then be 1"))
     keep_better: bool = Field(default=True, description="keep the previous model when the new one scores lower on the held-out voxels")
     gate_confidence: float | None = Field(default=None, gt=0.5, lt=1.0, description=(
         "revert only a round that scores lower in at least this share of paired bootstrap resamples of the held-out tiles "
@@ -143,6 +153,14 @@ class FinetuneSection(Config):
     gate_hedge: float = Field(default=0.5, gt=0.0, le=1.0, description=(
         "share of the new model's weights in the round's model where the gate cannot judge (gate_min_objects): "
         "gate_hedge * new + (1 - gate_hedge) * previous (1: the new model as is)"))
+
+
+    @model_validator(mode="after")
+    def _restart_is_not_averaged(self) -> FinetuneSection:
+        if self.restart and self.average < 1.0:
+            raise ValueError(f"restart trains the round's model afresh, so it cannot be averaged with the previous weights (average {self.average:g}); "
+                             "set average: 1 or restart: false")
+        return self
 
 
 def step_of(checkpoint: Path) -> int:
@@ -299,9 +317,10 @@ class FinetuneStage(DeclaredStage, kind="finetune", config=FinetuneSection, orde
             from engine.storage.safety import remove
 
             remove(out, "run-files", inputs=[str(ck)])
-        tcfg = self._train_config(base, cfg, labels_url, boxes_path, out, start + cfg.steps, ctx.runtime.progress, base_pos_weight(base, cfg))
+        tcfg = self._train_config(base, cfg, labels_url, boxes_path, out, cfg.steps if cfg.restart else start + cfg.steps, ctx.runtime.progress,
+                                  base_pos_weight(base, cfg))
         copy = out / "checkpoints" / ck.name
-        if not copy.exists():
+        if not copy.exists() and not cfg.restart:
             from engine.learn import latest_checkpoint
 
             if latest_checkpoint(out) is None:  # continue the model's own run from its checkpoint
@@ -333,7 +352,7 @@ class FinetuneStage(DeclaredStage, kind="finetune", config=FinetuneSection, orde
         dump["sampling"] = {**dump["sampling"], "min_known": min(float(dump["sampling"]["min_known"]), 0.05)}
         if pos_weight is not None:
             dump["sampling"]["pos_weight"] = pos_weight
-        if cfg.lr is not None:  # ``steps`` more at ``lr``: not the base's schedule, whose cosine ends at lr * min_lr_ratio
+        if cfg.lr is not None and not cfg.restart:  # ``steps`` more at ``lr``: not the base's schedule, whose cosine ends at lr * min_lr_ratio
             dump["optimizer"] = {**dump["optimizer"], "lr": cfg.lr, "schedule": "constant"}
         dump.update(output=str(out), steps=steps, checkpoint_every=steps, progress=progress)
         if dump.get("validation"):
@@ -365,6 +384,9 @@ class FinetuneStage(DeclaredStage, kind="finetune", config=FinetuneSection, orde
         doc["reason"] = verdict(cfg, old_c, new_c, got.voxels, doc, got.objects)
         doc.update(previous_score=counts_iou(old_c), candidate_score=counts_iou(new_c), heldout_voxels=got.voxels, heldout_tiles=len(old_c[0]),
                    heldout_objects=got.objects, checkpoint={"previous": previous, "candidate": candidate}.get(doc["kept"]))
+        if doc["kept"] == "average" and cfg.restart:  # a model trained afresh shares nothing with the previous one's weights
+            doc.update(kept="candidate", checkpoint=candidate)
+            doc["reason"] += "; the new model was trained afresh (restart), so it is used as it is"
         if doc["kept"] == "average":  # too few held-out objects to judge: halfway (gate_hedge) between the two models
             from engine.models.checkpoint import average_checkpoints
 
