@@ -28,6 +28,9 @@ there):
   ``--rounds`` rounds that each ask for an equal share of the other half where the round's model is least sure
   (with the objects' answers, as every round), painted by the oracle, and fine-tune on them; the base training
   gets ``--steps`` minus the rounds' steps. (f) at the same voxels, done as rounds of fine-tuning.
+* ``h``  (g) with its last round trained afresh (``rounds.finetune.restart``) on every label so far: the base gets
+  ``--first-share`` of the steps, the earlier rounds ``--finetune-steps`` each, the last round the rest (equal steps);
+  what (f) does with its boxes, done as the product's rounds (with the objects' answers);
 * ``full`` the ceiling: every training section labelled.
 
 Data: ``lucchi`` is Lucchi++ 2x downsampled in-plane (165 x 384 x 512) with a 2.5D U-Net of filters 16-128 and crops of
@@ -78,10 +81,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-METHODS = ("a", "a2", "b", "c", "d", "e", "f", "g", "full")
+METHODS = ("a", "a2", "b", "c", "d", "e", "f", "g", "h", "full")
 LABEL = {"a": "(a) random boxes", "a2": "(a') one contiguous region", "b": "(b) coverage", "c": "(c) coverage + semi",
          "d": "(d) (c) + active rounds", "e": "(e) (b) + active rounds (no semi)", "f": "(f) half random, half where the first model is least sure",
          "g": "(g) half random, half in box rounds where the model is least sure",
+         "h": "(h) (g), its last round trained afresh on every label",
          "full": "100% (ceiling)"}
 
 
@@ -157,10 +161,10 @@ def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir:
     patch = [box[0], box[1] // 2, box[2] // 2]
     cfg: dict[str, Any] = {"run_dir": str(run_dir), "runtime": {"backend": "serial", "progress": False}, "test_from_z": zt}
     cfg["embed"] = {"input": data["raw"], "patch": patch, "stride": patch, "steps": args.embed_steps, "crop": [1, 64, 64], "seed": seed}
-    order = "random" if method in ("a", "g") else "coverage"
+    order = "random" if method in ("a", "g", "h") else "coverage"
     methods = [order] + [m for m in ("coverage", "random") if m != order]
     n = n_boxes(data, budget, box)
-    n_first = max(1, n // 2) if method == "g" else n
+    n_first = max(1, n // 2) if method in ("g", "h") else n
     cfg["selection"] = {"input": "embed.embeddings", "params": {"budget": n_first, "k": args.k, "window": [1, 2, 2], "methods": methods,
                                                    "seed": seed, "ties": "seeded"}}  # a fixed k 10 on 2 x 2 patches: every gain ties (RESULTS, ninth session)
     boxes: str = "selection.boxes"
@@ -173,9 +177,12 @@ def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir:
         del cfg["embed"], cfg["selection"]
     held = {"heldout": 0.0, "heldout_boxes": args.heldout_boxes} if args.heldout_boxes and method in ("b", "c", "d", "e") else {"heldout": 0.25}
     cfg["annotate"] = {"boxes": boxes, "truth": data["truth"], "target": data["target"], "boundary": 2, "chunks": [16, 128, 128], **held}
-    active = method in ("d", "e", "g")
+    active = method in ("d", "e", "g", "h")
     rounds = args.rounds if active else 1
     steps = args.steps - (rounds * args.finetune_steps if active else 0)
+    if method == "h":  # the base gets --first-share of the steps, the last round (trained afresh) what the others leave
+        steps = max(1, round(args.steps * args.first_share))
+        last = args.steps - steps - (rounds - 1) * args.finetune_steps
     full = data["name"] == "lucchi-full"  # the shipped Lucchi++ demo's model and crop at full resolution
     model = {"dims": 2, "context_slices": 1, "filters": [16, 32, 64, 128] + ([256] if full else []), "input_kernel_xy": 3, "input_stride": 2}
     crop = [3, 64, 64] if args.smoke else [3, 256, 256] if full else [3, 128, 128]
@@ -198,8 +205,11 @@ def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir:
         "review": {"source": "oracle", "truth": data["truth"], "truth_binary": binary, "criterion": "iou"},
         "finetune": LUCCHI_FINETUNE | {"steps": args.finetune_steps} | ({} if args.average is None else {"average": args.average}),  # the shipped Lucchi++ demo's rounds
     }
-    if method == "g":  # the rest of the budget in equal shares per round, where the round's model is least sure
+    if method in ("g", "h"):  # the rest of the budget in equal shares per round, where the round's model is least sure
         cfg["rounds"]["query"] |= {"boxes": max(1, (n - n_first) // rounds), "box": box}
+    if method == "h":
+        # no anchor: the previous model's segmentation would be pseudo-labels for the fresh model, not labels
+        cfg["rounds"]["overrides"] = {rounds: {"finetune": {"restart": True, "steps": last, "average": 1.0, "anchor": 0.0}}}
     cfg["metrics"] = {}
     if active:
         return cfg, None

@@ -386,7 +386,7 @@ class FinetuneStage(DeclaredStage, kind="finetune", config=FinetuneSection, orde
                    heldout_objects=got.objects, checkpoint={"previous": previous, "candidate": candidate}.get(doc["kept"]))
         if doc["kept"] == "average" and cfg.restart:  # a model trained afresh shares nothing with the previous one's weights
             doc.update(kept="candidate", checkpoint=candidate)
-            doc["reason"] += "; the new model was trained afresh (restart), so it is used as it is"
+            doc["reason"] = doc["reason"].split(", used ")[0] + "; the new model was trained afresh (restart), so it cannot be averaged: it is used"
         if doc["kept"] == "average":  # too few held-out objects to judge: halfway (gate_hedge) between the two models
             from engine.models.checkpoint import average_checkpoints
 
