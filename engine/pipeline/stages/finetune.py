@@ -73,7 +73,9 @@ four); six of the synthetic demo, -0.024 +- 0.054 against -0.009 +- 0.025. No de
 With ``restart``, the round's model is not fine-tuned but trained afresh, from random weights, on the same labels and
 crops for ``steps`` steps with the base training's optimiser and schedule (``lr`` is not used): what a lab does when it
 retrains on everything labelled so far. On Lucchi++, training once on all the boxes beat fine-tuning rounds on the same
-boxes at 0.5% and 1% of the voxels (benchmarks/RESULTS.md, fourteenth session: (f) against (g)). A model trained afresh
+boxes at 0.5% and 1% of the voxels (benchmarks/RESULTS.md, fourteenth session: (f) against (g)); but as the last of two
+rounds (``benchmarks/quality_loop.py`` method h) it lowered the test IoU in 5 of 6 runs: it trains on the fine-tuning's
+labels and crop mix (answers, recomputed foreground weight), not on plain boxes (fifteenth session). A model trained afresh
 shares nothing with the previous one, so its weights cannot be averaged with them: ``average`` must be 1, and where the
 gate cannot judge (``gate_min_objects``) it uses the new model.
 
