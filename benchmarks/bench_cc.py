@@ -24,7 +24,12 @@ cc3d        one process: TensorStore read of the whole array, ``cc3d.connected_c
 gpu         the same as connectile with ``device="gpu"``, only where CuPy sees a GPU.
 
 Each side runs in a fresh child process (this script with ``--child``), after the file system's dirty pages are
-flushed (``os.sync``: no side pays for the write-back of the previous side's output); the order of the sides is
+flushed (``os.sync``: no side pays for the write-back of the previous side's output) and after ``--gap`` seconds idle
+(10 by default). Why the gap: on a VM with a memory balloon's free-page reporting (Firecracker's virtio-balloon here),
+memory a process frees goes back to the host within seconds, and touching it again costs host page faults. cc3d
+allocates about 7 GiB at 1024^3: right after its own run it labelled in 6.5-7.5 s, after 5 s idle in 12.3 s and after
+30 s (or after Connectile's run) in 14.1-14.9 s (RESULTS, fifteenth session). Without a gap the rotated order puts
+cc3d after itself in some repeats and after Connectile in others, so its median measured the order. The order of the sides is
 rotated every repeat (``engine.bench.harness.side_orders``: Connectile first, then cc3d first, ...) and
 medians of the repeats (3 by default) are reported with every run. Memory, sampled every 50 ms with the same code on both sides: RSS
 (each process's resident pages; shared library pages count once per process) and PSS (shared pages
@@ -226,6 +231,7 @@ def bench(cfg: dict[str, Any], wd: Path, m: dict[str, Any], gpu: bool) -> list[d
     for rep, order in enumerate(side_orders(jobs, cfg["repeats"])):
         print(f"[bench] repeat {rep + 1}: {', '.join(order)}", file=sys.stderr, flush=True)
         for job in order:
+            time.sleep(cfg.get("gap", 0.0))  # the same idle time before every run (the docstring: memory a VM handed back)
             try:  # a child killed from outside (the shared VM short of memory) costs one run, not the benchmark
                 if job.startswith("cc3d_"):
                     dtype = job.removeprefix("cc3d_")
@@ -274,7 +280,7 @@ def bench(cfg: dict[str, Any], wd: Path, m: dict[str, Any], gpu: bool) -> list[d
             "local_objects": c0["local_objects"],
             "boundary_labels": c0["boundary_labels"],
             "repeats": len(cs),
-            "order": "rotated every repeat",
+            "order": "rotated every repeat", "gap_s": cfg.get("gap", 0.0),
             "connectile_s": round(c_s, 2),
             "connectile_runs_s": [round(r["run_s"], 2) for r in cs],
             "connectile_kept_s": round(_median(kept), 2) if kept else None,
@@ -363,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--foreground", type=float, default=0.2, help="fraction of voxels above 0.5 in the input (default 0.2)")
     ap.add_argument("--repeats", type=int, help="runs per side, order alternating; medians reported (default 3; 1 with --smoke)")
     ap.add_argument("--variants", default=None, help=f"comma-separated, of {', '.join(VARIANTS)} (default: all; uint64 with --smoke)")
+    ap.add_argument("--gap", type=float, default=None, help="seconds idle before every run (default 10; 0 with --smoke): see the docstring")
     ap.add_argument("--no-peer", action="store_true", help="Connectile only (sizes where cc3d's whole array does not fit: 2048^3 needs 40 GiB)")
     ap.add_argument("--workdir", help="make the temporary folder inside this one")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -379,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg["workers"] = args.workers
     cfg["foreground"] = args.foreground
     cfg["no_peer"] = args.no_peer
+    cfg["gap"] = args.gap if args.gap is not None else (0.0 if args.smoke else 10.0)
     cfg["repeats"] = args.repeats or (1 if args.smoke else 3)
     cfg["variants"] = [v.strip() for v in (args.variants or ("uint64" if args.smoke else ",".join(VARIANTS))).split(",") if v.strip()]
     from engine.kernels import gpu_available
