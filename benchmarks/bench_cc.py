@@ -292,6 +292,7 @@ def bench(cfg: dict[str, Any], wd: Path, m: dict[str, Any], gpu: bool) -> list[d
             "connectile_peak_pss_mib": round(c_pss / MIB),
             "connectile_driver_peak_rss_mib": round(max(r["peak"]["driver_rss"] for r in cs) / MIB),
             "connectile_workers_peak_rss_mib": round(max(r["peak"]["workers_rss"] for r in cs) / MIB),
+            "connectile_one_worker_peak_rss_mib": round(max(r["peak"].get("worker_max_rss", 0) for r in cs) / MIB),
             "ray_idle_workers_peak_rss_mib": round(max(r["peak"]["idle_rss"] for r in cs) / MIB),
             "ray_daemons_peak_rss_mib": round(max(r["peak"]["daemons_rss"] for r in cs) / MIB),
             "peer": f"cc3d {_version('connected-components-3d')} uint32 (its fastest){', cast to ' + peer_dtype if peer_dtype != 'uint32' else ''}, whole array, one process",
