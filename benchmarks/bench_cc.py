@@ -288,13 +288,8 @@ def bench(cfg: dict[str, Any], wd: Path, m: dict[str, Any], gpu: bool) -> list[d
             "ratio_kept_def": "median peer_s / median connectile_kept_s: the same call on workers already started (RayBackend(keep_workers=True))",
             "connectile_pass_s": {k: round(v, 2) for k, v in c0["seconds"].items()},
             "connectile_cluster_start_s": round(_median([r["cluster_start_s"] for r in cs]), 2),
-            "connectile_peak_rss_mib": round(c_rss / MIB),
+            **memory_mib(cs),
             "connectile_peak_pss_mib": round(c_pss / MIB),
-            "connectile_driver_peak_rss_mib": round(max(r["peak"]["driver_rss"] for r in cs) / MIB),
-            "connectile_workers_peak_rss_mib": round(max(r["peak"]["workers_rss"] for r in cs) / MIB),
-            "connectile_one_worker_peak_rss_mib": round(max(r["peak"].get("worker_max_rss", 0) for r in cs) / MIB),
-            "ray_idle_workers_peak_rss_mib": round(max(r["peak"]["idle_rss"] for r in cs) / MIB),
-            "ray_daemons_peak_rss_mib": round(max(r["peak"]["daemons_rss"] for r in cs) / MIB),
             "peer": f"cc3d {_version('connected-components-3d')} uint32 (its fastest){', cast to ' + peer_dtype if peer_dtype != 'uint32' else ''}, whole array, one process",
             "peer_s": round(p_s, 2),
             "peer_runs_s": [round(r["run_s"], 2) for r in ps],
@@ -338,6 +333,14 @@ def bench(cfg: dict[str, Any], wd: Path, m: dict[str, Any], gpu: bool) -> list[d
     return lines
 
 
+def memory_mib(cs: list[dict[str, Any]]) -> dict[str, int]:
+    """Connectile's peak memory over its runs, in MiB: all its processes, the driver, the workers, the largest single
+    worker, Ray's idle workers and daemons (``RssSampler``)."""
+    keys = {"connectile_peak_rss_mib": "work_rss", "connectile_driver_peak_rss_mib": "driver_rss", "connectile_workers_peak_rss_mib": "workers_rss",
+            "connectile_one_worker_peak_rss_mib": "worker_max_rss", "ray_idle_workers_peak_rss_mib": "idle_rss", "ray_daemons_peak_rss_mib": "daemons_rss"}
+    return {name: round(max(r["peak"].get(key, 0) for r in cs) / MIB) for name, key in keys.items()}
+
+
 def alone_line(cfg: dict[str, Any], name: str, cs: list[dict[str, Any]], fg: float, m: dict[str, Any]) -> dict[str, Any]:
     """Connectile alone (``--no-peer``): where cc3d cannot run (its whole input and uint32 output at once: 5 bytes
     a voxel, 40 GiB at 2048^3), the time and every process's peak memory, to show the memory flat as the volume grows."""
@@ -349,12 +352,7 @@ def alone_line(cfg: dict[str, Any], name: str, cs: list[dict[str, Any]], fg: flo
         "repeats": len(cs), "connectile_s": round(_median([r["run_s"] for r in cs]), 2), "connectile_runs_s": [round(r["run_s"], 2) for r in cs],
         "connectile_kept_s": round(_median(kept), 2) if kept else None, "connectile_pass_s": {k: round(v, 2) for k, v in c0["seconds"].items()},
         "voxels_per_s": round(size**3 / _median([r["run_s"] for r in cs])),
-        "connectile_peak_rss_mib": round(max(r["peak"]["work_rss"] for r in cs) / MIB),
-        "connectile_driver_peak_rss_mib": round(max(r["peak"]["driver_rss"] for r in cs) / MIB),
-        "connectile_workers_peak_rss_mib": round(max(r["peak"]["workers_rss"] for r in cs) / MIB),
-        "connectile_one_worker_peak_rss_mib": round(max(r["peak"].get("worker_max_rss", 0) for r in cs) / MIB),
-        "ray_idle_workers_peak_rss_mib": round(max(r["peak"]["idle_rss"] for r in cs) / MIB),
-        "ray_daemons_peak_rss_mib": round(max(r["peak"]["daemons_rss"] for r in cs) / MIB),
+        **memory_mib(cs),
         "peer": f"not run: cc3d holds the whole input and its uint32 output at once ({5 * size**3 / 2**30:.1f} GiB)",
         "machine": harness.machine_short(m), "load_avg_1m_before": m["load_avg_1m"], "load_avg_1m_after": round(os.getloadavg()[0], 2),
     }
