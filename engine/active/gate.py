@@ -143,16 +143,18 @@ def heldout_score(checkpoint: str, raw: str, heldout: str, boxes: list[dict[str,
 
 
 def verdict(cfg: Any, old_c: Counts, new_c: Counts, n: int, doc: dict[str, Any], objects: int | None = None) -> str:
-    """Which model the gate keeps (``doc["kept"]``: ``"previous"``, ``"candidate"`` or ``"average"`` of the two;
-    ``doc["share_worse"]``) and why, in words. ``cfg`` is a ``rounds.finetune`` section; ``objects`` the number of
+    """Which model the gate keeps (``doc["kept"]``: ``"previous"``, ``"candidate"`` or ``"average"`` of the two, never with
+    ``restart``; ``doc["share_worse"]``) and why, in words. ``cfg`` is a ``rounds.finetune`` section; ``objects`` the number of
     held-out objects (None: not counted)."""
     old, new = counts_iou(old_c), counts_iou(new_c)
     scores = f"the new model scores {new:.4f} {'<' if new < old else '>='} {old:.4f} on {n} held-out voxels"
     doc.update(kept="candidate", share_worse=None, gate_confidence=cfg.gate_confidence)
     if cfg.keep_better and objects is not None and objects < cfg.gate_min_objects:
+        few = f"{scores}, but they hold {objects} object(s), fewer than gate_min_objects {cfg.gate_min_objects}: too few to judge"
+        if cfg.restart:  # a model trained afresh shares nothing with the previous one's weights: no average of the two
+            return f"{few}; the new model was trained afresh (restart), so it cannot be averaged: it is used"
         doc["kept"] = "average"
-        return (f"{scores}, but they hold {objects} object(s), fewer than gate_min_objects {cfg.gate_min_objects}: too few to judge, "
-                f"used {cfg.gate_hedge:g} x the new model + {1 - cfg.gate_hedge:g} x the previous one (gate_hedge)")
+        return f"{few}, used {cfg.gate_hedge:g} x the new model + {1 - cfg.gate_hedge:g} x the previous one (gate_hedge)"
     if not old_c[0].any() and not new_c[0].any():  # IoU 0 on both sides: no foreground there, or neither finds it
         return (f"neither model overlaps any foreground in the {n} held-out voxels (they may hold none): "
                 "IoU cannot tell them apart, used the new model")

@@ -156,7 +156,6 @@ class FinetuneSection(Config):
         "share of the new model's weights in the round's model where the gate cannot judge (gate_min_objects): "
         "gate_hedge * new + (1 - gate_hedge) * previous (1: the new model as is)"))
 
-
     @model_validator(mode="after")
     def _restart_is_not_averaged(self) -> FinetuneSection:
         if self.restart and self.average < 1.0:
@@ -386,9 +385,6 @@ class FinetuneStage(DeclaredStage, kind="finetune", config=FinetuneSection, orde
         doc["reason"] = verdict(cfg, old_c, new_c, got.voxels, doc, got.objects)
         doc.update(previous_score=counts_iou(old_c), candidate_score=counts_iou(new_c), heldout_voxels=got.voxels, heldout_tiles=len(old_c[0]),
                    heldout_objects=got.objects, checkpoint={"previous": previous, "candidate": candidate}.get(doc["kept"]))
-        if doc["kept"] == "average" and cfg.restart:  # a model trained afresh shares nothing with the previous one's weights
-            doc.update(kept="candidate", checkpoint=candidate)
-            doc["reason"] = doc["reason"].split(", used ")[0] + "; the new model was trained afresh (restart), so it cannot be averaged: it is used"
         if doc["kept"] == "average":  # too few held-out objects to judge: halfway (gate_hedge) between the two models
             from engine.models.checkpoint import average_checkpoints
 
