@@ -152,6 +152,14 @@ def contiguous_box(data: dict[str, Any], budget: float, seed: int) -> dict[str, 
     return {"start": [z, y, x], "stop": [z + 1, y + h, x + w]}
 
 
+def shipped_lucchi() -> dict[str, Any]:
+    """The ``connectile demo --real lucchi`` config (``engine.pipeline.demo``): ``lucchi-full`` takes its model, crop and
+    prediction windows from there rather than repeating them."""
+    from engine.pipeline.demo import demo_config, find_shared_data
+
+    return demo_config("unused", lucchi=str(find_shared_data()))
+
+
 def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir: Path, args: argparse.Namespace) -> tuple[dict[str, Any], list[str] | None]:
     """The pipeline config of one point, and the stages to run (None: all)."""
     from engine.pipeline.demo import LUCCHI_FINETUNE, LUCCHI_RECIPE, small_query, tiny_overrides
@@ -183,9 +191,9 @@ def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir:
     if method == "h":  # the base gets --first-share of the steps, the last round (trained afresh) what the others leave
         steps = max(1, round(args.steps * args.first_share))
         last = args.steps - steps - (rounds - 1) * args.finetune_steps
-    full = data["name"] == "lucchi-full"  # the shipped Lucchi++ demo's model and crop at full resolution
-    model = {"dims": 2, "context_slices": 1, "filters": [16, 32, 64, 128] + ([256] if full else []), "input_kernel_xy": 3, "input_stride": 2}
-    crop = [3, 64, 64] if args.smoke else [3, 256, 256] if full else [3, 128, 128]
+    shipped = shipped_lucchi() if data["name"] == "lucchi-full" else None  # the Lucchi++ demo's model, crop and prediction
+    model = shipped["train"]["model"] if shipped else {"dims": 2, "context_slices": 1, "filters": [16, 32, 64, 128], "input_kernel_xy": 3, "input_stride": 2}
+    crop = [3, 64, 64] if args.smoke else shipped["train"]["crop"] if shipped else [3, 128, 128]
     cfg["train"] = {"raw": data["raw"], "labels": "annotate.labels", "boxes": "annotate.boxes", "truth": "annotate.validation", "steps": steps,
                     "validate_every": max(1, steps), "crop": crop, "batch_size": 4, "model": model,
                     "seed": seed, "threads": args.threads, **copy.deepcopy(LUCCHI_RECIPE)}  # the shipped Lucchi++ demo's recipe
@@ -195,7 +203,7 @@ def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir:
     cfg["rounds"] = {
         "count": rounds, "model": "train.checkpoint",
         # full resolution: the demo's whole-section windows without overlap (256^2 windows at 0.25 overlap cost about 4x the CPU)
-        "predict": {"raw": data["raw"], **({"window": [8, 768, 1024], "block": [48, 768, 1024], "overlap": 0.0, "batch_size": 1} if full
+        "predict": {"raw": data["raw"], **({k: shipped["rounds"]["predict"][k] for k in ("window", "block", "overlap", "batch_size")} if shipped
                                            else {"block": [64, 256, 256], "overlap": 0.25})},
         "label": {"threshold": 0.5, "connectivity": 6, "min_size": args.min_size, "block": [64, 256, 256]},
         "score": {"truth": data["truth"], "truth_binary": binary, "target": data["target"], "boundary": 2, "criterion": "iou"},
