@@ -109,6 +109,12 @@ def prepare(name: str, work: Path, smoke: bool) -> dict[str, Any]:
 
         raw, lab = load_lucchi(downsample=name == "lucchi")  # 2x downsampled in-plane, as quality_semi; -full: as shipped
         target, test_from = "mask", 125
+    elif name in ("cardona", "cardona-full"):  # another volume's mitochondria, to pretrain a model for Lucchi++ (--init)
+        from quality_semi import load_cardona, load_lucchi
+
+        like, _ = load_lucchi(downsample=name == "cardona")
+        raw, lab = load_cardona(downsample=name == "cardona", like=(float(like[:125].mean()), float(like[:125].std())))  # Lucchi++'s training raw
+        target, test_from = "mask", 90  # the last two sections (5 copies each)
     elif name == "flyem":
         import tempfile
 
@@ -191,12 +197,16 @@ def config(data: dict[str, Any], method: str, budget: float, seed: int, run_dir:
     if method == "h":  # the base gets --first-share of the steps, the last round (trained afresh) what the others leave
         steps = max(1, round(args.steps * args.first_share))
         last = args.steps - steps - (rounds - 1) * args.finetune_steps
-    shipped = shipped_lucchi() if data["name"] == "lucchi-full" else None  # the Lucchi++ demo's model, crop and prediction
+    shipped = shipped_lucchi() if data["name"] in ("lucchi-full", "cardona-full") else None  # the Lucchi++ demo's model, crop and prediction
     model = shipped["train"]["model"] if shipped else {"dims": 2, "context_slices": 1, "filters": [16, 32, 64, 128], "input_kernel_xy": 3, "input_stride": 2}
     crop = [3, 64, 64] if args.smoke else shipped["train"]["crop"] if shipped else [3, 128, 128]
     cfg["train"] = {"raw": data["raw"], "labels": "annotate.labels", "boxes": "annotate.boxes", "truth": "annotate.validation", "steps": steps,
                     "validate_every": max(1, steps), "crop": crop, "batch_size": 4, "model": model,
                     "seed": seed, "threads": args.threads, **copy.deepcopy(LUCCHI_RECIPE)}  # the shipped Lucchi++ demo's recipe
+    if args.init:  # a model trained elsewhere (e.g. --data cardona --methods full) starts every model of the point
+        cfg["train"]["init"] = args.init
+    if args.min_known is not None:  # boxes smaller than a crop: a crop around one knows box / crop of its voxels
+        cfg["train"]["sampling"]["min_known"] = args.min_known
     if method in ("c", "d"):
         cfg["train"]["semi"] = {"box": [32, 32], "unlabelled": 0.2, "inter": 0.2, "labelled_mix": 1.0, "warmup_steps": steps // 4, "rampup_steps": steps // 4}
     binary = data["binary"]
@@ -422,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--average", type=float, default=None, help="rounds.finetune.average: the fine-tuned weights' share in a round's model (default: the demo's)")
     p.add_argument("--embed-steps", type=int, default=40)
     p.add_argument("--box", default="1,128,128", help="labelled box (z, y, x voxels; one section deep: the 2.5D model reads its neighbours from the raw)")
+    p.add_argument("--min-known", type=float, default=None, help="train.sampling.min_known (0 for boxes smaller than a third of a crop)")
+    p.add_argument("--init", default=None, help="train.init: start every model from this checkpoint or training output (a model trained on "
+                   "another volume) instead of random weights")
     p.add_argument("--min-size", type=int, default=200)
     p.add_argument("--k", type=lambda v: v if v == "auto" else int(v), default="auto",
                    help="coverage's kNN ball size (auto: engine.select.run.resolve_k; 10 ties every gain here, in effect random windows)")

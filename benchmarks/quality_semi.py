@@ -109,6 +109,30 @@ def load_lucchi(downsample: bool = True) -> tuple[np.ndarray, np.ndarray]:
     return np.round(raw).astype(np.uint8), (lab * 255).astype(np.uint8)
 
 
+def load_cardona(downsample: bool = True, repeat: int = 5, like: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """cardona_vnc stack 1 (ssTEM, 20 sections of 1024 x 1024 at 4.6 nm, about 50 nm apart) and its mitochondria
+    (``stack1/mitochondria``, anti-aliased: > 127), 2x downsampled in-plane unless not ``downsample`` (9.2 nm: the
+    half-resolution Lucchi++ grid's 10 nm). Each section ``repeat`` times along z: a 2.5D model reads neighbours 5 nm
+    apart on Lucchi++ (nearly the same image), 50 nm apart here. ``like``: (mean, std) the raw is mapped linearly to
+    (another volume's, which needs none of its labels)."""
+    from PIL import Image
+
+    d = DATA / "cardona_vnc" / "stack1"
+    imgs, labs = sorted(glob.glob(str(d / "raw" / "*.tif"))), sorted(glob.glob(str(d / "mitochondria" / "*.png")))
+    if len(imgs) != len(labs) or not imgs:
+        raise SystemExit(f"cardona_vnc: {len(imgs)} raw sections and {len(labs)} mitochondria masks in {d}; expected 20 of each")
+    raw = np.stack([np.asarray(Image.open(f).convert("L")) for f in imgs]).astype(np.float32)
+    lab = np.stack([np.asarray(Image.open(f).convert("L")) > 127 for f in labs])
+    if downsample:
+        z, h, w = raw.shape
+        raw = raw[:, : h // 2 * 2, : w // 2 * 2].reshape(z, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+        lab = lab[:, : h // 2 * 2, : w // 2 * 2].reshape(z, h // 2, 2, w // 2, 2).mean(axis=(2, 4)) >= 0.5
+    if like is not None:
+        raw = (raw - raw.mean()) / raw.std() * like[1] + like[0]
+    raw, lab = np.repeat(raw, repeat, axis=0), np.repeat(lab, repeat, axis=0)
+    return np.clip(np.round(raw), 0, 255).astype(np.uint8), (lab * 255).astype(np.uint8)
+
+
 def write(url: str, arr: np.ndarray) -> str:
     from engine.geometry import Box
     from engine.storage import create_volume

@@ -298,6 +298,33 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert [r["step"] for r in read_history(tmp_path / "cut/history.jsonl")] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_run_started_from_another_runs_weights_starts_there_and_refuses_another_model(tmp_path: Path) -> None:
+    first = _cfg(tmp_path)
+    Trainer(first).fit()
+    done = tmp_path / "run/checkpoints/step-000006"
+    # a finished training's output folder and its checkpoint folder name the same starting weights
+    for init in (tmp_path / "run", done):
+        started = Trainer(_cfg(tmp_path, output=str(tmp_path / f"from-{init.name}"), init=str(init), seed=7))
+        _assert_same_weights({k: v.detach() for k, v in started.model.state_dict().items()}, _weights(done))
+    fresh = Trainer(_cfg(tmp_path, output=str(tmp_path / "fresh"), seed=7))
+    assert any(not torch.equal(v, _weights(done)[k]) for k, v in fresh.model.state_dict().items())
+    # it trains on from there: the same steps from the start weights, not from random ones
+    tuned = _cfg(tmp_path, output=str(tmp_path / "tuned"), init=str(tmp_path / "run"), steps=1)
+    Trainer(tuned).fit()
+    after = _weights(tmp_path / "tuned/checkpoints/step-000001")
+    start = _weights(done)
+
+    def distance(w: dict[str, torch.Tensor]) -> float:
+        return sum(float((w[k] - v).abs().sum()) for k, v in start.items() if v.is_floating_point())
+
+    # one step away from the start weights: a small fraction of the distance between them and random ones
+    assert 0 < distance(after) < distance(dict(fresh.model.state_dict())) / 20
+    with pytest.raises(ConfigError, match=r"cannot start from .* another model .*filters"):
+        Trainer(_cfg(tmp_path, output=str(tmp_path / "other"), init=str(done), model={"filters": [4, 8, 16], "anisotropic_stages": 1}))
+    with pytest.raises(ConfigError, match=r"neither a checkpoint .* nor a training output"):
+        Trainer(_cfg(tmp_path, output=str(tmp_path / "none"), init=str(tmp_path / "missing")))
+
+
 def test_ray_train_one_worker_equals_in_process(tmp_path: Path, ray_cluster: str) -> None:
     cfg = _cfg(tmp_path)
     train(cfg)

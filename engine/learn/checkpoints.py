@@ -56,6 +56,19 @@ def latest_checkpoint(output: str | os.PathLike[str]) -> Path | None:
     return found[-1][1] if found else None
 
 
+def starting_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """The checkpoint that ``init`` names: a checkpoint folder (it holds ``model.safetensors``) or a training output
+    (its newest checkpoint); anything else is refused in one line."""
+    p = Path(path)
+    if (p / "model.safetensors").is_file():
+        return p
+    found = latest_checkpoint(p)
+    if found is None:
+        raise ConfigError(f"init {str(p)!r} is neither a checkpoint (no model.safetensors) nor a training output with one",
+                          "point init to a checkpoint folder (OUT/checkpoints/step-N) or to a finished training's output folder")
+    return found
+
+
 def write_training_checkpoint(
     output: str | os.PathLike[str],
     step: int,
@@ -141,11 +154,12 @@ def read_optimizer_file(directory: Path, device: torch.device) -> dict[str, Any]
     return opt
 
 
-def load_weights(directory: Path, model: nn.Module, device: torch.device, model_config: ModelConfig | None = None) -> None:
+def load_weights(directory: Path, model: nn.Module, device: torch.device, model_config: ModelConfig | None = None, *, init: bool = False) -> None:
     """Load the weights of a segmentation checkpoint into ``model`` (or the module DDP wraps).
 
     With ``model_config`` (the model the run asks for), a checkpoint of another model is refused with
-    one line that names the settings that differ and the way out (restore them, or start over).
+    one line that names the settings that differ and the way out (restore them, or start over; with
+    ``init``, the checkpoint is a run's starting weights: give the model it was trained with).
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -155,6 +169,9 @@ def load_weights(directory: Path, model: nn.Module, device: torch.device, model_
 
         saved, _ = read_checkpoint_config(directory)
         diff = config_diff(saved, model_config)
+        if diff and init:
+            raise ConfigError(f"cannot start from {directory}: it holds another model (checkpoint vs config: {', '.join(diff)})",
+                              "give the run the model settings the checkpoint was trained with, or leave out init")
         if diff:
             raise ConfigError(
                 f"cannot resume from {directory}: it holds another model (checkpoint vs config: {', '.join(diff)})",

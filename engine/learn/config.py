@@ -296,6 +296,9 @@ class TrainConfig(Config):
     semi: SemiConfig | None = None
     contrastive: ContrastiveConfig | None = None
     budget: TimeBudget | None = Field(default=None, description="stop (with a checkpoint) once this much time is used; the next run continues")
+    init: str | None = Field(default=None, description="start from these weights, not random ones: a checkpoint folder or a finished "
+                             "training's output (its newest checkpoint), e.g. a model trained on another volume; its model settings "
+                             "must be this run's. The optimiser and schedule start afresh")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

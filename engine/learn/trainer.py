@@ -24,7 +24,7 @@ from torch import nn
 
 from engine.learn import core
 from engine.learn.budget import Clock, start
-from engine.learn.checkpoints import load_weights
+from engine.learn.checkpoints import load_weights, starting_checkpoint
 from engine.learn.config import TrainConfig
 from engine.learn.history import plot_history
 from engine.learn.losses import LossTerm, StepContext, SupervisedLoss
@@ -89,6 +89,8 @@ class Trainer(core.Method):
         torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed)  # the initial weights: the same on every worker
         self.model: nn.Module = build_model(cfg.model).to(self.device)
+        if cfg.init is not None:  # a model trained elsewhere starts the run (a resumed run then loads its own newest checkpoint)
+            load_weights(starting_checkpoint(cfg.init), self.model, self.device, cfg.model, init=True)
         self.net: nn.Module = core.wrap_ddp(self.model, self.device)
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.sampler = sampler if sampler is not None else CropSampler(cfg)

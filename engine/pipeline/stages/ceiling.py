@@ -62,7 +62,8 @@ class CeilingStage(DeclaredStage, name="ceiling", config=CeilingSection, order=1
         labels = str(ctx.dir / "labels.zarr" / "labels")
         info = write_box_labels(truth, boxes, labels, (16, 256, 256), cfg.target, cfg.boundary)
         section = TrainSection.model_validate({**cfg.train, "raw": raw, "labels": labels})
-        tcfg = build_train_config(section, raw, labels, str(ctx.dir / "boxes.json"), None, str(ctx.dir / "train"), ctx.runtime.progress, ctx.test_from_z)
+        tcfg = build_train_config(section, raw, labels, str(ctx.dir / "boxes.json"), None, str(ctx.dir / "train"), ctx.runtime.progress, ctx.test_from_z,
+                                  section.init)  # trained the same way: from the base's starting weights too (a path here)
         checkpoint = run_training(tcfg, resume=not ctx.overwrite)["checkpoint"]
         prob = str(ctx.dir / "prob.zarr" / "probability")
         predict_volume(checkpoint, raw, prob, **cfg.predict.settings(), **blockwise_options(ctx))

@@ -1,5 +1,6 @@
 """``train``: the base model, trained on the annotated boxes (semi-supervised when ``semi`` is set: the
-rest of the volume is the unlabelled data of :mod:`engine.learn.semi`).
+rest of the volume is the unlabelled data of :mod:`engine.learn.semi`), from random weights or, with ``init``,
+from a model trained elsewhere (a checkpoint, or another run's ``train.checkpoint`` output).
 
 Builds a :class:`~engine.learn.TrainConfig` from the section (targets: label 1 foreground, 255 unknown,
 as ``annotate`` writes them), trains in ``RUN/train/`` with checkpoints, ``history.jsonl`` and
@@ -30,13 +31,15 @@ def _default_model() -> ModelConfig:
 
 
 class TrainSection(Config):
-    """``train:`` -- inputs ``raw``, ``labels``, ``boxes`` (from ``annotate``) and ``truth`` (ground truth for
-    the validation curve; optional); the rest are :class:`~engine.learn.TrainConfig` settings."""
+    """``train:`` -- inputs ``raw``, ``labels``, ``boxes`` (from ``annotate``), ``truth`` (ground truth for
+    the validation curve; optional) and ``init`` (the starting weights; optional); the rest are
+    :class:`~engine.learn.TrainConfig` settings."""
 
     raw: str
     labels: str
     boxes: str | None = None
     truth: str | None = None
+    init: str | None = None
     model: ModelConfig = Field(default_factory=_default_model)
     crop: list[int] = [1, 128, 128]
     batch_size: int = Field(default=4, ge=1)
@@ -54,6 +57,7 @@ class TrainSection(Config):
 
 def build_train_config(
     cfg: TrainSection, raw: str, labels: str, boxes: str | None, truth: str | None, output: str, progress: bool, z_stop: int | None = None,
+    init: str | None = None,
 ) -> TrainConfig:
     """The :class:`TrainConfig` of a ``train`` section with resolved inputs. ``z_stop``: the run's test region
     starts there; the unlabelled data of semi-supervised training stays below it, and the learning curve
@@ -77,7 +81,7 @@ def build_train_config(
         "crop": cfg.crop, "batch_size": cfg.batch_size, "sampling": cfg.sampling.model_dump(), "augment": cfg.augment.model_dump(),
         "optimizer": cfg.optimizer.model_dump(), "steps": cfg.steps, "checkpoint_every": cfg.steps, "log_every": cfg.log_every,
         "output": output, "seed": cfg.seed, "device": "auto", "num_threads": cfg.threads, "validation": validation, "progress": progress,
-        "semi": cfg.semi.model_dump() if cfg.semi is not None else None, "keep_checkpoints": 1,
+        "semi": cfg.semi.model_dump() if cfg.semi is not None else None, "keep_checkpoints": 1, "init": init,
     })
 
 
@@ -97,9 +101,10 @@ def run_training(tcfg: TrainConfig, *, resume: bool) -> dict[str, str]:
 
 
 class TrainStage(DeclaredStage, name="train", config=TrainSection, order=130,
-                 inputs=("raw", "labels", "boxes", "truth"), outputs=("checkpoint", "history")):
+                 inputs=("raw", "labels", "boxes", "truth", "init"), outputs=("checkpoint", "history")):
     def run(self, ctx: StageContext, cfg: Any) -> dict[str, str]:
         boxes = ctx.input(cfg.boxes) if cfg.boxes else None
         truth = ctx.input(cfg.truth) if cfg.truth else None
-        tcfg = build_train_config(cfg, ctx.input(cfg.raw), ctx.input(cfg.labels), boxes, truth, str(ctx.dir), ctx.runtime.progress, ctx.test_from_z)
+        init = ctx.input(cfg.init) if cfg.init else None
+        tcfg = build_train_config(cfg, ctx.input(cfg.raw), ctx.input(cfg.labels), boxes, truth, str(ctx.dir), ctx.runtime.progress, ctx.test_from_z, init)
         return run_training(tcfg, resume=not ctx.overwrite)
