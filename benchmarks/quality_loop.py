@@ -351,24 +351,31 @@ def with_neurons(row: dict[str, Any], run_dir: Path, data: dict[str, Any]) -> di
 
 # -- summary -----------------------------------------------------------------------------------------------
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r["data"], r["method"], r["budget"]), []).append(r)
-    ceiling = {(r["data"], r["seed"]): r["iou"] for r in rows if r["method"] == "full"}
+    groups: dict[tuple[str, str, float, str], list[dict[str, Any]]] = {}
+    for r in rows:  # points started from another model's weights (--init) are their own group
+        groups.setdefault((r["data"], r["method"], r["budget"], r.get("init") or ""), []).append(r)
+    # the ceiling: the 100% model from random weights
+    ceiling = {(r["data"], r["seed"]): r["iou"] for r in rows if r["method"] == "full" and not r.get("init")}
     out = []
-    for (d, m, b), rs in sorted(groups.items()):
+    for (d, m, b, init), rs in sorted(groups.items()):
         iou = np.array([r["iou"] for r in rs])
         voi = np.array([r["voi"] for r in rs])
         arand = np.array([r["arand"] for r in rs if r.get("arand") is not None])
         eff = [r["effort_share"] for r in rs if r["effort_share"] is not None]
         # the share of the ceiling, seed by seed (the same seed's 100% model), where that ceiling was run
         ratio = [r["iou"] / ceiling[(d, r["seed"])] for r in rs if ceiling.get((d, r["seed"]))]
-        out.append({"data": d, "method": m, "budget": b, "n": len(rs), "iou_mean": float(iou.mean()), "iou_std": float(iou.std()),
+        out.append({"data": d, "method": m, "budget": b, "init": init or None, "n": len(rs), "iou_mean": float(iou.mean()), "iou_std": float(iou.std()),
                     "voi_mean": float(voi.mean()), "voi_std": float(voi.std()),
                     "arand_mean": float(arand.mean()) if arand.size else None, "arand_std": float(arand.std()) if arand.size else None, "effort_share": float(np.mean(eff)) if eff else None,
                     "of_ceiling": float(np.mean(ratio)) if ratio else None, "seeds": sorted(r["seed"] for r in rs),
                     "cpu_s": float(np.mean([r["cpu_s"] for r in rs]))})
     return {"groups": out}
+
+
+def label(group: dict[str, Any]) -> str:
+    """The method's name, and where its models started when not from random weights (``--init``)."""
+    init = group.get("init")
+    return LABEL[group["method"]] + (f", from {Path(init).parent.name if Path(init).name == 'train' else Path(init).name}" if init else "")
 
 
 def table(summary: dict[str, Any]) -> list[str]:
@@ -379,7 +386,7 @@ def table(summary: dict[str, Any]) -> list[str]:
         ratio = f"{g['of_ceiling']:.2f}" if g.get("of_ceiling") is not None else ""
         budget = "all" if g["method"] == "full" else f"{g['budget'] * 100:g}%"
         arand = f"{g['arand_mean']:.3f} ± {g['arand_std']:.3f}" if g.get("arand_mean") is not None else ""
-        lines.append(f"| {g['data']} | {LABEL[g['method']]} | {budget} | {eff} | {g['iou_mean']:.3f} ± {g['iou_std']:.3f} | {ratio} | "
+        lines.append(f"| {g['data']} | {label(g)} | {budget} | {eff} | {g['iou_mean']:.3f} ± {g['iou_std']:.3f} | {ratio} | "
                      f"{g['voi_mean']:.2f} ± {g['voi_std']:.2f} | {arand} | {g['n']} | {g['cpu_s']:.0f} |")
     return lines
 
@@ -394,16 +401,15 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(datas), figsize=(5.5 * len(datas), 4), squeeze=False)
     for ax, d in zip(axes[0], datas, strict=True):
         key, name = ("voi", "VOI of the neurons on held-out sections (bits, lower is better)") if d == "flyem" else ("iou", "IoU on held-out sections")
-        for m in METHODS:
-            gs = sorted((g for g in summary["groups"] if g["data"] == d and g["method"] == m), key=lambda g: g["effort_share"] or g["budget"])
-            if not gs:
-                continue
+        for m, init in sorted({(g["method"], g.get("init") or "") for g in summary["groups"] if g["data"] == d}, key=lambda k: (METHODS.index(k[0]), k[1])):
+            gs = sorted((g for g in summary["groups"] if g["data"] == d and g["method"] == m and (g.get("init") or "") == init),
+                        key=lambda g: g["effort_share"] or g["budget"])
             xs = [100 * (g["effort_share"] or g["budget"]) for g in gs]
             ys, es = [g[f"{key}_mean"] for g in gs], [g[f"{key}_std"] for g in gs]
             if m == "full":
-                ax.axhline(ys[0], color="k", ls="--", lw=1, label=LABEL[m])
+                ax.axhline(ys[0], color="k" if not init else "grey", ls="--", lw=1, label=label(gs[0]))
             else:
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=LABEL[m])
+                ax.errorbar(xs, ys, yerr=es, marker="o" if not init else "s", capsize=3, label=label(gs[0]))
         ax.set(xscale="log", xlabel="labelled voxels (% of the training region; answers at their painting cost)", ylabel=name, title=d)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -487,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
                     row = with_neurons(point_row(data, method, budget, seed, got), run_dir, data)
                     if "first_iou" in got:
                         row["first_iou"] = got["first_iou"]
+                    if args.init:
+                        row["init"] = args.init
                     row["machine"] = machine_info()
                     print(json.dumps(row), flush=True)
                     with results.open("a") as f:
