@@ -69,6 +69,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -375,7 +376,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def label(group: dict[str, Any]) -> str:
     """The method's name, and where its models started when not from random weights (``--init``)."""
     init = group.get("init")
-    return LABEL[group["method"]] + (f", from {Path(init).parent.name if Path(init).name == 'train' else Path(init).name}" if init else "")
+    if not init:
+        return LABEL[group["method"]]
+    name = Path(init).parent.name if Path(init).name == "train" else Path(init).name
+    m = re.fullmatch(r"(.+)-full-[\d.]+-\d+", name)  # this script's ceiling run on another data set: name that data set
+    return LABEL[group["method"]] + f", from a {m.group(1) if m else name} model"
 
 
 def table(summary: dict[str, Any]) -> list[str]:

@@ -1,6 +1,6 @@
 """``train``: the base model, trained on the annotated boxes (semi-supervised when ``semi`` is set: the
 rest of the volume is the unlabelled data of :mod:`engine.learn.semi`), from random weights or, with ``init``,
-from a model trained elsewhere (a checkpoint, or another run's ``train.checkpoint`` output).
+from a model trained elsewhere (a path: a checkpoint folder, or another run's training output folder).
 
 Builds a :class:`~engine.learn.TrainConfig` from the section (targets: label 1 foreground, 255 unknown,
 as ``annotate`` writes them), trains in ``RUN/train/`` with checkpoints, ``history.jsonl`` and
