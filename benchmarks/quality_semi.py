@@ -103,10 +103,18 @@ def load_lucchi(downsample: bool = True) -> tuple[np.ndarray, np.ndarray]:
     lab = np.stack([np.asarray(Image.open(f).convert("L")) > 127 for f in labs])
     if not downsample:
         return raw.astype(np.uint8), (lab * 255).astype(np.uint8)
-    z, h, w = raw.shape
-    raw = raw[:, : h // 2 * 2, : w // 2 * 2].reshape(z, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
-    lab = lab[:, : h // 2 * 2, : w // 2 * 2].reshape(z, h // 2, 2, w // 2, 2).mean(axis=(2, 4)) >= 0.5
+    raw, lab = half_in_plane(raw, lab)
     return np.round(raw).astype(np.uint8), (lab * 255).astype(np.uint8)
+
+
+def half_in_plane(raw: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``raw`` (float) and the mask ``lab`` 2x downsampled in y and x: the mean, and the majority."""
+    z, h, w = raw.shape
+
+    def pool(a: np.ndarray) -> np.ndarray:
+        return a[:, : h // 2 * 2, : w // 2 * 2].reshape(z, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+
+    return pool(raw), pool(lab) >= 0.5
 
 
 def load_cardona(downsample: bool = True, repeat: int = 5, like: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -124,9 +132,7 @@ def load_cardona(downsample: bool = True, repeat: int = 5, like: tuple[float, fl
     raw = np.stack([np.asarray(Image.open(f).convert("L")) for f in imgs]).astype(np.float32)
     lab = np.stack([np.asarray(Image.open(f).convert("L")) > 127 for f in labs])
     if downsample:
-        z, h, w = raw.shape
-        raw = raw[:, : h // 2 * 2, : w // 2 * 2].reshape(z, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
-        lab = lab[:, : h // 2 * 2, : w // 2 * 2].reshape(z, h // 2, 2, w // 2, 2).mean(axis=(2, 4)) >= 0.5
+        raw, lab = half_in_plane(raw, lab)
     if like is not None:
         raw = (raw - raw.mean()) / raw.std() * like[1] + like[0]
     raw, lab = np.repeat(raw, repeat, axis=0), np.repeat(lab, repeat, axis=0)
