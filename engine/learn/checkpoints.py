@@ -169,14 +169,10 @@ def load_weights(directory: Path, model: nn.Module, device: torch.device, model_
 
         saved, _ = read_checkpoint_config(directory)
         diff = config_diff(saved, model_config)
-        if diff and init:
-            raise ConfigError(f"cannot start from {directory}: it holds another model (checkpoint vs config: {', '.join(diff)})",
-                              "give the run the model settings the checkpoint was trained with, or leave out init")
         if diff:
-            raise ConfigError(
-                f"cannot resume from {directory}: it holds another model (checkpoint vs config: {', '.join(diff)})",
-                "restore the model settings it was trained with, or start over (connectile train --no-resume, or another output folder)",
-            )
+            verb, fix = (("start from", "give the run the model settings the checkpoint was trained with, or leave out init") if init else
+                         ("resume from", "restore the model settings it was trained with, or start over (connectile train --no-resume, or another output folder)"))
+            raise ConfigError(f"cannot {verb} {directory}: it holds another model (checkpoint vs config: {', '.join(diff)})", fix)
     try:
         state = load_file(str(directory / "model.safetensors"), device=str(device))
     except (SafetensorError, *_UNREADABLE) as err:  # any unreadable file is one message
